@@ -1,0 +1,1 @@
+"""The mdoc manual pages; installed as the package pfkeyd.man."""

@@ -1,0 +1,5 @@
+import sys
+
+from pfkeyd.cli import main
+
+sys.exit(main())

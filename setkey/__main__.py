@@ -1,0 +1,5 @@
+import sys
+
+from setkey.cli import main
+
+sys.exit(main())

@@ -1,0 +1,59 @@
+"""The command-line entry points that exist so far, run as a user would run them."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPTURES = ROOT / "examples" / "captures"
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, check=False, cwd=ROOT)
+
+
+def test_pfkeyd_decode_prints_the_captured_add_field_by_field() -> None:
+    result = run("-m", "pfkeyd", "decode", "-d", "linux", str(CAPTURES / "linux-setkey-add.hex"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "sadb_msg: type ADD (3), satype ESP (3), errno 0" in out
+    assert "  pid: 13397" in out
+    assert "  spi: 0x00001000" in out
+    assert "  auth: X_SHA2_256 (5)" in out
+    assert "  encrypt: X_AESCBC (12)" in out
+    assert "  addr: 10.0.0.2[0]" in out
+    # key material stays hidden unless asked for
+    assert "00112233" not in out
+    assert "key: <16 bytes hidden>" in out
+
+
+def test_pfkeyd_decode_shows_keys_only_when_asked() -> None:
+    result = run("-m", "pfkeyd", "decode", "-k", str(CAPTURES / "linux-setkey-add.hex"))
+    assert "00112233445566778899aabbccddeeff" in result.stdout
+
+
+def test_pfkeyd_decode_reports_a_malformed_message(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hex"
+    bad.write_text("02 03 00 03 03 00 00 00 00 00 00 00 00 00 00 00\n")  # len 3 units, 16 bytes
+    result = run("-m", "pfkeyd", "decode", str(bad))
+    assert result.returncode == 65
+    assert "does not match" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_pfkeyd_without_a_command_is_a_usage_error() -> None:
+    result = run("-m", "pfkeyd", "frobnicate")
+    assert result.returncode == 64
+    assert result.stderr.startswith("usage: pfkeyd")
+
+
+def test_setkey_decodes_raw_message_files_and_reports_usage() -> None:
+    ok = run("-m", "setkey", str(CAPTURES / "linux-setkey-spdadd.hex"))
+    assert ok.returncode == 0, ok.stderr
+    assert "type X_SPDADD (14)" in ok.stdout
+    assert "priority: 2147483648" in ok.stdout
+    usage = run("-m", "setkey", "-Z")
+    assert usage.returncode == 64
+    assert usage.stderr.startswith("usage: setkey")

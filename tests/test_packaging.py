@@ -1,0 +1,58 @@
+"""A non-editable install into a clean virtual environment, used from outside the checkout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONSTRAINTS = ROOT / "constraints.txt"
+
+
+@pytest.mark.slow
+def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        check=True, cwd=tmp_path,
+    )
+    (wheel,) = wheels.glob("pfkeyd-*.whl")
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    bindir = env_dir / "bin"
+    subprocess.run(
+        [str(bindir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "-c", str(CONSTRAINTS), str(wheel)],
+        check=True, cwd=tmp_path,
+    )
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(list(args), capture_output=True, text=True, cwd=elsewhere, env=env, check=False)
+
+    # the commands, and the data files shipped with them
+    capture = ROOT / "examples" / "captures" / "linux-setkey-add.hex"
+    assert "type ADD (3)" in run("pfkeyd", "decode", str(capture)).stdout
+    assert run("setkey", "-V").stdout.startswith("setkey (pfkeyd)")
+    probe = run(
+        str(bindir / "python"), "-c",
+        "import importlib.resources as r, pfkeyd;"
+        "print(pfkeyd.__file__);"
+        "print(sorted(p.name for p in r.files('setkey.grammar').iterdir() if p.name.endswith('.lark')));"
+        "print(sorted(p.name for p in r.files('pfkeyd.man').iterdir() if p.name[-2:] in ('.4', '.8')))",
+    )
+    assert probe.returncode == 0, probe.stderr
+    location, grammars, manpages = probe.stdout.splitlines()
+    assert str(env_dir) in location  # the installed copy, not the checkout
+    shipped_grammars = sorted(p.name for p in (ROOT / "grammar").glob("*.lark"))
+    shipped_man = sorted(p.name for p in (ROOT / "man").iterdir() if p.suffix in (".4", ".8"))
+    assert grammars == repr(shipped_grammars)
+    assert manpages == repr(shipped_man)
