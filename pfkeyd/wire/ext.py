@@ -21,7 +21,7 @@ from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
 from pfkeyd.errors import EncodeError
-from pfkeyd.wire.constants import UNIT, UNKNOWN, ExtType, Mode, SaType
+from pfkeyd.wire.constants import UNIT, UNKNOWN, ExtType, IdentType, Mode, SaType
 from pfkeyd.wire.dialect import DialectSpec
 from pfkeyd.wire.sockaddr import (
     AnySockAddr,
@@ -280,13 +280,27 @@ class Ident:
     _S: ClassVar[struct.Struct] = struct.Struct("=HHHHQ")
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
-        body = self._S.pack(0, 0, self.idtype, 0, self.id)[4:] + self.data
+        data = self.data
+        if data and not _is_sockaddr_ident(self.idtype, spec) and not data.endswith(b"\0"):
+            # RFC 2367 §2.3.5: the identity is a NUL-terminated C string; padding alone
+            # does not terminate a string whose length is a multiple of 8.
+            data += b"\0"
+        body = self._S.pack(0, 0, self.idtype, 0, self.id)[4:] + data
         return _ext(self.exttype, body, spec)
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Ident:
         _, _, idtype, _, ident = cls._S.unpack_from(buf, off)
-        return cls(exttype, idtype, bytes(buf[off + 16 : off + length]).rstrip(b"\0"), ident)
+        body = bytes(buf[off + 16 : off + length])
+        if _is_sockaddr_ident(idtype, spec) and body:
+            # FreeBSD SADB_X_IDENTTYPE_ADDR: a sockaddr sized by its sa_len (whose
+            # sin_zero must survive), then padding.
+            return cls(exttype, idtype, body[: body[0]], ident)
+        return cls(exttype, idtype, body.rstrip(b"\0"), ident)
+
+
+def _is_sockaddr_ident(idtype: int, spec: DialectSpec) -> bool:
+    return idtype == IdentType.X_ADDR and spec.sockaddr_has_len
 
 
 # ------------------------------------------------------------------ sensitivity

@@ -80,6 +80,7 @@ __all__ = [
     "encode",
     "decode",
     "error_reply",
+    "check_request_generic",
     "MIN_LEN",
     "FREEBSD_MAX_LEN",
     "FREEBSD_MAX_REQUEST",
@@ -334,16 +335,23 @@ def encode(msg: Message, dialect: Dialect | str) -> bytes:
     return HEADER.pack(PF_KEY_V2, msg.type, msg.errno, msg.satype, units, msg.reserved, msg.seq, msg.pid) + body
 
 
+#: Linux's kernel-internal ERESTARTSYS, ERESTARTNOINTR and ERESTARTNOHAND, which
+#: pfkey_error reports as EINTR before it maps any other errno >= 512 to EINVAL.
+_ERESTART = frozenset({512, 513, 514})
+
+
 def error_reply(request: bytes, err: int, dialect: Dialect | str) -> bytes:
     """The error reply a kernel of ``dialect`` sends for ``request`` (reference §1.5).
 
     FreeBSD echoes the whole request, keys included, with ``sadb_msg_errno`` set;
-    Linux sends the 16-byte header alone with ``len`` = 2.  Linux maps errnos of
-    512 and above to EINVAL.
+    Linux sends the 16-byte header alone with ``len`` = 2.  Linux maps its
+    ERESTART* errnos (512-514) to EINTR and any other errno of 512 and above to EINVAL.
     """
     if Dialect(dialect) is Dialect.FREEBSD:
         return request[:2] + bytes((err & 0xFF,)) + request[3:]
-    if err >= 512:
+    if err in _ERESTART:
+        err = E.EINTR
+    elif err >= 512:
         err = E.EINVAL
     head = bytearray(request[:16].ljust(16, b"\0"))
     head[2] = err & 0xFF
@@ -431,7 +439,7 @@ def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int
 
     msg = Message(mtype, satype, seq, pid, err, reserved, tuple(exts))
     if request:
-        _freebsd_generic_checks(msg, data)
+        check_request_generic(msg, data)
     if deferred is not None:
         raise _fail(str(deferred), deferred.errno, reply=request, data=data)
     return msg
@@ -444,8 +452,12 @@ _SPD_MESSAGES = frozenset({MsgType.X_SPDADD, MsgType.X_SPDDELETE, MsgType.X_SPDG
 _SPDDUMP_SCOPES = frozenset({0, 1, 2, 4})
 
 
-def _freebsd_generic_checks(msg: Message, data: bytes) -> None:
-    """key_parse's checks after key_align: satype, then the SRC/DST pair."""
+def check_request_generic(msg: Message, data: bytes = b"") -> None:
+    """key_parse's checks after key_align: satype, then the SRC/DST pair.
+
+    Raises DecodeError(reply=True).  decode() runs it for freebsd requests; the
+    engine runs it for every request so both dialects get the same semantics.
+    """
     satype = msg.satype
     if msg.type == MsgType.X_SPDDUMP:
         if satype not in _SPDDUMP_SCOPES:

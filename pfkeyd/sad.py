@@ -1,0 +1,220 @@
+"""The security association database: immutable SA records and their indexes.
+
+Theory of operation
+-------------------
+An SA is a frozen :class:`SecAssoc`.  Every change (UPDATE, usage reports, the
+soft lifetime) replaces the record, so a dump can take a snapshot by copying
+references and keep streaming it while the table changes.
+
+The SAD is organised as FreeBSD's key.c organises it (reference §7.1):
+
+* ``by_spi``: the global SPI namespace — one SPI identifies at most one SA,
+  whatever its protocol and addresses;
+* ``heads``: one :class:`SaHead` per SA index (protocol, mode, reqid, source,
+  destination), in creation order; each holds its LARVAL SAs and its alive
+  (MATURE and DYING) SAs in creation order.  A head left without SAs is removed.
+
+Dumps walk the heads newest first and, in each, the LARVAL SAs then the alive
+ones, newest first — FreeBSD's order.  Ports are never part of an SA index.
+
+Time: ``created`` is the engine's monotonic clock (deadlines); ``created_wall`` is
+what LIFETIME_CURRENT reports.  Deadlines live in a heap with lazy deletion: an
+entry is acted on only if the SA it names still carries the same ``version``.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+
+from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
+
+__all__ = ["SaIndex", "NatT", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
+
+DEADLINE_LARVAL = 0
+DEADLINE_HARD = 1
+DEADLINE_SOFT = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SaIndex:
+    """FreeBSD's secasindex: what an SA is for.  Addresses carry no port."""
+
+    proto: int
+    mode: int
+    reqid: int
+    src: SockAddr
+    dst: SockAddr
+
+
+@dataclass(frozen=True, slots=True)
+class NatT:
+    """UDP encapsulation of an ESP SA (reference §4.15)."""
+
+    type: int
+    sport: int
+    dport: int
+    oai: SockAddr | None = None
+    oar: SockAddr | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecAssoc:
+    """One SA.  ``replay`` is ``sadb_sa_replay`` as given (KAME: window bytes);
+    ``replay_window`` the window that SA_REPLAY set, in packets (0: none)."""
+
+    spi: int
+    satype: int
+    index: SaIndex
+    state: int
+    auth: int
+    encrypt: int
+    flags: int
+    replay: int
+    replay_window: int
+    key_auth: Key | None
+    key_encrypt: Key | None
+    seq: int
+    pid: int
+    created: float
+    created_wall: int
+    hard: Lifetime | None = None
+    soft: Lifetime | None = None
+    natt: NatT | None = None
+    bytes: int = 0
+    packets: int = 0
+    first_used: float | None = None
+    first_used_wall: int = 0
+    replay_seq: int = 0
+    version: int = 0
+
+    @property
+    def alive(self) -> bool:
+        return self.state in (SaState.MATURE, SaState.DYING)
+
+    def evolve(self, **changes: object) -> SecAssoc:
+        """A copy with ``changes`` and a new version: the deadlines scheduled for the
+        old version no longer fire; the engine schedules the new record's."""
+        return replace(self, version=self.version + 1, **changes)  # type: ignore[arg-type]
+
+    def counted(self, **changes: object) -> SecAssoc:
+        """A copy with new usage counters; its deadlines stay valid."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+class SaHead:
+    """The SAs of one SA index (FreeBSD's secashead)."""
+
+    __slots__ = ("alive", "index", "larval")
+
+    def __init__(self, index: SaIndex) -> None:
+        self.index = index
+        self.larval: dict[int, SecAssoc] = {}
+        self.alive: dict[int, SecAssoc] = {}  # creation order; MATURE and DYING
+
+    def __len__(self) -> int:
+        return len(self.larval) + len(self.alive)
+
+    def dump_order(self) -> Iterator[SecAssoc]:
+        yield from reversed(self.larval.values())
+        yield from reversed(self.alive.values())
+
+
+class Sad:
+    """The SA database (pure data structure; the engine decides what happens)."""
+
+    def __init__(self) -> None:
+        self.by_spi: dict[int, SecAssoc] = {}
+        self.heads: dict[SaIndex, SaHead] = {}
+        # (proto, src, dst) -> the heads of those addresses, whatever mode and reqid
+        self.by_pair: dict[tuple[int, SockAddr, SockAddr], dict[SaIndex, SaHead]] = {}
+        self._deadlines: list[tuple[float, int, int, int]] = []  # (when, spi, version, kind)
+
+    def __len__(self) -> int:
+        return len(self.by_spi)
+
+    def get(self, spi: int) -> SecAssoc | None:
+        return self.by_spi.get(spi)
+
+    def head(self, index: SaIndex) -> SaHead | None:
+        return self.heads.get(index)
+
+    def heads_for(self, proto: int, src: SockAddr, dst: SockAddr) -> list[SaHead]:
+        """The heads of one protocol and address pair (key_cmpsaidx CMP_HEAD), oldest first."""
+        group = self.by_pair.get((proto, src, dst))
+        return list(group.values()) if group else []
+
+    def insert(self, sa: SecAssoc) -> None:
+        head = self.heads.get(sa.index)
+        if head is None:
+            idx = sa.index
+            head = self.heads[idx] = SaHead(idx)
+            self.by_pair.setdefault((idx.proto, idx.src, idx.dst), {})[idx] = head
+        (head.alive if sa.alive else head.larval)[sa.spi] = sa
+        self.by_spi[sa.spi] = sa
+
+    def replace(self, old: SecAssoc, new: SecAssoc) -> None:
+        """Swap ``old`` for ``new`` (same SPI).  A LARVAL SA that matures moves to
+        the end (the newest) of the alive list; otherwise the position is kept."""
+        head = self.heads[old.index]
+        if new.index != old.index:
+            self.remove(old)
+            self.insert(new)
+            return
+        if old.alive == new.alive:
+            (head.alive if new.alive else head.larval)[new.spi] = new
+        else:
+            (head.alive if old.alive else head.larval).pop(old.spi)
+            (head.alive if new.alive else head.larval)[new.spi] = new
+        self.by_spi[new.spi] = new
+
+    def remove(self, sa: SecAssoc) -> None:
+        head = self.heads[sa.index]
+        (head.alive if sa.alive else head.larval).pop(sa.spi)
+        del self.by_spi[sa.spi]
+        if not len(head):
+            idx = sa.index
+            del self.heads[idx]
+            pair = (idx.proto, idx.src, idx.dst)
+            group = self.by_pair[pair]
+            del group[idx]
+            if not group:
+                del self.by_pair[pair]
+
+    def snapshot(self, proto: int | None = None) -> list[SecAssoc]:
+        """Every LARVAL, MATURE and DYING SA (of ``proto``), in FreeBSD's dump order."""
+        out: list[SecAssoc] = []
+        for index, head in reversed(self.heads.items()):
+            if proto is None or index.proto == proto:
+                out.extend(head.dump_order())
+        return out
+
+    def of_proto(self, proto: int | None) -> list[SecAssoc]:
+        if proto is None:
+            return list(self.by_spi.values())
+        return [sa for sa in self.by_spi.values() if sa.index.proto == proto]
+
+    # ----------------------------------------------------------------- deadlines
+
+    def schedule(self, when: float, sa: SecAssoc, kind: int) -> None:
+        heapq.heappush(self._deadlines, (when, sa.spi, sa.version, kind))
+
+    def next_deadline(self) -> float | None:
+        heap = self._deadlines
+        while heap:
+            when, spi, version, _ = heap[0]
+            sa = self.by_spi.get(spi)
+            if sa is not None and sa.version == version:
+                return when
+            heapq.heappop(heap)  # the SA changed or went away: a stale entry
+        return None
+
+    def due(self, now: float) -> Iterator[tuple[SecAssoc, int]]:
+        """Pop the deadlines that have come, with the SA (still current) they name."""
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            _, spi, version, kind = heapq.heappop(heap)
+            sa = self.by_spi.get(spi)
+            if sa is not None and sa.version == version:
+                yield sa, kind
