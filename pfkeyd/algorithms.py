@@ -36,8 +36,9 @@ Nothing here has state, a clock or I/O.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Protocol
 
 from pfkeyd.errors import InvalidArgument, NotImplementedBySystem, PfkeyError
@@ -742,20 +743,20 @@ def setkey_bits(
     of the dialect's first spelling.
     """
     d = Dialect(dialect)
-    kind_form = _form(alg, d, form)
-    if alg.kind is Kind.COMPRESS or (alg.kind is Kind.AUTH and kind_form is KeyForm.NONE):
+    key_form = _form(alg, d, form)
+    if alg.kind is Kind.COMPRESS or (alg.kind is Kind.AUTH and key_form is KeyForm.NONE):
         return range(0, ANY_KEY.stop * 8, 8)  # parse.y checks nothing here
-    if kind_form is KeyForm.TCP:
+    if key_form is KeyForm.TCP:
         return _TCP_KEY_BITS
     kind_list = supported(alg.kind, d) if supported_algs is None else tuple(supported_algs)
     entry = next((e for e in kind_list if e.id == alg.id), None)
     if entry is None:
         return None
-    salt = _SALT_BITS if kind_form is KeyForm.SALTED else 0
+    salt = _SALT_BITS if key_form is KeyForm.SALTED else 0
     low = -(-entry.minbits // 8) * 8 + salt
     bits = range(low, entry.maxbits + salt + 1, 8)
-    if kind_form is KeyForm.NONE:  # ALG_ENC_NOKEY / ALG_ENC_OLD check an empty key
-        return bits if 0 in bits else range(0)
+    if key_form is KeyForm.NONE:  # ALG_ENC_NOKEY / ALG_ENC_OLD check an empty key
+        return range(1) if 0 in bits else range(0)
     return bits
 
 
@@ -796,7 +797,7 @@ def setkey_key_ok(
 #: The lifetimes of every proposed combination (FreeBSD key_getcomb_setlifetime).
 #: soft_addtime and hard_usetime are computed there as 80% of fields that are
 #: still zero, so they come out as 0; kept so, as the reference kernel sends them.
-COMB_LIFETIMES: dict[str, int] = {
+COMB_LIFETIMES: Mapping[str, int] = MappingProxyType({
     "soft_allocations": 1,
     "hard_allocations": 1,
     "soft_bytes": 0,
@@ -805,7 +806,7 @@ COMB_LIFETIMES: dict[str, int] = {
     "hard_addtime": 86400,
     "soft_usetime": 28800,
     "hard_usetime": 0,
-}
+})
 
 #: key_getcomb_ah proposes only these ("we prefer HMAC algorithms"); of them the
 #: current FreeBSD kernel implements all but MD5.
@@ -817,7 +818,7 @@ def _ah_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int) 
     # Ascending ids, each prepended to the list: the result is descending.
     algs = [a for a in supported(Kind.AUTH, dialect) if a.id in _AH_PROPOSED and a.minbits >= ah_keymin]
     return tuple(Comb(auth=a.id, auth_minbits=a.minbits, auth_maxbits=a.maxbits, **COMB_LIFETIMES)
-                 for a in algs)
+                 for a in reversed(algs))
 
 
 def _esp_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int) -> tuple[Comb, ...]:
@@ -841,7 +842,7 @@ def _esp_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int)
 def _ipcomp_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int) -> tuple[Comb, ...]:
     # Every implemented compression algorithm, prepended (descending); no key bits.
     algs = [a for a in algorithms(Kind.COMPRESS) if a.number != 0 and a.on(dialect).installable]
-    return tuple(Comb(encrypt=a.id, **COMB_LIFETIMES) for a in algs)
+    return tuple(Comb(encrypt=a.id, **COMB_LIFETIMES) for a in reversed(algs))
 
 
 _PROPOSALS: dict[int, Callable[[Dialect, int, int, int], tuple[Comb, ...]]] = {

@@ -1,0 +1,211 @@
+"""The control interface: sysctl(8)-style knobs, statistics and policy lookups.
+
+The daemon serves these commands on its control socket; ``pfkeyd sysctl``,
+``pfkeyd stats`` and ``pfkeyd lookup`` send them.  This module is pure: it runs one
+command against the engine and returns what to print, the exit status, and the
+effects (a lookup may send an ACQUIRE) for the shell to carry out.
+
+    sysctl [-a] [-d] [-n] [name[=value] ...]
+    stats
+    lookup DIR SRC DST [PROTO [SPORT DPORT]]
+
+``DIR`` is in, out or fwd; ``PROTO`` a name (tcp, udp, icmp, icmp6, any) or a
+number; for icmp and icmp6 the two ports are the type and the code.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pfkeyd.effects import Effect, Instant
+from pfkeyd.engine import Decision, KeyEngine
+from pfkeyd.knobs import KnobError, Knobs
+from pfkeyd.spd import Flow
+from pfkeyd.wire import Direction, IpProto, IpsecRequest, Level, Mode, PolicyType, SaState, SockAddr
+
+__all__ = ["Outcome", "run", "COMMANDS", "format_decision", "parse_flow"]
+
+EX_USAGE = 64
+
+_DIRS: dict[str, int] = {"in": Direction.INBOUND, "out": Direction.OUTBOUND, "fwd": Direction.FWD}
+_PROTOS: dict[str, int] = {"any": IpProto.ANY, "tcp": IpProto.TCP, "udp": IpProto.UDP, "icmp": IpProto.ICMP,
+           "icmp6": IpProto.IPV6_ICMP, "ipv6-icmp": IpProto.IPV6_ICMP, "gre": IpProto.GRE,
+           "esp": IpProto.ESP, "ah": IpProto.AH}
+_PROTO_NAMES: dict[int, str] = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp"}
+_MODE_NAMES: dict[int, str] = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel", Mode.ANY: "any"}
+_LEVEL_NAMES: dict[int, str] = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require", Level.UNIQUE: "unique"}
+_TYPE_NAMES: dict[int, str] = {PolicyType.DISCARD: "discard", PolicyType.NONE: "none", PolicyType.IPSEC: "ipsec"}
+_DIR_NAMES: dict[int, str] = {v: k for k, v in _DIRS.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What a command prints, its exit status, and effects for the shell."""
+
+    status: int = 0
+    out: str = ""
+    err: str = ""
+    effects: tuple[Effect, ...] = field(default=())
+
+
+def _sysctl(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
+    flags = set()
+    names: list[str] = []
+    for a in args:
+        if a.startswith("-") and len(a) > 1 and "=" not in a:
+            for ch in a[1:]:
+                if ch not in "adn":
+                    return Outcome(EX_USAGE, err=f"sysctl: illegal option -- {ch}\n{_SYSCTL_USAGE}\n")
+                flags.add(ch)
+        else:
+            names.append(a)
+    if not names and "a" not in flags:
+        return Outcome(EX_USAGE, err=f"{_SYSCTL_USAGE}\n")
+    lines: list[str] = []
+    errors: list[str] = []
+    knobs = engine.knobs
+
+    def show(spec_name: str, value: int, description: str) -> None:
+        if "d" in flags:
+            lines.append(description if "n" in flags else f"{spec_name}: {description}")
+        else:
+            lines.append(str(value) if "n" in flags else f"{spec_name}: {value}")
+
+    if "a" in flags:
+        for spec, value in knobs.items():
+            show(spec.name, value, spec.description)
+    for item in names:
+        name, sep, text = item.partition("=")
+        try:
+            spec = Knobs.spec(name)
+            if not sep:
+                show(spec.name, knobs.get(spec.name), spec.description)
+                continue
+            old = knobs.get(spec.name)
+            knobs = knobs.set(spec.name, text)
+            lines.append(f"{spec.name}: {old} -> {knobs.get(spec.name)}")
+        except KnobError as exc:
+            errors.append(f"sysctl: {exc}")
+    engine.knobs = knobs  # every change that passed; a bad one changed nothing
+    out = "".join(line + "\n" for line in lines)
+    return Outcome(1 if errors else 0, out, "".join(e + "\n" for e in errors))
+
+
+_SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
+
+
+def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
+    if args:
+        return Outcome(EX_USAGE, err="usage: pfkeyd stats\n")
+    st = engine.statistics()
+    lines = ["pfkey:"]
+    for title, table in (("messages in", st.messages_in), ("messages out", st.messages_out),
+                         ("errors", st.errors), ("drops", st.drops)):
+        total = sum(table.values())
+        lines.append(f"\t{total} {title}")
+        lines += [f"\t\t{count} {name}" for name, count in table.items()]
+    lines += [f"\t{st.clients} clients", f"\t{st.sas} SAs", f"\t{st.policies} policies"]
+    return Outcome(0, "".join(line + "\n" for line in lines))
+
+
+def _addr(text: str) -> SockAddr:
+    try:
+        return SockAddr.parse(text)
+    except ValueError:
+        msg = f"bad address '{text}'"
+        raise ValueError(msg) from None
+
+
+def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
+    """``DIR SRC DST [PROTO [SPORT DPORT]]`` -> (direction, flow)."""
+    if len(args) not in (3, 4, 6):
+        msg = "usage: pfkeyd lookup DIR SRC DST [PROTO [SPORT DPORT]]"
+        raise ValueError(msg)
+    dir_ = _DIRS.get(args[0])
+    if dir_ is None:
+        msg = f"bad direction '{args[0]}' (in, out or fwd)"
+        raise ValueError(msg)
+    src, dst = _addr(args[1]), _addr(args[2])
+    if src.version != dst.version:
+        msg = "source and destination must be of one address family"
+        raise ValueError(msg)
+    proto: int = IpProto.ANY
+    sport = dport = 0
+    if len(args) >= 4:
+        proto = _PROTOS.get(args[3].lower(), -1)
+        if proto < 0:
+            try:
+                proto = socket.getprotobyname(args[3])
+            except OSError:
+                proto = int(args[3]) if args[3].isdigit() and int(args[3]) < 256 else -1
+        if proto < 0:
+            msg = f"bad protocol '{args[3]}'"
+            raise ValueError(msg)
+    if len(args) == 6:
+        if not (args[4].isdigit() and args[5].isdigit() and int(args[4]) < 65536 and int(args[5]) < 65536):
+            msg = "ports (or icmp type and code) must be numbers below 65536"
+            raise ValueError(msg)
+        sport, dport = int(args[4]), int(args[5])
+    return dir_, Flow(src, dst, proto, sport, dport)
+
+
+def _request_text(r: IpsecRequest) -> str:
+    """A request as setkey writes it: proto/mode/src-dst/level[:reqid]."""
+    proto = _PROTO_NAMES.get(r.proto, str(r.proto))
+    ends = f"{r.src}-{r.dst}" if r.src is not None else ""
+    level = _LEVEL_NAMES.get(r.level, str(r.level))
+    return f"{proto}/{_MODE_NAMES.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
+
+
+def format_decision(decision: Decision, knobs: Knobs) -> str:
+    """The lookup answer, one line per fact, the last line being the decision."""
+    lines: list[str] = []
+    sp = decision.policy
+    if sp is None:
+        name = "discard" if decision.action == "discard" else "none"
+        lines.append(f"no policy matches: default policy {name} (net.inet.ipsec.def_policy={knobs.def_policy})")
+    else:
+        lines.append(f"policy {sp.id}: {_DIR_NAMES.get(sp.dir, sp.dir)} {_TYPE_NAMES.get(sp.type, sp.type)}"
+                     f" priority {sp.priority:#x}")
+        for o in decision.requests:
+            head = f"  {_request_text(o.request)} (level {_LEVEL_NAMES.get(o.level, o.level)})"
+            if o.sa is not None:
+                state = SaState(o.sa.state).name.lower()
+                lines.append(f"{head}: SA spi {o.sa.spi:#010x} ({state})")
+            elif o.acquire_seq:
+                lines.append(f"{head}: no SA: ACQUIRE sent (seq {o.acquire_seq})")
+            else:
+                lines.append(f"{head}: no SA" + ("" if sp.dir == Direction.INBOUND else
+                                                 ": ACQUIRE already pending"))
+    outcome = {"ipsec": "ipsec (protected by the SAs above)", "pass": "pass (sent in the clear)",
+               "discard": "discard"}[decision.action]
+    if decision.held:
+        outcome = "discard (held back until an SA exists)" if sp is None or sp.dir != Direction.INBOUND else \
+            "discard (a clear packet where IPsec is required)"
+    elif decision.action == "ipsec" and any(o.sa is None for o in decision.requests):
+        outcome = "ipsec where SAs exist; the rest passes in the clear (level use)"
+    lines.append(f"decision: {outcome}")
+    return "\n".join(lines) + "\n"
+
+
+def _lookup(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
+    try:
+        dir_, flow = parse_flow(args)
+    except ValueError as exc:
+        status = EX_USAGE if str(exc).startswith("usage") else 1
+        return Outcome(status, err=f"{exc}\n" if status == EX_USAGE else f"pfkeyd lookup: {exc}\n")
+    decision, effects = engine.lookup(dir_, flow, now)
+    return Outcome(0, format_decision(decision, engine.knobs), effects=tuple(effects))
+
+
+COMMANDS = {"sysctl": _sysctl, "stats": _stats, "lookup": _lookup}
+
+
+def run(engine: KeyEngine, argv: Sequence[str], now: Instant) -> Outcome:
+    """Run one control command (``argv[0]`` names it) against ``engine``."""
+    if not argv or argv[0] not in COMMANDS:
+        return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(COMMANDS)}\n")
+    return COMMANDS[argv[0]](engine, argv[1:], now)
+
