@@ -86,6 +86,15 @@ __all__ = [
 ]
 
 
+_DIALECTS: dict[object, Dialect] = {**{d: d for d in Dialect}, **{d.value: d for d in Dialect}}
+
+
+def _dialect(dialect: Dialect | str) -> Dialect:
+    """``Dialect(dialect)`` without the enum machinery on the hot path."""
+    found = _DIALECTS.get(dialect)
+    return found if found is not None else Dialect(dialect)
+
+
 class Kind(enum.Enum):
     """Which field of ``sadb_sa`` (and which setkey flag) an algorithm goes in."""
 
@@ -161,7 +170,7 @@ class Algorithm:
 
     def on(self, dialect: Dialect | str) -> Support:
         """This algorithm's :class:`Support` in ``dialect``."""
-        return self.freebsd if Dialect(dialect) is Dialect.FREEBSD else self.linux
+        return self.freebsd if _dialect(dialect) is Dialect.FREEBSD else self.linux
 
     @property
     def number(self) -> int:
@@ -539,7 +548,7 @@ def by_name(kind: Kind, name: str, dialect: Dialect | str | None = None) -> Algo
 
 def setkey_lookup(kind: Kind, name: str, dialect: Dialect | str) -> tuple[Algorithm, Spelling] | None:
     """The row and the :class:`Spelling` (key form, flags) of a setkey name in a dialect."""
-    return _BY_SPELLING.get((Dialect(dialect), kind, name))
+    return _BY_SPELLING.get((_dialect(dialect), kind, name))
 
 
 def algorithms(kind: Kind) -> tuple[Algorithm, ...]:
@@ -624,7 +633,7 @@ def check_key(
     algorithm its kernel does not implement.  Which key extensions a satype may
     carry at all (no KEY_ENCRYPT on AH, no KEY_AUTH on IPComp) is the engine's rule.
     """
-    d = Dialect(dialect)
+    d = _dialect(dialect)
     alg = by_id(kind, alg_id)
     number = alg_id & ~UNKNOWN & 0xFF
     if d is Dialect.LINUX and number > _LINUX_ID_MAX[kind]:
@@ -742,7 +751,7 @@ def setkey_bits(
     are not checked at all and yield every length.  ``form`` defaults to the form
     of the dialect's first spelling.
     """
-    d = Dialect(dialect)
+    d = _dialect(dialect)
     key_form = _form(alg, d, form)
     if alg.kind is Kind.COMPRESS or (alg.kind is Kind.AUTH and key_form is KeyForm.NONE):
         return range(0, ANY_KEY.stop * 8, 8)  # parse.y checks nothing here
@@ -874,7 +883,7 @@ def acquire_proposal(
     builder = _PROPOSALS.get(satype)
     if builder is None:
         return ()
-    return builder(Dialect(dialect), esp_keymin, esp_auth, ah_keymin)
+    return builder(_dialect(dialect), esp_keymin, esp_auth, ah_keymin)
 
 
 class ProposalKnobs(Protocol):

@@ -252,3 +252,19 @@ class Knobs:
     def items(self) -> Iterator[tuple[KnobSpec, int]]:
         for spec in KNOBS:
             yield spec, int(getattr(self, spec.attr))
+
+
+def mdoc_list() -> str:
+    """The knob table as an mdoc tag list, as man/pfkeyd.8 carries it between its
+    ``BEGIN KNOBS`` and ``END KNOBS`` markers (tools/update_man.py writes it there)."""
+    lines = [".Bl -tag -width indent"]
+    for k in KNOBS:
+        rng = f"{k.minimum}..{k.maximum}" if k.minimum != k.maximum else f"{k.minimum}"
+        access = "" if k.writable else ", read only"
+        lines += [
+            f".It Va {k.name}",
+            f"{k.description}.",
+            f"Default {k.default}, range {rng}, unit: {k.unit}{access}.",
+        ]
+    lines.append(".El")
+    return "\n".join(lines) + "\n"

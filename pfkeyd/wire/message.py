@@ -44,7 +44,7 @@ from __future__ import annotations
 import builtins
 import errno as E
 import struct
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from pfkeyd.errors import DecodeError, EncodeError
@@ -208,18 +208,23 @@ class Message:
     errno: int = 0
     reserved: int = 0
     exts: tuple[Extension, ...] = ()
+    _index: dict[int, Extension] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def _by_type(self) -> dict[int, Extension]:
+        index = self._index
+        if index is None:
+            index = {int(ext.exttype): ext for ext in reversed(self.exts)}  # the first of a type wins
+            object.__setattr__(self, "_index", index)
+        return index
 
     def get(self, exttype: int) -> Extension | None:
-        for ext in self.exts:
-            if ext.exttype == exttype:
-                return ext
-        return None
+        return self._by_type().get(exttype)
 
     def has(self, exttype: int) -> bool:
-        return any(ext.exttype == exttype for ext in self.exts)
+        return exttype in self._by_type()
 
     def _typed(self, exttype: ExtType, cls: builtins.type[_E]) -> _E | None:
-        ext: object = self.get(exttype)
+        ext: object = self._by_type().get(exttype)
         return ext if isinstance(ext, cls) else None
 
     def replace(self, **changes: object) -> Message:

@@ -42,7 +42,7 @@ class BadSockAddr(ValueError):
     """A sockaddr whose bytes cannot be read; the caller decides the kernel's answer."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=True)
 class SockAddr:
     """sockaddr_in / sockaddr_in6: an address with its port (and IPv6 flow and scope)."""
 
@@ -73,6 +73,10 @@ class SockAddr:
 
     def __str__(self) -> str:
         return str(self.ip) if not self.scope_id else f"{self.ip}%{self.scope_id}"
+
+    def __hash__(self) -> int:
+        # ipaddress hashes through hex(); SA and policy indexes hash addresses a lot.
+        return hash((int(self.ip), self.ip.version, self.port, self.flowinfo, self.scope_id))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,339 @@
+"""pfkeyd end to end: ADD throughput, dump rate and memory, a slow reader.
+
+    .venv/bin/python bench/daemon.py add  [--count 100000] [--window 64]
+    .venv/bin/python bench/daemon.py dump [--count 1000000]
+    .venv/bin/python bench/daemon.py slow [--count 1000000] [--pause 5]
+    .venv/bin/python bench/daemon.py all  [--count N]
+
+Every figure is printed beside a baseline measured in the same run on the same
+machine, because these machines are noisy:
+
+``add``
+    one client pipelines ADDs (a window of outstanding requests) to a real pfkeyd
+    (`python -m pfkeyd`, linux dialect).  Baseline: a trio SOCK_SEQPACKET echo server
+    in its own process, sent the same messages the same way.  Target: the daemon
+    reaches at least half the echo rate.
+``dump``
+    fills the SAD with ``--count`` SAs (pipelined ADDs), measures the daemon's RSS
+    growth per SA (target: at most 1 KiB), then reads a full SADB_DUMP (target: at
+    least 100 000 entries/s).  Baseline: a trio server streaming the same number of
+    pre-encoded dump messages, no encoding at all.
+``slow``
+    during a dump of ``--count`` SAs the reader stops for ``--pause`` seconds while
+    another client measures REGISTER round trips.  Targets: the daemon's RSS grows
+    by at most 32 MiB while the reader stalls, the other client's p99 stays within
+    20 ms.  Baseline: the same REGISTER round trips with no dump running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from pfkeyd.wire import Address, ExtType, Key, Message, MsgType, Sa, Sa2, SaType, encode
+
+ROOT = Path(__file__).resolve().parent.parent
+HEADER = struct.Struct("=BBBBHHII")
+DIALECT = "linux"
+
+ECHO_SERVER = r"""
+import socket, sys, trio
+async def serve(path):
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    await sock.bind(path)
+    sock.listen(16)
+    print("ready", flush=True)
+    async def client(conn):
+        with conn:
+            while True:
+                data = await conn.recv(65536)
+                if not data:
+                    return
+                await conn.send(data)
+    async with trio.open_nursery() as n:
+        while True:
+            conn, _ = await sock.accept()
+            n.start_soon(client, conn)
+trio.run(serve, sys.argv[1])
+"""
+
+STREAM_SERVER = r"""
+import socket, sys, trio
+async def serve(path, count, payload_path):
+    payload = open(payload_path, "rb").read()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    await sock.bind(path)
+    sock.listen(1)
+    print("ready", flush=True)
+    conn, _ = await sock.accept()
+    with conn:
+        await conn.recv(65536)
+        last = payload[:8] + bytes(4) + payload[12:]
+        for i in range(count - 1):
+            await conn.send(payload)
+        await conn.send(last)
+trio.run(serve, sys.argv[1], int(sys.argv[2]), sys.argv[3])
+"""
+
+
+def add_message(i: int) -> bytes:
+    """The i-th ADD: distinct SPIs over 256 address pairs, AES-CBC + HMAC-SHA256."""
+    src = f"10.{(i >> 8) & 0xFF}.{i & 0xFF}.1"
+    dst = "10.255.0.2"
+    msg = Message(MsgType.ADD, SaType.ESP, seq=i & 0xFFFFFFFF, pid=os.getpid(), exts=(
+        Key(ExtType.KEY_ENCRYPT, i.to_bytes(16, "big")),
+        Key(ExtType.KEY_AUTH, i.to_bytes(32, "big")),
+        Sa(0x1000 + i, 0, 0, 5, 12, 0x40),
+        Sa2(1, 0, 0),
+        Address.host(ExtType.ADDRESS_SRC, src),
+        Address.host(ExtType.ADDRESS_DST, dst),
+    ))
+    return encode(msg, DIALECT)
+
+
+def connect(path: str) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(path)
+    return s
+
+
+def _wait_for_socket(path: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            connect(path).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"no server on {path}")
+
+
+@contextmanager
+def process(argv: list[str], path: str) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait_for_socket(path, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def daemon(path: str, *knobs: str) -> contextmanager[subprocess.Popen[bytes]]:  # type: ignore[type-arg]
+    config = Path(path + ".conf")
+    config.write_text("".join(f"{k}\n" for k in knobs))
+    argv = [sys.executable, "-m", "pfkeyd", "-s", f"{path}:{DIALECT}", "-f", str(config)]
+    return process(argv, path)
+
+
+def rss(pid: int) -> int:
+    """Resident set size of a process in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
+
+
+def pipeline(sock: socket.socket, messages: list[bytes], window: int) -> tuple[float, int]:
+    """Send all messages keeping ``window`` outstanding; (seconds, errors)."""
+    errors = 0
+    sent = received = 0
+    total = len(messages)
+    start = time.perf_counter()
+    while sent < min(window, total):
+        sock.send(messages[sent])
+        sent += 1
+    while received < total:
+        reply = sock.recv(65536)
+        received += 1
+        if reply[2]:
+            errors += 1
+        if sent < total:
+            sock.send(messages[sent])
+            sent += 1
+    return time.perf_counter() - start, errors
+
+
+def bench_add(tmp: str, count: int, window: int) -> dict[str, float]:
+    messages = [add_message(i) for i in range(count)]
+    echo_path = f"{tmp}/echo.sock"
+    with process([sys.executable, "-c", ECHO_SERVER, echo_path], echo_path):
+        s = connect(echo_path)
+        echo_s, _ = pipeline(s, messages, window)
+        s.close()
+    path = f"{tmp}/pfkeyd.sock"
+    with daemon(path, "pfkeyd.max_sas=2000000"):
+        s = connect(path)
+        add_s, errors = pipeline(s, messages, window)
+        s.close()
+    if errors:
+        raise RuntimeError(f"{errors} ADDs failed")
+    echo_rate, add_rate = count / echo_s, count / add_s
+    print(f"ADD: {count:,} requests, window {window}")
+    print(f"  baseline: trio SEQPACKET echo server   {echo_rate:>12,.0f} msgs/s")
+    print(f"  pfkeyd ADD (decode, engine, reply)     {add_rate:>12,.0f} msgs/s")
+    ratio = add_rate / echo_rate
+    print(f"  ratio {ratio:.2f} (target >= 0.5): {'met' if ratio >= 0.5 else 'MISSED'}")
+    return {"add_rate": add_rate, "echo_rate": echo_rate, "ratio": ratio}
+
+
+def read_dump(sock: socket.socket) -> tuple[int, float]:
+    """Send DUMP and read to seq 0; (entries, seconds)."""
+    sock.send(encode(Message(MsgType.DUMP, SaType.UNSPEC, pid=os.getpid()), DIALECT))
+    n = 0
+    start = time.perf_counter()
+    while True:
+        data = sock.recv(65536)
+        _, mtype, err, _, _, _, seq, _ = HEADER.unpack_from(data)
+        if err:
+            raise RuntimeError(f"dump failed: errno {err}")
+        n += 1
+        if seq == 0:
+            return n, time.perf_counter() - start
+
+
+def fill(path: str, count: int) -> None:
+    s = connect(path)
+    batch = 50_000
+    for lo in range(0, count, batch):
+        _, errors = pipeline(s, [add_message(i) for i in range(lo, min(count, lo + batch))], 64)
+        if errors:
+            raise RuntimeError(f"{errors} ADDs failed while filling")
+    s.close()
+
+
+def bench_dump(tmp: str, count: int) -> dict[str, float]:
+    path = f"{tmp}/pfkeyd.sock"
+    with daemon(path, f"pfkeyd.max_sas={max(count, 1)}") as proc:
+        base_rss = rss(proc.pid)
+        t0 = time.perf_counter()
+        fill(path, count)
+        fill_s = time.perf_counter() - t0
+        filled_rss = rss(proc.pid)
+        s = connect(path)
+        entries, dump_s = read_dump(s)
+        s.close()
+        sample = None
+        s = connect(path)
+        s.send(encode(Message(MsgType.DUMP, SaType.UNSPEC, pid=os.getpid()), DIALECT))
+        sample = s.recv(65536)
+        s.close()
+    if entries != count:
+        raise RuntimeError(f"dump returned {entries} of {count} entries")
+    stream_path = f"{tmp}/stream.sock"
+    payload = Path(f"{tmp}/payload")
+    payload.write_bytes(sample)
+    with process([sys.executable, "-c", STREAM_SERVER, stream_path, str(count), str(payload)], stream_path):
+        s = connect(stream_path)
+        base_entries, base_s = read_dump(s)
+        s.close()
+    per_sa = (filled_rss - base_rss) / count
+    rate, base_rate = entries / dump_s, base_entries / base_s
+    print(f"DUMP of {count:,} SAs (filled at {count / fill_s:,.0f} ADD/s)")
+    print(f"  daemon RSS {base_rss / 2**20:.1f} MiB -> {filled_rss / 2**20:.1f} MiB: {per_sa:,.0f} bytes per SA "
+          f"(target <= 1024): {'met' if per_sa <= 1024 else 'MISSED'}")
+    print(f"  baseline: trio server streaming pre-encoded entries {base_rate:>12,.0f} entries/s")
+    print(f"  pfkeyd SADB_DUMP                                    {rate:>12,.0f} entries/s "
+          f"(ratio {rate / base_rate:.2f}; target >= 100,000/s: {'met' if rate >= 100_000 else 'MISSED'})")
+    return {"per_sa": per_sa, "dump_rate": rate, "stream_rate": base_rate}
+
+
+def register_rtts(path: str, stop: threading.Event, out: list[float]) -> None:
+    s = connect(path)
+    msg = encode(Message(MsgType.REGISTER, SaType.UNSPEC, pid=os.getpid()), DIALECT)
+    while not stop.is_set():
+        t = time.perf_counter()
+        s.send(msg)
+        s.recv(65536)
+        out.append(time.perf_counter() - t)
+        time.sleep(0.002)
+    s.close()
+
+
+def p99(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100)[98] if len(values) >= 100 else max(values)
+
+
+def bench_slow(tmp: str, count: int, pause: float) -> dict[str, float]:
+    path = f"{tmp}/pfkeyd.sock"
+    with daemon(path, f"pfkeyd.max_sas={max(count, 1)}") as proc:
+        fill(path, count)
+        idle: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=register_rtts, args=(path, stop, idle))
+        t.start()
+        time.sleep(1.0)
+        stop.set()
+        t.join()
+
+        reader = connect(path)
+        reader.send(encode(Message(MsgType.DUMP, SaType.UNSPEC, pid=os.getpid()), DIALECT))
+        for _ in range(10_000):
+            reader.recv(65536)
+        before = rss(proc.pid)
+        busy: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=register_rtts, args=(path, stop, busy))
+        t.start()
+        peak = before
+        end = time.monotonic() + pause
+        while time.monotonic() < end:
+            peak = max(peak, rss(proc.pid))
+            time.sleep(0.1)
+        stop.set()
+        t.join()
+        n = 10_000
+        while True:
+            data = reader.recv(65536)
+            n += 1
+            if HEADER.unpack_from(data)[6] == 0:
+                break
+        reader.close()
+    if n != count:
+        raise RuntimeError(f"the paused dump returned {n} of {count} entries")
+    growth = peak - before
+    print(f"slow reader: dump of {count:,} paused {pause:.0f} s after 10,000 entries, then read to the end ({n:,})")
+    print(f"  daemon RSS growth while paused: {growth / 2**20:.2f} MiB (target <= 32): "
+          f"{'met' if growth <= 32 * 2**20 else 'MISSED'}")
+    print(f"  baseline: REGISTER round trip p99, no dump   {p99(idle) * 1000:8.2f} ms ({len(idle)} samples)")
+    print(f"  REGISTER round trip p99 during paused dump  {p99(busy) * 1000:8.2f} ms ({len(busy)} samples; "
+          f"target <= 20 ms: {'met' if p99(busy) <= 0.020 else 'MISSED'})")
+    return {"growth": growth, "p99": p99(busy), "p99_idle": p99(idle)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("which", choices=("add", "dump", "slow", "all"))
+    parser.add_argument("--count", type=int)
+    parser.add_argument("--window", type=int, default=64)
+    parser.add_argument("--pause", type=float, default=5.0)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="pfkb") as tmp:
+        if args.which in ("add", "all"):
+            bench_add(tmp, args.count or 100_000, args.window)
+        if args.which in ("dump", "all"):
+            bench_dump(tmp, args.count or 1_000_000)
+        if args.which in ("slow", "all"):
+            bench_slow(tmp, args.count or 1_000_000, args.pause)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
