@@ -15,8 +15,10 @@ numbers of :mod:`pfkeyd.wire.constants` to wire numbers and back:
 from __future__ import annotations
 
 import enum
+import errno as _errno
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from pfkeyd.errors import EncodeError
 from pfkeyd.wire.constants import (
@@ -112,6 +114,27 @@ class DialectSpec:
     ipsecrequest_size: int  # fixed part of sadb_x_ipsecrequest
     reqid_max: int  # width of the ipsecrequest reqid
     policy_has_scope: bool  # byte 7 of sadb_x_policy is a scope (FreeBSD) or reserved
+    errnos: Mapping[str, int]  # errno name -> the dialect's number
+    _errno_out: dict[int, int] = field(init=False, repr=False, compare=False)
+    _errno_in: dict[int, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # A permutation of 0..255: the named errnos map to the dialect's numbers and
+        # the rest pair up in order, so that every byte round-trips.
+        known = {getattr(_errno, n): v for n, v in self.errnos.items() if hasattr(_errno, n)}
+        rest_in = sorted(set(range(256)) - set(known))
+        rest_out = sorted(set(range(256)) - set(known.values()))
+        out = {**known, **dict(zip(rest_in, rest_out, strict=True))}
+        object.__setattr__(self, "_errno_out", out)
+        object.__setattr__(self, "_errno_in", {w: h for h, w in out.items()})
+
+    def errno_to_wire(self, err: int) -> int:
+        """The dialect's number for a host errno (sadb_msg_errno)."""
+        return self._errno_out.get(err, err)
+
+    def errno_from_wire(self, err: int) -> int:
+        """The host errno for the dialect's number."""
+        return self._errno_in.get(err, err)
 
     @property
     def name(self) -> str:
@@ -141,6 +164,33 @@ _LINUX_AUTH = [
 _FREEBSD_ENC = [e for e in EncAlg if not e & LINUX_ONLY]
 _LINUX_ENC = [e for e in EncAlg if e != EncAlg.X_CHACHA20POLY1305]
 
+#: errno numbers of each system (FreeBSD sys/errno.h; Linux asm-generic/errno*.h), for
+#: the errnos a PF_KEY exchange can carry.  sadb_msg_errno holds the numbers of the
+#: kernel a client was built for; the engine works with the host's (Python's errno).
+_FREEBSD_ERRNOS: dict[str, int] = {
+    "EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EINTR": 4, "EIO": 5, "ENXIO": 6, "E2BIG": 7, "EBADF": 9,
+    "ENOMEM": 12, "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "EEXIST": 17, "ENODEV": 19, "EINVAL": 22,
+    "ENFILE": 23, "EMFILE": 24, "ENOSPC": 28, "EPIPE": 32, "ERANGE": 34, "EAGAIN": 35, "EINPROGRESS": 36,
+    "EALREADY": 37, "ENOTSOCK": 38, "EMSGSIZE": 40, "EPROTOTYPE": 41, "ENOPROTOOPT": 42,
+    "EPROTONOSUPPORT": 43, "ESOCKTNOSUPPORT": 44, "EOPNOTSUPP": 45, "EPFNOSUPPORT": 46,
+    "EAFNOSUPPORT": 47, "EADDRINUSE": 48, "EADDRNOTAVAIL": 49, "ENETDOWN": 50, "ENETUNREACH": 51,
+    "ECONNABORTED": 53, "ECONNRESET": 54, "ENOBUFS": 55, "EISCONN": 56, "ENOTCONN": 57, "ETIMEDOUT": 60,
+    "ECONNREFUSED": 61, "ELOOP": 62, "ENAMETOOLONG": 63, "EHOSTUNREACH": 65, "ENOTEMPTY": 66,
+    "ENOLCK": 77, "ENOSYS": 78, "EOVERFLOW": 84, "ECANCELED": 85, "EBADMSG": 89, "EPROTO": 92,
+}
+_LINUX_ERRNOS: dict[str, int] = {
+    "EPERM": 1, "ENOENT": 2, "ESRCH": 3, "EINTR": 4, "EIO": 5, "ENXIO": 6, "E2BIG": 7, "EBADF": 9,
+    "EAGAIN": 11, "ENOMEM": 12, "EACCES": 13, "EFAULT": 14, "EBUSY": 16, "EEXIST": 17, "ENODEV": 19,
+    "EINVAL": 22, "ENFILE": 23, "EMFILE": 24, "ENOSPC": 28, "EPIPE": 32, "ERANGE": 34,
+    "ENAMETOOLONG": 36, "ENOLCK": 37, "ENOSYS": 38, "ENOTEMPTY": 39, "ELOOP": 40, "EPROTO": 71,
+    "EBADMSG": 74, "EOVERFLOW": 75, "ENOTSOCK": 88, "EMSGSIZE": 90, "EPROTOTYPE": 91, "ENOPROTOOPT": 92,
+    "EPROTONOSUPPORT": 93, "ESOCKTNOSUPPORT": 94, "EOPNOTSUPP": 95, "EPFNOSUPPORT": 96,
+    "EAFNOSUPPORT": 97, "EADDRINUSE": 98, "EADDRNOTAVAIL": 99, "ENETDOWN": 100, "ENETUNREACH": 101,
+    "ECONNABORTED": 103, "ECONNRESET": 104, "ENOBUFS": 105, "EISCONN": 106, "ENOTCONN": 107,
+    "ETIMEDOUT": 110, "ECONNREFUSED": 111, "EHOSTUNREACH": 113, "EALREADY": 114, "EINPROGRESS": 115,
+    "ECANCELED": 125,
+}
+
 _SPECS: dict[Dialect, DialectSpec] = {
     Dialect.FREEBSD: DialectSpec(
         dialect=Dialect.FREEBSD,
@@ -159,6 +209,7 @@ _SPECS: dict[Dialect, DialectSpec] = {
         ipsecrequest_size=8,
         reqid_max=0xFFFF,
         policy_has_scope=True,
+        errnos=MappingProxyType(_FREEBSD_ERRNOS),
     ),
     Dialect.LINUX: DialectSpec(
         dialect=Dialect.LINUX,
@@ -175,6 +226,7 @@ _SPECS: dict[Dialect, DialectSpec] = {
         ipsecrequest_size=16,
         reqid_max=0xFFFFFFFF,
         policy_has_scope=False,
+        errnos=MappingProxyType(_LINUX_ERRNOS),
     ),
 }
 

@@ -337,7 +337,8 @@ def encode(msg: Message, dialect: Dialect | str) -> bytes:
     if units > 0xFFFF:
         msg_ = "message longer than 65535 units"
         raise EncodeError(msg_)
-    return HEADER.pack(PF_KEY_V2, msg.type, msg.errno, msg.satype, units, msg.reserved, msg.seq, msg.pid) + body
+    err = spec.errno_to_wire(msg.errno) if msg.errno else 0
+    return HEADER.pack(PF_KEY_V2, msg.type, err, msg.satype, units, msg.reserved, msg.seq, msg.pid) + body
 
 
 #: Linux's kernel-internal ERESTARTSYS, ERESTARTNOINTR and ERESTARTNOHAND, which
@@ -351,13 +352,16 @@ def error_reply(request: bytes, err: int, dialect: Dialect | str) -> bytes:
     FreeBSD echoes the whole request, keys included, with ``sadb_msg_errno`` set;
     Linux sends the 16-byte header alone with ``len`` = 2.  Linux maps its
     ERESTART* errnos (512-514) to EINTR and any other errno of 512 and above to EINVAL.
+    ``err`` is a host errno; the reply carries the dialect's number for it.
     """
-    if Dialect(dialect) is Dialect.FREEBSD:
-        return request[:2] + bytes((err & 0xFF,)) + request[3:]
+    spec = _spec(dialect)
+    if spec.dialect is Dialect.FREEBSD:
+        return request[:2] + bytes((spec.errno_to_wire(err) & 0xFF,)) + request[3:]
     if err in _ERESTART:
         err = E.EINTR
     elif err >= 512:
         err = E.EINVAL
+    err = spec.errno_to_wire(err)
     head = bytearray(request[:16].ljust(16, b"\0"))
     head[2] = err & 0xFF
     struct.pack_into("=H", head, 4, 2)
@@ -442,7 +446,7 @@ def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int
             exts.append(UnknownExt(wire_type, data[off + 4 : off + elen]))
         off += elen
 
-    msg = Message(mtype, satype, seq, pid, err, reserved, tuple(exts))
+    msg = Message(mtype, satype, seq, pid, spec.errno_from_wire(err) if err else 0, reserved, tuple(exts))
     if request:
         check_request_generic(msg, data)
     if deferred is not None:
@@ -557,7 +561,7 @@ def _decode_linux(data: bytes, spec: DialectSpec, request: bool, max_size: int |
             exts.append(UnknownExt(wire_type, data[off + 4 : off + elen]))
         off += elen
 
-    msg = Message(mtype, satype, seq, pid, err, reserved, tuple(exts))
+    msg = Message(mtype, satype, seq, pid, spec.errno_from_wire(err) if err else 0, reserved, tuple(exts))
     if deferred is not None:
         raise _fail(str(deferred), deferred.errno, reply=request, data=data)
     return msg

@@ -36,6 +36,8 @@ canonical: algorithm ids, modes and directions are the numbers of
 
 from __future__ import annotations
 
+import errno
+
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
@@ -1126,7 +1128,7 @@ _add("msg/06-acquire-error-report", FREEBSD, REQUEST, hx(
     "02 06 3c 03",  # ACQUIRE, errno 60 (ETIMEDOUT on FreeBSD), satype ESP
     "0200 0000",  # len 2: the header-only form a key manager uses to report failure
     "01000000 d2040000",  # seq 1 (the ACQUIRE's), pid 1234
-), msg(MsgType.ACQUIRE, SaType.ESP, seq=1, pid=1234, errno=60))
+), msg(MsgType.ACQUIRE, SaType.ESP, seq=1, pid=1234, errno=errno.ETIMEDOUT))  # the model holds host errnos
 
 _add("msg/07-register-request", FREEBSD, REQUEST, hx(
     "02 07 00 03 0200 0000 00000000 d2040000",  # REGISTER, ESP, len 2, seq 0, pid 1234
