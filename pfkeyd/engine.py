@@ -100,6 +100,9 @@ __all__ = [
 
 #: The errno a kernel answers for a message type it has no handler for (reference §1.3, §1.4).
 NO_HANDLER_ERRNO = {Dialect.FREEBSD: E.EINVAL, Dialect.LINUX: E.EOPNOTSUPP}
+#: Types whose Linux refusal is another errno: SADB_X_MIGRATE is pfkey_migrate built
+#: without CONFIG_NET_KEY_MIGRATE, ENOPROTOOPT (reference §2); pfkeyd migrates nothing.
+_LINUX_NO_HANDLER_ERRNO: dict[int, int] = {MsgType.X_MIGRATE: E.ENOPROTOOPT}
 
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
 _X1_EXTS = (
@@ -151,6 +154,15 @@ def strip_keys(msg: Message) -> Message:
 def _for_dialect(exts: Iterable[Extension], dialect: Dialect) -> tuple[Extension, ...]:
     drop = _DIALECT_ONLY[dialect]
     return tuple(e for e in exts if e.exttype not in drop)
+
+
+def _in_dialect(msg: Message, dialect: Dialect) -> Message:
+    """``msg`` without the extensions ``dialect`` has no number for (a FreeBSD
+    requester's NAT_T_OAR or SA_REPLAY broadcast to a linux socket, and the like)."""
+    drop = _DIALECT_ONLY[dialect]
+    if not any(e.exttype in drop for e in msg.exts):
+        return msg
+    return msg.replace(exts=_for_dialect(msg.exts, dialect))
 
 
 # ---------------------------------------------------------------------------- SA messages
@@ -274,7 +286,7 @@ class KeyEngine:
     """The SAD, the registrations and the PF_KEY message handlers."""
 
     def __init__(self, knobs: Knobs | None = None, *, rng: random.Random | None = None) -> None:
-        self.knobs = knobs if knobs is not None else Knobs()
+        self._knobs = knobs if knobs is not None else Knobs()
         self.rng = rng if rng is not None else random.SystemRandom()
         self.sad = Sad()
         self.clients: dict[ClientId, ClientState] = {}
@@ -293,6 +305,21 @@ class KeyEngine:
     def client_closed(self, client: ClientId) -> None:
         """The socket is gone: its registrations and promiscuous mode go with it."""
         self.clients.pop(client, None)
+
+    @property
+    def knobs(self) -> Knobs:
+        return self._knobs
+
+    @knobs.setter
+    def knobs(self, knobs: Knobs) -> None:
+        """New knob values, effective from the next message and the next tick."""
+        old, self._knobs = self._knobs, knobs
+        if knobs.larval_lifetime != old.larval_lifetime:
+            # key_timehandler measures every LARVAL SA against the current
+            # net.key.larval_lifetime (reference §7.1): move their deadlines too.
+            for head in self.sad.heads.values():
+                for sa in head.larval.values():
+                    self._schedule(sa)
 
     def set_knob(self, name: str, value: int | str) -> None:
         """Change one knob; effective from the next message (raises KnobError)."""
@@ -316,11 +343,18 @@ class KeyEngine:
                 check_request_generic(msg)
             except DecodeError as exc:
                 raise PfkeyError(str(exc), errno=exc.errno) from None
+            if msg.satype == SaType.X_TCPSIGNATURE and msg.satype not in state.dialect.spec.satypes:
+                # Linux has no satype 11: pfkey_satype2proto gives 0 -> EINVAL, and
+                # REGISTER refuses satype > SADB_SATYPE_MAX (reference §3.7, §5.1).
+                raise InvalidArgument(f"satype {msg.satype} is not defined in the {state.dialect.value} dialect")
             handler = HANDLERS.get(msg.type)
             if handler is None:
                 name = MsgType(msg.type).name if msg.type in MsgType._value2member_map_ else msg.type
                 error = f"no handler for message type {name}"
-                raise PfkeyError(error, errno=NO_HANDLER_ERRNO[state.dialect])
+                err = NO_HANDLER_ERRNO[state.dialect]
+                if state.dialect is Dialect.LINUX:
+                    err = _LINUX_NO_HANDLER_ERRNO.get(msg.type, err)
+                raise PfkeyError(error, errno=err)
             effects = handler(self, req)
         except PfkeyError as exc:
             self.stats.note_error(exc.errno)
@@ -337,11 +371,37 @@ class KeyEngine:
 
     # ------------------------------------------------------------- delivery
 
-    def _promisc(self, msg: Message) -> list[Effect]:
-        listeners = tuple(c for c, s in self.clients.items() if s.promisc)
+    def _fan_out(
+        self, clients: Iterable[ClientId], build: Callable[[Dialect], Message], *, promisc: bool = False
+    ) -> list[Effect]:
+        """Broadcast to ``clients``, each getting ``build`` of its dialect; clients whose
+        messages are equal share one Send (in the common case, one Send for all)."""
+        messages: list[Message] = []
+        groups: list[list[ClientId]] = []
+        slot_of: dict[Dialect, int] = {}
+        for c in clients:
+            d = self.clients[c].dialect
+            slot = slot_of.get(d)
+            if slot is None:
+                m = build(d)
+                slot = next((i for i, x in enumerate(messages) if x == m), len(messages))
+                if slot == len(messages):
+                    messages.append(m)
+                    groups.append([])
+                slot_of[d] = slot
+            groups[slot].append(c)
+        return [Send(tuple(cs), m, promisc=promisc) for m, cs in zip(messages, groups)]
+
+    def _promisc(self, build: Message | Callable[[Dialect], Message]) -> list[Effect]:
+        """The keyless copies for promiscuous sockets, each in terms its dialect can say."""
+        listeners = [c for c, s in self.clients.items() if s.promisc]
         if not listeners:
             return []
-        return [Send(listeners, strip_keys(msg), reply=False, promisc=True)]
+
+        def copy(d: Dialect) -> Message:
+            return _in_dialect(strip_keys(build(d) if callable(build) else build), d)
+
+        return self._fan_out(listeners, copy, promisc=True)
 
     def _to_one(self, req: _Request, msg: Message) -> list[Effect]:
         """KEY_SENDUP_ONE: the requester only (keys allowed)."""
@@ -354,9 +414,8 @@ class KeyEngine:
         out: list[Effect] = []
         if me is not None:
             out.append(Send((me,), msg, reply=True))
-        others = tuple(c for c in self.clients if c != me)
-        if others:
-            out.append(Send(others, msg))
+        others = [c for c in self.clients if c != me]
+        out += self._fan_out(others, lambda d: _in_dialect(msg, d))
         return out + self._promisc(msg)
 
     def _to_registered(
@@ -369,7 +428,7 @@ class KeyEngine:
 
         def message(d: Dialect) -> Message:
             if d not in made:
-                made[d] = strip_keys(build(d) if callable(build) else build)
+                made[d] = _in_dialect(strip_keys(build(d) if callable(build) else build), d)
             return made[d]
 
         out: list[Effect] = []
@@ -381,7 +440,7 @@ class KeyEngine:
                 out.append(Send(targets, message(d)))
         if not out:
             return []
-        return out + self._promisc(message(Dialect.FREEBSD))
+        return out + self._promisc(message)
 
     def registered_clients(self) -> tuple[ClientId, ...]:
         return tuple(c for c, s in self.clients.items() if s.registered)
@@ -448,8 +507,12 @@ class KeyEngine:
             if current is not sa:
                 continue  # an earlier deadline in this tick changed it
             if kind == DEADLINE_LARVAL:
+                if now.mono < sa.created + self.knobs.larval_lifetime:
+                    continue  # the lifetime grew since; its later deadline is scheduled
                 self.sad.remove(sa)  # silently, as key_timehandler does
-            elif kind == DEADLINE_HARD:
+            elif kind == DEADLINE_HARD or _hard_due(sa, now.mono):
+                # HARD is checked first: a tick that finds both limits passed sends
+                # only the hard EXPIRE (reference §7.2).
                 effects += self._expire_hard(sa)
             else:
                 effects += self._expire_soft(sa)
@@ -516,8 +579,9 @@ class KeyEngine:
             if ext_replay.replay > _MAX_SA_REPLAY:
                 error = f"replay window {ext_replay.replay} is too large"
                 raise InvalidArgument(error)
-            window = ext_replay.replay
-            replay = min((window + 7) // 8, 255)
+            # The kernel keeps (n + 7) / 8 bitmap bytes and reports bytes x 8 (§4.16).
+            window = (ext_replay.replay + 7) // 8 * 8
+            replay = min(window // 8, 255)
         key_auth, key_enc = msg.key_auth, msg.key_encrypt
         if key_auth is not None:
             if proto == IpProto.IPCOMP:
@@ -788,7 +852,9 @@ class KeyEngine:
                               sel.dst_len if sel.dst.port else index.dst.max_prefix, proto)
         head: list[Extension] = [src_ext, dst_ext]
         if sp is not None:
-            head.append(Policy(sp.type, sp.dir, sp.id, sp.priority, sp.scope))
+            # key_setsadbxpolicy fills type, direction, id and priority only: the scope
+            # byte stays 0 (which the linux dialect, where it is reserved, can carry).
+            head.append(Policy(sp.type, sp.dir, sp.id, sp.priority))
         if index.reqid:
             head.append(Sa2(index.mode, 0, index.reqid))
         knobs = self.knobs
@@ -831,10 +897,12 @@ class KeyEngine:
     def _requests(self, req: _Request, pol: Policy) -> tuple[IpsecRequest, ...]:
         """Validate the ipsecrequests (reference §6.3) and allocate unique reqids."""
         limit = _MAX_REQUESTS[req.dialect]
-        if len(pol.requests) > limit[0]:
-            raise PfkeyError(f"more than {limit[0]} ipsecrequests", errno=limit[1])
         out: list[IpsecRequest] = []
-        for r in pol.requests:
+        for i, r in enumerate(pol.requests):
+            # Counted as parsed, as key_msg2sp and parse_ipsecrequest do: the requests
+            # before the one past the limit are checked first.
+            if i >= limit[0]:
+                raise PfkeyError(f"more than {limit[0]} ipsecrequests", errno=limit[1])
             if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP):
                 raise ProtocolNotSupported(f"ipsecrequest protocol {r.proto}")
             if r.mode not in (Mode.TRANSPORT, Mode.TUNNEL):
@@ -893,7 +961,11 @@ class KeyEngine:
             self.spd.remove(old)
         self.spd.insert(sp)
         self._schedule_policy(sp)
-        reply_pol = Policy(pol.type, pol.dir, sp.id, pol.priority, pol.scope, requests)
+        # The reply carries the request's X_POLICY with the id filled in and the UNIQUE
+        # reqids key_msg2sp rewrote; every other byte is echoed as sent (§3.12).
+        echoed = tuple(IpsecRequest(r.proto, r.mode, r.level, s.reqid, r.src, r.dst) if r.level == Level.UNIQUE
+                       else r for r, s in zip(pol.requests, requests)) if requests else pol.requests
+        reply_pol = Policy(pol.type, pol.dir, sp.id, pol.priority, pol.scope, echoed)
         exts: list[Extension] = [reply_pol]
         if hard is not None:
             exts.append(hard)
@@ -1104,6 +1176,16 @@ def _natt(msg: Message, proto: int) -> NatT | None:
     return NatT(t.type, sport.port, dport.port, oa[0], oa[1])
 
 
+def _hard_due(sa: SecAssoc, now: float) -> bool:
+    """The hard add-time or use-time limit of ``sa`` has been reached at ``now``."""
+    lt = sa.hard
+    if lt is None:
+        return False
+    if lt.addtime and now >= sa.created + lt.addtime:
+        return True
+    return bool(lt.usetime and sa.first_used is not None and now >= sa.first_used + lt.usetime)
+
+
 def _over(limit: Lifetime | None, sa: SecAssoc) -> bool:
     if limit is None:
         return False
@@ -1192,7 +1274,9 @@ def _policy_ext(sp: SecPolicy) -> Policy:
 
 
 def _sp_lifetimes(sp: SecPolicy) -> tuple[Lifetime, Lifetime]:
-    return (Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, sp.created_wall, sp.last_used_wall),
+    # key_spdadd starts lastused at the creation time, so an unused policy reports it.
+    last_used = sp.last_used_wall if sp.last_used is not None else sp.created_wall
+    return (Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, sp.created_wall, last_used),
             Lifetime(ExtType.LIFETIME_HARD, 0, 0, sp.lifetime, sp.validtime))
 
 
@@ -1211,7 +1295,7 @@ def sp_message(sp: SecPolicy, msgtype: int, seq: int, pid: int, dialect: Dialect
         exts: tuple[Extension, ...] = (src, dst, hard, soft, current, pol)
     else:
         exts = (src, dst, _policy_ext(sp))
-        if sp.lifetime or sp.validtime:
+        if sp.lifetime:  # key_setdumpsp: a validtime alone is not shown
             exts += (current, hard)
     return Message(msgtype, SaType.UNSPEC, seq, pid, 0, _REFCNT, exts)
 
@@ -1221,14 +1305,15 @@ def _render_sp(sp: SecPolicy, dialect: Dialect, seq: int, pid: int) -> bytes:
 
 
 def _spdexpire_message(sp: SecPolicy) -> Callable[[Dialect], Message]:
-    """SADB_X_SPDEXPIRE (reference §6.6): CURRENT, HARD, SRC, DST, X_POLICY; seq and pid 0."""
+    """SADB_X_SPDEXPIRE (reference §6.6): CURRENT, HARD, SRC, DST, X_POLICY; seq, pid and
+    reserved 0 (key_spdexpire writes no reference count)."""
 
     def build(dialect: Dialect) -> Message:
         src, dst = _selector_exts(sp)
         current, hard = _sp_lifetimes(sp)
         pol = _policy_ext(sp) if dialect is Dialect.FREEBSD else Policy(sp.type, sp.dir, sp.id, sp.priority, 0,
                                                                         sp.requests)
-        return Message(MsgType.X_SPDEXPIRE, SaType.UNSPEC, 0, 0, 0, _REFCNT, (current, hard, src, dst, pol))
+        return Message(MsgType.X_SPDEXPIRE, SaType.UNSPEC, 0, 0, 0, 0, (current, hard, src, dst, pol))
 
     return build
 

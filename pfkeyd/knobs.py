@@ -45,20 +45,23 @@ def _k(name: str, attr: str, default: int, lo: int, hi: int, unit: str, desc: st
 
 
 _U32 = 0xFFFFFFFF
-_LEVEL = "level (1 use, 2 require, 3 unique)"
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+# The *_deflev sysctls are plain ints: FreeBSD takes any value and treats one
+# outside 1..3 as REQUIRE when a DEFAULT-level request is used (reference §6.4).
+_LEVEL = "level (1 use, 2 require, 3 unique; any other value means require)"
 
 #: Every variable, in the order `pfkeyd sysctl -a` prints them.
 KNOBS: tuple[KnobSpec, ...] = (
     # net.inet.ipsec (FreeBSD ipsec.c); the IPv6 node shares def_policy and debug
     _k("net.inet.ipsec.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
        "Policy for packets that match no security policy"),
-    _k("net.inet.ipsec.esp_trans_deflev", "esp_trans_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet.ipsec.esp_trans_deflev", "esp_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 ESP transport-mode requests at level default"),
-    _k("net.inet.ipsec.esp_net_deflev", "esp_net_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet.ipsec.esp_net_deflev", "esp_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 ESP tunnel-mode requests at level default"),
-    _k("net.inet.ipsec.ah_trans_deflev", "ah_trans_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet.ipsec.ah_trans_deflev", "ah_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 AH transport-mode requests at level default"),
-    _k("net.inet.ipsec.ah_net_deflev", "ah_net_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet.ipsec.ah_net_deflev", "ah_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 AH tunnel-mode requests at level default"),
     _k("net.inet.ipsec.ah_cleartos", "ah_cleartos", 1, 0, 1, "boolean",
        "Clear the IPv4 TOS byte while computing the AH ICV"),
@@ -82,16 +85,18 @@ KNOBS: tuple[KnobSpec, ...] = (
        "Transport-mode NAT-T TCP/UDP checksum handling"),
     _k("net.inet.ipsec.filtertunnel", "filtertunnel", 0, 0, 1, "boolean",
        "Let packet filters see packets decapsulated from IPv4 tunnels"),
+    _k("net.inet.ipsec.esp_randpad", "esp_randpad", -1, -1, 255, "bytes (-1 off)",
+       "Random ESP padding (FreeBSD 11 and older; kept for compatibility)"),
     # net.inet6.ipsec6
     _k("net.inet6.ipsec6.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
        "Policy for packets that match no security policy (shared with IPv4)"),
-    _k("net.inet6.ipsec6.esp_trans_deflev", "esp6_trans_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet6.ipsec6.esp_trans_deflev", "esp6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 ESP transport-mode requests at level default"),
-    _k("net.inet6.ipsec6.esp_net_deflev", "esp6_net_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet6.ipsec6.esp_net_deflev", "esp6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 ESP tunnel-mode requests at level default"),
-    _k("net.inet6.ipsec6.ah_trans_deflev", "ah6_trans_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet6.ipsec6.ah_trans_deflev", "ah6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 AH transport-mode requests at level default"),
-    _k("net.inet6.ipsec6.ah_net_deflev", "ah6_net_deflev", 1, 1, 3, _LEVEL,
+    _k("net.inet6.ipsec6.ah_net_deflev", "ah6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 AH tunnel-mode requests at level default"),
     _k("net.inet6.ipsec6.ecn", "ecn6", 0, -1, 1, "-1 ignore, 0 forbidden, 1 allowed",
        "ECN handling of IPv6 tunnels"),
@@ -177,6 +182,7 @@ class Knobs:
     check_policy_history: int = 0
     natt_cksum_policy: int = 0
     filtertunnel: int = 0
+    esp_randpad: int = -1
     esp6_trans_deflev: int = 1
     esp6_net_deflev: int = 1
     ah6_trans_deflev: int = 1

@@ -62,7 +62,8 @@ class NatT:
 @dataclass(frozen=True, slots=True)
 class SecAssoc:
     """One SA.  ``replay`` is ``sadb_sa_replay`` as given (KAME: window bytes);
-    ``replay_window`` the window that SA_REPLAY set, in packets (0: none)."""
+    ``replay_window`` the window that SA_REPLAY set, in packets rounded up to whole
+    bitmap bytes as the kernel keeps it (0: none)."""
 
     spi: int
     satype: int
