@@ -35,7 +35,8 @@ _PROTOS: dict[str, int] = {"any": IpProto.ANY, "tcp": IpProto.TCP, "udp": IpProt
            "esp": IpProto.ESP, "ah": IpProto.AH}
 _PROTO_NAMES: dict[int, str] = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp"}
 _MODE_NAMES: dict[int, str] = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel", Mode.ANY: "any"}
-_LEVEL_NAMES: dict[int, str] = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require", Level.UNIQUE: "unique"}
+_LEVEL_NAMES: dict[int, str] = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require",
+                                Level.UNIQUE: "unique"}
 _TYPE_NAMES: dict[int, str] = {PolicyType.DISCARD: "discard", PolicyType.NONE: "none", PolicyType.IPSEC: "ipsec"}
 _DIR_NAMES: dict[int, str] = {v: k for k, v in _DIRS.items()}
 
