@@ -1,17 +1,32 @@
 """The pfkeyd command line.
 
+    pfkeyd [-d] [--syslog] [-f file] [-s path] [-l path:dialect ...] [--group group]
+           [--allow-uid uid ...]
+        Run the daemon in the foreground until SIGTERM or SIGINT.
     pfkeyd decode [-d dialect] [-k] file ...
         Decode PF_KEY messages (hex text or raw bytes) and print them field by field.
+
+The daemon logs to stderr (or syslog) and prints nothing on stdout.  Exit status: 0
+after an orderly stop, 1 when it cannot start (socket in use, bad configuration
+file), 64 for usage errors.
 """
 
 from __future__ import annotations
 
 import argparse
+import grp
+import logging
+import logging.handlers
+import pwd
 import re
+import signal
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
+from pfkeyd.defaults import default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError
+from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
 from pfkeyd.wire.describe import describe
 
@@ -70,6 +85,204 @@ def _decode_command(argv: Sequence[str]) -> int:
     return status
 
 
+# ------------------------------------------------------------------------ daemon
+
+USAGE = """\
+usage: pfkeyd [-d] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
+              [--group group] [--allow-uid uid ...]
+       pfkeyd decode [-d dialect] [-k] file ...
+"""
+
+log = logging.getLogger("pfkeyd")
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _StartError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _daemon_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="pfkeyd", usage=USAGE.removeprefix("usage: ").rstrip("\n"), add_help=False,
+                description="Run the PF_KEY v2 key engine daemon in the foreground.")
+    p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
+    p.add_argument("-d", "--debug", action="store_true", help="log every message (never key material)")
+    p.add_argument("--syslog", action="store_true", help="log to syslog (facility daemon), not stderr")
+    p.add_argument("-f", "--config", metavar="file", help="set knobs from name=value lines at start")
+    p.add_argument("-s", "--socket", metavar="path[:dialect]",
+                   help="the main socket (default /run/pfkeyd.sock for root, else "
+                        "$XDG_RUNTIME_DIR/pfkeyd.sock; dialect of the host)")
+    p.add_argument("-l", "--listen", metavar="path:dialect", action="append", default=[],
+                   help="one more socket, speaking freebsd or linux")
+    p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
+    p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
+                   help="admit this user as well as root and the daemon's own")
+    return p
+
+
+def _split_endpoint(text: str, *, dialect_required: bool) -> tuple[str, Dialect]:
+    path, sep, name = text.rpartition(":")
+    if sep and name in {d.value for d in Dialect}:
+        dialect = Dialect(name)
+    elif dialect_required:
+        msg = f"'{text}': expected path:dialect, the dialect being freebsd or linux"
+        raise _UsageError(msg)
+    else:
+        path, dialect = text, native_dialect()
+    if not path:
+        msg = f"'{text}': empty socket path"
+        raise _UsageError(msg)
+    return path, dialect
+
+
+def _gid(name: str) -> int:
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        msg = f"unknown group '{name}'"
+        raise _UsageError(msg) from None
+
+
+def _uid(name: str) -> int:
+    try:
+        return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+    except KeyError:
+        msg = f"unknown user '{name}'"
+        raise _UsageError(msg) from None
+
+
+def load_config(path: str, knobs: Knobs) -> Knobs:
+    """Knob settings from a file of ``name=value`` lines; ``#`` starts a comment.
+
+    Raises :class:`ValueError` naming ``file:line`` for the first bad line.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        msg = f"{path}: {getattr(exc, 'strerror', None) or exc}"
+        raise ValueError(msg) from None
+    for number, raw in enumerate(lines, 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, value = line.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            msg = f"{path}:{number}: expected name=value, not '{line}'"
+            raise ValueError(msg)
+        try:
+            knobs = knobs.set(name.strip(), value.strip())
+        except KnobError as exc:
+            msg = f"{path}:{number}: {exc}"
+            raise ValueError(msg) from None
+    return knobs
+
+
+def _setup_logging(use_syslog: bool, debug: bool) -> logging.Handler:
+    handler: logging.Handler
+    if use_syslog:
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+        except OSError as exc:
+            msg = f"syslog: {exc.strerror or exc}"
+            raise _StartError(msg) from None
+        handler.setFormatter(logging.Formatter("pfkeyd[%(process)d]: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s pfkeyd: %(levelname)s: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
+    return handler
+
+
+def _daemon_command(argv: Sequence[str]) -> int:
+    parser = _daemon_parser()
+    try:
+        opts = parser.parse_args(argv)
+        if opts.help:
+            parser.print_help()
+            return 0
+        if opts.socket is not None:
+            main_socket = _split_endpoint(opts.socket, dialect_required=False)
+        else:
+            path = default_socket_path()
+            if path is None:
+                msg = "no socket path: give -s path, set XDG_RUNTIME_DIR or run as root"
+                raise _UsageError(msg)
+            main_socket = (path, native_dialect())
+        sockets = [main_socket] + [_split_endpoint(t, dialect_required=True) for t in opts.listen]
+        paths = [p for p, _ in sockets]
+        if len(set(paths)) != len(paths):
+            msg = "the same socket path is given twice"
+            raise _UsageError(msg)
+        group = _gid(opts.group) if opts.group is not None else None
+        allow = frozenset(_uid(u) for u in opts.allow_uid)
+    except _UsageError as exc:
+        sys.stderr.write(USAGE)
+        print(f"pfkeyd: {exc}", file=sys.stderr)
+        return EX_USAGE
+
+    knobs = Knobs()
+    if opts.config is not None:
+        try:
+            knobs = load_config(opts.config, knobs)
+        except ValueError as exc:
+            print(f"pfkeyd: {exc}", file=sys.stderr)
+            return 1
+    try:
+        handler = _setup_logging(opts.syslog, opts.debug)
+    except _StartError as exc:
+        print(f"pfkeyd: {exc}", file=sys.stderr)
+        return 1
+    try:
+        return _run_daemon(sockets, knobs, group, allow)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
+                allow: frozenset[int]) -> int:
+    import trio
+
+    from pfkeyd.engine import KeyEngine
+    from pfkeyd.server import Endpoint, Server, ServerError
+
+    endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
+    server = Server(KeyEngine(knobs), endpoints, group=group, allow_uids=allow)
+    failure: list[str] = []
+
+    async def run() -> None:
+        # Listen for signals before the sockets exist, so that none is missed.
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await nursery.start(server.serve)
+                except ServerError as exc:
+                    failure.append(str(exc))
+                    return
+                async for signum in signals:
+                    log.info("%s received, stopping", signal.Signals(signum).name)
+                    server.stop()
+                    break
+        log.info("stopped")
+
+    trio.run(run)
+    if failure:
+        log.error("%s", failure[0])
+        return 1
+    return 0
+
+
 _COMMANDS = {"decode": _decode_command}
 
 
@@ -77,5 +290,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in _COMMANDS:
         return _COMMANDS[args[0]](args[1:])
-    print("usage: pfkeyd decode [-d dialect] [-k] file ...", file=sys.stderr)
-    return EX_USAGE
+    return _daemon_command(args)

@@ -296,6 +296,7 @@ class KeyEngine:
         self._policy_deadlines: list[tuple[float, int]] = []  # (when, policy id), checked when due
         self._policy_ids = 0
         self._reqids = 0x4000
+        self._deflev: tuple[Knobs, dict[tuple[int, int, int], int]] | None = None
 
     # ---------------------------------------------------------------- clients
 
@@ -679,10 +680,23 @@ class KeyEngine:
             if hard is None and sa.state == SaState.DYING:
                 hard, soft = sa.hard, sa.soft  # a DYING SA keeps its limits
             new = sa.evolve(state=SaState.MATURE, hard=hard, soft=soft)
+            new = self._natt_changed(new, msg, proto)
             new = self._moved(new, msg)
         self.sad.replace(sa, new)
         self._schedule(new)
         return self._to_all(req, _x1_reply(msg))
+
+    def _natt_changed(self, sa: SecAssoc, msg: Message, proto: int) -> SecAssoc:
+        """FreeBSD's clone path for an alive SA that has NAT-T state or is given a
+        NAT_T_TYPE: without a new address it needs TYPE, SPORT and DPORT (reference §3.2)."""
+        if sa.natt is None and msg.nat_t_type is None:
+            return sa
+        moving = msg.has(ExtType.X_NEW_ADDRESS_SRC) or msg.has(ExtType.X_NEW_ADDRESS_DST)
+        if msg.nat_t_type is None or msg.nat_t_sport is None or msg.nat_t_dport is None:
+            if moving:
+                return sa
+            raise InvalidArgument("an UPDATE of a NAT-T SA needs NAT_T_TYPE, NAT_T_SPORT and NAT_T_DPORT")
+        return sa.evolve(natt=_natt(msg, proto))
 
     def _moved(self, sa: SecAssoc, msg: Message) -> SecAssoc:
         """FreeBSD's NEW_ADDRESS_SRC/DST on an alive SA: the SA moves to a new SA index."""
@@ -955,7 +969,7 @@ class KeyEngine:
             self._new_policy_id(pol.dir), pol.dir, sel, pol.type, requests, pol.priority,
             self.spd.next_order(), req.now.mono, req.now.wall,
             hard.addtime if hard is not None else 0, hard.usetime if hard is not None else 0,
-            None, 0, PolicyScope.GLOBAL,
+            PolicyScope.GLOBAL,
         )
         if old is not None:
             self.spd.remove(old)
@@ -1066,8 +1080,7 @@ class KeyEngine:
         if sp is None:
             action = "discard" if self.knobs.def_policy == 0 else "pass"
             return Decision(action, None, default=True), []
-        sp = sp.used(now.mono, now.wall)
-        self.spd.replace(self.spd.by_id[sp.id], sp)
+        sp.touch(now.mono, now.wall)
         if sp.type != PolicyType.IPSEC:
             return Decision("discard" if sp.type == PolicyType.DISCARD else "pass", sp), []
         effects: list[Effect] = []
@@ -1102,15 +1115,24 @@ class KeyEngine:
             return Level.USE
         if r.level != Level.DEFAULT:
             return r.level
+        table = self._deflev_table()
+        level = table.get((version, r.proto, r.mode), Level.REQUIRE)
+        return level if level in (Level.USE, Level.REQUIRE, Level.UNIQUE) else Level.REQUIRE
+
+    def _deflev_table(self) -> dict[tuple[int, int, int], int]:
+        """(IP version, protocol, mode) -> the *_deflev knob's level, per knobs value."""
         k = self.knobs
+        cached = self._deflev
+        if cached is not None and cached[0] is k:
+            return cached[1]
         table: dict[tuple[int, int, int], int] = {
             (4, IpProto.ESP, Mode.TRANSPORT): k.esp_trans_deflev, (4, IpProto.ESP, Mode.TUNNEL): k.esp_net_deflev,
             (4, IpProto.AH, Mode.TRANSPORT): k.ah_trans_deflev, (4, IpProto.AH, Mode.TUNNEL): k.ah_net_deflev,
             (6, IpProto.ESP, Mode.TRANSPORT): k.esp6_trans_deflev, (6, IpProto.ESP, Mode.TUNNEL): k.esp6_net_deflev,
             (6, IpProto.AH, Mode.TRANSPORT): k.ah6_trans_deflev, (6, IpProto.AH, Mode.TUNNEL): k.ah6_net_deflev,
         }
-        level = table.get((version, r.proto, r.mode), Level.REQUIRE)
-        return level if level in (Level.USE, Level.REQUIRE, Level.UNIQUE) else Level.REQUIRE
+        self._deflev = (k, table)
+        return table
 
     def _usable_sa(self, index: SaIndex) -> SecAssoc | None:
         """key_allocsa_policy: an alive SA of a matching SA index; the oldest with

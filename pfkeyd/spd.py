@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field
 
 from pfkeyd.wire import Direction, IpProto, IpsecRequest, SockAddr
 
@@ -82,16 +82,28 @@ class SecPolicy:
     created_wall: int
     lifetime: int = 0
     validtime: int = 0
-    last_used: float | None = None
-    last_used_wall: int = 0
     scope: int = 1
+    # When a lookup last matched the policy: [monotonic, wall], or [None, 0].  The one
+    # mutable cell of the record, so that a lookup does not copy the policy.
+    use: list[float | int | None] = field(default_factory=lambda: [None, 0], compare=False, repr=False)
 
     @property
     def key(self) -> tuple[int, int]:
         return (self.priority, self.order)
 
-    def used(self, mono: float, wall: int) -> SecPolicy:
-        return replace(self, last_used=mono, last_used_wall=wall)
+    @property
+    def last_used(self) -> float | None:
+        value = self.use[0]
+        return None if value is None else float(value)
+
+    @property
+    def last_used_wall(self) -> int:
+        return int(self.use[1] or 0)
+
+    def touch(self, mono: float, wall: int) -> None:
+        """A lookup matched the policy now (validtime counts from here)."""
+        self.use[0] = mono
+        self.use[1] = wall
 
 
 def _identity(dir_: int, sel: Selector) -> tuple[object, ...]:

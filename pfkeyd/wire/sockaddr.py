@@ -12,7 +12,7 @@ other families (only the freebsd dialect can carry their length) are kept as
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from pfkeyd.errors import EncodeError
@@ -50,6 +50,7 @@ class SockAddr:
     port: int = 0
     flowinfo: int = 0
     scope_id: int = 0
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, text: str, port: int = 0) -> SockAddr:
@@ -75,8 +76,13 @@ class SockAddr:
         return str(self.ip) if not self.scope_id else f"{self.ip}%{self.scope_id}"
 
     def __hash__(self) -> int:
-        # ipaddress hashes through hex(); SA and policy indexes hash addresses a lot.
-        return hash((int(self.ip), self.ip.version, self.port, self.flowinfo, self.scope_id))
+        # ipaddress hashes through hex(); SA and policy indexes hash addresses a lot,
+        # so the hash is computed once.
+        h = self._hash
+        if h is None:
+            h = hash((int(self.ip), self.ip.version, self.port, self.flowinfo, self.scope_id))
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,8 @@ and the choice of SA (reference §6.2, §6.4, §7.4 step 1, §9.1, §9.2)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import ipaddress
 from dataclasses import dataclass
 
@@ -290,7 +292,7 @@ def _spd_and_flows(draw: st.DrawFn) -> tuple[Spd, list[SecPolicy], list[Flow]]:
                 spd.remove(old)
                 del live[key]
             else:
-                new = old.used(5.0, 5)
+                new = dataclasses.replace(old, lifetime=old.lifetime + 5)
                 spd.replace(old, new)
                 live[key] = new
     flows = draw(st.lists(_flow(), min_size=1, max_size=25))

@@ -1,0 +1,161 @@
+"""`pfkeyd` run as a user runs it: a real process, signals, options, configuration files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pfkeyd import cli
+from pfkeyd.defaults import default_socket_path, native_dialect
+from pfkeyd.knobs import Knobs
+from pfkeyd.wire import Dialect, Message, MsgType, decode, encode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Running:
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, text=True,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        # A hung daemon must fail the test, not hang it.
+        self.watchdog = threading.Timer(30, self.proc.kill)
+        self.watchdog.start()
+        self.log: list[str] = []
+
+    def wait_for(self, text: str) -> None:
+        assert self.proc.stderr is not None
+        while True:
+            line = self.proc.stderr.readline()
+            assert line, f"pfkeyd exited before logging {text!r}: {''.join(self.log)}"
+            self.log.append(line)
+            if text in line:
+                return
+
+    def finish(self) -> tuple[int, str, str]:
+        out, err = self.proc.communicate()
+        self.watchdog.cancel()
+        return self.proc.returncode, out, "".join(self.log) + err
+
+
+@pytest.fixture
+def running() -> Iterator[list[Running]]:
+    procs: list[Running] = []
+    yield procs
+    for r in procs:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+        r.watchdog.cancel()
+
+
+def ask(path: str, dialect: Dialect, msg: Message) -> Message:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(10)
+        s.connect(path)
+        s.send(encode(msg, dialect))
+        return decode(s.recv(0xFFFF * 8), dialect, request=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_daemon_with_status_0_and_removes_its_sockets(
+    sockdir: str, running: list[Running], signum: int
+) -> None:
+    main, extra = f"{sockdir}/main.sock", f"{sockdir}/bsd.sock"
+    daemon = Running("-s", main, "-l", f"{extra}:freebsd")
+    running.append(daemon)
+    daemon.wait_for(f"listening on {extra} (freebsd)")
+    assert f"listening on {main} ({native_dialect().value})" in "".join(daemon.log)
+    reply = ask(extra, Dialect.FREEBSD, Message(MsgType.FLUSH, 0, 8, 99))
+    assert (reply.type, reply.seq, reply.pid, reply.errno) == (MsgType.FLUSH, 8, 99, 0)
+
+    # A second daemon on the same socket refuses to start and leaves the first alone.
+    second = subprocess.run([sys.executable, "-m", "pfkeyd", "-s", main], cwd=ROOT, capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert second.returncode == 1
+    assert "another daemon is listening" in second.stderr
+    assert os.path.exists(main)
+
+    daemon.proc.send_signal(signum)
+    status, out, err = daemon.finish()
+    assert status == 0, err
+    assert out == ""
+    assert "Traceback" not in err
+    assert not os.path.exists(main) and not os.path.exists(extra)
+
+
+def test_a_stale_socket_from_a_dead_daemon_is_replaced(sockdir: str, running: list[Running]) -> None:
+    path = f"{sockdir}/main.sock"
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    dead.bind(path)
+    dead.close()
+    daemon = Running("-s", f"{path}:linux", "-d")
+    running.append(daemon)
+    daemon.wait_for("listening on")
+    assert ask(path, Dialect.LINUX, Message(MsgType.FLUSH, 0, 1, 1)).errno == 0
+    daemon.proc.send_signal(signal.SIGTERM)
+    status, out, err = daemon.finish()
+    assert status == 0 and out == ""
+    assert "removed stale socket" in err
+    assert "FLUSH" in err  # -d logs every message
+
+
+def test_the_config_file_sets_knobs_and_reports_bad_lines(tmp_path: Path) -> None:
+    good = tmp_path / "pfkeyd.conf"
+    good.write_text("# pfkeyd knobs\n\nnet.key.spi_minval = 0x1000   # comment\npfkeyd.client_buffer=65536\n")
+    knobs = cli.load_config(str(good), Knobs())
+    assert knobs.spi_minval == 0x1000 and knobs.client_buffer == 65536
+
+    for text, problem in [("net.key.spi_minval\n", "expected name=value"),
+                          ("net.key.nonesuch=1\n", "unknown oid"),
+                          ("net.key.spi_trycnt=0\n", "out of range"),
+                          ("net.key.spi_trycnt=lots\n", "invalid integer")]:
+        bad = tmp_path / "bad.conf"
+        bad.write_text("# first line\n" + text)
+        with pytest.raises(ValueError, match=rf"^{bad}:2: .*{problem}"):
+            cli.load_config(str(bad), Knobs())
+
+
+def test_a_bad_config_file_exits_1_naming_file_and_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.conf"
+    bad.write_text("net.key.spi_trycnt=0\n")
+    assert cli.main(["-s", str(tmp_path / "x.sock"), "-f", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith(f"pfkeyd: {bad}:1: ")
+    assert cli.main(["-s", str(tmp_path / "x.sock"), "-f", str(tmp_path / "missing.conf")]) == 1
+    assert "missing.conf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args", [
+    ["-l", "/tmp/x.sock"],                 # no dialect
+    ["-l", "/tmp/x.sock:netbsd"],          # no such dialect
+    ["--group", "no-such-group-here"],
+    ["--allow-uid", "no-such-user-here"],
+    ["-s", "/tmp/a.sock", "-l", "/tmp/a.sock:linux"],
+    ["--frobnicate"],
+    ["stray"],
+])
+def test_usage_errors_exit_64_with_the_usage_on_stderr(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(args) == 64
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("usage: pfkeyd")
+    assert "\npfkeyd: " in err
+
+
+def test_default_socket_path_and_dialect() -> None:
+    assert default_socket_path({}, 0) == "/run/pfkeyd.sock"
+    assert default_socket_path({"XDG_RUNTIME_DIR": "/run/user/1000"}, 1000) == "/run/user/1000/pfkeyd.sock"
+    assert default_socket_path({}, 1000) is None
+    assert native_dialect("linux") is Dialect.LINUX
+    assert native_dialect("freebsd14") is Dialect.FREEBSD
