@@ -3,6 +3,13 @@
     pfkeyd [-d] [--syslog] [-f file] [-s path] [-l path:dialect ...] [--group group]
            [--allow-uid uid ...]
         Run the daemon in the foreground until SIGTERM or SIGINT.
+    pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
+    pfkeyd stats [-s path]
+    pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+        Ask the running daemon through its control socket (see pfkeyd.control).
+    pfkeyd exec [--socket path] -- command [arg ...]
+    pfkeyd preload-path
+        Run a program under the PF_KEY bridge; print the bridge's path.
     pfkeyd decode [-d dialect] [-k] file ...
         Decode PF_KEY messages (hex text or raw bytes) and print them field by field.
 
@@ -15,16 +22,20 @@ from __future__ import annotations
 
 import argparse
 import grp
+import json
 import logging
 import logging.handlers
+import os
 import pwd
 import re
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pfkeyd.defaults import default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
+from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
@@ -254,11 +265,18 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                 allow: frozenset[int]) -> int:
     import trio
 
+    from pfkeyd import control
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
-    server = Server(KeyEngine(knobs), endpoints, group=group, allow_uids=allow)
+    engine = KeyEngine(knobs)
+
+    def control_hook(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now)
+        return outcome.status, outcome.out, outcome.err, outcome.effects
+
+    server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
     failure: list[str] = []
 
     async def run() -> None:
@@ -283,7 +301,91 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     return 0
 
 
-_COMMANDS = {"decode": _decode_command}
+def _control_socket(argv: list[str]) -> tuple[str, list[str]]:
+    """Take ``-s path`` / ``--socket path`` off the front of a control command's
+    arguments; the control socket is the one beside that PF_KEY socket."""
+    path = os.environ.get(SOCKET_ENV) or default_socket_path()
+    if len(argv) >= 2 and argv[0] in ("-s", "--socket"):
+        path = argv[1]
+        argv = argv[2:]
+    if not path:
+        msg = "no socket path: give -s path or set PFKEY_SOCKET"
+        raise _UsageError(msg)
+    return control_path(path), argv
+
+
+def _remote(command: str) -> Callable[[Sequence[str]], int]:
+    """A command run by the daemon through its control socket."""
+
+    def run(argv: Sequence[str]) -> int:
+        try:
+            path, rest = _control_socket(list(argv))
+        except _UsageError as exc:
+            print(f"pfkeyd {command}: {exc}", file=sys.stderr)
+            return EX_USAGE
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                sock.settimeout(15)
+                sock.connect(path)
+                sock.send(json.dumps({"argv": [command, *rest]}).encode())
+                answer = json.loads(sock.recv(4 * 1024 * 1024) or b"{}")
+        except OSError as exc:
+            print(f"pfkeyd {command}: {path}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
+        except ValueError:
+            print(f"pfkeyd {command}: {path}: no answer from the daemon", file=sys.stderr)
+            return 1
+        sys.stdout.write(answer.get("out", ""))
+        sys.stderr.write(answer.get("err", ""))
+        return int(answer.get("status", 1))
+
+    return run
+
+
+def _preload_path_command(argv: Sequence[str]) -> int:
+    from pfkeyd.preload import PreloadError, library_path
+
+    if argv:
+        print("usage: pfkeyd preload-path", file=sys.stderr)
+        return EX_USAGE
+    try:
+        print(library_path())
+    except PreloadError as exc:
+        print(f"pfkeyd: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _exec_command(argv: Sequence[str]) -> int:
+    from pfkeyd.preload import PreloadError, exec_under_bridge
+
+    args = list(argv)
+    socket_path: str | None = None
+    if len(args) >= 2 and args[0] == "--socket":
+        socket_path = args[1]
+        args = args[2:]
+    if not args or args[0] != "--" or len(args) < 2:
+        print("usage: pfkeyd exec [--socket path] -- command [arg ...]", file=sys.stderr)
+        return EX_USAGE
+    try:
+        exec_under_bridge(args[1:], socket_path)
+    except PreloadError as exc:
+        print(f"pfkeyd: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"pfkeyd exec: {args[1]}: {exc.strerror or exc}", file=sys.stderr)
+        return 127 if isinstance(exc, FileNotFoundError) else 126
+    return 0  # not reached: exec replaced the process
+
+
+_COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "decode": _decode_command,
+    "sysctl": _remote("sysctl"),
+    "stats": _remote("stats"),
+    "lookup": _remote("lookup"),
+    "exec": _exec_command,
+    "preload-path": _preload_path_command,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 from pfkeyd.wire import Dialect
 
-__all__ = ["SOCKET_ENV", "ROOT_SOCKET", "SOCKET_NAME", "default_socket_path", "native_dialect"]
+__all__ = ["SOCKET_ENV", "ROOT_SOCKET", "SOCKET_NAME", "default_socket_path", "native_dialect", "control_path"]
 
 #: The environment variable that names the daemon's socket for clients.
 SOCKET_ENV = "PFKEY_SOCKET"
@@ -40,3 +40,11 @@ def native_dialect(platform: str | None = None) -> Dialect:
     if platform.startswith(("freebsd", "dragonfly", "netbsd", "openbsd", "darwin")):
         return Dialect.FREEBSD
     return Dialect.LINUX
+
+
+def control_path(socket_path: str) -> str:
+    """The control socket beside a PF_KEY socket: ``.sock`` becomes ``.ctl``
+    (``/run/pfkeyd.sock`` -> ``/run/pfkeyd.ctl``), other names get ``.ctl`` added."""
+    if socket_path.endswith(".sock"):
+        return socket_path[: -len(".sock")] + ".ctl"
+    return socket_path + ".ctl"

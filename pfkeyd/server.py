@@ -65,6 +65,7 @@ propagates: it ends the daemon with a traceback.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import math
 import os
@@ -80,6 +81,7 @@ from typing import Protocol, assert_never
 
 import trio
 
+from pfkeyd.defaults import control_path
 from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
@@ -133,6 +135,13 @@ class EngineLike(Protocol):
     def tick(self, now: Instant) -> list[Effect]: ...
 
     def next_deadline(self) -> float | None: ...
+
+
+#: A control hook: (argv, now) -> (exit status, stdout text, stderr text, effects).
+ControlHook = Callable[[Sequence[str], Instant], tuple[int, str, str, Sequence[Effect]]]
+
+#: The largest control request accepted.
+CONTROL_REQUEST_MAX = 64 * 1024
 
 
 class ServerError(Exception):
@@ -276,6 +285,7 @@ class Server:
         allow_uids: Iterable[int] = (),
         wall_clock: Callable[[], float] = time.time,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
+        control: ControlHook | None = None,
     ) -> None:
         if not endpoints:
             msg = "a server needs at least one endpoint"
@@ -297,6 +307,8 @@ class Server:
         self._broadcast_drops = 0
         self._refused = 0
         self._listeners: list[_Listener] = []
+        self._control = control
+        self._control_listeners: list[_Listener] = []
 
     # ------------------------------------------------------------------ public
 
@@ -328,12 +340,17 @@ class Server:
         try:
             for endpoint in self._endpoints:
                 self._listeners.append(self._listen(endpoint))
+                if self._control is not None:
+                    ctl = Endpoint(control_path(endpoint.path), endpoint.dialect)
+                    self._control_listeners.append(self._listen(ctl))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
                 async with trio.open_nursery() as clients:
                     async with trio.open_nursery() as acceptors:
                         for listener in self._listeners:
                             acceptors.start_soon(self._accept_loop, listener, clients)
+                        for listener in self._control_listeners:
+                            acceptors.start_soon(self._control_loop, listener, clients)
                         task_status.started(self)
                         await self._stop.wait()
                         acceptors.cancel_scope.cancel()
@@ -375,8 +392,8 @@ class Server:
         return _Listener(endpoint, sock, (st.st_dev, st.st_ino))
 
     def _close_listeners(self) -> None:
-        while self._listeners:
-            listener = self._listeners.pop()
+        while self._listeners or self._control_listeners:
+            listener = (self._listeners or self._control_listeners).pop()
             trio.lowlevel.notify_closing(listener.sock)
             listener.sock.close()
             path = listener.endpoint.path
@@ -409,7 +426,59 @@ class Server:
                 nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
 
-    def _admit(self, sock: socket.socket, endpoint: Endpoint) -> _Client | None:
+    async def _control_loop(self, listener: _Listener, nursery: trio.Nursery) -> None:
+        """Accept control connections: one JSON request, one JSON answer each."""
+        while True:
+            try:
+                sock, _ = listener.sock.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener.sock)
+                continue
+            except OSError as exc:
+                log.warning("accept on %s: %s", listener.endpoint.path, exc.strerror)
+                await trio.sleep(0.1)
+                continue
+            sock.setblocking(False)
+            if self._credentials(sock, listener.endpoint) is None:
+                continue
+            nursery.start_soon(self._control_session, sock)
+
+    async def _control_session(self, sock: socket.socket) -> None:
+        assert self._control is not None
+        try:
+            with trio.move_on_after(10):
+                while True:
+                    try:
+                        data = sock.recv(CONTROL_REQUEST_MAX)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_readable(sock)
+                try:
+                    argv = json.loads(data)["argv"]
+                    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+                        raise TypeError("argv must be a list of strings")
+                except (ValueError, TypeError, KeyError) as exc:
+                    answer = {"status": 64, "out": "", "err": f"pfkeyd: bad control request: {exc}\n"}
+                else:
+                    status, out, err, effects = self._control(argv, self._now())
+                    self._route(effects, None, None)
+                    self._wake_timer()
+                    answer = {"status": status, "out": out, "err": err}
+                payload = json.dumps(answer).encode()
+                while True:
+                    try:
+                        sock.send(payload)
+                        break
+                    except BlockingIOError:
+                        await trio.lowlevel.wait_writable(sock)
+        except OSError as exc:
+            log.debug("control connection: %s", exc.strerror)
+        finally:
+            trio.lowlevel.notify_closing(sock)
+            sock.close()
+
+    def _credentials(self, sock: socket.socket, endpoint: Endpoint) -> tuple[int, int] | None:
+        """The peer's (pid, uid) if it may use the daemon; otherwise close it and log."""
         try:
             creds = peer_credentials(sock)
         except OSError as exc:
@@ -420,6 +489,12 @@ class Server:
             if creds is not None:
                 log.warning("refused peer uid %d pid %d on %s", creds[1], creds[0], endpoint.path)
             sock.close()
+            return None
+        return creds
+
+    def _admit(self, sock: socket.socket, endpoint: Endpoint) -> _Client | None:
+        creds = self._credentials(sock, endpoint)
+        if creds is None:
             return None
         cid = self._next_id
         self._next_id += 1
@@ -495,7 +570,11 @@ class Server:
                       msg.satype, msg.seq, msg.pid, len(data))
         effects = engine.handle(client.id, msg, self._now())
         self._route(effects, client, data)
-        deadline = engine.next_deadline()
+        self._wake_timer()
+
+    def _wake_timer(self) -> None:
+        """Wake the timer task if the engine's next deadline moved before its alarm."""
+        deadline = self._engine.next_deadline()
         if deadline is not None and deadline < self._timer_at:
             self._timer_wake.unpark_all()
 
