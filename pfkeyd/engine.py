@@ -119,6 +119,8 @@ _DIALECT_ONLY = {
     Dialect.FREEBSD: frozenset({ExtType.X_SEC_CTX, ExtType.X_KMADDRESS, ExtType.X_FILTER}),
 }
 
+_DERIV = int(SaFlag.X_EXT_DERIV)
+_RAWCPI = int(SaFlag.X_EXT_RAWCPI)
 _REFCNT = 1  # what FreeBSD writes in sadb_msg_reserved of the SA and SP messages it builds
 _REGISTRABLE = frozenset({SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE})
 _MAX_SA_REPLAY = 2**32 - 33
@@ -597,15 +599,15 @@ class KeyEngine:
             if proto == IpProto.IPCOMP and key_enc.data:
                 raise InvalidArgument("an IPComp SA's encryption key must be empty")
         if proto == IpProto.AH:
-            if flags & SaFlag.X_EXT_DERIV or sa.encrypt != EncAlg.NONE:
+            if flags & _DERIV or sa.encrypt != EncAlg.NONE:
                 raise InvalidArgument("AH SAs take neither the DERIV flag nor an encryption algorithm")
         elif proto == IpProto.ESP:
-            if flags & X_EXT_OLD and flags & SaFlag.X_EXT_DERIV:
+            if flags & X_EXT_OLD and flags & _DERIV:
                 raise InvalidArgument("the OLD and DERIV flags exclude each other")
         elif proto == IpProto.IPCOMP:
             if sa.auth != AuthAlg.NONE:
                 raise InvalidArgument("IPComp SAs take no authentication algorithm")
-            if sa.spi >= 0x10000 and not flags & SaFlag.X_EXT_RAWCPI:
+            if sa.spi >= 0x10000 and not flags & _RAWCPI:
                 raise InvalidArgument(f"CPI {sa.spi:#x} needs the RAWCPI flag")
         elif proto == IpProto.TCP:
             if sa.encrypt != EncAlg.NONE:

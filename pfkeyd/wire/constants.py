@@ -173,7 +173,7 @@ class SaFlag(enum.IntFlag):
     LINUX_NOECN = 0x80000000
 
 
-X_EXT_OLD = SaFlag.PFS
+X_EXT_OLD = 0x0001  # SaFlag.PFS: the same bit (a plain int: IntFlag arithmetic is slow)
 X_EXT_PMASK = 0x0300
 KEY_FLAGS_MAX = 0x0FFF
 

@@ -42,6 +42,10 @@ class Dialect(enum.Enum):
     FREEBSD = "freebsd"
     LINUX = "linux"
 
+    # Members are singletons compared by identity; Enum's own __hash__ hashes the
+    # name in Python code, and dialects key dicts on every message's path.
+    __hash__ = object.__hash__
+
     @property
     def spec(self) -> DialectSpec:
         return _SPECS[self]

@@ -195,9 +195,19 @@ class Address:
         return cls(exttype, sa, sa.max_prefix, proto)
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
+        # The same few addresses are encoded over and over (replies, dumps): values
+        # are immutable, so their bytes are kept per sockaddr layout.
+        cache = _ADDRESS_BYTES[spec.sockaddr_has_len]
+        done = cache.get(self)
+        if done is not None:
+            return done
         raw = encode_sockaddr(self.addr, spec)
         body = self._S.pack(0, 0, self.proto, self.prefixlen, 0)[4:] + raw + bytes(pad8(len(raw)) - len(raw))
-        return _ext(self.exttype, body, spec)
+        data = _ext(self.exttype, body, spec)
+        if len(cache) >= _ADDRESS_CACHE_SIZE:
+            cache.clear()
+        cache[self] = data
+        return data
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Address:
@@ -223,6 +233,8 @@ class Address:
 _ADDRESS_CACHE_SIZE = 4096
 #: raw extension bytes -> decoded Address, one cache per sockaddr layout.
 _ADDRESS_CACHE: dict[bool, dict[bytes, Address]] = {True: {}, False: {}}
+#: Address -> its encoded bytes, one cache per sockaddr layout.
+_ADDRESS_BYTES: dict[bool, dict[Address, bytes]] = {True: {}, False: {}}
 
 
 # -------------------------------------------------------------------------- key
@@ -713,7 +725,8 @@ class KmAddress:
 @dataclass(frozen=True, slots=True)
 class Filter:
     """struct sadb_x_filter (Linux, 40 bytes): restricts a DUMP by address prefixes.
-    ``family`` is 4 or 6 (the IP version); other wire families are kept as UNKNOWN|n."""
+    ``family`` is 4 or 6 (the IP version); another wire family n is kept as UNKNOWN|n,
+    or as 0x10000|n when n >= 0x8000 (where UNKNOWN|n == n would lose the tag)."""
 
     family: int
     saddr: IPv4Address | IPv6Address | bytes
@@ -726,6 +739,8 @@ class Filter:
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
         family = {4: spec.af_inet, 6: spec.af_inet6}.get(self.family, self.family & ~UNKNOWN)
+        if self.family > 0xFFFF:
+            family = self.family & 0xFFFF
         return self._S.pack(5, spec.ext.encode(ExtType.X_FILTER), _packed16(self.saddr), _packed16(self.daddr),
                             family, self.splen, self.dplen)
 
@@ -736,7 +751,7 @@ class Filter:
             return cls(4, IPv4Address(s[:4]), IPv4Address(d[:4]), splen, dplen)
         if fam == spec.af_inet6:
             return cls(6, IPv6Address(s), IPv6Address(d), splen, dplen)
-        return cls(UNKNOWN | fam, bytes(s), bytes(d), splen, dplen)
+        return cls(UNKNOWN | fam if fam < UNKNOWN else 0x10000 | fam, bytes(s), bytes(d), splen, dplen)
 
 
 def _packed16(a: IPv4Address | IPv6Address | bytes) -> bytes:
