@@ -113,6 +113,15 @@ def test_larval_lifetime_lengthened_at_run_time_applies_to_existing_larval_sas(e
     assert engine.sad.get(0x2000) is None
 
 
+def test_larval_lifetime_replaced_with_the_whole_knob_set_applies_too(engine: KeyEngine) -> None:
+    # pfkeyd sysctl assigns engine.knobs at once (pfkeyd/control.py).
+    larval(engine, FB, 0x2000, now=at(0))
+    engine.knobs = engine.knobs.set("net.key.larval_lifetime", 7)
+    assert engine.next_deadline() == 7.0
+    engine.tick(at(7))
+    assert engine.sad.get(0x2000) is None
+
+
 def test_each_larval_sa_has_its_own_deadline(engine: KeyEngine) -> None:
     larval(engine, FB, 0x2000, now=at(0))
     larval(engine, FB, 0x2001, now=at(10))

@@ -58,6 +58,7 @@ from pfkeyd.wire import (
     encode,
 )
 from tests.engine.conftest import (
+    A6,
     DIALECT_OF,
     FB,
     FB2,
@@ -65,7 +66,6 @@ from tests.engine.conftest import (
     LX2,
     PID,
     A,
-    A6,
     B,
     C,
     acquire_error,
@@ -77,8 +77,8 @@ from tests.engine.conftest import (
     flush,
     get,
     getspi,
-    has_keys,
     hard,
+    has_keys,
     lifetimes_update,
     make_engine,
     promisc,
@@ -103,8 +103,11 @@ FLAGS = (0, 0x40, 0x1, 0x20, 0x80, 0x1000)
 
 
 def _templates() -> st.SearchStrategy[Message]:
-    spi = st.sampled_from(SPIS)
-    satype = st.sampled_from((SaType.ESP, SaType.AH, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE))
+    # Weighted towards ESP and the SPIs earlier steps tend to create, so that UPDATE,
+    # GET and DELETE often find their SA.
+    spi = st.sampled_from((*SPIS, 0x1000, 0x1000, 0x2000, 0x2000))
+    satype = st.sampled_from((SaType.ESP, SaType.ESP, SaType.ESP, SaType.AH, SaType.X_IPCOMP,
+                              SaType.X_TCPSIGNATURE))
     addr = st.sampled_from(ADDRS[:3])
     lt = st.sampled_from([{}, {"hard_lt": hard(addtime=20), "soft_lt": soft(addtime=10)},
                           {"hard_lt": hard(nbytes=3000), "soft_lt": soft(nbytes=1000)},
@@ -117,7 +120,7 @@ def _templates() -> st.SearchStrategy[Message]:
         st.builds(lambda t, i, l, q, d: add(t, i, seq=q, d=d, **l), satype, spi, lt, seq, addr),
         st.builds(lambda t, i, l: update(t, i, **l), satype, spi, lt),
         st.builds(lambda t, i, l: lifetimes_update(t, i, **l), satype, spi, lt),
-        st.builds(lambda t, i: delete(t, i), satype, st.one_of(st.none(), spi)),
+        st.builds(delete, satype, st.one_of(st.none(), spi)),
         st.builds(get, satype, spi),
         st.builds(register, st.sampled_from((*SATYPES[:5],))),
         st.builds(flush, st.sampled_from((SaType.UNSPEC, SaType.ESP, SaType.AH))),
@@ -284,12 +287,14 @@ def test_random_sequences_return_effects_and_rejections_change_nothing(operation
     run(operations)
 
 
-@settings(max_examples=60 * SCALE)
+@settings(max_examples=100 * SCALE)
 @given(st.lists(st.builds(Request, st.sampled_from(CLIENTS), requests()), max_size=25))
 def test_key_material_reaches_only_the_requester(operations: list[Op]) -> None:
-    # The same run, requests only, with a promiscuous socket of each dialect listening.
+    # The same run, requests only, with a promiscuous socket of each dialect listening
+    # and SAs in place for GET, DUMP, UPDATE and DELETE to find.
     prefix: list[Op] = [Request(FB2, promisc(1)), Request(LX2, promisc(1)), Request(FB, register(SaType.ESP)),
-                        Request(LX, register(SaType.AH))]
+                        Request(LX, register(SaType.AH)), Request(FB, add(spi=0x1000)),
+                        Request(LX, add(SaType.AH, 0x1001)), Request(FB2, getspi(spirange=(0x2000, 0x2000)))]
     run(prefix + operations)
 
 

@@ -7,7 +7,22 @@ import errno
 import pytest
 
 from pfkeyd.engine import KeyEngine
-from pfkeyd.wire import AuthAlg, Dialect, EncAlg, ExtType, Mode, Sa, Sa2, SaState, SaType
+from pfkeyd.sad import NatT
+from pfkeyd.wire import (
+    Address,
+    AuthAlg,
+    Dialect,
+    EncAlg,
+    Extension,
+    ExtType,
+    Mode,
+    NatTPort,
+    NatTTypeExt,
+    Sa,
+    Sa2,
+    SaState,
+    SaType,
+)
 from tests.engine.conftest import (
     CLIENT_OF,
     FB,
@@ -18,6 +33,7 @@ from tests.engine.conftest import (
     at,
     ext_types,
     fails,
+    get,
     getspi,
     hard,
     has_keys,
@@ -84,8 +100,6 @@ def test_update_with_a_nonzero_reqid_must_match_the_sa_heads(engine: KeyEngine) 
 
 def test_update_ignores_ports_in_the_addresses(engine: KeyEngine) -> None:
     # racoon's responder sends its IKE port in SA addresses (real-clients.md §0 item 8).
-    from pfkeyd.wire import Address
-
     larval(engine, FB, 0x2000)
     msg = update(spi=0x2000, extra=[Address.host(ExtType.ADDRESS_SRC, "10.0.0.1", port=15000)])
     ok(engine, FB, msg)
@@ -263,3 +277,45 @@ def test_update_echo_keeps_a_requested_sa_with_flags(engine: KeyEngine) -> None:
     larval(engine, FB, 0x2000)
     effects = ok(engine, FB, update(spi=0x2000, flags=0x40))
     assert reply(effects, FB).sa == Sa(0x2000, 0, 0, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, 0x40)
+
+
+# ----------------------------------------------------------------------------- NAT-T and new addresses
+
+
+def _natt_exts(sport: int = 4500, dport: int = 4500) -> list[Extension]:
+    return [NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, sport), NatTPort(ExtType.X_NAT_T_DPORT, dport)]
+
+
+def test_update_of_a_nat_t_sa_without_nat_t_extensions_replies_einval(engine: KeyEngine) -> None:
+    mature(engine, FB, 0x1000, extra=_natt_exts())
+    assert fails(engine, FB, lifetimes_update(spi=0x1000)) == errno.EINVAL
+
+
+def test_update_of_a_nat_t_sa_with_new_ports_records_them(engine: KeyEngine) -> None:
+    mature(engine, FB, 0x1000, extra=_natt_exts())
+    ok(engine, FB, lifetimes_update(spi=0x1000, extra=_natt_exts(4600, 4700)))
+    sa = engine.sad.get(0x1000)
+    assert sa is not None and sa.natt == NatT(2, 4600, 4700)
+
+
+def test_update_of_a_mature_sa_with_only_nat_t_type_replies_einval(engine: KeyEngine) -> None:
+    mature(engine, FB, 0x1000)
+    assert fails(engine, FB, lifetimes_update(spi=0x1000, extra=[NatTTypeExt(2)])) == errno.EINVAL
+
+
+def test_update_with_new_address_moves_the_sa_to_a_new_sa_index(engine: KeyEngine) -> None:
+    mature(engine, FB, 0x1000, extra=_natt_exts())
+    effects = ok(engine, FB, lifetimes_update(spi=0x1000, extra=[Address.host(ExtType.X_NEW_ADDRESS_DST, "10.0.0.9")]))
+    assert ext_types(reply(effects, FB))[-1] == ExtType.X_NEW_ADDRESS_DST
+    sa = engine.sad.get(0x1000)
+    assert sa is not None and str(sa.index.dst) == "10.0.0.9"
+    assert ok(engine, FB, get(spi=0x1000, d="10.0.0.9"))
+    assert fails(engine, FB, get(spi=0x1000)) == errno.ESRCH
+
+
+def test_update_broadcast_leaves_out_what_a_linux_socket_cannot_carry(engine: KeyEngine) -> None:
+    mature(engine, FB, 0x1000)
+    effects = ok(engine, FB, lifetimes_update(spi=0x1000, extra=[Address.host(ExtType.X_NEW_ADDRESS_DST, "10.0.0.9")]))
+    (to_linux,) = received(effects, LX)
+    assert ExtType.X_NEW_ADDRESS_DST not in ext_types(to_linux)
+    assert ExtType.X_NEW_ADDRESS_DST in ext_types(received(effects, FB2)[0])
