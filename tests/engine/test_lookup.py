@@ -4,7 +4,6 @@ and the choice of SA (reference §6.2, §6.4, §7.4 step 1, §9.1, §9.2)."""
 from __future__ import annotations
 
 import dataclasses
-
 import ipaddress
 from dataclasses import dataclass
 
