@@ -682,6 +682,23 @@ def check_sa(
     (ah_init0, tcpsignature_init), which also refuses the OLD flag because a replay
     window always exists.  See :func:`check_key` for what each step raises.
     """
+    # Pure and asked the same question for every SA of a kind: remember what passed.
+    memo = (proto, int(auth), int(encrypt), _key_len(key_auth), _key_len(key_enc), int(flags), _dialect(dialect))
+    if memo in _CHECKED:
+        return
+    _check_sa(proto, auth, encrypt, key_auth, key_enc, flags, dialect)
+    if len(_CHECKED) >= 4096:
+        _CHECKED.clear()
+    _CHECKED.add(memo)
+
+
+_CHECKED: set[tuple[int, int, int, int | None, int | None, int, Dialect]] = set()
+
+
+def _check_sa(
+    proto: int, auth: int, encrypt: int, key_auth: Key | None, key_enc: Key | None, flags: int,
+    dialect: Dialect | str,
+) -> None:
     satype = PROTO_SATYPE.get(proto)
     if satype is None:
         msg = f"IP protocol {proto} has no SA type"

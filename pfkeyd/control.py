@@ -81,12 +81,14 @@ def _sysctl(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
         name, sep, text = item.partition("=")
         try:
             spec = Knobs.spec(name)
-            if not sep:
+            if not sep or "d" in flags:
+                # sysctl(8) -d describes a name=value argument and sets nothing.
                 show(spec.name, knobs.get(spec.name), spec.description)
                 continue
             old = knobs.get(spec.name)
             knobs = knobs.set(spec.name, text)
-            lines.append(f"{spec.name}: {old} -> {knobs.get(spec.name)}")
+            change = f"{old} -> {knobs.get(spec.name)}"
+            lines.append(change if "n" in flags else f"{spec.name}: {change}")
         except KnobError as exc:
             errors.append(f"sysctl: {exc}")
     engine.knobs = knobs  # every change that passed; a bad one changed nothing
@@ -119,6 +121,15 @@ def _addr(text: str) -> SockAddr:
         raise ValueError(msg) from None
 
 
+def _number(text: str, limit: int) -> int:
+    """A decimal number below ``limit``, or -1.  ASCII digits only: str.isdigit()
+    also accepts superscripts such as "\u00b2", which int() refuses."""
+    if not (text.isascii() and text.isdigit()):
+        return -1
+    value = int(text)
+    return value if value < limit else -1
+
+
 def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
     """``DIR SRC DST [PROTO [SPORT DPORT]]`` -> (direction, flow)."""
     if len(args) not in (3, 4, 6):
@@ -140,15 +151,15 @@ def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
             try:
                 proto = socket.getprotobyname(args[3])
             except OSError:
-                proto = int(args[3]) if args[3].isdigit() and int(args[3]) < 256 else -1
+                proto = _number(args[3], 256)
         if proto < 0:
             msg = f"bad protocol '{args[3]}'"
             raise ValueError(msg)
     if len(args) == 6:
-        if not (args[4].isdigit() and args[5].isdigit() and int(args[4]) < 65536 and int(args[5]) < 65536):
+        sport, dport = _number(args[4], 65536), _number(args[5], 65536)
+        if sport < 0 or dport < 0:
             msg = "ports (or icmp type and code) must be numbers below 65536"
             raise ValueError(msg)
-        sport, dport = int(args[4]), int(args[5])
     return dir_, Flow(src, dst, proto, sport, dport)
 
 

@@ -105,12 +105,12 @@ NO_HANDLER_ERRNO = {Dialect.FREEBSD: E.EINVAL, Dialect.LINUX: E.EOPNOTSUPP}
 _LINUX_NO_HANDLER_ERRNO: dict[int, int] = {MsgType.X_MIGRATE: E.ENOPROTOOPT}
 
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
-_X1_EXTS = (
+_X1_EXTS = tuple(int(t) for t in (
     ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
     ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT, ExtType.IDENTITY_SRC, ExtType.IDENTITY_DST,
     ExtType.X_NAT_T_TYPE, ExtType.X_NAT_T_SPORT, ExtType.X_NAT_T_DPORT, ExtType.X_NAT_T_OAI,
     ExtType.X_NAT_T_OAR, ExtType.X_NEW_ADDRESS_SRC, ExtType.X_NEW_ADDRESS_DST, ExtType.X_SEC_CTX,
-)
+))
 
 #: Extensions that exist in only one dialect: left out of messages built for the other.
 _DIALECT_ONLY = {
@@ -417,6 +417,8 @@ class KeyEngine:
         out: list[Effect] = []
         if me is not None:
             out.append(Send((me,), msg, reply=True))
+            if len(self.clients) == 1:
+                return out + self._promisc(msg)
         others = [c for c in self.clients if c != me]
         out += self._fan_out(others, lambda d: _in_dialect(msg, d))
         return out + self._promisc(msg)
@@ -1154,8 +1156,8 @@ class KeyEngine:
 
 def _x1_reply(msg: Message) -> Message:
     """key_getmsgbuf_x1: the request header and these of its extensions, in this order."""
-    exts = [e for t in _X1_EXTS if (e := msg.get(t)) is not None]
-    return Message(msg.type, msg.satype, msg.seq, msg.pid, 0, 0, tuple(exts))
+    index = msg._by_type()
+    return Message(msg.type, msg.satype, msg.seq, msg.pid, 0, 0, tuple([index[t] for t in _X1_EXTS if t in index]))
 
 
 def _index_matches(sah: SaIndex, req: SaIndex) -> bool:

@@ -147,6 +147,28 @@ LINUX_EXT_MAX = 26
 
 _E = TypeVar("_E")
 
+# Plain ints for the typed accessors (an int key hashes fastest).
+_ADDRESS_DST = int(ExtType.ADDRESS_DST)
+_ADDRESS_SRC = int(ExtType.ADDRESS_SRC)
+_KEY_AUTH = int(ExtType.KEY_AUTH)
+_KEY_ENCRYPT = int(ExtType.KEY_ENCRYPT)
+_LIFETIME_CURRENT = int(ExtType.LIFETIME_CURRENT)
+_LIFETIME_HARD = int(ExtType.LIFETIME_HARD)
+_LIFETIME_SOFT = int(ExtType.LIFETIME_SOFT)
+_PROPOSAL = int(ExtType.PROPOSAL)
+_SA = int(ExtType.SA)
+_SPIRANGE = int(ExtType.SPIRANGE)
+_SUPPORTED_AUTH = int(ExtType.SUPPORTED_AUTH)
+_SUPPORTED_ENCRYPT = int(ExtType.SUPPORTED_ENCRYPT)
+_X_KMADDRESS = int(ExtType.X_KMADDRESS)
+_X_NAT_T_DPORT = int(ExtType.X_NAT_T_DPORT)
+_X_NAT_T_SPORT = int(ExtType.X_NAT_T_SPORT)
+_X_NAT_T_TYPE = int(ExtType.X_NAT_T_TYPE)
+_X_POLICY = int(ExtType.X_POLICY)
+_X_SA2 = int(ExtType.X_SA2)
+_X_SA_REPLAY = int(ExtType.X_SA_REPLAY)
+_X_SEC_CTX = int(ExtType.X_SEC_CTX)
+
 
 def _spec(dialect: Dialect | str) -> DialectSpec:
     try:
@@ -218,7 +240,7 @@ class Message:
         return index
 
     def get(self, exttype: int) -> Extension | None:
-        return self._by_type().get(exttype)
+        return (self._index or self._by_type()).get(exttype)
 
     def has(self, exttype: int) -> bool:
         return exttype in self._by_type()
@@ -233,83 +255,103 @@ class Message:
     # Typed accessors for the extensions the engine reads.
     @property
     def sa(self) -> Sa | None:
-        return self._typed(ExtType.SA, Sa)
+        ext = (self._index or self._by_type()).get(_SA)
+        return ext if type(ext) is Sa else None
 
     @property
     def sa2(self) -> Sa2 | None:
-        return self._typed(ExtType.X_SA2, Sa2)
+        ext = (self._index or self._by_type()).get(_X_SA2)
+        return ext if type(ext) is Sa2 else None
 
     @property
     def src(self) -> Address | None:
-        return self._typed(ExtType.ADDRESS_SRC, Address)
+        ext = (self._index or self._by_type()).get(_ADDRESS_SRC)
+        return ext if type(ext) is Address else None
 
     @property
     def dst(self) -> Address | None:
-        return self._typed(ExtType.ADDRESS_DST, Address)
+        ext = (self._index or self._by_type()).get(_ADDRESS_DST)
+        return ext if type(ext) is Address else None
 
     @property
     def key_auth(self) -> Key | None:
-        return self._typed(ExtType.KEY_AUTH, Key)
+        ext = (self._index or self._by_type()).get(_KEY_AUTH)
+        return ext if type(ext) is Key else None
 
     @property
     def key_encrypt(self) -> Key | None:
-        return self._typed(ExtType.KEY_ENCRYPT, Key)
+        ext = (self._index or self._by_type()).get(_KEY_ENCRYPT)
+        return ext if type(ext) is Key else None
 
     @property
     def lifetime_hard(self) -> Lifetime | None:
-        return self._typed(ExtType.LIFETIME_HARD, Lifetime)
+        ext = (self._index or self._by_type()).get(_LIFETIME_HARD)
+        return ext if type(ext) is Lifetime else None
 
     @property
     def lifetime_soft(self) -> Lifetime | None:
-        return self._typed(ExtType.LIFETIME_SOFT, Lifetime)
+        ext = (self._index or self._by_type()).get(_LIFETIME_SOFT)
+        return ext if type(ext) is Lifetime else None
 
     @property
     def lifetime_current(self) -> Lifetime | None:
-        return self._typed(ExtType.LIFETIME_CURRENT, Lifetime)
+        ext = (self._index or self._by_type()).get(_LIFETIME_CURRENT)
+        return ext if type(ext) is Lifetime else None
 
     @property
     def policy(self) -> Policy | None:
-        return self._typed(ExtType.X_POLICY, Policy)
+        ext = (self._index or self._by_type()).get(_X_POLICY)
+        return ext if type(ext) is Policy else None
 
     @property
     def spirange(self) -> SpiRange | None:
-        return self._typed(ExtType.SPIRANGE, SpiRange)
+        ext = (self._index or self._by_type()).get(_SPIRANGE)
+        return ext if type(ext) is SpiRange else None
 
     @property
     def proposal(self) -> Prop | None:
-        return self._typed(ExtType.PROPOSAL, Prop)
+        ext = (self._index or self._by_type()).get(_PROPOSAL)
+        return ext if type(ext) is Prop else None
 
     @property
     def supported_auth(self) -> Supported | None:
-        return self._typed(ExtType.SUPPORTED_AUTH, Supported)
+        ext = (self._index or self._by_type()).get(_SUPPORTED_AUTH)
+        return ext if type(ext) is Supported else None
 
     @property
     def supported_encrypt(self) -> Supported | None:
-        return self._typed(ExtType.SUPPORTED_ENCRYPT, Supported)
+        ext = (self._index or self._by_type()).get(_SUPPORTED_ENCRYPT)
+        return ext if type(ext) is Supported else None
 
     @property
     def nat_t_type(self) -> NatTType | None:
-        return self._typed(ExtType.X_NAT_T_TYPE, NatTType)
+        ext = (self._index or self._by_type()).get(_X_NAT_T_TYPE)
+        return ext if type(ext) is NatTType else None
 
     @property
     def nat_t_sport(self) -> NatTPort | None:
-        return self._typed(ExtType.X_NAT_T_SPORT, NatTPort)
+        ext = (self._index or self._by_type()).get(_X_NAT_T_SPORT)
+        return ext if type(ext) is NatTPort else None
 
     @property
     def nat_t_dport(self) -> NatTPort | None:
-        return self._typed(ExtType.X_NAT_T_DPORT, NatTPort)
+        ext = (self._index or self._by_type()).get(_X_NAT_T_DPORT)
+        return ext if type(ext) is NatTPort else None
 
     @property
     def sa_replay(self) -> SaReplay | None:
-        return self._typed(ExtType.X_SA_REPLAY, SaReplay)
+        ext = (self._index or self._by_type()).get(_X_SA_REPLAY)
+        return ext if type(ext) is SaReplay else None
 
     @property
     def sec_ctx(self) -> SecCtx | None:
-        return self._typed(ExtType.X_SEC_CTX, SecCtx)
+        ext = (self._index or self._by_type()).get(_X_SEC_CTX)
+        return ext if type(ext) is SecCtx else None
 
     @property
     def kmaddress(self) -> KmAddress | None:
-        return self._typed(ExtType.X_KMADDRESS, KmAddress)
+        ext = (self._index or self._by_type()).get(_X_KMADDRESS)
+        return ext if type(ext) is KmAddress else None
 
     def address(self, exttype: ExtType) -> Address | None:
         return self._typed(exttype, Address)
