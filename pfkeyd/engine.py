@@ -31,7 +31,7 @@ import errno as E
 import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pfkeyd import algorithms
@@ -100,9 +100,11 @@ __all__ = [
 
 #: The errno a kernel answers for a message type it has no handler for (reference §1.3, §1.4).
 NO_HANDLER_ERRNO = {Dialect.FREEBSD: E.EINVAL, Dialect.LINUX: E.EOPNOTSUPP}
-#: Types whose Linux refusal is another errno: SADB_X_MIGRATE is pfkey_migrate built
-#: without CONFIG_NET_KEY_MIGRATE, ENOPROTOOPT (reference §2); pfkeyd migrates nothing.
-_LINUX_NO_HANDLER_ERRNO: dict[int, int] = {MsgType.X_MIGRATE: E.ENOPROTOOPT}
+#: Types whose Linux refusal is another errno than EOPNOTSUPP (none at present: X_MIGRATE
+#: is served, as by a kernel built with CONFIG_NET_KEY_MIGRATE).
+_LINUX_NO_HANDLER_ERRNO: dict[int, int] = {}
+#: What an X_MIGRATE notification carries (pfkey_send_migrate).
+_MIGRATE_EXTS = frozenset({ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_KMADDRESS})
 
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
 _X1_EXTS = tuple(int(t) for t in (
@@ -1071,6 +1073,62 @@ class KeyEngine:
             out += self._to_registered(_spdexpire_message(sp))
         return out
 
+    # ---------------------------------------------------------------- migrate
+
+    def _migrate(self, req: _Request) -> list[Effect]:
+        """SADB_X_MIGRATE (Linux pfkey_migrate, xfrm_migrate): <base, address(SD),
+        policy(dir, pairs of old/new tunnel requests), (kmaddress)> moves the tunnel
+        endpoints of the policy with that selector and the SAs of each old endpoint
+        pair to the new one, then tells every socket in the same layout (seq 0, pid 0).
+        The requester gets no other answer."""
+        msg = req.msg
+        src, dst, pol = msg.src, msg.dst, msg.policy
+        if src is None or dst is None or pol is None:
+            raise InvalidArgument("ADDRESS_SRC, ADDRESS_DST and X_POLICY are required")
+        s, d = src.addr, dst.addr
+        if not isinstance(s, SockAddr) or not isinstance(d, SockAddr) or s.version != d.version:
+            raise InvalidArgument("selector addresses of one family are required")
+        if pol.dir not in _POLICY_DIRS:
+            raise InvalidArgument(f"policy direction {pol.dir & 0xFF} is invalid")
+        pairs = list(zip(pol.requests[0::2], pol.requests[1::2]))
+        if not pairs or len(pol.requests) % 2:
+            raise InvalidArgument("X_MIGRATE needs pairs of old and new ipsecrequests")
+        for old, new in pairs:
+            for r in (old, new):
+                if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP) or r.mode not in (
+                        Mode.TRANSPORT, Mode.TUNNEL, Mode.BEET):
+                    raise InvalidArgument("an ipsecrequest of X_MIGRATE has a bad protocol or mode")
+                if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr):
+                    raise InvalidArgument("each ipsecrequest of X_MIGRATE carries its endpoints")
+            if old.proto != new.proto or old.mode != new.mode:
+                raise InvalidArgument("an old and a new ipsecrequest must agree on protocol and mode")
+        sp = self.spd.find(pol.dir, Selector(s, src.prefixlen, d, dst.prefixlen, src.proto))
+        if sp is None:
+            raise NoEntry("no policy with this selector and direction")
+        requests = list(sp.requests)
+        moves: list[tuple[SaIndex, SockAddr, SockAddr]] = []
+        for old, new in pairs:
+            assert isinstance(old.src, SockAddr) and isinstance(old.dst, SockAddr)
+            assert isinstance(new.src, SockAddr) and isinstance(new.dst, SockAddr)
+            for i, r in enumerate(requests):
+                if (r.proto, r.mode, r.src, r.dst) == (old.proto, old.mode, old.src, old.dst) and (
+                        not old.reqid or r.reqid == old.reqid):
+                    requests[i] = IpsecRequest(r.proto, r.mode, r.level, r.reqid, new.src, new.dst)
+            moves.append((SaIndex(old.proto, old.mode, old.reqid, old.src.without_port(), old.dst.without_port()),
+                          new.src.without_port(), new.dst.without_port()))
+        self.spd.replace(sp, replace(sp, requests=tuple(requests)))
+        for index, new_src, new_dst in moves:
+            for head in self.sad.heads_for(index.proto, index.src, index.dst):
+                if head.index.mode != index.mode or (index.reqid and head.index.reqid != index.reqid):
+                    continue
+                for sa in [*head.larval.values(), *head.alive.values()]:
+                    moved = sa.evolve(index=SaIndex(sa.index.proto, sa.index.mode, sa.index.reqid, new_src, new_dst))
+                    self.sad.replace(sa, moved)
+                    self._schedule(moved)
+        note = Message(MsgType.X_MIGRATE, msg.satype, 0, 0, 0, 0,
+                       tuple(e for e in msg.exts if e.exttype in _MIGRATE_EXTS))
+        return self._to_all(None, note)
+
     # ---------------------------------------------------------------- lookup
 
     def lookup(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
@@ -1363,5 +1421,6 @@ HANDLERS: dict[int, Handler] = {
     MsgType.X_SPDGET: KeyEngine._spdget,
     MsgType.X_SPDFLUSH: KeyEngine._spdflush,
     MsgType.X_SPDDUMP: KeyEngine._spddump,
+    MsgType.X_MIGRATE: KeyEngine._migrate,
 }
 

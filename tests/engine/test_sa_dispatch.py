@@ -32,7 +32,7 @@ from tests.engine.conftest import (
 #: Types only a kernel sends, and RESERVED: FreeBSD has no handler (EINVAL); Linux EOPNOTSUPP.
 KERNEL_ONLY = (MsgType.RESERVED, MsgType.EXPIRE, MsgType.X_PCHANGE, MsgType.X_SPDACQUIRE, MsgType.X_SPDEXPIRE)
 #: Types with a handler in both reference kernels.
-HANDLED = frozenset(MsgType) - set(KERNEL_ONLY) - {MsgType.X_NAT_T_NEW_MAPPING, MsgType.X_MIGRATE}
+HANDLED = frozenset(MsgType) - set(KERNEL_ONLY) - {MsgType.X_NAT_T_NEW_MAPPING}
 
 
 def test_handler_table_serves_exactly_the_user_to_kernel_types() -> None:
@@ -61,9 +61,9 @@ def test_nat_t_new_mapping_from_a_linux_socket_is_eopnotsupp() -> None:
     assert fails(make_engine(), LX, Message(MsgType.X_NAT_T_NEW_MAPPING, SaType.ESP)) == errno.EOPNOTSUPP
 
 
-def test_migrate_from_a_linux_socket_is_enoprotoopt() -> None:
-    # pfkey_migrate without CONFIG_NET_KEY_MIGRATE (§2): pfkeyd migrates nothing.
-    assert fails(make_engine(), LX, Message(MsgType.X_MIGRATE, SaType.UNSPEC)) == errno.ENOPROTOOPT
+def test_migrate_without_its_extensions_is_einval() -> None:
+    # pfkey_migrate: SRC, DST and X_POLICY are required (§3.19).
+    assert fails(make_engine(), LX, Message(MsgType.X_MIGRATE, SaType.UNSPEC)) == errno.EINVAL
 
 
 @pytest.mark.parametrize("mtype", [MsgType.X_NAT_T_NEW_MAPPING, MsgType.X_MIGRATE], ids=lambda t: t.name)
