@@ -24,6 +24,10 @@ API
     host's own (linux on Linux, freebsd on the BSDs); ``pid`` (what goes in
     ``sadb_msg_pid``) to ``os.getpid()``.
 
+``await control(argv, path=None) -> (status, out, err)``
+    Run a control command (sysctl, stats, lookup; see pfkeyd.control) on the
+    daemon whose PF_KEY socket is ``path``, through the control socket beside it.
+
 ``Connection``
     ``await request(msg, *, assign_seq=True) -> Message``
         Send ``msg`` and return the reply, matched by (type, seq, pid).  A ``seq`` of
@@ -51,7 +55,10 @@ API
         auth=None, mode=Mode.ANY, reqid=0, replay=0, flags=0, hard=None, soft=None,
         extra=())``, ``update(...)`` (as add), ``delete(satype, src, dst, spi)``,
         ``get(satype, src, dst, spi)``, ``flush(satype=0)``, ``spdflush()``,
-        ``promisc(on=True)``.  Addresses are strings (``"10.0.0.1"``,
+        ``promisc(on=True)``, ``spdadd(src, dst, direction, policy_type, *,
+        requests=(), proto=255, priority=0, hard=None, update=False)``,
+        ``spdget(policy_id)``, ``spddelete2(policy_id)``; add and update take
+        ``seq=`` too, to answer an ACQUIRE.  Addresses are strings (``"10.0.0.1"``,
         ``"fe80::1%2"``, ``"10.0.0.0/24"``), ``ipaddress`` objects, ``SockAddr`` or
         ``Address`` values; ``enc`` and ``auth`` are ``(algorithm, key bytes)``.
     ``await aclose()``; attributes ``path``, ``dialect``, ``pid``,
@@ -78,6 +85,7 @@ conn.dump()`` works.
 from __future__ import annotations
 
 import errno as E
+import json
 import logging
 import os
 import random
@@ -91,7 +99,7 @@ from typing import Any
 
 import trio
 
-from pfkeyd.defaults import SOCKET_ENV, default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError
 from pfkeyd.wire import (
     HEADER,
@@ -101,11 +109,13 @@ from pfkeyd.wire import (
     Extension,
     ExtType,
     IpProto,
+    IpsecRequest,
     Key,
     Lifetime,
     Message,
     Mode,
     MsgType,
+    Policy,
     Sa,
     Sa2,
     SockAddr,
@@ -114,7 +124,7 @@ from pfkeyd.wire import (
     encode,
 )
 
-__all__ = ["open", "Connection", "PfkeyReplyError", "AddressLike"]
+__all__ = ["open", "control", "Connection", "PfkeyReplyError", "AddressLike"]
 
 log = logging.getLogger("pfkeyd.client")
 
@@ -468,20 +478,24 @@ class Connection:
         enc: tuple[int, bytes] | None = None, auth: tuple[int, bytes] | None = None,
         mode: int = Mode.ANY, reqid: int = 0, replay: int = 0, flags: int = 0,
         hard: Lifetime | None = None, soft: Lifetime | None = None, extra: Sequence[Extension] = (),
+        seq: int = 0,
     ) -> Message:
         """SADB_ADD of a complete SA."""
-        return await self.request(_sa_request(MsgType.ADD, satype, src, dst, spi, enc, auth, mode, reqid,
-                                              replay, flags, hard, soft, extra))
+        msg = _sa_request(MsgType.ADD, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft,
+                          extra)
+        return await self.request(msg.replace(seq=seq))
 
     async def update(
         self, satype: int, src: AddressLike, dst: AddressLike, spi: int, *,
         enc: tuple[int, bytes] | None = None, auth: tuple[int, bytes] | None = None,
         mode: int = Mode.ANY, reqid: int = 0, replay: int = 0, flags: int = 0,
         hard: Lifetime | None = None, soft: Lifetime | None = None, extra: Sequence[Extension] = (),
+        seq: int = 0,
     ) -> Message:
         """SADB_UPDATE: complete the LARVAL SA that GETSPI made (same pid), or change lifetimes."""
-        return await self.request(_sa_request(MsgType.UPDATE, satype, src, dst, spi, enc, auth, mode, reqid,
-                                              replay, flags, hard, soft, extra))
+        msg = _sa_request(MsgType.UPDATE, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft,
+                          extra)
+        return await self.request(msg.replace(seq=seq))
 
     async def delete(self, satype: int, src: AddressLike, dst: AddressLike, spi: int) -> Message:
         """SADB_DELETE of one SA."""
@@ -504,6 +518,27 @@ class Connection:
     async def promisc(self, on: bool = True) -> Message:
         """SADB_X_PROMISC: receive a copy of every message the daemon sends."""
         return await self.request(Message(MsgType.X_PROMISC, 1 if on else 0))
+
+    async def spdadd(
+        self, src: AddressLike, dst: AddressLike, direction: int, policy_type: int, *,
+        requests: Sequence[IpsecRequest] = (), proto: int = IpProto.ANY, priority: int = 0,
+        hard: Lifetime | None = None, update: bool = False,
+    ) -> Message:
+        """SADB_X_SPDADD (SPDUPDATE with ``update``); the policy id is ``reply.policy.id``."""
+        exts: list[Extension] = [Policy(policy_type, direction, 0, priority, 0, tuple(requests)),
+                                 replace(_address(ExtType.ADDRESS_SRC, src), proto=proto),
+                                 replace(_address(ExtType.ADDRESS_DST, dst), proto=proto)]
+        if hard is not None:
+            exts.append(replace(hard, exttype=ExtType.LIFETIME_HARD))
+        return await self.request(Message(MsgType.X_SPDUPDATE if update else MsgType.X_SPDADD, exts=tuple(exts)))
+
+    async def spdget(self, policy_id: int) -> Message:
+        """SADB_X_SPDGET: the policy with that id."""
+        return await self.request(Message(MsgType.X_SPDGET, exts=(Policy(0, 0, policy_id),)))
+
+    async def spddelete2(self, policy_id: int) -> Message:
+        """SADB_X_SPDDELETE2: delete the policy with that id."""
+        return await self.request(Message(MsgType.X_SPDDELETE2, exts=(Policy(0, 0, policy_id),)))
 
 
 def _unwrap_promisc(data: bytes) -> bytes | None:
@@ -558,6 +593,23 @@ def _sa_request(
         exts.append(Key(ExtType.KEY_ENCRYPT, enc[1]))
     exts.extend(extra)
     return Message(msgtype, satype, exts=tuple(exts))
+
+
+async def control(argv: Sequence[str], path: str | os.PathLike[str] | None = None) -> tuple[int, str, str]:
+    """Run a control command (``["lookup", "out", "10.0.0.1", "10.0.0.2"]``,
+    ``["sysctl", "net.key.spi_minval=4096"]``, ``["stats"]``) on the daemon whose
+    PF_KEY socket is ``path``; returns (exit status, output, error text)."""
+    if path is None:
+        path = os.environ.get(SOCKET_ENV) or default_socket_path()
+        if path is None:
+            msg = f"no PF_KEY socket: set {SOCKET_ENV} or XDG_RUNTIME_DIR, or pass a path"
+            raise OSError(E.ENOENT, msg)
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with sock:
+        await sock.connect(control_path(os.fspath(path)))
+        await sock.send(json.dumps({"argv": list(argv)}).encode())
+        answer = json.loads(await sock.recv(4 * 1024 * 1024) or b"{}")
+    return int(answer.get("status", 1)), str(answer.get("out", "")), str(answer.get("err", ""))
 
 
 @asynccontextmanager

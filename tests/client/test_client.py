@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import inspect
 import os
+import random
 import struct
 
 import pytest
@@ -37,11 +38,12 @@ AUTH = (AuthAlg.X_SHA2_256, bytes(range(32)))
 PUBLIC_METHODS = {
     "request", "send", "request_many", "dump", "spddump", "events", "aclose",
     "register", "getspi", "add", "update", "delete", "get", "flush", "spdflush", "promisc",
+    "spdadd", "spdget", "spddelete2",
 }
 
 
 def test_the_public_api_is_pinned() -> None:
-    assert pfkeyd.client.__all__ == ["open", "Connection", "PfkeyReplyError", "AddressLike"]
+    assert pfkeyd.client.__all__ == ["open", "control", "Connection", "PfkeyReplyError", "AddressLike"]
     methods = {name for name, _ in inspect.getmembers(Connection, inspect.isfunction) if not name.startswith("_")}
     assert methods == PUBLIC_METHODS
     assert list(inspect.signature(pfkeyd.client.open).parameters) == ["path", "dialect", "pid", "event_buffer"]
@@ -328,3 +330,33 @@ def test_unwrap_recognises_only_a_whole_promisc_wrapper() -> None:
     assert pfkeyd.client._unwrap_promisc(inner) is None
     assert pfkeyd.client._unwrap_promisc(head + inner[:4] + struct.pack("=H", 3) + inner[6:]) is None
     assert pfkeyd.client._unwrap_promisc(head[:4] + struct.pack("=H", 5) + head[6:] + inner) is None
+
+
+@DIALECTS
+async def test_policy_helpers_and_the_control_call(nursery: trio.Nursery, sockdir: str, dialect: Dialect) -> None:
+    from pfkeyd import control as control_commands
+    from pfkeyd.engine import KeyEngine
+    from pfkeyd.wire import Direction, IpsecRequest, Level, Mode, PolicyType
+
+    engine = KeyEngine(rng=random.Random(9))
+
+    def hook(argv, now):  # type: ignore[no-untyped-def]
+        out = control_commands.run(engine, argv, now)
+        return out.status, out.out, out.err, out.effects
+
+    d = await start_daemon(nursery, sockdir, engine, control=hook)
+    path = d.paths[dialect]
+    async with pfkeyd.client.open(path, dialect) as conn:
+        esp = IpsecRequest(50, Mode.TRANSPORT, Level.REQUIRE)
+        reply = await conn.spdadd("10.0.0.1", "10.0.0.2", Direction.OUTBOUND, PolicyType.IPSEC, requests=[esp],
+                                  priority=7)
+        assert reply.policy is not None and reply.policy.id and reply.policy.priority == 7
+        got = await conn.spdget(reply.policy.id)
+        assert got.policy is not None and got.policy.requests[0].level == Level.REQUIRE
+        status, out, err = await pfkeyd.client.control(["lookup", "out", "10.0.0.1", "10.0.0.2"], path)
+        assert status == 0 and f"policy {reply.policy.id}:" in out and err == ""
+        status, out, _ = await pfkeyd.client.control(["sysctl", "net.key.spi_minval=4096"], path)
+        assert status == 0 and engine.knobs.spi_minval == 4096
+        await conn.spddelete2(reply.policy.id)
+        with pytest.raises(pfkeyd.client.PfkeyReplyError):
+            await conn.spdget(reply.policy.id)
