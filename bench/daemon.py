@@ -201,7 +201,7 @@ def read_dump(sock: socket.socket) -> tuple[int, float]:
     start = time.perf_counter()
     while True:
         data = sock.recv(65536)
-        _, mtype, err, _, _, _, seq, _ = HEADER.unpack_from(data)
+        _, _, err, _, _, _, seq, _ = HEADER.unpack_from(data)
         if err:
             raise RuntimeError(f"dump failed: errno {err}")
         n += 1

@@ -37,7 +37,6 @@ canonical: algorithm ids, modes and directions are the numbers of
 from __future__ import annotations
 
 import errno
-
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
