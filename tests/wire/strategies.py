@@ -20,7 +20,7 @@ normalisations are respected here and nowhere else:
   addresses may be of any family (:class:`RawSockAddr`) that does not look like
   AF_INET/AF_INET6;
 * ``Filter`` has family 4 or 6 with matching address types (or an unknown wire
-  family kept as bytes);
+  family n, tagged UNKNOWN | n or 0x10000 | n, with the addresses as 16 bytes);
 * :class:`UnknownExt` exists only in linux, numbered above 26, with a body that is
   already padded;
 * an IPComp SA (and its proposals) carries compression ids untranslated.
@@ -97,6 +97,7 @@ __all__ = [
     "extensions",
     "messages",
     "requests",
+    "request_satypes",
 ]
 
 DIALECTS: Final = ("freebsd", "linux")
@@ -332,11 +333,12 @@ def _policy(spec: DialectSpec) -> SearchStrategy[Policy]:
 def _filter(spec: DialectSpec) -> SearchStrategy[Filter]:
     v4 = st.builds(Filter, st.just(4), st.ip_addresses(v=4), st.ip_addresses(v=4), U8, U8)
     v6 = st.builds(Filter, st.just(6), st.ip_addresses(v=6), st.ip_addresses(v=6), U8, U8)
-    # An unknown wire family n decodes to UNKNOWN | n with the raw 16-byte addresses.
-    # n >= 0x8000 is left out: UNKNOWN | n == n, and the encoder reads it back as n & 0x7fff.
-    family = st.integers(0, 0x7FFF).filter(lambda n: n not in (spec.af_inet, spec.af_inet6))
+    # An unknown wire family n decodes to UNKNOWN | n (0x10000 | n when n >= 0x8000)
+    # with the raw 16-byte addresses.
+    family = U16.filter(lambda n: n not in (spec.af_inet, spec.af_inet6))
     raw16 = st.binary(min_size=16, max_size=16)
-    other = st.builds(Filter, family.map(lambda n: UNKNOWN | n), raw16, raw16, U8, U8)
+    tagged = family.map(lambda n: UNKNOWN | n if n < UNKNOWN else 0x10000 | n)
+    other = st.builds(Filter, tagged, raw16, raw16, U8, U8)
     return st.one_of(v4, v6, other)
 
 
@@ -443,18 +445,24 @@ def messages(
     return Message(mtype, satype, draw(U32), draw(U32), draw(U8), draw(U16), exts)
 
 
-def _request_satypes(spec: DialectSpec, mtype: int) -> SearchStrategy[int]:
-    """The satypes the dialect's key_parse accepts for ``mtype`` (reference §1.3 step 5)."""
-    if not spec.sockaddr_has_len:  # Linux checks satypes per handler, not in the parser
-        return _satypes(spec, mtype)
+def request_satypes(dialect: str, mtype: int) -> tuple[int, ...] | None:
+    """The satypes FreeBSD's key_parse accepts for ``mtype`` (reference §1.3 step 5);
+    None for linux, which checks satypes per handler, not in the parser."""
+    if not _spec(dialect).sockaddr_has_len:
+        return None
     if mtype == MsgType.X_SPDDUMP:
-        return st.sampled_from([0, 1, 2, 4])
+        return (0, 1, 2, 4)  # a scope mask
     if mtype in _SA_MESSAGES:
-        return st.sampled_from(_SA_SATYPES)
+        return _SA_SATYPES
     if mtype in _SPD_MESSAGES:
-        return st.just(SaType.UNSPEC)
-    extra = [1] if mtype == MsgType.X_PROMISC else []
-    return st.sampled_from([SaType.UNSPEC, *_SA_SATYPES, *extra])
+        return (SaType.UNSPEC,)
+    extra = (1,) if mtype == MsgType.X_PROMISC else ()
+    return (SaType.UNSPEC, *_SA_SATYPES, *extra)
+
+
+def _request_satypes(spec: DialectSpec, mtype: int) -> SearchStrategy[int]:
+    accepted = request_satypes(spec.name, mtype)
+    return _satypes(spec, mtype) if accepted is None else st.sampled_from(accepted)
 
 
 @st.composite
