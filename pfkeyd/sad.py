@@ -25,8 +25,9 @@ entry is acted on only if the SA it names still carries the same ``version``.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
 
@@ -107,19 +108,34 @@ class SecAssoc:
 class SaHead:
     """The SAs of one SA index (FreeBSD's secashead)."""
 
-    __slots__ = ("alive", "index", "larval")
+    __slots__ = ("_larval", "alive", "index")
 
     def __init__(self, index: SaIndex) -> None:
         self.index = index
-        self.larval: dict[int, SecAssoc] = {}
         self.alive: dict[int, SecAssoc] = {}  # creation order; MATURE and DYING
+        self._larval: dict[int, SecAssoc] | None = None  # most heads never hold one
+
+    @property
+    def larval(self) -> Mapping[int, SecAssoc]:
+        return self._larval if self._larval is not None else _NO_SAS
+
+    def _list_for(self, sa: SecAssoc) -> dict[int, SecAssoc]:
+        if sa.alive:
+            return self.alive
+        if self._larval is None:
+            self._larval = {}
+        return self._larval
 
     def __len__(self) -> int:
-        return len(self.larval) + len(self.alive)
+        return len(self.alive) + (len(self._larval) if self._larval else 0)
 
     def dump_order(self) -> Iterator[SecAssoc]:
-        yield from reversed(self.larval.values())
+        if self._larval:
+            yield from reversed(self._larval.values())
         yield from reversed(self.alive.values())
+
+
+_NO_SAS: Mapping[int, SecAssoc] = MappingProxyType({})
 
 
 class Sad:
@@ -129,7 +145,7 @@ class Sad:
         self.by_spi: dict[int, SecAssoc] = {}
         self.heads: dict[SaIndex, SaHead] = {}
         # (proto, src, dst) -> the heads of those addresses, whatever mode and reqid
-        self.by_pair: dict[tuple[int, SockAddr, SockAddr], dict[SaIndex, SaHead]] = {}
+        self.by_pair: dict[tuple[int, SockAddr, SockAddr], list[SaHead]] = {}
         self._deadlines: list[tuple[float, int, int, int]] = []  # (when, spi, version, kind)
 
     def __len__(self) -> int:
@@ -144,15 +160,15 @@ class Sad:
     def heads_for(self, proto: int, src: SockAddr, dst: SockAddr) -> list[SaHead]:
         """The heads of one protocol and address pair (key_cmpsaidx CMP_HEAD), oldest first."""
         group = self.by_pair.get((proto, src, dst))
-        return list(group.values()) if group else []
+        return list(group) if group else []
 
     def insert(self, sa: SecAssoc) -> None:
         head = self.heads.get(sa.index)
         if head is None:
             idx = sa.index
             head = self.heads[idx] = SaHead(idx)
-            self.by_pair.setdefault((idx.proto, idx.src, idx.dst), {})[idx] = head
-        (head.alive if sa.alive else head.larval)[sa.spi] = sa
+            self.by_pair.setdefault((idx.proto, idx.src, idx.dst), []).append(head)
+        head._list_for(sa)[sa.spi] = sa
         self.by_spi[sa.spi] = sa
 
     def replace(self, old: SecAssoc, new: SecAssoc) -> None:
@@ -164,22 +180,22 @@ class Sad:
             self.insert(new)
             return
         if old.alive == new.alive:
-            (head.alive if new.alive else head.larval)[new.spi] = new
+            head._list_for(new)[new.spi] = new
         else:
-            (head.alive if old.alive else head.larval).pop(old.spi)
-            (head.alive if new.alive else head.larval)[new.spi] = new
+            head._list_for(old).pop(old.spi)
+            head._list_for(new)[new.spi] = new
         self.by_spi[new.spi] = new
 
     def remove(self, sa: SecAssoc) -> None:
         head = self.heads[sa.index]
-        (head.alive if sa.alive else head.larval).pop(sa.spi)
+        head._list_for(sa).pop(sa.spi)
         del self.by_spi[sa.spi]
         if not len(head):
             idx = sa.index
             del self.heads[idx]
             pair = (idx.proto, idx.src, idx.dst)
             group = self.by_pair[pair]
-            del group[idx]
+            group.remove(head)
             if not group:
                 del self.by_pair[pair]
 

@@ -225,7 +225,7 @@ def _check_sad_indexes(engine: KeyEngine) -> None:
     seen = {}
     for idx, head in sad.heads.items():
         assert len(head) > 0 and head.index == idx
-        assert sad.by_pair[(idx.proto, idx.src, idx.dst)][idx] is head
+        assert head in sad.by_pair[(idx.proto, idx.src, idx.dst)]
         for spi, sa in head.larval.items():
             assert not sa.alive and sa.spi == spi and sa.index == idx
             seen[spi] = sa
