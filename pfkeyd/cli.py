@@ -1,7 +1,7 @@
 """The pfkeyd command line.
 
-    pfkeyd [-d] [--syslog] [-f file] [-s path] [-l path:dialect ...] [--group group]
-           [--allow-uid uid ...]
+    pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
+           [--group group] [--allow-uid uid ...]
         Run the daemon in the foreground until SIGTERM or SIGINT.
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path]
@@ -98,9 +98,15 @@ def _decode_command(argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------ daemon
 
+#: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
-usage: pfkeyd [-d] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
+usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...]
+       pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
+       pfkeyd stats [-s path]
+       pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+       pfkeyd exec [--socket path] -- command [arg ...]
+       pfkeyd preload-path
        pfkeyd decode [-d dialect] [-k] file ...
 """
 
@@ -305,7 +311,10 @@ def _control_socket(argv: list[str]) -> tuple[str, list[str]]:
     """Take ``-s path`` / ``--socket path`` off the front of a control command's
     arguments; the control socket is the one beside that PF_KEY socket."""
     path = os.environ.get(SOCKET_ENV) or default_socket_path()
-    if len(argv) >= 2 and argv[0] in ("-s", "--socket"):
+    if argv[:1] in (["-s"], ["--socket"]):
+        if len(argv) < 2:
+            msg = f"option {argv[0]} needs a path"
+            raise _UsageError(msg)
         path = argv[1]
         argv = argv[2:]
     if not path:
@@ -327,8 +336,17 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
             with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
                 sock.settimeout(15)
                 sock.connect(path)
-                sock.send(json.dumps({"argv": [command, *rest]}).encode())
-                answer = json.loads(sock.recv(4 * 1024 * 1024) or b"{}")
+                try:
+                    sock.send(json.dumps({"argv": [command, *rest]}).encode())
+                    data = sock.recv(4 * 1024 * 1024)
+                except (BrokenPipeError, ConnectionResetError):
+                    data = b""
+            if not data:
+                # The daemon closes a peer whose credentials it refuses without a word.
+                print(f"pfkeyd {command}: {path}: the daemon closed the connection without an answer "
+                      "(is this user allowed to use it?)", file=sys.stderr)
+                return 1
+            answer = json.loads(data)
         except OSError as exc:
             print(f"pfkeyd {command}: {path}: {exc.strerror or exc}", file=sys.stderr)
             return 1
