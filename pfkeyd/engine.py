@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno as E
 import heapq
 import random
+import struct
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -92,6 +93,7 @@ from pfkeyd.wire import (
     encode,
 )
 from pfkeyd.wire.constants import IPSEC_MANUAL_REQID_MAX, KEY_FLAGS_MAX, PROTO_SATYPE, SATYPE_PROTO, X_EXT_OLD
+from pfkeyd.wire.dialect import DialectSpec
 from pfkeyd.wire.message import check_request_generic
 
 __all__ = [
@@ -215,7 +217,76 @@ def sa_message(
 
 
 def _render_sa(sa: SecAssoc, dialect: Dialect, seq: int, pid: int) -> bytes:
+    """One SADB_DUMP entry.  A dump of a million SAs renders a million of these, so
+    the common shape (no NAT-T, no SA_REPLAY, algorithm ids the dialect knows) is
+    packed directly; it gives exactly the bytes of the generic path, which every
+    other SA takes (a test compares the two)."""
+    fast = _render_sa_fast(sa, dialect, seq, pid)
+    if fast is not None:
+        return fast
     return encode(sa_message(sa, MsgType.DUMP, seq, pid, dialect), dialect)
+
+
+_SA_EXT = struct.Struct("=HH4sBBBBI")
+_SA2_EXT = struct.Struct("=HHBBHII")
+_CURRENT_EXT = struct.Struct("=HHIQQQ")
+_KEY_HEAD = struct.Struct("=HHHH")
+_MSG_HEAD = struct.Struct("=BBBBHHII")
+_FAST_SATYPES = frozenset({SaType.ESP, SaType.AH})
+#: (sockaddr, exttype, sockaddr layout) -> the encoded address extension.
+_HOST_BYTES: dict[tuple[SockAddr, int, bool], bytes] = {}
+
+
+def _host_bytes(addr: SockAddr, exttype: ExtType, spec: DialectSpec) -> bytes:
+    key = (addr, exttype, spec.sockaddr_has_len)
+    done = _HOST_BYTES.get(key)
+    if done is None:
+        if len(_HOST_BYTES) >= 8192:
+            _HOST_BYTES.clear()
+        done = _HOST_BYTES[key] = _host(exttype, addr).encode(spec, 0)
+    return done
+
+
+def _key_bytes(key: Key, exttype: int) -> bytes | None:
+    data = key.data
+    if (key.bits + 7) // 8 != len(data):
+        return None
+    total = (8 + len(data) + 7) & ~7
+    return _KEY_HEAD.pack(total // 8, exttype, key.bits, 0) + data + bytes(total - 8 - len(data))
+
+
+def _render_sa_fast(sa: SecAssoc, dialect: Dialect, seq: int, pid: int) -> bytes | None:
+    if sa.natt is not None or sa.replay_window > 255 * 8 or sa.satype not in _FAST_SATYPES:
+        return None
+    spec = dialect.spec
+    auth = spec.auth.to_wire.get(sa.auth)
+    enc = spec.enc.to_wire.get(sa.encrypt)
+    idx = sa.index
+    mode = spec.mode.to_wire.get(idx.mode)
+    if auth is None or enc is None or mode is None or sa.spi > 0xFFFFFFFF:
+        return None
+    parts = [
+        _SA_EXT.pack(2, ExtType.SA, sa.spi.to_bytes(4, "big"), min(sa.replay, 255), sa.state, auth, enc,
+                     sa.flags & KEY_FLAGS_MAX),
+        _SA2_EXT.pack(2, ExtType.X_SA2, mode, 0, 0, sa.replay_seq & 0xFFFFFFFF, idx.reqid),
+    ]
+    if sa.hard is not None:
+        parts.append(sa.hard.encode(spec, sa.satype))
+    if sa.soft is not None:
+        parts.append(sa.soft.encode(spec, sa.satype))
+    parts += [
+        _CURRENT_EXT.pack(4, ExtType.LIFETIME_CURRENT, sa.packets, sa.bytes, sa.created_wall, sa.first_used_wall),
+        _host_bytes(idx.src, ExtType.ADDRESS_SRC, spec),
+        _host_bytes(idx.dst, ExtType.ADDRESS_DST, spec),
+    ]
+    for key, exttype in ((sa.key_auth, ExtType.KEY_AUTH), (sa.key_encrypt, ExtType.KEY_ENCRYPT)):
+        if key is not None:
+            packed = _key_bytes(key, exttype)
+            if packed is None:
+                return None
+            parts.append(packed)
+    body = b"".join(parts)
+    return _MSG_HEAD.pack(2, MsgType.DUMP, 0, sa.satype, (16 + len(body)) // 8, _REFCNT, seq, pid) + body
 
 
 def _expire_message(sa: SecAssoc, which: Lifetime) -> Message:
