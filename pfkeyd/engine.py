@@ -372,6 +372,7 @@ class KeyEngine:
         self._policy_ids = 0
         self._reqids = 0x4000
         self._deflev: tuple[Knobs, dict[tuple[int, int, int], int]] | None = None
+        self._promiscuous = 0  # how many clients are in promiscuous mode
 
     # ---------------------------------------------------------------- clients
 
@@ -381,6 +382,7 @@ class KeyEngine:
     def client_closed(self, client: ClientId) -> None:
         """The socket is gone: its registrations and promiscuous mode go with it."""
         self.clients.pop(client, None)
+        self._promiscuous = sum(s.promisc for s in self.clients.values())
 
     @property
     def knobs(self) -> Knobs:
@@ -470,9 +472,9 @@ class KeyEngine:
 
     def _promisc(self, build: Message | Callable[[Dialect], Message]) -> list[Effect]:
         """The keyless copies for promiscuous sockets, each in terms its dialect can say."""
-        listeners = [c for c, s in self.clients.items() if s.promisc]
-        if not listeners:
+        if not self._promiscuous:
             return []
+        listeners = [c for c, s in self.clients.items() if s.promisc]
 
         def copy(d: Dialect) -> Message:
             return _in_dialect(strip_keys(build(d) if callable(build) else build), d)
@@ -909,6 +911,7 @@ class KeyEngine:
             if msg.satype not in (0, 1):
                 raise InvalidArgument(f"X_PROMISC takes satype 0 or 1, not {msg.satype}")
             self.clients[req.client].promisc = msg.satype == 1
+            self._promiscuous = sum(s.promisc for s in self.clients.values())
         return self._to_all(req, msg.replace(errno=0))
 
     def _acquire(self, req: _Request) -> list[Effect]:
