@@ -529,12 +529,17 @@ class Server:
     async def _reader(self, client: _Client) -> bool:
         """Receive and handle requests; True at end of file, False when stopped."""
         sock = client.sock
+        # One buffer for every receive: asking recvmsg() for the largest possible
+        # message would allocate (and map) half a megabyte per datagram.
+        buffer = bytearray(RECV_SIZE)
+        view = memoryview(buffer)
         with client.reader_scope:
             while True:
                 while client.queued >= self._engine.knobs.client_buffer or client.dumps:
                     await client.room.park()
                 try:
-                    data, _anc, flags, _addr = sock.recvmsg(RECV_SIZE)
+                    size, _anc, flags, _addr = sock.recvmsg_into([view])
+                    data = bytes(view[:size])
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
                     continue
