@@ -187,7 +187,9 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
                 state = SaState(o.sa.state).name.lower()
                 lines.append(f"{head}: SA spi {o.sa.spi:#010x} ({state})")
             elif o.acquire_seq:
-                lines.append(f"{head}: no SA: ACQUIRE sent (seq {o.acquire_seq})")
+                to = (f"to {o.acquire_recipients} registered key manager{'s' * (o.acquire_recipients != 1)}"
+                      if o.acquire_recipients else "but no key manager is registered")
+                lines.append(f"{head}: no SA: ACQUIRE sent (seq {o.acquire_seq}) {to}")
             else:
                 lines.append(f"{head}: no SA" + ("" if sp.dir == Direction.INBOUND else
                                                  ": ACQUIRE already pending"))

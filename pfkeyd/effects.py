@@ -77,6 +77,7 @@ class Dump:
     items: Sequence[Any]
     render: DumpRender
     pid: int
+    msgtype: int = 10  # SADB_DUMP; SADB_X_SPDDUMP (18) for policies
 
 
 Effect = Send | Error | Dump

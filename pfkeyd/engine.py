@@ -445,7 +445,7 @@ class KeyEngine:
             if isinstance(eff, Send):
                 self.stats.note_out(eff.msg.type, len(eff.to))
             elif isinstance(eff, Dump):
-                self.stats.note_out(MsgType.DUMP, len(eff.items))
+                self.stats.note_out(eff.msgtype, len(eff.items))
 
     # ------------------------------------------------------------- delivery
 
@@ -1119,7 +1119,7 @@ class KeyEngine:
         items = list(self.spd.ordered()) if scope & PolicyScope.GLOBAL else []
         if not items:
             raise NoEntry("no SPD entries")
-        return [Dump(req.client, items, _render_sp, msg.pid)]
+        return [Dump(req.client, items, _render_sp, msg.pid, MsgType.X_SPDDUMP)]
 
     # ---------------------------------------------------------- policy timers
 
@@ -1226,7 +1226,7 @@ class KeyEngine:
             level = self._level(r, flow.src.version)
             index = _request_index(r, flow)
             sa = self._usable_sa(index)
-            acquire_seq = 0
+            acquire_seq = recipients = 0
             if dir_ == Direction.INBOUND:
                 # A clear packet that a REQUIRE/UNIQUE request should have protected is
                 # dropped (ipsec_in_reject); inbound traffic never triggers an ACQUIRE.
@@ -1236,10 +1236,12 @@ class KeyEngine:
                 if rec is not None:
                     acquire_seq = rec.seq
                     satype = PROTO_SATYPE[index.proto]
-                    effects += self._acquire_message(rec.seq, index, satype, sp, sp.selector)
+                    sent = self._acquire_message(rec.seq, index, satype, sp, sp.selector)
+                    recipients = len({c for e in sent if isinstance(e, Send) and not e.promisc for c in e.to})
+                    effects += sent
                 if level in (Level.REQUIRE, Level.UNIQUE):
                     held = True
-            outcomes.append(RequestOutcome(r, level, index, sa, acquire_seq))
+            outcomes.append(RequestOutcome(r, level, index, sa, acquire_seq, recipients))
         self._count(effects)
         action = "discard" if held else "ipsec"
         return Decision(action, sp, requests=tuple(outcomes), held=held), effects
@@ -1383,6 +1385,7 @@ class RequestOutcome:
     index: SaIndex
     sa: SecAssoc | None
     acquire_seq: int = 0  # the seq of the ACQUIRE sent now (0: none sent)
+    acquire_recipients: int = 0  # how many registered key managers it went to
 
 
 @dataclass(frozen=True, slots=True)
@@ -1431,9 +1434,11 @@ def _policy_ext(sp: SecPolicy) -> Policy:
     return Policy(sp.type, sp.dir, sp.id, sp.priority, sp.scope, sp.requests)
 
 
-def _sp_lifetimes(sp: SecPolicy) -> tuple[Lifetime, Lifetime]:
-    # key_spdadd starts lastused at the creation time, so an unused policy reports it.
-    last_used = sp.last_used_wall if sp.last_used is not None else sp.created_wall
+def _sp_lifetimes(sp: SecPolicy, dialect: Dialect = Dialect.FREEBSD) -> tuple[Lifetime, Lifetime]:
+    # key_spdadd starts lastused at the creation time, so an unused policy reports
+    # it; Linux's xfrm policy has no use time until a packet matches.
+    never = sp.created_wall if dialect is Dialect.FREEBSD else 0
+    last_used = sp.last_used_wall if sp.last_used is not None else never
     return (Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, sp.created_wall, last_used),
             Lifetime(ExtType.LIFETIME_HARD, 0, 0, sp.lifetime, sp.validtime))
 
@@ -1446,7 +1451,7 @@ def sp_message(sp: SecPolicy, msgtype: int, seq: int, pid: int, dialect: Dialect
     exists only in FreeBSD's layout.
     """
     src, dst = _selector_exts(sp)
-    current, hard = _sp_lifetimes(sp)
+    current, hard = _sp_lifetimes(sp, dialect)
     if dialect is Dialect.LINUX:
         soft = Lifetime(ExtType.LIFETIME_SOFT)
         pol = Policy(sp.type, sp.dir, sp.id, sp.priority, 0, sp.requests)

@@ -432,7 +432,8 @@ def test_lookup_without_an_sa_sends_one_acquire_then_reports_it_pending(engine: 
     (acq,) = acquires(first.effects)
     assert acq.to == (KM,)  # the registered key manager only
     assert first.out == (f"policy {pid}: out ipsec priority 0x0\n"
-                         f"  esp/transport//require (level require): no SA: ACQUIRE sent (seq {acq.msg.seq})\n"
+                         f"  esp/transport//require (level require): no SA: ACQUIRE sent (seq {acq.msg.seq})"
+                         " to 1 registered key manager\n"
                          "decision: discard (held back until an SA exists)\n")
     # Paced by net.key.blockacq_count: the next triggers send nothing.
     second = run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2", t=2)

@@ -292,7 +292,8 @@ async def test_lookup_sends_the_acquire_to_the_registered_key_manager_only(daemo
             assert lines[0] == f"policy {policy_id}: out ipsec priority 0x0"
             assert lines[1].startswith("  esp/transport//require (level require): no SA: ACQUIRE sent (seq ")
             assert lines[2:] == ["decision: discard (held back until an SA exists)"]
-            seq = int(lines[1].rsplit("seq ", 1)[1].rstrip(")"))
+            assert lines[1].endswith(") to 1 registered key manager")
+            seq = int(lines[1].split("(seq ", 1)[1].split(")", 1)[0])
 
             # The control command answered after the ACQUIRE was queued: it is there.
             with trio.fail_after(5):

@@ -40,7 +40,7 @@ def test_two_hosts_are_keyed_with_matching_sas_from_one_acquire(dialect: str) ->
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     # The first lookup found no SA and sent the ACQUIRE; the second one is protected.
-    assert re.search(r"no SA: ACQUIRE sent \(seq \d+\)\ndecision: discard", out), out
+    assert re.search(r"no SA: ACQUIRE sent \(seq \d+\) to 1 registered key manager\ndecision: discard", out), out
     used = re.search(r"SA spi (0x[0-9a-f]{8}) \(mature\)\ndecision: ipsec", out)
     assert used is not None, out
 
