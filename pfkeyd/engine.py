@@ -373,6 +373,7 @@ class KeyEngine:
         self._reqids = 0x4000
         self._deflev: tuple[Knobs, dict[tuple[int, int, int], int]] | None = None
         self._promiscuous = 0  # how many clients are in promiscuous mode
+        self._ints: dict[int, int] = {}  # see _shared
 
     # ---------------------------------------------------------------- clients
 
@@ -702,8 +703,19 @@ class KeyEngine:
             "auth": auth, "encrypt": sa.encrypt, "flags": flags, "replay": replay,
             "replay_window": window, "key_auth": key_auth, "key_encrypt": key_enc,
             "hard": hard, "soft": soft, "natt": _natt(msg, proto),
-            "created": req.now.mono, "created_wall": req.now.wall,
+            "created": req.now.mono, "created_wall": self._shared(req.now.wall),
         }
+
+    def _shared(self, value: int) -> int:
+        """One int object per distinct pid or creation second: a million SAs made by a
+        few processes within a few seconds then share them (memory per SA)."""
+        known = self._ints.get(value)
+        if known is not None:
+            return known
+        if len(self._ints) >= 4096:
+            self._ints.clear()
+        self._ints[value] = value
+        return value
 
     def acqdone(self, index: SaIndex, seq: int) -> None:
         """A GETSPI or ADD that carries an ACQUIRE's seq completes it (reference §7.4)."""
@@ -720,8 +732,8 @@ class KeyEngine:
         lo, hi = (rng.min, rng.max) if rng is not None else (self.knobs.spi_minval, self.knobs.spi_maxval)
         self._check_capacity()
         spi = self._new_spi(proto, lo, hi)
-        sa = SecAssoc(spi, msg.satype, index, SaState.LARVAL, 0, 0, 0, 0, 0, None, None, msg.seq, msg.pid,
-                      req.now.mono, req.now.wall)
+        sa = SecAssoc(spi, msg.satype, index, SaState.LARVAL, 0, 0, 0, 0, 0, None, None, msg.seq,
+                      self._shared(msg.pid), req.now.mono, self._shared(req.now.wall))
         self.sad.insert(sa)
         self._schedule(sa)
         if msg.seq:
@@ -815,7 +827,7 @@ class KeyEngine:
             raise InvalidArgument(f"SPI {spi} is reserved (RFC 4302)")
         self._check_capacity()
         values = self._sa_values(req, proto)
-        sa = SecAssoc(spi, msg.satype, index, SaState.MATURE, seq=msg.seq, pid=msg.pid, **values)
+        sa = SecAssoc(spi, msg.satype, index, SaState.MATURE, seq=msg.seq, pid=self._shared(msg.pid), **values)
         self.sad.insert(sa)
         self._schedule(sa)
         if msg.seq:
