@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
@@ -47,6 +47,15 @@ class SaIndex:
     reqid: int
     src: SockAddr
     dst: SockAddr
+    _hash: int | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __hash__(self) -> int:
+        # Hashed by every SAD and ACQUIRE lookup: computed once.
+        h = self._hash
+        if h is None:
+            h = hash((self.proto, self.mode, self.reqid, self.src, self.dst))
+            object.__setattr__(self, "_hash", h)
+        return h
 
 
 @dataclass(frozen=True, slots=True)

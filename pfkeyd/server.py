@@ -106,6 +106,9 @@ log = logging.getLogger("pfkeyd.server")
 RECV_SIZE = 0xFFFF * 8
 #: At most one "broadcasts dropped" warning per client in this many seconds.
 DROP_LOG_INTERVAL = 10.0
+#: A reader yields to the other tasks after this many requests in a row (and always
+#: when its socket is empty, which waits).
+READ_BATCH = 8
 #: A dump yields to the other tasks every this many entries.
 DUMP_BATCH = 32
 #: How long stop() lets writers flush what is already queued.
@@ -533,6 +536,7 @@ class Server:
         # message would allocate (and map) half a megabyte per datagram.
         buffer = bytearray(RECV_SIZE)
         view = memoryview(buffer)
+        handled = 0
         with client.reader_scope:
             while True:
                 while client.queued >= self._engine.knobs.client_buffer or client.dumps:
@@ -555,7 +559,9 @@ class Server:
                     self._engine.stats.note_drop("malformed_no_reply")
                 else:
                     self._request(client, data)
-                await trio.lowlevel.checkpoint()  # one datagram, then everyone else's turn
+                handled += 1
+                if handled % READ_BATCH == 0:
+                    await trio.lowlevel.checkpoint()  # a few datagrams, then everyone else's turn
         return False
 
     def _request(self, client: _Client, data: bytes) -> None:
