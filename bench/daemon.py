@@ -76,9 +76,12 @@ async def serve(path, count, payload_path):
     await sock.bind(path)
     sock.listen(1)
     print("ready", flush=True)
-    conn, _ = await sock.accept()
+    while True:  # the first connection may be the readiness probe, which sends nothing
+        conn, _ = await sock.accept()
+        if await conn.recv(65536):
+            break
+        conn.close()
     with conn:
-        await conn.recv(65536)
         last = payload[:8] + bytes(4) + payload[12:]
         for i in range(count - 1):
             await conn.send(payload)
