@@ -57,6 +57,7 @@ from pfkeyd.sad import (
     Sad,
     SaIndex,
     SecAssoc,
+    Usage,
 )
 from pfkeyd.spd import Flow, SecPolicy, Selector, Spd
 from pfkeyd.stats import Statistics, Stats
@@ -623,12 +624,10 @@ class KeyEngine:
         if sa is None or not sa.alive:
             return []
         first = sa.first_used is None
-        changes: dict[str, Any] = {"bytes": sa.bytes + nbytes, "packets": sa.packets + packets}
-        if first:
-            changes.update(first_used=now.mono, first_used_wall=now.wall)
-            new = sa.evolve(**changes)
-        else:
-            new = sa.counted(**changes)
+        usage = Usage(sa.bytes + nbytes, sa.packets + packets,
+                      now.mono if first else sa.first_used, now.wall if first else sa.first_used_wall,
+                      sa.replay_seq)
+        new = sa.evolve(usage=usage) if first else sa.counted(usage)
         self.sad.replace(sa, new)
         if first:
             self._schedule(new)

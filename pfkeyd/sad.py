@@ -31,7 +31,7 @@ from types import MappingProxyType
 
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
 
-__all__ = ["SaIndex", "NatT", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
+__all__ = ["SaIndex", "NatT", "Usage", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
 
 DEADLINE_LARVAL = 0
 DEADLINE_HARD = 1
@@ -70,6 +70,17 @@ class NatT:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """Traffic on an SA: bytes, packets, when it was first used, the sequence counter."""
+
+    bytes: int = 0
+    packets: int = 0
+    first_used: float | None = None
+    first_used_wall: int = 0
+    replay_seq: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SecAssoc:
     """One SA.  ``replay`` is ``sadb_sa_replay`` as given (KAME: window bytes);
     ``replay_window`` the window that SA_REPLAY set, in packets rounded up to whole
@@ -93,12 +104,29 @@ class SecAssoc:
     hard: Lifetime | None = None
     soft: Lifetime | None = None
     natt: NatT | None = None
-    bytes: int = 0
-    packets: int = 0
-    first_used: float | None = None
-    first_used_wall: int = 0
-    replay_seq: int = 0
+    usage: Usage | None = None  # None until traffic is reported (most SAs, most of the time)
     version: int = 0
+
+    # The usage counters, read through the record (they cost one slot while unused).
+    @property
+    def bytes(self) -> int:
+        return self.usage.bytes if self.usage is not None else 0
+
+    @property
+    def packets(self) -> int:
+        return self.usage.packets if self.usage is not None else 0
+
+    @property
+    def first_used(self) -> float | None:
+        return self.usage.first_used if self.usage is not None else None
+
+    @property
+    def first_used_wall(self) -> int:
+        return self.usage.first_used_wall if self.usage is not None else 0
+
+    @property
+    def replay_seq(self) -> int:
+        return self.usage.replay_seq if self.usage is not None else 0
 
     @property
     def alive(self) -> bool:
@@ -109,9 +137,9 @@ class SecAssoc:
         old version no longer fire; the engine schedules the new record's."""
         return replace(self, version=self.version + 1, **changes)  # type: ignore[arg-type]
 
-    def counted(self, **changes: object) -> SecAssoc:
+    def counted(self, usage: Usage) -> SecAssoc:
         """A copy with new usage counters; its deadlines stay valid."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, usage=usage)
 
 
 class SaHead:

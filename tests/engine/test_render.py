@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pfkeyd.engine import _render_sa, _render_sa_fast, sa_message
-from pfkeyd.sad import NatT, SaIndex, SecAssoc
+from pfkeyd.sad import NatT, SaIndex, SecAssoc, Usage
 from pfkeyd.wire import AuthAlg, Dialect, EncAlg, ExtType, Key, Lifetime, Mode, MsgType, SaState, SaType, SockAddr
 from pfkeyd.wire import encode as wire_encode
 
@@ -41,8 +41,8 @@ def sas(draw: st.DrawFn) -> SecAssoc:
         draw(st.integers(0, 2**32 - 1)), draw(st.integers(0, 2**32 - 1)), 1.0, draw(st.integers(0, 2**40)),
         hard, soft,
         draw(st.one_of(st.none(), st.just(NatT(2, 4500, 4501)))),
-        draw(st.integers(0, 2**40)), draw(st.integers(0, 2**31)), None, draw(st.integers(0, 2**40)),
-        draw(st.integers(0, 2**40)),
+        draw(st.one_of(st.none(), st.builds(Usage, st.integers(0, 2**40), st.integers(0, 2**31), st.just(None),
+                                            st.integers(0, 2**40), st.integers(0, 2**40)))),
     )
 
 
