@@ -215,6 +215,13 @@ def _without_keys(msg: Message) -> Message:
     return msg.replace(exts=tuple(ext for ext in msg.exts if ext.exttype not in _KEY_TYPES))
 
 
+def _ext_name(t: int) -> str:
+    try:
+        return ExtType(t).name
+    except ValueError:
+        return str(t)
+
+
 def _type_name(t: int) -> str:
     return MsgType(t).name if t in MsgType._value2member_map_ else str(t)
 
@@ -574,16 +581,37 @@ class Server:
                 self._enqueue(client, error_reply(data, exc.errno, client.dialect))
             else:
                 engine.stats.note_drop("malformed_no_reply")
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("client %d: malformed request (%s, errno %d%s)", client.id, exc, exc.errno,
-                          "" if exc.reply else ", no reply")
+            level = self._trace_level()
+            if level:
+                log.log(level, "client %d: malformed request (%s, errno %d%s)", client.id, exc, exc.errno,
+                        "" if exc.reply else ", no reply")
             return
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("client %d: %s satype %d seq %d pid %d, %d bytes", client.id, _type_name(msg.type),
-                      msg.satype, msg.seq, msg.pid, len(data))
+        level = self._trace_level()
+        if level:
+            # The trace names the message and its extensions, never their contents:
+            # no key material reaches a log.
+            log.log(level, "client %d: %s satype %d seq %d pid %d, %d bytes, extensions %s", client.id,
+                    _type_name(msg.type), msg.satype, msg.seq, msg.pid, len(data),
+                    ",".join(_ext_name(e.exttype) for e in msg.exts) or "none")
         effects = engine.handle(client.id, msg, self._now())
         self._route(effects, client, data)
         self._wake_timer()
+        if level:
+            for eff in effects:
+                if isinstance(eff, Error):
+                    log.log(level, "client %d: answered errno %d", client.id, eff.errno)
+                elif isinstance(eff, Dump):
+                    log.log(level, "client %d: dump of %d entries", client.id, len(eff.items))
+                else:
+                    log.log(level, "client %d: %s to %d client(s)%s", client.id, _type_name(eff.msg.type),
+                            len(eff.to), " (promiscuous)" if eff.promisc else "")
+
+    def _trace_level(self) -> int:
+        """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
+        (sysctl switches it at run time), DEBUG under -d, otherwise none (0)."""
+        if self._engine.knobs.debug:
+            return logging.INFO
+        return logging.DEBUG if log.isEnabledFor(logging.DEBUG) else 0
 
     def _wake_timer(self) -> None:
         """Wake the timer task if the engine's next deadline moved before its alarm."""

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from pfkeyd import cli
 from pfkeyd.defaults import default_socket_path, native_dialect
 from pfkeyd.knobs import Knobs
-from pfkeyd.wire import Dialect, Message, MsgType, decode, encode
+from pfkeyd.wire import Dialect, ExtType, Message, MsgType, decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -159,3 +160,29 @@ def test_default_socket_path_and_dialect() -> None:
     assert default_socket_path({}, 1000) is None
     assert native_dialect("linux") is Dialect.LINUX
     assert native_dialect("freebsd14") is Dialect.FREEBSD
+
+
+async def test_the_debug_knob_traces_every_message_at_run_time_without_key_material(
+    nursery: trio.Nursery, sockdir: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from pfkeyd.engine import KeyEngine
+    from tests.server.peers import add_msg, start_daemon
+
+    caplog.set_level(logging.INFO, logger="pfkeyd.server")
+    engine = KeyEngine()
+    d = await start_daemon(nursery, sockdir, engine)
+    peer = await d.connect(Dialect.LINUX)
+    await peer.request(add_msg(0x5001))
+    assert "ADD" not in caplog.text  # off by default
+    engine.set_knob("net.inet.ipsec.debug", 1)  # what `pfkeyd sysctl net.inet.ipsec.debug=1` does
+    msg = add_msg(0x5002)
+    await peer.request(msg)
+    assert "ADD satype 3" in caplog.text and "KEY_AUTH" in caplog.text
+    for key in (e for e in msg.exts if e.exttype in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)):
+        assert key.data.hex() not in caplog.text  # type: ignore[union-attr]
+    engine.set_knob("net.inet.ipsec.debug", 0)
+    caplog.clear()
+    await peer.request(add_msg(0x5003))
+    assert "ADD" not in caplog.text
