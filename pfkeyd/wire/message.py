@@ -45,6 +45,7 @@ import builtins
 import errno as E
 import struct
 from dataclasses import dataclass, field, replace
+from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 from pfkeyd.errors import DecodeError, EncodeError
@@ -524,11 +525,20 @@ def check_request_generic(msg: Message, data: bytes = b"") -> None:
     elif not (satype == 1 and msg.type == MsgType.X_PROMISC):
         raise _fail(f"invalid satype {satype}", reply=True, data=data)
 
-    src, dst = msg.get(ExtType.ADDRESS_SRC), msg.get(ExtType.ADDRESS_DST)
-    if not (isinstance(src, Address) and isinstance(dst, Address)):
+    src, dst = msg.src, msg.dst
+    if src is None or dst is None:
         return
     if src.proto != dst.proto:
         raise _fail("upper-layer protocols of SRC and DST differ", reply=True, data=data)
+    s, d = src.addr, dst.addr
+    if type(s) is SockAddr and type(d) is SockAddr:
+        # The common case, decided without the general walk below.
+        v4 = isinstance(s.ip, IPv4Address)
+        if v4 == isinstance(d.ip, IPv4Address):
+            plen = 32 if v4 else 128
+            if src.prefixlen > plen or dst.prefixlen > plen:
+                raise _fail("prefix length exceeds the address size", reply=True, data=data)
+            return
     sfam, slen = _family_and_len(src)
     dfam, dlen = _family_and_len(dst)
     if sfam != dfam:
