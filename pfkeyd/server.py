@@ -77,6 +77,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol, assert_never
 
 import trio
@@ -362,7 +363,7 @@ class Server:
                         for listener in self._listeners:
                             acceptors.start_soon(self._accept_loop, listener, clients)
                         for listener in self._control_listeners:
-                            acceptors.start_soon(self._control_loop, listener, clients)
+                            acceptors.start_soon(partial(self._accept_loop, listener, clients, control=True))
                         task_status.started(self)
                         await self._stop.wait()
                         acceptors.cancel_scope.cancel()
@@ -419,7 +420,9 @@ class Server:
             except OSError as exc:
                 log.warning("cannot remove %s: %s", path, exc.strerror)
 
-    async def _accept_loop(self, listener: _Listener, nursery: trio.Nursery) -> None:
+    async def _accept_loop(self, listener: _Listener, nursery: trio.Nursery, *, control: bool = False) -> None:
+        """Accept peers on one socket; PF_KEY clients get a reader and a writer, control
+        peers one request and one answer.  Both pass the same credential check."""
         while True:
             try:
                 sock, _ = listener.sock.accept()
@@ -433,27 +436,14 @@ class Server:
                     continue
                 raise
             sock.setblocking(False)
-            client = self._admit(sock, listener.endpoint)
-            if client is not None:
-                nursery.start_soon(self._run_client, client)
+            if control:
+                if self._credentials(sock, listener.endpoint) is not None:
+                    nursery.start_soon(self._control_session, sock)
+            else:
+                client = self._admit(sock, listener.endpoint)
+                if client is not None:
+                    nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
-
-    async def _control_loop(self, listener: _Listener, nursery: trio.Nursery) -> None:
-        """Accept control connections: one JSON request, one JSON answer each."""
-        while True:
-            try:
-                sock, _ = listener.sock.accept()
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(listener.sock)
-                continue
-            except OSError as exc:
-                log.warning("accept on %s: %s", listener.endpoint.path, exc.strerror)
-                await trio.sleep(0.1)
-                continue
-            sock.setblocking(False)
-            if self._credentials(sock, listener.endpoint) is None:
-                continue
-            nursery.start_soon(self._control_session, sock)
 
     async def _control_session(self, sock: socket.socket) -> None:
         assert self._control is not None
