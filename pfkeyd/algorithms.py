@@ -36,6 +36,7 @@ Nothing here has state, a clock or I/O.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -561,6 +562,12 @@ def supported(kind: Kind, dialect: Dialect | str) -> tuple[Alg, ...]:
 
     Compression algorithms are never listed (neither kernel lists them).
     """
+    return _supported(kind, _dialect(dialect))
+
+
+@functools.cache
+def _supported(kind: Kind, dialect: Dialect) -> tuple[Alg, ...]:
+    # The table never changes: each list is built once (setkey asks per key).
     entries = (a.on(dialect).register for a in ALGORITHMS if a.kind is kind)
     return tuple(sorted((e for e in entries if e is not None), key=lambda e: e.id & 0xFF))
 
