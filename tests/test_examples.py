@@ -61,3 +61,20 @@ def test_two_hosts_are_keyed_with_matching_sas_from_one_acquire(dialect: str) ->
     assert a[0]["enc_key"] != a[1]["enc_key"] and a[0]["auth_key"] != a[1]["auth_key"]
     assert "both hosts hold the same SAs" in out
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dialect", ["linux", "freebsd"])
+def test_the_main_job_runs_end_to_end(dialect: str) -> None:
+    """examples/demo.py (what `python3 dev.py demo` runs): daemon, setkey -f, -D, -DP, lookups, stop."""
+    demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
+    result = subprocess.run([sys.executable, str(demo), "--dialect", dialect], capture_output=True, text=True,
+                            timeout=120, check=False)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "demo: all steps succeeded" in out
+    assert "spi=4097(0x00001001)" in out  # the SAD dump shows the script's SA
+    assert "esp/tunnel/192.0.2.1-198.51.100.1/unique:7" in out  # the SPD dump shows the tunnel policy
+    assert "no SA: ACQUIRE sent (seq 1)" in out and "decision: discard" in out
+    assert "pfkeyd exited with status 0" in out
+    assert "Traceback" not in out + result.stderr
