@@ -436,6 +436,16 @@ class Connection:
                     for waiter in queue:
                         waiter.resolve(exc)
                     return None
+                state = self._dump
+                if state is not None and mtype == state.type and pid == state.pid:
+                    # A dump entry this side cannot read (a dialect mismatch, most
+                    # likely): the dump fails rather than waiting for a seq 0 that
+                    # may have been in it.
+                    if not state.abandoned:
+                        state.queue.append(exc)
+                        state.ready.unpark_all()
+                    self._end_dump(state)
+                    return None
             log.warning("undecodable message from %s: %s", self.path, exc)
             return None
 

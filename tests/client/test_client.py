@@ -360,3 +360,20 @@ async def test_policy_helpers_and_the_control_call(nursery: trio.Nursery, sockdi
         await conn.spddelete2(reply.policy.id)
         with pytest.raises(pfkeyd.client.PfkeyReplyError):
             await conn.spdget(reply.policy.id)
+
+
+async def test_a_dump_entry_the_client_cannot_decode_fails_the_dump_instead_of_hanging(
+    nursery: trio.Nursery, sockdir: str
+) -> None:
+    from pfkeyd.engine import KeyEngine
+    from pfkeyd.errors import DecodeError
+
+    engine = KeyEngine(rng=random.Random(4))
+    d = await start_daemon(nursery, sockdir, engine)
+    async with pfkeyd.client.open(d.paths[FREEBSD], FREEBSD) as bsd:
+        await bsd.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x4444, enc=ENC, auth=AUTH)
+    # A linux-built client on the freebsd socket: the entry's sockaddrs do not parse.
+    async with pfkeyd.client.open(d.paths[FREEBSD], LINUX) as wrong:
+        with trio.fail_after(5), pytest.raises(DecodeError):
+            async for _ in wrong.dump():
+                pass
