@@ -356,7 +356,7 @@ def _report_exit(exc: BaseException, rt: Runtime) -> int:
     elif isinstance(exc, trio.BrokenResourceError):
         text = str(exc) or "the daemon closed the connection"
     elif isinstance(exc, DecodeError):
-        text = f"undecodable message from the daemon: {exc}"
+        text = f"undecodable message from the daemon: {exc} (is --dialect the socket's dialect?)"
     elif isinstance(exc, OSError):
         text = exc.strerror or str(exc)
     else:
