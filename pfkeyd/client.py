@@ -187,8 +187,9 @@ class Connection:
     """One PF_KEY socket to pfkeyd; made by :func:`open`."""
 
     def __init__(self, sock: trio.socket.SocketType, path: str, dialect: Dialect, pid: int,
-                 event_buffer: int) -> None:
+                 event_buffer: int, raw: socket.socket | None = None) -> None:
         self._sock = sock
+        self._raw = raw  # the same socket, for sends that need not wait
         self.path = path
         self.dialect = dialect
         self.pid = pid
@@ -245,6 +246,25 @@ class Connection:
         cls, text = self._gone
         return cls(text)
 
+    async def _send_now(self, data: bytes) -> None:
+        """Send one datagram; the caller holds the send lock.  A socket with room takes
+        it at once, without a trip through the scheduler."""
+        if self._gone is not None:
+            raise self._failure()
+        raw = self._raw
+        if raw is None:
+            await self._sock.send(data)
+            return
+        while True:
+            try:
+                raw.send(data)
+                return
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(raw)
+            except OSError as exc:
+                msg = f"send to {self.path} failed: {exc.strerror}"
+                raise trio.BrokenResourceError(msg) from exc
+
     async def _send_bytes(self, data: bytes) -> None:
         if self._gone is not None:
             raise self._failure()
@@ -285,18 +305,21 @@ class Connection:
         pending: deque[_Waiter] = deque()
         sent = 0
         # The receive task reads replies while this one waits to send, so a full
-        # socket in either direction cannot stall the pipeline.
+        # socket in either direction cannot stall the pipeline.  The window is
+        # refilled in bursts of plain sends under one hold of the send lock.
         while sent < len(prepared) or pending:
-            while sent < len(prepared) and len(pending) < window:
-                waiter = self._expect(prepared[sent])
-                try:
-                    await self._send_bytes(encoded[sent])
-                except BaseException:
-                    self._forget(waiter)
-                    raise
-                waiter.sent = True
-                pending.append(waiter)
-                sent += 1
+            if sent < len(prepared) and len(pending) < window:
+                async with self._send_lock:
+                    while sent < len(prepared) and len(pending) < window:
+                        waiter = self._expect(prepared[sent])
+                        try:
+                            await self._send_now(encoded[sent])
+                        except BaseException:
+                            self._forget(waiter)
+                            raise
+                        waiter.sent = True
+                        pending.append(waiter)
+                        sent += 1
             waiter = pending.popleft()
             try:
                 reply = await waiter.wait()
@@ -365,6 +388,11 @@ class Connection:
     # ------------------------------------------------------------ receiving
 
     async def _receive_loop(self) -> None:
+        # One buffer for every receive (asking for the largest possible message would
+        # allocate half a megabyte per datagram), and every datagram that is already
+        # there is handled before the loop waits again.
+        buffer = bytearray(_RECV_SIZE)
+        view = memoryview(buffer)
         try:
             while True:
                 while (
@@ -372,13 +400,13 @@ class Connection:
                 ):
                     await self._dump_room.park()
                 try:
-                    data = await self._sock.recv(_RECV_SIZE)
+                    size = await self._sock.recv_into(view)
                 except OSError as exc:
                     log.debug("receive from %s failed: %s", self.path, exc)
                     break
-                if not data:
+                if not size:
                     break
-                self._dispatch(data)
+                self._dispatch(bytes(view[:size]))
         finally:
             self._shut(trio.BrokenResourceError, f"pfkeyd at {self.path} closed the connection")
 
@@ -637,14 +665,16 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
             msg = f"no PF_KEY socket: set {SOCKET_ENV} or XDG_RUNTIME_DIR, or pass a path"
             raise OSError(E.ENOENT, msg)
     path = os.fspath(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    raw.setblocking(False)
+    sock = trio.socket.from_stdlib_socket(raw)
     try:
         await sock.connect(path)
     except BaseException:
         sock.close()
         raise
     conn = Connection(sock, path, Dialect(dialect) if dialect is not None else native_dialect(),
-                      os.getpid() if pid is None else pid, event_buffer)
+                      os.getpid() if pid is None else pid, event_buffer, raw)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._receive_loop)
