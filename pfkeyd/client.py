@@ -186,8 +186,8 @@ class _DumpState:
 class Connection:
     """One PF_KEY socket to pfkeyd; made by :func:`open`."""
 
-    def __init__(self, sock: trio.socket.SocketType, path: str, dialect: Dialect, pid: int,
-                 event_buffer: int, raw: socket.socket | None = None) -> None:
+    def __init__(self, sock: trio.socket.SocketType, raw: socket.socket, path: str, dialect: Dialect, pid: int,
+                 event_buffer: int) -> None:
         self._sock = sock
         self._raw = raw  # the same socket, for sends that need not wait
         self.path = path
@@ -251,29 +251,20 @@ class Connection:
         it at once, without a trip through the scheduler."""
         if self._gone is not None:
             raise self._failure()
-        raw = self._raw
-        if raw is None:
-            await self._sock.send(data)
-            return
         while True:
             try:
-                raw.send(data)
+                self._raw.send(data)
                 return
             except BlockingIOError:
-                await trio.lowlevel.wait_writable(raw)
+                await trio.lowlevel.wait_writable(self._raw)
             except OSError as exc:
                 msg = f"send to {self.path} failed: {exc.strerror}"
                 raise trio.BrokenResourceError(msg) from exc
 
     async def _send_bytes(self, data: bytes) -> None:
-        if self._gone is not None:
-            raise self._failure()
         async with self._send_lock:
-            try:
-                await self._sock.send(data)
-            except OSError as exc:
-                msg = f"send to {self.path} failed: {exc.strerror}"
-                raise trio.BrokenResourceError(msg) from exc
+            await self._send_now(data)
+        await trio.lowlevel.checkpoint()
 
     async def send(self, msg: Message) -> None:
         """Send ``msg`` and wait for nothing; a ``pid`` of 0 becomes the connection's."""
@@ -673,8 +664,8 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
     except BaseException:
         sock.close()
         raise
-    conn = Connection(sock, path, Dialect(dialect) if dialect is not None else native_dialect(),
-                      os.getpid() if pid is None else pid, event_buffer, raw)
+    conn = Connection(sock, raw, path, Dialect(dialect) if dialect is not None else native_dialect(),
+                      os.getpid() if pid is None else pid, event_buffer)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._receive_loop)

@@ -153,9 +153,7 @@ Handler = Callable[["KeyEngine", _Request], list[Effect]]
 
 def strip_keys(msg: Message) -> Message:
     """``msg`` without KEY_AUTH and KEY_ENCRYPT."""
-    if not any(isinstance(e, Key) for e in msg.exts):
-        return msg
-    return msg.replace(exts=tuple(e for e in msg.exts if not isinstance(e, Key)))
+    return msg.without_keys()
 
 
 def _for_dialect(exts: Iterable[Extension], dialect: Dialect) -> tuple[Extension, ...]:

@@ -115,7 +115,6 @@ DUMP_BATCH = 32
 #: How long stop() lets writers flush what is already queued.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 
-_KEY_TYPES = frozenset({ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT})
 _SEQ = struct.Struct("=I")
 _SEQ_OFFSET = 8
 _UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid (Linux SO_PEERCRED)
@@ -208,12 +207,6 @@ def promisc_wrap(body: bytes) -> bytes:
         msg = "promiscuous copy longer than 65535 units"
         raise EncodeError(msg)
     return HEADER.pack(PF_KEY_V2, MsgType.X_PROMISC, 0, 0, units, 0, 0, 0) + body
-
-
-def _without_keys(msg: Message) -> Message:
-    if not any(ext.exttype in _KEY_TYPES for ext in msg.exts):
-        return msg
-    return msg.replace(exts=tuple(ext for ext in msg.exts if ext.exttype not in _KEY_TYPES))
 
 
 def _ext_name(t: int) -> str:
@@ -662,7 +655,7 @@ class Server:
 
     def _encode(self, msg: Message, dialect: Dialect, private: bool, wrap: bool) -> bytes | None:
         try:
-            data = encode(msg if private else _without_keys(msg), dialect)
+            data = encode(msg if private else msg.without_keys(), dialect)
             return promisc_wrap(data) if wrap else data
         except EncodeError as exc:
             self._engine.stats.note_drop("unencodable")

@@ -253,6 +253,13 @@ class Message:
     def replace(self, **changes: object) -> Message:
         return replace(self, **changes)  # type: ignore[arg-type]
 
+    def without_keys(self) -> Message:
+        """This message without KEY_AUTH and KEY_ENCRYPT (what any copy for a socket
+        other than the requester's must be)."""
+        if not any(type(e) is Key for e in self.exts):
+            return self
+        return replace(self, exts=tuple(e for e in self.exts if type(e) is not Key))
+
     # Typed accessors for the extensions the engine reads.
     @property
     def sa(self) -> Sa | None:
