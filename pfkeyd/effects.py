@@ -9,18 +9,18 @@ already resolved every target to explicit client ids.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
+from pfkeyd.record import record
 from pfkeyd.wire import Dialect, Message
 
-__all__ = ["ClientId", "Instant", "Send", "Error", "Dump", "Effect", "DumpRender"]
+__all__ = ["ClientId", "Instant", "Send", "SendEncoded", "Error", "Dump", "Effect", "DumpRender"]
 
 #: The shell's handle for one connected PF_KEY socket.
 ClientId = int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Instant:
     """The daemon's clock at one moment.
 
@@ -32,7 +32,7 @@ class Instant:
     wall: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Send:
     """Deliver ``msg`` to every client in ``to``.
 
@@ -50,7 +50,19 @@ class Send:
     promisc: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
+class SendEncoded:
+    """Deliver ``data``, a keyless ``msgtype`` message already encoded in the dialect
+    of every client in ``to``: the reply to ``to[0]`` (the requester), a broadcast
+    copy for the others.  The engine's hot path (:mod:`pfkeyd.hotpath`) answers
+    with it; it means what the equivalent :class:`Send` values mean."""
+
+    to: tuple[ClientId, ...]
+    data: bytes
+    msgtype: int
+
+
+@record
 class Error:
     """The error reply to the request being handled, in the client's dialect style
     (FreeBSD: the request echoed with errno set; Linux: the bare header)."""
@@ -64,7 +76,7 @@ class Error:
 DumpRender = Callable[[Any, Dialect, int, int], bytes]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Dump:
     """Stream one message per item of ``items`` (a snapshot taken when the request
     arrived) to ``to``, encoded as the client's socket drains.
@@ -80,4 +92,4 @@ class Dump:
     msgtype: int = 10  # SADB_DUMP; SADB_X_SPDDUMP (18) for policies
 
 
-Effect = Send | Error | Dump
+Effect = Send | SendEncoded | Error | Dump

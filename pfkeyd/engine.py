@@ -37,7 +37,7 @@ from typing import Any
 
 from pfkeyd import algorithms
 from pfkeyd.acquire import AcquireTable
-from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send
+from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEncoded
 from pfkeyd.errors import (
     AlreadyExists,
     DecodeError,
@@ -48,7 +48,9 @@ from pfkeyd.errors import (
     PfkeyError,
     ProtocolNotSupported,
 )
+from pfkeyd.hotpath import AddTemplates
 from pfkeyd.knobs import Knobs
+from pfkeyd.record import record
 from pfkeyd.sad import (
     DEADLINE_HARD,
     DEADLINE_LARVAL,
@@ -140,7 +142,7 @@ class ClientState:
     promisc: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Request:
     client: ClientId
     msg: Message
@@ -372,17 +374,33 @@ class KeyEngine:
         self._reqids = 0x4000
         self._deflev: tuple[Knobs, dict[tuple[int, int, int], int]] | None = None
         self._promiscuous = 0  # how many clients are in promiscuous mode
+        self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
         self._ints: dict[int, int] = {}  # see _shared
+        self.hot = AddTemplates()  # the hot path's learned ADD shapes
 
     # ---------------------------------------------------------------- clients
 
     def client_opened(self, client: ClientId, dialect: Dialect | str = Dialect.LINUX) -> None:
-        self.clients[client] = ClientState(Dialect(dialect))
+        self.client_closed(client)
+        state = self.clients[client] = ClientState(Dialect(dialect))
+        self._dialect_count[state.dialect] += 1
 
     def client_closed(self, client: ClientId) -> None:
         """The socket is gone: its registrations and promiscuous mode go with it."""
-        self.clients.pop(client, None)
-        self._promiscuous = sum(s.promisc for s in self.clients.values())
+        state = self.clients.pop(client, None)
+        if state is not None:
+            self._dialect_count[state.dialect] -= 1
+            self._promiscuous = sum(s.promisc for s in self.clients.values())
+
+    def same_dialect_audience(self, client: ClientId, dialect: Dialect) -> tuple[ClientId, ...] | None:
+        """Every client, ``client`` first, if all speak ``dialect`` and none is
+        promiscuous (then one keyless message serves them all); else None."""
+        clients = self.clients
+        if self._promiscuous or self._dialect_count[dialect] != len(clients) or client not in clients:
+            return None
+        if len(clients) == 1:
+            return (client,)
+        return (client, *[c for c in clients if c != client])
 
     @property
     def knobs(self) -> Knobs:
@@ -392,6 +410,7 @@ class KeyEngine:
     def knobs(self, knobs: Knobs) -> None:
         """New knob values, effective from the next message and the next tick."""
         old, self._knobs = self._knobs, knobs
+        self.hot.clear()
         if knobs.larval_lifetime != old.larval_lifetime:
             # key_timehandler measures every LARVAL SA against the current
             # net.key.larval_lifetime (reference §7.1): move their deadlines too.
@@ -408,8 +427,18 @@ class KeyEngine:
 
     # --------------------------------------------------------------- dispatch
 
-    def handle(self, client: ClientId, msg: Message, now: Instant) -> list[Effect]:
-        """Handle one decoded request from ``client``."""
+    def serve_hot(self, client: ClientId, data: bytes, now: Instant) -> list[Effect] | None:
+        """Answer the undecoded request ``data`` on the hot path (:mod:`pfkeyd.hotpath`),
+        or return None having changed nothing: then decode it and call :meth:`handle`
+        with ``raw=data``."""
+        state = self.clients.get(client)
+        if state is None:
+            return None
+        return self.hot.serve(self, client, state.dialect, data, now)  # type: ignore[return-value]
+
+    def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
+        """Handle one decoded request from ``client``; ``raw``, its bytes, lets the hot
+        path learn the request's shape."""
         state = self.clients.get(client)
         if state is None:
             self.client_opened(client)
@@ -438,12 +467,35 @@ class KeyEngine:
             self.stats.note_error(exc.errno)
             return [Error(client, exc.errno)]
         self._count(effects)
+        if raw is not None and msg.type == MsgType.ADD:
+            self._teach(client, state.dialect, raw, msg, effects)
         return effects
+
+    def _teach(self, client: ClientId, dialect: Dialect, raw: bytes, msg: Message, effects: list[Effect]) -> None:
+        """Show the hot path a successful ADD whose answer it could have given: one
+        keyless message to every socket, all of the requester's dialect."""
+        sa_ext = msg.sa
+        audience = self.same_dialect_audience(client, dialect)
+        first = effects[0]
+        if sa_ext is None or audience is None or not isinstance(first, Send) or first.to != (client,):
+            return
+        to: list[ClientId] = []
+        for eff in effects:
+            if not isinstance(eff, Send) or eff.msg is not first.msg or eff.promisc:
+                return
+            to += eff.to
+        if tuple(to) != audience:
+            return
+        stored = self.sad.get(sa_ext.spi)
+        if stored is not None:
+            self.hot.learn(self, dialect, raw, stored, first.msg)
 
     def _count(self, effects: Sequence[Effect]) -> None:
         for eff in effects:
             if isinstance(eff, Send):
                 self.stats.note_out(eff.msg.type, len(eff.to))
+            elif isinstance(eff, SendEncoded):
+                self.stats.note_out(eff.msgtype, len(eff.to))
             elif isinstance(eff, Dump):
                 self.stats.note_out(eff.msgtype, len(eff.items))
 
@@ -1385,7 +1437,7 @@ _POLICY_DIRS = frozenset({Direction.INBOUND, Direction.OUTBOUND, Direction.FWD})
 _MAX_REQUESTS = {Dialect.FREEBSD: (4, E.EINVAL), Dialect.LINUX: (6, E.ELOOP)}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RequestOutcome:
     """What one ipsecrequest of the matching policy found."""
 
@@ -1397,7 +1449,7 @@ class RequestOutcome:
     acquire_recipients: int = 0  # how many registered key managers it went to
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Decision:
     """The outcome of a lookup: ``action`` is "ipsec", "pass" or "discard"."""
 

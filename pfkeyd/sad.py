@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from types import MappingProxyType
 
+from pfkeyd.record import record
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
 
 __all__ = ["SaIndex", "NatT", "Usage", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
@@ -38,7 +39,7 @@ DEADLINE_HARD = 1
 DEADLINE_SOFT = 2
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SaIndex:
     """FreeBSD's secasindex: what an SA is for.  Addresses carry no port."""
 
@@ -58,7 +59,7 @@ class SaIndex:
         return h
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatT:
     """UDP encapsulation of an ESP SA (reference §4.15)."""
 
@@ -69,7 +70,7 @@ class NatT:
     oar: SockAddr | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Usage:
     """Traffic on an SA: bytes, packets, when it was first used, the sequence counter."""
 
@@ -80,7 +81,7 @@ class Usage:
     replay_seq: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SecAssoc:
     """One SA.  ``replay`` is ``sadb_sa_replay`` as given (KAME: window bytes);
     ``replay_window`` the window that SA_REPLAY set, in packets rounded up to whole

@@ -83,7 +83,7 @@ from typing import Protocol, assert_never
 import trio
 
 from pfkeyd.defaults import control_path
-from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send
+from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEncoded
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
@@ -135,7 +135,9 @@ class EngineLike(Protocol):
 
     def client_closed(self, client: ClientId) -> None: ...
 
-    def handle(self, client: ClientId, msg: Message, now: Instant) -> list[Effect]: ...
+    def serve_hot(self, client: ClientId, data: bytes, now: Instant) -> list[Effect] | None: ...
+
+    def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]: ...
 
     def tick(self, now: Instant) -> list[Effect]: ...
 
@@ -556,6 +558,15 @@ class Server:
 
     def _request(self, client: _Client, data: bytes) -> None:
         engine = self._engine
+        level = self._trace_level()
+        if not level:
+            # The hot path (an ADD of a shape seen before) needs no decoding; the
+            # trace wants the decoded message, so it is off while tracing.
+            effects = engine.serve_hot(client.id, data, self._now())
+            if effects is not None:
+                self._route(effects, client, data)
+                self._wake_timer()
+                return
         try:
             msg = decode(data, client.dialect, max_size=engine.knobs.max_message_size)
         except DecodeError as exc:
@@ -564,19 +575,17 @@ class Server:
                 self._enqueue(client, error_reply(data, exc.errno, client.dialect))
             else:
                 engine.stats.note_drop("malformed_no_reply")
-            level = self._trace_level()
             if level:
                 log.log(level, "client %d: malformed request (%s, errno %d%s)", client.id, exc, exc.errno,
                         "" if exc.reply else ", no reply")
             return
-        level = self._trace_level()
         if level:
             # The trace names the message and its extensions, never their contents:
             # no key material reaches a log.
             log.log(level, "client %d: %s satype %d seq %d pid %d, %d bytes, extensions %s", client.id,
                     _type_name(msg.type), msg.satype, msg.seq, msg.pid, len(data),
                     ",".join(_ext_name(e.exttype) for e in msg.exts) or "none")
-        effects = engine.handle(client.id, msg, self._now())
+        effects = engine.handle(client.id, msg, self._now(), raw=data)
         self._route(effects, client, data)
         self._wake_timer()
         if level:
@@ -585,6 +594,8 @@ class Server:
                     log.log(level, "client %d: answered errno %d", client.id, eff.errno)
                 elif isinstance(eff, Dump):
                     log.log(level, "client %d: dump of %d entries", client.id, len(eff.items))
+                elif isinstance(eff, SendEncoded):
+                    log.log(level, "client %d: %s to %d client(s)", client.id, _type_name(eff.msgtype), len(eff.to))
                 else:
                     log.log(level, "client %d: %s to %d client(s)%s", client.id, _type_name(eff.msg.type),
                             len(eff.to), " (promiscuous)" if eff.promisc else "")
@@ -609,6 +620,8 @@ class Server:
         for effect in effects:
             if isinstance(effect, Send):
                 self._deliver(effect, requester, request)
+            elif isinstance(effect, SendEncoded):
+                self._deliver_encoded(effect)
             elif isinstance(effect, Error):
                 if request is None:
                     msg = f"the engine returned {effect!r} outside a request"
@@ -649,6 +662,20 @@ class Server:
             if send.reply:
                 self._enqueue(client, data)
             elif client.queued + len(data) > self._engine.knobs.client_buffer:
+                self._drop_broadcast(client)
+            else:
+                self._enqueue(client, data)
+
+    def _deliver_encoded(self, send: SendEncoded) -> None:
+        """The reply to ``send.to[0]`` and broadcast copies to the rest, as ``_deliver``
+        does for the equivalent Send values."""
+        data = send.data
+        limit = self._engine.knobs.client_buffer
+        for i, cid in enumerate(send.to):
+            client = self._clients.get(cid)
+            if client is None or client.closing:
+                continue
+            if i and client.queued + len(data) > limit:
                 self._drop_broadcast(client)
             else:
                 self._enqueue(client, data)

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import field
 
+from pfkeyd.record import record
 from pfkeyd.wire import Direction, IpProto, IpsecRequest, SockAddr
 
 __all__ = ["Selector", "SecPolicy", "Spd", "Flow"]
@@ -38,7 +39,7 @@ _MASKS = {
 _ICMP = (IpProto.ICMP, IpProto.IPV6_ICMP)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Selector:
     """What a policy applies to: prefixes (with ports) and the upper-layer protocol.
 
@@ -56,7 +57,7 @@ class Selector:
         return self.src.version
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Flow:
     """One packet's view for a lookup: addresses at full length, protocol, ports."""
 
@@ -67,7 +68,7 @@ class Flow:
     dport: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SecPolicy:
     """One policy.  ``lifetime``/``validtime`` are seconds (0: unlimited)."""
 

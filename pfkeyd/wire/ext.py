@@ -16,11 +16,11 @@ from __future__ import annotations
 import builtins
 import errno
 import struct
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
 from pfkeyd.errors import EncodeError
+from pfkeyd.record import record
 from pfkeyd.wire.constants import UNIT, UNKNOWN, ExtType, IdentType, Mode, SaType
 from pfkeyd.wire.dialect import DialectSpec
 from pfkeyd.wire.sockaddr import (
@@ -102,7 +102,7 @@ class DeferredError(ValueError):
 # --------------------------------------------------------------------------- SA
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sa:
     """struct sadb_sa (RFC 2367 §2.3.1).  ``auth``/``encrypt`` hold canonical ids
     (compression ids, unchanged, for an IPComp SA)."""
@@ -139,7 +139,7 @@ class Sa:
 LIFETIME_TYPES = (ExtType.LIFETIME_CURRENT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Lifetime:
     """struct sadb_lifetime (RFC 2367 §2.3.2): CURRENT, HARD or SOFT."""
 
@@ -176,7 +176,7 @@ ADDRESS_TYPES = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Address:
     """struct sadb_address + sockaddr (RFC 2367 §2.3.3); also NAT-T OAI/OAR and
     FreeBSD's NEW_ADDRESS_SRC/DST."""
@@ -242,7 +242,7 @@ _ADDRESS_BYTES: dict[bool, dict[Address, bytes]] = {True: {}, False: {}}
 KEY_TYPES = (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Key:
     """struct sadb_key + key bits (RFC 2367 §2.3.4).  ``data`` is ceil(bits/8) bytes."""
 
@@ -279,7 +279,7 @@ class Key:
 # --------------------------------------------------------------------- identity
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Ident:
     """struct sadb_ident + identity string (RFC 2367 §2.3.5).  ``data`` has the
     trailing NUL padding removed (for FreeBSD's X_ADDR type it is a sockaddr)."""
@@ -318,7 +318,7 @@ def _is_sockaddr_ident(idtype: int, spec: DialectSpec) -> bool:
 # ------------------------------------------------------------------ sensitivity
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sens:
     """struct sadb_sens + bitmaps (RFC 2367 §2.3.6).  Both kernels ignore it;
     ``bitmaps`` holds the sensitivity then the integrity bitmap as sent."""
@@ -347,7 +347,7 @@ class Sens:
 # --------------------------------------------------------------------- proposal
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Comb:
     """struct sadb_comb (RFC 2367 §2.3.7), 72 bytes."""
 
@@ -384,7 +384,7 @@ class Comb:
         return cls(spec.auth.decode(f[0]), enc, *f[2:7], *f[8:])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Prop:
     """struct sadb_prop + sadb_comb[] (RFC 2367 §2.3.7)."""
 
@@ -408,7 +408,7 @@ class Prop:
 # -------------------------------------------------------------------- supported
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Alg:
     """struct sadb_alg (RFC 2367 §2.3.8), 8 bytes.  ``id`` is canonical."""
 
@@ -420,7 +420,7 @@ class Alg:
     _S: ClassVar[struct.Struct] = struct.Struct("=BBHHH")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Supported:
     """struct sadb_supported + sadb_alg[] (RFC 2367 §2.3.8): AUTH or ENCRYPT."""
 
@@ -447,7 +447,7 @@ class Supported:
 # -------------------------------------------------------------------- spirange
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SpiRange:
     """struct sadb_spirange (RFC 2367 §2.3.9); host order."""
 
@@ -466,7 +466,7 @@ class SpiRange:
         return cls(lo, hi)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KmPrivate:
     """struct sadb_x_kmprivate (KAME).  FreeBSD refuses it; Linux ignores it."""
 
@@ -483,7 +483,7 @@ class KmPrivate:
 # ---------------------------------------------------------------------- policy
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IpsecRequest:
     """struct sadb_x_ipsecrequest: 8 bytes with a 16-bit reqid (FreeBSD) or 16 bytes
     with a 32-bit reqid (Linux), then an optional src/dst sockaddr pair."""
@@ -518,7 +518,7 @@ class IpsecRequest:
         return head + addrs + bytes(size - len(head) - len(addrs))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Policy:
     """struct sadb_x_policy + ipsecrequests (KAME).  ``scope`` is FreeBSD's byte 7."""
 
@@ -584,7 +584,7 @@ def _decode_requests(buf: bytes, pos: int, end: int, spec: DialectSpec) -> tuple
 # ------------------------------------------------------------------ SA2, NAT-T
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Sa2:
     """struct sadb_x_sa2 (KAME): mode, sequence (replay counter) and reqid."""
 
@@ -605,7 +605,7 @@ class Sa2:
         return cls(spec.mode.decode(mode), seq, reqid)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatTType:
     """struct sadb_x_nat_t_type: the UDP encapsulation type."""
 
@@ -622,7 +622,7 @@ class NatTType:
         return cls(buf[off + 4])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatTPort:
     """struct sadb_x_nat_t_port: SPORT or DPORT, the port in network order."""
 
@@ -640,7 +640,7 @@ class NatTPort:
         return cls(exttype, int.from_bytes(buf[off + 4 : off + 6], "big"))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatTFrag:
     """struct sadb_x_nat_t_frag (FreeBSD): accepted and ignored by the kernel."""
 
@@ -657,7 +657,7 @@ class NatTFrag:
         return cls(cls._S.unpack_from(buf, off)[2])
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SaReplay:
     """struct sadb_x_sa_replay (FreeBSD): the replay window in packets."""
 
@@ -677,7 +677,7 @@ class SaReplay:
 # ------------------------------------------------------------------ Linux only
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SecCtx:
     """struct sadb_x_sec_ctx (Linux): a security context string."""
 
@@ -698,7 +698,7 @@ class SecCtx:
         return cls(alg, doi, bytes(buf[off + 8 : off + 8 + n]))
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class KmAddress:
     """struct sadb_x_kmaddress (Linux): the key managers' local and remote addresses."""
 
@@ -722,7 +722,7 @@ class KmAddress:
         return cls(local, remote)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Filter:
     """struct sadb_x_filter (Linux, 40 bytes): restricts a DUMP by address prefixes.
     ``family`` is 4 or 6 (the IP version); another wire family n is kept as UNKNOWN|n,
@@ -759,7 +759,7 @@ def _packed16(a: IPv4Address | IPv6Address | bytes) -> bytes:
     return raw.ljust(16, b"\0")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class UnknownExt:
     """An extension type the dialect does not define.  Linux skips such types above
     its SADB_EXT_MAX; they are kept so the message still round-trips."""

@@ -44,11 +44,12 @@ from __future__ import annotations
 import builtins
 import errno as E
 import struct
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from ipaddress import IPv4Address
 from typing import Any, TypeVar
 
 from pfkeyd.errors import DecodeError, EncodeError
+from pfkeyd.record import record
 from pfkeyd.wire.constants import PF_KEY_V2, UNIT, ExtType, IdentType, MsgType, SaType
 from pfkeyd.wire.dialect import Dialect, DialectSpec
 from pfkeyd.wire.ext import (
@@ -187,7 +188,7 @@ _IDENT_TYPES = (ExtType.IDENTITY_SRC, ExtType.IDENTITY_DST)
 _LINUX_ADDR = (ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.ADDRESS_PROXY, ExtType.X_NAT_T_OA)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _ExtRule:
     """What the extension walk needs to know of one wire extension type."""
 
@@ -216,7 +217,7 @@ def _rules(spec: DialectSpec) -> dict[int, _ExtRule]:
 _RULES: dict[Dialect, dict[int, _ExtRule]] = {d: _rules(d.spec) for d in Dialect}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Message:
     """struct sadb_msg (RFC 2367 §2.2) and its extensions, in order.
 

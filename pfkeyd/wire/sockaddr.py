@@ -12,10 +12,11 @@ other families (only the freebsd dialect can carry their length) are kept as
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from pfkeyd.errors import EncodeError
+from pfkeyd.record import record
 from pfkeyd.wire.dialect import DialectSpec
 
 __all__ = [
@@ -42,7 +43,7 @@ class BadSockAddr(ValueError):
     """A sockaddr whose bytes cannot be read; the caller decides the kernel's answer."""
 
 
-@dataclass(frozen=True, slots=True, eq=True)
+@record
 class SockAddr:
     """sockaddr_in / sockaddr_in6: an address with its port (and IPv6 flow and scope)."""
 
@@ -85,7 +86,7 @@ class SockAddr:
         return h
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class RawSockAddr:
     """A sockaddr of a family PF_KEY does not serve: its wire family and the bytes after it."""
 

@@ -148,7 +148,10 @@ class FakeEngine:
     def client_closed(self, client: ClientId) -> None:
         del self.clients[client]
 
-    def handle(self, client: ClientId, msg: Message, now: Instant) -> list[Effect]:
+    def serve_hot(self, client: ClientId, data: bytes, now: Instant) -> list[Effect] | None:
+        return None  # no hot path: every request is decoded and handled
+
+    def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
         self.handled.append((client, msg, now))
         return self.on_handle(client, msg)
 

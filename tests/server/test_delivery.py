@@ -217,3 +217,27 @@ async def test_a_closed_socket_loses_its_registration(daemon: Daemon) -> None:
     await trio.testing.wait_all_tasks_blocked()
     assert not daemon.engine.registered_clients()
     assert daemon.server.statistics().clients == 0
+
+
+@pytest.mark.parametrize("dialect", [LINUX, FREEBSD])
+async def test_a_run_of_adds_served_hot_reaches_every_socket_as_the_generic_path_would(
+    daemon: Daemon, dialect: Dialect
+) -> None:
+    """After two ADDs of one shape the engine answers the rest from their bytes
+    (pfkeyd.hotpath): the requester and the other socket of its dialect still get
+    the keyless reply, with the request's seq, pid and SPI, and GET finds each SA
+    complete with its keys."""
+    a, b = await daemon.connect(dialect), await daemon.connect(dialect)
+    for i in range(20):
+        await a.send(add_msg(0x3000 + i, dst=f"10.1.0.{i}", seq=100 + i))
+        for peer in (a, b):
+            raw = await peer.recv_raw()
+            assert not raw_has_key(raw)
+            msg = decode(raw, dialect, request=False)
+            assert (msg.type, msg.seq, msg.pid, msg.errno) == (MsgType.ADD, 100 + i, a.pid, 0)
+            assert msg.sa is not None and msg.sa.spi == 0x3000 + i
+    assert daemon.engine.hot.served == 18
+    for i in (0, 2, 19):
+        got = await a.request(sa_msg(MsgType.GET, 0x3000 + i, dst=f"10.1.0.{i}"))
+        assert got.errno == 0 and has_keys(got)
+    assert await b.quiet()

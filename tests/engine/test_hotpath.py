@@ -1,0 +1,349 @@
+"""The hot path (pfkeyd.hotpath) answers exactly as the generic path would.
+
+Every test runs requests through two engines: one as the server drives it (the hot
+path first, then decode and ``handle(raw=...)``, which teaches the hot path), one
+through the generic path alone.  What each socket would receive, the SAD and the
+counters must be the same after every request, and the hot path must have answered
+a good share of the requests (else these tests would prove nothing).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+import pytest
+
+from pfkeyd.effects import Dump, Effect, Error, Instant, Send, SendEncoded
+from pfkeyd.engine import KeyEngine
+from pfkeyd.errors import DecodeError
+from pfkeyd.knobs import Knobs
+from pfkeyd.server import promisc_wrap
+from pfkeyd.wire import (
+    Address,
+    AuthAlg,
+    Dialect,
+    EncAlg,
+    Extension,
+    ExtType,
+    Key,
+    Lifetime,
+    Message,
+    Mode,
+    MsgType,
+    Sa,
+    Sa2,
+    SaType,
+    SockAddr,
+    decode,
+    encode,
+    error_reply,
+)
+from pfkeyd.wire.message import HEADER
+from tests.wire.vectors import VECTORS
+
+FB, FB2, LX, LX2 = 1, 2, 3, 4
+DIALECT_OF = {FB: Dialect.FREEBSD, FB2: Dialect.FREEBSD, LX: Dialect.LINUX, LX2: Dialect.LINUX}
+
+
+def at(t: float) -> Instant:
+    return Instant(float(t), 1_700_000_000 + int(t))
+
+
+class Pair:
+    """Two engines fed the same requests: ``hot`` as the server drives it, ``ref``
+    through the generic path only."""
+
+    def __init__(self, clients: Sequence[int] = (LX,), **knobs: int) -> None:
+        self.hot = KeyEngine(Knobs(**knobs), rng=random.Random(1))
+        self.ref = KeyEngine(Knobs(**knobs), rng=random.Random(1))
+        for c in clients:
+            self.open(c)
+
+    def open(self, client: int) -> None:
+        for e in (self.hot, self.ref):
+            e.client_opened(client, DIALECT_OF[client])
+
+    def close(self, client: int) -> None:
+        for e in (self.hot, self.ref):
+            e.client_closed(client)
+
+    def set_knob(self, name: str, value: int) -> None:
+        for e in (self.hot, self.ref):
+            e.set_knob(name, value)
+
+    def request(self, client: int, data: bytes, now: Instant) -> list[tuple[int, bytes]]:
+        """Send ``data`` to both engines; check they agree; what each socket gets."""
+        got = _deliveries(self.hot, self._serve(self.hot, client, data, now, learn=True), client, data)
+        want = _deliveries(self.ref, self._serve(self.ref, client, data, now, learn=False), client, data)
+        assert got == want
+        assert self.hot.sad.snapshot() == self.ref.sad.snapshot()
+        assert list(self.hot.sad.by_spi) == list(self.ref.sad.by_spi)
+        assert list(self.hot.sad.heads) == list(self.ref.sad.heads)
+        assert _pairs(self.hot) == _pairs(self.ref)
+        assert self.hot.sad.next_deadline() == self.ref.sad.next_deadline()
+        assert self.hot.statistics() == self.ref.statistics()
+        return got
+
+    @staticmethod
+    def _serve(engine: KeyEngine, client: int, data: bytes, now: Instant, *, learn: bool) -> list[Effect]:
+        if learn:
+            effects = engine.serve_hot(client, data, now)
+            if effects is not None:
+                return effects
+        dialect = DIALECT_OF[client]
+        try:
+            msg = decode(data, dialect, max_size=engine.knobs.max_message_size)
+        except DecodeError as exc:
+            engine.stats.note_error(exc.errno)
+            return [Error(client, exc.errno)] if exc.reply else []
+        return engine.handle(client, msg, now, raw=data if learn else None)
+
+
+def _pairs(engine: KeyEngine) -> dict[object, list[object]]:
+    return {pair: [h.index for h in heads] for pair, heads in engine.sad.by_pair.items()}
+
+
+def _deliveries(engine: KeyEngine, effects: list[Effect], requester: int, request: bytes) -> list[tuple[int, bytes]]:
+    """The datagrams each socket would receive, as pfkeyd.server encodes them."""
+    out: list[tuple[int, bytes]] = []
+    for eff in effects:
+        if isinstance(eff, SendEncoded):
+            out += [(c, eff.data) for c in eff.to]
+        elif isinstance(eff, Send):
+            for c in eff.to:
+                dialect = engine.clients[c].dialect
+                private = eff.reply and not eff.promisc and c == requester
+                data = encode(eff.msg if private else eff.msg.without_keys(), dialect)
+                out.append((c, promisc_wrap(data) if eff.promisc and dialect is Dialect.FREEBSD else data))
+        elif isinstance(eff, Error):
+            out.append((eff.to, error_reply(request, eff.errno, engine.clients[eff.to].dialect)))
+        else:
+            assert isinstance(eff, Dump)
+            out.append((eff.to, b"dump %d" % len(eff.items)))
+    return out
+
+
+# ------------------------------------------------------------------- requests
+
+
+def _addr(exttype: ExtType, ip: str, *, port: int = 0, prefix: int | None = None, flow: int = 0,
+          scope: int = 0, proto: int = 255) -> Address:
+    sa = SockAddr.parse(ip, port)
+    sa = SockAddr(sa.ip, port, flow, scope)
+    return Address(exttype, sa, sa.max_prefix if prefix is None else prefix, proto)
+
+
+TRANSPORT_ANY = Sa2()
+ESP_AES = (SaType.ESP, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, {ExtType.KEY_AUTH: 32, ExtType.KEY_ENCRYPT: 16})
+
+
+def add_bytes(dialect: Dialect, spi: int, src: str, dst: str, *, seq: int = 0, pid: int = 77,
+              alg: tuple[int, int, int, dict[ExtType, int]] = ESP_AES, key_seed: int = 0, sa2: Sa2 | None = TRANSPORT_ANY,
+              lifetimes: tuple[int, int] | None = None, flags: int = 0, replay: int = 0, order: int = 0,
+              port: int = 0, flow: int = 0, scope: int = 0, prefix: int | None = None) -> bytes:
+    satype, auth, enc, keys = alg
+    exts: list[Extension] = [
+        Sa(spi, replay, 0, auth, enc, flags),
+        _addr(ExtType.ADDRESS_SRC, src, port=port, flow=flow, scope=scope, prefix=prefix),
+        _addr(ExtType.ADDRESS_DST, dst, port=port, flow=flow, scope=scope, prefix=prefix),
+    ]
+    exts += [Key(t, bytes((key_seed + i) & 0xFF for i in range(n))) for t, n in keys.items()]
+    if sa2 is not None:
+        exts.append(sa2)
+    if lifetimes is not None:
+        exts += [Lifetime(ExtType.LIFETIME_HARD, addtime=lifetimes[0]), Lifetime(ExtType.LIFETIME_SOFT,
+                                                                                 addtime=lifetimes[1])]
+    random.Random(order).shuffle(exts)
+    return encode(Message(MsgType.ADD, satype, seq, pid, 0, 0, tuple(exts)), dialect)
+
+
+# ---------------------------------------------------------------------- tests
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+def test_a_run_of_adds_is_served_hot_after_two_generic_ones(dialect: Dialect) -> None:
+    client = FB if dialect is Dialect.FREEBSD else LX
+    pair = Pair((client,))
+    for i in range(50):
+        replies = pair.request(client, add_bytes(dialect, 0x1000 + i, f"10.0.{i}.1", "10.9.0.2", seq=i), at(i))
+        assert len(replies) == 1 and replies[0][1][2] == 0  # errno 0
+    assert pair.hot.hot.served == 48
+    assert len(pair.hot.sad) == 50
+
+
+def test_the_captured_add_gets_the_reference_reply_from_the_hot_path() -> None:
+    """The real-clients.md §3.2 ADD (FreeBSD layout) and its reply, independent vectors."""
+    vectors = {v.name: v.data for v in VECTORS}
+    request = vectors["freebsd/msg/03-add-request"]
+    reply = vectors["freebsd/msg/03-add-reply"]
+    spi_at = 16 + 24 + 40 + 4  # header, KEY_ENCRYPT, KEY_AUTH, then the SA extension's spi
+    pair = Pair((FB,))
+    for spi in (0x2000, 0x3000):  # two shape-mates teach the hot path
+        mate = request[:spi_at] + spi.to_bytes(4, "big") + request[spi_at + 4 :]
+        pair.request(FB, mate, at(0))
+    assert pair.hot.hot.served == 0
+    assert pair.request(FB, request, at(1)) == [(FB, reply)]
+    assert pair.hot.hot.served == 1
+
+
+def test_every_socket_of_the_dialect_gets_the_broadcast() -> None:
+    pair = Pair((LX, LX2))
+    for i in range(6):
+        got = pair.request(LX2, add_bytes(Dialect.LINUX, 0x500 + i, "10.0.0.1", f"10.1.0.{i}"), at(i))
+        assert [c for c, _ in got] == [LX2, LX]
+    assert pair.hot.hot.served == 4
+
+
+def test_another_dialects_socket_or_a_promiscuous_one_takes_the_generic_path() -> None:
+    pair = Pair((LX,))
+    spi = iter(range(0x700, 0x800))
+    for i in range(3):
+        pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", f"10.2.0.{i}"), at(i))
+    assert pair.hot.hot.served == 1
+    pair.open(FB)  # a freebsd socket needs its own encoding of the broadcast
+    got = pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", "10.2.1.1"), at(5))
+    assert [c for c, _ in got] == [LX, FB]
+    assert pair.hot.hot.served == 1
+    pair.close(FB)
+    pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", "10.2.1.2"), at(6))
+    assert pair.hot.hot.served == 2
+    pair.open(LX2)
+    promisc_on = encode(Message(MsgType.X_PROMISC, 1, 9, 77), Dialect.LINUX)
+    pair.request(LX2, promisc_on, at(7))
+    got = pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", "10.2.1.3"), at(8))
+    assert len(got) == 3  # the reply, the broadcast, and the promiscuous copy
+    assert pair.hot.hot.served == 2
+
+
+def test_refusals_the_hot_path_leaves_to_the_generic_one() -> None:
+    pair = Pair((LX,), max_sas=5)
+    for i in range(3):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0x900 + i, "10.0.0.1", f"10.3.0.{i}"), at(i))
+    assert pair.hot.hot.served == 1
+    for spi in (0x900, 0x901, 255, 1):  # in use, in use, reserved, reserved
+        got = pair.request(LX, add_bytes(Dialect.LINUX, spi, "10.0.0.9", "10.3.9.9"), at(4))
+        assert got[0][1][2] != 0  # errno set
+    pair.request(LX, add_bytes(Dialect.LINUX, 0x990, "10.0.0.1", "10.3.1.1"), at(5))
+    pair.request(LX, add_bytes(Dialect.LINUX, 0x991, "10.0.0.1", "10.3.1.2"), at(5))
+    got = pair.request(LX, add_bytes(Dialect.LINUX, 0x992, "10.0.0.1", "10.3.1.3"), at(5))  # the SAD is full
+    assert got[0][1][2] == 105  # ENOBUFS in the linux numbering
+    assert pair.hot.hot.served == 3
+    assert len(pair.hot.sad) == 5
+
+
+def test_a_knob_change_forgets_the_templates() -> None:
+    pair = Pair((LX,))
+    for i in range(3):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xA00 + i, "10.0.0.1", f"10.4.0.{i}"), at(i))
+    assert pair.hot.hot.served == 1
+    pair.set_knob("pfkeyd.max_sas", 100)
+    for i in range(3):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xB00 + i, "10.0.0.1", f"10.4.1.{i}"), at(i))
+    assert pair.hot.hot.served == 2
+
+
+def test_a_shape_whose_reply_is_not_a_copy_of_the_request_stays_generic() -> None:
+    """A linux ADD whose sockaddr padding (sin_zero) is not zero: the codec's reply
+    has zeros there, so a reply cut from the request would differ."""
+    pair = Pair((LX,))
+    for i in range(6):
+        data = bytearray(add_bytes(Dialect.LINUX, 0xC00 + i, "10.0.0.1", f"10.5.0.{i}", order=1))
+        at_src = data.find(bytes([10, 0, 0, 1]))
+        data[at_src + 4] = 0xEE  # the first byte of sin_zero
+        pair.request(LX, bytes(data), at(i))
+    assert pair.hot.hot.served == 0
+    assert len(pair.hot.sad) == 6
+
+
+def test_hard_lifetimes_from_the_hot_path_expire_on_time() -> None:
+    pair = Pair((LX,))
+    for i in range(4):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xD00 + i, "10.0.0.1", f"10.6.0.{i}", lifetimes=(30, 20)), at(i))
+    assert pair.hot.hot.served == 2
+    for t in (21, 31, 40):
+        hot, ref = pair.hot.tick(at(t)), pair.ref.tick(at(t))
+        assert _deliveries(pair.hot, hot, 0, b"") == _deliveries(pair.ref, ref, 0, b"")
+        assert pair.hot.sad.snapshot() == pair.ref.sad.snapshot()
+    assert len(pair.hot.sad) == 0
+
+
+_SHAPES = [
+    {},
+    {"alg": (SaType.AH, AuthAlg.X_SHA2_256, EncAlg.NONE, {ExtType.KEY_AUTH: 32})},
+    {"alg": (SaType.ESP, AuthAlg.NONE, EncAlg.X_AESGCM16, {ExtType.KEY_ENCRYPT: 20})},
+    {"alg": (SaType.ESP, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, {ExtType.KEY_AUTH: 32, ExtType.KEY_ENCRYPT: 7})},
+    {"alg": (SaType.X_IPCOMP, AuthAlg.NONE, 2, {})},
+    {"sa2": None},
+    {"sa2": Sa2(Mode.TUNNEL, 0, 0x4001)},
+    {"lifetimes": (100, 60)},
+    {"flags": 0x40, "replay": 32},
+    {"flags": 0x8000},  # outside KEY_FLAGS_MAX: refused
+    {"order": 3},
+    {"port": 500},
+    {"prefix": 24},
+    {"v6": True},
+    {"v6": True, "flow": 7, "scope": 2},
+]
+
+
+def _random_request(rng: random.Random, dialect: Dialect, spis: list[int]) -> bytes:
+    shape = dict(rng.choice(_SHAPES))
+    v6 = shape.pop("v6", False)
+    roll = rng.random()
+    spi = rng.randrange(0x100, 0x100000) if roll < 0.8 or not spis else (
+        rng.randrange(0, 300) if roll < 0.9 else rng.choice(spis[-3:]))
+    spis.append(spi)
+    a, b = rng.randrange(256), rng.randrange(256)
+    src, dst = (f"2001:db8::{a:x}", f"2001:db8:1::{b:x}") if v6 else (f"10.1.{a}.1", f"10.2.{b}.2")
+    return add_bytes(dialect, spi, src, dst, seq=rng.choice([0, rng.randrange(1, 1 << 32)]),
+                     pid=rng.choice([77, 78]), key_seed=rng.randrange(256), **shape)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_runs_agree_with_the_generic_path(seed: int) -> None:
+    rng = random.Random(seed)
+    pair = Pair((LX,))
+    clients = {LX}
+    spis: list[int] = []
+    for step in range(400):
+        now = at(step * 3)
+        roll = rng.random()
+        for other in (FB, FB2):
+            if other in clients and rng.random() < 0.1:  # freebsd sockets come and go
+                pair.close(other)
+                clients.discard(other)
+        if roll < 0.02:
+            other = rng.choice([FB, FB2, LX2])
+            if other in clients:
+                pair.close(other)
+                clients.discard(other)
+            else:
+                pair.open(other)
+                clients.add(other)
+            continue
+        if roll < 0.03:
+            pair.set_knob("pfkeyd.max_sas", rng.choice([150, 100000]))
+            continue
+        if roll < 0.05:
+            for e in (pair.hot, pair.ref):
+                e.tick(now)
+            continue
+        client = rng.choice(sorted(clients))
+        data = _random_request(rng, DIALECT_OF[client], spis)
+        if roll < 0.07:
+            data = data[:-8]  # truncated: a decoding error
+        pair.request(client, data, now)
+    assert pair.hot.hot.served > 20
+
+
+def test_the_hot_header_is_the_generic_header() -> None:
+    """A hot reply's header carries the request's seq and pid and errno 0."""
+    pair = Pair((LX,))
+    got = []
+    for i in range(3):
+        got = pair.request(LX, add_bytes(Dialect.LINUX, 0xE00 + i, "10.0.0.1", f"10.7.0.{i}", seq=1000 + i,
+                                         pid=4321), at(i))
+    version, mtype, errno, satype, units, reserved, seq, pid = HEADER.unpack_from(got[0][1])
+    assert (version, mtype, errno, satype, reserved, seq, pid) == (2, MsgType.ADD, 0, SaType.ESP, 0, 1002, 4321)
+    assert units * 8 == len(got[0][1])
