@@ -432,7 +432,7 @@ class KeyEngine:
         or return None having changed nothing: then decode it and call :meth:`handle`
         with ``raw=data``."""
         state = self.clients.get(client)
-        if state is None:
+        if state is None or not self._knobs.hot_path:
             return None
         return self.hot.serve(self, client, state.dialect, data, now)  # type: ignore[return-value]
 
@@ -467,7 +467,7 @@ class KeyEngine:
             self.stats.note_error(exc.errno)
             return [Error(client, exc.errno)]
         self._count(effects)
-        if raw is not None and msg.type == MsgType.ADD:
+        if raw is not None and msg.type == MsgType.ADD and self._knobs.hot_path:
             self._teach(client, state.dialect, raw, msg, effects)
         return effects
 

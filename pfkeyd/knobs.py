@@ -152,6 +152,8 @@ KNOBS: tuple[KnobSpec, ...] = (
        "Most policies the SPD holds; SPDADD beyond it gets ENOBUFS"),
     _k("pfkeyd.max_message_size", "max_message_size", 2048, 256, 65535 * 8, "bytes",
        "Largest request accepted (FreeBSD: ENOBUFS beyond; Linux: EMSGSIZE)"),
+    _k("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
+       "Answer ADDs shaped like earlier ones straight from their bytes (the answers are the same)"),
 )
 
 #: Spellings accepted on input only.
@@ -213,6 +215,7 @@ class Knobs:
     max_sas: int = 2_000_000
     max_policies: int = 1_000_000
     max_message_size: int = 2048
+    hot_path: int = 1
 
     def __post_init__(self) -> None:
         for spec in KNOBS:

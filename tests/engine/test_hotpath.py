@@ -347,3 +347,14 @@ def test_the_hot_header_is_the_generic_header() -> None:
     version, mtype, errno, satype, units, reserved, seq, pid = HEADER.unpack_from(got[0][1])
     assert (version, mtype, errno, satype, reserved, seq, pid) == (2, MsgType.ADD, 0, SaType.ESP, 0, 1002, 4321)
     assert units * 8 == len(got[0][1])
+
+
+def test_the_hot_path_knob_turns_it_off_and_on() -> None:
+    pair = Pair((LX,), hot_path=0)
+    for i in range(5):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xF00 + i, "10.0.0.1", f"10.8.0.{i}"), at(i))
+    assert pair.hot.hot.served == 0
+    pair.set_knob("pfkeyd.hot_path", 1)
+    for i in range(5):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xF10 + i, "10.0.0.1", f"10.8.1.{i}"), at(i))
+    assert pair.hot.hot.served == 3
