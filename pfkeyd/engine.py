@@ -48,7 +48,7 @@ from pfkeyd.errors import (
     PfkeyError,
     ProtocolNotSupported,
 )
-from pfkeyd.hotpath import AddTemplates
+from pfkeyd.hotpath import HotPath
 from pfkeyd.knobs import Knobs
 from pfkeyd.record import record
 from pfkeyd.sad import (
@@ -111,6 +111,8 @@ _LINUX_NO_HANDLER_ERRNO: dict[int, int] = {}
 #: What an X_MIGRATE notification carries (pfkey_send_migrate).
 _MIGRATE_EXTS = frozenset({ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_KMADDRESS})
 
+#: The requests the hot path learns (pfkeyd.hotpath).
+_HOT_TYPES = frozenset({MsgType.ADD, MsgType.X_SPDADD})
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
 _X1_EXTS = tuple(int(t) for t in (
     ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
@@ -376,7 +378,7 @@ class KeyEngine:
         self._promiscuous = 0  # how many clients are in promiscuous mode
         self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
         self._ints: dict[int, int] = {}  # see _shared
-        self.hot = AddTemplates()  # the hot path's learned ADD shapes
+        self.hot = HotPath()  # the hot path's learned request shapes
 
     # ---------------------------------------------------------------- clients
 
@@ -467,17 +469,16 @@ class KeyEngine:
             self.stats.note_error(exc.errno)
             return [Error(client, exc.errno)]
         self._count(effects)
-        if raw is not None and msg.type == MsgType.ADD and self._knobs.hot_path:
+        if raw is not None and msg.type in _HOT_TYPES and self._knobs.hot_path:
             self._teach(client, state.dialect, raw, msg, effects)
         return effects
 
     def _teach(self, client: ClientId, dialect: Dialect, raw: bytes, msg: Message, effects: list[Effect]) -> None:
-        """Show the hot path a successful ADD whose answer it could have given: one
-        keyless message to every socket, all of the requester's dialect."""
-        sa_ext = msg.sa
+        """Show the hot path a successful ADD or SPDADD whose answer it could have
+        given: one keyless message to every socket, all of the requester's dialect."""
         audience = self.same_dialect_audience(client, dialect)
         first = effects[0]
-        if sa_ext is None or audience is None or not isinstance(first, Send) or first.to != (client,):
+        if audience is None or not isinstance(first, Send) or first.to != (client,):
             return
         to: list[ClientId] = []
         for eff in effects:
@@ -486,7 +487,13 @@ class KeyEngine:
             to += eff.to
         if tuple(to) != audience:
             return
-        stored = self.sad.get(sa_ext.spi)
+        stored: SecAssoc | SecPolicy | None = None
+        if msg.type == MsgType.ADD:
+            sa_ext = msg.sa
+            stored = self.sad.get(sa_ext.spi) if sa_ext is not None else None
+        else:
+            policy = first.msg.policy
+            stored = self.spd.by_id.get(policy.id) if policy is not None else None
         if stored is not None:
             self.hot.learn(self, dialect, raw, stored, first.msg)
 

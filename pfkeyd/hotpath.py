@@ -1,32 +1,35 @@
-"""The hot path: ADD requests of a shape already seen, served from their bytes.
+"""The hot path: ADD and SPDADD requests of a shape already seen, served from their bytes.
 
 Theory of operation
 -------------------
-``setkey -f`` scripts and IKE daemons send ADDs in long runs that differ only in a
-few fields: seq and pid in the header, the SPI, the two IP addresses and the key
-bytes.  Everything the generic path (decode, ``KeyEngine.handle``, encode) decides
-about such a request -- every check of the decoder, of key_parse and of
-key_setsaval, every value of the new SA but those fields, every byte of the reply
-but those fields -- is a function of the request's other bytes, its *shape*.  The
-generic path reads the variable fields in only three places, and the hot path makes
-the same three checks: the SPI must not be reserved (<= 255) nor in use, and an ACQUIRE
-with the request's seq is completed (seq 0 completes none).  The SAD's room is
-checked too, before anything else, as ``_add`` does.
+``setkey -f`` scripts and IKE daemons send ADDs and SPDADDs in long runs that differ
+only in a few fields: seq and pid in the header, the IP addresses, and for an ADD the
+SPI and the key bytes.  Everything the generic path (decode, ``KeyEngine.handle``,
+encode) decides about such a request -- every check of the decoder, of key_parse, of
+key_setsaval or key_spdadd, every value of the new record but those fields, every
+byte of the reply but those fields -- is a function of the request's other bytes,
+its *shape*.  The generic path reads the variable fields in only a few places, and
+the hot path makes the same checks there:
 
-So the first ADDs of each shape take the generic path.  The second time a shape
-succeeds there, the engine derives a :class:`_Template` from it and checks the
-template against what the generic path just did: the SA the template builds from
-the request must equal the SA stored, and the reply it cuts out of the request must
-equal, byte for byte, the reply the codec encoded.  Only a template that passes is
-kept; a shape that fails is remembered as generic-only.  A later ADD of a kept shape
-costs a few slices, the SPI checks, one SecAssoc and its insertion.
+* ADD: the SPI must not be reserved (<= 255) nor in use, the SAD must have room, and
+  an ACQUIRE with the request's seq is completed (seq 0 completes none);
+* SPDADD: no policy may have the same selector, the SPD must have room; the new
+  policy takes the next id and the next insertion order.
+
+So the first requests of each shape take the generic path.  The second time a shape
+succeeds there, the engine derives a template from it and checks the template against
+what the generic path just did: the record the template builds from the request must
+equal the record stored, and the reply it cuts out of the request must equal, byte
+for byte, the reply the codec encoded.  Only a template that passes is kept; a shape
+that fails is remembered as generic-only.  A later request of a kept shape costs a
+few slices, the checks above, one record and its insertion.
 
 The hot path declines (returns None, having changed nothing) whenever anything the
 template cannot see matters: a socket of another dialect or a promiscuous socket
-would need its own copy, the SPI is reserved or taken, the SAD is full, the message
-is longer than ``pfkeyd.max_message_size``.  The generic path then answers as
-always.  Templates are dropped when a knob changes, and tests run every request
-through both paths and compare the replies and the tables.
+would need its own copy, a check above fails, the message is longer than
+``pfkeyd.max_message_size``.  The generic path then answers as always.  Templates
+are dropped when a knob changes, and tests run random request streams through both
+paths and compare every datagram and the tables.
 """
 
 from __future__ import annotations
@@ -38,73 +41,105 @@ from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from pfkeyd.effects import ClientId, Instant, SendEncoded
+from pfkeyd.errors import NoBuffers
 from pfkeyd.record import record
 from pfkeyd.sad import SaIndex, SecAssoc
-from pfkeyd.wire import Dialect, ExtType, Key, Lifetime, Message, MsgType, SaState, SaType, SockAddr, encode
+from pfkeyd.spd import SecPolicy, Selector
+from pfkeyd.wire import (
+    Dialect,
+    ExtType,
+    IpsecRequest,
+    Key,
+    Level,
+    Lifetime,
+    Message,
+    MsgType,
+    SaState,
+    SaType,
+    SockAddr,
+    encode,
+)
 
 if TYPE_CHECKING:
     from pfkeyd.engine import KeyEngine
 
-__all__ = ["AddTemplates"]
+__all__ = ["HotPath"]
 
 _EXT_HDR = struct.Struct("=HH")
 _SEQ_PID = struct.Struct("=II")
-_HEAD = struct.Struct("=BBBBHH")
+_POLICY_ID = struct.Struct("=I")
 _HOT_SATYPES = frozenset({SaType.ESP, SaType.AH})
-#: The extensions an ADD of the hot path may carry, each at most once.  Others
-#: (identities, NAT-T, SA_REPLAY, security contexts, ...) always take the generic path.
-_HOT_EXTS = frozenset({
-    ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
-    ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT,
-})
-#: The reply's extensions, in key_getmsgbuf_x1's order (keys are never among them).
-_REPLY_ORDER = (ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
-                ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT)
+#: Per message type: the extensions a request of the hot path may carry (each at
+#: most once), those it must carry, and the reply's extensions in the order the
+#: generic path writes them (key_getmsgbuf_x1 for ADD; keys are never among them).
+#: Other extensions (identities, NAT-T, SA_REPLAY, security contexts, ...) always
+#: take the generic path.
+_KINDS: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...], tuple[ExtType, ...]]] = {
+    MsgType.ADD: (
+        frozenset({ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH,
+                   ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT}),
+        (ExtType.SA, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
+        (ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD,
+         ExtType.LIFETIME_SOFT),
+    ),
+    MsgType.X_SPDADD: (
+        frozenset({ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD}),
+        (ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
+        (ExtType.X_POLICY, ExtType.LIFETIME_HARD, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
+    ),
+}
 #: An address extension's length -> where the IP address lies after the 8-byte
 #: sadb_address header: sockaddr_in (len/family, port, address, zero) and
 #: sockaddr_in6 (len/family, port, flowinfo, address, scope id), in both dialects.
 _ADDRESS_AT = {24: (4, 4), 40: (8, 16)}
+_POLICY_ID_AT = 8  # sadb_x_policy_id, after len, exttype, type, dir and a reserved byte
 #: How many shapes are remembered (kept templates, refusals and first sightings).
 _MAX_SHAPES = 1024
 _MAX_ADDRESSES = 8192
 
 Headers = tuple[tuple[int, int], ...]
+#: The parts of a sockaddr that are not the IP address: port, flowinfo, scope id.
+Tail = tuple[int, int, int]
 
 
 class _Layout:
-    """Where the variable fields lie in the ADDs of one sequence of extension headers,
-    and the shapes of that layout seen so far.  ``fixed`` cuts out everything but the
-    variable fields: the header and every extension header are among what it keeps,
-    so a request whose fixed bytes equal a learned shape's has this layout."""
+    """Where the variable fields lie in the requests of one message type and one
+    sequence of extension headers, and the shapes of that layout seen so far.
+    ``fixed`` cuts out everything but the variable fields: the header and every
+    extension header are among what it keeps, so a request whose fixed bytes equal a
+    learned shape's has this layout."""
 
-    __slots__ = ("dialect", "dst", "fixed", "keys", "reply", "seen", "size", "spi_at", "src", "templates")
+    __slots__ = ("dst", "fixed", "keys", "kind", "policy_id_at", "reply", "reply_after", "seen", "size", "spi_at",
+                 "src", "templates")
 
-    def __init__(self, dialect: Dialect, size: int, fixed: list[slice], spi_at: int, src: slice, dst: slice,
-                 keys: tuple[tuple[ExtType, int, int], ...], reply: tuple[slice, ...]) -> None:
-        self.dialect = dialect
+    def __init__(self, kind: int, size: int, fixed: list[slice], src: slice, dst: slice) -> None:
+        self.kind = kind
         self.size = size
         self.fixed: Callable[[bytes], tuple[bytes, ...]] = itemgetter(*fixed, slice(0, 0))  # always a tuple
-        self.spi_at = spi_at
         self.src = src
         self.dst = dst
-        self.keys = keys  # (type, offset, length) of each key extension
-        self.reply = reply  # the request's extensions that make the reply, in order
-        #: shape -> its template, or None: generic only
-        self.templates: dict[tuple[bytes, ...], _Template | None] = {}
+        self.spi_at = 0  # ADD: where the SPI lies
+        self.keys: dict[ExtType, tuple[int, int]] = {}  # ADD: (offset, length) of each key extension
+        self.policy_id_at = 0  # SPDADD: where the policy id lies
+        #: The request's bytes that make the reply after the header, in order; an
+        #: SPDADD's policy scope and new policy id go between ``reply`` and ``reply_after``.
+        self.reply: tuple[slice, ...] = ()
+        self.reply_after: tuple[slice, ...] = ()
+        self.templates: dict[tuple[bytes, ...], _SaTemplate | _PolicyTemplate | None] = {}
         self.seen: set[tuple[bytes, ...]] = set()  # shapes that succeeded once, generically
 
 
 @record
-class _Template:
-    """What the generic path decided for one shape."""
+class _SaTemplate:
+    """What the generic path decided for one ADD shape."""
 
-    layout: _Layout
     head: bytes  # the reply's first 8 header bytes (version ... reserved)
     satype: int
     proto: int
     mode: int
     reqid: int
-    v6_tail: tuple[int, int] | None  # IPv6 (flowinfo, scope id) of both addresses; None for IPv4
+    src_tail: Tail
+    dst_tail: Tail
     auth: int
     encrypt: int
     flags: int
@@ -114,6 +149,26 @@ class _Template:
     key_encrypt: tuple[slice, int] | None
     hard: Lifetime | None
     soft: Lifetime | None
+
+
+@record
+class _PolicyTemplate:
+    """What the generic path decided for one SPDADD shape."""
+
+    head: bytes
+    scope_byte: bytes  # the reply's sadb_x_policy_scope (FreeBSD fills it in; Linux echoes it)
+    dir: int
+    type: int
+    requests: tuple[IpsecRequest, ...]
+    priority: int
+    lifetime: int
+    validtime: int
+    scope: int
+    src_len: int
+    dst_len: int
+    proto: int
+    src_tail: Tail
+    dst_tail: Tail
 
 
 def _headers(data: bytes) -> Headers | None:
@@ -131,25 +186,22 @@ def _headers(data: bytes) -> Headers | None:
     return tuple(out) if off == size else None
 
 
-def _layout(dialect: Dialect, headers: Headers) -> _Layout | None:
-    """The layout of an ADD with these extensions, if the hot path can serve it."""
+def _layout(kind: int, dialect: Dialect, headers: Headers) -> _Layout | None:
+    """The layout of a request with these extensions, if the hot path can serve it."""
+    allowed, required, reply_order = _KINDS[kind]
     from_wire = dialect.spec.ext.from_wire
     at: dict[ExtType, tuple[int, int]] = {}
     off = 16
     for units, wire in headers:
         canonical = from_wire.get(wire)
         size = units * 8
-        if canonical is None or canonical not in _HOT_EXTS or canonical in at:
+        if canonical is None or canonical not in allowed or canonical in at:
             return None
         at[ExtType(canonical)] = (off, size)
         off += size
-    if ExtType.SA not in at or ExtType.ADDRESS_SRC not in at or ExtType.ADDRESS_DST not in at:
+    if any(t not in at for t in required):
         return None
     variable = [(8, 16)]  # seq, pid
-    sa_off, sa_len = at[ExtType.SA]
-    if sa_len != 16:
-        return None
-    variable.append((sa_off + 4, sa_off + 8))
     addresses = []
     for which in (ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST):
         a_off, a_len = at[which]
@@ -159,12 +211,19 @@ def _layout(dialect: Dialect, headers: Headers) -> _Layout | None:
         start = a_off + 8 + where[0]
         addresses.append(slice(start, start + where[1]))
         variable.append((start, start + where[1]))
-    keys = []
-    for which in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT):
-        if which in at:
-            k_off, k_len = at[which]
-            keys.append((which, k_off, k_len))
-            variable.append((k_off + 8, k_off + k_len))
+    if kind == MsgType.ADD:
+        sa_off, sa_len = at[ExtType.SA]
+        if sa_len != 16:
+            return None
+        variable.append((sa_off + 4, sa_off + 8))
+        keys = {}
+        for which in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT):
+            if which in at:
+                k_off, k_len = at[which]
+                keys[which] = (k_off, k_len)
+                variable.append((k_off + 8, k_off + k_len))
+    elif at[ExtType.X_POLICY][1] < 16:
+        return None
     variable.sort()
     fixed = []
     pos = 0
@@ -174,19 +233,29 @@ def _layout(dialect: Dialect, headers: Headers) -> _Layout | None:
         pos = end
     if pos < off:
         fixed.append(slice(pos, off))
-    reply = tuple(slice(at[t][0], at[t][0] + at[t][1]) for t in _REPLY_ORDER if t in at)
-    return _Layout(dialect, off, fixed, sa_off + 4, addresses[0], addresses[1], tuple(keys), reply)
+    layout = _Layout(kind, off, fixed, addresses[0], addresses[1])
+    reply = [slice(at[t][0], at[t][0] + at[t][1]) for t in reply_order if t in at]
+    if kind == MsgType.ADD:
+        layout.spi_at = at[ExtType.SA][0] + 4
+        layout.keys = keys
+        layout.reply = tuple(reply)
+    else:
+        policy = reply[0]  # the policy is the reply's first extension
+        layout.policy_id_at = policy.start + _POLICY_ID_AT
+        layout.reply = (slice(policy.start, layout.policy_id_at - 1),)
+        layout.reply_after = (slice(layout.policy_id_at + 4, policy.stop), *reply[1:])
+    return layout
 
 
-class AddTemplates:
-    """The learned ADD shapes of one engine, and the hot path that uses them."""
+class HotPath:
+    """The learned shapes of one engine, and the hot path that uses them."""
 
     def __init__(self) -> None:
-        self._layouts: dict[tuple[Dialect, Headers], _Layout | None] = {}
+        self._layouts: dict[tuple[int, Dialect, Headers], _Layout | None] = {}
         #: (dialect, message size) -> the layouts of that size: where the hot path looks
         self._by_size: dict[tuple[Dialect, int], list[_Layout]] = {}
         self._shapes = 0  # shapes remembered, over all layouts
-        self._addresses: dict[tuple[bytes, tuple[int, int] | None], SockAddr] = {}
+        self._addresses: dict[tuple[bytes, Tail], SockAddr] = {}
         self.served = 0  # requests answered by the hot path (a statistic for tests and benchmarks)
 
     def clear(self) -> None:
@@ -199,9 +268,9 @@ class AddTemplates:
 
     def serve(self, engine: KeyEngine, client: ClientId, dialect: Dialect, data: bytes,
               now: Instant) -> list[SendEncoded] | None:
-        """Answer an ADD of a known shape, or return None having changed nothing."""
+        """Answer a request of a known shape, or return None having changed nothing."""
         layouts = self._by_size.get((dialect, len(data)))
-        if layouts is None or data[1] != MsgType.ADD:
+        if layouts is None:
             return None
         for layout in layouts:
             template = layout.templates.get(layout.fixed(data))
@@ -209,81 +278,115 @@ class AddTemplates:
                 break
         else:
             return None
-        knobs = engine.knobs
-        sad = engine.sad
-        if len(data) > knobs.max_message_size or len(sad) >= knobs.max_sas:
-            return None
-        spi = int.from_bytes(data[layout.spi_at : layout.spi_at + 4], "big")
-        if spi <= 255 or spi in sad.by_spi:
+        if len(data) > engine.knobs.max_message_size:
             return None
         to = engine.same_dialect_audience(client, dialect)
         if to is None:
             return None
-        sa = self._build(template, spi, engine, data, now)
+        if isinstance(template, _SaTemplate):
+            reply = self._add(engine, layout, template, data, now)
+        else:
+            reply = self._spdadd(engine, layout, template, data, now)
+        if reply is None:
+            return None
+        stats = engine.stats
+        stats.note_in(layout.kind)
+        stats.note_out(layout.kind, len(to))
+        self.served += 1
+        return [SendEncoded(to, reply, layout.kind)]
+
+    def _add(self, engine: KeyEngine, layout: _Layout, t: _SaTemplate, data: bytes, now: Instant) -> bytes | None:
+        sad = engine.sad
+        if len(sad) >= engine.knobs.max_sas:
+            return None
+        spi = int.from_bytes(data[layout.spi_at : layout.spi_at + 4], "big")
+        if spi <= 255 or spi in sad.by_spi:
+            return None
+        sa = self._sa(t, layout, spi, engine, data, now)
         sad.insert(sa)
         if sa.hard is not None:
             engine._schedule(sa)
         if sa.seq:
             engine.acqdone(sa.index, sa.seq)
-        reply = b"".join([template.head, data[8:16], *[data[s] for s in layout.reply]])
-        stats = engine.stats
-        stats.note_in(MsgType.ADD)
-        stats.note_out(MsgType.ADD, len(to))
-        self.served += 1
-        return [SendEncoded(to, reply, MsgType.ADD)]
+        return b"".join([t.head, data[8:16], *[data[s] for s in layout.reply]])
 
-    def _build(self, t: _Template, spi: int, engine: KeyEngine, data: bytes, now: Instant) -> SecAssoc:
-        layout = t.layout
+    def _spdadd(self, engine: KeyEngine, layout: _Layout, t: _PolicyTemplate, data: bytes,
+                now: Instant) -> bytes | None:
+        spd = engine.spd
+        if len(spd) >= engine.knobs.max_policies:
+            return None
+        selector = Selector(self._address(data[layout.src], t.src_tail), t.src_len,
+                            self._address(data[layout.dst], t.dst_tail), t.dst_len, t.proto)
+        if spd.find(t.dir, selector) is not None:
+            return None
+        counter = engine._policy_ids
+        try:
+            policy_id = engine._new_policy_id(t.dir)
+        except NoBuffers:
+            engine._policy_ids = counter  # as it was: the generic path answers
+            return None
+        sp = self._policy(t, selector, policy_id, spd.next_order(), now.mono, now.wall)
+        spd.insert(sp)
+        engine._schedule_policy(sp)
+        return _policy_reply(t, layout, data, policy_id)
+
+    def _sa(self, t: _SaTemplate, layout: _Layout, spi: int, engine: KeyEngine, data: bytes,
+            now: Instant) -> SecAssoc:
         seq, pid = _SEQ_PID.unpack_from(data, 8)
-        src = self._address(data[layout.src], t.v6_tail)
-        dst = self._address(data[layout.dst], t.v6_tail)
         ka, ke = t.key_auth, t.key_encrypt
-        key_auth = None if ka is None else Key(ExtType.KEY_AUTH, data[ka[0]], ka[1])
-        key_enc = None if ke is None else Key(ExtType.KEY_ENCRYPT, data[ke[0]], ke[1])
         return SecAssoc(
             spi, t.satype,
-            SaIndex(t.proto, t.mode, t.reqid, src, dst), SaState.MATURE, t.auth, t.encrypt, t.flags,
-            t.replay, t.replay_window, key_auth, key_enc, seq, engine._shared(pid), now.mono,
-            engine._shared(now.wall), t.hard, t.soft,
+            SaIndex(t.proto, t.mode, t.reqid, self._address(data[layout.src], t.src_tail),
+                    self._address(data[layout.dst], t.dst_tail)),
+            SaState.MATURE, t.auth, t.encrypt, t.flags, t.replay, t.replay_window,
+            None if ka is None else Key(ExtType.KEY_AUTH, data[ka[0]], ka[1]),
+            None if ke is None else Key(ExtType.KEY_ENCRYPT, data[ke[0]], ke[1]),
+            seq, engine._shared(pid), now.mono, engine._shared(now.wall), t.hard, t.soft,
         )
 
-    def _address(self, packed: bytes, v6_tail: tuple[int, int] | None) -> SockAddr:
-        """The port-less SockAddr of an SA index; equal addresses share one value."""
-        key = (packed, v6_tail)
+    @staticmethod
+    def _policy(t: _PolicyTemplate, selector: Selector, policy_id: int, order: int, mono: float,
+                wall: int) -> SecPolicy:
+        return SecPolicy(policy_id, t.dir, selector, t.type, t.requests, t.priority, order, mono, wall,
+                         t.lifetime, t.validtime, t.scope)
+
+    def _address(self, packed: bytes, tail: Tail) -> SockAddr:
+        """The SockAddr of an SA index or a selector; equal addresses share one value."""
+        key = (packed, tail)
         found = self._addresses.get(key)
         if found is None:
             if len(self._addresses) >= _MAX_ADDRESSES:
                 self._addresses.clear()
-            if v6_tail is None:
-                found = SockAddr(IPv4Address(packed))
-            else:
-                found = SockAddr(IPv6Address(packed), 0, v6_tail[0], v6_tail[1])
-            self._addresses[key] = found
+            ip = IPv4Address(packed) if len(packed) == 4 else IPv6Address(packed)
+            found = self._addresses[key] = SockAddr(ip, *tail)
         return found
 
     # ----------------------------------------------------------------- learning
 
-    def _layout_of(self, dialect: Dialect, data: bytes) -> _Layout | None:
+    def _layout_of(self, kind: int, dialect: Dialect, data: bytes) -> _Layout | None:
         headers = _headers(data)
         if headers is None:
             return None
-        key = (dialect, headers)
+        key = (kind, dialect, headers)
         if key in self._layouts:
             return self._layouts[key]
         if len(self._layouts) >= _MAX_SHAPES:
             self.clear()
-        layout = self._layouts[key] = _layout(dialect, headers)
+        layout = self._layouts[key] = _layout(kind, dialect, headers)
         if layout is not None:
             self._by_size.setdefault((dialect, layout.size), []).append(layout)
         return layout
 
-    def learn(self, engine: KeyEngine, dialect: Dialect, data: bytes, stored: SecAssoc, answer: Message) -> None:
-        """The generic path has just added ``stored`` for ``data`` and answered
-        ``answer`` (keyless) to every socket: keep a template for the shape the
-        second time it gets here, if the template gives exactly these results."""
-        if data[3] not in _HOT_SATYPES:
+    def learn(self, engine: KeyEngine, dialect: Dialect, data: bytes, stored: SecAssoc | SecPolicy,
+              answer: Message) -> None:
+        """The generic path has just stored ``stored`` (an SA for an ADD, a policy for
+        an SPDADD) for ``data`` and answered ``answer`` (keyless) to every socket: keep
+        a template for the shape the second time it gets here, if the template gives
+        exactly these results."""
+        kind = data[1]
+        if kind not in _KINDS or (kind == MsgType.ADD and data[3] not in _HOT_SATYPES):
             return
-        layout = self._layout_of(dialect, data)
+        layout = self._layout_of(kind, dialect, data)
         if layout is None:
             return
         shape = layout.fixed(data)
@@ -298,34 +401,61 @@ class AddTemplates:
             return
         layout.seen.discard(shape)
         reply = encode(answer, dialect)
-        template = _template(layout, stored, reply)
-        if template is not None and (
-            self._build(template, stored.spi, engine, data, Instant(stored.created, stored.created_wall)) != stored
-            or b"".join([template.head, data[8:16], *[data[s] for s in layout.reply]]) != reply
-        ):
-            template = None
+        template: _SaTemplate | _PolicyTemplate | None
+        if isinstance(stored, SecAssoc):
+            template = _sa_template(layout, stored, reply)
+            if template is not None and (
+                self._sa(template, layout, stored.spi, engine, data, Instant(stored.created, stored.created_wall))
+                != stored
+                or b"".join([template.head, data[8:16], *[data[s] for s in layout.reply]]) != reply
+            ):
+                template = None
+        else:
+            template = _policy_template(stored, reply)
+            if template is not None:
+                sel = Selector(self._address(data[layout.src], template.src_tail), template.src_len,
+                               self._address(data[layout.dst], template.dst_tail), template.dst_len,
+                               template.proto)
+                rebuilt = self._policy(template, sel, stored.id, stored.order, stored.created, stored.created_wall)
+                if rebuilt != stored or _policy_reply(template, layout, data, stored.id) != reply:
+                    template = None
         layout.templates[shape] = template
 
 
-def _template(layout: _Layout, sa: SecAssoc, reply: bytes) -> _Template | None:
+def _tail(sa: SockAddr) -> Tail:
+    return (sa.port, sa.flowinfo, sa.scope_id)
+
+
+def _sa_template(layout: _Layout, sa: SecAssoc, reply: bytes) -> _SaTemplate | None:
     """The template that would rebuild ``sa`` and ``reply``; checked by the caller."""
     if sa.natt is not None or sa.usage is not None or sa.version:
         return None
-    src, dst = sa.index.src, sa.index.dst
-    v6_tail = None
-    if src.version == 6:
-        v6_tail = (src.flowinfo, src.scope_id)
-        if (dst.flowinfo, dst.scope_id) != v6_tail:
-            return None  # the two addresses would need their own tails: rare, generic
-    stored = {ExtType.KEY_AUTH: sa.key_auth, ExtType.KEY_ENCRYPT: sa.key_encrypt}
     keys: dict[ExtType, tuple[slice, int]] = {}
-    for exttype, off, length in layout.keys:
-        key = stored[exttype]
-        if key is None:
+    for exttype, key in ((ExtType.KEY_AUTH, sa.key_auth), (ExtType.KEY_ENCRYPT, sa.key_encrypt)):
+        where = layout.keys.get(exttype)
+        if (where is None) != (key is None):
             return None
-        # Key.decode's bytes: ceil(bits / 8), or what the extension holds.
-        keys[exttype] = (slice(off + 8, off + 8 + min((key.bits + 7) // 8, length - 8)), key.bits)
+        if where is not None and key is not None:
+            off, length = where
+            # Key.decode's bytes: ceil(bits / 8), or what the extension holds.
+            keys[exttype] = (slice(off + 8, off + 8 + min((key.bits + 7) // 8, length - 8)), key.bits)
     idx = sa.index
-    return _Template(layout, reply[:8], sa.satype, idx.proto, idx.mode, idx.reqid, v6_tail, sa.auth, sa.encrypt,
-                     sa.flags, sa.replay, sa.replay_window, keys.get(ExtType.KEY_AUTH), keys.get(ExtType.KEY_ENCRYPT),
-                     sa.hard, sa.soft)
+    return _SaTemplate(reply[:8], sa.satype, idx.proto, idx.mode, idx.reqid, _tail(idx.src), _tail(idx.dst),
+                       sa.auth, sa.encrypt, sa.flags, sa.replay, sa.replay_window, keys.get(ExtType.KEY_AUTH),
+                       keys.get(ExtType.KEY_ENCRYPT), sa.hard, sa.soft)
+
+
+def _policy_reply(t: _PolicyTemplate, layout: _Layout, data: bytes, policy_id: int) -> bytes:
+    return b"".join([t.head, data[8:16], *[data[s] for s in layout.reply], t.scope_byte, _POLICY_ID.pack(policy_id),
+                     *[data[s] for s in layout.reply_after]])
+
+
+def _policy_template(sp: SecPolicy, reply: bytes) -> _PolicyTemplate | None:
+    """The template that would rebuild ``sp`` and ``reply`` (whose first extension is
+    the policy); checked by the caller."""
+    if any(r.level == Level.UNIQUE for r in sp.requests):
+        return None  # each such policy gets a reqid of its own: generic
+    sel = sp.selector
+    scope = reply[16 + _POLICY_ID_AT - 1 : 16 + _POLICY_ID_AT]
+    return _PolicyTemplate(reply[:8], scope, sp.dir, sp.type, sp.requests, sp.priority, sp.lifetime, sp.validtime,
+                           sp.scope, sel.src_len, sel.dst_len, sel.proto, _tail(sel.src), _tail(sel.dst))

@@ -1268,12 +1268,14 @@ _add("msg/14-spdadd-reply", FREEBSD, REPLY, hx(
     "02 0e 00 00",  # X_SPDADD
     "0b00 0000",  # len 11
     "00000000 55340000",  # seq 0, pid 0x3455
-    "0300 1200 0200 02 01 11000000 00000080",  # X_POLICY with scope global and the new id 17
+    # X_POLICY as sent with the new id 17 filled in: key_spdadd sets sadb_x_policy_id
+    # alone, so the scope byte is echoed (0 here), unlike a dump entry's (1, global).
+    "0300 1200 0200 02 00 11000000 00000080",
     BSD_REQ_ESP_TRANSPORT,
     BSD_SRC_10_0_0_1,
     BSD_DST_10_0_0_2,
 ), msg(MsgType.X_SPDADD, 0,
-       Policy(PolicyType.IPSEC, Direction.OUTBOUND, 17, 0x80000000, PolicyScope.GLOBAL, (V_REQ_ESP_TRANSPORT,)),
+       Policy(PolicyType.IPSEC, Direction.OUTBOUND, 17, 0x80000000, 0, (V_REQ_ESP_TRANSPORT,)),
        V_SRC_10_0_0_1, V_DST_10_0_0_2, pid=0x3455))
 
 _add("msg/15-spddelete-request", FREEBSD, REQUEST, hx(
