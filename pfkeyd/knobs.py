@@ -153,7 +153,7 @@ KNOBS: tuple[KnobSpec, ...] = (
     _k("pfkeyd.max_message_size", "max_message_size", 2048, 256, 65535 * 8, "bytes",
        "Largest request accepted (FreeBSD: ENOBUFS beyond; Linux: EMSGSIZE)"),
     _k("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
-       "Answer ADDs shaped like earlier ones straight from their bytes (the answers are the same)"),
+       "Answer ADDs and SPDADDs shaped like earlier ones from their bytes (the answers are the same)"),
 )
 
 #: Spellings accepted on input only.
