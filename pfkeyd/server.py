@@ -534,7 +534,9 @@ class Server:
                 while client.queued >= self._engine.knobs.client_buffer or client.dumps:
                     await client.room.park()
                 try:
-                    size, _anc, flags, _addr = sock.recvmsg_into([view])
+                    # With MSG_TRUNC a SEQPACKET receive returns the datagram's whole
+                    # length, even one longer than the buffer (which is then cut).
+                    size = sock.recv_into(view, 0, socket.MSG_TRUNC)
                     data = bytes(view[:size])
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
@@ -544,7 +546,7 @@ class Server:
                     return True
                 if not data and _hung_up(sock):
                     return True
-                if not data or flags & socket.MSG_TRUNC:
+                if not data or size > RECV_SIZE:
                     # Empty, or longer than any PF_KEY message can be: both kernels
                     # fail such a send() and answer nothing.
                     self._engine.stats.note_error(_SEND_FAILS_WITH[client.dialect])

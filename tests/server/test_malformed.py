@@ -4,6 +4,7 @@ connection stays usable (reference §1.3, §1.4, §1.5)."""
 from __future__ import annotations
 
 import errno
+import socket
 import struct
 from collections.abc import Callable
 
@@ -14,6 +15,7 @@ from tests.server.peers import Daemon, add_msg, addr
 
 LINUX, FREEBSD = Dialect.LINUX, Dialect.FREEBSD
 PID = 4242
+SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # Linux
 
 
 def flush(dialect: Dialect) -> bytes:
@@ -75,5 +77,25 @@ async def test_malformed_datagram_is_answered_as_the_kernel_would_and_the_socket
             assert reply[8:16] == data[8:16]
         assert await peer.quiet()
     assert daemon.engine.stats.errors[err] == 1
+    reply = await peer.request(Message(MsgType.FLUSH, 0, 6))
+    assert (reply.type, reply.seq, reply.errno) == (MsgType.FLUSH, 6, 0)
+
+
+@pytest.mark.parametrize("dialect", [LINUX, FREEBSD])
+async def test_a_datagram_longer_than_any_pfkey_message_is_dropped_and_the_socket_stays_usable(
+    daemon: Daemon, dialect: Dialect
+) -> None:
+    """More than 65535 units cannot be a PF_KEY message: both kernels fail such a
+    send().  The daemon reads the datagram's true length and answers nothing."""
+    peer = await daemon.connect(dialect, pid=PID)
+    size = 0xFFFF * 8 + 8
+    try:
+        peer.sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 4 * size)
+    except PermissionError:
+        pytest.skip("SO_SNDBUFFORCE needs CAP_NET_ADMIN")
+    await peer.send_raw(flush(dialect) + bytes(size - 16))
+    assert await peer.quiet()
+    assert daemon.engine.stats.drops["malformed_no_reply"] == 1
+    assert daemon.engine.stats.errors[errno.EMSGSIZE if dialect is LINUX else errno.EINVAL] == 1
     reply = await peer.request(Message(MsgType.FLUSH, 0, 6))
     assert (reply.type, reply.seq, reply.errno) == (MsgType.FLUSH, 6, 0)
