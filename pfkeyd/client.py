@@ -39,6 +39,15 @@ API
     ``await request_many(msgs, *, window=64) -> list[Message | PfkeyReplyError]``
         Pipeline requests, at most ``window`` unanswered at a time; the replies (or
         the errors, not raised) in the order of ``msgs``.
+    ``await request_many_raw(msgs, *, window=64) -> list[RawReply]``
+        As ``request_many``, for bulk loads: the replies are not decoded.  Each is
+        a :class:`RawReply`; an error reply is one too (``errno`` != 0), nothing is
+        raised for it.  ``msgs`` may hold encoded messages (``bytes`` in the
+        connection's dialect) as well as ``Message`` values; a seq or pid of 0 in
+        either is filled in as ``request`` does.  ``msgs`` is read as the window
+        opens, so a generator that makes the messages works while the daemon
+        does; if it raises, the call ends with that exception (what was sent has
+        its replies discarded).  ``request_many`` encodes everything first.
     ``async for m in dump(satype=0)`` / ``async for m in spddump()``
         Every entry of SADB_DUMP / SADB_X_SPDDUMP, ending at the entry with seq 0.
         An ENOENT reply means an empty table: the loop simply ends.  One dump at a
@@ -67,13 +76,22 @@ API
 ``PfkeyReplyError``
     The kernel's answer was an error: ``.errno`` and ``.reply`` (the message).
 
+``RawReply``
+    One reply of ``request_many_raw`` as it came off the socket: ``.data`` (the
+    datagram), the header fields ``.type``, ``.satype``, ``.errno`` (the host's
+    errno, translated from the dialect's number as ``decode`` does), ``.seq``,
+    ``.pid``, and ``.message``, which decodes the datagram on first use (and
+    raises ``pfkeyd.errors.DecodeError`` if it cannot).
+
 When the daemon goes away, waiting requests and dumps raise
 ``trio.BrokenResourceError`` and ``events()`` ends; after ``aclose()`` they raise
 ``trio.ClosedResourceError``.
 
 Matching.  Replies echo the request's type, seq and pid, so a fresh random-based
-seq per request keeps two connections of one process apart.  A dump's entries are
-recognised by type and pid.  A request cancelled after it was sent has its reply
+seq per request keeps two connections of one process apart.  Replies are matched
+by those header fields before anything is decoded, and decoded by the task that
+asked (or never, with ``request_many_raw``).  A dump's entries are recognised by
+type and pid.  A request cancelled after it was sent has its reply
 discarded when it comes.  On a linux socket a promiscuous copy looks exactly like
 the message it copies: the first copy answers a waiting request, the second is an
 event.  While a dump is being read, at most 256 entries are read ahead of the
@@ -90,11 +108,13 @@ import logging
 import os
 import random
 import socket
+import struct
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_interface
+from itertools import islice
 from typing import Any
 
 import trio
@@ -124,7 +144,7 @@ from pfkeyd.wire import (
     encode,
 )
 
-__all__ = ["open", "control", "Connection", "PfkeyReplyError", "AddressLike"]
+__all__ = ["open", "control", "Connection", "PfkeyReplyError", "RawReply", "AddressLike"]
 
 log = logging.getLogger("pfkeyd.client")
 
@@ -132,7 +152,18 @@ _RECV_SIZE = 0xFFFF * 8
 #: Dump entries read ahead of the consumer before the connection stops reading
 #: (it keeps reading past this while a request waits for its reply).
 _DUMP_READ_AHEAD = 256
+#: Datagrams the receive task takes off the socket, without waiting, before it
+#: lets the other tasks run.
+_DRAIN = 512
+#: Coalescing (see Connection._receive_loop): with at least _COALESCE_MIN requests
+#: unanswered, the receive task may sleep _COALESCE seconds between two reads
+#: (epoll's timeout has a resolution of a millisecond).
+_COALESCE_MIN = 32
+_COALESCE = 0.001
 _DUMP_TYPES = frozenset({MsgType.DUMP, MsgType.X_SPDDUMP})
+#: sadb_msg_seq and sadb_msg_pid, the last 8 bytes of the base header (HEADER).
+_SEQ_PID = struct.Struct("=II")
+_SEQ_OFFSET = HEADER.size - _SEQ_PID.size
 
 AddressLike = str | IPv4Address | IPv6Address | SockAddr | Address
 
@@ -147,28 +178,93 @@ class PfkeyReplyError(Exception):
         super().__init__(f"{name}: {os.strerror(reply.errno)} (errno {reply.errno})")
 
 
-class _Waiter:
-    """One request waiting for its reply."""
+class RawReply:
+    """A reply as it came off the socket: the header read, the rest decoded on demand.
 
-    __slots__ = ("abandoned", "done", "key", "result", "sent")
+    ``data`` is the datagram.  ``type``, ``satype``, ``errno``, ``seq`` and ``pid``
+    come from its ``struct sadb_msg`` (RFC 2367 §2.1); ``errno`` is the host's
+    number, translated from the dialect's as :func:`pfkeyd.wire.decode` does.
+    ``message`` decodes the whole datagram the first time it is asked for.
+    """
 
-    def __init__(self, key: tuple[int, int, int]) -> None:
-        self.key = key
-        self.done = trio.Event()
-        self.result: Message | BaseException | None = None
-        self.abandoned = False
-        self.sent = False
+    __slots__ = ("_message", "data", "dialect")
 
-    def resolve(self, result: Message | BaseException) -> None:
-        self.result = result
-        self.done.set()
+    def __init__(self, data: bytes, dialect: Dialect) -> None:
+        self.data = data
+        self.dialect = dialect
+        self._message: Message | None = None
 
-    async def wait(self) -> Message:
-        await self.done.wait()
-        if isinstance(self.result, BaseException):
-            raise self.result
-        assert self.result is not None
-        return self.result
+    @property
+    def type(self) -> int:
+        return self.data[1]
+
+    @property
+    def errno(self) -> int:
+        wire = self.data[2]
+        return self.dialect.spec.errno_from_wire(wire) if wire else 0
+
+    @property
+    def satype(self) -> int:
+        return self.data[3]
+
+    @property
+    def seq(self) -> int:
+        seq: int = _SEQ_PID.unpack_from(self.data, _SEQ_OFFSET)[0]
+        return seq
+
+    @property
+    def pid(self) -> int:
+        pid: int = _SEQ_PID.unpack_from(self.data, _SEQ_OFFSET)[1]
+        return pid
+
+    @property
+    def message(self) -> Message:
+        """The decoded reply; raises :class:`~pfkeyd.errors.DecodeError` if it cannot be read."""
+        if self._message is None:
+            self._message = decode(self.data, self.dialect, request=False)
+        return self._message
+
+    def __repr__(self) -> str:
+        name = MsgType(self.type).name if self.type in MsgType._value2member_map_ else str(self.type)
+        return (f"RawReply({name}, satype={self.satype}, seq={self.seq}, pid={self.pid}, errno={self.errno}, "
+                f"{len(self.data)} bytes)")
+
+
+_Key = tuple[int, int, int]  # (type, seq, pid): what a reply echoes of its request
+
+
+class _Batch:
+    """Requests sent together and the replies that came for them.
+
+    The receive task files each reply's datagram under its request's index and
+    counts down; the sending task sleeps on one parking lot until at most
+    ``wake_at`` requests are left unanswered (room for a burst of sends, or the
+    end of the batch) or the connection fails.  One object per batch, not an
+    Event per request: a reply costs a dict lookup and a list store.
+    """
+
+    __slots__ = ("failure", "lot", "outstanding", "replies", "wake_at")
+
+    def __init__(self) -> None:
+        self.replies: list[bytes] = []  # b"" until the reply comes
+        self.outstanding = 0
+        self.wake_at = 0
+        self.lot = trio.lowlevel.ParkingLot()
+        self.failure: BaseException | None = None
+
+    def land(self, index: int, data: bytes) -> None:
+        self.replies[index] = data
+        self.outstanding -= 1
+        if self.outstanding <= self.wake_at and self.lot:
+            self.lot.unpark_all()
+
+    def fail(self, failure: BaseException) -> None:
+        self.failure = failure
+        self.lot.unpark_all()
+
+
+#: Where a reply goes: a batch and the index of its request there.
+_Slot = tuple[_Batch, int]
 
 
 class _DumpState:
@@ -189,7 +285,7 @@ class Connection:
     def __init__(self, sock: trio.socket.SocketType, raw: socket.socket, path: str, dialect: Dialect, pid: int,
                  event_buffer: int) -> None:
         self._sock = sock
-        self._raw = raw  # the same socket, for sends that need not wait
+        self._raw = raw  # the same socket, for sends and receives that need not wait
         self.path = path
         self.dialect = dialect
         self.pid = pid
@@ -199,7 +295,10 @@ class Connection:
         self._gone: tuple[type[trio.BrokenResourceError | trio.ClosedResourceError], str] | None = None
         self._seq = random.SystemRandom().randrange(1, 2**31)
         self._send_lock = trio.Lock()
-        self._waiters: dict[tuple[int, int, int], deque[_Waiter]] = {}
+        # Requests sent and not yet answered, by the key their replies echo.  A key
+        # normally has one slot; requests sent with the same key (an explicit seq)
+        # share a deque and are answered in the order they went out.
+        self._waiters: dict[_Key, _Slot | deque[_Slot]] = {}
         self._events: deque[Message] = deque()
         self._event_buffer = event_buffer
         self._events_ready = trio.lowlevel.ParkingLot()
@@ -221,25 +320,33 @@ class Connection:
             changes["seq"] = self._next_seq()
         return msg.replace(**changes) if changes else msg
 
-    def _expect(self, msg: Message) -> _Waiter:
-        key = (msg.type, msg.seq, msg.pid)
-        waiter = _Waiter(key)
-        self._waiters.setdefault(key, deque()).append(waiter)
-        self._dump_room.unpark_all()  # a reply may be behind dump entries: keep reading
-        return waiter
+    def _datagram(self, item: Message | bytes) -> tuple[bytes, _Key]:
+        """``item`` encoded, with a seq and pid of 0 filled in (as :meth:`_prepare`
+        does), and the key its reply will echo.  The two fields are patched into
+        the encoded header rather than re-encoding a changed message."""
+        if isinstance(item, Message):
+            data = encode(item, self.dialect)
+        else:
+            data = bytes(item)
+            if len(data) < HEADER.size:
+                msg = f"a PF_KEY message is at least {HEADER.size} bytes, not {len(data)}"
+                raise ValueError(msg)
+        seq, pid = _SEQ_PID.unpack_from(data, _SEQ_OFFSET)
+        if seq == 0 or pid == 0:
+            seq = seq or self._next_seq()
+            pid = pid or self.pid
+            data = b"".join((data[:_SEQ_OFFSET], _SEQ_PID.pack(seq, pid), data[HEADER.size:]))
+        return data, (data[1], seq, pid)
 
-    def _forget(self, waiter: _Waiter) -> None:
-        if waiter.done.is_set():
-            return
-        if waiter.sent:
-            # Cancelled before the reply came: it will be discarded when it does.
-            waiter.abandoned = True
-            return
-        queue = self._waiters.get(waiter.key)
-        if queue is not None and waiter in queue:
-            queue.remove(waiter)
-            if not queue:
-                del self._waiters[waiter.key]
+    def _expect(self, key: _Key, slot: _Slot) -> None:
+        """File ``slot`` for the reply with ``key``; the request has just been sent."""
+        waiters = self._waiters
+        first = waiters.setdefault(key, slot)
+        if first is not slot:
+            if isinstance(first, deque):
+                first.append(slot)
+            else:
+                waiters[key] = deque((first, slot))
 
     def _failure(self) -> BaseException:
         assert self._gone is not None
@@ -274,50 +381,97 @@ class Connection:
         """Send ``msg`` and return its reply; raise :class:`PfkeyReplyError` on errno != 0."""
         msg = self._prepare(msg, assign_seq)
         data = encode(msg, self.dialect)
-        waiter = self._expect(msg)
-        try:
-            await self._send_bytes(data)
-            waiter.sent = True
-            reply = await waiter.wait()
-        finally:
-            self._forget(waiter)
+        (raw,) = await self._pipeline(iter([(data, (msg.type, msg.seq, msg.pid))]), 1)
+        reply = decode(raw, self.dialect, request=False)
         if reply.errno:
             raise PfkeyReplyError(reply)
         return reply
 
     async def request_many(self, msgs: Iterable[Message], *, window: int = 64) -> list[Message | PfkeyReplyError]:
         """Pipeline ``msgs`` with at most ``window`` unanswered; replies or errors in order."""
-        if window < 1:
-            msg = "window must be at least 1"
-            raise ValueError(msg)
-        prepared = [self._prepare(m, assign_seq=True) for m in msgs]
-        encoded = [encode(m, self.dialect) for m in prepared]
+        _check_window(window)
+        # Everything is encoded before anything is sent: a message the dialect
+        # cannot carry raises EncodeError with nothing of the batch gone out.
+        datagrams = [self._datagram(m) for m in msgs]
         results: list[Message | PfkeyReplyError] = []
-        pending: deque[_Waiter] = deque()
-        sent = 0
-        # The receive task reads replies while this one waits to send, so a full
-        # socket in either direction cannot stall the pipeline.  The window is
-        # refilled in bursts of plain sends under one hold of the send lock.
-        while sent < len(prepared) or pending:
-            if sent < len(prepared) and len(pending) < window:
-                async with self._send_lock:
-                    while sent < len(prepared) and len(pending) < window:
-                        waiter = self._expect(prepared[sent])
-                        try:
-                            await self._send_now(encoded[sent])
-                        except BaseException:
-                            self._forget(waiter)
-                            raise
-                        waiter.sent = True
-                        pending.append(waiter)
-                        sent += 1
-            waiter = pending.popleft()
-            try:
-                reply = await waiter.wait()
-            finally:
-                self._forget(waiter)
+        for raw in await self._pipeline(iter(datagrams), window):
+            reply = decode(raw, self.dialect, request=False)
             results.append(PfkeyReplyError(reply) if reply.errno else reply)
         return results
+
+    async def request_many_raw(self, msgs: Iterable[Message | bytes], *, window: int = 64) -> list[RawReply]:
+        """As :meth:`request_many`, but the replies (errors included) are left
+        undecoded: :class:`RawReply` values, in the order of ``msgs``.
+
+        ``msgs`` is read as the window opens, so the work of a generator that
+        makes the messages overlaps the daemon's work on those in flight.  If
+        it raises (or a message cannot be encoded), the exception ends the call
+        and the replies to what was sent are discarded when they come.
+        """
+        _check_window(window)
+        dialect = self.dialect
+        datagrams = (self._datagram(m) for m in msgs)
+        return [RawReply(raw, dialect) for raw in await self._pipeline(datagrams, window)]
+
+    async def _pipeline(self, datagrams: Iterator[tuple[bytes, _Key]], window: int) -> list[bytes]:
+        """Send ``datagrams`` (each with the key its reply echoes) with at most
+        ``window`` unanswered; the replies' datagrams, in order.
+
+        The receive task reads replies while this one sends or sleeps, so a full
+        socket in either direction cannot stall the pipeline.  The window is
+        refilled in bursts of plain sends under one hold of the send lock, and
+        this task sleeps until half of it has room again: a handful of trips
+        through the scheduler per window, not one per reply.  If this task is
+        cancelled, the replies to what it sent are discarded when they come.
+        """
+        batch = _Batch()
+        refill_at = window - max(1, window // 2)
+        more = True
+        while True:
+            if batch.failure is not None:
+                raise batch.failure
+            if more and batch.outstanding < window:
+                async with self._send_lock:
+                    more = await self._burst(batch, datagrams, window)
+                continue
+            if not more and batch.outstanding == 0:
+                return batch.replies
+            batch.wake_at = refill_at if more else 0
+            await batch.lot.park()
+
+    async def _burst(self, batch: _Batch, datagrams: Iterator[tuple[bytes, _Key]], window: int) -> bool:
+        """Fill the window from ``datagrams``; the caller holds the send lock.  False
+        once ``datagrams`` is exhausted.
+
+        The whole burst is made before the first of it is sent: the sends then
+        follow each other closely, and the daemon, woken by the first, finds the
+        rest waiting instead of being woken for each.
+        """
+        room = window - batch.outstanding
+        burst = list(islice(datagrams, room))
+        raw = self._raw
+        replies = batch.replies
+        try:
+            for data, key in burst:
+                while True:
+                    if self._gone is not None:
+                        raise self._failure()
+                    try:
+                        raw.send(data)
+                        break
+                    except BlockingIOError:
+                        # The replies may be behind a dump's read-ahead: keep reading.
+                        self._dump_room.unpark_all()
+                        await trio.lowlevel.wait_writable(raw)
+                    except OSError as exc:
+                        msg = f"send to {self.path} failed: {exc.strerror}"
+                        raise trio.BrokenResourceError(msg) from exc
+                self._expect(key, (batch, len(replies)))
+                replies.append(b"")
+                batch.outstanding += 1
+        finally:
+            self._dump_room.unpark_all()  # a reply may be behind dump entries: keep reading
+        return len(burst) == room
 
     # ------------------------------------------------------------ dumps
 
@@ -379,25 +533,61 @@ class Connection:
     # ------------------------------------------------------------ receiving
 
     async def _receive_loop(self) -> None:
-        # One buffer for every receive (asking for the largest possible message would
-        # allocate half a megabyte per datagram), and every datagram that is already
-        # there is handled before the loop waits again.
+        # This task is the socket's only reader.  One buffer serves every receive
+        # (asking for the largest possible message would allocate half a megabyte
+        # per datagram).  Whatever is queued is taken with plain non-blocking
+        # receives, up to _DRAIN datagrams between two trips through the
+        # scheduler; the task waits only when the socket is empty.
+        #
+        # Coalescing.  Against a daemon slower than this side, waiting for the
+        # socket to become readable wakes this process for every reply or two,
+        # and each wake-up costs both processes more than the reply itself (in
+        # the scheduler and in the kernel).  So while many requests wait for
+        # replies and the last pass showed the daemon answering fewer than half
+        # of them per _COALESCE, the task sleeps for _COALESCE instead: the
+        # daemon still has work queued when it wakes, and a wake-up reads a
+        # dozen replies instead of one.  A fast daemon, or a few requests in
+        # flight (request() alone, a dump), and it waits for readability.
         buffer = bytearray(_RECV_SIZE)
         view = memoryview(buffer)
+        raw = self._raw
+        dispatch = self._dispatch
+        waiters = self._waiters
+        since = trio.current_time()  # when the last wait began
+        drained = 0  # datagrams read since then
+        # The daemon's recent pace: datagrams per second of time, both decayed
+        # by half at every pass.
+        count = 0.0
+        seconds = 0.0
         try:
             while True:
-                while (
-                    self._dump is not None and len(self._dump.queue) >= _DUMP_READ_AHEAD and not self._waiters
-                ):
-                    await self._dump_room.park()
-                try:
-                    size = await self._sock.recv_into(view)
-                except OSError as exc:
-                    log.debug("receive from %s failed: %s", self.path, exc)
-                    break
-                if not size:
-                    break
-                self._dispatch(bytes(view[:size]))
+                for _ in range(_DRAIN):
+                    while self._dump is not None and len(self._dump.queue) >= _DUMP_READ_AHEAD and not waiters:
+                        await self._dump_room.park()
+                    try:
+                        size = raw.recv_into(view)
+                    except BlockingIOError:
+                        now = trio.current_time()
+                        count = count / 2 + drained
+                        seconds = seconds / 2 + (now - since)
+                        due = len(waiters)
+                        since = now
+                        drained = 0
+                        if due >= _COALESCE_MIN and count * _COALESCE < seconds * due / 2:
+                            await trio.sleep(_COALESCE)
+                        else:
+                            await trio.lowlevel.wait_readable(raw)
+                        break
+                    if not size:
+                        return
+                    drained += 1
+                    dispatch(bytes(view[:size]))
+                else:
+                    await trio.lowlevel.checkpoint()
+        except OSError as exc:
+            log.debug("receive from %s failed: %s", self.path, exc)
+        except trio.ClosedResourceError:
+            pass  # aclose() closed the socket under the wait: nothing more to read
         finally:
             self._shut(trio.BrokenResourceError, f"pfkeyd at {self.path} closed the connection")
 
@@ -405,9 +595,10 @@ class Connection:
         if self._gone is None:
             self._gone = (cls, text)
         self.closed = True
-        for queue in self._waiters.values():
-            for waiter in queue:
-                waiter.resolve(self._failure())
+        for entry in self._waiters.values():
+            for batch, _index in entry if isinstance(entry, deque) else (entry,):
+                if batch.failure is None:
+                    batch.fail(self._failure())
         self._waiters.clear()
         state = self._dump
         if state is not None:
@@ -417,58 +608,55 @@ class Connection:
         self._events_ready.unpark_all()
 
     def _dispatch(self, data: bytes) -> None:
-        inner = _unwrap_promisc(data)
-        if inner is not None:
-            msg = self._decode(inner)
-            if msg is not None:
-                self._event(msg)
-            return
-        msg = self._decode(data)
-        if msg is None:
-            return
-        state = self._dump
-        if state is not None and msg.type == state.type and msg.pid == state.pid:
-            if not state.abandoned:
-                state.queue.append(msg)
-                state.ready.unpark_all()
-            if msg.errno or msg.seq == 0:
-                self._end_dump(state)
-            return
-        queue = self._waiters.get((msg.type, msg.seq, msg.pid))
-        if queue:
-            waiter = queue.popleft()
-            if not queue:
-                del self._waiters[waiter.key]
-            if not waiter.abandoned:
-                waiter.resolve(msg)
-            return
-        self._event(msg)
+        """Route one datagram by its header: a promiscuous copy, a dump entry, the
+        reply to a request (not decoded here), or an event."""
+        if len(data) >= HEADER.size:
+            _v, mtype, _e, _s, _l, _r, seq, pid = HEADER.unpack_from(data)
+            if mtype == MsgType.X_PROMISC:
+                inner = _unwrap_promisc(data)
+                if inner is not None:
+                    self._event_bytes(inner)
+                    return
+            state = self._dump
+            if state is not None and mtype == state.type and pid == state.pid:
+                self._dump_entry(state, data)
+                return
+            entry = self._waiters.pop((mtype, seq, pid), None)
+            if entry is not None:
+                if isinstance(entry, deque):
+                    slot = entry.popleft()
+                    if entry:
+                        self._waiters[(mtype, seq, pid)] = entry
+                else:
+                    slot = entry
+                batch, index = slot
+                batch.land(index, data)
+                return
+        self._event_bytes(data)
 
-    def _decode(self, data: bytes) -> Message | None:
+    def _dump_entry(self, state: _DumpState, data: bytes) -> None:
         try:
-            return decode(data, self.dialect, request=False)
+            msg = decode(data, self.dialect, request=False)
         except DecodeError as exc:
-            if len(data) >= HEADER.size:
-                _v, mtype, _e, _s, _l, _r, seq, pid = HEADER.unpack_from(data)
-                queue = self._waiters.pop((mtype, seq, pid), None)
-                if queue:
-                    for waiter in queue:
-                        waiter.resolve(exc)
-                    return None
-                state = self._dump
-                if state is not None and mtype == state.type and pid == state.pid:
-                    # A dump entry this side cannot read (a dialect mismatch, most
-                    # likely): the dump fails rather than waiting for a seq 0 that
-                    # may have been in it.
-                    if not state.abandoned:
-                        state.queue.append(exc)
-                        state.ready.unpark_all()
-                    self._end_dump(state)
-                    return None
-            log.warning("undecodable message from %s: %s", self.path, exc)
-            return None
+            # A dump entry this side cannot read (a dialect mismatch, most likely):
+            # the dump fails rather than waiting for a seq 0 that may have been in it.
+            if not state.abandoned:
+                state.queue.append(exc)
+                state.ready.unpark_all()
+            self._end_dump(state)
+            return
+        if not state.abandoned:
+            state.queue.append(msg)
+            state.ready.unpark_all()
+        if msg.errno or msg.seq == 0:
+            self._end_dump(state)
 
-    def _event(self, msg: Message) -> None:
+    def _event_bytes(self, data: bytes) -> None:
+        try:
+            msg = decode(data, self.dialect, request=False)
+        except DecodeError as exc:
+            log.warning("undecodable message from %s: %s", self.path, exc)
+            return
         if len(self._events) >= self._event_buffer:
             self._events.popleft()
             self.events_dropped += 1
@@ -568,6 +756,12 @@ class Connection:
     async def spddelete2(self, policy_id: int) -> Message:
         """SADB_X_SPDDELETE2: delete the policy with that id."""
         return await self.request(Message(MsgType.X_SPDDELETE2, exts=(Policy(0, 0, policy_id),)))
+
+
+def _check_window(window: int) -> None:
+    if window < 1:
+        msg = "window must be at least 1"
+        raise ValueError(msg)
 
 
 def _unwrap_promisc(data: bytes) -> bytes | None:

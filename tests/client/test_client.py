@@ -36,21 +36,24 @@ ENC = (EncAlg.X_AESCBC, bytes(range(16)))
 AUTH = (AuthAlg.X_SHA2_256, bytes(range(32)))
 
 PUBLIC_METHODS = {
-    "request", "send", "request_many", "dump", "spddump", "events", "aclose",
+    "request", "send", "request_many", "request_many_raw", "dump", "spddump", "events", "aclose",
     "register", "getspi", "add", "update", "delete", "get", "flush", "spdflush", "promisc",
     "spdadd", "spdget", "spddelete2",
 }
 
 
 def test_the_public_api_is_pinned() -> None:
-    assert pfkeyd.client.__all__ == ["open", "control", "Connection", "PfkeyReplyError", "AddressLike"]
+    assert pfkeyd.client.__all__ == ["open", "control", "Connection", "PfkeyReplyError", "RawReply", "AddressLike"]
     methods = {name for name, _ in inspect.getmembers(Connection, inspect.isfunction) if not name.startswith("_")}
     assert methods == PUBLIC_METHODS
     assert list(inspect.signature(pfkeyd.client.open).parameters) == ["path", "dialect", "pid", "event_buffer"]
     assert list(inspect.signature(Connection.request).parameters) == ["self", "msg", "assign_seq"]
     assert list(inspect.signature(Connection.request_many).parameters) == ["self", "msgs", "window"]
+    assert list(inspect.signature(Connection.request_many_raw).parameters) == ["self", "msgs", "window"]
+    raw_fields = {name for name, _ in inspect.getmembers(pfkeyd.client.RawReply) if not name.startswith("_")}
+    assert raw_fields == {"data", "dialect", "type", "satype", "errno", "seq", "pid", "message"}
     assert list(inspect.signature(Connection.dump).parameters) == ["self", "satype"]
-    for name in sorted(PUBLIC_METHODS):
+    for name in sorted(PUBLIC_METHODS | raw_fields | {"RawReply"}):
         assert name in (pfkeyd.client.__doc__ or ""), f"{name} is not documented in the module docstring"
 
 
