@@ -41,7 +41,8 @@ others     the header alone (flush, dump, spdflush, spddump)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+from collections.abc import Iterable, Sequence
 
 from pfkeyd import algorithms as alg
 from pfkeyd.wire.constants import ExtType, MsgType, NatTType, PolicyType, SaFlag, SaType
@@ -64,6 +65,7 @@ from pfkeyd.wire.ext import (
 from pfkeyd.wire.ext import NatTType as NatTTypeExt
 from pfkeyd.wire.message import Message
 from pfkeyd.wire.sockaddr import SockAddr, encode_sockaddr
+from setkey import commands
 from setkey.commands import (
     PRIORITY_DEFAULT,
     Add,
@@ -133,12 +135,12 @@ def _plen(sa: SockAddr) -> int:
     return sa.max_prefix
 
 
-def _pairs(src: Iterable[SockAddr], dst: Iterable[SockAddr]) -> Iterator[tuple[SockAddr, SockAddr]]:
-    dsts = list(dst)
-    for s in src:
-        for d in dsts:
-            if s.version == d.version:
-                yield s, d
+def _pairs(src: Sequence[SockAddr], dst: Sequence[SockAddr]) -> list[tuple[SockAddr, SockAddr]]:
+    """Every source with every destination of the same family, sources first."""
+    if len(src) == 1 and len(dst) == 1:  # the usual case, without the loops
+        s, d = src[0], dst[0]
+        return [(s, d)] if s.version == d.version else []
+    return [(s, d) for s in src for d in dst if s.version == d.version]
 
 
 def _sec_ctx(context: SecContext | None, dialect: Dialect) -> list[Extension]:
@@ -155,8 +157,24 @@ def _replay(replay: int, dialect: Dialect) -> tuple[int, list[Extension]]:
     return replay & _U8, []
 
 
-def _sa_and_sa2(cmd: SaStatement, dialect: Dialect, algorithms: Algorithms | None) -> list[Extension]:
-    opts = cmd.options
+#: An SA statement's extensions but SA itself (before it, after it) and the
+#: fields of SA but the SPI.
+_SaParts = tuple[tuple[Extension, ...], tuple[int, int, int, int, int], tuple[Extension, ...]]
+
+
+@functools.lru_cache(maxsize=1024)
+def _sa_parts(proto: Proto, opts: SaOptions, algorithms: Algorithms | None, dialect: Dialect) -> _SaParts:
+    """What the messages of SA statements with the same protocol, options and
+    algorithms share, whatever their SPIs and addresses: the extensions before SA
+    (keys, lifetimes, security context), the fields of sadb_sa after the SPI, and
+    the extensions after SA (X_SA2 and FreeBSD's X_SA_REPLAY).
+
+    The transformer shares one options value and one algorithms value between the
+    statements that write the same ones, and the extensions are frozen values, so
+    a script's thousands of SAs build these once.  ``algorithms`` is None for
+    getspi, get and delete, which send no keys.
+    """
+    before = [*_keys(proto, algorithms, dialect), *_lifetimes(opts), *_sec_ctx(opts.context, dialect)]
     replay, replay_ext = _replay(opts.replay, dialect)
     auth = encrypt = 0
     if algorithms is not None:
@@ -166,8 +184,8 @@ def _sa_and_sa2(cmd: SaStatement, dialect: Dialect, algorithms: Algorithms | Non
             encrypt = _alg_id(alg.Kind.ENCRYPT, algorithms.encrypt.name, dialect)
         elif algorithms.compress is not None:
             encrypt = _alg_id(alg.Kind.COMPRESS, algorithms.compress.name, dialect)
-    flags = sa_flags(cmd.proto, opts, algorithms, dialect)
-    return [Sa(cmd.spi, replay, 0, auth, encrypt, flags), Sa2(opts.mode, 0, opts.reqid), *replay_ext]
+    flags = sa_flags(proto, opts, algorithms, dialect)
+    return tuple(before), (replay, 0, auth, encrypt, flags), (Sa2(opts.mode, 0, opts.reqid), *replay_ext)
 
 
 def _lifetimes(opts: SaOptions) -> list[Extension]:
@@ -179,12 +197,12 @@ def _lifetimes(opts: SaOptions) -> list[Extension]:
     return out
 
 
-def _keys(cmd: SaStatement, algorithms: Algorithms | None, dialect: Dialect) -> list[Extension]:
+def _keys(proto: Proto, algorithms: Algorithms | None, dialect: Dialect) -> list[Extension]:
     out: list[Extension] = []
     if algorithms is None:
         return out
     enc = algorithms.encrypt
-    if enc is not None and cmd.proto.satype != SaType.X_IPCOMP:
+    if enc is not None and proto.satype != SaType.X_IPCOMP:
         if enc.key is not None:
             out.append(Key(ExtType.KEY_ENCRYPT, enc.key))
         elif dialect is Dialect.LINUX:
@@ -207,15 +225,18 @@ def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
     satype = cmd.proto.satype
     opts = cmd.options
     algorithms = cmd.algorithms if isinstance(cmd, Add | Update) else None
+    before, sa_fields, after = _sa_parts(cmd.proto, opts, algorithms, dialect)
+    sa = Sa(cmd.spi, *sa_fields)
     if mtype in (MsgType.GET, MsgType.DELETE):
         # setkeymsg_addr: SA and X_SA2 (no algorithms), then the addresses
-        head = _sa_and_sa2(cmd, dialect, None)
-        return [Message(mtype, satype, 0, pid, exts=(*head, *_addresses(s, d))) for s, d in _pairs(item.src, item.dst)]
+        return [Message(mtype, satype, 0, pid, exts=(sa, *after, *_addresses(s, d)))
+                for s, d in _pairs(item.src, item.dst)]
     # setkeymsg_add
-    head = [*_keys(cmd, algorithms, dialect), *_lifetimes(opts), *_sec_ctx(opts.context, dialect)]
+    head = list(before)
     if mtype == MsgType.GETSPI and cmd.spi:
         head.append(SpiRange(cmd.spi, cmd.spi))
-    head += _sa_and_sa2(cmd, dialect, algorithms)
+    head.append(sa)
+    head += after
     udp = False
     if opts.natt is not None and item.natt_oa is not None and item.natt_oar is not None:
         # FreeBSD -natt: the original addresses with proto 0 and port 0
@@ -242,42 +263,48 @@ def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
     return out
 
 
-def _policy(item: Resolved, dialect: Dialect) -> Policy:
-    cmd = item.command
-    assert isinstance(cmd, SpdStatement)
-    p = cmd.policy
+#: The request tunnels of a resolved SPD statement (Resolved.tunnels).
+_Tunnels = tuple[tuple[SockAddr, SockAddr] | None, ...]
+
+
+@functools.lru_cache(maxsize=1024)
+def _policies(p: commands.Policy, tunnels: _Tunnels, dialect: Dialect, fwd_copies: bool) -> tuple[Policy, ...]:
+    """The X_POLICY of an SPD statement, and its fwd copy when one is sent.
+
+    The parser shares one value between the statements that write the same
+    policy text, and the extensions are frozen values, so a script builds each
+    policy once.
+    """
     if dialect is Dialect.LINUX:
         priority = p.priority if p.priority is not None else (PRIORITY_DEFAULT if p.action is not None else 0)
     else:
         priority = 0
     requests = []
-    for request, tunnel in zip(p.requests, item.tunnels, strict=True):
+    for request, tunnel in zip(p.requests, tunnels, strict=True):
         src, dst = tunnel if tunnel is not None else (None, None)
         requests.append(IpsecRequest(request.proto, request.mode, request.level, request.reqid, src, dst))
     ptype = p.action if p.action is not None else PolicyType.DISCARD
-    return Policy(ptype, p.direction, 0, priority, 0, tuple(requests))
+    policy = Policy(ptype, p.direction, 0, priority, 0, tuple(requests))
+    if not (dialect is Dialect.LINUX and fwd_copies and policy.dir == 1):  # IPSEC_DIR_INBOUND
+        return (policy,)
+    # ipsec-tools' RFC mode: the same policy for forwarded traffic; a unique
+    # first request becomes require with reqid 0 (only the first, as in
+    # setkeymsg_spdaddr).
+    if requests and requests[0].level == 3:  # IPSEC_LEVEL_UNIQUE
+        first = requests[0]
+        requests[0] = IpsecRequest(first.proto, first.mode, 2, 0, first.src, first.dst)
+    return policy, Policy(policy.type, 3, policy.id, policy.priority, policy.scope, tuple(requests))
 
 
 def _spd_messages(item: Resolved, dialect: Dialect, pid: int, fwd_copies: bool) -> list[Message]:
     cmd = item.command
     assert isinstance(cmd, SpdStatement)
     mtype = _SPD_TYPES[type(cmd)]
-    policy = _policy(item, dialect)
     (s,), (d,) = item.src, item.dst
     tail = _sec_ctx(cmd.context, dialect)
     addresses = _addresses(s, d, cmd.upper, cmd.src.prefix, cmd.dst.prefix)
-    out = [Message(mtype, 0, 0, pid, exts=(policy, *addresses, *tail))]
-    if dialect is Dialect.LINUX and fwd_copies and policy.dir == 1:  # IPSEC_DIR_INBOUND
-        # ipsec-tools' RFC mode: the same policy for forwarded traffic; a unique
-        # first request becomes require with reqid 0 (only the first, as in
-        # setkeymsg_spdaddr).
-        requests = list(policy.requests)
-        if requests and requests[0].level == 3:  # IPSEC_LEVEL_UNIQUE
-            first = requests[0]
-            requests[0] = IpsecRequest(first.proto, first.mode, 2, 0, first.src, first.dst)
-        fwd = Policy(policy.type, 3, policy.id, policy.priority, policy.scope, tuple(requests))
-        out.append(Message(mtype, 0, 0, pid, exts=(fwd, *addresses, *tail)))
-    return out
+    return [Message(mtype, 0, 0, pid, exts=(policy, *addresses, *tail))
+            for policy in _policies(cmd.policy, item.tunnels, dialect, fwd_copies)]
 
 
 def needs_dump(cmd: object, dialect: Dialect | str) -> bool:

@@ -22,6 +22,7 @@ placed on the word it is about; all are raised together.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 from pfkeyd import algorithms as alg
@@ -29,6 +30,7 @@ from pfkeyd.wire.constants import Direction, IpProto
 from pfkeyd.wire.dialect import Dialect
 from setkey.commands import (
     Add,
+    Algorithms,
     AlgSpec,
     Command,
     DeleteAll,
@@ -36,6 +38,7 @@ from setkey.commands import (
     Flush,
     Policy,
     Proto,
+    SaOptions,
     SaStatement,
     SpdStatement,
     SpdTagged,
@@ -74,25 +77,41 @@ def _cannot(what: str, d: Dialect) -> str:
     return f"{what} cannot be carried by the {d.value} dialect"
 
 
-def _command(cmd: Command, d: Dialect) -> Iterator[tuple[str, str | None]]:
+#: The problems of one statement: (message, the word it is about).
+_Problems = tuple[tuple[str, str | None], ...]
+
+
+def _command(cmd: Command, d: Dialect) -> _Problems:
+    # The parts of a statement that scripts repeat (protocol, options,
+    # algorithms, policy) are shared values (see setkey.transformer), so their
+    # problems are memoised: a script of many statements checks each once.
     if isinstance(cmd, SaStatement):
-        yield from _proto(cmd.proto, d)
-        yield from _sa(cmd, d)
-    elif isinstance(cmd, DeleteAll | Flush | Dump):
-        yield from _proto(cmd.proto, d)
-    elif isinstance(cmd, SpdStatement):
-        yield from _spd(cmd, d)
-    elif isinstance(cmd, SpdTagged):
-        yield _cannot(f'{cmd.keyword} tagged "{cmd.tag}" (a policy for a packet tag, SADB_X_EXT_TAG)', d), "tagged"
+        algorithms = cmd.algorithms if isinstance(cmd, Add | Update) else None
+        return _sa_problems(cmd.proto, cmd.options, algorithms, d)
+    if isinstance(cmd, DeleteAll | Flush | Dump):
+        return _proto_problems(cmd.proto, d)
+    if isinstance(cmd, SpdStatement):
+        return _spd(cmd, d)
+    if isinstance(cmd, SpdTagged):
+        return ((_cannot(f'{cmd.keyword} tagged "{cmd.tag}" (a policy for a packet tag, SADB_X_EXT_TAG)', d),
+                 "tagged"),)
+    return ()
 
 
-def _proto(proto: Proto, d: Dialect) -> Iterator[tuple[str, str | None]]:
+@functools.lru_cache(maxsize=64)
+def _proto_problems(proto: Proto, d: Dialect) -> _Problems:
     if proto is Proto.TCP and d is Dialect.LINUX:
-        yield _cannot("tcp (TCP-MD5 SAs, SADB_X_SATYPE_TCPSIGNATURE)", d), "tcp"
+        return ((_cannot("tcp (TCP-MD5 SAs, SADB_X_SATYPE_TCPSIGNATURE)", d), "tcp"),)
+    return ()
 
 
-def _sa(cmd: SaStatement, d: Dialect) -> Iterator[tuple[str, str | None]]:
-    opts = cmd.options
+@functools.lru_cache(maxsize=1024)
+def _sa_problems(proto: Proto, opts: SaOptions, algorithms: Algorithms | None, d: Dialect) -> _Problems:
+    """The problems of an SA statement (``algorithms`` None: getspi, get, delete)."""
+    return _proto_problems(proto, d) + tuple(_sa(proto, opts, algorithms, d))
+
+
+def _sa(proto: Proto, opts: SaOptions, algs: Algorithms | None, d: Dialect) -> Iterator[tuple[str, str | None]]:
     if d is Dialect.LINUX:
         if opts.natt is not None:
             yield _cannot("-natt (the NAT-T original addresses OAI and OAR)", d), "-natt"
@@ -111,12 +130,11 @@ def _sa(cmd: SaStatement, d: Dialect) -> Iterator[tuple[str, str | None]]:
         if opts.replay > FREEBSD_REPLAY_MAX:
             yield (f"replay window {opts.replay} is too large for the freebsd dialect "
                    f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
-    if isinstance(cmd, Add | Update):
-        algs = cmd.algorithms
+    if algs is not None:
         for kind, spec in ((alg.Kind.ENCRYPT, algs.encrypt), (alg.Kind.AUTH, algs.auth),
                            (alg.Kind.COMPRESS, algs.compress)):
             if spec is not None:
-                yield from _algorithm(kind, spec, cmd.proto, d)
+                yield from _algorithm(kind, spec, proto, d)
 
 
 def _algorithm(kind: alg.Kind, spec: AlgSpec, proto: Proto, d: Dialect) -> Iterator[tuple[str, str | None]]:
@@ -158,12 +176,21 @@ def _bits(accepted: range) -> str:
     return f"{values[0]} to {values[-1]} bits"
 
 
-def _spd(cmd: SpdStatement, d: Dialect) -> Iterator[tuple[str, str | None]]:
-    if cmd.context is not None and d is Dialect.FREEBSD:
-        yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", d), "-ctx"
-    if cmd.upper_ports is not None and d is Dialect.FREEBSD and cmd.upper != IpProto.IPV6_ICMP:
-        yield _cannot("an upper-layer specification (type,code or key) other than icmp6's", d), None
-    yield from _policy(cmd.policy, d)
+def _spd(cmd: SpdStatement, d: Dialect) -> _Problems:
+    policy = _policy_problems(cmd.policy, d)
+    if d is not Dialect.FREEBSD:
+        return policy  # the selector's own problems are FreeBSD's
+    found: list[tuple[str, str | None]] = []
+    if cmd.context is not None:
+        found.append((_cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", d), "-ctx"))
+    if cmd.upper_ports is not None and cmd.upper != IpProto.IPV6_ICMP:
+        found.append((_cannot("an upper-layer specification (type,code or key) other than icmp6's", d), None))
+    return (*found, *policy)
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_problems(policy: Policy, d: Dialect) -> _Problems:
+    return tuple(_policy(policy, d))
 
 
 def _policy(policy: Policy, d: Dialect) -> Iterator[tuple[str, str | None]]:

@@ -7,17 +7,19 @@ The grammars (``setkey.lark``, ``policy.lark``, installed as the package
 contextual lexer and ``strict=True``, with the transformers of
 :mod:`setkey.transformer` inlined.  Two drivers run the LALR tables lark built:
 
-* the fast driver (:class:`_Fast`): one ``findall`` cuts the text into
+* the fast driver (:class:`_Fast`): one ``re.split`` cuts the text into
   lexemes; the driver makes the contextual lexer's choices itself (a word is a
   keyword only where the state accepts that keyword, a number only where a
   number is accepted) and runs lark's action table, statement by statement,
   recording each statement shape's actions once and replaying them (see the
   class).  Each reduction calls the transformer's method, as lark would.
   Tokens are plain strings, not lark Tokens.  Measured on the CI machine kind
-  (bench/setkey_parse.py), lark's own lexer and parser read 8 000 to 13 000
+  (bench/setkey_parse.py), lark's own lexer and parser read 8 000 to 16 000
   statements a second; a script of 100 000 statements has to parse at 20 000
-  a second or more, and the fast driver reads 30 000 to 45 000 (15 000 to
-  21 000 when every statement has its own keys and tunnel policy).
+  a second or more (``setkey -f`` of bench/setkey_load.py's script, which
+  also checks, resolves, builds and sends, at 15 000), and the fast driver
+  reads 48 000 to 60 000 (22 000 to 24 000 when every statement has its own
+  keys and tunnel policy).
 * lark's own lexer and parser, used whenever the fast driver meets anything it
   does not accept.  They re-parse the whole text with error recovery (``on_error``
   puts the parser back at the start of a statement and skips to the next ";"),
@@ -37,9 +39,11 @@ problems are raised together as one :class:`~setkey.errors.SetkeyErrors`.
 from __future__ import annotations
 
 import functools
+import itertools
+import operator
 import re
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 from lark import Lark, UnexpectedCharacters, UnexpectedInput, UnexpectedToken
 from lark.lexer import PatternStr, TerminalDef
@@ -145,28 +149,94 @@ class _Fail(Exception):
     """The fast driver gives up; lark's own parser takes over."""
 
 
-# Signature marks of lexemes that are not keywords or symbols (never a keyword).
+# Signature marks of lexemes that are not keywords or symbols (never a keyword);
+# _RAW_LEXEME is "-P" and the policy text in one lexeme, _RAW the policy text.
 _NUMBER, _HEXNUM, _WORD, _QUOTED, _RAW, _UNIQUE, _END = "\0#", "\0x", "\0w", "\0q", "\0r", "\0u", "\0$"
+_RAW_LEXEME = "\0P"
 _HEX = re.compile(r"0[xX][0-9A-Fa-f]+")
+
+#: Distinct lexemes whose marks one parse remembers (see _Fast.parse).
+_LEARNED_LIMIT = 1 << 16
+
+
+class _Marks(dict[str, str]):
+    """The marks of lexemes (see :class:`_Fast`): those of keywords and symbols
+    to start with, then those of the other lexemes as they are met, since
+    scripts repeat words (keys, algorithm names, hosts, policies).  A mark
+    depends on the lexeme's text alone, so they are kept from one parse to
+    the next, up to a limit."""
+
+    def __init__(self, known: Mapping[str, str], classify: Callable[[str], str]) -> None:
+        super().__init__(known)
+        self._known = dict(known)
+        self._classify = classify
+
+    def __missing__(self, value: str) -> str:
+        m = self._classify(value)
+        if len(self) >= _LEARNED_LIMIT:
+            self.clear()
+            self.update(self._known)
+        self[value] = m
+        return m
+
+
+class _Trace(NamedTuple):
+    """What the LALR automaton does over one unit (a statement) of a given signature.
+
+    The values a unit works on are its *slots*, numbered in this order: the
+    ``consumed`` values it takes off the value stack, its tokens, the values of
+    its ``groups`` (rules that only group tokens: a slice of the tokens each,
+    as a tuple), then the results of its ``calls`` (the other reductions, in
+    the parser's order: the transformer's method and a getter of its
+    arguments' slots).  ``kept`` are the slots it leaves on the value stack.
+    ``popped`` and ``pushed`` are what it does to the state stack, ``raw_at``
+    the lexeme that is "-P" and the policy text (two tokens), or -1.
+    """
+
+    raw_at: int
+    consumed: int
+    groups: tuple[slice, ...]
+    calls: tuple[tuple[Callable[..., Any], Callable[[list[Any]], Any]], ...]
+    kept: tuple[int, ...]
+    popped: int
+    pushed: tuple[Any, ...]
+    accepts: bool
+
+
+def _getter(slots: list[int]) -> Callable[[list[Any]], Any]:
+    """A function of the slot list that gives the values of ``slots``, for ``f(*get(values))``."""
+    if len(slots) >= 2:
+        return operator.itemgetter(*slots)
+    start = slots[0] if slots else 0
+    return operator.itemgetter(slice(start, start + len(slots)))
 
 
 class _Fast:
     """A lean LALR driver over the tables lark built for a grammar.
 
-    ``lexeme_re`` is searched with ``findall`` over the whole text: group 1 is
-    the blanks and comments before a lexeme, group 2 the lexeme (empty at the
-    end of the text).  A lexeme is classified by its text: a keyword or symbol
-    of the grammar, a number, a 0x-number, a "quoted string", a word, a
+    ``lexeme_re`` cuts the text: group 1 is the blanks and comments before a
+    lexeme, group 2 the lexeme (empty at the end of the text); ``uncommented_re``
+    cuts a text without "#" as ``lexeme_re`` does, faster.  A lexeme is
+    classified by its text (its *mark*): a keyword or symbol of the grammar is
+    its own mark; otherwise a number, a 0x-number, a "quoted string", a word, a
     ``unique:N`` (policy), or ``raw_prefix`` followed by raw text (the policy
     after -P, which becomes two tokens).
 
-    Statements are the unit of work.  The *signature* of a statement (the
-    classes of its lexemes, the text of keywords and symbols) and the LALR
-    state at its start decide every choice of the contextual lexer and of the
-    parser.  The first statement of each signature is run through the LALR
-    automaton token by token and its actions are kept as a trace; a later
-    statement with that signature replays the trace: push the tokens, call the
-    reductions.  Scripts have few signatures.
+    Statements are the unit of work.  The *signature* of a statement (the marks
+    of its lexemes) and the LALR state at its start decide every choice of the
+    contextual lexer and of the parser.  The first statement of each signature
+    is run through the LALR automaton token by token and what it does is kept
+    as a :class:`_Trace`; a later statement with that signature replays the
+    trace: its groups and its calls of the transformer, no parse table.
+    Scripts have few signatures.
+
+    The automaton makes each statement's reductions as soon as the statement
+    ends, without waiting for the next token, where the state has one possible
+    action, a reduction, whatever comes next (Bison's default reductions: they
+    change no accepted text and no call's order, and only delay the detection
+    of an error to the next token, which then fails the fast driver anyway).
+    So a statement's trace builds its own command and appends it to the list,
+    and every statement after the first starts in the same state.
 
     Tokens are the lexemes' text; the first of each statement is a
     :class:`~setkey.transformer.Located` that knows its line and column.
@@ -176,7 +246,8 @@ class _Fast:
 
     def __init__(self, lark: Lark, start: str, lexeme_re: re.Pattern[str], word_type: str, *,
                  statement_end: str | None, raw_prefix: tuple[str, str] | None = None,
-                 option_fallback: tuple[str, re.Pattern[str]] | None = None, locate_statements: bool = True) -> None:
+                 option_fallback: tuple[str, re.Pattern[str]] | None = None, locate_statements: bool = True,
+                 uncommented_re: re.Pattern[str] | None = None) -> None:
         parser = lark.parser.parser.parser  # lark's _Parser: its parse table
         table = parser.parse_table
         transformer = lark.options.transformer
@@ -186,15 +257,16 @@ class _Fast:
         # have no rule that lark would inline or filter (no "_rule", "?rule",
         # anonymous token or "*" helper), so lark's own callback would call the
         # method with the same children.  Methods marked as groups return their
-        # children as a tuple; the trace builds the tuple without the call.
-        functions: dict[Any, Any] = {}
+        # children as a tuple; a trace builds the tuple without the call.
+        functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
         for rule in lark.rules:
             name = str(rule.alias or rule.origin.name)
             if name.startswith("_") or rule.options.expand1 or rule.options.empty_indices:
                 raise AssertionError(f"rule {name} needs lark's tree shaping")
             method = getattr(transformer, name).base_func
-            functions[rule] = None if getattr(method, "__setkey_group__", False) else method
+            functions[rule] = method, getattr(method, "__setkey_group__", False)
         actions: dict[Any, dict[str, Any]] = {}
+        defaults: dict[Any, tuple[int, tuple[Callable[..., Any], bool], str]] = {}
         for state, row in table.states.items():
             out: dict[str, Any] = {}
             for symbol, (action, arg) in row.items():
@@ -203,8 +275,12 @@ class _Fast:
                 else:
                     out[str(symbol)] = (len(arg.expansion), functions[arg], str(arg.origin.name))
             actions[state] = out
+            if len({id(arg) for _, arg in row.values()}) == 1 and all(a.name == "Reduce" for a, _ in row.values()):
+                defaults[state] = next(iter(out.values()))
         self.actions = actions
-        self.findall = lexeme_re.findall
+        self.defaults = defaults
+        self.split = lexeme_re.split
+        self.split_uncommented = (uncommented_re or lexeme_re).split
         self.word_type = word_type
         self.statement_end = statement_end
         self.raw_prefix = raw_prefix
@@ -212,17 +288,21 @@ class _Fast:
         self.locate_statements = locate_statements
         # Keywords and symbols: their text is their signature mark.
         self.types = {t.pattern.value: str(t.name) for t in lark.terminals if isinstance(t.pattern, PatternStr)}
-        self.marks = {value: value for value in self.types}
-        self.traces: dict[tuple[Any, ...], tuple[list[Any], int, list[Any], bool]] = {}
+        marks = {value: value for value in self.types}
+        marks[""] = _END  # the empty lexeme at the end of the text
+        self.learned = _Marks(marks, self._mark)
+        self.traces: dict[tuple[Any, ...], _Trace] = {}
 
-    @staticmethod
-    def _mark(value: str) -> str:
+    def _mark(self, value: str) -> str:
         """The signature mark of a lexeme that is not a keyword or symbol."""
         c = value[0]
         if c == '"':
             return _QUOTED
         if c == "-":
-            return value  # an option word the grammar does not know (-4n), or -P...
+            raw = self.raw_prefix
+            if raw is not None and value.startswith(raw[0]):
+                return _RAW_LEXEME
+            return value  # an option word the grammar does not know (-4n)
         if value.isdigit():
             return _NUMBER
         if c == "0" and _HEX.fullmatch(value):
@@ -232,164 +312,246 @@ class _Fast:
         return _WORD
 
     def parse(self, text: str) -> Any:
-        marks = self.marks
-        mark = self._mark
+        # re.split gives [gap, blank, lexeme, gap, blank, lexeme, ..., gap]: a
+        # gap is text that no lexeme matches, which the fast driver leaves to
+        # lark's error reports.  As tuples, the parts and the lexemes (millions
+        # of strings for a big script) are looked at by the garbage collector
+        # once, which then stops tracking them; lists would be scanned again at
+        # every collection while the parse builds its values.
+        parts = tuple((self.split if "#" in text else self.split_uncommented)(text))
+        if any(itertools.islice(parts, 0, None, 3)):
+            raise _Fail
+        lexemes = parts[2::3]
+        end = lexemes.index("")  # the first empty lexeme: the end of the text
+        mark_of = self.learned.__getitem__
         traces = self.traces
         statement_end = self.statement_end
-        raw = self.raw_prefix
-        raw_text = raw[0] if raw is not None else ""
-        raw_len = len(raw_text)
+        raw_text, raw_len = (self.raw_prefix[0], len(self.raw_prefix[0])) if self.raw_prefix is not None else ("", 0)
+        locate_statements = self.locate_statements
         stack = [self.start_state]
         values: list[Any] = []
-        tokens: list[Any] = []
-        signature: list[Any] = [stack[-1]]
-        offset = 0
+        i = 0
+        pos = 0  # the offset of parts[3 * i], the gap before lexeme i
+        # A statement ends where its parts joined end; in a text without quotes
+        # and comments, where no other lexeme or blank holds the character of
+        # statement_end, where that character is found.
+        plain_end = statement_end if '"' not in text and "#" not in text else None
         line = 1
         counted = 0  # the offset up to which newlines are counted in ``line``
-        first = 0  # offset of the statement's first lexeme
-        for blank, value in self.findall(text):
-            if not tokens:
-                first = offset + len(blank)
-            m = marks.get(value)
-            if m is None:
-                if not value:
-                    m = _END
-                else:
-                    m = mark(value)
-                    if raw_len and m[:raw_len] == raw_text:
-                        # "-P" and the policy text: two tokens
-                        tokens.append(raw_text)
-                        signature.append(raw_text)
-                        value = value[raw_len:]
-                        offset += raw_len
-                        m = _RAW
-            tokens.append(value)
-            signature.append(m)
-            offset += len(blank) + len(value)
-            if m not in (statement_end, _END):
-                continue
-            # A whole statement: place its first word, then run it.
-            kw = tokens[0]
-            if kw and self.locate_statements:
+        while True:
+            # One statement: lexemes[i:j], its ";" last, or the rest of the text.
+            if statement_end is None:
+                j = end + 1
+            else:
+                try:
+                    j = lexemes.index(statement_end, i, end) + 1
+                except ValueError:  # the text ends inside a statement
+                    j = end + 1
+            tokens = list(lexemes[i:j])
+            key = (stack[-1], *map(mark_of, tokens))
+            trace = traces.get(key)
+            if locate_statements and i < end:
+                # Place its first word: Located knows its line and column.
+                first = pos + len(parts[3 * i + 1])
                 line += text.count("\n", counted, first)
                 counted = first
-                tokens[0] = Located.at(kw, line, first - text.rfind("\n", 0, first))
-            key = tuple(signature)
-            trace = traces.get(key)
+                tokens[0] = Located.at(tokens[0], line, first - text.rfind("\n", 0, first))
+                if plain_end is not None and j <= end:
+                    pos = text.index(plain_end, first) + 1
+                else:
+                    pos = first + len("".join(parts[3 * i + 2 : 3 * j]))
             if trace is None:
-                trace = self._trace(stack, tokens, signature)
+                trace = self._trace(stack, list(lexemes[i:j]), list(key[1:]))
                 if len(traces) >= self._TRACE_LIMIT:
                     traces.clear()
                 traces[key] = trace
-            ops, popped, pushed, accepts = trace
-            for op in ops:
-                if op.__class__ is slice:
-                    values.extend(tokens[op])
-                    continue
-                size, function = op
-                if size:
-                    children = values[-size:]
-                    del values[-size:]
-                    values.append(tuple(children) if function is None else function(*children))
-                else:
-                    values.append(() if function is None else function())
+            raw_at, consumed, groups, calls, kept, popped, pushed, accepts = trace
+            if raw_at >= 0:
+                raw = tokens[raw_at]
+                tokens[raw_at : raw_at + 1] = raw_text, raw[raw_len:]
+            toks = tuple(tokens)
+            if consumed:
+                slots = values[-consumed:]
+                del values[-consumed:]
+            else:
+                slots = []
+            slots += toks
+            slots += map(toks.__getitem__, groups)
+            for function, arguments in calls:
+                slots.append(function(*arguments(slots)))
+            values += map(slots.__getitem__, kept)
             if accepts:
-                if offset != len(text):
-                    raise _Fail  # findall skipped a character that no lexeme matches
                 return values[-1]
             del stack[len(stack) - popped:]
-            stack.extend(pushed)
-            tokens = []
-            signature = [stack[-1]]
-        raise _Fail  # pragma: no cover - findall always ends with the empty lexeme
+            stack += pushed
+            i = j
 
-    def _trace(self, stack: list[Any], tokens: list[str], signature: list[Any]
-               ) -> tuple[list[Any], int, list[Any], bool]:
+    def _trace(self, stack: list[Any], lexemes: list[str], marks: list[str]) -> _Trace:
         """Run the LALR automaton over one statement and record what it does.
 
         Works on a copy of ``stack``; raises :class:`_Fail` where the grammar
         does not accept the statement.
         """
+        raw_at = marks.index(_RAW_LEXEME) if _RAW_LEXEME in marks else -1
+        tokens, signature = list(lexemes), list(marks)
+        if raw_at >= 0:
+            assert self.raw_prefix is not None
+            raw_text = self.raw_prefix[0]
+            tokens[raw_at : raw_at + 1] = raw_text, tokens[raw_at][len(raw_text) :]
+            signature[raw_at : raw_at + 1] = raw_text, _RAW
         actions = self.actions
-        types = self.types
         stack = list(stack)
         height = low = len(stack)
-        ops: list[Any] = []
-        for index, (value, m) in enumerate(zip(tokens, signature[1:], strict=True)):
+        # The value stack, symbolically; ``lowest`` is how far down the
+        # statement took values that were there before it.
+        below = len(stack) - 1
+        values: list[_Ref] = [("old", n) for n in range(below)]
+        lowest = below
+        nodes: list[_Node] = []
+
+        def reduce(size: int, function: tuple[Callable[..., Any], bool], origin: str) -> Any:
+            nonlocal low, lowest
+            children = values[len(values) - size :]
+            del values[len(values) - size :]
+            lowest = min(lowest, len(values))
+            nodes.append((*function, children))
+            values.append(("node", len(nodes) - 1))
+            if size:
+                del stack[-size:]
+                low = min(low, len(stack))
+            goto = actions[stack[-1]][origin]
+            stack.append(goto)
+            return goto
+
+        accepts = False
+        for index, (value, m) in enumerate(zip(tokens, signature, strict=True)):
             row = actions[stack[-1]]
-            t: str | None
-            if m == _WORD:
-                t = self.word_type
-            elif m == _NUMBER:
-                t = "DEC" if "DEC" in row else self.word_type
-            elif m == _HEXNUM:
-                t = "HEX" if "HEX" in row else self.word_type
-            elif m == _QUOTED:
-                t = "QUOTED"
-            elif m == _RAW:
-                t = "POLICY"
-            elif m == _UNIQUE:
-                t = "UNIQUE_ID"
-            elif m == _END:
-                t = "$END"
-            elif m == value and value in types:
-                # a keyword is one where the state accepts it, a word elsewhere
-                t = types[value]
-                if t not in row and value[0].isalnum():
-                    t = self.word_type
-            else:
-                fallback = self.option_fallback
-                if fallback is None or not fallback[1].fullmatch(value):
-                    raise _Fail
-                t = fallback[0]
-            while True:
+            t = self._terminal(value, m, row)
+            if t == "$END" and stack[-1] == self.end_state:
+                accepts = True  # the last statement's reductions were made at its end
+                break
+            while not accepts:
                 a = row.get(t)
                 if a is None:
                     raise _Fail
                 if not isinstance(a, tuple):
                     stack.append(a)
-                    ops.append(index)
+                    values.append(("token", index))
                     break
-                size, function, origin = a
-                if size:
-                    del stack[-size:]
-                    low = min(low, len(stack))
-                ops.append((size, function))
-                goto = actions[stack[-1]][origin]
-                stack.append(goto)
-                if t == "$END" and goto == self.end_state:
-                    return _runs(ops), 0, [], True
+                goto = reduce(*a)
+                accepts = t == "$END" and goto == self.end_state
                 row = actions[goto]
-        # The states below ``low`` were never touched: replaying pops the rest.
-        return _runs(ops), height - low, stack[low:], False
-
-
-def _runs(ops: list[Any]) -> list[Any]:
-    """Shifts of consecutive tokens as one slice each."""
-    out: list[Any] = []
-    for op in ops:
-        if isinstance(op, int):
-            if out and isinstance(out[-1], slice) and out[-1].stop == op:
-                out[-1] = slice(out[-1].start, op + 1)
-            else:
-                out.append(slice(op, op + 1))
+            if accepts:
+                break
         else:
-            out.append(op)
-    return out
+            # The statement's own reductions, as far as they do not depend on
+            # the next token (see the class).
+            while stack[-1] in self.defaults:
+                reduce(*self.defaults[stack[-1]])
+        return _compile(raw_at, len(tokens), below - lowest, lowest, values, nodes, height - low, stack[low:],
+                        accepts)
+
+    def _terminal(self, value: str, m: str, row: Mapping[str, Any]) -> str:
+        """The terminal of a token in the state whose actions are ``row``: the
+        contextual lexer's choice."""
+        if m == _WORD:
+            return self.word_type
+        if m == _NUMBER:
+            return "DEC" if "DEC" in row else self.word_type
+        if m == _HEXNUM:
+            return "HEX" if "HEX" in row else self.word_type
+        if m == _QUOTED:
+            return "QUOTED"
+        if m == _RAW:
+            return "POLICY"
+        if m == _UNIQUE:
+            return "UNIQUE_ID"
+        if m == _END:
+            return "$END"
+        if m == value and value in self.types:
+            # a keyword is one where the state accepts it, a word elsewhere
+            t = self.types[value]
+            if t not in row and value[0].isalnum():
+                return self.word_type
+            return t
+        fallback = self.option_fallback
+        if fallback is None or not fallback[1].fullmatch(value):
+            raise _Fail
+        return fallback[0]
+
+
+# A value of a statement's symbolic run: ("old", n) is the nth value from the
+# bottom of the value stack as the statement found it, ("token", i) its ith
+# token, ("node", k) the result of its kth reduction; a node is the
+# reduction's (method, is_group, children).
+_Ref = tuple[str, int]
+_Node = tuple[Callable[..., Any], bool, list[_Ref]]
+
+
+def _token_span(children: list[_Ref]) -> slice | None:
+    """``children`` as a slice of the tokens, if they are consecutive tokens."""
+    indexes = [n for kind, n in children if kind == "token"]
+    if len(indexes) != len(children):
+        return None
+    start = indexes[0] if indexes else 0
+    return slice(start, start + len(indexes)) if indexes == list(range(start, start + len(indexes))) else None
+
+
+def _compile(raw_at: int, ntokens: int, consumed: int, lowest: int, values: list[_Ref], nodes: list[_Node],
+             popped: int, pushed: list[Any], accepts: bool) -> _Trace:
+    """Number the slots of a statement's symbolic run (see :class:`_Trace`).
+
+    A group of consecutive tokens is a slice of the tokens; the other
+    reductions (groups of other values too, whose methods return their
+    children as a tuple) are calls.
+    """
+    groups: dict[int, slice] = {}
+    for k, (_, is_group, children) in enumerate(nodes):
+        span = _token_span(children) if is_group else None
+        if span is not None:
+            groups[k] = span
+    slot_of_node = {k: consumed + ntokens + n for n, k in enumerate(groups)}
+    calls = [k for k in range(len(nodes)) if k not in groups]
+    slot_of_node.update((k, consumed + ntokens + len(groups) + n) for n, k in enumerate(calls))
+
+    def slot(ref: _Ref) -> int:
+        kind, n = ref
+        if kind == "old":
+            return n - lowest
+        if kind == "token":
+            return consumed + n
+        return slot_of_node[n]
+
+    return _Trace(raw_at, consumed, tuple(groups.values()),
+                  tuple((nodes[k][0], _getter([slot(c) for c in nodes[k][2]])) for k in calls),
+                  tuple(slot(v) for v in values[lowest:]), popped, tuple(pushed), accepts)
 
 
 # The lexemes of setkey.lark (see the grammar for each terminal's pattern); -P
 # and the policy text after it are one lexeme here, two tokens for the parser.
-_SETKEY_LEXEME = re.compile(r"""
-    ([ \t\r\n]*(?:\#[^\n]*[ \t\r\n]*)*)
-    (   "[^"]*"
-      | -P(?:unique\#[0-9]+|\#[^\n]*|[A-Za-z0-9:._/ \t\r\n%+\[\]-])+
-      | [0-9]*,[0-9,]*
-      | [A-Za-z0-9:][A-Za-z0-9:%.-]*
-      | -[A-Za-z0-9_]+
+# The alternatives are in an order where each is tried only after those it
+# must yield to ("1,2" is not the word "1"; -P and a policy is not an option);
+# the others are disjoint by their first character and come most frequent
+# first.  Some quantifiers are possessive (*+, ++): nothing after one can match
+# what it would give back (no lexeme starts with a blank or "#", "[^"]*" ends at
+# a quote, and the lexeme ends the pattern), so the matches are those of plain
+# quantifiers, found without keeping backtracking points.  A comment's text
+# stays plain: after a comment line that no lexeme follows, the search goes
+# back into the comment, as it always did.
+_SETKEY_LEXEMES = r"""
+    (   [A-Za-z:][A-Za-z0-9:%.-]*+
+      | [0-9]*+,[0-9,]*+
+      | [0-9][A-Za-z0-9:%.-]*+
       | [;/\[\]]
+      | -P(?:unique\#[0-9]+|\#[^\n]*|[A-Za-z0-9:._/ \t\r\n%+\[\]-])++
+      | -[A-Za-z0-9_]++
+      | "[^"]*+"
       | \Z
-    )""", re.VERBOSE)
+    )"""
+_SETKEY_LEXEME = re.compile(r"([ \t\r\n]*+(?:\#[^\n]*[ \t\r\n]*+)*)" + _SETKEY_LEXEMES, re.VERBOSE)
+#: The same for a text without "#", whose blanks hold no comment: looking for
+#: a comment before every lexeme is a sixth of the work of cutting a script.
+_SETKEY_LEXEME_UNCOMMENTED = re.compile(r"([ \t\r\n]*+)" + _SETKEY_LEXEMES, re.VERBOSE)
 _AIFLAGS = re.compile(r"-[n46]+")
 
 # The lexemes of policy.lark.
@@ -405,7 +567,7 @@ _POLICY_LEXEME = re.compile(r"""
 @functools.cache
 def _fast_setkey() -> _Fast:
     return _Fast(setkey_grammar(), "start", _SETKEY_LEXEME, "STRING", statement_end=";", raw_prefix=("-P", "POLICY"),
-                 option_fallback=("AIFLAGS", _AIFLAGS))
+                 option_fallback=("AIFLAGS", _AIFLAGS), uncommented_re=_SETKEY_LEXEME_UNCOMMENTED)
 
 
 @functools.cache

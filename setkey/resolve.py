@@ -22,7 +22,7 @@ from __future__ import annotations
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pfkeyd.wire.sockaddr import SockAddr
@@ -33,10 +33,12 @@ from setkey.commands import (
     DeleteAll,
     Endpoints,
     Host,
+    Request,
     SaStatement,
     SpdStatement,
 )
 from setkey.errors import SetkeyError, SetkeyErrors, SetkeyValueError, Source
+from setkey.numeric import ip_from_text
 from setkey.parser import locate
 
 __all__ = ["Resolved", "Resolver", "resolve"]
@@ -81,7 +83,9 @@ class Resolver:
         self._getaddrinfo = getaddrinfo
         self._if_nametoindex = if_nametoindex
         self._getservbyname = getservbyname
-        self._cache: dict[tuple[str, int | str, AddrFlags], tuple[SockAddr, ...]] = {}
+        # (name, port, family, numeric): the flags by their fields, which hash
+        # faster than the dataclass (every host of a script is looked up here).
+        self._cache: dict[tuple[str, int | str, int, bool], tuple[SockAddr, ...]] = {}
 
     def scope(self, zone: str, name: str) -> int:
         if zone.isdigit():
@@ -102,9 +106,8 @@ class Resolver:
     def numeric(self, name: str, port: int = 0) -> SockAddr | None:
         """``name`` as an address when it is a numeric one, else None."""
         text, _, zone = name.partition("%")
-        try:
-            ip = ip_address(text)
-        except ValueError:
+        ip = ip_from_text(text)
+        if ip is None:
             return None
         if not zone:
             return SockAddr(ip, port)
@@ -113,7 +116,7 @@ class Resolver:
         return SockAddr(ip, port, 0, self.scope(zone, name))
 
     def addresses(self, host: Host, flags: AddrFlags) -> tuple[SockAddr, ...]:
-        key = (host.name, host.port, flags)
+        key = (host.name, host.port, flags.family, flags.numeric)
         found = self._cache.get(key)
         if found is None:
             found = self._cache[key] = self._lookup(host, flags)
@@ -150,13 +153,22 @@ class Resolver:
         return tuple(out)
 
     def one(self, host: Host, flags: AddrFlags, what: str) -> SockAddr:
+        return self.only(host, flags, what)[0]
+
+    def only(self, host: Host, flags: AddrFlags, what: str) -> tuple[SockAddr, ...]:
+        """The one address of ``host``, in the tuple :meth:`addresses` gives
+        (statements with the same host share it)."""
         found = self.addresses(host, flags)
         if len(found) > 1:
             raise _Problem(f'multiple addresses for "{host.name}": {what} needs exactly one', host.name)
-        return found[0]
+        return found
 
     def tunnel(self, ends: Endpoints) -> tuple[SockAddr, SockAddr]:
         return self._endpoint(ends.src, ends.src_port), self._endpoint(ends.dst, ends.dst_port)
+
+    def tunnels(self, requests: Iterable[Request]) -> tuple[tuple[SockAddr, SockAddr] | None, ...]:
+        """The tunnel end points of each request of a policy, None where none are written."""
+        return tuple([None if q.endpoints is None else self.tunnel(q.endpoints) for q in requests])
 
     def _endpoint(self, ip: IPv4Address | IPv6Address, port: int) -> SockAddr:
         if isinstance(ip, IPv6Address) and ip.scope_id:
@@ -166,6 +178,8 @@ class Resolver:
 
 
 def _pairs_exist(src: Sequence[SockAddr], dst: Sequence[SockAddr]) -> bool:
+    if len(src) == 1 and len(dst) == 1:  # the usual case, without a generator
+        return src[0].version == dst[0].version
     return any(s.version == d.version for s in src for d in dst)
 
 
@@ -173,8 +187,8 @@ def _resolve_one(cmd: Command, r: Resolver) -> Resolved:
     if isinstance(cmd, SaStatement):
         flags = cmd.flags
         if isinstance(cmd, Delete):
-            src: tuple[SockAddr, ...] = (r.one(cmd.src, flags, "delete"),)
-            dst: tuple[SockAddr, ...] = (r.one(cmd.dst, flags, "delete"),)
+            src: tuple[SockAddr, ...] = r.only(cmd.src, flags, "delete")
+            dst: tuple[SockAddr, ...] = r.only(cmd.dst, flags, "delete")
         else:
             src, dst = r.addresses(cmd.src, flags), r.addresses(cmd.dst, flags)
         if not _pairs_exist(src, dst):
@@ -195,8 +209,8 @@ def _resolve_one(cmd: Command, r: Resolver) -> Resolved:
                            cmd.src.name)
         return Resolved(cmd, src, dst)
     if isinstance(cmd, SpdStatement):
-        s = r.one(cmd.src, cmd.flags, cmd.keyword)
-        d = r.one(cmd.dst, cmd.flags, cmd.keyword)
+        src, dst = r.only(cmd.src, cmd.flags, cmd.keyword), r.only(cmd.dst, cmd.flags, cmd.keyword)
+        s, d = src[0], dst[0]
         if s.version != d.version:
             raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" are of different address families', cmd.src.name)
         for host, sa in ((cmd.src, s), (cmd.dst, d)):
@@ -205,14 +219,12 @@ def _resolve_one(cmd: Command, r: Resolver) -> Resolved:
                                f'"{host.name}" (at most {sa.max_prefix})', str(host.prefix))
         if cmd.upper_ports is not None:
             # icmp type,code and gre keys travel in the selector's port fields
-            s = SockAddr(s.ip, cmd.upper_ports[0], s.flowinfo, s.scope_id)
-            d = SockAddr(d.ip, cmd.upper_ports[1], d.flowinfo, d.scope_id)
-        tunnels = tuple(None if req.endpoints is None else r.tunnel(req.endpoints) for req in cmd.policy.requests)
-        return Resolved(cmd, (s,), (d,), tunnels=tunnels)
+            src = (SockAddr(s.ip, cmd.upper_ports[0], s.flowinfo, s.scope_id),)
+            dst = (SockAddr(d.ip, cmd.upper_ports[1], d.flowinfo, d.scope_id),)
+        return Resolved(cmd, src, dst, tunnels=r.tunnels(cmd.policy.requests))
     policy = getattr(cmd, "policy", None)
     if policy is not None:
-        return Resolved(cmd, tunnels=tuple(None if q.endpoints is None else r.tunnel(q.endpoints)
-                                           for q in policy.requests))
+        return Resolved(cmd, tunnels=r.tunnels(policy.requests))
     return Resolved(cmd)
 
 

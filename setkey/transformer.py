@@ -22,10 +22,9 @@ the dataclasses are frozen, so one value can stand in many commands.
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address, ip_address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from lark import Transformer, v_args
@@ -68,6 +67,7 @@ from setkey.commands import (
     Update,
 )
 from setkey.errors import SetkeyError, SetkeyValueError
+from setkey.numeric import ip_from_text
 
 __all__ = [
     "Located",
@@ -165,28 +165,24 @@ def _port(tok: str) -> int | str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _host_value(name: str, port: int | str, prefix: int | None) -> Host:
-    return Host(name, port, prefix)
-
-
 def _host(name: str, prefix: str | None = None, port: str | None = None) -> Host:
-    return _host_value(str(name), 0 if port is None else _port(port),
-                       None if prefix is None else _number(prefix, "prefix length", 128))
+    """A host from its tokens (memoised by their text: scripts repeat hosts)."""
+    return Host(str(name), 0 if port is None else _port(port),
+                None if prefix is None else _number(prefix, "prefix length", 128))
 
 
+@functools.lru_cache(maxsize=4096)
 def _sa_host(toks: tuple[str, ...]) -> Host:
     # STRING [LSQB x RSQB]
-    return _host(toks[0], None, toks[2] if len(toks) > 1 else None)
+    return Host(str(toks[0]), _port(toks[2]) if len(toks) > 1 else 0)
 
 
+@functools.lru_cache(maxsize=4096)
 def _spd_host(toks: tuple[str, ...]) -> Host:
-    # STRING [SLASH DEC] [LSQB x RSQB]
+    # STRING [SLASH DEC] [LSQB x RSQB]: 1, 3, 4 or 6 tokens
     n = len(toks)
-    if n == 1:
-        return _host(toks[0])
-    if toks[1] == "/":
-        return _host(toks[0], toks[2], toks[4] if n == 6 else None)
-    return _host(toks[0], None, toks[2])
+    port = _port(toks[-2]) if n in (4, 6) else 0
+    return Host(str(toks[0]), port, _number(toks[2], "prefix length", 128) if n in (3, 6) else None)
 
 
 # ------------------------------------------------------------------ protocols
@@ -222,6 +218,7 @@ UPPER_NAMES: dict[int, str] = {
 _ICMP_LIKE = (IpProto.ICMP, IpProto.IPV6_ICMP, 135)
 
 
+@functools.lru_cache(maxsize=1024)
 def _upper(toks: tuple[str, ...]) -> tuple[int, tuple[int, int] | None]:
     first = toks[0]
     if first.isdigit():
@@ -366,6 +363,7 @@ def _aiflags(toks: tuple[str, ...]) -> AddrFlags:
     return AddrFlags(family, numeric)
 
 
+@functools.lru_cache(maxsize=1024)
 def _protocol(toks: tuple[str, ...]) -> tuple[Proto, Host | None]:
     if not toks:
         return Proto.UNSPEC, None
@@ -430,17 +428,19 @@ class SetkeyTransformer(Transformer[Any, Any]):
             proto: tuple[str, ...], spi: str, options: tuple[tuple[str, ...], ...],
             algorithms: tuple[str, ...] | None) -> Any:
         try:
+            # (in the order of the statement, which decides the error reported)
             p, natt_oa = _protocol(proto)
-            fields: dict[str, Any] = {
-                "flags": _aiflags(flags) if flags else NO_FLAGS,
-                "src": _sa_host(src), "dst": _sa_host(dst), "proto": p, "natt_oa": natt_oa,
-                "spi": _number(spi, "SPI", U32),
-                "options": _options(options, p.old) if options else DEFAULT_OPTIONS,
-                "line": kw.line, "column": kw.column,  # type: ignore[attr-defined]
-            }
-            if algorithms is not None:
-                fields["algorithms"] = _algorithms(algorithms)
-            return _SA_CLASSES[kw](**fields)
+            cls = _SA_CLASSES[kw]
+            how = _aiflags(flags) if flags else NO_FLAGS
+            src_host, dst_host, spi_value = _sa_host(src), _sa_host(dst), _number(spi, "SPI", U32)
+            opts = _options(options, p.old) if options else DEFAULT_OPTIONS
+            line, column = kw.line, kw.column  # type: ignore[attr-defined]
+            if algorithms is None:
+                return cls(flags=how, src=src_host, dst=dst_host, proto=p, natt_oa=natt_oa, spi=spi_value,
+                           options=opts, line=line, column=column)
+            return cls(  # type: ignore[call-arg]  # add or update
+                flags=how, src=src_host, dst=dst_host, proto=p, natt_oa=natt_oa, spi=spi_value, options=opts,
+                line=line, column=column, algorithms=_algorithms(algorithms))
         except SetkeyError as exc:
             return _placed(exc, kw)
 
@@ -526,20 +526,9 @@ def _offset(tok: str, limit: int, what: str) -> int:
     return value
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_DOTTED_QUAD = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
-
-
 @functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> IPv4Address | IPv6Address | None:
-    # ipaddress is slow on IPv4 text; a dotted quad is checked by a pattern and
-    # built from its bytes.  IPv6 (and a %scope) is ipaddress's to read.
-    if _DOTTED_QUAD.fullmatch(text):
-        return IPv4Address(bytes(int(part) for part in text.split(".")))
-    try:
-        return ip_address(text)
-    except ValueError:
-        return None
+    return ip_from_text(text)
 
 
 def _bad_address(tok: str, nth: int) -> SetkeyValueError:
