@@ -69,7 +69,7 @@ from pfkeyd import algorithms as alg
 from pfkeyd.client import Connection, PfkeyReplyError, RawReply
 from pfkeyd.defaults import SOCKET_ENV, default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError, EncodeError
-from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, decode, encode
+from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, decode, encode
 from setkey.build import build, deleteall_deletes, needs_dump
 from setkey.check import check
 from setkey.commands import Add, Command, Dump, Exit, SpdDump, Update
@@ -939,31 +939,39 @@ def _unsupported(commands: Iterable[Command], register: Message, dialect: Dialec
     """What libipsec's ipsec_check_keylen() says about each algorithm and key of
     ``commands`` against the lists of the SADB_REGISTER reply ``register``."""
     lists = {alg.Kind.AUTH: register.supported_auth, alg.Kind.ENCRYPT: register.supported_encrypt}
+    # A script uses a few algorithms and key sizes over and over: judge each once.
+    verdicts: dict[tuple[alg.Kind, str, int], str | None] = {}
     for cmd in commands:
         if not isinstance(cmd, Add | Update):
             continue
         for kind, spec in ((alg.Kind.ENCRYPT, cmd.algorithms.encrypt), (alg.Kind.AUTH, cmd.algorithms.auth)):
             if spec is None:
                 continue
-            found = alg.setkey_lookup(kind, spec.name, dialect)
-            if found is None:
-                continue  # setkey.check has said so already
-            row, spelling = found
-            listed = lists[kind]
             bits = 0 if spec.key is None else len(spec.key) * 8
-            if listed is None:
-                message = f"the daemon sent no list of {kind.value} algorithms (SADB_REGISTER)"
-            else:
-                problem = alg.setkey_key_error(row, bits, dialect, form=spelling.key, supported_algs=listed.algs)
-                if problem is None:
-                    continue
-                if problem == alg.NOT_SUPPORTED:
-                    message = f'{kind.value} algorithm "{spec.name}" is not supported by the daemon'
-                else:
-                    accepted = alg.setkey_bits(row, dialect, form=spelling.key, supported_algs=listed.algs)
-                    message = (f'invalid key length for "{spec.name}": {bits} bits, the daemon accepts '
-                               f"{_bits(accepted or range(0))}")
-            yield SetkeyValueError(message, cmd.line, cmd.column, hint=spec.name)
+            key = (kind, spec.name, bits)
+            if key not in verdicts:
+                verdicts[key] = _key_verdict(kind, spec.name, bits, lists[kind], dialect)
+            message = verdicts[key]
+            if message is not None:
+                yield SetkeyValueError(message, cmd.line, cmd.column, hint=spec.name)
+
+
+def _key_verdict(kind: alg.Kind, name: str, bits: int, listed: Supported | None, dialect: Dialect) -> str | None:
+    """What ipsec_check_keylen() says of a ``bits``-bit key for algorithm ``name``
+    against the REGISTER list ``listed`` (None: fine)."""
+    found = alg.setkey_lookup(kind, name, dialect)
+    if found is None:
+        return None  # setkey.check has said so already
+    row, spelling = found
+    if listed is None:
+        return f"the daemon sent no list of {kind.value} algorithms (SADB_REGISTER)"
+    problem = alg.setkey_key_error(row, bits, dialect, form=spelling.key, supported_algs=listed.algs)
+    if problem is None:
+        return None
+    if problem == alg.NOT_SUPPORTED:
+        return f'{kind.value} algorithm "{name}" is not supported by the daemon'
+    accepted = alg.setkey_bits(row, dialect, form=spelling.key, supported_algs=listed.algs)
+    return f'invalid key length for "{name}": {bits} bits, the daemon accepts {_bits(accepted or range(0))}'
 
 
 def _bits(accepted: range) -> str:
