@@ -47,14 +47,8 @@ from pfkeyd.wire import (
     error_reply,
 )
 from pfkeyd.wire.message import HEADER
+from tests.engine.conftest import DIALECT_OF, FB, FB2, LX, LX2, at
 from tests.wire.vectors import VECTORS
-
-FB, FB2, LX, LX2 = 1, 2, 3, 4
-DIALECT_OF = {FB: Dialect.FREEBSD, FB2: Dialect.FREEBSD, LX: Dialect.LINUX, LX2: Dialect.LINUX}
-
-
-def at(t: float) -> Instant:
-    return Instant(float(t), 1_700_000_000 + int(t))
 
 
 class Pair:
@@ -74,6 +68,15 @@ class Pair:
     def close(self, client: int) -> None:
         for e in (self.hot, self.ref):
             e.client_closed(client)
+
+    def toggle(self, client: int, open_now: set[int]) -> None:
+        """Open ``client`` if it is not in ``open_now``, else close it (and update the set)."""
+        if client in open_now:
+            self.close(client)
+            open_now.discard(client)
+        else:
+            self.open(client)
+            open_now.add(client)
 
     def set_knob(self, name: str, value: int) -> None:
         for e in (self.hot, self.ref):
@@ -323,16 +326,9 @@ def test_random_runs_agree_with_the_generic_path(seed: int) -> None:
         roll = rng.random()
         for other in (FB, FB2):
             if other in clients and rng.random() < 0.1:  # freebsd sockets come and go
-                pair.close(other)
-                clients.discard(other)
+                pair.toggle(other, clients)
         if roll < 0.02:
-            other = rng.choice([FB, FB2, LX2])
-            if other in clients:
-                pair.close(other)
-                clients.discard(other)
-            else:
-                pair.open(other)
-                clients.add(other)
+            pair.toggle(rng.choice([FB, FB2, LX2]), clients)
             continue
         if roll < 0.03:
             pair.set_knob("pfkeyd.max_sas", rng.choice([150, 100000]))
@@ -478,13 +474,7 @@ def test_random_mixed_runs_agree_with_the_generic_path(seed: int) -> None:
         now = at(step)
         roll = rng.random()
         if roll < 0.02:
-            other = rng.choice([FB, LX2])
-            if other in clients:
-                pair.close(other)
-                clients.discard(other)
-            else:
-                pair.open(other)
-                clients.add(other)
+            pair.toggle(rng.choice([FB, LX2]), clients)
             continue
         if roll < 0.04:
             for e in (pair.hot, pair.ref):
