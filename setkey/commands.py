@@ -17,10 +17,11 @@ written without one.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv6Address
 from typing import ClassVar
 
+from pfkeyd.record import record
 from pfkeyd.wire.constants import Direction, Level, Mode, PolicyType, SaType
 
 __all__ = [
@@ -95,7 +96,7 @@ _SATYPE = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AddrFlags:
     """-4, -6, -n: how the statement's host names are resolved."""
 
@@ -110,7 +111,7 @@ class AddrFlags:
 NO_FLAGS = AddrFlags()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Host:
     """A host as written: a name or a numeric address, with its port and prefix.
 
@@ -123,7 +124,7 @@ class Host:
     prefix: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SecContext:
     """-ctx doi algorithm "label": a Linux security context (ipsec-tools)."""
 
@@ -132,7 +133,7 @@ class SecContext:
     label: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class NatT:
     """-natt oai[sport] oar[dport]: FreeBSD's UDP encapsulation of ESP."""
 
@@ -142,7 +143,7 @@ class NatT:
     dport: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SaOptions:
     """The extensions of an SA statement, folded as setkey folds them."""
 
@@ -165,7 +166,7 @@ class SaOptions:
 DEFAULT_OPTIONS = SaOptions()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class AlgSpec:
     """An algorithm after -E, -A or -C, by the name written, and its key (None: no key)."""
 
@@ -178,7 +179,7 @@ class AlgSpec:
         return f"AlgSpec({self.name!r}, key={key})"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Algorithms:
     """-E enc [-A auth] | -A auth | -C comp [-R]."""
 
@@ -196,7 +197,7 @@ PRIORITY_DEFAULT = 0x80000000
 PRIORITY_LOW = 0xC0000000
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Endpoints:
     """The tunnel end points of a request, numeric, with ipsec-tools' optional ports."""
 
@@ -206,7 +207,7 @@ class Endpoints:
     dst_port: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Request:
     """One protocol/mode/endpoints/level of an ipsec policy.
 
@@ -223,7 +224,7 @@ class Request:
     anchor: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Policy:
     """The text after -P.  ``action`` None is the bare ``-P dir`` of spddelete;
     ``priority`` None means that no priority was written."""
@@ -237,7 +238,7 @@ class Policy:
 # ------------------------------------------------------------------ statements
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SaStatement:
     """The fields shared by add, update, getspi, get and delete."""
 
@@ -254,34 +255,34 @@ class SaStatement:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Add(SaStatement):
     keyword: ClassVar[str] = "add"
     algorithms: Algorithms
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Update(SaStatement):
     keyword: ClassVar[str] = "update"
     algorithms: Algorithms
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class GetSpi(SaStatement):
     keyword: ClassVar[str] = "getspi"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Get(SaStatement):
     keyword: ClassVar[str] = "get"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Delete(SaStatement):
     keyword: ClassVar[str] = "delete"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class DeleteAll:
     keyword: ClassVar[str] = "deleteall"
 
@@ -294,7 +295,7 @@ class DeleteAll:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Flush:
     keyword: ClassVar[str] = "flush"
 
@@ -303,7 +304,7 @@ class Flush:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Dump:
     keyword: ClassVar[str] = "dump"
 
@@ -312,7 +313,7 @@ class Dump:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdStatement:
     """The fields shared by spdadd, spdupdate and spddelete.
 
@@ -334,22 +335,22 @@ class SpdStatement:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdAdd(SpdStatement):
     keyword: ClassVar[str] = "spdadd"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdUpdate(SpdStatement):
     keyword: ClassVar[str] = "spdupdate"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdDelete(SpdStatement):
     keyword: ClassVar[str] = "spddelete"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdTagged:
     """spdadd tagged "name" -P ... (and spdupdate): a policy for a PF tag."""
 
@@ -360,7 +361,7 @@ class SpdTagged:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdFlush:
     keyword: ClassVar[str] = "spdflush"
 
@@ -368,7 +369,7 @@ class SpdFlush:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class SpdDump:
     keyword: ClassVar[str] = "spddump"
 
@@ -376,7 +377,7 @@ class SpdDump:
     column: int = field(default=0, compare=False)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@record(kw_only=True)
 class Exit:
     """exit, quit or bye: stop here (ipsec-tools)."""
 

@@ -109,12 +109,13 @@ import os
 import struct
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from pfkeyd import algorithms
 from pfkeyd.algorithms import Kind
+from pfkeyd.record import record
 from pfkeyd.wire import (
     UNKNOWN,
     Address,
@@ -189,7 +190,7 @@ def parse_protocols(text: str) -> dict[int, str]:
     return table
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DumpOptions:
     """How to render: which reference tool to imitate and the options that change
     its output.
@@ -230,7 +231,7 @@ class DumpOptions:
 # --------------------------------------------------------------------- styles
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Style:
     """Everything that differs between the two reference tools' output."""
 

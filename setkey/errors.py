@@ -16,7 +16,8 @@ raise one :class:`SetkeyErrors`.  No exception of lark's ever leaves this packag
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+
+from pfkeyd.record import record
 
 __all__ = [
     "SetkeyError",
@@ -121,7 +122,7 @@ class SetkeyErrors(Exception):
         return "\n".join(str(e) for e in self.errors)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Source:
     """A script's text and name, to put file name and source line into errors."""
 

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
+from pfkeyd.record import record
 from pfkeyd.wire.sockaddr import SockAddr
 from setkey.commands import (
     AddrFlags,
@@ -46,7 +46,7 @@ __all__ = ["Resolved", "Resolver", "resolve"]
 GetAddrInfo = Callable[..., Sequence[tuple[Any, ...]]]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resolved:
     """A command with its hosts as socket addresses.
 

@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from lark import Transformer, v_args
 
 from pfkeyd import algorithms as alg
+from pfkeyd.record import record
 from pfkeyd.wire.constants import Direction, IpProto, Level, Mode, PolicyType, SaFlag
 from setkey.commands import (
     DEFAULT_OPTIONS,
@@ -101,7 +101,7 @@ class Located(str):
         return word
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rejected:
     """A statement that parsed but holds a value that cannot be used."""
 
