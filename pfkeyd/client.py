@@ -159,6 +159,8 @@ _DRAIN = 512
 #: unanswered, the receive task may sleep _COALESCE seconds between two reads
 #: (epoll's timeout has a resolution of a millisecond).
 _COALESCE_MIN = 32
+#: Datagrams made ahead of their sends when a window is refilled (see Connection._burst).
+_SUB_BURST = 16
 _COALESCE = 0.001
 _DUMP_TYPES = frozenset({MsgType.DUMP, MsgType.X_SPDDUMP})
 #: sadb_msg_seq and sadb_msg_pid, the last 8 bytes of the base header (HEADER).
@@ -443,35 +445,41 @@ class Connection:
         """Fill the window from ``datagrams``; the caller holds the send lock.  False
         once ``datagrams`` is exhausted.
 
-        The whole burst is made before the first of it is sent: the sends then
-        follow each other closely, and the daemon, woken by the first, finds the
-        rest waiting instead of being woken for each.
+        The burst is made and sent ``_SUB_BURST`` datagrams at a time: sends that
+        follow each other closely find the daemon awake (one wake-up, not one
+        each), and the daemon works on them while the next ones are being made.
         """
         room = window - batch.outstanding
-        burst = list(islice(datagrams, room))
-        raw = self._raw
-        replies = batch.replies
         try:
-            for data, key in burst:
-                while True:
-                    if self._gone is not None:
-                        raise self._failure()
-                    try:
-                        raw.send(data)
-                        break
-                    except BlockingIOError:
-                        # The replies may be behind a dump's read-ahead: keep reading.
-                        self._dump_room.unpark_all()
-                        await trio.lowlevel.wait_writable(raw)
-                    except OSError as exc:
-                        msg = f"send to {self.path} failed: {exc.strerror}"
-                        raise trio.BrokenResourceError(msg) from exc
-                self._expect(key, (batch, len(replies)))
-                replies.append(b"")
-                batch.outstanding += 1
+            while room > 0:
+                burst = list(islice(datagrams, min(_SUB_BURST, room)))
+                for data, key in burst:
+                    await self._send_one(data)
+                    self._expect(key, (batch, len(batch.replies)))
+                    batch.replies.append(b"")
+                    batch.outstanding += 1
+                if len(burst) < min(_SUB_BURST, room):
+                    return False
+                room -= len(burst)
         finally:
             self._dump_room.unpark_all()  # a reply may be behind dump entries: keep reading
-        return len(burst) == room
+        return True
+
+    async def _send_one(self, data: bytes) -> None:
+        raw = self._raw
+        while True:
+            if self._gone is not None:
+                raise self._failure()
+            try:
+                raw.send(data)
+                return
+            except BlockingIOError:
+                # The replies may be behind a dump's read-ahead: keep reading.
+                self._dump_room.unpark_all()
+                await trio.lowlevel.wait_writable(raw)
+            except OSError as exc:
+                msg = f"send to {self.path} failed: {exc.strerror}"
+                raise trio.BrokenResourceError(msg) from exc
 
     # ------------------------------------------------------------ dumps
 
