@@ -92,6 +92,9 @@ class Pair:
         assert list(self.hot.sad.heads) == list(self.ref.sad.heads)
         assert _pairs(self.hot) == _pairs(self.ref)
         assert self.hot.sad.next_deadline() == self.ref.sad.next_deadline()
+        assert list(self.hot.spd.by_id.items()) == list(self.ref.spd.by_id.items())
+        assert list(self.hot.spd.ordered()) == list(self.ref.spd.ordered())
+        assert self.hot.next_deadline() == self.ref.next_deadline()
         assert self.hot.statistics() == self.ref.statistics()
         return got
 
