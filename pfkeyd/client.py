@@ -358,13 +358,15 @@ class Connection:
     async def _send_now(self, data: bytes) -> None:
         """Send one datagram; the caller holds the send lock.  A socket with room takes
         it at once, without a trip through the scheduler."""
-        if self._gone is not None:
-            raise self._failure()
         while True:
+            if self._gone is not None:
+                raise self._failure()
             try:
                 self._raw.send(data)
                 return
             except BlockingIOError:
+                # The replies may be behind a dump's read-ahead: keep reading.
+                self._dump_room.unpark_all()
                 await trio.lowlevel.wait_writable(self._raw)
             except OSError as exc:
                 msg = f"send to {self.path} failed: {exc.strerror}"
@@ -454,7 +456,7 @@ class Connection:
             while room > 0:
                 burst = list(islice(datagrams, min(_SUB_BURST, room)))
                 for data, key in burst:
-                    await self._send_one(data)
+                    await self._send_now(data)
                     self._expect(key, (batch, len(batch.replies)))
                     batch.replies.append(b"")
                     batch.outstanding += 1
@@ -464,22 +466,6 @@ class Connection:
         finally:
             self._dump_room.unpark_all()  # a reply may be behind dump entries: keep reading
         return True
-
-    async def _send_one(self, data: bytes) -> None:
-        raw = self._raw
-        while True:
-            if self._gone is not None:
-                raise self._failure()
-            try:
-                raw.send(data)
-                return
-            except BlockingIOError:
-                # The replies may be behind a dump's read-ahead: keep reading.
-                self._dump_room.unpark_all()
-                await trio.lowlevel.wait_writable(raw)
-            except OSError as exc:
-                msg = f"send to {self.path} failed: {exc.strerror}"
-                raise trio.BrokenResourceError(msg) from exc
 
     # ------------------------------------------------------------ dumps
 

@@ -436,7 +436,7 @@ class KeyEngine:
         state = self.clients.get(client)
         if state is None or not self._knobs.hot_path:
             return None
-        return self.hot.serve(self, client, state.dialect, data, now)  # type: ignore[return-value]
+        return self.hot.serve(self, client, state.dialect, data, now)
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
         """Handle one decoded request from ``client``; ``raw``, its bytes, lets the hot

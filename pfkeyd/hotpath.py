@@ -40,7 +40,7 @@ from ipaddress import IPv4Address, IPv6Address
 from operator import itemgetter
 from typing import TYPE_CHECKING
 
-from pfkeyd.effects import ClientId, Instant, SendEncoded
+from pfkeyd.effects import ClientId, Effect, Instant, SendEncoded
 from pfkeyd.errors import NoBuffers
 from pfkeyd.record import record
 from pfkeyd.sad import SaIndex, SecAssoc
@@ -267,7 +267,7 @@ class HotPath:
     # ------------------------------------------------------------------ serving
 
     def serve(self, engine: KeyEngine, client: ClientId, dialect: Dialect, data: bytes,
-              now: Instant) -> list[SendEncoded] | None:
+              now: Instant) -> list[Effect] | None:
         """Answer a request of a known shape, or return None having changed nothing."""
         layouts = self._by_size.get((dialect, len(data)))
         if layouts is None:
@@ -308,15 +308,14 @@ class HotPath:
             engine._schedule(sa)
         if sa.seq:
             engine.acqdone(sa.index, sa.seq)
-        return b"".join([t.head, data[8:16], *[data[s] for s in layout.reply]])
+        return _sa_reply(t, layout, data)
 
     def _spdadd(self, engine: KeyEngine, layout: _Layout, t: _PolicyTemplate, data: bytes,
                 now: Instant) -> bytes | None:
         spd = engine.spd
         if len(spd) >= engine.knobs.max_policies:
             return None
-        selector = Selector(self._address(data[layout.src], t.src_tail), t.src_len,
-                            self._address(data[layout.dst], t.dst_tail), t.dst_len, t.proto)
+        selector = self._selector(t, layout, data)
         if spd.find(t.dir, selector) is not None:
             return None
         counter = engine._policy_ids
@@ -349,6 +348,10 @@ class HotPath:
                 wall: int) -> SecPolicy:
         return SecPolicy(policy_id, t.dir, selector, t.type, t.requests, t.priority, order, mono, wall,
                          t.lifetime, t.validtime, t.scope)
+
+    def _selector(self, t: _PolicyTemplate, layout: _Layout, data: bytes) -> Selector:
+        return Selector(self._address(data[layout.src], t.src_tail), t.src_len,
+                        self._address(data[layout.dst], t.dst_tail), t.dst_len, t.proto)
 
     def _address(self, packed: bytes, tail: Tail) -> SockAddr:
         """The SockAddr of an SA index or a selector; equal addresses share one value."""
@@ -407,15 +410,13 @@ class HotPath:
             if template is not None and (
                 self._sa(template, layout, stored.spi, engine, data, Instant(stored.created, stored.created_wall))
                 != stored
-                or b"".join([template.head, data[8:16], *[data[s] for s in layout.reply]]) != reply
+                or _sa_reply(template, layout, data) != reply
             ):
                 template = None
         else:
             template = _policy_template(stored, reply)
             if template is not None:
-                sel = Selector(self._address(data[layout.src], template.src_tail), template.src_len,
-                               self._address(data[layout.dst], template.dst_tail), template.dst_len,
-                               template.proto)
+                sel = self._selector(template, layout, data)
                 rebuilt = self._policy(template, sel, stored.id, stored.order, stored.created, stored.created_wall)
                 if rebuilt != stored or _policy_reply(template, layout, data, stored.id) != reply:
                     template = None
@@ -443,6 +444,10 @@ def _sa_template(layout: _Layout, sa: SecAssoc, reply: bytes) -> _SaTemplate | N
     return _SaTemplate(reply[:8], sa.satype, idx.proto, idx.mode, idx.reqid, _tail(idx.src), _tail(idx.dst),
                        sa.auth, sa.encrypt, sa.flags, sa.replay, sa.replay_window, keys.get(ExtType.KEY_AUTH),
                        keys.get(ExtType.KEY_ENCRYPT), sa.hard, sa.soft)
+
+
+def _sa_reply(t: _SaTemplate, layout: _Layout, data: bytes) -> bytes:
+    return b"".join([t.head, data[8:16], *[data[s] for s in layout.reply]])
 
 
 def _policy_reply(t: _PolicyTemplate, layout: _Layout, data: bytes, policy_id: int) -> bytes:
