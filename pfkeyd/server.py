@@ -317,6 +317,7 @@ class Server:
         self._listeners: list[_Listener] = []
         self._control = control
         self._control_listeners: list[_Listener] = []
+        self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
 
     # ------------------------------------------------------------------ public
 
@@ -524,10 +525,12 @@ class Server:
     async def _reader(self, client: _Client) -> bool:
         """Receive and handle requests; True at end of file, False when stopped."""
         sock = client.sock
-        # One buffer for every receive: asking recvmsg() for the largest possible
-        # message would allocate (and map) half a megabyte per datagram.
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        # Every reader receives into the server's one buffer: the datagram is copied
+        # out before the next await, and readers take turns, so an idle client holds
+        # no buffer at all.  (A buffer per reader cost 512 KiB of RSS per client;
+        # asking recv() for the largest possible message would allocate and map
+        # that much per datagram.)
+        view = self._recv_view
         handled = 0
         with client.reader_scope:
             while True:
