@@ -638,10 +638,21 @@ class KeyEngine:
                              self._policy_deadlines[0][0] if self._policy_deadlines else None) if t is not None]
         return min(times, default=None)
 
-    def tick(self, now: Instant) -> list[Effect]:
-        """Expire what is due at ``now`` (reference §7.1, §7.2)."""
+    def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]:
+        """Expire what is due at ``now`` (reference §7.1, §7.2).
+
+        ``limit`` bounds how many deadline entries of SAs, and how many of
+        policies, this call takes on; what is left stays due, so
+        ``next_deadline()`` is still at or before ``now`` and the caller calls again.  A shell that lets other
+        work run between such calls never stalls on an expiry storm (200 000 SAs
+        due at once).
+        """
+        if limit is not None and limit < 1:
+            msg = f"tick limit {limit} is not positive"
+            raise ValueError(msg)
         effects: list[Effect] = []
-        for sa, kind in list(self.sad.due(now.mono)):
+        due = self.sad.due(now.mono, limit)
+        for sa, kind in due:
             current = self.sad.get(sa.spi)
             if current is not sa:
                 continue  # an earlier deadline in this tick changed it
@@ -656,7 +667,7 @@ class KeyEngine:
             else:
                 effects += self._expire_soft(sa)
         self.acquires.expire(now.mono, self.knobs.blockacq_lifetime)
-        effects += self._expire_policies(now)
+        effects += self._expire_policies(now, limit)
         self._count(effects)
         return effects
 
@@ -1196,11 +1207,14 @@ class KeyEngine:
         if when is not None:
             heapq.heappush(self._policy_deadlines, (when, sp.id))
 
-    def _expire_policies(self, now: Instant) -> list[Effect]:
-        """Remove policies past their lifetime or validtime; SPDEXPIRE to REGISTERED."""
+    def _expire_policies(self, now: Instant, limit: int | None = None) -> list[Effect]:
+        """Remove policies past their lifetime or validtime; SPDEXPIRE to REGISTERED.
+        At most ``limit`` due deadlines are taken on."""
         out: list[Effect] = []
         heap = self._policy_deadlines
-        while heap and heap[0][0] <= now.mono:
+        left = -1 if limit is None else limit
+        while heap and heap[0][0] <= now.mono and left:
+            left -= 1
             _, pid = heapq.heappop(heap)
             sp = self.spd.by_id.get(pid)
             if sp is None:

@@ -53,7 +53,9 @@ knows the dump is over.  A dump with nothing the client can read is answered
 ENOENT, as an empty table is.
 
 Time.  One timer task sleeps until :meth:`KeyEngine.next_deadline`, or until a
-request moved that deadline earlier, then calls :meth:`KeyEngine.tick`.  The
+request moved that deadline earlier, then calls :meth:`KeyEngine.tick` for at most
+``TICK_BATCH`` due deadlines at a time, with a checkpoint between the calls: an
+expiry storm is served in slices between other clients' requests.  The
 monotonic time is trio's clock (tests drive it with the autojump clock); the wall
 clock is injected.
 
@@ -112,6 +114,9 @@ DROP_LOG_INTERVAL = 10.0
 READ_BATCH = 8
 #: A dump yields to the other tasks every this many entries.
 DUMP_BATCH = 32
+#: The most due deadlines one tick takes on; the timer yields to the other tasks
+#: between ticks, so an expiry storm (200 000 SAs due at once) never stalls them.
+TICK_BATCH = 128
 #: How long stop() lets writers flush what is already queued.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 
@@ -139,7 +144,7 @@ class EngineLike(Protocol):
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]: ...
 
-    def tick(self, now: Instant) -> list[Effect]: ...
+    def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]: ...
 
     def next_deadline(self) -> float | None: ...
 
@@ -827,7 +832,9 @@ class Server:
             while True:
                 deadline = self._engine.next_deadline()
                 if deadline is not None and deadline <= trio.current_time():
-                    self._route(self._engine.tick(self._now()), None, None)
+                    # A bounded batch, then everyone else's turn; the loop comes
+                    # back while anything is still due.
+                    self._route(self._engine.tick(self._now(), limit=TICK_BATCH), None, None)
                     await trio.lowlevel.checkpoint()
                     continue
                 self._timer_at = math.inf if deadline is None else deadline
