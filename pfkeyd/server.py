@@ -323,6 +323,10 @@ class Server:
         self._control = control
         self._control_listeners: list[_Listener] = []
         self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
+        # The PF_KEY listeners, polled before each request (see _accept_pending), and
+        # the nursery their clients run in; None when not accepting.
+        self._pending: select.poll | None = None
+        self._client_nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -360,6 +364,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
                 async with trio.open_nursery() as clients:
+                    self._watch_pending(clients)
                     async with trio.open_nursery() as acceptors:
                         for listener in self._listeners:
                             acceptors.start_soon(self._accept_loop, listener, clients)
@@ -406,6 +411,7 @@ class Server:
         return _Listener(endpoint, sock, (st.st_dev, st.st_ino))
 
     def _close_listeners(self) -> None:
+        self._pending = self._client_nursery = None
         while self._listeners or self._control_listeners:
             listener = (self._listeners or self._control_listeners).pop()
             trio.lowlevel.notify_closing(listener.sock)
@@ -445,6 +451,39 @@ class Server:
                 if client is not None:
                     nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
+
+    def _watch_pending(self, nursery: trio.Nursery) -> None:
+        poller = select.poll()
+        for listener in self._listeners:
+            poller.register(listener.sock, select.POLLIN)
+        self._pending, self._client_nursery = poller, nursery
+
+    def _accept_pending(self) -> None:
+        """Admit every connection already waiting on a PF_KEY listener.
+
+        A kernel's PF_KEY socket receives broadcasts from the moment ``socket()``
+        returns; here a client exists once its ``connect()`` has returned, which is
+        when the connection is queued on the listener.  Called before each request
+        is handled, this puts every such client on the broadcast lists before the
+        engine chooses the recipients, whichever task the accept loop is.  (Only
+        requests can broadcast to a socket that has not asked for anything yet:
+        EXPIRE, ACQUIRE and SPDEXPIRE go to registered sockets.)  One poll() when
+        nothing is waiting; errors are left to the accept loop, which retries and
+        logs them.
+        """
+        poller, nursery = self._pending, self._client_nursery
+        if poller is None or nursery is None or self._stop.is_set() or not poller.poll(0):
+            return
+        for listener in self._listeners:
+            while True:
+                try:
+                    sock, _ = listener.sock.accept()
+                except OSError:  # BlockingIOError: none left; anything else: the accept loop's
+                    break
+                sock.setblocking(False)
+                client = self._admit(sock, listener.endpoint)
+                if client is not None:
+                    nursery.start_soon(self._run_client, client)
 
     async def _control_session(self, sock: socket.socket) -> None:
         assert self._control is not None
@@ -567,6 +606,7 @@ class Server:
         return False
 
     def _request(self, client: _Client, data: bytes) -> None:
+        self._accept_pending()
         engine = self._engine
         level = self._trace_level()
         if not level:
