@@ -59,6 +59,11 @@ expiry storm is served in slices between other clients' requests.  The
 monotonic time is trio's clock (tests drive it with the autojump clock); the wall
 clock is injected.
 
+Send failures.  Where the dialect's kernel would fail the ``send()`` of a
+malformed request, the client gets a header-only error reply with that errno
+instead (``send_failure_reply``), counted as ``send_would_fail``: a client must
+not be left waiting for an answer that never comes.
+
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself.  Only ``OSError`` is caught around socket I/O; anything else is a bug and
 propagates: it ends the daemon with a traceback.
@@ -90,6 +95,7 @@ from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
 from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire.message import send_failure_reply
 
 __all__ = [
     "Endpoint",
@@ -595,9 +601,8 @@ class Server:
                     return True
                 if not data or size > RECV_SIZE:
                     # Empty, or longer than any PF_KEY message can be: both kernels
-                    # fail such a send() and answer nothing.
-                    self._engine.stats.note_error(_SEND_FAILS_WITH[client.dialect])
-                    self._engine.stats.note_drop("malformed_no_reply")
+                    # fail such a send().
+                    self._send_fails(client, data, _SEND_FAILS_WITH[client.dialect])
                 else:
                     self._request(client, data)
                 handled += 1
@@ -620,14 +625,14 @@ class Server:
         try:
             msg = decode(data, client.dialect, max_size=engine.knobs.max_message_size)
         except DecodeError as exc:
-            engine.stats.note_error(exc.errno)
             if exc.reply:
+                engine.stats.note_error(exc.errno)
                 self._enqueue(client, error_reply(data, exc.errno, client.dialect))
             else:
-                engine.stats.note_drop("malformed_no_reply")
+                self._send_fails(client, data, exc.errno)
             if level:
                 log.log(level, "client %d: malformed request (%s, errno %d%s)", client.id, exc, exc.errno,
-                        "" if exc.reply else ", no reply")
+                        "" if exc.reply else ", where the kernel's send() fails")
             return
         if level:
             # The trace names the message and its extensions, never their contents:
@@ -649,6 +654,15 @@ class Server:
                 else:
                     log.log(level, "client %d: %s to %d client(s)%s", client.id, _type_name(eff.msg.type),
                             len(eff.to), " (promiscuous)" if eff.promisc else "")
+
+    def _send_fails(self, client: _Client, data: bytes, err: int) -> None:
+        """A request the dialect's kernel refuses at send(): the sender learns it at
+        once from the failed call.  pfkeyd cannot fail a send, so it answers with the
+        header alone carrying that errno (pfkey(4)), rather than leave the client
+        waiting for a reply that never comes; counted as ``send_would_fail``."""
+        self._engine.stats.note_error(err)
+        self._engine.stats.note_drop("send_would_fail")
+        self._enqueue(client, send_failure_reply(data, err, client.dialect))
 
     def _trace_level(self) -> int:
         """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
