@@ -23,6 +23,12 @@ there as soon as a kernel's would be; the outbox and the writer only come into p
 when a socket is full.  The sockets are plain non-blocking sockets driven with
 ``trio.lowlevel.wait_readable``/``wait_writable``.
 
+New clients.  Each listener has an accept loop, but before a request is handled
+the connections already waiting on the PF_KEY listeners are admitted too, so a
+socket whose ``connect()`` has returned is on the broadcast lists of every request
+sent after that (a kernel's PF_KEY socket is from ``socket()`` on).  Readers share
+one receive buffer: an idle client holds none.
+
 Backpressure.  Replies and dump entries are never dropped.  Before the reader
 receives the next request it waits until the client's outbox holds less than
 ``knobs.client_buffer`` bytes and no unfinished dump: a client that does not read
