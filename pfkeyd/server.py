@@ -464,39 +464,6 @@ class Server:
                     nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
 
-    def _watch_pending(self, nursery: trio.Nursery) -> None:
-        poller = select.poll()
-        for listener in self._listeners:
-            poller.register(listener.sock, select.POLLIN)
-        self._pending, self._client_nursery = poller, nursery
-
-    def _accept_pending(self) -> None:
-        """Admit every connection already waiting on a PF_KEY listener.
-
-        A kernel's PF_KEY socket receives broadcasts from the moment ``socket()``
-        returns; here a client exists once its ``connect()`` has returned, which is
-        when the connection is queued on the listener.  Called before each request
-        is handled, this puts every such client on the broadcast lists before the
-        engine chooses the recipients, whichever task the accept loop is.  (Only
-        requests can broadcast to a socket that has not asked for anything yet:
-        EXPIRE, ACQUIRE and SPDEXPIRE go to registered sockets.)  One poll() when
-        nothing is waiting; errors are left to the accept loop, which retries and
-        logs them.
-        """
-        poller, nursery = self._pending, self._client_nursery
-        if poller is None or nursery is None or self._stop.is_set() or not poller.poll(0):
-            return
-        for listener in self._listeners:
-            while True:
-                try:
-                    sock, _ = listener.sock.accept()
-                except OSError:  # BlockingIOError: none left; anything else: the accept loop's
-                    break
-                sock.setblocking(False)
-                client = self._admit(sock, listener.endpoint)
-                if client is not None:
-                    nursery.start_soon(self._run_client, client)
-
     async def _control_session(self, sock: socket.socket) -> None:
         assert self._control is not None
         try:
@@ -557,6 +524,39 @@ class Server:
         self._engine.client_opened(cid, endpoint.dialect)
         log.debug("client %d: uid %d pid %d on %s", cid, creds[1], creds[0], endpoint.path)
         return client
+
+    def _watch_pending(self, nursery: trio.Nursery) -> None:
+        poller = select.poll()
+        for listener in self._listeners:
+            poller.register(listener.sock, select.POLLIN)
+        self._pending, self._client_nursery = poller, nursery
+
+    def _accept_pending(self) -> None:
+        """Admit every connection already waiting on a PF_KEY listener.
+
+        A kernel's PF_KEY socket receives broadcasts from the moment ``socket()``
+        returns; here a client exists once its ``connect()`` has returned, which is
+        when the connection is queued on the listener.  Called before each request
+        is handled, this puts every such client on the broadcast lists before the
+        engine chooses the recipients, whichever task the accept loop is.  (Only
+        requests can broadcast to a socket that has not asked for anything yet:
+        EXPIRE, ACQUIRE and SPDEXPIRE go to registered sockets.)  One poll() when
+        nothing is waiting; errors are left to the accept loop, which retries and
+        logs them.
+        """
+        poller, nursery = self._pending, self._client_nursery
+        if poller is None or nursery is None or self._stop.is_set() or not poller.poll(0):
+            return
+        for listener in self._listeners:
+            while True:
+                try:
+                    sock, _ = listener.sock.accept()
+                except OSError:  # BlockingIOError: none left; anything else: the accept loop's
+                    break
+                sock.setblocking(False)
+                client = self._admit(sock, listener.endpoint)
+                if client is not None:
+                    nursery.start_soon(self._run_client, client)
 
     async def _run_client(self, client: _Client) -> None:
         try:
