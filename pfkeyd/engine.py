@@ -633,10 +633,18 @@ class KeyEngine:
                 sad.schedule(sa.first_used + lt.usetime, sa, kind)
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` is next needed (monotonic seconds), or None."""
-        times = [t for t in (self.sad.next_deadline(), self.acquires.next_deadline(self.knobs.blockacq_lifetime),
-                             self._policy_deadlines[0][0] if self._policy_deadlines else None) if t is not None]
-        return min(times, default=None)
+        """When ``tick`` is next needed (monotonic seconds), or None.  The shell asks
+        after every request, so the common case (nothing pending but SAs) is cheap."""
+        best = self.sad.next_deadline()
+        if self.acquires.by_index:
+            t = self.acquires.next_deadline(self.knobs.blockacq_lifetime)
+            if t is not None and (best is None or t < best):
+                best = t
+        if self._policy_deadlines:
+            t = self._policy_deadlines[0][0]
+            if best is None or t < best:
+                best = t
+        return best
 
     def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]:
         """Expire what is due at ``now`` (reference §7.1, §7.2).

@@ -265,15 +265,15 @@ class Sad:
         a FLUSH of 200 000 SAs the head may be stale, and its time is returned, an
         alarm that can only come early, never late (``due`` discards the rest)."""
         heap = self._deadlines
-        for _ in range(STALE_POPS):
-            if not heap:
-                return None
+        stale = 0
+        while heap:
             when, spi, version, _ = heap[0]
             sa = self.by_spi.get(spi)
-            if sa is not None and sa.version == version:
+            if (sa is not None and sa.version == version) or stale == STALE_POPS:
                 return when
             heapq.heappop(heap)  # the SA changed or went away: a stale entry
-        return heap[0][0] if heap else None
+            stale += 1
+        return None
 
     def due(self, now: float, limit: int | None = None) -> list[tuple[SecAssoc, int]]:
         """Pop the deadlines that have come, with the SA (still current) they name;
