@@ -422,7 +422,7 @@ def bench_idle(tmp: str, count: int) -> dict[str, float]:
           f"(target <= 16 KiB): {'met' if per_client <= 16 * 1024 else 'MISSED'}")
     print(f"  after they left           {after / 2**20:8.1f} MiB ({(after - base) / 2**20:+.1f} MiB)")
     print(f"  a second wave of {count:,}    {full2 / 2**20:8.1f} MiB, after it left {after2 / 2**20:.1f} MiB "
-          f"(growth over the first wave {(full2 - full) / 2**20:+.1f} MiB)")
+          f"({(full2 - after) / 2**20:+.1f} MiB over the RSS the first wave left behind)")
     return {"base": base, "full": full, "after": after, "per_client": per_client, "full2": full2}
 
 
