@@ -146,11 +146,20 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 
 def _split_endpoint(text: str, *, dialect_required: bool) -> tuple[str, Dialect]:
+    """``path:dialect``, or (where the dialect may be left out) ``path``.
+
+    Whatever follows the last colon names a dialect unless it holds a slash (then
+    the colon is part of a directory name): ``x.sock:openbsd`` or ``x.sock:Linux``
+    is an error, not a socket of that name.  A file name that itself holds a colon
+    needs its dialect spelled out (``a:b.sock:linux``).
+    """
     path, sep, name = text.rpartition(":")
     if sep and name in {d.value for d in Dialect}:
         dialect = Dialect(name)
-    elif dialect_required:
+    elif dialect_required or (sep and "/" not in name):
         msg = f"'{text}': expected path:dialect, the dialect being freebsd or linux"
+        if sep and "/" not in name:
+            msg = f"'{text}': unknown dialect '{name}' (freebsd or linux)"
         raise _UsageError(msg)
     else:
         path, dialect = text, native_dialect()

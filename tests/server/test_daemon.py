@@ -140,6 +140,10 @@ def test_a_bad_config_file_exits_1_naming_file_and_line(tmp_path: Path, capsys: 
 @pytest.mark.parametrize("args", [
     ["-l", "/tmp/x.sock"],                 # no dialect
     ["-l", "/tmp/x.sock:netbsd"],          # no such dialect
+    ["-l", "/tmp/x.sock:Linux"],           # dialect names are lower case
+    ["-s", "/tmp/x.sock:openbsd"],         # not a socket named "x.sock:openbsd"
+    ["-s", "/tmp/x.sock:Linux"],
+    ["-s", "x.sock:"],
     ["--group", "no-such-group-here"],
     ["--allow-uid", "no-such-user-here"],
     ["-s", "/tmp/a.sock", "-l", "/tmp/a.sock:linux"],
@@ -152,6 +156,15 @@ def test_usage_errors_exit_64_with_the_usage_on_stderr(args: list[str], capsys: 
     assert out == ""
     assert err.startswith("usage: pfkeyd")
     assert "\npfkeyd: " in err
+
+
+def test_a_colon_in_a_directory_name_is_part_of_the_path() -> None:
+    split = cli._split_endpoint
+    assert split("/tmp/a:b/x.sock", dialect_required=False) == ("/tmp/a:b/x.sock", native_dialect())
+    assert split("/tmp/a:b/x.sock:freebsd", dialect_required=False) == ("/tmp/a:b/x.sock", Dialect.FREEBSD)
+    assert split("a:b.sock:linux", dialect_required=True) == ("a:b.sock", Dialect.LINUX)
+    with pytest.raises(cli._UsageError, match="unknown dialect 'openbsd'"):
+        split("/tmp/x.sock:openbsd", dialect_required=False)
 
 
 def test_default_socket_path_and_dialect() -> None:
