@@ -336,3 +336,12 @@ def test_the_usage_reader_understands_usage_text() -> None:
     assert text_flags("pfkeyd lookup [-s path] dir src dst [proto [sport dport]]") == {"-s"}
     assert usage_entries("usage: pfkeyd [-d]\n              [-h]\n       pfkeyd stats [-s path]\n") == {
         "": "pfkeyd [-d] [-h]", "stats": "pfkeyd stats [-s path]"}
+
+
+def test_the_page_and_the_readme_say_that_state_lives_only_in_memory() -> None:
+    caveats = " ".join(section("CAVEATS"))
+    assert "only in the daemon's memory" in caveats
+    assert "restart, a crash" in caveats
+    readme = (ROOT / "README.md").read_text()
+    assert "State lives only in memory" in readme
+    assert "a restart or a crash loses every SA and policy" in readme
