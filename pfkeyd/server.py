@@ -59,7 +59,12 @@ clock is injected.
 
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself.  Only ``OSError`` is caught around socket I/O; anything else is a bug and
-propagates: it ends the daemon with a traceback.
+propagates: it ends the daemon with a traceback.  The one exception is a control
+request: whatever its bytes, and whatever goes wrong while its command runs, it is
+answered with an error, logged with a rate limit and counted
+(``control_bad_request``, ``control_failed``), and the daemon goes on.  Warnings
+that a peer can cause (refused peers, accept() failing under fd exhaustion) are
+rate-limited too.
 """
 
 from __future__ import annotations
@@ -93,8 +98,11 @@ __all__ = [
     "Endpoint",
     "EngineLike",
     "Server",
+    "ControlRequestError",
     "ServerError",
     "ServerStatistics",
+    "control_answer",
+    "parse_control_request",
     "RECV_SIZE",
     "peer_credentials",
     "uid_allowed",
@@ -105,7 +113,9 @@ log = logging.getLogger("pfkeyd.server")
 
 #: The largest PF_KEY message: sadb_msg_len is 16 bits of 8-byte units.
 RECV_SIZE = 0xFFFF * 8
-#: At most one "broadcasts dropped" warning per client in this many seconds.
+#: At most one warning of a kind in this many seconds: broadcasts dropped (per client),
+#: peers refused and accept() failing (per socket), control requests failing.  The
+#: next warning says how many were suppressed.
 DROP_LOG_INTERVAL = 10.0
 #: A reader yields to the other tasks after this many requests in a row (and always
 #: when its socket is empty, which waits).
@@ -147,8 +157,77 @@ class EngineLike(Protocol):
 #: A control hook: (argv, now) -> (exit status, stdout text, stderr text, effects).
 ControlHook = Callable[[Sequence[str], Instant], tuple[int, str, str, Sequence[Effect]]]
 
-#: The largest control request accepted.
+#: The largest control request accepted; a longer one is answered "request too long".
 CONTROL_REQUEST_MAX = 64 * 1024
+#: How long a control peer has to send its request.
+CONTROL_TIMEOUT = 10.0
+#: Exit statuses of control answers the daemon gives itself (sysexits.h).
+EX_USAGE, EX_SOFTWARE = 64, 70
+
+
+class ControlRequestError(ValueError):
+    """A control request that is not ``{"argv": [str, ...]}`` in UTF-8 JSON."""
+
+
+def parse_control_request(data: bytes) -> list[str]:
+    """The argv of one control request (one datagram), or :class:`ControlRequestError`.
+
+    The request is a UTF-8 JSON object whose ``argv`` is a list of strings; the
+    strings are text (no lone surrogates) without NUL.  Any other bytes, however
+    deep their nesting or long their numbers, raise ControlRequestError.
+    """
+    if len(data) > CONTROL_REQUEST_MAX:
+        raise ControlRequestError("request too long")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ControlRequestError("not UTF-8") from None
+    try:
+        request = json.loads(text)
+    except RecursionError:
+        raise ControlRequestError("not JSON: nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError, an integer of too many digits
+        raise ControlRequestError(f"not JSON: {_clip(str(exc))}") from None
+    argv = request.get("argv") if isinstance(request, dict) else None
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise ControlRequestError('expected {"argv": [string, ...]}')
+    for arg in argv:
+        if "\0" in arg:
+            raise ControlRequestError("an argument holds a NUL character")
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ControlRequestError("an argument is not text (a lone surrogate)") from None
+    return argv
+
+
+def control_answer(status: int, out: str = "", err: str = "") -> bytes:
+    """One control answer datagram."""
+    return json.dumps({"status": status, "out": out, "err": err}).encode()
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _LogLimit:
+    """At most one log line per ``interval`` seconds for one kind of event; the next
+    line that gets through says how many were suppressed meanwhile."""
+
+    __slots__ = ("at", "interval", "suppressed")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.at = -math.inf
+        self.suppressed = 0
+
+    def admit(self, now: float) -> int | None:
+        """None if this event is not to be logged; else how many were suppressed."""
+        if now - self.at < self.interval:
+            self.suppressed += 1
+            return None
+        suppressed, self.suppressed, self.at = self.suppressed, 0, now
+        return suppressed
 
 
 class ServerError(Exception):
@@ -317,6 +396,7 @@ class Server:
         self._listeners: list[_Listener] = []
         self._control = control
         self._control_listeners: list[_Listener] = []
+        self._log_limits: dict[tuple[str, str], _LogLimit] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -426,9 +506,12 @@ class Server:
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept on %s: %s; pausing 100 ms", listener.endpoint.path, exc.strerror)
+                    self._log_limited(("accept", listener.endpoint.path), logging.WARNING,
+                                      "accept on %s: %s; pausing 100 ms", listener.endpoint.path, exc.strerror)
                     await trio.sleep(0.1)
                     continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the peer left before it was accepted
                 raise
             sock.setblocking(False)
             if control:
@@ -441,27 +524,16 @@ class Server:
             await trio.lowlevel.checkpoint()
 
     async def _control_session(self, sock: socket.socket) -> None:
-        assert self._control is not None
         try:
-            with trio.move_on_after(10):
+            with trio.move_on_after(CONTROL_TIMEOUT):
                 while True:
                     try:
-                        data = sock.recv(CONTROL_REQUEST_MAX)
+                        # One byte more than the limit tells a request that is too long.
+                        data = sock.recv(CONTROL_REQUEST_MAX + 1)
                         break
                     except BlockingIOError:
                         await trio.lowlevel.wait_readable(sock)
-                try:
-                    argv = json.loads(data)["argv"]
-                    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
-                        raise TypeError("argv must be a list of strings")
-                except (ValueError, TypeError, KeyError) as exc:
-                    answer = {"status": 64, "out": "", "err": f"pfkeyd: bad control request: {exc}\n"}
-                else:
-                    status, out, err, effects = self._control(argv, self._now())
-                    self._route(effects, None, None)
-                    self._wake_timer()
-                    answer = {"status": status, "out": out, "err": err}
-                payload = json.dumps(answer).encode()
+                payload = self._control_request(data)
                 while True:
                     try:
                         sock.send(payload)
@@ -474,17 +546,63 @@ class Server:
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
+    def _control_request(self, data: bytes) -> bytes:
+        """Run one control request and return the answer.
+
+        This is the one boundary of a control request: a request that cannot be
+        read, and a command that fails, are answered with an error, logged (with a
+        rate limit) and counted, and the daemon goes on.  A failing command is a bug
+        in pfkeyd, so its log line carries the traceback.
+        """
+        assert self._control is not None
+        stats = self._engine.stats
+        try:
+            argv = parse_control_request(data)
+        except ControlRequestError as exc:
+            stats.note_drop("control_bad_request")
+            self._log_limited(("control", "bad"), logging.WARNING, "bad control request of %d bytes: %s",
+                              len(data), exc)
+            return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
+        try:
+            status, out, err, effects = self._control(argv, self._now())
+            self._route(effects, None, None)
+            self._wake_timer()
+            return control_answer(status, out, err)
+        except Exception:  # the boundary: the daemon and its other clients go on
+            stats.note_drop("control_failed")
+            self._log_limited(("control", "failed"), logging.ERROR, "control command %s failed",
+                              _clip(repr(argv[:1])), exc_info=True)
+            return control_answer(EX_SOFTWARE, err="pfkeyd: the command failed inside the daemon "
+                                  "(an internal error; the daemon's log has the details)\n")
+
+    def _log_limited(self, key: tuple[str, str], level: int, fmt: str, *args: object,
+                     exc_info: bool = False) -> None:
+        """Log at most once per DROP_LOG_INTERVAL seconds for ``key``, saying how many
+        lines were suppressed since the last one."""
+        limit = self._log_limits.get(key)
+        if limit is None:
+            limit = self._log_limits[key] = _LogLimit(DROP_LOG_INTERVAL)
+        suppressed = limit.admit(trio.current_time())
+        if suppressed is None:
+            return
+        if suppressed:
+            fmt += " (%d more suppressed in the last %g s)"
+            args = (*args, suppressed, DROP_LOG_INTERVAL)
+        log.log(level, fmt, *args, exc_info=exc_info)
+
     def _credentials(self, sock: socket.socket, endpoint: Endpoint) -> tuple[int, int] | None:
         """The peer's (pid, uid) if it may use the daemon; otherwise close it and log."""
         try:
             creds = peer_credentials(sock)
         except OSError as exc:
-            log.warning("refused a peer on %s: no credentials (%s)", endpoint.path, exc.strerror)
+            self._log_limited(("no credentials", endpoint.path), logging.WARNING,
+                              "refused a peer on %s: no credentials (%s)", endpoint.path, exc.strerror)
             creds = None
         if creds is None or not uid_allowed(creds[1], own_uid=self._own_uid, allow=self._allow):
             self._refused += 1
             if creds is not None:
-                log.warning("refused peer uid %d pid %d on %s", creds[1], creds[0], endpoint.path)
+                self._log_limited(("refused", endpoint.path), logging.WARNING, "refused peer uid %d pid %d on %s",
+                                  creds[1], creds[0], endpoint.path)
             sock.close()
             return None
         return creds
