@@ -565,7 +565,7 @@ class Server:
             return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
         try:
             status, out, err, effects = self._control(argv, self._now())
-            self._route(effects, None, None)
+            self._route(effects, None, None, "control")
             self._wake_timer()
             return control_answer(status, out, err)
         except Exception:  # the boundary: the daemon and its other clients go on
@@ -708,17 +708,6 @@ class Server:
         effects = engine.handle(client.id, msg, self._now(), raw=data)
         self._route(effects, client, data)
         self._wake_timer()
-        if level:
-            for eff in effects:
-                if isinstance(eff, Error):
-                    log.log(level, "client %d: answered errno %d", client.id, eff.errno)
-                elif isinstance(eff, Dump):
-                    log.log(level, "client %d: dump of %d entries", client.id, len(eff.items))
-                elif isinstance(eff, SendEncoded):
-                    log.log(level, "client %d: %s to %d client(s)", client.id, _type_name(eff.msgtype), len(eff.to))
-                else:
-                    log.log(level, "client %d: %s to %d client(s)%s", client.id, _type_name(eff.msg.type),
-                            len(eff.to), " (promiscuous)" if eff.promisc else "")
 
     def _trace_level(self) -> int:
         """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
@@ -735,8 +724,14 @@ class Server:
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, effects: Iterable[Effect], requester: _Client | None, request: bytes | None) -> None:
-        """Queue every effect, in order, without blocking."""
+    def _route(self, effects: Sequence[Effect], requester: _Client | None, request: bytes | None,
+               origin: str = "timer") -> None:
+        """Queue every effect, in order, without blocking.  ``origin`` names what
+        caused effects without a requester in the trace ("timer", "control")."""
+        if effects:
+            level = self._trace_level()
+            if level:
+                _trace(level, f"client {requester.id}" if requester is not None else origin, effects)
         for effect in effects:
             if isinstance(effect, Send):
                 self._deliver(effect, requester, request)
@@ -949,6 +944,36 @@ class Server:
                 with trio.move_on_at(self._timer_at):
                     await self._timer_wake.park()
                 self._timer_at = math.inf
+
+
+def _trace(level: int, origin: str, effects: Sequence[Effect]) -> None:
+    """The -d trace of what the daemon sends: replies, broadcasts, promiscuous
+    copies, errors and dumps, whether a request, the timer (ACQUIRE retries,
+    EXPIRE, SPDEXPIRE) or a control command (the ACQUIRE of a lookup) caused them.
+    It names messages and extensions, never their contents: no key material."""
+    for eff in effects:
+        if isinstance(eff, Error):
+            log.log(level, "%s: answered errno %d", origin, eff.errno)
+        elif isinstance(eff, Dump):
+            log.log(level, "%s: %s of %d entries", origin, _type_name(eff.msgtype), len(eff.items))
+        elif isinstance(eff, SendEncoded):
+            log.log(level, "%s: %s to %s", origin, _type_name(eff.msgtype), _recipients(eff.to))
+        else:
+            m = eff.msg
+            kind = "promiscuous copy of " if eff.promisc else "" if eff.reply else "broadcast "
+            log.log(level, "%s: %s%s satype %d seq %d pid %d to %s, extensions %s", origin, kind,
+                    _type_name(m.type), m.satype, m.seq, m.pid, _recipients(eff.to),
+                    ",".join(_ext_name(e.exttype) for e in m.exts if eff.reply or not _is_key(e.exttype))
+                    or "none")
+
+
+def _recipients(to: Sequence[ClientId]) -> str:
+    clients = ",".join(str(c) for c in to[:8]) + (",..." if len(to) > 8 else "")
+    return f"client{'s' * (len(to) != 1)} {clients}" if to else "no client"
+
+
+def _is_key(exttype: int) -> bool:
+    return exttype in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)
 
 
 #: The errno of a send() of a datagram of impossible size: FreeBSD's length check
