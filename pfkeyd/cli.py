@@ -2,7 +2,8 @@
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...]
-        Run the daemon in the foreground until SIGTERM or SIGINT.
+        Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
+        the -f file.
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
@@ -271,7 +272,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow)
+        return _run_daemon(sockets, knobs, group, allow, opts.config)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -291,8 +292,40 @@ def _tune_gc() -> None:
 GC_YOUNG_THRESHOLD = 100_000
 
 
+def knob_changes(old: Knobs, new: Knobs) -> list[str]:
+    """``name old -> new`` for every knob whose value differs (shared nodes once)."""
+    changes: list[str] = []
+    seen: set[str] = set()
+    for (spec, before), (_, after) in zip(old.items(), new.items(), strict=True):
+        if before != after and spec.attr not in seen:
+            seen.add(spec.attr)
+            changes.append(f"{spec.name} {before} -> {after}")
+    return changes
+
+
+def reload_config(path: str | None, current: Knobs) -> Knobs:
+    """SIGHUP: the knobs after re-reading ``path`` (the -f file) over ``current``.
+
+    As FreeBSD's ``service sysctl reload`` applies sysctl.conf, every line of the
+    file is set again and knobs the file does not name keep their current values
+    (changes made with ``pfkeyd sysctl`` included).  A bad file changes nothing.
+    Logs what changed, or why nothing did.
+    """
+    if path is None:
+        log.info("SIGHUP received; no configuration file (-f) to re-read")
+        return current
+    try:
+        knobs = load_config(path, current)
+    except ValueError as exc:
+        log.error("SIGHUP received; %s; no knob changed", exc)
+        return current
+    changes = knob_changes(current, knobs)
+    log.info("SIGHUP received; re-read %s: %s", path, ", ".join(changes) if changes else "no knob changed")
+    return knobs
+
+
 def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int]) -> int:
+                allow: frozenset[int], config: str | None = None) -> int:
     import trio
 
     from pfkeyd import control
@@ -311,7 +344,7 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
 
     async def run() -> None:
         # Listen for signals before the sockets exist, so that none is missed.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 try:
                     await nursery.start(server.serve)
@@ -319,6 +352,9 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                     failure.append(str(exc))
                     return
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        server.set_knobs(reload_config(config, engine.knobs))
+                        continue
                     log.info("%s received, stopping", signal.Signals(signum).name)
                     server.stop()
                     break

@@ -138,6 +138,9 @@ class EngineLike(Protocol):
     @property
     def knobs(self) -> Knobs: ...
 
+    @knobs.setter
+    def knobs(self, knobs: Knobs) -> None: ...
+
     @property
     def stats(self) -> Stats: ...
 
@@ -407,6 +410,12 @@ class Server:
     def stop(self) -> None:
         """Begin an orderly shutdown; :meth:`serve` returns when it is done."""
         self._stop.set()
+
+    def set_knobs(self, knobs: Knobs) -> None:
+        """Give the engine new knob values (SIGHUP's reload); they hold from the next
+        message and the next tick, as a ``sysctl`` change does."""
+        self._engine.knobs = knobs
+        self._wake_timer()
 
     def statistics(self) -> ServerStatistics:
         clients = self._clients.values()
