@@ -704,7 +704,7 @@ class Server:
             # trace wants the decoded message, so it is off while tracing.
             effects = engine.serve_hot(client.id, data, self._now())
             if effects is not None:
-                self._route(effects, client, data)
+                self._route(effects, client, data, trace=False)  # tracing is off here
                 self._wake_timer()
                 return
         try:
@@ -745,10 +745,10 @@ class Server:
     # ------------------------------------------------------------------ routing
 
     def _route(self, effects: Sequence[Effect], requester: _Client | None, request: bytes | None,
-               origin: str = "timer") -> None:
+               origin: str = "timer", *, trace: bool = True) -> None:
         """Queue every effect, in order, without blocking.  ``origin`` names what
         caused effects without a requester in the trace ("timer", "control")."""
-        if effects:
+        if trace and effects:
             level = self._trace_level()
             if level:
                 _trace(level, f"client {requester.id}" if requester is not None else origin, effects)
