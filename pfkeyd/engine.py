@@ -344,9 +344,16 @@ def _sa_index(msg: Message, proto: int) -> SaIndex:
     return SaIndex(proto, mode, reqid, s, d)
 
 
-def _lifetimes(msg: Message) -> tuple[Lifetime | None, Lifetime | None]:
+#: Whether a dialect's kernel wants an ADD's or UPDATE's LIFETIME_HARD and
+#: LIFETIME_SOFT together or not at all: FreeBSD's key_add and key_update refuse
+#: one alone (EINVAL); Linux's pfkey_msg2xfrm_state takes either alone and leaves
+#: the other limit unset, and scripts written for Linux rely on it.
+_LIFETIMES_PAIRED = {Dialect.FREEBSD: True, Dialect.LINUX: False}
+
+
+def _lifetimes(msg: Message, dialect: Dialect) -> tuple[Lifetime | None, Lifetime | None]:
     hard, soft = msg.lifetime_hard, msg.lifetime_soft
-    if (hard is None) != (soft is None):
+    if (hard is None) != (soft is None) and _LIFETIMES_PAIRED[dialect]:
         msg_ = "LIFETIME_HARD and LIFETIME_SOFT must come together"
         raise InvalidArgument(msg_)
     return hard, soft
@@ -748,7 +755,7 @@ class KeyEngine:
                 raise InvalidArgument("TCP-MD5 SAs take no encryption algorithm")
         else:
             raise ProtocolNotSupported(f"satype {satype} is not supported")
-        hard, soft = _lifetimes(msg)
+        hard, soft = _lifetimes(msg, req.dialect)
         _identities(msg)
         algorithms.check_sa(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
         auth = sa.auth
@@ -806,7 +813,7 @@ class KeyEngine:
         if sa_ext is None:
             raise InvalidArgument("SA extension is required")
         proto = _proto_of(msg.satype)
-        _lifetimes(msg)
+        _lifetimes(msg, req.dialect)
         index = _sa_index(msg, proto)
         sa = self.sad.get(sa_ext.spi)
         if sa is None:
@@ -823,8 +830,8 @@ class KeyEngine:
         else:
             if msg.key_auth is not None or msg.key_encrypt is not None:
                 raise InvalidArgument("the keys of a mature SA cannot change")
-            hard, soft = _lifetimes(msg)
-            if hard is None and sa.state == SaState.DYING:
+            hard, soft = _lifetimes(msg, req.dialect)
+            if hard is None and soft is None and sa.state == SaState.DYING:
                 hard, soft = sa.hard, sa.soft  # a DYING SA keeps its limits
             new = sa.evolve(state=SaState.MATURE, hard=hard, soft=soft)
             new = self._natt_changed(new, msg, proto)
@@ -865,7 +872,7 @@ class KeyEngine:
         if sa_ext is None:
             raise InvalidArgument("SA extension is required")
         _addresses(msg)
-        _lifetimes(msg)
+        _lifetimes(msg, req.dialect)
         if (msg.satype == SaType.ESP and msg.key_encrypt is None) or (
             msg.satype == SaType.AH and msg.key_auth is None
         ):
