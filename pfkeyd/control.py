@@ -183,7 +183,9 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
                      f" priority {sp.priority:#x}")
         for o in decision.requests:
             head = f"  {_request_text(o.request)} (level {_LEVEL_NAMES.get(o.level, o.level)})"
-            if o.sa is not None:
+            if not o.reached:
+                lines.append(f"{head}: not reached (the packet is dropped at an earlier request)")
+            elif o.sa is not None:
                 state = SaState(o.sa.state).name.lower()
                 lines.append(f"{head}: SA spi {o.sa.spi:#010x} ({state})")
             elif o.acquire_seq:

@@ -1297,9 +1297,22 @@ class KeyEngine:
         effects: list[Effect] = []
         outcomes: list[RequestOutcome] = []
         held = False
+        # The packet's addresses as each request of the bundle finds them: a request
+        # whose tunnel was applied leaves the outer header, and the later requests are
+        # resolved against it (FreeBSD: ipsec_process_done -> ipsec4_perform_request
+        # (idx + 1) -> ipsec4_allocsa reads the mbuf's IP header; Linux:
+        # xfrm_tmpl_resolve_one moves daddr/saddr to a found tunnel state's).  A
+        # request bypassed at level use leaves the packet, and the addresses, as
+        # they were.
+        src, dst = flow.src.without_port(), flow.dst.without_port()
         for r in sp.requests:
             level = self._level(r, flow.src.version)
-            index = _request_index(r, flow)
+            index = _request_index(r, src, dst)
+            if held and dir_ != Direction.INBOUND:
+                # An earlier request needed an SA it has not got: the packet was
+                # dropped there, and neither kernel looks at the later requests.
+                outcomes.append(RequestOutcome(r, level, index, None, reached=False))
+                continue
             sa = self._usable_sa(index)
             acquire_seq = recipients = 0
             if dir_ == Direction.INBOUND:
@@ -1307,6 +1320,8 @@ class KeyEngine:
                 # dropped (ipsec_in_reject); inbound traffic never triggers an ACQUIRE.
                 held = held or level in (Level.REQUIRE, Level.UNIQUE)
             elif sa is None:
+                # key_allocsa_policy -> key_acquire(saidx): the ACQUIRE names this
+                # request's SA index, so a later request's carries the outer addresses.
                 rec = self.acquires.trigger(index, now.mono, self.knobs.blockacq_count)
                 if rec is not None:
                     acquire_seq = rec.seq
@@ -1316,6 +1331,8 @@ class KeyEngine:
                     effects += sent
                 if level in (Level.REQUIRE, Level.UNIQUE):
                     held = True
+            if sa is not None and r.mode == Mode.TUNNEL:
+                src, dst = index.src, index.dst
             outcomes.append(RequestOutcome(r, level, index, sa, acquire_seq, recipients))
         self._count(effects)
         action = "discard" if held else "ipsec"
@@ -1461,6 +1478,9 @@ class RequestOutcome:
     sa: SecAssoc | None
     acquire_seq: int = 0  # the seq of the ACQUIRE sent now (0: none sent)
     acquire_recipients: int = 0  # how many registered key managers it went to
+    #: False for an outbound request after one that dropped the packet (level
+    #: require or unique, no SA): no SA was looked for and no ACQUIRE sent.
+    reached: bool = True
 
 
 @record
@@ -1478,13 +1498,12 @@ def _with_port(sa: SockAddr, port: int) -> SockAddr:
     return SockAddr(sa.ip, port, sa.flowinfo, sa.scope_id)
 
 
-def _request_index(r: IpsecRequest, flow: Flow) -> SaIndex:
-    """The SA index a request needs for a flow: the tunnel endpoints in tunnel mode,
-    the flow's addresses in transport mode (ipsec_setup_saidx); reqid for unique."""
+def _request_index(r: IpsecRequest, src: SockAddr, dst: SockAddr) -> SaIndex:
+    """The SA index a request needs for a packet from ``src`` to ``dst`` (without
+    ports): the tunnel endpoints in tunnel mode, the packet's addresses in transport
+    mode (ipsec4_allocsa, ipsec_setup_saidx); reqid for unique."""
     if r.mode == Mode.TUNNEL and isinstance(r.src, SockAddr) and isinstance(r.dst, SockAddr):
         src, dst = r.src.without_port(), r.dst.without_port()
-    else:
-        src, dst = flow.src.without_port(), flow.dst.without_port()
     reqid = r.reqid if r.level == Level.UNIQUE else 0
     return SaIndex(r.proto, r.mode, reqid, src, dst)
 
