@@ -18,7 +18,7 @@ from setkey import cli
 from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args, split_messages
 from setkey.usage import EX_USAGE, USAGE
 from tests.setkey import manpage
-from tests.setkey.clihelp import NOW, WALL, run
+from tests.setkey.clihelp import NOW, WALL, Result, run
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "examples" / "captures"
@@ -169,6 +169,8 @@ def test_an_unreadable_script_or_a_missing_daemon_exits_1(tmp_path: Path) -> Non
 def test_a_script_that_sends_nothing_needs_no_daemon() -> None:
     assert run(["-e", "# nothing but a comment\n"], socket=NOWHERE).status == 0
     assert run(["-e", "exit; flush;"], socket=NOWHERE).status == 0
+    # text after quit is not even parsed
+    assert run(["-n", "-e", "flush; quit; this is ( not setkey"], socket=NOWHERE) == Result(0, "", "")
 
 
 def test_a_script_can_come_from_stdin() -> None:
