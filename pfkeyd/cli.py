@@ -35,7 +35,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
@@ -323,20 +323,22 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     return 0
 
 
-def _control_socket(argv: list[str]) -> tuple[str, list[str]]:
-    """Take ``-s path`` / ``--socket path`` off the front of a control command's
-    arguments; the control socket is the one beside that PF_KEY socket."""
-    path = os.environ.get(SOCKET_ENV) or default_socket_path()
+def _control_target(argv: list[str]) -> tuple[str, str, str, list[str]]:
+    """(control socket, PF_KEY socket, where its path came from, the other arguments)."""
+    path = os.environ.get(SOCKET_ENV)
+    origin = SOCKET_ENV
+    if not path:
+        path, origin = default_socket_path(), "the default"
     if argv[:1] in (["-s"], ["--socket"]):
         if len(argv) < 2:
             msg = f"option {argv[0]} needs a path"
             raise _UsageError(msg)
-        path = argv[1]
+        path, origin = argv[1], argv[0]
         argv = argv[2:]
     if not path:
         msg = "no socket path: give -s path or set PFKEY_SOCKET"
         raise _UsageError(msg)
-    return control_path(path), argv
+    return control_path(path), path, origin, argv
 
 
 def _remote(command: str) -> Callable[[Sequence[str]], int]:
@@ -344,7 +346,7 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
 
     def run(argv: Sequence[str]) -> int:
         try:
-            path, rest = _control_socket(list(argv))
+            path, pfkey_path, origin, rest = _control_target(list(argv))
         except _UsageError as exc:
             print(f"pfkeyd {command}: {exc}", file=sys.stderr)
             return EX_USAGE
@@ -364,7 +366,8 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
                 return 1
             answer = json.loads(data)
         except OSError as exc:
-            print(f"pfkeyd {command}: {path}: {exc.strerror or exc}", file=sys.stderr)
+            text = connect_failure(path, exc, option="-s", origin=origin, pfkey_path=pfkey_path)
+            print(f"pfkeyd {command}: {text}", file=sys.stderr)
             return 1
         except ValueError:
             print(f"pfkeyd {command}: {path}: no answer from the daemon", file=sys.stderr)

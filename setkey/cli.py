@@ -67,7 +67,7 @@ import pfkeyd.client
 from pfkeyd import __version__
 from pfkeyd import algorithms as alg
 from pfkeyd.client import Connection, PfkeyReplyError, RawReply
-from pfkeyd.defaults import SOCKET_ENV, default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, connect_failure, default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, decode, encode
 from setkey.build import build, deleteall_deletes, needs_dump
@@ -426,11 +426,24 @@ class _Program:
     # -------------------------------------------------------------- connecting
 
     def socket_path(self) -> str:
-        path = self.opts.socket or self.rt.environ.get(SOCKET_ENV) or default_socket_path(self.rt.environ)
+        return self._socket()[0]
+
+    def _socket(self) -> tuple[str, str]:
+        """The daemon's PF_KEY socket and where its path came from."""
+        if self.opts.socket:
+            return self.opts.socket, "--socket"
+        path = self.rt.environ.get(SOCKET_ENV)
+        if path:
+            return path, SOCKET_ENV
+        path = default_socket_path(self.rt.environ)
         if not path:
             msg = f"no PF_KEY socket: give --socket, or set {SOCKET_ENV} or XDG_RUNTIME_DIR"
             raise _Fatal(msg)
-        return path
+        return path, "the default"
+
+    def _unreachable(self, exc: OSError) -> _Fatal:
+        path, origin = self._socket()
+        return _Fatal(connect_failure(path, exc, option="--socket", origin=origin))
 
     def _connected(self, body: Callable[[Connection], Awaitable[int]]) -> int:
         path = self.socket_path()
@@ -444,7 +457,7 @@ class _Program:
             except OSError as exc:
                 if entered:
                     raise
-                raise _Fatal(f"{path}: {exc.strerror or exc}") from None
+                raise self._unreachable(exc) from None
 
         return trio.run(run)
 
@@ -457,7 +470,7 @@ class _Program:
                 try:
                     await sock.connect(path)
                 except OSError as exc:
-                    raise _Fatal(f"{path}: {exc.strerror or exc}") from None
+                    raise self._unreachable(exc) from None
                 return await body(sock)
 
         return trio.run(run)

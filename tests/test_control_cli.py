@@ -214,7 +214,18 @@ def test_s_without_a_path_is_a_usage_error(command: str, sockdir: str) -> None:
 def test_a_command_without_a_daemon_fails_with_status_1_naming_the_control_socket(sockdir: str) -> None:
     result = pfkeyd_command("stats", "-s", f"{sockdir}/none.sock")
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"pfkeyd stats: {sockdir}/none.ctl: No such file or directory\n"
+    assert result.stderr == (
+        f"pfkeyd stats: {sockdir}/none.ctl: No such file or directory (the control socket (beside "
+        f"{sockdir}/none.sock), from -s): pfkeyd may not be running, or it listens on another socket: "
+        "choose that one with -s or PFKEY_SOCKET\n")
+    env = {**os.environ, "PFKEY_SOCKET": f"{sockdir}/other.sock"}
+    for command in ("sysctl", "lookup"):
+        result = pfkeyd_command(command, "-a" if command == "sysctl" else "in", env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"pfkeyd {command}: {sockdir}/other.ctl: No such file or directory (the control socket (beside "
+            f"{sockdir}/other.sock), from PFKEY_SOCKET): pfkeyd may not be running, or it listens on another "
+            "socket: choose that one with -s or PFKEY_SOCKET\n")
 
 
 # ------------------------------------------------------------------ stats

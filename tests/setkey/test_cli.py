@@ -8,11 +8,14 @@ Runs against a daemon are in test_cli_e2e.py.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import string
 from pathlib import Path
 
 import pytest
 
+from pfkeyd.defaults import default_socket_path
 from pfkeyd.wire import Address, Dialect, ExtType, Key, Lifetime, Message, MsgType, Sa, Sa2, SaType, encode
 from setkey import cli
 from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args, split_messages
@@ -160,10 +163,31 @@ def test_check_only_contacts_no_daemon() -> None:
 def test_an_unreadable_script_or_a_missing_daemon_exits_1(tmp_path: Path) -> None:
     r = run(["-f", str(tmp_path / "missing.conf")])
     assert (r.status, r.err) == (1, f"setkey: {tmp_path}/missing.conf: No such file or directory\n")
+    hint = ("pfkeyd may not be running, or it listens on another socket: "
+            "choose that one with --socket or PFKEY_SOCKET")
     r = run(["-e", "flush;"], socket=NOWHERE)
-    assert (r.status, r.err) == (1, f"setkey: {NOWHERE}: No such file or directory\n")
-    r = run(["-D"], socket=NOWHERE)
-    assert (r.status, r.err) == (1, f"setkey: {NOWHERE}: No such file or directory\n")
+    assert (r.status, r.err) == (
+        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from --socket): {hint}\n")
+    r = run(["-D"], environ={"PFKEY_SOCKET": NOWHERE})
+    assert (r.status, r.err) == (
+        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from PFKEY_SOCKET): {hint}\n")
+    environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    default = default_socket_path(environ)  # /run/pfkeyd.sock for root
+    if default is not None and not os.path.exists(default):
+        r = run(["-x"], environ=environ)
+        assert (r.status, r.err) == (
+            1, f"setkey: {default}: No such file or directory (the PF_KEY socket, from the default): {hint}\n")
+
+
+def test_a_socket_file_nobody_listens_on_says_pfkeyd_may_not_be_running(tmp_path: Path) -> None:
+    # what a daemon that died leaves behind: the file, and ECONNREFUSED
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.bind(stale)
+    r = run(["-D"], socket=stale)
+    assert r.status == 1
+    assert r.err == (f"setkey: {stale}: Connection refused (the PF_KEY socket, from --socket): pfkeyd may not be "
+                     "running, or it listens on another socket: choose that one with --socket or PFKEY_SOCKET\n")
 
 
 def test_a_script_that_sends_nothing_needs_no_daemon() -> None:
