@@ -55,6 +55,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -276,6 +277,15 @@ def _environ() -> Mapping[str, str]:
     return os.environ
 
 
+def _ifname(index: int) -> str | None:
+    """if_indextoname(3), None for an index no interface has: what getnameinfo()
+    does for a scoped IPv6 address (``fe80::1%lo``, else ``fe80::1%7``)."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None
+
+
 @dataclass
 class Runtime:
     """The world setkey runs in; tests replace parts of it.
@@ -283,7 +293,9 @@ class Runtime:
     ``loops`` bounds the ``-l`` loop (None: until interrupted) and ``interval``
     is its period in seconds; ``resolver`` resolves host names (None: the
     system's getaddrinfo); ``reply_timeout`` is how long a dump may go without
-    a message before setkey gives up (the reference waits 1 s per receive).
+    a message before setkey gives up (the reference waits 1 s per receive);
+    ``ifname`` names the interface of a scope id in the dumps (None: print the
+    number).
     """
 
     stdin: TextIO = field(default_factory=_stdin)
@@ -296,6 +308,7 @@ class Runtime:
     interval: float = 1.0
     resolver: Resolver | None = None
     reply_timeout: float = 5.0
+    ifname: Callable[[int], str | None] = _ifname
 
 
 class _Fatal(Exception):
@@ -378,7 +391,8 @@ class _Program:
         self.dialect = opts.dialect or native_dialect()
         self.dump_options = DumpOptions(dialect=self.dialect, show_dead=opts.show_dead,
                                         short=opts.loop and opts.mode == "D" and not opts.policy,
-                                        ports=opts.ports, json=opts.json, localtime=rt.localtime)
+                                        ports=opts.ports, json=opts.json, localtime=rt.localtime,
+                                        ifname=rt.ifname)
 
     def out(self, text: str) -> None:
         if text:

@@ -28,8 +28,10 @@ from typing import IO
 import pytest
 
 from pfkeyd.wire import Dialect
+from setkey import cli
 from setkey.dump import SHORT_HEADER
-from tests.setkey.clihelp import PID, ThreadDaemon, against, run
+from setkey.resolve import Resolver
+from tests.setkey.clihelp import PID, Result, ThreadDaemon, against, run
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -246,6 +248,37 @@ def test_the_socket_comes_from_PFKEY_SOCKET_and_the_dialect_is_the_hosts(daemon:
     r = run(["--socket", freebsd, "--dialect", "freebsd", "-DP"], environ={"PFKEY_SOCKET": "/nonexistent"})
     assert (r.status, r.err) == (0, "")
     assert r.out.startswith("10.0.0.1[any] 10.0.0.2[any] any\n\tout none\n")
+
+
+SCOPED = (f"add fe80::1%lo fe80::2%lo esp 0x5001 -m tunnel -E aes-cbc {KEY16};\n"
+          "spdadd fe80::1%lo fe80::2%lo any -P out ipsec esp/tunnel/fe80::1%lo-fe80::2%lo/require;\n"
+          "spdadd fe80::/64 fe80::2%lo any -P in ipsec esp/tunnel/fe80::2%lo-fe80::1%lo/require;\n")
+
+
+@DIALECTS
+def test_scoped_addresses_print_the_interface_name_as_the_reference_does(daemon: ThreadDaemon,
+                                                                         dialect: Dialect) -> None:
+    # getnameinfo(NI_NUMERICHOST) writes the zone of a scoped address as the
+    # interface's name (fe80::1%lo), in the SA lines and in the policy text.
+    setkey = against(daemon, dialect)
+    names = {"resolver": Resolver(if_nametoindex={"lo": 1}.__getitem__), "ifname": {1: "lo"}.get}
+    assert setkey(["-e", SCOPED], **names) == Result(0, "", "")
+    d = setkey(["-D"], **names)
+    assert (d.status, d.err) == (0, "")
+    assert d.out.splitlines() == golden(f"scoped-D.{dialect.value}.txt")
+    dp = setkey(["-DP"], **names)
+    assert (dp.status, dp.err) == (0, "")
+    assert dp.out.splitlines() == golden(f"scoped-DP.{dialect.value}.txt")
+    # an index no interface has prints as the number, as getnameinfo() does
+    numeric = setkey(["-D"], ifname=lambda index: None).out.splitlines()[0]
+    assert numeric.rstrip() == "fe80::1%1 fe80::2%1"
+
+
+def test_the_interface_names_come_from_the_system() -> None:
+    index = socket.if_nametoindex("lo")
+    assert cli.Runtime().ifname(index) == "lo"
+    unused = max(i for i, _name in socket.if_nameindex()) + 1
+    assert cli.Runtime().ifname(unused) is None
 
 
 def test_scope_options_filter_freebsd_policies(daemon: ThreadDaemon) -> None:
