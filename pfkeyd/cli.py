@@ -293,8 +293,8 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
     engine = KeyEngine(knobs)
 
-    def control_hook(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)

@@ -144,8 +144,9 @@ class EngineLike(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
-#: A control hook: (argv, now) -> (exit status, stdout text, stderr text, effects).
-ControlHook = Callable[[Sequence[str], Instant], tuple[int, str, str, Sequence[Effect]]]
+#: A control hook: (argv, now, dialect) -> (exit status, stdout text, stderr text,
+#: effects); ``dialect`` is that of the PF_KEY socket the control socket is beside.
+ControlHook = Callable[[Sequence[str], Instant, Dialect], tuple[int, str, str, Sequence[Effect]]]
 
 #: The largest control request accepted.
 CONTROL_REQUEST_MAX = 64 * 1024
@@ -433,14 +434,14 @@ class Server:
             sock.setblocking(False)
             if control:
                 if self._credentials(sock, listener.endpoint) is not None:
-                    nursery.start_soon(self._control_session, sock)
+                    nursery.start_soon(self._control_session, sock, listener.endpoint.dialect)
             else:
                 client = self._admit(sock, listener.endpoint)
                 if client is not None:
                     nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
 
-    async def _control_session(self, sock: socket.socket) -> None:
+    async def _control_session(self, sock: socket.socket, dialect: Dialect) -> None:
         assert self._control is not None
         try:
             with trio.move_on_after(10):
@@ -457,7 +458,7 @@ class Server:
                 except (ValueError, TypeError, KeyError) as exc:
                     answer = {"status": 64, "out": "", "err": f"pfkeyd: bad control request: {exc}\n"}
                 else:
-                    status, out, err, effects = self._control(argv, self._now())
+                    status, out, err, effects = self._control(argv, self._now(), dialect)
                     self._route(effects, None, None)
                     self._wake_timer()
                     answer = {"status": status, "out": out, "err": err}

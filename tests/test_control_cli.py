@@ -373,8 +373,8 @@ def test_a_bad_config_line_stops_the_start_naming_file_and_line(sockdir: str) ->
 def hook(engine: KeyEngine) -> ControlHook:
     """The control hook as `pfkeyd` builds it."""
 
-    def run(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def run(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     return run
