@@ -6,6 +6,7 @@
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+    pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
     pfkeyd exec [--socket path] -- command [arg ...]
     pfkeyd preload-path
@@ -106,6 +107,7 @@ usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ..
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+       pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
        pfkeyd preload-path
        pfkeyd decode [-d dialect] [-k] file ...
@@ -420,6 +422,7 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sysctl": _remote("sysctl"),
     "stats": _remote("stats"),
     "lookup": _remote("lookup"),
+    "dialect": _remote("dialect"),
     "exec": _exec_command,
     "preload-path": _preload_path_command,
 }

@@ -487,3 +487,18 @@ def test_lookup_names_tunnel_endpoints(engine: KeyEngine) -> None:
     out = run(engine, "lookup", "out", "10.1.0.0", "10.2.0.0")
     assert "  esp/tunnel/192.0.2.1-192.0.2.2/require (level require): SA spi 0x00007000 (mature)\n" in out.out
     assert out.out.endswith("decision: ipsec (protected by the SAs above)\n")
+
+
+# ------------------------------------------------------------------ dialect
+
+
+def test_dialect_answers_the_dialect_of_the_socket_asked() -> None:
+    engine = KeyEngine(rng=random.Random(1))
+    now = Instant(0.0, 0)
+    for dialect in Dialect:
+        assert control.run(engine, ["dialect"], now, dialect) == Outcome(0, f"{dialect.value}\n")
+    assert control.run(engine, ["dialect"], now) == Outcome(
+        1, err="dialect: this control socket belongs to no PF_KEY socket\n")
+    assert control.run(engine, ["dialect", "x"], now, Dialect.LINUX).status == 64
+    unknown = control.run(engine, ["nope"], now, Dialect.LINUX)
+    assert unknown.err == "unknown control command; one of: sysctl, stats, lookup, dialect\n"

@@ -228,6 +228,13 @@ def test_a_command_without_a_daemon_fails_with_status_1_naming_the_control_socke
             "socket: choose that one with -s or PFKEY_SOCKET\n")
 
 
+def test_dialect_prints_the_dialect_of_each_socket(shared: Daemon) -> None:
+    for path, dialect in ((shared.linux, "linux"), (shared.freebsd, "freebsd")):
+        result = pfkeyd_command("dialect", "-s", path)
+        assert (result.returncode, result.stdout, result.stderr) == (0, f"{dialect}\n", "")
+    assert pfkeyd_command("dialect", "-s", shared.linux, "extra").returncode == 64
+
+
 # ------------------------------------------------------------------ stats
 
 

@@ -56,6 +56,13 @@ def test_the_usage_text_is_the_man_page_synopsis() -> None:
     (["--json=yes", "-D"], "option --json takes no argument"),
     (["--dialect", "openbsd", "-D"], "unknown dialect 'openbsd' (freebsd or linux)"),
     (["--socket=", "-D"], "--socket needs a path"),
+    (["--timeout", "0", "-D"], "--timeout needs a number of seconds above 0, not '0'"),
+    (["--timeout=-1", "-D"], "--timeout needs a number of seconds above 0, not '-1'"),
+    (["--timeout=soon", "-D"], "--timeout needs a number of seconds above 0, not 'soon'"),
+    (["--timeout=inf", "-D"], "--timeout needs a number of seconds above 0, not 'inf'"),
+    (["--timeout=nan", "-D"], "--timeout needs a number of seconds above 0, not 'nan'"),
+    (["--timeout=\u0665", "-D"], "--timeout needs a number of seconds above 0, not '\u0665'"),
+    (["-D", "--timeout"], "option --timeout needs an argument"),
     (["-D", "-F"], "-D and -F cannot be combined"),
     (["-f", "a", "-e", "b"], "-f and -e cannot be combined"),
     (["-f", "a", "-f", "b"], "-f may be given only once"),
@@ -85,8 +92,14 @@ def test_the_parser_accepts_the_man_page_options_and_refuses_every_other() -> No
     documented = manpage.option_flags(manpage.source())
     letters = {f"-{c}" for c in string.ascii_letters + string.digits}
     assert {o for o in letters if _accepted(o)} == {o for o in documented if len(o) == 2}
-    longs = {"--json", "--socket=x", "--dialect=linux", "--help", "--version", "--verbose", "--sock=x", "--jsonx"}
+    longs = {"--json", "--socket=x", "--dialect=linux", "--timeout=1", "--help", "--version", "--verbose", "--sock=x", "--jsonx"}
     assert {o.split("=")[0] for o in longs if _accepted(o)} == {o for o in documented if o.startswith("--")}
+
+
+def test_timeout_takes_seconds() -> None:
+    assert parse_args(["--timeout", "2.5", "-D"]).timeout == 2.5
+    assert parse_args(["--timeout=.5", "-F"]).timeout == 0.5
+    assert parse_args(["-D"]).timeout is None  # the Runtime's default: cli.DEFAULT_TIMEOUT
 
 
 def test_options_combine_and_come_in_any_order() -> None:
