@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import trio
@@ -21,6 +21,7 @@ from pfkeyd.client import ReplyTimeout
 from pfkeyd.defaults import control_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import KeyEngine
+from pfkeyd.server import ControlHook
 from pfkeyd.wire import Dialect, Message, MsgType, SaType, decode, encode
 from tests.server.peers import start_daemon
 
@@ -64,10 +65,12 @@ def slow_echo(delay: float) -> Peer:
     return peer
 
 
-def hook(engine: KeyEngine):  # type: ignore[no-untyped-def]
-    def run(argv: list[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, list[Effect]]:
+def hook(engine: KeyEngine) -> ControlHook:
+    """The control hook as `pfkeyd` builds it."""
+
+    def run(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
         outcome = control.run(engine, argv, now, dialect)
-        return outcome.status, outcome.out, outcome.err, list(outcome.effects)
+        return outcome.status, outcome.out, outcome.err, outcome.effects
 
     return run
 
