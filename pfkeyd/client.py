@@ -122,6 +122,7 @@ from __future__ import annotations
 import errno as E
 import json
 import logging
+import math
 import os
 import random
 import socket
@@ -341,6 +342,8 @@ class Connection:
         self._events_ready = trio.lowlevel.ParkingLot()
         self._dump: _DumpState | None = None
         self._dump_room = trio.lowlevel.ParkingLot()
+        #: When the receive task last read something (trio time; -inf: never).
+        self._heard = -math.inf
 
     # ------------------------------------------------------------ requests
 
@@ -487,13 +490,20 @@ class Connection:
             if timeout is None:
                 await batch.lot.park()
                 continue
-            # The deadline is for a time without any reply: the wake-up above
-            # comes only after many, so a timeout with some is not one.
-            before = batch.outstanding
-            with trio.move_on_after(timeout) as scope:
-                await batch.lot.park()
-            if scope.cancelled_caught and batch.outstanding == before and batch.failure is None:
-                raise ReplyTimeout(self.path, self._oldest_unanswered(batch), timeout)
+            # The deadline is for a time in which nothing came from the daemon:
+            # the wake-up above comes only after many replies, so a park may end
+            # by its deadline after some came; it then parks again, until
+            # ``timeout`` after the last thing the receive task read.
+            waited_from = trio.current_time()
+            while True:
+                with trio.move_on_at(max(self._heard, waited_from) + timeout) as scope:
+                    await batch.lot.park()
+                if not scope.cancelled_caught or batch.failure is not None:
+                    break
+                if max(self._heard, waited_from) + timeout <= trio.current_time():
+                    raise ReplyTimeout(self.path, self._oldest_unanswered(batch), timeout)
+                if batch.outstanding <= batch.wake_at:
+                    break  # (landed as the deadline passed: no wake-up is coming)
 
     def _oldest_unanswered(self, batch: _Batch) -> str:
         """What ``batch`` waits for first: "the reply to SADB_ADD (seq 7)"."""
@@ -639,6 +649,8 @@ class Connection:
                         size = raw.recv_into(view)
                     except BlockingIOError:
                         now = trio.current_time()
+                        if drained:
+                            self._heard = now
                         count = count / 2 + drained
                         seconds = seconds / 2 + (now - since)
                         due = len(waiters)
@@ -654,6 +666,7 @@ class Connection:
                     drained += 1
                     dispatch(bytes(view[:size]))
                 else:
+                    self._heard = trio.current_time()
                     await trio.lowlevel.checkpoint()
         except OSError as exc:
             log.debug("receive from %s failed: %s", self.path, exc)

@@ -170,6 +170,30 @@ async def test_a_slow_daemon_that_keeps_answering_is_not_timed_out(
         assert [r.type for r in replies] == [MsgType.FLUSH] * 4  # type: ignore[union-attr]
 
 
+async def test_the_deadline_runs_from_the_last_reply(
+        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    # The first of two requests is answered after 3 s, the second never: the
+    # wait ends 5 s after that reply (at 8 s), not at a multiple of 5 s.
+    path = f"{sockdir}/half.sock"
+
+    async def answers_once(sock: trio.socket.SocketType) -> None:
+        with sock:
+            first = await sock.recv(1 << 16)
+            await sock.recv(1 << 16)
+            await trio.sleep(3)
+            reply = decode(first, Dialect.LINUX, request=False)
+            await sock.send(encode(Message(reply.type, reply.satype, reply.seq, reply.pid), Dialect.LINUX))
+            await trio.sleep_forever()
+
+    await serve(nursery, path, answers_once)
+    async with pfkeyd.client.open(path, Dialect.LINUX, reply_timeout=5) as conn:
+        start = trio.current_time()
+        with pytest.raises(ReplyTimeout) as caught:
+            await conn.request_many([Message(MsgType.FLUSH, SaType.UNSPEC), Message(MsgType.X_SPDFLUSH)])
+        assert trio.current_time() - start == pytest.approx(8)
+        assert caught.value.waiting_for.startswith("the reply to SADB_X_SPDFLUSH (seq ")
+
+
 async def test_a_control_socket_that_never_answers_times_out(
         nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
     path = f"{sockdir}/stuck.sock"
