@@ -249,7 +249,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-d", "--dialect", choices=("linux", "freebsd"), default=None,
                         help="the sockets' dialect (default: what the daemons report)")
     args = parser.parse_args(argv)
-    trio.run(_serve_forever, args.host_a, args.host_b, args.dialect)
+    try:
+        trio.run(_serve_forever, args.host_a, args.host_b, args.dialect)
+    except OSError as exc:
+        # a daemon that is not there: say which socket, as setkey does
+        where = exc.filename or args.host_a
+        print(f"keymgr: {where}: {exc.strerror or exc} (is pfkeyd running on that socket?)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -976,6 +976,12 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
     try:
         with _deadline(reply_timeout, path, "the daemon to take the connection"):
             await sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        if exc.filename is None and exc.errno is not None:
+            # connect() does not say which socket it could not reach
+            raise OSError(exc.errno, exc.strerror, path) from None
+        raise
     except BaseException:
         sock.close()
         raise

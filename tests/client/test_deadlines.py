@@ -7,6 +7,7 @@ at once.
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from collections.abc import Awaitable, Callable, Sequence
@@ -218,3 +219,11 @@ async def test_a_daemon_that_reads_nothing_times_out_the_send(
             with pytest.raises(ReplyTimeout) as caught:
                 await conn.request_many([big] * 100_000, window=100_000)
             assert caught.value.waiting_for == "room to send SADB_FLUSH (the daemon reads nothing)"
+
+
+async def test_a_missing_socket_raises_its_errno_and_names_the_path(sockdir: str) -> None:
+    missing = f"{sockdir}/none.sock"
+    with pytest.raises(FileNotFoundError) as caught:
+        async with pfkeyd.client.open(missing):
+            pass
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOENT, missing)
