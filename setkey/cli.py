@@ -36,6 +36,15 @@ Theory of operation
 ``file ...``
     Files of raw PF_KEY messages, printed as replies would be; no daemon.
 
+Every mode that talks to the daemon first asks it which dialect its socket
+speaks (the control socket's ``dialect`` command, through
+:func:`pfkeyd.client.socket_dialect`); ``--dialect`` overrides the answer, with
+a warning when the two differ, and the host's own dialect is the fallback when
+nothing answers.  Nothing setkey waits for from the daemon waits longer than
+``--timeout`` seconds (:data:`DEFAULT_TIMEOUT`) without progress: the client
+library raises :class:`pfkeyd.client.ReplyTimeout`, reported with what was
+awaited and the likely cause (:meth:`_Program._timed_out`), exit 1.
+
 Everything printed for the daemon's messages comes from :mod:`setkey.dump`, in
 the format of the dialect's reference tool (FreeBSD setkey, ipsec-tools).  The
 clock, the time zone, the standard streams, the environment, the name
