@@ -79,3 +79,8 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
                               env={**no_manpath, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"}, check=False)
         assert page.returncode == 0, page.stderr
         assert topic in page.stdout.splitlines()[0].lower()
+    # without a section too, for the names no system page has
+    for topic, name in (("pfkeyd", "man8/pfkeyd.8"), ("pfkey", "man4/pfkey.4")):
+        found = subprocess.run([man, "-w", topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath,
+                               check=False)
+        assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / name).resolve(), found
