@@ -50,6 +50,7 @@ from pfkeyd.errors import (
 )
 from pfkeyd.hotpath import HotPath
 from pfkeyd.knobs import Knobs
+from pfkeyd.packet import sa as packet_sa
 from pfkeyd.record import record
 from pfkeyd.sad import (
     DEADLINE_HARD,
@@ -751,6 +752,9 @@ class KeyEngine:
         hard, soft = _lifetimes(msg)
         _identities(msg)
         algorithms.check_sa(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
+        # The packet path must be able to run every SA it may be handed: refused here,
+        # never when a packet arrives (issue 12).
+        packet_sa.check(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
         auth = sa.auth
         if proto == IpProto.ESP and key_enc is not None:
             # esp_init records the GMAC/Poly1305 id of a combined-mode SA.
