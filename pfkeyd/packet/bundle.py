@@ -1,0 +1,263 @@
+"""SA bundles: the transforms of one policy applied in FreeBSD's order, counted.
+
+Theory of operation
+-------------------
+Outbound (``ipsec4_process_packet``, ``ipsec_process_done``): the SAs of a policy's
+requests are applied in the order the policy lists them, the first one innermost
+(``ipcomp/tunnel ... esp/transport ... ah/transport`` gives IPComp, then ESP, then
+AH).  Before each transform, ``ipsec_encap`` wraps the datagram in an outer header
+from the SA's addresses when the SA is in tunnel mode, when its address family is
+not the datagram's, or when its destination is neither unspecified nor the
+datagram's.  A protocol switched off by its ``*_enable`` knob drops the packet
+(``pdrops``).  After the last transform an ESP SA with NAT-T puts the datagram in
+UDP (RFC 3948).
+
+Inbound (``ipsec_common_input``, ``ipsec4_common_input_cb``): while the datagram's
+next header is ESP, AH or IPComp, :func:`peek` reads the SPI (for IPComp the CPI)
+and destination, the caller's ``lookup`` finds the SA (FreeBSD: destination,
+protocol and SPI only), the transform runs, and a tunnel-mode SA whose payload is
+IP-in-IP has its outer header stripped (:func:`pfkeyd.packet.ip.decapsulate`, with
+ECN egress).  Plain IP-in-IP is accepted for an IPComp tunnel SA of its outer
+source and destination: the small packets that SA sent uncompressed
+(``ipcomp_encapcheck``).  What comes out is the inner datagram and the SAs that
+were applied, for the caller's inbound policy check.
+
+Every verdict is counted once here (the transforms never count): packets and bytes
+per protocol (``output``/``obytes``, ``input``/``ibytes``, as the ``*stat``
+structures count them) and each :class:`~pfkeyd.packet.counters.Drop`.  Each SA's
+:class:`~pfkeyd.packet.runtime.SaRuntime` gains the bytes and packets it carried
+(``key_sa_recordxfer``: the protected datagram outbound, the recovered one inbound),
+which :mod:`pfkeyd.packet.usage` hands to the key engine.  No input raises.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+
+from pfkeyd.packet import ah, esp, ip, ipcomp
+from pfkeyd.packet.counters import AH, COUNTERS, ESP, IPCOMP, Counters, Drop
+from pfkeyd.packet.ip import PacketKnobs
+from pfkeyd.packet.runtime import SaRuntime
+from pfkeyd.packet.sa import TransformSA
+from pfkeyd.record import record
+
+__all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect", "MAX_DEPTH"]
+
+#: IP protocol number -> counter table name.
+_NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPCOMP: IPCOMP}
+
+#: Most headers one datagram may shed on the way in (nested tunnels included);
+#: deeper nesting is dropped as ``hdrops`` of the protocol that would go next.
+MAX_DEPTH = 8
+
+
+@record
+class Bound:
+    """An SA and its traffic state: one step of a bundle."""
+
+    sa: TransformSA
+    state: SaRuntime
+
+
+@record
+class Peek:
+    """What the SAD lookup needs (``ipsec_common_input``): the protocol, the SPI (the
+    IPComp CPI as an SPI; 0 for plain IP-in-IP, protocol 4 or 41) and the outer
+    source and destination addresses as raw bytes."""
+
+    proto: int
+    spi: int
+    src: bytes
+    dst: bytes
+
+
+@record
+class Accepted:
+    """An inbound datagram that passed: the inner datagram and the SAs applied, outermost first."""
+
+    datagram: bytes
+    applied: tuple[Bound, ...]
+
+
+#: The caller's SAD lookup: a :class:`Peek` -> the SA, or None (``notdb``).  For
+#: plain IP-in-IP (``proto`` 4 or 41) it returns the IPComp tunnel SA of the source
+#: and destination, if there is one.
+Lookup = Callable[[Peek], Bound | None]
+
+
+def _enabled(knobs: PacketKnobs, proto: int) -> bool:
+    if proto == ip.IPPROTO_ESP:
+        return bool(knobs.esp_enable)
+    if proto == ip.IPPROTO_AH:
+        return bool(knobs.ah_enable)
+    return bool(knobs.ipcomp_enable)
+
+
+def peek(datagram: bytes) -> Peek | Drop | None:
+    """The lookup key of an inbound datagram; a Drop (``hdrops``) when an ESP, AH or
+    IPComp datagram has fewer than 8 bytes behind its IP header, None when the
+    datagram is not an IP datagram carrying ESP, AH, IPComp or IP-in-IP."""
+    sp = ip.split(datagram, inbound=True)
+    if sp is None:
+        return None
+    return _peek(datagram, sp)
+
+
+def _peek(datagram: bytes, sp: ip.Split) -> Peek | Drop | None:
+    proto, at = sp.proto, sp.hlen
+    name = _NAMES.get(proto)
+    if name is None:
+        if proto in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
+            return Peek(proto, 0, sp.src, sp.dst)
+        return None
+    if len(datagram) < at + 8:
+        return Drop(name, "hdrops")
+    if proto == ip.IPPROTO_ESP:
+        spi = int.from_bytes(datagram[at : at + 4], "big")
+    elif proto == ip.IPPROTO_AH:
+        spi = int.from_bytes(datagram[at + 4 : at + 8], "big")
+    else:
+        spi = ipcomp.spi_of_cpi(int.from_bytes(datagram[at + 2 : at + 4], "big"))
+    return Peek(proto, spi, sp.src, sp.dst)
+
+
+def _needs_encap(sa: TransformSA, sp: ip.Split) -> bool:
+    """``ipsec_encap`` runs for tunnel mode, another address family, or a proxy
+    destination (neither unspecified nor the datagram's)."""
+    if sa.tunnel:
+        return True
+    if len(sa.dst) != len(sp.dst):
+        return True
+    return any(sa.dst) and sa.dst != sp.dst
+
+
+def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counters: Counters, *,
+            random: Callable[[int], bytes] = os.urandom) -> bytes | Drop:
+    """Apply the bundle ``chain`` (the policy's request order, innermost first) to
+    ``datagram``: the protected datagram, or the Drop that stopped it (counted)."""
+    dg = datagram
+    for bound in chain:
+        sa, state = bound.sa, bound.state
+        name = _NAMES.get(sa.proto)
+        if name is None:
+            continue  # no packet transform (TCP-MD5 SAs never reach a bundle)
+        if not _enabled(knobs, sa.proto):
+            return counters.drop(Drop(name, "pdrops"))
+        sp = ip.split(dg)
+        if sp is None:
+            return counters.drop(Drop(name, "hdrops"))
+        if _needs_encap(sa, sp):
+            # The outer IPv4 ID is random (FreeBSD's ip_fillid with random_id=1).
+            outer = ip.encapsulate(dg, sa.src, sa.dst, knobs, int.from_bytes(random(2), "big"))
+            if outer is None:
+                return counters.drop(Drop(name, "toobig"))
+            dg = outer
+            sp = ip.split(dg)
+            if sp is None:  # pragma: no cover - encapsulate builds a well-formed datagram
+                return counters.drop(Drop(name, "hdrops"))
+        result: bytes | Drop
+        if sa.proto == ip.IPPROTO_ESP:
+            result = esp.protect(sa, state, dg, random=random)
+        elif sa.proto == ip.IPPROTO_AH:
+            result = ah.protect(sa, state, dg)
+        else:
+            packed = ipcomp.protect(sa.spi, dg)
+            if isinstance(packed, ipcomp.Uncompressed):
+                counters.add(IPCOMP, packed.reason)
+                if packed.reason == "uncompr":
+                    counters.add(IPCOMP, "output")
+                result = packed.datagram
+            else:
+                if isinstance(packed, bytes):
+                    counters.add(IPCOMP, "output")
+                    counters.add(IPCOMP, "obytes", len(dg) - sp.hlen)
+                result = packed
+        if isinstance(result, Drop):
+            return counters.drop(result)
+        if sa.proto != ip.IPPROTO_IPCOMP:
+            counters.add(name, "output")
+            counters.add(name, "obytes", len(dg) - sp.hlen)
+        state.bytes += len(result)
+        state.packets += 1
+        dg = result
+    return dg
+
+
+def _decap_drop(name: str, reason: str) -> Drop:
+    """The counter of a failed decapsulation: ``ecn``/``badinner`` where the table
+    has them, else ``tunnel`` (FreeBSD's "tunnel sanity check failed")."""
+    wanted = "ecn" if reason == ip.DECAP_ECN else "badinner"
+    return Drop(name, wanted if wanted in COUNTERS[name] else "tunnel")
+
+
+def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop:
+    """Undo every ESP, AH and IPComp header of an inbound ``datagram`` (and the outer
+    headers of tunnel-mode SAs): the inner datagram with the SAs applied, or the
+    Drop that stopped it (counted).  A datagram that carries none of them comes back
+    unchanged with no SA applied."""
+    dg = datagram
+    applied: list[Bound] = []
+    for _ in range(MAX_DEPTH + 1):
+        sp = ip.split(dg, inbound=True)
+        if sp is None:
+            guess = dg[9] if len(dg) >= 20 and dg[0] >> 4 == 4 else dg[6] if len(dg) >= 40 else 0
+            return counters.drop(Drop(_NAMES.get(guess, ESP) if not applied else _NAMES[applied[-1].sa.proto],
+                                      "hdrops"))
+        key = _peek(dg, sp)
+        if key is None:
+            return Accepted(dg, tuple(applied))
+        if isinstance(key, Drop):
+            return counters.drop(key)
+        if key.proto in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
+            # Plain IP-in-IP: ours only if an IPComp tunnel SA of these ends takes it.
+            if not knobs.ipcomp_enable:
+                return Accepted(dg, tuple(applied))
+            bound = lookup(key)
+            if bound is None or bound.sa.proto != ip.IPPROTO_IPCOMP or not ipcomp.accepts_plain(
+                    bound.sa.tunnel, bound.sa.src, bound.sa.dst, sp):
+                return Accepted(dg, tuple(applied))
+            inner = ip.decapsulate(dg, sp, knobs)
+            if isinstance(inner, str):
+                return counters.drop(_decap_drop(IPCOMP, inner))
+            counters.add(IPCOMP, "input")
+            counters.add(IPCOMP, "ibytes", len(inner))
+            bound.state.bytes += len(inner)
+            bound.state.packets += 1
+            applied.append(bound)
+            dg = inner
+            continue
+        name = _NAMES[key.proto]
+        if len(applied) >= MAX_DEPTH:
+            return counters.drop(Drop(name, "hdrops"))
+        if not _enabled(knobs, key.proto):
+            return counters.drop(Drop(name, "pdrops"))
+        bound = lookup(key)
+        if bound is None or bound.sa.proto != key.proto:
+            return counters.drop(Drop(name, "notdb"))
+        sa, state = bound.sa, bound.state
+        result: bytes | Drop
+        if key.proto == ip.IPPROTO_ESP:
+            result = esp.unprotect(sa, state, dg)
+        elif key.proto == ip.IPPROTO_AH:
+            result = ah.unprotect(sa, state, dg)
+        else:
+            result = ipcomp.unprotect(dg, sp)
+        if isinstance(result, Drop):
+            return counters.drop(result)
+        if sa.tunnel:
+            inner_sp = ip.split(result, inbound=True)
+            if inner_sp is not None and inner_sp.proto in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
+                inner = ip.decapsulate(result, inner_sp, knobs)
+                if isinstance(inner, str):
+                    # The transform passed (its state moved, as FreeBSD's does) but
+                    # the inner datagram is refused.
+                    return counters.drop(_decap_drop(name, inner))
+                result = inner
+        counters.add(name, "input")
+        counters.add(name, "ibytes", len(dg) - sp.hlen)
+        state.bytes += len(result)
+        state.packets += 1
+        applied.append(bound)
+        dg = result
+    return counters.drop(Drop(_NAMES[applied[-1].sa.proto] if applied else ESP, "hdrops"))
