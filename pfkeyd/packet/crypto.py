@@ -348,6 +348,8 @@ def _decrepit(name: str) -> Callable[[bytes], CipherAlgorithm]:
 
 def _cbc(make: Callable[[bytes], CipherAlgorithm], block: int) -> Callable[[bytes, bool, bool], Cipher]:
     def build(key: bytes, ctr_compat: bool, iv4b: bool) -> Cipher:
+        if iv4b and block != 8:
+            raise Unavailable("a 4-byte IV (IV4B, RFC 1829) needs a cipher with 8-byte blocks")
         return CbcCipher(make(key), block, 4 if iv4b else None)
 
     return build

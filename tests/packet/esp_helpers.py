@@ -5,7 +5,7 @@ from __future__ import annotations
 from pfkeyd.packet import crypto, ip
 from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
-from pfkeyd.wire.constants import IpProto, Mode
+from pfkeyd.wire.constants import IpProto, Mode, SaFlag
 
 SRC4 = bytes([192, 0, 2, 1])
 DST4 = bytes([192, 0, 2, 2])
@@ -34,7 +34,7 @@ def v6(proto: int, payload: bytes, src: bytes = SRC6, dst: bytes = DST6) -> byte
 def esp_sa(enc: int, key: bytes, auth: int = 0, akey: bytes = b"", *, spi: int = 0x1000, flags: int = 0,
            window: int = 64, mode: int = Mode.TRANSPORT, ctr_compatibility: bool = True) -> TransformSA:
     """An ESP TransformSA built directly (not through the SAD)."""
-    cipher = crypto.cipher(enc, key)
+    cipher = crypto.cipher(enc, key, iv4b=bool(flags & SaFlag.X_EXT_IV4B))
     mac = None if cipher.aead or auth == 0 else crypto.mac(auth, akey)
     return TransformSA(int(IpProto.ESP), spi, int(mode), SRC4, DST4, flags, window, enc, auth, cipher, mac,
                        ctr_compatibility=ctr_compatibility)
