@@ -38,6 +38,8 @@ _COMMON: dict[str, str] = {
     "toobig": "packet would exceed the maximum IP length",
     "crypto": "crypto processing failure",
     "tunnel": "tunnel sanity check failed",
+    "ecn": "ECN egress refused the decapsulated packet (CE outside: Not-ECT inside, or ecn forbidden)",
+    "badinner": "tunnel-mode SA: the inner datagram is malformed",
     "input": "packets in",
     "output": "packets out",
     "ibytes": "bytes in",

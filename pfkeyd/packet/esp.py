@@ -127,8 +127,6 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
         body = header + iv + c.encrypt(iv, plain, b"")
         if mac is not None:
             body += mac.digest(body, (seq >> 32).to_bytes(4, "big") if esn else b"")
-    state.packets += 1
-    state.bytes += n
     return ip.join(datagram, sp, IPPROTO_ESP, body)
 
 
@@ -202,7 +200,4 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
         return _BADPAD
     if nh == _IPPROTO_NONE:
         return _DUMMY
-    inner = plain[: len(plain) - npad - 2]
-    state.packets += 1
-    state.bytes += len(inner)
-    return ip.join(datagram, sp, nh, inner)
+    return ip.join(datagram, sp, nh, plain[: len(plain) - npad - 2])

@@ -141,7 +141,9 @@ class SaRuntime:
         self.seq = 0  # the last sequence number sent (64 bits); the next packet carries seq + 1
         self.iv_counter = 0  # the explicit IV of the next CTR/GCM/ChaCha/GMAC packet
         self.replay = replay
-        self.bytes = 0  # bytes protected or accepted (the IP payload, as FreeBSD counts them)
+        # Usage, recorded by the bundle once per SA and packet (FreeBSD key_sa_recordxfer):
+        # the transforms themselves never count.
+        self.bytes = 0
         self.packets = 0
 
     @classmethod
