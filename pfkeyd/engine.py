@@ -675,16 +675,19 @@ class KeyEngine:
         assert sa.soft is not None
         return self._to_registered(_expire_message(dying, sa.soft))
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant) -> list[Effect]:
-        """Account traffic on an SA (the packet path calls this); enforces the byte
-        and allocation limits and starts the use-time lifetimes on first use."""
+    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
+                     replay_seq: int | None = None) -> list[Effect]:
+        """Account traffic on an SA (the packet path calls this, through
+        :mod:`pfkeyd.packet.usage`); enforces the byte and allocation limits and starts
+        the use-time lifetimes on first use.  ``replay_seq`` is the SA's replay counter
+        now (what SADB_X_SA2 reports), if the caller knows it."""
         sa = self.sad.get(spi)
         if sa is None or not sa.alive:
             return []
         first = sa.first_used is None
         usage = Usage(sa.bytes + nbytes, sa.packets + packets,
                       now.mono if first else sa.first_used, now.wall if first else sa.first_used_wall,
-                      sa.replay_seq)
+                      sa.replay_seq if replay_seq is None else replay_seq)
         new = sa.evolve(usage=usage) if first else sa.counted(usage)
         self.sad.replace(sa, new)
         if first:

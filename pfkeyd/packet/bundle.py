@@ -36,7 +36,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from pfkeyd.packet import ah, esp, ip, ipcomp
-from pfkeyd.packet.counters import AH, COUNTERS, ESP, IPCOMP, Counters, Drop
+from pfkeyd.packet.counters import AH, ESP, IPCOMP, Counters, Drop
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
@@ -185,10 +185,8 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
 
 
 def _decap_drop(name: str, reason: str) -> Drop:
-    """The counter of a failed decapsulation: ``ecn``/``badinner`` where the table
-    has them, else ``tunnel`` (FreeBSD's "tunnel sanity check failed")."""
-    wanted = "ecn" if reason == ip.DECAP_ECN else "badinner"
-    return Drop(name, wanted if wanted in COUNTERS[name] else "tunnel")
+    """The counter of a failed decapsulation: ``ecn`` (egress refused) or ``badinner``."""
+    return Drop(name, "ecn" if reason == ip.DECAP_ECN else "badinner")
 
 
 def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop:
