@@ -51,6 +51,7 @@ from pfkeyd.errors import (
 from pfkeyd.hotpath import HotPath
 from pfkeyd.knobs import Knobs
 from pfkeyd.packet import sa as packet_sa
+from pfkeyd.packet.counters import Counters as PacketCounters
 from pfkeyd.record import record
 from pfkeyd.sad import (
     DEADLINE_HARD,
@@ -370,6 +371,9 @@ class KeyEngine:
         self.sad = Sad()
         self.clients: dict[ClientId, ClientState] = {}
         self.stats = Stats()
+        # The packet path's counters (espstat, ahstat, ipcompstat and NAT-T); the
+        # data plane fills them, `pfkeyd stats` prints them.
+        self.packet_counters = PacketCounters()
         self.spd = Spd()
         self.acquires = AcquireTable()
         self._policy_deadlines: list[tuple[float, int]] = []  # (when, policy id), checked when due
@@ -426,7 +430,8 @@ class KeyEngine:
         self.knobs = self.knobs.set(name, value)
 
     def statistics(self) -> Statistics:
-        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd))
+        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
+                                   packets=self.packet_counters.snapshot())
 
     # --------------------------------------------------------------- dispatch
 
