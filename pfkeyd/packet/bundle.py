@@ -35,14 +35,14 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
-from pfkeyd.packet import ah, esp, ip, ipcomp
-from pfkeyd.packet.counters import AH, ESP, IPCOMP, Counters, Drop
+from pfkeyd.packet import ah, esp, ip, ipcomp, natt
+from pfkeyd.packet.counters import AH, ESP, IPCOMP, NATT, Counters, Drop
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.record import record
 
-__all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect", "MAX_DEPTH"]
+__all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect", "unprotect_udp", "MAX_DEPTH"]
 
 #: IP protocol number -> counter table name.
 _NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPCOMP: IPCOMP}
@@ -181,6 +181,13 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
         state.bytes += len(result)
         state.packets += 1
         dg = result
+    if chain and chain[-1].sa.natt is not None and chain[-1].sa.proto == ip.IPPROTO_ESP:
+        # ipsec_process_done: UDP encapsulation after the last transform.
+        udp = natt.encapsulate(chain[-1].sa, dg)
+        if isinstance(udp, Drop):
+            return counters.drop(udp)
+        counters.add(NATT, "output")
+        dg = udp
     return dg
 
 
@@ -259,3 +266,27 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
         applied.append(bound)
         dg = result
     return counters.drop(Drop(_NAMES[applied[-1].sa.proto] if applied else ESP, "hdrops"))
+
+
+def unprotect_udp(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop:
+    """A datagram that arrived on the NAT-T port (RFC 3948): keepalives and IKE
+    messages come back as ``natt.keepalive`` / ``natt.ike`` (counted; not ESP),
+    ESP-in-UDP is taken out of UDP and, if the SA it names has NAT-T state with
+    exactly these ports (FreeBSD's ``udp_ipsec_input``; ``natt.badport`` otherwise),
+    goes through :func:`unprotect`.  In transport mode the TCP/UDP checksum of the
+    result is then fixed for the NAT (``natt_cksum_policy``)."""
+    got = natt.decapsulate(datagram)
+    if isinstance(got, Drop):
+        return counters.drop(got)
+    key = peek(got.datagram)
+    if not isinstance(key, Peek):
+        return counters.drop(key if isinstance(key, Drop) else Drop(NATT, "hdrops"))
+    first = lookup(key)
+    if first is not None and first.sa.proto == ip.IPPROTO_ESP and not natt.ports_match(first.sa, got.sport, got.dport):
+        return counters.drop(Drop(NATT, "badport"))
+    counters.add(NATT, "input")
+    result = unprotect(got.datagram, lookup, knobs, counters)
+    if isinstance(result, Drop) or not result.applied:
+        return result
+    fixed = natt.fix_checksum(result.applied[0].sa, result.datagram, knobs.natt_cksum_policy)
+    return Accepted(fixed, result.applied)

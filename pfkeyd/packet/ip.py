@@ -120,6 +120,7 @@ class PacketKnobs:
     ah_enable: int = 1
     ipcomp_enable: int = 1
     ctr_compatibility: int = 1
+    natt_cksum_policy: int = 0
     ttl: int = DEFAULT_TTL
     hlim: int = DEFAULT_TTL
 
@@ -127,7 +128,8 @@ class PacketKnobs:
     def of(cls, knobs: Knobs) -> PacketKnobs:
         return cls(dfbit=knobs.dfbit, ecn=knobs.ecn, ecn6=knobs.ecn6, ah_cleartos=knobs.ah_cleartos,
                    ah_offsetmask=knobs.ah_offsetmask, esp_enable=knobs.esp_enable, ah_enable=knobs.ah_enable,
-                   ipcomp_enable=knobs.ipcomp_enable, ctr_compatibility=knobs.ctr_compatibility)
+                   ipcomp_enable=knobs.ipcomp_enable, ctr_compatibility=knobs.ctr_compatibility,
+                   natt_cksum_policy=knobs.natt_cksum_policy)
 
 
 # --------------------------------------------------------------------- checksums

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from scapy.layers.inet import IP
+from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
 from pfkeyd.packet import bundle, crypto, ip
@@ -189,3 +189,14 @@ def test_tunnel_sa_with_a_malformed_inner_datagram_is_badinner() -> None:
     counters = Counters()
     assert bundle.unprotect(wire, table(rx), PacketKnobs(), counters) == Drop("esp", "badinner")
     assert counters["esp.badinner"] == 1
+
+
+def test_keepalives_and_ike_on_the_natt_port_are_counted_not_esp() -> None:
+    from pfkeyd.packet import natt
+
+    counters = Counters()
+    ka = natt.keepalive(4500, 4500, OUTER4[0], OUTER4[1])
+    assert bundle.unprotect_udp(ka, table(), PacketKnobs(), counters) == Drop("natt", "keepalive")
+    ike = bytes(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=4500, dport=4500) / (b"\0\0\0\0" + b"ike" * 10))
+    assert bundle.unprotect_udp(ike, table(), PacketKnobs(), counters) == Drop("natt", "ike")
+    assert (counters["natt.keepalive"], counters["natt.ike"]) == (1, 1)

@@ -255,3 +255,40 @@ def test_difference_ah_ipv6_mutable_option_freebsd_zeroes_type_and_length_too() 
     got = bundle.unprotect(theirs_wire, _lookup(_ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)),
                            PacketKnobs(), Counters())
     assert got == Drop("ah", "badauth")
+
+
+@pytest.mark.parametrize("tunnel", [False, True], ids=["transport", "tunnel"])
+@pytest.mark.parametrize("pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256)],
+                         ids=_case_id)
+def test_esp_in_udp_both_ways(pair: tuple[int, int], tunnel: bool) -> None:
+    from dataclasses import replace
+
+    from scapy.layers.inet import UDP
+
+    from pfkeyd.sad import NatT
+
+    enc, auth = pair
+    out = _ours(ESP, enc, auth, tunnel=tunnel, v6=False)
+    out = Bound(replace(out.sa, natt=NatT(2, 4500, 4500)), out.state)
+    theirs = SecurityAssociation(ScapyESP, spi=SPI, crypt_algo=SCAPY_ENC[enc][0], crypt_key=key(SCAPY_ENC[enc][1], 2),
+                                 auth_algo=SCAPY_AUTH[auth][0] if auth else None,
+                                 auth_key=key(SCAPY_AUTH[auth][1], 3) if auth else None,
+                                 tunnel_header=IP(src="192.0.2.1", dst="192.0.2.2") if tunnel else None,
+                                 nat_t_header=UDP(sport=4500, dport=4500))
+    dg = _datagram(tunnel, False)
+    counters = Counters()
+    wire = bundle.protect([out], dg, PacketKnobs(), counters)
+    assert isinstance(wire, bytes) and wire[9] == 17 and wire[20:24] == b"\x11\x94\x11\x94"
+    assert wire[26:28] == b"\0\0" and counters["natt.output"] == 1  # IPv4: UDP checksum 0
+    assert bytes(theirs.decrypt(IP(wire))) == dg
+    inbound = _ours(ESP, enc, auth, tunnel=tunnel, v6=False)
+    inbound = Bound(replace(inbound.sa, natt=NatT(2, 4500, 4500)), inbound.state)
+    theirs_wire = bytes(theirs.encrypt(IP(dg)))
+    got = bundle.unprotect_udp(theirs_wire, _lookup(inbound), PacketKnobs(), counters)
+    # Transport mode without NAT-OA: FreeBSD (natt_cksum_policy 0) sets the UDP checksum to 0.
+    want = dg if tunnel else dg[:26] + b"\0\0" + dg[28:]
+    assert isinstance(got, bundle.Accepted) and got.datagram == want
+    assert counters["natt.input"] == 1
+    # FreeBSD's port rule: the SA's ports must be the datagram's
+    other = Bound(replace(inbound.sa, natt=NatT(2, 4501, 4500)), inbound.state)
+    assert bundle.unprotect_udp(theirs_wire, _lookup(other), PacketKnobs(), counters) == Drop("natt", "badport")
