@@ -336,3 +336,25 @@ def test_the_usage_reader_understands_usage_text() -> None:
     assert text_flags("pfkeyd lookup [-s path] dir src dst [proto [sport dport]]") == {"-s"}
     assert usage_entries("usage: pfkeyd [-d]\n              [-h]\n       pfkeyd stats [-s path]\n") == {
         "": "pfkeyd [-d] [-h]", "stats": "pfkeyd stats [-s path]"}
+
+
+# ------------------------------------------------------------------ (g) the packet library
+
+
+def test_the_packet_counters_list_is_the_counter_table() -> None:
+    """Every counter `pfkeyd stats` prints is described under Packet counters, and nothing else."""
+    from pfkeyd.packet.counters import DESCRIPTIONS
+
+    lines = PAGE.splitlines()
+    start = lines.index(".Ss Packet counters")
+    end = lines.index(".Ss Differences from FreeBSD")
+    documented: dict[str, set[str]] = {}
+    proto = ""
+    for line in lines[start:end]:
+        toks = tokens(line)
+        if toks[:2] == ["It", "Cm"]:
+            proto = toks[2]
+            documented[proto] = set()
+        elif toks[:2] == ["It", "Li"]:
+            documented[proto].add(toks[2])
+    assert documented == {p: set(names) for p, names in DESCRIPTIONS.items()}
