@@ -170,7 +170,7 @@ class CtrCipher(Cipher):
 class AeadCipher(Cipher):
     """AES-GCM-16 (RFC 4106) or ChaCha20-Poly1305 (RFC 7634): nonce = salt(4) || IV(8), 16-byte tag."""
 
-    __slots__ = ("_aead", "_salt")
+    __slots__ = ("primitive", "salt")
     iv = 8
     block = 1
     icv = 16
@@ -178,15 +178,15 @@ class AeadCipher(Cipher):
     counter_iv = True
 
     def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes) -> None:
-        self._aead = aead
-        self._salt = salt
+        self.primitive = aead  # public: esp.py's fast path calls it directly
+        self.salt = salt
 
     def encrypt(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
-        return self._aead.encrypt(self._salt + iv, plaintext, aad)
+        return self.primitive.encrypt(self.salt + iv, plaintext, aad)
 
     def decrypt(self, iv: bytes, data: bytes, aad: bytes) -> bytes | None:
         try:
-            return self._aead.decrypt(self._salt + iv, data, aad)
+            return self.primitive.decrypt(self.salt + iv, data, aad)
         except InvalidTag:
             return None
 

@@ -33,14 +33,18 @@ Nothing here raises on packet bytes.
 
 from __future__ import annotations
 
+import functools
 import hmac as _hmac
 import os
+import struct
 from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
 
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
-from pfkeyd.packet.crypto import CtrCipher
-from pfkeyd.packet.runtime import SaRuntime
+from pfkeyd.packet.crypto import AeadCipher, CtrCipher
+from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
 __all__ = ["protect", "unprotect", "peek", "pad_length", "IPPROTO_ESP", "Random"]
@@ -66,13 +70,79 @@ _NOTDB = Drop(ESP, "notdb")
 _SEQ_PAD = bytes(range(1, 256))
 
 
+class _Plan:
+    """What ESP precomputes per SA (stored in ``TransformSA.plan`` on first use).
+
+    ``fast`` marks the SAs the IPv4 fast paths below handle: AES-GCM-16 or
+    ChaCha20-Poly1305 (:class:`AeadCipher`), new-style framing, pad contents that
+    need no random bytes.  ``trailers[(n % blks) * 256 + nh]`` is the pad, Pad Length
+    and Next Header that follow an ``n``-byte payload, built once per block size and
+    pad kind.  ``wrap_mask``: the outbound counter is exhausted when ``seq & mask ==
+    mask`` (32 bits, 64 with ESN, never with CYCSEQ: 0).
+    """
+
+    __slots__ = ("blks", "decrypt", "encrypt", "fast", "salt", "spi", "trailers", "wrap_mask")
+
+    def __init__(self, sa: TransformSA) -> None:
+        c = sa.cipher
+        block = c.block if c is not None else 4
+        if sa.ctr_compatibility and isinstance(c, CtrCipher):
+            block = c.native_block
+        self.blks = block if block > 4 else 4
+        self.spi = (sa.spi & 0xFFFFFFFF).to_bytes(4, "big")
+        self.fast = type(c) is AeadCipher and not sa.old and sa.pad_kind != PadKind.RANDOM
+        self.trailers = _trailers(self.blks, sa.pad_kind) if sa.pad_kind != PadKind.RANDOM else ()
+        self.wrap_mask = 0 if sa.cycseq else U64 if sa.esn else U32
+        self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
+        self.decrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
+        self.salt = b""
+        if isinstance(c, AeadCipher):
+            self.encrypt, self.decrypt, self.salt = c.primitive.encrypt, c.primitive.decrypt, c.salt
+
+
+def _not_fast(nonce: bytes, data: bytes, aad: bytes) -> bytes:
+    """The AEAD call of a plan that is not ``fast``: never reached (the fast paths check ``fast``)."""
+    raise AssertionError("ESP fast path taken for an SA without a combined-mode cipher")
+
+
+@functools.cache
+def _trailers(blks: int, kind: int) -> tuple[bytes, ...]:
+    pad = _SEQ_PAD if kind == PadKind.SEQ else bytes(255)
+    npads = [(blks - (r + 2) % blks) % blks for r in range(blks)]
+    return tuple(pad[:npad] + bytes((npad, nh)) for npad in npads for nh in range(256))
+
+
+def _plan(sa: TransformSA) -> _Plan:
+    plan = sa.plan
+    if plan is None:
+        plan = _Plan(sa)
+        object.__setattr__(sa, "plan", plan)  # a cached derived value, set once
+    assert isinstance(plan, _Plan)
+    return plan
+
+
+#: total length, TTL and protocol, checksum of an IPv4 header
+_V4_WORDS = struct.Struct("!2xH4xHH")
+#: an IPv4 header rebuilt from the unchanged parts and the new length, TTL/protocol, checksum
+_V4_HEADER = struct.Struct("!2sH4sHH8s")
+
+
+def _v4_header(datagram: bytes, total: int, proto: int) -> bytes:
+    """``datagram``'s 20-byte IPv4 header with a new total length and protocol, checksum recomputed.
+
+    The one's-complement sum is linear modulo 0xFFFF (see ``ip.inet_checksum``): the
+    new header's sum is the old header's sum with the old length, protocol word and
+    checksum taken out and the new ones put in, which equals summing it afresh.
+    """
+    old_total, word, old_ck = _V4_WORDS.unpack_from(datagram)
+    new_word = (word & 0xFF00) | proto
+    s = (int.from_bytes(datagram[:20], "big") - old_ck - old_total - word + total + new_word) % 0xFFFF
+    return _V4_HEADER.pack(datagram[:2], total, datagram[4:8], new_word, ~(s or 0xFFFF) & 0xFFFF, datagram[12:20])
+
+
 def pad_length(sa: TransformSA, length: int) -> int:
     """FreeBSD's pad for a payload of ``length`` bytes: bytes before Pad Length and Next Header."""
-    c = sa.cipher
-    block = c.block if c is not None else 4
-    if sa.ctr_compatibility and isinstance(c, CtrCipher):
-        block = c.native_block
-    blks = block if block > 4 else 4
+    blks = _plan(sa).blks
     return (blks - (length + 2) % blks) % blks
 
 
@@ -84,19 +154,38 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     c = sa.cipher
     if c is None:
         return _NOXFORM
+    plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    total = len(datagram)
+    if plan.fast and 20 <= total <= 65000 and datagram[0] == 0x45 and total == (datagram[2] << 8 | datagram[3]):
+        # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the common case,
+        # the same steps as below without the general parsing.
+        seq = state.seq
+        mask = plan.wrap_mask
+        if mask and seq & mask == mask:
+            return _WRAP
+        seq = state.seq = (seq + 1) & U64
+        counter = state.iv_counter
+        state.iv_counter = (counter + 1) & U64
+        iv = counter.to_bytes(8, "big")
+        lo = (seq & U32).to_bytes(4, "big")
+        aad = plan.spi + (seq >> 32).to_bytes(4, "big") + lo if sa.esn else plan.spi + lo
+        ct = plan.encrypt(plan.salt + iv, datagram[20:] + plan.trailers[(total - 20) % plan.blks * 256 + datagram[9]],
+                          aad)
+        return b"".join((_v4_header(datagram, 36 + len(ct), IPPROTO_ESP), plan.spi, lo, iv, ct))
     sp = ip.split(datagram)
     if sp is None:
         return _HDROPS
     payload = datagram[sp.hlen :]
     n = len(payload)
-    npad = pad_length(sa, n)
+    blks = plan.blks
+    npad = (blks - (n + 2) % blks) % blks
     old = sa.old
     mac = sa.mac
     icv = c.icv if c.aead else (mac.icv if mac is not None else 0)
     if not ip.fits(sp, (4 if old else 8) + c.iv + n + npad + 2 + icv):
         return _TOOBIG
     esn = sa.esn
-    spi = sa.spi.to_bytes(4, "big")
+    spi = plan.spi
     if old:
         header = spi
         seq = 0
@@ -106,14 +195,10 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
             return _WRAP
         seq = taken
         header = spi + (seq & 0xFFFFFFFF).to_bytes(4, "big")
-    kind = sa.pad_kind
-    if kind == PadKind.SEQ:
-        pad = _SEQ_PAD[:npad]
-    elif kind == PadKind.RANDOM:
-        pad = random(npad) if npad else b""
+    if sa.pad_kind == PadKind.RANDOM:
+        plain = payload + (random(npad) if npad else b"") + bytes((npad, sp.proto))
     else:
-        pad = bytes(npad)
-    plain = payload + pad + bytes((npad, sp.proto))
+        plain = payload + plan.trailers[n % blks * 256 + sp.proto]
     if c.counter_iv:
         iv = state.next_iv().to_bytes(8, "big")
     elif c.iv:
@@ -147,11 +232,51 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     c = sa.cipher
     if c is None:
         return _NOXFORM
+    plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    total = len(datagram)
+    if (plan.fast and total > 52 and datagram[0] == 0x45 and datagram[9] == IPPROTO_ESP
+            and total == (datagram[2] << 8 | datagram[3]) and not total & 3):
+        # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the steps below,
+        # in the same order, without the general parsing.
+        if datagram[20:24] != plan.spi:
+            return _NOTDB
+        seq = int.from_bytes(datagram[24:28], "big")
+        replay = state.replay
+        seq64 = seq
+        ahead = False
+        if replay is not None:
+            last = replay.last
+            tl = last & U32
+            if tl < seq and tl >= replay.size - 1:
+                # Above the window in the same 2^32 subspace: what check() would say.
+                seq64, ahead = last - tl + seq, True
+            else:
+                checked = replay.check(seq)
+                if checked is None:
+                    return _WRAP if replay.wrapped(seq) else _REPLAY
+                seq64 = checked
+        aad = plan.spi + (seq64 >> 32).to_bytes(4, "big") + datagram[24:28] if sa.esn else datagram[20:28]
+        try:
+            plain = plan.decrypt(plan.salt + datagram[28:36], datagram[36:], aad)
+        except InvalidTag:
+            return _BADAUTH
+        if ahead:
+            replay.advance(seq64)  # type: ignore[union-attr]  # what update() does for it
+        elif replay is not None and not replay.update(seq):
+            return _REPLAY
+        npad, nh = plain[-2], plain[-1]
+        n = len(plain) - npad - 2
+        if n < 0:
+            return _BADILEN
+        if npad and plain[-3] != npad:
+            return _BADPAD
+        if nh == _IPPROTO_NONE:
+            return _DUMMY
+        return _v4_header(datagram, 20 + n, nh) + plain[:n]
     sp = ip.split(datagram, inbound=True)
     if sp is None or sp.proto != IPPROTO_ESP:
         return _HDROPS
     skip = sp.hlen
-    total = len(datagram)
     if skip & 3 or total & 3:
         return _BADILEN
     old = sa.old

@@ -103,6 +103,7 @@ class ReplayWindow:
                 self.bits |= 1 << (tl - seq)
             else:
                 self._advance(seq64)
+                return True
             self.count += 1
             return True
         if not self.esn:
@@ -119,13 +120,17 @@ class ReplayWindow:
         if th + 1 > U32:
             return False
         self._advance(((th + 1) << 32) | seq)
-        self.count += 1
         return True
 
-    def _advance(self, seq64: int) -> None:
+    def advance(self, seq64: int) -> None:
+        """Accept ``seq64``, above the top of the window (what :meth:`update` does for
+        such a number; callers that already know it is above may call this directly)."""
         shift = seq64 - self.last
         self.bits = ((self.bits << shift) | 1) & self.mask if shift < self.size else 1
         self.last = seq64
+        self.count += 1
+
+    _advance = advance
 
     def snapshot(self) -> tuple[int, int, int]:
         """(last, bitmap, count): what a test compares to see that nothing changed."""

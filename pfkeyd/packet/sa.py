@@ -18,7 +18,7 @@ not implement (FreeBSD EINVAL, Linux ENOSYS), never when a packet arrives.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import field, replace
 from ipaddress import IPv4Address, IPv6Address
 
 from pfkeyd.errors import InvalidArgument, NotImplementedBySystem, PfkeyError
@@ -40,6 +40,9 @@ _UNSUPPORTED: dict[Dialect, type[PfkeyError]] = {
     Dialect.FREEBSD: InvalidArgument,
     Dialect.LINUX: NotImplementedBySystem,
 }
+
+_ESN, _CYCSEQ = int(SaFlag.X_ESN), int(SaFlag.X_EXT_CYCSEQ)
+_PRAND, _PZERO = int(SaFlag.X_EXT_PRAND), int(SaFlag.X_EXT_PZERO)
 
 _SATYPE_PROTO = {int(SaType.ESP): _ESP, int(SaType.AH): _AH, int(SaType.X_IPCOMP): _IPCOMP}
 
@@ -79,31 +82,29 @@ class TransformSA:
     ctr_compatibility: bool = True
     ah_cleartos: bool = True
     ah_offsetmask: int = 0
+    # Derived once from ``flags`` (the transforms read them per packet; IntFlag
+    # arithmetic costs a microsecond): ESN, OLD (RFC 1827/1829 framing: no sequence
+    # number, no replay, no ICV), CYCSEQ, and the pad contents (:class:`PadKind`).
+    esn: bool = field(init=False, compare=False)
+    old: bool = field(init=False, compare=False)
+    cycseq: bool = field(init=False, compare=False)
+    pad_kind: int = field(init=False, compare=False)
+    #: A transform's per-SA precomputation (esp.py fills it on first use).
+    plan: object = field(init=False, compare=False, repr=False)
 
-    @property
-    def esn(self) -> bool:
-        return bool(self.flags & SaFlag.X_ESN)
-
-    @property
-    def old(self) -> bool:
-        """RFC 1827/1829 framing (SADB_X_EXT_OLD): no sequence number, no replay, no ICV."""
-        return bool(self.flags & X_EXT_OLD)
-
-    @property
-    def cycseq(self) -> bool:
-        return bool(self.flags & SaFlag.X_EXT_CYCSEQ)
+    def __post_init__(self) -> None:
+        flags = int(self.flags)
+        put = object.__setattr__
+        put(self, "flags", flags)
+        put(self, "esn", bool(flags & _ESN))
+        put(self, "old", bool(flags & X_EXT_OLD))
+        put(self, "cycseq", bool(flags & _CYCSEQ))
+        put(self, "pad_kind", PadKind.RANDOM if flags & _PRAND else PadKind.ZERO if flags & _PZERO else PadKind.SEQ)
+        put(self, "plan", None)
 
     @property
     def tunnel(self) -> bool:
         return self.mode == Mode.TUNNEL
-
-    @property
-    def pad_kind(self) -> int:
-        if self.flags & SaFlag.X_EXT_PRAND:
-            return PadKind.RANDOM
-        if self.flags & SaFlag.X_EXT_PZERO:
-            return PadKind.ZERO
-        return PadKind.SEQ
 
     @property
     def cpi(self) -> int:
