@@ -47,6 +47,11 @@ __all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect"
 #: IP protocol number -> counter table name.
 _NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPCOMP: IPCOMP}
 
+#: Next headers after which an inbound datagram may still carry something of ours:
+#: ESP, AH, IPComp, IP-in-IP, and the IPv6 extension headers in front of them.
+_MAYBE_MORE = frozenset((ip.IPPROTO_ESP, ip.IPPROTO_AH, ip.IPPROTO_IPCOMP, ip.IPPROTO_IPV4, ip.IPPROTO_IPV6,
+                         ip.IPPROTO_HOPOPTS, ip.IPPROTO_ROUTING, ip.IPPROTO_DSTOPTS))
+
 #: Most headers one datagram may shed on the way in (nested tunnels included);
 #: deeper nesting is dropped as ``hdrops`` of the protocol that would go next.
 MAX_DEPTH = 8
@@ -122,16 +127,6 @@ def _peek(datagram: bytes, sp: ip.Split) -> Peek | Drop | None:
     return Peek(proto, spi, sp.src, sp.dst)
 
 
-def _needs_encap(sa: TransformSA, sp: ip.Split) -> bool:
-    """``ipsec_encap`` runs for tunnel mode, another address family, or a proxy
-    destination (neither unspecified nor the datagram's)."""
-    if sa.tunnel:
-        return True
-    if len(sa.dst) != len(sp.dst):
-        return True
-    return any(sa.dst) and sa.dst != sp.dst
-
-
 def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counters: Counters, *,
             random: Callable[[int], bytes] = os.urandom) -> bytes | Drop:
     """Apply the bundle ``chain`` (the policy's request order, innermost first) to
@@ -139,45 +134,56 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
     dg = datagram
     for bound in chain:
         sa, state = bound.sa, bound.state
-        name = _NAMES.get(sa.proto)
+        proto = sa.proto
+        name = _NAMES.get(proto)
         if name is None:
             continue  # no packet transform (TCP-MD5 SAs never reach a bundle)
-        if not _enabled(knobs, sa.proto):
+        if not _enabled(knobs, proto):
             return counters.drop(Drop(name, "pdrops"))
-        sp = ip.split(dg)
-        if sp is None:
+        # Only what the encapsulation test needs; the transform parses the rest.
+        n = len(dg)
+        first = dg[0] if n else 0
+        if first >> 4 == 4 and n >= 20:
+            hlen = (first & 0x0F) * 4
+            pdst = dg[16:20]
+        elif first >> 4 == 6 and n >= 40:
+            hlen = 0  # known after the extension-header walk, if needed
+            pdst = dg[24:40]
+        else:
             return counters.drop(Drop(name, "hdrops"))
-        if _needs_encap(sa, sp):
+        sdst = sa.dst
+        # ipsec_encap runs for tunnel mode, another address family, or a proxy
+        # destination (neither unspecified nor the datagram's).
+        if sa.tunnel or len(sdst) != len(pdst) or (sdst != pdst and any(sdst)):
             # The outer IPv4 ID is random (FreeBSD's ip_fillid with random_id=1).
-            outer = ip.encapsulate(dg, sa.src, sa.dst, knobs, int.from_bytes(random(2), "big"))
+            outer = ip.encapsulate(dg, sa.src, sdst, knobs, int.from_bytes(random(2), "big"))
             if outer is None:
-                return counters.drop(Drop(name, "toobig"))
+                reason = "hdrops" if ip.split(dg) is None else "toobig"
+                return counters.drop(Drop(name, reason))
             dg = outer
-            sp = ip.split(dg)
-            if sp is None:  # pragma: no cover - encapsulate builds a well-formed datagram
-                return counters.drop(Drop(name, "hdrops"))
+            hlen = 20 if len(sdst) == 4 else 40
         result: bytes | Drop
-        if sa.proto == ip.IPPROTO_ESP:
+        counted = True  # FreeBSD counts output and obytes before transforming
+        if proto == ip.IPPROTO_ESP:
             result = esp.protect(sa, state, dg, random=random)
-        elif sa.proto == ip.IPPROTO_AH:
+        elif proto == ip.IPPROTO_AH:
             result = ah.protect(sa, state, dg)
         else:
             packed = ipcomp.protect(sa.spi, dg)
             if isinstance(packed, ipcomp.Uncompressed):
                 counters.add(IPCOMP, packed.reason)
-                if packed.reason == "uncompr":
-                    counters.add(IPCOMP, "output")
+                counted = packed.reason != "threshold"  # ipcomp_output returns before counting
                 result = packed.datagram
             else:
-                if isinstance(packed, bytes):
-                    counters.add(IPCOMP, "output")
-                    counters.add(IPCOMP, "obytes", len(dg) - sp.hlen)
                 result = packed
         if isinstance(result, Drop):
             return counters.drop(result)
-        if sa.proto != ip.IPPROTO_IPCOMP:
+        if counted:
+            if not hlen:
+                sp = ip.split(dg)
+                hlen = sp.hlen if sp is not None else 40
             counters.add(name, "output")
-            counters.add(name, "obytes", len(dg) - sp.hlen)
+            counters.add(name, "obytes", len(dg) - hlen)
         state.bytes += len(result)
         state.packets += 1
         dg = result
@@ -204,6 +210,12 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
     dg = datagram
     applied: list[Bound] = []
     for _ in range(MAX_DEPTH + 1):
+        if applied:
+            # After a step, a quick look: a well-formed datagram whose next header
+            # cannot lead to ESP, AH, IPComp or IP-in-IP is the answer.
+            version = ip.well_formed(dg)
+            if version and (dg[9] if version == 4 else dg[6]) not in _MAYBE_MORE:
+                return Accepted(dg, tuple(applied))
         sp = ip.split(dg, inbound=True)
         if sp is None:
             guess = dg[9] if len(dg) >= 20 and dg[0] >> 4 == 4 else dg[6] if len(dg) >= 40 else 0
@@ -250,15 +262,16 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
             result = ipcomp.unprotect(dg, sp)
         if isinstance(result, Drop):
             return counters.drop(result)
-        if sa.tunnel:
-            inner_sp = ip.split(result, inbound=True)
-            if inner_sp is not None and inner_sp.proto in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
-                inner = ip.decapsulate(result, inner_sp, knobs)
-                if isinstance(inner, str):
-                    # The transform passed (its state moved, as FreeBSD's does) but
-                    # the inner datagram is refused.
-                    return counters.drop(_decap_drop(name, inner))
-                result = inner
+        if sa.tunnel and len(result) > sp.hlen and result[sp.proto_at] in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
+            # The transform kept the header part and restored the next header: no
+            # need to parse the datagram again.
+            inner_sp = ip.Split(sp.version, sp.hlen, result[sp.proto_at], sp.proto_at, sp.src, sp.dst)
+            inner = ip.decapsulate(result, inner_sp, knobs)
+            if isinstance(inner, str):
+                # The transform passed (its state moved, as FreeBSD's does) but
+                # the inner datagram is refused.
+                return counters.drop(_decap_drop(name, inner))
+            result = inner
         counters.add(name, "input")
         counters.add(name, "ibytes", len(dg) - sp.hlen)
         state.bytes += len(result)

@@ -26,6 +26,7 @@ import struct
 from dataclasses import dataclass
 
 from pfkeyd.knobs import Knobs
+from pfkeyd.record import record
 
 __all__ = [
     "IPPROTO_IPV4",
@@ -51,7 +52,9 @@ __all__ = [
     "tos_of",
     "ecn_ingress",
     "ecn_egress",
+    "well_formed",
     "encapsulate",
+    "outer_split",
     "decapsulate",
     "DECAP_BADINNER",
     "DECAP_ECN",
@@ -88,7 +91,7 @@ DECAP_BADINNER = "badinner"  # the inner datagram is not a well-formed IPv4/IPv6
 DECAP_ECN = "ecn"  # ip_ecn_egress refused the packet (CE outside, Not-ECT inside)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Split:
     """Where a datagram's IPsec header goes (outbound) or sits (inbound).
 
@@ -301,6 +304,21 @@ def _with_tos(datagram: bytes, tos: int) -> bytes:
 # ---------------------------------------------------------------- tunnel mode
 
 
+def well_formed(datagram: bytes) -> int:
+    """4 or 6 when ``datagram`` is a whole IPv4 or IPv6 datagram (header and length
+    fields agree with its size), else 0: what encapsulation needs, without the walk
+    of :func:`split`."""
+    n = len(datagram)
+    if n < 20:
+        return 0
+    first = datagram[0]
+    if first >> 4 == 4:
+        return 4 if first & 0x0F >= 5 and (first & 0x0F) * 4 <= n and (datagram[2] << 8 | datagram[3]) == n else 0
+    if first >> 4 == 6 and n >= 40 and (datagram[4] << 8 | datagram[5]) == n - 40:
+        return 6
+    return 0
+
+
 def encapsulate(inner: bytes, src: bytes, dst: bytes, knobs: PacketKnobs, ident: int = 0) -> bytes | None:
     """IP-in-IP with FreeBSD's outer header (``ipsec_encap``), or None if ``inner`` is
     not a well-formed datagram or the result would not fit.
@@ -314,32 +332,43 @@ def encapsulate(inner: bytes, src: bytes, dst: bytes, knobs: PacketKnobs, ident:
     Outer IPv6: hop limit ``knobs.hlim``, flow label 0, traffic class through
     :func:`ecn_ingress` with ``ecn6``.
     """
-    sp = split(inner)
-    if sp is None or len(src) != len(dst) or len(src) not in (4, 16):
+    version = well_formed(inner)
+    if not version or len(src) != len(dst) or len(src) not in (4, 16):
         return None
-    if sp.version == 4:
-        h = bytearray(inner[: sp.hlen])
-        h[10:12] = b"\0\0"
-        h[10:12] = inet_checksum(bytes(h)).to_bytes(2, "big")
-        inner = bytes(h) + inner[sp.hlen :]
-        nh, inner_df = IPPROTO_IPV4, bool(int.from_bytes(inner[6:8], "big") & _IP_DF)
+    if version == 4:
+        ihl = (inner[0] & 0x0F) * 4
+        h = bytearray(inner[:ihl])
+        h[10] = h[11] = 0
+        ck = inet_checksum(bytes(h))
+        h[10], h[11] = ck >> 8, ck & 0xFF
+        head: bytes | bytearray = h
+        body: bytes | memoryview = memoryview(inner)[ihl:]
+        nh, inner_df, tos = IPPROTO_IPV4, bool(inner[6] & 0x40), inner[1]
     else:
-        nh, inner_df = IPPROTO_IPV6, True
-    tos = tos_of(inner)
+        head, body = b"", inner
+        nh, inner_df, tos = IPPROTO_IPV6, True, ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
     if len(src) == 4:
         total = 20 + len(inner)
         if total > 0xFFFF:
             return None
         df = knobs.dfbit == 1 or (knobs.dfbit >= 2 and inner_df)
-        head = bytearray(_V4_FIXED.pack(0x45, ecn_ingress(knobs.ecn, tos), total, ident & 0xFFFF,
-                                        _IP_DF if df else 0, knobs.ttl & 0xFF, nh, 0, src, dst))
-        head[10:12] = inet_checksum(bytes(head)).to_bytes(2, "big")
-        return bytes(head) + inner
+        outer = bytearray(_V4_FIXED.pack(0x45, ecn_ingress(knobs.ecn, tos), total, ident & 0xFFFF,
+                                         _IP_DF if df else 0, knobs.ttl & 0xFF, nh, 0, src, dst))
+        ck = inet_checksum(bytes(outer))
+        outer[10], outer[11] = ck >> 8, ck & 0xFF
+        return b"".join((outer, head, body))
     if len(inner) > 0xFFFF:
         return None
     tc = ecn_ingress(knobs.ecn6, tos)
     first = (0x60000000 | (tc << 20)).to_bytes(4, "big")
-    return first + struct.pack("!HBB", len(inner), nh, knobs.hlim & 0xFF) + src + dst + inner
+    return b"".join((first, struct.pack("!HBB", len(inner), nh, knobs.hlim & 0xFF), src, dst, head, body))
+
+
+def outer_split(src: bytes, dst: bytes, nh: int) -> Split:
+    """The :class:`Split` of a datagram :func:`encapsulate` made (no need to parse it)."""
+    if len(src) == 4:
+        return Split(4, 20, nh, 9, src, dst)
+    return Split(6, 40, nh, 6, src, dst)
 
 
 def decapsulate(outer: bytes, sp: Split, knobs: PacketKnobs) -> bytes | str:
@@ -366,7 +395,7 @@ def decapsulate(outer: bytes, sp: Split, knobs: PacketKnobs) -> bytes | str:
     if length > len(body):
         return DECAP_BADINNER
     inner = body[:length]
-    if split(inner) is None:
+    if not well_formed(inner):
         return DECAP_BADINNER
     mode = knobs.ecn if sp.version == 4 else knobs.ecn6
     tos = ecn_egress(mode, tos_of(outer), tos_of(inner))
