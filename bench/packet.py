@@ -13,7 +13,9 @@ datagrams of 64, 512 and 1400 bytes, prints packets per second for
   context and a copied, pre-keyed ``HMAC`` per packet;
 
 and each transform figure as a fraction of its bare figure.  The issue's target:
-at 1400 bytes with AES-GCM, at least 0.5 of the bare AEAD rate.
+at 1400 bytes with AES-GCM, at least 0.5 of the bare AEAD rate.  A last line
+measures the floor of any Python transform that returns whole datagrams: slice
+the payload, append a trailer, encrypt, join a header -- nothing else.
 """
 
 from __future__ import annotations
@@ -184,6 +186,24 @@ def main(argv: list[str]) -> int:
                 print(f"{name:27} {size:>5} {op:8} {mine:>11,.0f} {base:>11,.0f} {ratio:>6.2f}")
                 if name == "AES-GCM-128" and size == 1400 and ratio < TARGET_GCM_1400:
                     verdict = False
+    # What no Python transform can beat: slice the payload off, append a trailer,
+    # encrypt, join a header back on -- nothing else -- beside the bare call.
+    aead, nonce, aad = AESGCM(os.urandom(16)), os.urandom(12), os.urandom(8)
+    dg = _datagram(1400)
+    bare_pt = dg[20:] + b"\x01\x02\x02\x11"
+
+    def floor() -> int:
+        for _ in range(BATCH):
+            b"".join((dg[:20], aad, nonce[4:], aead.encrypt(nonce, dg[20:] + b"\x01\x02\x02\x11", aad)))
+        return BATCH
+
+    def bare_floor() -> int:
+        for _ in range(BATCH):
+            aead.encrypt(nonce, bare_pt, aad)
+        return BATCH
+
+    f, bf = _rates((floor, bare_floor), args.seconds)
+    print(f"{'floor: slice+pad+AEAD+join':27} {1400:>5} {'encrypt':8} {f:>11,.0f} {bf:>11,.0f} {f / bf:>6.2f}")
     print(f"target: AES-GCM at 1400 bytes >= {TARGET_GCM_1400} of the bare AEAD rate: "
           f"{'met' if verdict else 'NOT met'}")
     return 0
