@@ -292,3 +292,34 @@ def test_esp_in_udp_both_ways(pair: tuple[int, int], tunnel: bool) -> None:
     # FreeBSD's port rule: the SA's ports must be the datagram's
     other = Bound(replace(inbound.sa, natt=NatT(2, 4501, 4500)), inbound.state)
     assert bundle.unprotect_udp(theirs_wire, _lookup(other), PacketKnobs(), counters) == Drop("natt", "badport")
+
+
+def test_ah_ipv4_options_agree_with_scapy() -> None:
+    """Router alert is kept in the ICV and a timestamp option zeroed, by both."""
+    from scapy.layers.inet import UDP
+
+    opts = b"\x94\x04\x00\x00" + b"\x44\x08\x05\x00" + b"\x00\x00\x00\x00"
+    dg = bytes(IP(src="192.0.2.1", dst="192.0.2.2", options=opts) / UDP(sport=1, dport=2) / Raw(b"o" * 40))
+    ours = _ours(AH, 0, AuthAlg.X_SHA2_256, tunnel=False, v6=False)
+    ours.state.seq = 6
+    theirs = _theirs(AH, 0, AuthAlg.X_SHA2_256, tunnel=False, v6=False)
+    wire = bundle.protect([ours], dg, PacketKnobs(), Counters())
+    assert wire == bytes(theirs.encrypt(IP(dg), seq_num=7))
+    changed = bytearray(wire)
+    changed[29] = 0x55  # the timestamp data changes on the way
+    changed[10:12] = b"\0\0"
+    changed[10:12] = ip.ipv4_checksum(bytes(changed[:32])).to_bytes(2, "big")
+    assert bytes(theirs.decrypt(IP(bytes(changed))))
+    got = bundle.unprotect(bytes(changed), _lookup(_ours(AH, 0, AuthAlg.X_SHA2_256, tunnel=False, v6=False)),
+                           PacketKnobs(), Counters())
+    assert isinstance(got, bundle.Accepted)
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+def test_ah_esn_bytes_equal_scapy(v6: bool) -> None:
+    ours = _ours(AH, 0, AuthAlg.X_SHA2_512, tunnel=False, v6=v6, flags=int(SaFlag.X_ESN))
+    ours.state.seq = (3 << 32) | 99
+    theirs = _theirs(AH, 0, AuthAlg.X_SHA2_512, tunnel=False, v6=v6)
+    dg = _datagram(False, v6)
+    assert bundle.protect([ours], dg, PacketKnobs(), Counters()) == bytes(
+        theirs.encrypt(_scapy_ip(dg), seq_num=100, esn_en=True, esn=3))
