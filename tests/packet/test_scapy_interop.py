@@ -323,3 +323,25 @@ def test_ah_esn_bytes_equal_scapy(v6: bool) -> None:
     dg = _datagram(False, v6)
     assert bundle.protect([ours], dg, PacketKnobs(), Counters()) == bytes(
         theirs.encrypt(_scapy_ip(dg), seq_num=100, esn_en=True, esn=3))
+
+
+def test_difference_ah_ipv6_routing_header_freebsd_does_not_reorder_on_output() -> None:
+    """RFC 4302 §3.3.3.1.2.2 wants the sender to hash a routing header as the final
+    destination will see it; scapy does that, FreeBSD's ah_massage_headers (and
+    pfkeyd) hash it as it stands.  The ICVs differ; everything else is the same."""
+    from scapy.layers.inet import UDP
+    from scapy.layers.inet6 import IPv6ExtHdrRouting
+
+    dg = bytes(IPv6(src="2001:db8::1", dst="2001:db8::7") /
+               IPv6ExtHdrRouting(addresses=["2001:db8::2"], segleft=1) / UDP(sport=1, dport=2) / Raw(b"r" * 30))
+    ours = _ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
+    ours = Bound(TransformSA(AH, SPI, Mode.TRANSPORT, OUTER6[0], bytes(16), window=64, auth_id=AuthAlg.SHA1HMAC,
+                             mac=ours.sa.mac), ours.state)  # destination unspecified: no proxy encapsulation
+    ours.state.seq = 1
+    theirs = _theirs(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
+    wire = bundle.protect([ours], dg, PacketKnobs(), Counters())
+    theirs_wire = bytes(theirs.encrypt(IPv6(dg), seq_num=2))
+    assert isinstance(wire, bytes) and len(wire) == len(theirs_wire)
+    icv_at = 40 + 24 + 12
+    assert [i for i in range(len(wire)) if wire[i] != theirs_wire[i]] != []
+    assert all(icv_at <= i < icv_at + 12 for i in range(len(wire)) if wire[i] != theirs_wire[i])
