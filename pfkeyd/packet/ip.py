@@ -47,6 +47,7 @@ __all__ = [
     "PacketKnobs",
     "split",
     "join",
+    "fits",
     "inet_checksum",
     "ipv4_checksum",
     "tos_of",
@@ -54,7 +55,6 @@ __all__ = [
     "ecn_egress",
     "well_formed",
     "encapsulate",
-    "outer_split",
     "decapsulate",
     "DECAP_BADINNER",
     "DECAP_ECN",
@@ -362,13 +362,6 @@ def encapsulate(inner: bytes, src: bytes, dst: bytes, knobs: PacketKnobs, ident:
     tc = ecn_ingress(knobs.ecn6, tos)
     first = (0x60000000 | (tc << 20)).to_bytes(4, "big")
     return b"".join((first, struct.pack("!HBB", len(inner), nh, knobs.hlim & 0xFF), src, dst, head, body))
-
-
-def outer_split(src: bytes, dst: bytes, nh: int) -> Split:
-    """The :class:`Split` of a datagram :func:`encapsulate` made (no need to parse it)."""
-    if len(src) == 4:
-        return Split(4, 20, nh, 9, src, dst)
-    return Split(6, 40, nh, 6, src, dst)
 
 
 def decapsulate(outer: bytes, sp: Split, knobs: PacketKnobs) -> bytes | str:
