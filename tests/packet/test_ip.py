@@ -262,3 +262,17 @@ def test_encapsulate_and_decapsulate_never_raise(data: bytes, ends: tuple[bytes,
     sp = ip.split(data, inbound=True)
     if sp is not None:
         ip.decapsulate(data, sp, k)
+
+
+def test_fits_is_the_65535_byte_limit_of_each_family() -> None:
+    sp4 = ip.Split(4, 24, 17, 9, A4, B4)
+    assert ip.fits(sp4, 65535 - 24) and not ip.fits(sp4, 65535 - 23)
+    sp6 = ip.Split(6, 48, 17, 40, A6, B6)  # payload length counts the 8 extension bytes
+    assert ip.fits(sp6, 65535 - 8) and not ip.fits(sp6, 65535 - 7)
+
+
+def test_well_formed_checks_the_length_fields_only() -> None:
+    assert ip.well_formed(v4()) == 4 and ip.well_formed(v6()) == 6
+    assert ip.well_formed(v4()[:-1]) == 0 and ip.well_formed(v6() + b"\0") == 0
+    assert ip.well_formed(b"\x44" + v4()[1:]) == 0  # IHL 4
+    assert ip.well_formed(b"") == 0
