@@ -108,5 +108,6 @@ def test_setkey_dump_shows_current_bytes_and_the_sequence_counter() -> None:
     assert (reply.lifetime_current.bytes, reply.lifetime_current.allocations) == (sent, 3)
     assert reply.sa2 is not None and reply.sa2.sequence == 3
     text = format_sa(reply, at(5).wall, DumpOptions())
-    assert f"current: {sent}(bytes)" in text
-    assert "seq=0x00000003" in text or "seq=3" in text
+    assert f"\tcurrent: {sent}(bytes)\t" in text
+    assert "\tallocated: 3\t" in text
+    assert "\tseq=0x00000003 " in text
