@@ -266,6 +266,10 @@ def test_arbitrary_bytes_never_raise(raw: bytes, data: st.DataObject) -> None:
     bundle.peek(raw)
     out = bundle.protect(sas, raw, PacketKnobs(), Counters())
     assert isinstance(out, (bytes, Drop))
+    udp = Counters()
+    got = bundle.unprotect_udp(raw, _lookup(*sas), PacketKnobs(), udp)
+    assert isinstance(got, (Accepted, Drop))
+    assert _drops(udp) + udp["natt.keepalive"] + udp["natt.ike"] == (1 if isinstance(got, Drop) else 0)
 
 
 @SETTINGS
@@ -282,3 +286,15 @@ def test_mangled_packets_never_raise(data: st.DataObject) -> None:
                                          wire[:cut] + junk + wire[cut + len(junk):]]))
     got = bundle.unprotect(mangled, _lookup(_bound(sa)), PacketKnobs(), Counters())
     assert isinstance(got, (Accepted, Drop))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=120), st.sampled_from([b"", b"\xff", b"\0\0\0\0", b"\0\0\x01\x00"]), st.data())
+def test_natt_datagrams_of_any_payload_never_raise(payload: bytes, prefix: bytes, data: st.DataObject) -> None:
+    sas = [_bound(data.draw(transform_sas(protos=(ESP,), spi=0x100)))]
+    dg = bytes(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=4500, dport=4500) / Raw(prefix + payload))
+    counters = Counters()
+    got = bundle.unprotect_udp(dg, _lookup(*sas), PacketKnobs(), counters)
+    assert isinstance(got, (Accepted, Drop))
+    if isinstance(got, Accepted):
+        assert got.applied  # only ESP the SA authenticated comes back
