@@ -200,3 +200,28 @@ def test_keepalives_and_ike_on_the_natt_port_are_counted_not_esp() -> None:
     ike = bytes(IP(src="192.0.2.1", dst="192.0.2.2") / UDP(sport=4500, dport=4500) / (b"\0\0\0\0" + b"ike" * 10))
     assert bundle.unprotect_udp(ike, table(), PacketKnobs(), counters) == Drop("natt", "ike")
     assert (counters["natt.keepalive"], counters["natt.ike"]) == (1, 1)
+
+
+@pytest.mark.parametrize("make", [esp_bound, ah_bound], ids=["esp", "ah"])
+def test_esn_across_the_32_bit_boundary_with_reordering(make: object) -> None:
+    from dataclasses import replace
+
+    from pfkeyd.wire.constants import SaFlag
+
+    b = make()  # type: ignore[operator]
+    sa = replace(b.sa, flags=int(SaFlag.X_ESN))
+    tx = Bound(sa, SaRuntime.for_sa(32, esn=True))
+    rx = Bound(sa, SaRuntime.for_sa(32, esn=True))
+    start = (1 << 32) - 4
+    tx.state.seq = start
+    assert rx.state.replay is not None
+    rx.state.replay.last = start  # the receiver saw everything up to here
+    rx.state.replay.bits = 1
+    wires = [bundle.protect([tx], udp4(), PacketKnobs(), Counters()) for _ in range(8)]
+    assert all(isinstance(w, bytes) for w in wires)
+    for i in (1, 0, 3, 2, 7, 4, 6, 5):  # out of order across 2^32, inside the window
+        got = bundle.unprotect(wires[i], table(rx), PacketKnobs(), Counters())  # type: ignore[arg-type]
+        assert isinstance(got, Accepted), (i, got)
+    assert rx.state.replay.last == start + 8
+    name = "esp" if sa.proto == ESP else "ah"
+    assert bundle.unprotect(wires[2], table(rx), PacketKnobs(), Counters()) == Drop(name, "replay")  # type: ignore[arg-type]
