@@ -156,7 +156,8 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
         # destination (neither unspecified nor the datagram's).
         if sa.tunnel or len(sdst) != len(pdst) or (sdst != pdst and any(sdst)):
             # The outer IPv4 ID is random (FreeBSD's ip_fillid with random_id=1).
-            outer = ip.encapsulate(dg, sa.src, sdst, knobs, int.from_bytes(random(2), "big"))
+            ident = int.from_bytes(random(2), "big") if len(sdst) == 4 else 0
+            outer = ip.encapsulate(dg, sa.src, sdst, knobs, ident)
             if outer is None:
                 reason = "hdrops" if ip.split(dg) is None else "toobig"
                 return counters.drop(Drop(name, reason))
