@@ -26,7 +26,14 @@ with an ICV and a window; ICV (``badauth``); replay update (``replay``); trailer
 pad length fits (``badilen``), last pad byte equals the pad length unless PRAND or
 the pad is empty (``badpad``, FreeBSD's ``badenc``: a PZERO SA with padding fails
 this as it does on FreeBSD); next header 59 is a dummy packet (``dummy``).  A
-dropped packet leaves the SA's state as it was.
+packet dropped before its ICV passed leaves the SA's state as it was.  Without a
+replay window there is nothing to infer Seq_hi from: an ESN SA then takes it as 0
+(FreeBSD leaves it unset; Linux refuses ESN without a window).
+
+For IPv4 datagrams without options and the combined-mode ciphers (AES-GCM-16,
+ChaCha20-Poly1305) both directions take a fast path that does the same steps in
+the same order with less parsing; a property test holds it equal to the general
+path, drops and state included.
 
 Nothing here raises on packet bytes.
 """
