@@ -337,31 +337,28 @@ def encapsulate(inner: bytes, src: bytes, dst: bytes, knobs: PacketKnobs, ident:
         return None
     if version == 4:
         ihl = (inner[0] & 0x0F) * 4
-        h = bytearray(inner[:ihl])
-        h[10] = h[11] = 0
-        ck = inet_checksum(bytes(h))
-        h[10], h[11] = ck >> 8, ck & 0xFF
-        head: bytes | bytearray = h
-        body: bytes | memoryview = memoryview(inner)[ihl:]
+        if inet_checksum(inner[:ihl]):  # a header that sums to 0 is already right
+            h = bytearray(inner[:ihl])
+            h[10] = h[11] = 0
+            ck = inet_checksum(bytes(h))
+            h[10], h[11] = ck >> 8, ck & 0xFF
+            inner = bytes(h) + inner[ihl:]
         nh, inner_df, tos = IPPROTO_IPV4, bool(inner[6] & 0x40), inner[1]
     else:
-        head, body = b"", inner
         nh, inner_df, tos = IPPROTO_IPV6, True, ((inner[0] & 0x0F) << 4) | (inner[1] >> 4)
     if len(src) == 4:
         total = 20 + len(inner)
         if total > 0xFFFF:
             return None
         df = knobs.dfbit == 1 or (knobs.dfbit >= 2 and inner_df)
-        outer = bytearray(_V4_FIXED.pack(0x45, ecn_ingress(knobs.ecn, tos), total, ident & 0xFFFF,
-                                         _IP_DF if df else 0, knobs.ttl & 0xFF, nh, 0, src, dst))
-        ck = inet_checksum(bytes(outer))
-        outer[10], outer[11] = ck >> 8, ck & 0xFF
-        return b"".join((outer, head, body))
+        fields = (0x45, ecn_ingress(knobs.ecn, tos), total, ident & 0xFFFF, _IP_DF if df else 0, knobs.ttl & 0xFF, nh)
+        ck = inet_checksum(_V4_FIXED.pack(*fields, 0, src, dst))
+        return _V4_FIXED.pack(*fields, ck, src, dst) + inner
     if len(inner) > 0xFFFF:
         return None
     tc = ecn_ingress(knobs.ecn6, tos)
     first = (0x60000000 | (tc << 20)).to_bytes(4, "big")
-    return b"".join((first, struct.pack("!HBB", len(inner), nh, knobs.hlim & 0xFF), src, dst, head, body))
+    return b"".join((first, struct.pack("!HBB", len(inner), nh, knobs.hlim & 0xFF), src, dst, inner))
 
 
 def decapsulate(outer: bytes, sp: Split, knobs: PacketKnobs) -> bytes | str:
