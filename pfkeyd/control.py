@@ -115,6 +115,15 @@ def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
         lines.append(f"\t{total} {title}")
         lines += [f"\t\t{count} {name}" for name, count in table.items()]
     lines += [f"\t{st.clients} clients", f"\t{st.sas} SAs", f"\t{st.policies} policies"]
+    # The packet path's counters, one block per protocol as netstat -s -p esp prints
+    # them, every counter shown (0 included) so that scripts find each name.
+    current = ""
+    for key, count in st.packets.items():
+        proto, _, name = key.partition(".")
+        if proto != current:
+            current = proto
+            lines.append(f"{proto}:")
+        lines.append(f"\t{count} {name}")
     return Outcome(0, "".join(line + "\n" for line in lines))
 
 

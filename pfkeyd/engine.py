@@ -50,6 +50,8 @@ from pfkeyd.errors import (
 )
 from pfkeyd.hotpath import HotPath
 from pfkeyd.knobs import Knobs
+from pfkeyd.packet import sa as packet_sa
+from pfkeyd.packet.counters import Counters as PacketCounters
 from pfkeyd.record import record
 from pfkeyd.sad import (
     DEADLINE_HARD,
@@ -376,6 +378,9 @@ class KeyEngine:
         self.sad = Sad()
         self.clients: dict[ClientId, ClientState] = {}
         self.stats = Stats()
+        # The packet path's counters (espstat, ahstat, ipcompstat and NAT-T); the
+        # data plane fills them, `pfkeyd stats` prints them.
+        self.packet_counters = PacketCounters()
         self.spd = Spd()
         self.acquires = AcquireTable()
         self._policy_deadlines: list[tuple[float, int]] = []  # (when, policy id), checked when due
@@ -432,7 +437,8 @@ class KeyEngine:
         self.knobs = self.knobs.set(name, value)
 
     def statistics(self) -> Statistics:
-        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd))
+        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
+                                   packets=self.packet_counters.snapshot())
 
     # --------------------------------------------------------------- dispatch
 
@@ -681,16 +687,19 @@ class KeyEngine:
         assert sa.soft is not None
         return self._to_registered(_expire_message(dying, sa.soft))
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant) -> list[Effect]:
-        """Account traffic on an SA (the packet path calls this); enforces the byte
-        and allocation limits and starts the use-time lifetimes on first use."""
+    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
+                     replay_seq: int | None = None) -> list[Effect]:
+        """Account traffic on an SA (the packet path calls this, through
+        :mod:`pfkeyd.packet.usage`); enforces the byte and allocation limits and starts
+        the use-time lifetimes on first use.  ``replay_seq`` is the SA's replay counter
+        now (what SADB_X_SA2 reports), if the caller knows it."""
         sa = self.sad.get(spi)
         if sa is None or not sa.alive:
             return []
         first = sa.first_used is None
         usage = Usage(sa.bytes + nbytes, sa.packets + packets,
                       now.mono if first else sa.first_used, now.wall if first else sa.first_used_wall,
-                      sa.replay_seq)
+                      sa.replay_seq if replay_seq is None else replay_seq)
         new = sa.evolve(usage=usage) if first else sa.counted(usage)
         self.sad.replace(sa, new)
         if first:
@@ -758,6 +767,9 @@ class KeyEngine:
         hard, soft = _lifetimes(msg, req.dialect)
         _identities(msg)
         algorithms.check_sa(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
+        # The packet path must be able to run every SA it may be handed: refused here,
+        # never when a packet arrives (issue 12).
+        packet_sa.check(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
         auth = sa.auth
         if proto == IpProto.ESP and key_enc is not None:
             # esp_init records the GMAC/Poly1305 id of a combined-mode SA.

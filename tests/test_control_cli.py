@@ -38,6 +38,7 @@ from pfkeyd.defaults import control_path
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import KNOBS
+from pfkeyd.packet.counters import DESCRIPTIONS
 from pfkeyd.server import ControlHook, Endpoint, Server
 from pfkeyd.wire import (
     Address,
@@ -259,7 +260,10 @@ def test_stats_counts_what_the_daemon_did(daemon: Daemon) -> None:
                              "\t2 messages out\n\t\t2 FLUSH\n"
                              "\t1 errors\n\t\t1 ENOENT\n"
                              "\t0 drops\n"
-                             "\t2 clients\n\t0 SAs\n\t0 policies\n")
+                             "\t2 clients\n\t0 SAs\n\t0 policies\n"
+                             # the packet path's counters, all 0 until a data plane fills them
+                             + "".join(f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names))
+                                       for proto, names in DESCRIPTIONS.items()))
     assert pfkeyd_command("stats", "-s", daemon.linux, "extra").returncode == 64
 
 

@@ -394,3 +394,25 @@ def test_setkey_documents_its_timeout_and_its_default() -> None:
     assert f"The default is {setkey_cli.DEFAULT_TIMEOUT:g} seconds." in text.replace("\n", " ")
     assert setkey_cli.Runtime().reply_timeout == setkey_cli.DEFAULT_TIMEOUT
     assert "[--timeout seconds]" in setkey_cli.USAGE
+
+
+# ------------------------------------------------------------------ (h) the packet library
+
+
+def test_the_packet_counters_list_is_the_counter_table() -> None:
+    """Every counter `pfkeyd stats` prints is described under Packet counters, and nothing else."""
+    from pfkeyd.packet.counters import DESCRIPTIONS
+
+    lines = PAGE.splitlines()
+    start = lines.index(".Ss Packet counters")
+    end = lines.index(".Ss Differences from FreeBSD")
+    documented: dict[str, set[str]] = {}
+    proto = ""
+    for line in lines[start:end]:
+        toks = tokens(line)
+        if toks[:2] == ["It", "Cm"]:
+            proto = toks[2]
+            documented[proto] = set()
+        elif toks[:2] == ["It", "Li"]:
+            documented[proto].add(toks[2])
+    assert documented == {p: set(names) for p, names in DESCRIPTIONS.items()}
