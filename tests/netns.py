@@ -149,7 +149,7 @@ def snapshot() -> dict[str, Any]:
         routes = sorted((
             (m["family"], m.get("table"), str(m.get("dst")), m["dst_len"], m.get("oif"))
             for fam in (socket.AF_INET, socket.AF_INET6)
-            for m in ipr.get_routes(family=fam, table=0)
+            for m in ipr.route("dump", family=fam)
         ), key=repr)
     return {"links": links, "rules": rules, "routes": routes}
 
