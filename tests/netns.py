@@ -16,7 +16,8 @@ three ways:
 ``pair()`` builds the topology the data-plane tests use: namespaces ``a`` and ``b``,
 veth ``o0`` in each, with IPv4 192.0.2.1/24 and 192.0.2.2/24 and IPv6 2001:db8::1/64
 and 2001:db8::2/64 (documentation prefixes; no link leaves the two namespaces, so
-test traffic cannot reach any real network), ``lo`` up.
+test traffic cannot reach any real network), ``lo`` up, and permanent neighbour
+entries for each other's addresses.
 
 Names are unique per run (``pfkt-<pid>-<n>-<role>``); a namespace left by a run that
 died (its pid no longer exists) is removed by the next run.  Removal happens in a
@@ -154,15 +155,34 @@ def snapshot() -> dict[str, Any]:
     return {"links": links, "rules": rules, "routes": routes}
 
 
+OUR_LINKS = ("ipsec0", "enc0", "o0")
+OUR_TABLE = 5050  # pfkeyd.dataplane.netlink's defaults, which the tests use
+OUR_MARK = 0x5050
+
+
 def root_snapshot() -> dict[str, Any]:
-    """The root namespace's snapshot plus the test namespaces that exist in it."""
+    """What of ours could have leaked into the root namespace: links with our names,
+    rules and routes of our table or mark, and this run's namespaces.  (Only ours:
+    other programs on the machine may change the rest meanwhile.)"""
     snap = snapshot()
     try:
         names = sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(f"{PREFIX}{os.getpid()}-"))
     except FileNotFoundError:
         names = []
-    snap["namespaces"] = names
-    return snap
+    return {
+        "links": [link for link in snap["links"] if link[0] in OUR_LINKS or str(link[0]).startswith("pfk")],
+        "rules": [r for r in snap["rules"] if r[2] == OUR_TABLE or r[4] == OUR_MARK or r[1] in (5050, 5051)],
+        "routes": [r for r in snap["routes"] if r[1] == OUR_TABLE],
+        "namespaces": names,
+    }
+
+
+NUD_PERMANENT = 0x80
+
+
+def _mac(ifname: str) -> str:
+    with IPRoute() as ipr:
+        return str(ipr.get_links(ipr.link_lookup(ifname=ifname)[0])[0].get("address"))
 
 
 class Pair:
@@ -199,6 +219,15 @@ class Pair:
                 ipr.addr("add", index=o0, address=v6, prefixlen=64, family=socket.AF_INET6)
                 ipr.link("set", index=lo, state="up")
                 ipr.link("set", index=o0, state="up")
+        # Permanent neighbour entries: the first packet goes at once, instead of
+        # waiting on address resolution (IPv6's first solicitation on a fresh veth is
+        # often lost, costing a one-second retransmission).
+        macs = [ns.call(_mac, "o0") for ns in (self.a, self.b)]
+        for ns, peer, mac in ((self.a, 1, macs[1]), (self.b, 0, macs[0])):
+            with ns.inside(), IPRoute() as ipr:
+                o0 = ipr.link_lookup(ifname="o0")[0]
+                for addr, fam in ((self.V4[peer], socket.AF_INET), (self.V6[peer], socket.AF_INET6)):
+                    ipr.neigh("add", dst=addr, lladdr=mac, ifindex=o0, family=fam, state=NUD_PERMANENT)
 
     def remove(self) -> None:
         errors: list[BaseException] = []

@@ -162,6 +162,15 @@ def destination_of(datagram: bytes) -> tuple[int, str]:
     raise ValueError("not an IPv4 or IPv6 datagram")
 
 
+def _notify_closing(fd: int | socket.socket) -> None:
+    """Wake tasks waiting on ``fd`` before it is closed; outside trio there are none."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return
+    trio.lowlevel.notify_closing(fd)
+
+
 def _mark(sock: socket.socket, fwmark: int) -> None:
     if fwmark:
         sock.setsockopt(socket.SOL_SOCKET, SO_MARK, fwmark)
@@ -222,7 +231,7 @@ class TunDevice:
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface and its routes."""
         if self.fd >= 0:
-            trio.lowlevel.notify_closing(self.fd)
+            _notify_closing(self.fd)
             os.close(self.fd)
             self.fd = -1
 
@@ -341,7 +350,7 @@ class RawReceiver:
         return (await self.receive_batch(1))[0]
 
     def close(self) -> None:
-        trio.lowlevel.notify_closing(self.sock)
+        _notify_closing(self.sock)
         self.sock.close()
 
 
@@ -389,7 +398,7 @@ class RawSender:
             return True
 
     def close(self) -> None:
-        trio.lowlevel.notify_closing(self.sock)
+        _notify_closing(self.sock)
         self.sock.close()
 
 
@@ -558,5 +567,5 @@ class NattSocket:
         return await self.send(b"\xff", address, port)
 
     def close(self) -> None:
-        trio.lowlevel.notify_closing(self.sock)
+        _notify_closing(self.sock)
         self.sock.close()
