@@ -1,0 +1,117 @@
+"""The data plane refuses to start without CAP_NET_ADMIN and CAP_NET_RAW, and says so.
+
+The capabilities are dropped in a child process (capset(2) through ctypes, or capsh
+where installed), since the tests run as root and must keep their own."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pfkeyd.dataplane.privileges import (
+    CAP_NET_ADMIN,
+    CAP_NET_RAW,
+    PrivilegeError,
+    effective_capabilities,
+    missing_capabilities,
+    require_capabilities,
+)
+
+STATUS = "Name:\tpfkeyd\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t{eff}\nCapBnd:\t000001ffffffffff\n"
+
+
+def test_effective_set_is_read_from_capeff() -> None:
+    assert effective_capabilities(STATUS.format(eff="000001ffffffffff")) == 0x1FFFFFFFFFF
+    assert missing_capabilities(STATUS.format(eff="000001ffffffffff")) == ()
+
+
+def test_each_missing_capability_is_named() -> None:
+    full = 0x1FFFFFFFFFF
+    assert missing_capabilities(STATUS.format(eff=f"{full & ~(1 << CAP_NET_RAW):016x}")) == ("CAP_NET_RAW",)
+    assert missing_capabilities(STATUS.format(eff=f"{full & ~(1 << CAP_NET_ADMIN):016x}")) == ("CAP_NET_ADMIN",)
+    assert missing_capabilities(STATUS.format(eff="0000000000000000")) == ("CAP_NET_ADMIN", "CAP_NET_RAW")
+    # root's uid does not count, only the effective set: this one has just the two
+    assert missing_capabilities(STATUS.format(eff=f"{(1 << 12) | (1 << 13):016x}")) == ()
+
+
+def test_a_status_without_capeff_is_an_error() -> None:
+    with pytest.raises(ValueError):
+        effective_capabilities("Name:\tx\n")
+
+
+def test_the_error_says_what_is_missing_with_eperm() -> None:
+    e = PrivilegeError(("CAP_NET_ADMIN", "CAP_NET_RAW"))
+    assert e.errno == errno.EPERM
+    assert "CAP_NET_ADMIN and CAP_NET_RAW" in str(e)
+
+
+# capset(2) on this thread (the child's only one): clear the named bits from the
+# effective and permitted sets, then run the data plane's start-up check.
+_DROP_AND_CHECK = r"""
+import ctypes, sys
+from pfkeyd.dataplane.privileges import PrivilegeError, require_capabilities
+libc = ctypes.CDLL(None, use_errno=True)
+class Header(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class Data(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+header = Header(0x20080522, 0)
+data = (Data * 2)()
+assert libc.capget(ctypes.byref(header), data) == 0, ctypes.get_errno()
+for cap in map(int, sys.argv[1:]):
+    data[cap // 32].effective &= ~(1 << cap % 32)
+    data[cap // 32].permitted &= ~(1 << cap % 32)
+assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
+try:
+    require_capabilities()
+except PrivilegeError as e:
+    print("refused", e.errno, e.missing)
+else:
+    print("allowed")
+"""
+
+
+def _child(*drop: int) -> str:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to have the capabilities to drop")
+    out = subprocess.run(
+        [sys.executable, "-c", _DROP_AND_CHECK, *map(str, drop)], capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_start_is_refused_without_cap_net_admin_and_cap_net_raw() -> None:
+    assert _child(CAP_NET_ADMIN, CAP_NET_RAW) == f"refused {errno.EPERM} ('CAP_NET_ADMIN', 'CAP_NET_RAW')"
+
+
+def test_start_is_refused_without_cap_net_raw_alone() -> None:
+    assert _child(CAP_NET_RAW) == f"refused {errno.EPERM} ('CAP_NET_RAW',)"
+
+
+def test_start_is_allowed_when_only_other_capabilities_are_dropped() -> None:
+    assert _child(21) == "allowed"  # CAP_SYS_ADMIN
+
+
+@pytest.mark.skipif(shutil.which("capsh") is None, reason="capsh (libcap2-bin) is not installed")
+def test_start_is_refused_under_capsh_drop() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    code = "from pfkeyd.dataplane.privileges import require_capabilities; require_capabilities()"
+    out = subprocess.run(
+        ["capsh", "--drop=cap_net_admin,cap_net_raw", "--", "-c", f'exec "{sys.executable}" -c "{code}"'],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert "PrivilegeError" in out.stderr and "CAP_NET_ADMIN and CAP_NET_RAW" in out.stderr
+
+
+def test_this_process_may_run_the_data_plane() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("not root")
+    require_capabilities()
