@@ -157,7 +157,7 @@ class PcapWriter:
         if self.linktype == LINKTYPE_ENC:
             body = enchdr(rec.datagram, rec.spi, rec.flags) + body
         sec = int(ts)
-        usec = min(int(round((ts - sec) * 1_000_000)), 999_999)
+        usec = min(round((ts - sec) * 1_000_000), 999_999)
         cut = body[: self.snaplen]
         self.file.write(struct.pack("=IIII", sec, usec, len(cut), len(body)))
         self.file.write(cut)
@@ -187,7 +187,8 @@ class EncInterface:
                 index = ipr.link_lookup(ifname=name)[0]
                 ipr.link("set", index=index, mtu=ENC_MTU, txqlen=txqueuelen)
                 ipr.link("set", index=index, state="up")
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, 0)
+            kind = socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+            self.sock = socket.socket(socket.AF_PACKET, kind, 0)
         except BaseException:
             os.close(self._fd)
             raise

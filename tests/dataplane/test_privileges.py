@@ -106,6 +106,7 @@ def test_start_is_refused_under_capsh_drop() -> None:
         ["capsh", "--drop=cap_net_admin,cap_net_raw", "--", "-c", f'exec "{sys.executable}" -c "{code}"'],
         capture_output=True,
         text=True,
+        check=False,
     )
     assert out.returncode == 1
     assert "PrivilegeError" in out.stderr and "CAP_NET_ADMIN and CAP_NET_RAW" in out.stderr
