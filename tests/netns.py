@@ -10,7 +10,8 @@ three ways:
   opens its devices inside and then drives them from the main loop as usual.  Never
   ``await`` inside the block.
 * ``ns.run(*argv)``: a command in a child process (a tiny Python trampoline does the
-  setns and execs, so iproute2 is not needed).
+  setns and execs, so iproute2 is not needed); ``ns.argv(*argv)`` is that command
+  line, for a process the test talks to while it runs.
 * ``ns.call(fn, *args)``: a Python function in the namespace, in this thread.
 
 ``pair()`` builds the topology the data-plane tests use: namespaces ``a`` and ``b``,
@@ -119,10 +120,13 @@ class Namespace:
         with self.inside():
             return fn(*args, **kwargs)
 
+    def argv(self, *argv: str) -> list[str]:
+        """A command line that runs ``argv`` in the namespace (for Popen and trio)."""
+        return [sys.executable, "-c", _TRAMPOLINE, self.path, *argv]
+
     def run(self, *argv: str, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` in the namespace (text output captured)."""
-        cmd = [sys.executable, "-c", _TRAMPOLINE, self.path, *argv]
-        return subprocess.run(cmd, check=check, capture_output=True, text=True, **kwargs)
+        return subprocess.run(self.argv(*argv), check=check, capture_output=True, text=True, **kwargs)
 
     def python(self, code: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run Python ``code`` in a child process in the namespace."""

@@ -4,6 +4,8 @@ live enc0 whose copies an AF_PACKET capture (what tcpdump uses) sees."""
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import socket
 import struct
 from pathlib import Path
@@ -167,3 +169,40 @@ async def test_copies_show_on_enc0_to_a_packet_capture(netpair: Pair, tmp_path: 
         cap.close()
         enc0.close()
     assert ns.snapshot() == clean  # enc0 went with its descriptor
+
+
+@pytest.mark.skipif(shutil.which("tcpdump") is None, reason="tcpdump is not installed (.ci/run installs it)")
+async def test_tcpdump_sees_the_plaintext_on_enc0(netpair: Pair) -> None:
+    ns = netpair.a
+    with ns.inside():
+        enc0 = EncInterface("enc0")
+    try:
+        tap = EncTap(enc0)
+        # -Z root: tcpdump keeps its privileges (it would drop them before writing);
+        # -U: each packet written at once; -c 3: it exits after the three we expect.
+        argv = ns.argv("tcpdump", "-n", "-i", "enc0", "-U", "-c", "3", "-Z", "root", "-w", "-")
+        with trio.fail_after(30):
+            proc = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                assert proc.stdout is not None and proc.stderr is not None
+                said = b""
+                while b"listening on" not in said:  # tcpdump reports when the capture is live
+                    chunk = await proc.stderr.receive_some(4096)
+                    assert chunk, said
+                    said += chunk
+                for r in _all_points():
+                    tap(r)
+                out = b""
+                while chunk := await proc.stdout.receive_some(65536):
+                    out += chunk
+                await proc.wait()
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.returncode == 0
+    finally:
+        enc0.close()
+    pkts = list(PcapReader(io.BytesIO(out)))
+    assert [bytes(p) for p in pkts] == [r.datagram for r in _all_points()[:3]]
+    assert pkts[0][UDP].payload.load == b"plaintext"
