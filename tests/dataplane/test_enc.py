@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import io
 import shutil
-import subprocess
 import socket
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
