@@ -72,3 +72,17 @@ def test_stale_namespaces_of_dead_runs_are_swept(netpair: Pair) -> None:
     finally:
         if os.path.exists(f"{NETNS_DIR}/{stale}"):
             netns.remove(stale)
+
+
+def test_skip_reason_names_the_refusal_where_namespaces_are_not_permitted() -> None:
+    import pytest
+
+    from tests.caps import run_without
+    from tests.netns import skip_reason
+
+    if skip_reason():
+        pytest.skip("namespaces are not permitted here at all")
+    # CAP_SYS_ADMIN (21) is what creating and mounting a namespace takes
+    out = run_without((21,), "from tests.netns import skip_reason; print(skip_reason())").stdout
+    assert out.startswith("cannot create a network namespace:")
+    assert "Errno 1" in out  # EPERM

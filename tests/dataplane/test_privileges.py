@@ -1,7 +1,7 @@
 """The data plane refuses to start without CAP_NET_ADMIN and CAP_NET_RAW, and says so.
 
-The capabilities are dropped in a child process (capset(2) through ctypes, or capsh
-where installed), since the tests run as root and must keep their own."""
+The capabilities are dropped in a child process (capset(2) through ctypes, tests/caps.py,
+or capsh where installed), since the tests run as root and must keep their own."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from pfkeyd.dataplane.privileges import (
     missing_capabilities,
     require_capabilities,
 )
+from tests.caps import run_without
 
 STATUS = "Name:\tpfkeyd\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t{eff}\nCapBnd:\t000001ffffffffff\n"
 
@@ -50,23 +51,8 @@ def test_the_error_says_what_is_missing_with_eperm() -> None:
     assert "CAP_NET_ADMIN and CAP_NET_RAW" in str(e)
 
 
-# capset(2) on this thread (the child's only one): clear the named bits from the
-# effective and permitted sets, then run the data plane's start-up check.
-_DROP_AND_CHECK = r"""
-import ctypes, sys
+_CHECK = """
 from pfkeyd.dataplane.privileges import PrivilegeError, require_capabilities
-libc = ctypes.CDLL(None, use_errno=True)
-class Header(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
-class Data(ctypes.Structure):
-    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
-header = Header(0x20080522, 0)
-data = (Data * 2)()
-assert libc.capget(ctypes.byref(header), data) == 0, ctypes.get_errno()
-for cap in map(int, sys.argv[1:]):
-    data[cap // 32].effective &= ~(1 << cap % 32)
-    data[cap // 32].permitted &= ~(1 << cap % 32)
-assert libc.capset(ctypes.byref(header), data) == 0, ctypes.get_errno()
 try:
     require_capabilities()
 except PrivilegeError as e:
@@ -79,10 +65,7 @@ else:
 def _child(*drop: int) -> str:
     if os.geteuid() != 0:
         pytest.skip("needs root to have the capabilities to drop")
-    out = subprocess.run(
-        [sys.executable, "-c", _DROP_AND_CHECK, *map(str, drop)], capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
+    return run_without(drop, _CHECK).stdout.strip()
 
 
 def test_start_is_refused_without_cap_net_admin_and_cap_net_raw() -> None:
