@@ -40,9 +40,12 @@ counted, never waited for.
 datagram, as FreeBSD's ``tcpdump -i enc0 -w`` produces; tshark decodes it as
 "OpenBSD enc(4)".  ``LINKTYPE_RAW`` (101, plain IP) is the other choice.  The format
 is written here rather than taken from a library: classic pcap is a 24-byte file
-header and a 16-byte record header, a dozen lines; the libraries that write it
-(scapy, dpkt) are large packet toolkits that the daemon would otherwise not need at
-run time, and none adds anything for a writer that only appends records.
+header and a 16-byte record header, a dozen lines.  The candidates on PyPI were
+weighed: scapy and dpkt write it, but are whole packet toolkits the daemon would not
+otherwise load at run time (dpkt's last release is from 2022); python-pcapng and
+pcapng write the newer pcapng format and are not maintained (2022, 2020);
+pypcapfile only reads; pcapy and pure-pcapy3 wrap or mimic libpcap capture.  None
+is small, kept up and suited to appending records from a daemon.
 """
 
 from __future__ import annotations
