@@ -51,8 +51,9 @@ marked packets bypass the TUN), so needs CAP_NET_ADMIN besides CAP_NET_RAW.
 **Backpressure, not queues.**  Nothing here buffers packets.  Receiving is pulled:
 :meth:`receive_batch` drains what the kernel has (up to a bound, without waiting
 once it has one), and waits only when there is nothing; a consumer that does not
-keep up leaves packets in the kernel's socket or TUN queue, whose bounds (rmem,
-txqueuelen) drop and count them where the kernel always has.  Sending waits for
+keep up leaves packets in the kernel's socket or TUN queue, whose bounds (the
+receive sockets' 4 MiB buffers, the TUN's txqueuelen) drop and count them where the
+kernel always has.  Sending waits for
 the descriptor to become writable on EAGAIN, so a producer slows to the wire's pace;
 the other per-packet errors (ENOBUFS from a full qdisc, EMSGSIZE, unreachable
 destinations, a firewall's EPERM) drop that packet and count it under its errno in
@@ -111,6 +112,12 @@ IP_TOS = socket.IP_TOS
 IPV6_FLOWINFO = 11
 IPV6_HDRINCL = 36
 SO_NO_CHECK = 11
+SO_RCVBUFFORCE = 33
+# The receive sockets' buffer: the bound on what waits in the kernel while the
+# consumer is busy (a burst of ESP arrives while a batch is being transformed).
+# Measured with the 2-namespace stand-in tunnel (tests/dataplane/test_pump.py): the
+# default 208 KiB dropped about a fifth of a TCP stream's packets at the receiver.
+DEFAULT_RCVBUF = 4 << 20
 _IPV6_FLOWINFO_MASK = 0x0FFFFFFF
 
 # The errors that drop one packet: counted, never raised.
@@ -169,6 +176,15 @@ def _notify_closing(fd: int | socket.socket) -> None:
     except RuntimeError:
         return
     trio.lowlevel.notify_closing(fd)
+
+
+def _set_rcvbuf(sock: socket.socket, size: int) -> None:
+    # SO_RCVBUFFORCE (CAP_NET_ADMIN, which the data plane has) passes net.core.rmem_max;
+    # without the capability, SO_RCVBUF gets what rmem_max allows.
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
+    except PermissionError:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def _mark(sock: socket.socket, fwmark: int) -> None:
@@ -277,7 +293,9 @@ class RawReceiver:
     """A raw socket receiving one IPsec protocol (50, 51 or 108) of one family, handing
     out whole datagrams (the IPv6 header rebuilt; see the module doc)."""
 
-    def __init__(self, family: int, proto: int, counters: IoCounters | None = None, *, rcvbuf: int = 0) -> None:
+    def __init__(
+        self, family: int, proto: int, counters: IoCounters | None = None, *, rcvbuf: int = DEFAULT_RCVBUF
+    ) -> None:
         if proto not in IPSEC_PROTOCOLS:
             raise ValueError(f"protocol {proto} is not ESP, AH or IPComp")
         self.family = family
@@ -287,7 +305,7 @@ class RawReceiver:
         sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
         try:
             if rcvbuf:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+                _set_rcvbuf(sock, rcvbuf)
             if family == socket.AF_INET6:
                 for opt in (
                     socket.IPV6_RECVPKTINFO,
@@ -475,6 +493,7 @@ class NattSocket:
         *,
         address: str | None = None,
         port: int = NATT_PORT,
+        rcvbuf: int = DEFAULT_RCVBUF,
     ) -> None:
         self.family = family
         self.counters = counters if counters is not None else IoCounters()
@@ -482,6 +501,8 @@ class NattSocket:
         sock = socket.socket(family, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         try:
             _mark(sock, fwmark)
+            if rcvbuf:
+                _set_rcvbuf(sock, rcvbuf)
             if family == socket.AF_INET:
                 sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
                 sock.setsockopt(socket.IPPROTO_IP, IP_RECVTOS, 1)
