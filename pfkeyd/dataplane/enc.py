@@ -58,6 +58,8 @@ import struct
 import time
 from typing import BinaryIO
 
+from pyroute2 import IPRoute
+
 from pfkeyd.dataplane.io import IoCounters
 from pfkeyd.dataplane.tun import open_tun
 from pfkeyd.record import record
@@ -178,8 +180,6 @@ class EncInterface:
     namespace; :meth:`close` removes it (closing the TUN deletes the interface)."""
 
     def __init__(self, name: str = "enc0", counters: IoCounters | None = None, *, txqueuelen: int = 16) -> None:
-        from pyroute2 import IPRoute
-
         self.name = name
         self.counters = counters if counters is not None else IoCounters()
         self._fd = open_tun(name)

@@ -161,7 +161,6 @@ class Routing:
         self.config = config
         self._ipr: Any = ipr if ipr is not None else IPRoute()
         self._routes: dict[Route, int] = {}
-        self._rules_installed = False
         self._index: int | None = None
 
     # -- the TUN link ----------------------------------------------------------
@@ -218,7 +217,6 @@ class Routing:
             for args in self._rule_args(family):
                 with _asking(f"adding rule {args}"):
                     self._ipr.rule("add", **args)
-                self._rules_installed = True
 
     def _remove_rules(self, *, strict: bool) -> None:
         for family in _FAMILIES:
@@ -228,7 +226,6 @@ class Routing:
                 except NetlinkError as e:
                     if strict and e.code != errno.ENOENT:
                         raise NetlinkFailure(e.code, f"removing rule {args}") from e
-        self._rules_installed = False
 
     def _flush_table(self) -> None:
         for family in _FAMILIES:
@@ -237,14 +234,9 @@ class Routing:
             for msg in stale:
                 if msg.get("table") != self.config.table:
                     continue
+                dst = msg.get("dst") or ("0.0.0.0" if family == socket.AF_INET else "::")
                 try:
-                    self._ipr.route(
-                        "del",
-                        family=family,
-                        table=self.config.table,
-                        dst=msg.get("dst"),
-                        dst_len=msg["dst_len"],
-                    )
+                    self._ipr.route("del", family=family, table=self.config.table, dst=dst, dst_len=msg["dst_len"])
                 except NetlinkError as e:
                     if e.code not in (errno.ESRCH, errno.ENOENT):
                         raise NetlinkFailure(e.code, f"removing a stale route from table {self.config.table}") from e

@@ -28,11 +28,11 @@ from tests.netns import Namespace, Pair, snapshot
 
 def _table(family: int, table: int = DEFAULT_TABLE) -> list[tuple[str, int, str | None]]:
     with IPRoute() as ipr:
-        return sorted(
+        return sorted((
             (m.get("dst"), m["dst_len"], m.get("prefsrc"))
             for m in ipr.route("dump", family=family)
             if m.get("table") == table
-        )
+        ), key=repr)
 
 
 def _rules(family: int) -> list[tuple[int, int, int, int | None]]:
@@ -200,3 +200,25 @@ def test_snapshot_sees_rules(netpair: Pair) -> None:
         assert snapshot() != before
         ipr.rule("del", table=77, priority=777)
     assert ns.snapshot() == before
+
+
+def test_setup_flushes_routes_left_in_the_table_including_a_default_route(netpair: Pair) -> None:
+    # A TUN that outlived its daemon (made persistent by someone, or reused) keeps its
+    # routes; a fresh setup starts from an empty table.
+    ns = netpair.a
+    clean = ns.snapshot()
+    with ns.inside():
+        fd = open_tun("ipsec0")
+        first = Routing(RoutingConfig())
+        first.setup()
+        first.add_route(tunnel_route("0.0.0.0/0"))
+        first.add_route(tunnel_route("::/0"))
+        first.add_route(transport_route("192.0.2.2"))
+        assert len(_table(socket.AF_INET)) == 2 and len(_table(socket.AF_INET6)) == 1
+        first._ipr.close()  # killed: nothing removed
+        second = Routing(RoutingConfig())
+        second.setup()
+        assert _table(socket.AF_INET) == [] and _table(socket.AF_INET6) == []
+        second.close()
+        os.close(fd)
+    assert ns.snapshot() == clean
