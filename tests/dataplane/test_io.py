@@ -381,3 +381,38 @@ def test_receive_sockets_get_a_buffer_above_the_default_rmem_max(netpair: Pair) 
     for s in socks:
         with s:
             assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * DEFAULT_RCVBUF  # the kernel doubles it
+
+
+@pytest.mark.parametrize("family", [V4, V6])
+async def test_fragmented_datagrams_arrive_reassembled(netpair: Pair, family: int) -> None:
+    from scapy.layers.inet import fragment
+    from scapy.layers.inet6 import IPv6ExtHdrFragment, fragment6
+
+    payload = ESP_PAYLOAD + bytes(range(256)) * 12  # about 3 KB: three fragments on a 1500-byte veth
+    if family == V4:
+        whole = _esp4(payload=payload)
+        pieces = [bytes(f) for f in fragment(IP(whole), fragsize=1024)]
+    else:
+        whole = _esp6(payload=payload)
+        pkt = IPv6(whole)
+        pieces = [bytes(f) for f in fragment6(IPv6(src=pkt.src, dst=pkt.dst, tc=pkt.tc, fl=pkt.fl, hlim=pkt.hlim)
+                                              / IPv6ExtHdrFragment(id=7, nh=50) / Raw(payload), 1280)]
+    assert len(pieces) > 2
+    with netpair.b.inside():
+        rx = RawReceiver(family, 50)
+    with netpair.a.inside():
+        tx = RawSender(family, DEFAULT_FWMARK)
+    try:
+        for piece in pieces:
+            assert await tx.send(piece)
+        with trio.fail_after(10):
+            got = await rx.receive()
+    finally:
+        rx.close()
+        tx.close()
+    if family == V4:
+        # reassembled: the same datagram, but for the checksum over a header that
+        # now says "not a fragment"
+        assert IP(got).len == len(whole) and got[20:] == whole[20:] and IP(got).flags == IP(whole).flags
+    else:
+        assert got == whole  # no fragment header left, payload length of the whole
