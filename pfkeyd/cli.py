@@ -7,6 +7,7 @@
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+    pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
     pfkeyd exec [--socket path] -- command [arg ...]
     pfkeyd preload-path
@@ -36,7 +37,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
@@ -107,6 +108,7 @@ usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ..
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+       pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
        pfkeyd preload-path
        pfkeyd decode [-d dialect] [-k] file ...
@@ -335,8 +337,8 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
     engine = KeyEngine(knobs)
 
-    def control_hook(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
@@ -368,20 +370,22 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     return 0
 
 
-def _control_socket(argv: list[str]) -> tuple[str, list[str]]:
-    """Take ``-s path`` / ``--socket path`` off the front of a control command's
-    arguments; the control socket is the one beside that PF_KEY socket."""
-    path = os.environ.get(SOCKET_ENV) or default_socket_path()
+def _control_target(argv: list[str]) -> tuple[str, str, str, list[str]]:
+    """(control socket, PF_KEY socket, where its path came from, the other arguments)."""
+    path = os.environ.get(SOCKET_ENV)
+    origin = SOCKET_ENV
+    if not path:
+        path, origin = default_socket_path(), "the default"
     if argv[:1] in (["-s"], ["--socket"]):
         if len(argv) < 2:
             msg = f"option {argv[0]} needs a path"
             raise _UsageError(msg)
-        path = argv[1]
+        path, origin = argv[1], argv[0]
         argv = argv[2:]
     if not path:
         msg = "no socket path: give -s path or set PFKEY_SOCKET"
         raise _UsageError(msg)
-    return control_path(path), argv
+    return control_path(path), path, origin, argv
 
 
 def _remote(command: str) -> Callable[[Sequence[str]], int]:
@@ -389,7 +393,7 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
 
     def run(argv: Sequence[str]) -> int:
         try:
-            path, rest = _control_socket(list(argv))
+            path, pfkey_path, origin, rest = _control_target(list(argv))
         except _UsageError as exc:
             print(f"pfkeyd {command}: {exc}", file=sys.stderr)
             return EX_USAGE
@@ -409,7 +413,8 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
                 return 1
             answer = json.loads(data)
         except OSError as exc:
-            print(f"pfkeyd {command}: {path}: {exc.strerror or exc}", file=sys.stderr)
+            text = connect_failure(path, exc, option="-s", origin=origin, pfkey_path=pfkey_path)
+            print(f"pfkeyd {command}: {text}", file=sys.stderr)
             return 1
         except ValueError:
             print(f"pfkeyd {command}: {path}: no answer from the daemon", file=sys.stderr)
@@ -462,6 +467,7 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sysctl": _remote("sysctl"),
     "stats": _remote("stats"),
     "lookup": _remote("lookup"),
+    "dialect": _remote("dialect"),
     "exec": _exec_command,
     "preload-path": _preload_path_command,
 }

@@ -161,8 +161,9 @@ class EngineLike(Protocol):
     def next_deadline(self) -> float | None: ...
 
 
-#: A control hook: (argv, now) -> (exit status, stdout text, stderr text, effects).
-ControlHook = Callable[[Sequence[str], Instant], tuple[int, str, str, Sequence[Effect]]]
+#: A control hook: (argv, now, dialect) -> (exit status, stdout text, stderr text,
+#: effects); ``dialect`` is that of the PF_KEY socket the control socket is beside.
+ControlHook = Callable[[Sequence[str], Instant, Dialect], tuple[int, str, str, Sequence[Effect]]]
 
 #: The largest control request accepted; a longer one is answered "request too long".
 CONTROL_REQUEST_MAX = 64 * 1024
@@ -536,14 +537,14 @@ class Server:
             sock.setblocking(False)
             if control:
                 if self._credentials(sock, listener.endpoint) is not None:
-                    nursery.start_soon(self._control_session, sock)
+                    nursery.start_soon(self._control_session, sock, listener.endpoint.dialect)
             else:
                 client = self._admit(sock, listener.endpoint)
                 if client is not None:
                     nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
 
-    async def _control_session(self, sock: socket.socket) -> None:
+    async def _control_session(self, sock: socket.socket, dialect: Dialect) -> None:
         try:
             with trio.move_on_after(CONTROL_TIMEOUT):
                 while True:
@@ -553,7 +554,7 @@ class Server:
                         break
                     except BlockingIOError:
                         await trio.lowlevel.wait_readable(sock)
-                payload = self._control_request(data)
+                payload = self._control_request(data, dialect)
                 while True:
                     try:
                         sock.send(payload)
@@ -566,7 +567,7 @@ class Server:
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
-    def _control_request(self, data: bytes) -> bytes:
+    def _control_request(self, data: bytes, dialect: Dialect) -> bytes:
         """Run one control request and return the answer.
 
         This is the one boundary of a control request: a request that cannot be
@@ -584,7 +585,7 @@ class Server:
                               len(data), exc)
             return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
         try:
-            status, out, err, effects = self._control(argv, self._now())
+            status, out, err, effects = self._control(argv, self._now(), dialect)
             self._route(effects, None, None, "control")
             self._wake_timer()
             return control_answer(status, out, err)

@@ -44,8 +44,8 @@ MIB = 1 << 20
 def hook(engine: KeyEngine) -> ControlHook:
     """The control hook as `pfkeyd` builds it."""
 
-    def run(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def run(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     return run
@@ -131,7 +131,7 @@ async def _throw(payloads: list[bytes]) -> None:
 _WORDS = st.sampled_from([
     "sysctl", "stats", "lookup", "-a", "-d", "-n", "-adn", "-x", "-", "--", "in", "out", "fwd",
     "10.0.0.1", "10.0.0.2", "::1", "fe80::1%lo", "fe80::1%999999", "10.0.0.0/8", "256.1.1.1", "tcp", "udp",
-    "icmp", "icmp6", "any", "255", "256", "-1", "65535", "65536", "0x10", "\u0661\u0662",
+    "icmp", "icmp6", "any", "dialect", "255", "256", "-1", "65535", "65536", "0x10", "\u0661\u0662",
     "pfkeyd.max_sas=", "pfkeyd.max_sas=\u0661\u0662\u0663", "net.key.esp_auth=1", "net.key.spi_minval=0x" + "f" * 40,
     "net.inet.ipsec.def_policy=0", "net.key.debug=" + "9" * 5000, "=", "net.key=1", "\ud800", "a\x00b",
 ])
@@ -194,10 +194,10 @@ async def test_a_failing_command_is_answered_logged_with_a_limit_counted_and_sur
     engine = KeyEngine(rng=random.Random(1))
     real = hook(engine)
 
-    def buggy(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
+    def buggy(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
         if argv[0] == "boom":
             raise RuntimeError("a bug in a control command")
-        return real(argv, now)
+        return real(argv, now, dialect)
 
     path = f"{sockdir}/p.sock"
     server = Server(engine, [Endpoint(path, Dialect.LINUX)], control=buggy)
