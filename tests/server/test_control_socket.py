@@ -9,6 +9,7 @@ logged with a rate limit and counted.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import random
@@ -68,7 +69,7 @@ async def control_request(path: str, payload: bytes) -> dict[str, object] | None
         try:
             await sock.send(payload)
         except OSError as exc:
-            if exc.errno == 90:  # EMSGSIZE: the daemon never saw it
+            if exc.errno == errno.EMSGSIZE:  # the daemon never saw it
                 return None
             raise
         answer = json.loads(await sock.recv(MIB))
