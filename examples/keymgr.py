@@ -36,13 +36,15 @@ its mirror on B, loaded with setkey or as two_hosts.py does):
 
 The lookup stands in for an outbound packet: host A sends an ACQUIRE, and the key
 manager keys both hosts, printing each SA it installs.  It keys every ACQUIRE
-host A sends until interrupted.
+host A sends until SIGINT or SIGTERM.  The sockets' dialect is what the daemons
+report (``--dialect`` overrides it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,27 +220,42 @@ class KeyManager:
         return out, back
 
 
-async def _serve_forever(path_a: str, path_b: str, dialect: str) -> None:
-    async with pfkeyd.client.open(path_a, dialect) as a, pfkeyd.client.open(path_b, dialect) as b:
-        send, receive = trio.open_memory_channel[tuple[Keyed, Keyed]](16)
-        async with trio.open_nursery() as nursery:
-            await nursery.start(KeyManager(a, b).serve, send)
-            print(f"keymgr: registered on {path_a}, keying {path_a} and {path_b}", flush=True)
-            async for out, back in receive:
-                for sa in (out, back):
-                    print(f"keymgr: {sa.src} -> {sa.dst} spi {sa.spi:#010x} installed on both hosts", flush=True)
+async def _serve_forever(path_a: str, path_b: str, dialect: str | None) -> None:
+    # SIGINT and SIGTERM stop it cleanly (exit status 0), as a daemon's supervisor expects.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with pfkeyd.client.open(path_a, dialect) as a, pfkeyd.client.open(path_b, dialect) as b:
+            send, receive = trio.open_memory_channel[tuple[Keyed, Keyed]](16)
+
+            async def report() -> None:
+                async for out, back in receive:
+                    for sa in (out, back):
+                        print(f"keymgr: {sa.src} -> {sa.dst} spi {sa.spi:#010x} installed on both hosts", flush=True)
+
+            async with trio.open_nursery() as nursery:
+                await nursery.start(KeyManager(a, b).serve, send)
+                print(f"keymgr: registered on {path_a} ({a.dialect.value} dialect), keying {path_a} and {path_b}",
+                      flush=True)
+                nursery.start_soon(report)
+                async for signum in signals:
+                    print(f"keymgr: {signal.Signals(signum).name} received, stopping", flush=True)
+                    nursery.cancel_scope.cancel()
+                    break
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Key two pfkeyd hosts from host A's ACQUIREs.")
     parser.add_argument("host_a", help="host A's pfkeyd socket (the one whose ACQUIREs are answered)")
     parser.add_argument("host_b", help="host B's pfkeyd socket")
-    parser.add_argument("-d", "--dialect", choices=("linux", "freebsd"), default="linux")
+    parser.add_argument("-d", "--dialect", choices=("linux", "freebsd"), default=None,
+                        help="the sockets' dialect (default: what the daemons report)")
     args = parser.parse_args(argv)
     try:
         trio.run(_serve_forever, args.host_a, args.host_b, args.dialect)
-    except KeyboardInterrupt:
-        return 0
+    except OSError as exc:
+        # a daemon that is not there: say which socket, as setkey does
+        where = exc.filename or args.host_a
+        print(f"keymgr: {where}: {exc.strerror or exc} (is pfkeyd running on that socket?)", file=sys.stderr)
+        return 1
     return 0
 
 

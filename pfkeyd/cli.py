@@ -2,10 +2,12 @@
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...]
-        Run the daemon in the foreground until SIGTERM or SIGINT.
+        Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
+        the -f file.
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+    pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
     pfkeyd exec [--socket path] -- command [arg ...]
     pfkeyd preload-path
@@ -35,7 +37,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
+from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
@@ -106,6 +108,7 @@ usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ..
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
+       pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
        pfkeyd preload-path
        pfkeyd decode [-d dialect] [-k] file ...
@@ -146,11 +149,20 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 
 def _split_endpoint(text: str, *, dialect_required: bool) -> tuple[str, Dialect]:
+    """``path:dialect``, or (where the dialect may be left out) ``path``.
+
+    Whatever follows the last colon names a dialect unless it holds a slash (then
+    the colon is part of a directory name): ``x.sock:openbsd`` or ``x.sock:Linux``
+    is an error, not a socket of that name.  A file name that itself holds a colon
+    needs its dialect spelled out (``a:b.sock:linux``).
+    """
     path, sep, name = text.rpartition(":")
     if sep and name in {d.value for d in Dialect}:
         dialect = Dialect(name)
-    elif dialect_required:
+    elif dialect_required or (sep and "/" not in name):
         msg = f"'{text}': expected path:dialect, the dialect being freebsd or linux"
+        if sep and "/" not in name:
+            msg = f"'{text}': unknown dialect '{name}' (freebsd or linux)"
         raise _UsageError(msg)
     else:
         path, dialect = text, native_dialect()
@@ -262,7 +274,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow)
+        return _run_daemon(sockets, knobs, group, allow, opts.config)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -282,8 +294,40 @@ def _tune_gc() -> None:
 GC_YOUNG_THRESHOLD = 100_000
 
 
+def knob_changes(old: Knobs, new: Knobs) -> list[str]:
+    """``name old -> new`` for every knob whose value differs (shared nodes once)."""
+    changes: list[str] = []
+    seen: set[str] = set()
+    for (spec, before), (_, after) in zip(old.items(), new.items(), strict=True):
+        if before != after and spec.attr not in seen:
+            seen.add(spec.attr)
+            changes.append(f"{spec.name} {before} -> {after}")
+    return changes
+
+
+def reload_config(path: str | None, current: Knobs) -> Knobs:
+    """SIGHUP: the knobs after re-reading ``path`` (the -f file) over ``current``.
+
+    As FreeBSD's ``service sysctl reload`` applies sysctl.conf, every line of the
+    file is set again and knobs the file does not name keep their current values
+    (changes made with ``pfkeyd sysctl`` included).  A bad file changes nothing.
+    Logs what changed, or why nothing did.
+    """
+    if path is None:
+        log.info("SIGHUP received; no configuration file (-f) to re-read")
+        return current
+    try:
+        knobs = load_config(path, current)
+    except ValueError as exc:
+        log.error("SIGHUP received; %s; no knob changed", exc)
+        return current
+    changes = knob_changes(current, knobs)
+    log.info("SIGHUP received; re-read %s: %s", path, ", ".join(changes) if changes else "no knob changed")
+    return knobs
+
+
 def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int]) -> int:
+                allow: frozenset[int], config: str | None = None) -> int:
     import trio
 
     from pfkeyd import control
@@ -293,8 +337,8 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
     engine = KeyEngine(knobs)
 
-    def control_hook(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
@@ -302,7 +346,7 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
 
     async def run() -> None:
         # Listen for signals before the sockets exist, so that none is missed.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
                 try:
                     await nursery.start(server.serve)
@@ -310,6 +354,9 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                     failure.append(str(exc))
                     return
                 async for signum in signals:
+                    if signum == signal.SIGHUP:
+                        server.set_knobs(reload_config(config, engine.knobs))
+                        continue
                     log.info("%s received, stopping", signal.Signals(signum).name)
                     server.stop()
                     break
@@ -323,20 +370,22 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     return 0
 
 
-def _control_socket(argv: list[str]) -> tuple[str, list[str]]:
-    """Take ``-s path`` / ``--socket path`` off the front of a control command's
-    arguments; the control socket is the one beside that PF_KEY socket."""
-    path = os.environ.get(SOCKET_ENV) or default_socket_path()
+def _control_target(argv: list[str]) -> tuple[str, str, str, list[str]]:
+    """(control socket, PF_KEY socket, where its path came from, the other arguments)."""
+    path = os.environ.get(SOCKET_ENV)
+    origin = SOCKET_ENV
+    if not path:
+        path, origin = default_socket_path(), "the default"
     if argv[:1] in (["-s"], ["--socket"]):
         if len(argv) < 2:
             msg = f"option {argv[0]} needs a path"
             raise _UsageError(msg)
-        path = argv[1]
+        path, origin = argv[1], argv[0]
         argv = argv[2:]
     if not path:
         msg = "no socket path: give -s path or set PFKEY_SOCKET"
         raise _UsageError(msg)
-    return control_path(path), argv
+    return control_path(path), path, origin, argv
 
 
 def _remote(command: str) -> Callable[[Sequence[str]], int]:
@@ -344,7 +393,7 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
 
     def run(argv: Sequence[str]) -> int:
         try:
-            path, rest = _control_socket(list(argv))
+            path, pfkey_path, origin, rest = _control_target(list(argv))
         except _UsageError as exc:
             print(f"pfkeyd {command}: {exc}", file=sys.stderr)
             return EX_USAGE
@@ -364,7 +413,8 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
                 return 1
             answer = json.loads(data)
         except OSError as exc:
-            print(f"pfkeyd {command}: {path}: {exc.strerror or exc}", file=sys.stderr)
+            text = connect_failure(path, exc, option="-s", origin=origin, pfkey_path=pfkey_path)
+            print(f"pfkeyd {command}: {text}", file=sys.stderr)
             return 1
         except ValueError:
             print(f"pfkeyd {command}: {path}: no answer from the daemon", file=sys.stderr)
@@ -417,6 +467,7 @@ _COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "sysctl": _remote("sysctl"),
     "stats": _remote("stats"),
     "lookup": _remote("lookup"),
+    "dialect": _remote("dialect"),
     "exec": _exec_command,
     "preload-path": _preload_path_command,
 }

@@ -18,15 +18,28 @@ values; the bytes are always made and read by :mod:`pfkeyd.wire`.
 
 API
 ---
-``open(path=None, dialect=None, *, pid=None, event_buffer=1024)``
+``open(path=None, dialect=None, *, pid=None, event_buffer=1024, reply_timeout=None)``
     An async context manager yielding a :class:`Connection`.  ``path`` defaults to
-    ``$PFKEY_SOCKET``, then to the daemon's default socket; ``dialect`` to the
+    ``$PFKEY_SOCKET``, then to the daemon's default socket; ``dialect`` to the one
+    the daemon reports for that socket (:func:`socket_dialect`), else to the
     host's own (linux on Linux, freebsd on the BSDs); ``pid`` (what goes in
-    ``sadb_msg_pid``) to ``os.getpid()``.
+    ``sadb_msg_pid``) to ``os.getpid()``.  With ``reply_timeout`` (seconds),
+    nothing the connection waits for from the daemon (a reply, the next entry of
+    a dump, room to send, the connection itself) waits longer than that without
+    progress: :class:`ReplyTimeout` is raised instead.  None waits as long as it
+    takes.
 
-``await control(argv, path=None) -> (status, out, err)``
-    Run a control command (sysctl, stats, lookup; see pfkeyd.control) on the
-    daemon whose PF_KEY socket is ``path``, through the control socket beside it.
+``await socket_dialect(path=None, *, timeout=5.0) -> Dialect | None``
+    The dialect pfkeyd reports for its PF_KEY socket ``path`` (the ``dialect``
+    command of the control socket beside it), or None when no pfkeyd control
+    socket answers there (nothing listens, or a daemon without the command).
+    Raises :class:`ReplyTimeout` when the control socket takes the question and
+    gives no answer within ``timeout`` seconds.
+
+``await control(argv, path=None, *, timeout=None) -> (status, out, err)``
+    Run a control command (sysctl, stats, lookup, dialect; see pfkeyd.control) on
+    the daemon whose PF_KEY socket is ``path``, through the control socket beside
+    it; ``timeout`` as ``reply_timeout``.
 
 ``Connection``
     ``await request(msg, *, assign_seq=True) -> Message``
@@ -76,6 +89,10 @@ API
 ``PfkeyReplyError``
     The kernel's answer was an error: ``.errno`` and ``.reply`` (the message).
 
+``ReplyTimeout``
+    The daemon sent nothing for ``.seconds`` while the connection waited for
+    ``.waiting_for`` (a text: "the reply to SADB_ADD (seq 7)") on ``.path``.
+
 ``RawReply``
     One reply of ``request_many_raw`` as it came off the socket: ``.data`` (the
     datagram), the header fields ``.type``, ``.satype``, ``.errno`` (the host's
@@ -105,13 +122,14 @@ from __future__ import annotations
 import errno as E
 import json
 import logging
+import math
 import os
 import random
 import socket
 import struct
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_interface
 from itertools import islice
@@ -144,7 +162,8 @@ from pfkeyd.wire import (
     encode,
 )
 
-__all__ = ["open", "control", "Connection", "PfkeyReplyError", "RawReply", "AddressLike"]
+__all__ = ["open", "control", "socket_dialect", "Connection", "PfkeyReplyError", "ReplyTimeout", "RawReply",
+           "AddressLike"]
 
 log = logging.getLogger("pfkeyd.client")
 
@@ -163,6 +182,8 @@ _COALESCE_MIN = 32
 _SUB_BURST = 16
 _COALESCE = 0.001
 _DUMP_TYPES = frozenset({MsgType.DUMP, MsgType.X_SPDDUMP})
+#: How long socket_dialect() waits for the daemon's answer by default, in seconds.
+DIALECT_TIMEOUT = 5.0
 #: sadb_msg_seq and sadb_msg_pid, the last 8 bytes of the base header (HEADER).
 _SEQ_PID = struct.Struct("=II")
 _SEQ_OFFSET = HEADER.size - _SEQ_PID.size
@@ -178,6 +199,20 @@ class PfkeyReplyError(Exception):
         self.errno = reply.errno
         name = MsgType(reply.type).name if reply.type in MsgType._value2member_map_ else str(reply.type)
         super().__init__(f"{name}: {os.strerror(reply.errno)} (errno {reply.errno})")
+
+
+class ReplyTimeout(Exception):
+    """The daemon sent nothing for ``seconds`` while ``waiting_for`` was awaited on ``path``."""
+
+    def __init__(self, path: str, waiting_for: str, seconds: float) -> None:
+        self.path = path
+        self.waiting_for = waiting_for
+        self.seconds = seconds
+        super().__init__(f"{path}: nothing from the daemon for {seconds:g} s while waiting for {waiting_for}")
+
+
+def _type_name(mtype: int) -> str:
+    return f"SADB_{MsgType(mtype).name}" if mtype in MsgType._value2member_map_ else f"message type {mtype}"
 
 
 class RawReply:
@@ -285,8 +320,9 @@ class Connection:
     """One PF_KEY socket to pfkeyd; made by :func:`open`."""
 
     def __init__(self, sock: trio.socket.SocketType, raw: socket.socket, path: str, dialect: Dialect, pid: int,
-                 event_buffer: int) -> None:
+                 event_buffer: int, reply_timeout: float | None = None) -> None:
         self._sock = sock
+        self.reply_timeout = reply_timeout
         self._raw = raw  # the same socket, for sends and receives that need not wait
         self.path = path
         self.dialect = dialect
@@ -306,6 +342,8 @@ class Connection:
         self._events_ready = trio.lowlevel.ParkingLot()
         self._dump: _DumpState | None = None
         self._dump_room = trio.lowlevel.ParkingLot()
+        #: When the receive task last read something (trio time; -inf: never).
+        self._heard = -math.inf
 
     # ------------------------------------------------------------ requests
 
@@ -367,7 +405,14 @@ class Connection:
             except BlockingIOError:
                 # The replies may be behind a dump's read-ahead: keep reading.
                 self._dump_room.unpark_all()
-                await trio.lowlevel.wait_writable(self._raw)
+                if self.reply_timeout is None:
+                    await trio.lowlevel.wait_writable(self._raw)
+                    continue
+                with trio.move_on_after(self.reply_timeout) as scope:
+                    await trio.lowlevel.wait_writable(self._raw)
+                if scope.cancelled_caught:
+                    raise ReplyTimeout(self.path, f"room to send {_type_name(data[1])} (the daemon reads nothing)",
+                                       self.reply_timeout) from None
             except OSError as exc:
                 msg = f"send to {self.path} failed: {exc.strerror}"
                 raise trio.BrokenResourceError(msg) from exc
@@ -441,7 +486,38 @@ class Connection:
             if not more and batch.outstanding == 0:
                 return batch.replies
             batch.wake_at = refill_at if more else 0
-            await batch.lot.park()
+            timeout = self.reply_timeout
+            if timeout is None:
+                await batch.lot.park()
+                continue
+            # The deadline is for a time in which nothing came from the daemon:
+            # the wake-up above comes only after many replies, so a park may end
+            # by its deadline after some came; it then parks again, until
+            # ``timeout`` after the last thing the receive task read.
+            waited_from = trio.current_time()
+            while True:
+                with trio.move_on_at(max(self._heard, waited_from) + timeout) as scope:
+                    await batch.lot.park()
+                if not scope.cancelled_caught or batch.failure is not None:
+                    break
+                if max(self._heard, waited_from) + timeout <= trio.current_time():
+                    raise ReplyTimeout(self.path, self._oldest_unanswered(batch), timeout)
+                if batch.outstanding <= batch.wake_at:
+                    break  # (landed as the deadline passed: no wake-up is coming)
+
+    def _oldest_unanswered(self, batch: _Batch) -> str:
+        """What ``batch`` waits for first: "the reply to SADB_ADD (seq 7)"."""
+        oldest: tuple[int, _Key] | None = None
+        for key, entry in self._waiters.items():
+            for owner, index in entry if isinstance(entry, deque) else (entry,):
+                if owner is batch and (oldest is None or index < oldest[0]):
+                    oldest = (index, key)
+        if oldest is None:  # pragma: no cover - a batch that waits has a request filed
+            return "a reply"
+        mtype, seq, _pid = oldest[1]
+        more = batch.outstanding - 1
+        tail = f", and {more} more" if more > 0 else ""
+        return f"the reply to {_type_name(mtype)} (seq {seq}{tail})"
 
     async def _burst(self, batch: _Batch, datagrams: Iterator[tuple[bytes, _Key]], window: int) -> bool:
         """Fill the window from ``datagrams``; the caller holds the send lock.  False
@@ -485,10 +561,21 @@ class Connection:
         self._dump = state
         try:
             await self._send_bytes(encode(msg, self.dialect))
+            timeout = self.reply_timeout
+            entries = 0
             while True:
                 while not state.queue:
-                    await state.ready.park()
+                    if timeout is None:
+                        await state.ready.park()
+                        continue
+                    with trio.move_on_after(timeout) as scope:
+                        await state.ready.park()
+                    if scope.cancelled_caught and not state.queue:
+                        self._end_dump(state)  # another dump may start; late entries become events
+                        what = "its first entry" if entries == 0 else f"entry {entries + 1}"
+                        raise ReplyTimeout(self.path, f"{_type_name(msg.type)} (seq {msg.seq}): {what}", timeout)
                 item = state.queue.popleft()
+                entries += 1
                 self._dump_room.unpark_all()
                 if isinstance(item, BaseException):
                     raise item
@@ -562,6 +649,8 @@ class Connection:
                         size = raw.recv_into(view)
                     except BlockingIOError:
                         now = trio.current_time()
+                        if drained:
+                            self._heard = now
                         count = count / 2 + drained
                         seconds = seconds / 2 + (now - since)
                         due = len(waiters)
@@ -577,6 +666,7 @@ class Connection:
                     drained += 1
                     dispatch(bytes(view[:size]))
                 else:
+                    self._heard = trio.current_time()
                     await trio.lowlevel.checkpoint()
         except OSError as exc:
             log.debug("receive from %s failed: %s", self.path, exc)
@@ -812,21 +902,58 @@ def _sa_request(
     return Message(msgtype, satype, exts=tuple(exts))
 
 
-async def control(argv: Sequence[str], path: str | os.PathLike[str] | None = None) -> tuple[int, str, str]:
-    """Run a control command (``["lookup", "out", "10.0.0.1", "10.0.0.2"]``,
-    ``["sysctl", "net.key.spi_minval=4096"]``, ``["stats"]``) on the daemon whose
-    PF_KEY socket is ``path``; returns (exit status, output, error text)."""
+def _socket_path(path: str | os.PathLike[str] | None) -> str:
     if path is None:
         path = os.environ.get(SOCKET_ENV) or default_socket_path()
         if path is None:
             msg = f"no PF_KEY socket: set {SOCKET_ENV} or XDG_RUNTIME_DIR, or pass a path"
             raise OSError(E.ENOENT, msg)
+    return os.fspath(path)
+
+
+@contextmanager
+def _deadline(timeout: float | None, path: str, waiting_for: str) -> Iterator[None]:
+    """Raise :class:`ReplyTimeout` if the body takes longer than ``timeout`` seconds."""
+    if timeout is None:
+        yield
+        return
+    with trio.move_on_after(timeout) as scope:
+        yield
+    if scope.cancelled_caught:
+        raise ReplyTimeout(path, waiting_for, timeout)
+
+
+async def control(argv: Sequence[str], path: str | os.PathLike[str] | None = None, *,
+                  timeout: float | None = None) -> tuple[int, str, str]:
+    """Run a control command (``["lookup", "out", "10.0.0.1", "10.0.0.2"]``,
+    ``["sysctl", "net.key.spi_minval=4096"]``, ``["stats"]``) on the daemon whose
+    PF_KEY socket is ``path``; returns (exit status, output, error text)."""
+    ctl = control_path(_socket_path(path))
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with sock:
-        await sock.connect(control_path(os.fspath(path)))
+        with _deadline(timeout, ctl, "the control socket to take the connection"):
+            await sock.connect(ctl)
         await sock.send(json.dumps({"argv": list(argv)}).encode())
-        answer = json.loads(await sock.recv(4 * 1024 * 1024) or b"{}")
+        with _deadline(timeout, ctl, f"the answer to the {argv[0] if argv else 'empty'} command"):
+            data = await sock.recv(4 * 1024 * 1024)
+    answer = json.loads(data or b"{}")
     return int(answer.get("status", 1)), str(answer.get("out", "")), str(answer.get("err", ""))
+
+
+async def socket_dialect(path: str | os.PathLike[str] | None = None, *,
+                         timeout: float | None = DIALECT_TIMEOUT) -> Dialect | None:
+    """The dialect pfkeyd reports for its PF_KEY socket ``path``, or None when no
+    pfkeyd control socket answers beside it; see the module docstring."""
+    try:
+        status, out, _err = await control(["dialect"], path, timeout=timeout)
+    except (OSError, ValueError, AttributeError) as exc:
+        # Nothing listens there, it hung up (another user's daemon refuses us:
+        # the PF_KEY socket will say so), or what answered is not pfkeyd.
+        log.debug("no dialect from the control socket of %s: %s", path, exc)
+        return None
+    if status != 0 or out.strip() not in Dialect._value2member_map_:
+        return None  # a pfkeyd without the command
+    return Dialect(out.strip())
 
 
 @asynccontextmanager
@@ -836,24 +963,30 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
     *,
     pid: int | None = None,
     event_buffer: int = 1024,
+    reply_timeout: float | None = None,
 ) -> AsyncIterator[Connection]:
     """Connect to pfkeyd; see the module docstring."""
-    if path is None:
-        path = os.environ.get(SOCKET_ENV) or default_socket_path()
-        if path is None:
-            msg = f"no PF_KEY socket: set {SOCKET_ENV} or XDG_RUNTIME_DIR, or pass a path"
-            raise OSError(E.ENOENT, msg)
-    path = os.fspath(path)
+    path = _socket_path(path)
+    if dialect is None:
+        timeout = DIALECT_TIMEOUT if reply_timeout is None else reply_timeout
+        dialect = await socket_dialect(path, timeout=timeout) or native_dialect()
     raw = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     raw.setblocking(False)
     sock = trio.socket.from_stdlib_socket(raw)
     try:
-        await sock.connect(path)
+        with _deadline(reply_timeout, path, "the daemon to take the connection"):
+            await sock.connect(path)
+    except OSError as exc:
+        sock.close()
+        if exc.filename is None and exc.errno is not None:
+            # connect() does not say which socket it could not reach
+            raise OSError(exc.errno, exc.strerror, path) from None
+        raise
     except BaseException:
         sock.close()
         raise
-    conn = Connection(sock, raw, path, Dialect(dialect) if dialect is not None else native_dialect(),
-                      os.getpid() if pid is None else pid, event_buffer)
+    conn = Connection(sock, raw, path, Dialect(dialect), os.getpid() if pid is None else pid, event_buffer,
+                      reply_timeout)
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._receive_loop)

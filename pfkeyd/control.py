@@ -8,6 +8,11 @@ effects (a lookup may send an ACQUIRE) for the shell to carry out.
     sysctl [-a] [-d] [-n] [name[=value] ...]
     stats
     lookup DIR SRC DST [PROTO [SPORT DPORT]]
+    dialect
+
+``dialect`` prints the dialect (freebsd or linux) of the PF_KEY socket whose
+control socket was asked: the shell passes it to :func:`run`.  setkey and
+pfkeyd.client ask it before they speak PF_KEY, so that a user need not know it.
 
 ``DIR`` is in, out or fwd; ``PROTO`` a name (tcp, udp, icmp, icmp6, any) or a
 number; for icmp and icmp6 the two ports are the type and the code.
@@ -23,9 +28,9 @@ from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.spd import Flow
-from pfkeyd.wire import Direction, IpProto, IpsecRequest, Level, Mode, PolicyType, SaState, SockAddr
+from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, Level, Mode, PolicyType, SaState, SockAddr
 
-__all__ = ["Outcome", "run", "COMMANDS", "format_decision", "parse_flow"]
+__all__ = ["Outcome", "run", "COMMANDS", "NAMES", "format_decision", "parse_flow"]
 
 EX_USAGE = 64
 
@@ -110,6 +115,15 @@ def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
         lines.append(f"\t{total} {title}")
         lines += [f"\t\t{count} {name}" for name, count in table.items()]
     lines += [f"\t{st.clients} clients", f"\t{st.sas} SAs", f"\t{st.policies} policies"]
+    # The packet path's counters, one block per protocol as netstat -s -p esp prints
+    # them, every counter shown (0 included) so that scripts find each name.
+    current = ""
+    for key, count in st.packets.items():
+        proto, _, name = key.partition(".")
+        if proto != current:
+            current = proto
+            lines.append(f"{proto}:")
+        lines.append(f"\t{count} {name}")
     return Outcome(0, "".join(line + "\n" for line in lines))
 
 
@@ -183,7 +197,9 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
                      f" priority {sp.priority:#x}")
         for o in decision.requests:
             head = f"  {_request_text(o.request)} (level {_LEVEL_NAMES.get(o.level, o.level)})"
-            if o.sa is not None:
+            if not o.reached:
+                lines.append(f"{head}: not reached (the packet is dropped at an earlier request)")
+            elif o.sa is not None:
                 state = SaState(o.sa.state).name.lower()
                 lines.append(f"{head}: SA spi {o.sa.spi:#010x} ({state})")
             elif o.acquire_seq:
@@ -214,12 +230,26 @@ def _lookup(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
     return Outcome(0, format_decision(decision, engine.knobs), effects=tuple(effects))
 
 
+def _dialect(args: Sequence[str], dialect: Dialect | None) -> Outcome:
+    if args:
+        return Outcome(EX_USAGE, err="usage: dialect\n")
+    if dialect is None:
+        return Outcome(1, err="dialect: this control socket belongs to no PF_KEY socket\n")
+    return Outcome(0, f"{dialect.value}\n")
+
+
+#: The commands that work on the engine.
 COMMANDS = {"sysctl": _sysctl, "stats": _stats, "lookup": _lookup}
+#: Every command's name: those of the engine and ``dialect``, which is about the socket.
+NAMES = (*COMMANDS, "dialect")
 
 
-def run(engine: KeyEngine, argv: Sequence[str], now: Instant) -> Outcome:
-    """Run one control command (``argv[0]`` names it) against ``engine``."""
+def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None) -> Outcome:
+    """Run one control command (``argv[0]`` names it) against ``engine``; ``dialect``
+    is that of the PF_KEY socket beside the control socket that was asked."""
+    if argv[:1] == ["dialect"]:
+        return _dialect(argv[1:], dialect)
     if not argv or argv[0] not in COMMANDS:
-        return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(COMMANDS)}\n")
+        return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(NAMES)}\n")
     return COMMANDS[argv[0]](engine, argv[1:], now)
 

@@ -50,6 +50,8 @@ from pfkeyd.errors import (
 )
 from pfkeyd.hotpath import HotPath
 from pfkeyd.knobs import Knobs
+from pfkeyd.packet import sa as packet_sa
+from pfkeyd.packet.counters import Counters as PacketCounters
 from pfkeyd.record import record
 from pfkeyd.sad import (
     DEADLINE_HARD,
@@ -344,9 +346,16 @@ def _sa_index(msg: Message, proto: int) -> SaIndex:
     return SaIndex(proto, mode, reqid, s, d)
 
 
-def _lifetimes(msg: Message) -> tuple[Lifetime | None, Lifetime | None]:
+#: Whether a dialect's kernel wants an ADD's or UPDATE's LIFETIME_HARD and
+#: LIFETIME_SOFT together or not at all: FreeBSD's key_add and key_update refuse
+#: one alone (EINVAL); Linux's pfkey_msg2xfrm_state takes either alone and leaves
+#: the other limit unset, and scripts written for Linux rely on it.
+_LIFETIMES_PAIRED = {Dialect.FREEBSD: True, Dialect.LINUX: False}
+
+
+def _lifetimes(msg: Message, dialect: Dialect) -> tuple[Lifetime | None, Lifetime | None]:
     hard, soft = msg.lifetime_hard, msg.lifetime_soft
-    if (hard is None) != (soft is None):
+    if (hard is None) != (soft is None) and _LIFETIMES_PAIRED[dialect]:
         msg_ = "LIFETIME_HARD and LIFETIME_SOFT must come together"
         raise InvalidArgument(msg_)
     return hard, soft
@@ -369,6 +378,9 @@ class KeyEngine:
         self.sad = Sad()
         self.clients: dict[ClientId, ClientState] = {}
         self.stats = Stats()
+        # The packet path's counters (espstat, ahstat, ipcompstat and NAT-T); the
+        # data plane fills them, `pfkeyd stats` prints them.
+        self.packet_counters = PacketCounters()
         self.spd = Spd()
         self.acquires = AcquireTable()
         self._policy_deadlines: list[tuple[float, int]] = []  # (when, policy id), checked when due
@@ -425,7 +437,8 @@ class KeyEngine:
         self.knobs = self.knobs.set(name, value)
 
     def statistics(self) -> Statistics:
-        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd))
+        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
+                                   packets=self.packet_counters.snapshot())
 
     # --------------------------------------------------------------- dispatch
 
@@ -693,16 +706,19 @@ class KeyEngine:
         assert sa.soft is not None
         return self._to_registered(_expire_message(dying, sa.soft))
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant) -> list[Effect]:
-        """Account traffic on an SA (the packet path calls this); enforces the byte
-        and allocation limits and starts the use-time lifetimes on first use."""
+    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
+                     replay_seq: int | None = None) -> list[Effect]:
+        """Account traffic on an SA (the packet path calls this, through
+        :mod:`pfkeyd.packet.usage`); enforces the byte and allocation limits and starts
+        the use-time lifetimes on first use.  ``replay_seq`` is the SA's replay counter
+        now (what SADB_X_SA2 reports), if the caller knows it."""
         sa = self.sad.get(spi)
         if sa is None or not sa.alive:
             return []
         first = sa.first_used is None
         usage = Usage(sa.bytes + nbytes, sa.packets + packets,
                       now.mono if first else sa.first_used, now.wall if first else sa.first_used_wall,
-                      sa.replay_seq)
+                      sa.replay_seq if replay_seq is None else replay_seq)
         new = sa.evolve(usage=usage) if first else sa.counted(usage)
         self.sad.replace(sa, new)
         if first:
@@ -767,9 +783,12 @@ class KeyEngine:
                 raise InvalidArgument("TCP-MD5 SAs take no encryption algorithm")
         else:
             raise ProtocolNotSupported(f"satype {satype} is not supported")
-        hard, soft = _lifetimes(msg)
+        hard, soft = _lifetimes(msg, req.dialect)
         _identities(msg)
         algorithms.check_sa(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
+        # The packet path must be able to run every SA it may be handed: refused here,
+        # never when a packet arrives (issue 12).
+        packet_sa.check(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
         auth = sa.auth
         if proto == IpProto.ESP and key_enc is not None:
             # esp_init records the GMAC/Poly1305 id of a combined-mode SA.
@@ -825,7 +844,7 @@ class KeyEngine:
         if sa_ext is None:
             raise InvalidArgument("SA extension is required")
         proto = _proto_of(msg.satype)
-        _lifetimes(msg)
+        _lifetimes(msg, req.dialect)
         index = _sa_index(msg, proto)
         sa = self.sad.get(sa_ext.spi)
         if sa is None:
@@ -842,8 +861,8 @@ class KeyEngine:
         else:
             if msg.key_auth is not None or msg.key_encrypt is not None:
                 raise InvalidArgument("the keys of a mature SA cannot change")
-            hard, soft = _lifetimes(msg)
-            if hard is None and sa.state == SaState.DYING:
+            hard, soft = _lifetimes(msg, req.dialect)
+            if hard is None and soft is None and sa.state == SaState.DYING:
                 hard, soft = sa.hard, sa.soft  # a DYING SA keeps its limits
             new = sa.evolve(state=SaState.MATURE, hard=hard, soft=soft)
             new = self._natt_changed(new, msg, proto)
@@ -884,7 +903,7 @@ class KeyEngine:
         if sa_ext is None:
             raise InvalidArgument("SA extension is required")
         _addresses(msg)
-        _lifetimes(msg)
+        _lifetimes(msg, req.dialect)
         if (msg.satype == SaType.ESP and msg.key_encrypt is None) or (
             msg.satype == SaType.AH and msg.key_auth is None
         ):
@@ -1312,9 +1331,22 @@ class KeyEngine:
         effects: list[Effect] = []
         outcomes: list[RequestOutcome] = []
         held = False
+        # The packet's addresses as each request of the bundle finds them: a request
+        # whose tunnel was applied leaves the outer header, and the later requests are
+        # resolved against it (FreeBSD: ipsec_process_done -> ipsec4_perform_request
+        # (idx + 1) -> ipsec4_allocsa reads the mbuf's IP header; Linux:
+        # xfrm_tmpl_resolve_one moves daddr/saddr to a found tunnel state's).  A
+        # request bypassed at level use leaves the packet, and the addresses, as
+        # they were.
+        src, dst = flow.src.without_port(), flow.dst.without_port()
         for r in sp.requests:
             level = self._level(r, flow.src.version)
-            index = _request_index(r, flow)
+            index = _request_index(r, src, dst)
+            if held and dir_ != Direction.INBOUND:
+                # An earlier request needed an SA it has not got: the packet was
+                # dropped there, and neither kernel looks at the later requests.
+                outcomes.append(RequestOutcome(r, level, index, None, reached=False))
+                continue
             sa = self._usable_sa(index)
             acquire_seq = recipients = 0
             if dir_ == Direction.INBOUND:
@@ -1322,6 +1354,8 @@ class KeyEngine:
                 # dropped (ipsec_in_reject); inbound traffic never triggers an ACQUIRE.
                 held = held or level in (Level.REQUIRE, Level.UNIQUE)
             elif sa is None:
+                # key_allocsa_policy -> key_acquire(saidx): the ACQUIRE names this
+                # request's SA index, so a later request's carries the outer addresses.
                 rec = self.acquires.trigger(index, now.mono, self.knobs.blockacq_count)
                 if rec is not None:
                     acquire_seq = rec.seq
@@ -1331,6 +1365,8 @@ class KeyEngine:
                     effects += sent
                 if level in (Level.REQUIRE, Level.UNIQUE):
                     held = True
+            if sa is not None and r.mode == Mode.TUNNEL:
+                src, dst = index.src, index.dst
             outcomes.append(RequestOutcome(r, level, index, sa, acquire_seq, recipients))
         self._count(effects)
         action = "discard" if held else "ipsec"
@@ -1476,6 +1512,9 @@ class RequestOutcome:
     sa: SecAssoc | None
     acquire_seq: int = 0  # the seq of the ACQUIRE sent now (0: none sent)
     acquire_recipients: int = 0  # how many registered key managers it went to
+    #: False for an outbound request after one that dropped the packet (level
+    #: require or unique, no SA): no SA was looked for and no ACQUIRE sent.
+    reached: bool = True
 
 
 @record
@@ -1493,13 +1532,12 @@ def _with_port(sa: SockAddr, port: int) -> SockAddr:
     return SockAddr(sa.ip, port, sa.flowinfo, sa.scope_id)
 
 
-def _request_index(r: IpsecRequest, flow: Flow) -> SaIndex:
-    """The SA index a request needs for a flow: the tunnel endpoints in tunnel mode,
-    the flow's addresses in transport mode (ipsec_setup_saidx); reqid for unique."""
+def _request_index(r: IpsecRequest, src: SockAddr, dst: SockAddr) -> SaIndex:
+    """The SA index a request needs for a packet from ``src`` to ``dst`` (without
+    ports): the tunnel endpoints in tunnel mode, the packet's addresses in transport
+    mode (ipsec4_allocsa, ipsec_setup_saidx); reqid for unique."""
     if r.mode == Mode.TUNNEL and isinstance(r.src, SockAddr) and isinstance(r.dst, SockAddr):
         src, dst = r.src.without_port(), r.dst.without_port()
-    else:
-        src, dst = flow.src.without_port(), flow.dst.without_port()
     reqid = r.reqid if r.level == Level.UNIQUE else 0
     return SaIndex(r.proto, r.mode, reqid, src, dst)
 

@@ -304,7 +304,7 @@ class HotPath:
             return None
         sa = self._sa(t, layout, spi, engine, data, now)
         sad.insert(sa)
-        if sa.hard is not None:
+        if sa.hard is not None or sa.soft is not None:  # either may come alone on a linux socket
             engine._schedule(sa)
         if sa.seq:
             engine.acqdone(sa.index, sa.seq)

@@ -35,6 +35,8 @@ class Statistics:
     clients: int = 0
     sas: int = 0
     policies: int = 0
+    #: the packet path's counters, ``{"esp.badauth": n, ...}`` (:mod:`pfkeyd.packet.counters`)
+    packets: Mapping[str, int] = field(default_factory=dict)
 
 
 class Stats:
@@ -60,11 +62,13 @@ class Stats:
     def note_drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
 
-    def snapshot(self, *, clients: int = 0, sas: int = 0, policies: int = 0) -> Statistics:
+    def snapshot(self, *, clients: int = 0, sas: int = 0, policies: int = 0,
+                 packets: Mapping[str, int] | None = None) -> Statistics:
         return Statistics(
             MappingProxyType({_type_name(t): n for t, n in sorted(self.messages_in.items())}),
             MappingProxyType({_type_name(t): n for t, n in sorted(self.messages_out.items())}),
             MappingProxyType({_errno.errorcode.get(e, str(e)): n for e, n in sorted(self.errors.items())}),
             MappingProxyType(dict(sorted(self.drops.items()))),
             clients, sas, policies,
+            MappingProxyType(dict(packets or {})),
         )

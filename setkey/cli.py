@@ -36,6 +36,15 @@ Theory of operation
 ``file ...``
     Files of raw PF_KEY messages, printed as replies would be; no daemon.
 
+Every mode that talks to the daemon first asks it which dialect its socket
+speaks (the control socket's ``dialect`` command, through
+:func:`pfkeyd.client.socket_dialect`); ``--dialect`` overrides the answer, with
+a warning when the two differ, and the host's own dialect is the fallback when
+nothing answers.  Nothing setkey waits for from the daemon waits longer than
+``--timeout`` seconds (:data:`DEFAULT_TIMEOUT`) without progress: the client
+library raises :class:`pfkeyd.client.ReplyTimeout`, reported with what was
+awaited and the likely cause (:meth:`_Program._timed_out`), exit 1.
+
 Everything printed for the daemon's messages comes from :mod:`setkey.dump`, in
 the format of the dialect's reference tool (FreeBSD setkey, ipsec-tools).  The
 clock, the time zone, the standard streams, the environment, the name
@@ -55,6 +64,7 @@ import gc
 import logging
 import os
 import re
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
@@ -66,8 +76,8 @@ import trio
 import pfkeyd.client
 from pfkeyd import __version__
 from pfkeyd import algorithms as alg
-from pfkeyd.client import Connection, PfkeyReplyError, RawReply
-from pfkeyd.defaults import SOCKET_ENV, default_socket_path, native_dialect
+from pfkeyd.client import Connection, PfkeyReplyError, RawReply, ReplyTimeout
+from pfkeyd.defaults import SOCKET_ENV, connect_failure, default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, decode, encode
 from setkey.build import build, deleteall_deletes, needs_dump
@@ -103,7 +113,10 @@ __all__ = [
 #: The option letters, getopt(3) style (a colon: the option takes an argument).
 SHORT_OPTIONS = "ce:f:DPFalgtvxhHnpVrk"
 #: The long options (``=``: the option takes an argument).
-LONG_OPTIONS = ("json", "socket=", "dialect=")
+LONG_OPTIONS = ("json", "socket=", "dialect=", "timeout=")
+#: How long setkey waits for anything from the daemon (a reply, the next entry
+#: of a dump, the connection) before it gives up, in seconds; --timeout changes it.
+DEFAULT_TIMEOUT = 5.0
 
 #: Requests in flight at once while a script is applied.
 WINDOW = 128
@@ -147,6 +160,7 @@ class Options:
     json: bool = False  # --json
     socket: str | None = None  # --socket
     dialect: Dialect | None = None  # --dialect
+    timeout: float | None = None  # --timeout
     files: list[str] = field(default_factory=list)
 
 
@@ -198,6 +212,8 @@ def parse_args(argv: Sequence[str]) -> Options:
                 if not value:
                     raise UsageError("--socket needs a path")
                 o.socket = value
+            elif name == "timeout":
+                o.timeout = _seconds(value)
             else:
                 try:
                     o.dialect = Dialect(value)
@@ -238,6 +254,17 @@ def parse_args(argv: Sequence[str]) -> Options:
     return o
 
 
+_SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
+
+
+def _seconds(text: str) -> float:
+    """The value of --timeout: a number of seconds above 0, in ASCII digits."""
+    value = float(text) if _SECONDS.fullmatch(text) else 0.0
+    if not 0 < value < 1e9:
+        raise UsageError(f"--timeout needs a number of seconds above 0, not '{text}'")
+    return value
+
+
 def _letter(o: Options, c: str, value: str | None, modes: list[str]) -> None:
     if c in _MODES:
         modes.append(c)
@@ -276,14 +303,28 @@ def _environ() -> Mapping[str, str]:
     return os.environ
 
 
+def _ifname(index: int) -> str | None:
+    """if_indextoname(3), None for an index no interface has: what getnameinfo()
+    does for a scoped IPv6 address (``fe80::1%lo``, else ``fe80::1%7``)."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None
+
+
 @dataclass
 class Runtime:
     """The world setkey runs in; tests replace parts of it.
 
     ``loops`` bounds the ``-l`` loop (None: until interrupted) and ``interval``
     is its period in seconds; ``resolver`` resolves host names (None: the
-    system's getaddrinfo); ``reply_timeout`` is how long a dump may go without
-    a message before setkey gives up (the reference waits 1 s per receive).
+    system's getaddrinfo); ``reply_timeout`` is how long setkey waits for
+    anything from the daemon when --timeout does not say (the reference waits
+    1 s per receive of a dump, and for ever for a reply); ``trio_clock`` is the
+    clock of setkey's trio loops (None: trio's own; tests pass an autojump
+    clock);
+    ``ifname`` names the interface of a scope id in the dumps (None: print the
+    number).
     """
 
     stdin: TextIO = field(default_factory=_stdin)
@@ -295,7 +336,9 @@ class Runtime:
     loops: int | None = None
     interval: float = 1.0
     resolver: Resolver | None = None
-    reply_timeout: float = 5.0
+    reply_timeout: float = DEFAULT_TIMEOUT
+    trio_clock: trio.abc.Clock | None = None
+    ifname: Callable[[int], str | None] = _ifname
 
 
 class _Fatal(Exception):
@@ -375,10 +418,14 @@ class _Program:
     def __init__(self, opts: Options, rt: Runtime) -> None:
         self.opts = opts
         self.rt = rt
+        self.timeout = opts.timeout if opts.timeout is not None else rt.reply_timeout
+        #: What the daemon said its socket speaks (None: not asked, or no answer).
+        self.learned: Dialect | None = None
         self.dialect = opts.dialect or native_dialect()
         self.dump_options = DumpOptions(dialect=self.dialect, show_dead=opts.show_dead,
                                         short=opts.loop and opts.mode == "D" and not opts.policy,
-                                        ports=opts.ports, json=opts.json, localtime=rt.localtime)
+                                        ports=opts.ports, json=opts.json, localtime=rt.localtime,
+                                        ifname=rt.ifname)
 
     def out(self, text: str) -> None:
         if text:
@@ -401,6 +448,8 @@ class _Program:
         if mode == "V":
             self.out(f"setkey (pfkeyd) {__version__}\n")
             return 0
+        if mode in "DFx" or (mode in "cfe" and not self.opts.check_only):
+            self._learn_dialect()
         self._warnings()
         if mode == "files":
             return self.decode_files()
@@ -425,12 +474,64 @@ class _Program:
 
     # -------------------------------------------------------------- connecting
 
+    def _trio_run(self, fn: Callable[[], Awaitable[int]]) -> int:
+        return trio.run(fn, clock=self.rt.trio_clock)
+
+    def _learn_dialect(self) -> None:
+        """Ask the daemon which dialect its socket speaks (the control socket's
+        ``dialect`` command): the default for --dialect, which still wins."""
+        if not (self.opts.socket or self.rt.environ.get(SOCKET_ENV) or default_socket_path(self.rt.environ)):
+            return  # no socket at all: the mode says so when it connects
+        path = self.socket_path()
+
+        async def ask() -> Dialect | None:
+            return await pfkeyd.client.socket_dialect(path, timeout=self.timeout)
+
+        try:
+            self.learned = trio.run(ask, clock=self.rt.trio_clock)
+        except ReplyTimeout as exc:
+            raise _Fatal(f"{exc}: pfkeyd is stuck or overloaded, or this is not its control socket "
+                         f"(a longer --timeout than {exc.seconds:g} s may help)") from None
+        if self.learned is None:
+            return
+        given = self.opts.dialect
+        if given is None:
+            self.dialect = self.learned
+            self.dump_options = replace(self.dump_options, dialect=self.learned)
+        elif given is not self.learned:
+            self.err(f"warning: --dialect {given.value}, but pfkeyd says that {path} speaks {self.learned.value}")
+
+    def _timed_out(self, exc: ReplyTimeout) -> _Fatal:
+        """``exc`` as setkey reports it: what it waited for, and the likely cause."""
+        dialect = self.dialect.value
+        if self.learned is self.dialect:
+            cause = (f"pfkeyd is stuck or overloaded (a longer --timeout than {exc.seconds:g} s may help)")
+        elif self.learned is not None:
+            cause = f"pfkeyd says the socket speaks {self.learned.value}, not {dialect} as --dialect says"
+        else:
+            cause = (f"the socket may not speak the {dialect} dialect (see --dialect), "
+                     "or the daemon is stuck or is not pfkeyd")
+        return _Fatal(f"{exc}: {cause}")
+
     def socket_path(self) -> str:
-        path = self.opts.socket or self.rt.environ.get(SOCKET_ENV) or default_socket_path(self.rt.environ)
+        return self._socket()[0]
+
+    def _socket(self) -> tuple[str, str]:
+        """The daemon's PF_KEY socket and where its path came from."""
+        if self.opts.socket:
+            return self.opts.socket, "--socket"
+        path = self.rt.environ.get(SOCKET_ENV)
+        if path:
+            return path, SOCKET_ENV
+        path = default_socket_path(self.rt.environ)
         if not path:
             msg = f"no PF_KEY socket: give --socket, or set {SOCKET_ENV} or XDG_RUNTIME_DIR"
             raise _Fatal(msg)
-        return path
+        return path, "the default"
+
+    def _unreachable(self, exc: OSError) -> _Fatal:
+        path, origin = self._socket()
+        return _Fatal(connect_failure(path, exc, option="--socket", origin=origin))
 
     def _connected(self, body: Callable[[Connection], Awaitable[int]]) -> int:
         path = self.socket_path()
@@ -438,15 +539,19 @@ class _Program:
         async def run() -> int:
             entered = False
             try:
-                async with pfkeyd.client.open(path, self.dialect) as conn:
+                async with pfkeyd.client.open(path, self.dialect, reply_timeout=self.timeout) as conn:
                     entered = True
                     return await body(conn)
-            except OSError as exc:
-                if entered:
-                    raise
-                raise _Fatal(f"{path}: {exc.strerror or exc}") from None
+            except BaseException as exc:
+                # (the connection's nursery wraps what its body raises in a group)
+                leaf = _leaf(exc)
+                if isinstance(leaf, ReplyTimeout):
+                    raise self._timed_out(leaf) from None
+                if isinstance(leaf, OSError) and not entered:
+                    raise self._unreachable(leaf) from None
+                raise
 
-        return trio.run(run)
+        return self._trio_run(run)
 
     def _raw_connected(self, body: Callable[[trio.socket.SocketType], Awaitable[int]]) -> int:
         path = self.socket_path()
@@ -455,12 +560,16 @@ class _Program:
             sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_SEQPACKET)
             with sock:
                 try:
-                    await sock.connect(path)
+                    with trio.move_on_after(self.timeout) as scope:
+                        await sock.connect(path)
                 except OSError as exc:
-                    raise _Fatal(f"{path}: {exc.strerror or exc}") from None
+                    raise self._unreachable(exc) from None
+                if scope.cancelled_caught:
+                    timeout = ReplyTimeout(path, "the daemon to take the connection", self.timeout)
+                    raise self._timed_out(timeout)
                 return await body(sock)
 
-        return trio.run(run)
+        return self._trio_run(run)
 
     # -------------------------------------------------------------- tracing
 
@@ -638,7 +747,7 @@ class _Program:
 
     def interactive(self) -> int:
         if self.opts.check_only:
-            return trio.run(self._interactive, None)
+            return trio.run(self._interactive, None, clock=self.rt.trio_clock)
         return self._connected(self._interactive)
 
     async def _interactive(self, conn: Connection | None) -> int:
@@ -860,7 +969,7 @@ class _Session:
         entries = 0
         now = self.p.now()
         try:
-            async for msg in self._timed(self._entries(policy, satype)):
+            async for msg in self._entries(policy, satype):
                 self.p.trace(None, msg)
                 if scopes is not None and msg.policy is not None and not msg.policy.scope & scopes:
                     continue
@@ -873,25 +982,6 @@ class _Session:
         if not entries:
             self.p.out(render_reply(Message(mtype, satype, errno=E.ENOENT), now, opts))
         return True
-
-    async def _timed(self, stream: AsyncIterator[Message]) -> AsyncIterator[Message]:
-        """``stream``, but give up when the daemon sends nothing for a while: an
-        entry that does not decode (the wrong --dialect, most likely) is dropped
-        by the client library, and the end of the dump with it."""
-        timeout = self.p.rt.reply_timeout
-        while True:
-            msg: Message | None = None
-            # (never yield inside a cancel scope: it would cover the consumer)
-            with trio.move_on_after(timeout):
-                try:
-                    msg = await anext(stream)
-                except StopAsyncIteration:
-                    return
-            if msg is None:
-                text = (f"{self.conn.path}: the dump stopped: nothing from the daemon for {timeout:g} s "
-                        f"(is {self.dialect.value} the socket's dialect?)")
-                raise _Fatal(text)
-            yield msg
 
     def _entries(self, policy: bool, satype: int) -> AsyncIterator[Message]:
         return self.conn.spddump() if policy else self.conn.dump(satype)
@@ -912,7 +1002,7 @@ class _Session:
             self.p.trace(request, None)
             try:
                 entries = []
-                async for msg in self._timed(self.conn.dump(request.satype)):
+                async for msg in self.conn.dump(request.satype):
                     self.p.trace(None, msg)
                     entries.append(msg)
             except PfkeyReplyError as exc:

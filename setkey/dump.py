@@ -377,8 +377,21 @@ def _host(sa: AnySockAddr | None, opts: DumpOptions) -> str | None:
         return None
     text = _ntop(sa.ip)
     if sa.ip.version == 6 and sa.scope_id:
-        text += "%" + (opts.ifname(sa.scope_id) or str(sa.scope_id))
+        named = opts.ifname(sa.scope_id) if _zone_is_an_interface(sa.ip.packed, opts.dialect) else None
+        text += "%" + (named or str(sa.scope_id))
     return text
+
+
+def _zone_is_an_interface(packed: bytes, dialect: Dialect) -> bool:
+    """Whether getnameinfo() writes the zone of this IPv6 address as an interface
+    name (else as the number): glibc's does for link-local unicast and multicast,
+    FreeBSD's (ip6_sa2str) for interface-local multicast too."""
+    if packed[0] == 0xFE and packed[1] & 0xC0 == 0x80:  # fe80::/10
+        return True
+    if packed[0] != 0xFF:
+        return False
+    scope = packed[1] & 0x0F
+    return scope == 2 or (scope == 1 and dialect is Dialect.FREEBSD)
 
 
 def _cstr(text: str | None) -> str:

@@ -761,6 +761,39 @@ def _parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
     return list(result or []), errors
 
 
+#: A word that may end a script (matched before the careful scan below runs).
+_EXIT_WORD = re.compile(r"\b(?:exit|quit|bye)\b")
+#: The pieces a script is cut into to find its statements: a quoted string (to
+#: its closing quote, or the end), a comment (not the "#" of ``unique#N``), a
+#: ";", a run of other text, or any other single character.
+_PIECE = re.compile(r'"[^"]*+"?|(?<!unique)\#[^\n]*+|;|[^";\#]++|.', re.S)
+
+
+def _until_exit(text: str) -> str:
+    """``text`` up to the end of its first ``exit;`` (``quit;``, ``bye;``) statement.
+
+    ipsec-tools' parser stops at that statement (``exit_now``), so what follows it
+    is never read, not even for syntax errors (setkey.8).  The script is cut here,
+    before either driver runs, so the fast driver and lark's parser see the same
+    text.  Statements end at a ";" outside quoted strings and comments, as the
+    lexer has them; a statement is an exit when its only word is the keyword.
+    """
+    if _EXIT_WORD.search(text) is None:
+        return text  # the common case: one scan of the text, nothing cut
+    words: list[str] = []
+    for piece in _PIECE.finditer(text):
+        chunk = piece.group()
+        if chunk == ";":
+            if len(words) == 1 and words[0] in ("exit", "quit", "bye"):
+                return text[: piece.end()]
+            words = []
+        elif chunk.startswith('"'):
+            words.append(chunk)  # a quoted string is a word of its statement
+        elif not chunk.startswith("#"):
+            words += chunk.split()
+    return text
+
+
 def parse(text: str, filename: str = "-") -> list[Command]:
     """Parse a whole setkey script.
 
@@ -771,6 +804,7 @@ def parse(text: str, filename: str = "-") -> list[Command]:
     dialect are :func:`setkey.check.check`'s.
     """
     errors: list[SetkeyError] = []
+    text = _until_exit(text)
     try:
         items: list[Any] = _fast_setkey().parse(text)
     except _Fail:

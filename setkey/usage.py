@@ -23,12 +23,12 @@ EX_USAGE = 64
 # host's own dialect.  The manual page says so.
 
 USAGE = """\
-usage: setkey [-knrv] [--json] [--dialect dialect] [--socket path] -c
-       setkey [-knrv] [--json] [--dialect dialect] [--socket path] -f file
-       setkey [-knrv] [--json] [--dialect dialect] [--socket path] -e script
-       setkey [-Paglptv] [--json] [--dialect dialect] [--socket path] -D
-       setkey [-Pv] [--dialect dialect] [--socket path] -F
-       setkey [-Hh] [--dialect dialect] [--socket path] -x
+usage: setkey [-knrv] [--json] [--dialect dialect] [--socket path] [--timeout seconds] -c
+       setkey [-knrv] [--json] [--dialect dialect] [--socket path] [--timeout seconds] -f file
+       setkey [-knrv] [--json] [--dialect dialect] [--socket path] [--timeout seconds] -e script
+       setkey [-Paglptv] [--json] [--dialect dialect] [--socket path] [--timeout seconds] -D
+       setkey [-Pv] [--dialect dialect] [--socket path] [--timeout seconds] -F
+       setkey [-Hh] [--dialect dialect] [--socket path] [--timeout seconds] -x
        setkey [-apv] [--json] [--dialect dialect] file ...
        setkey -V
 """

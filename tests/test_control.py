@@ -20,6 +20,7 @@ from pfkeyd.control import Outcome
 from pfkeyd.effects import ClientId, Effect, Error, Instant, Send
 from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import KNOBS, Knobs
+from pfkeyd.packet.counters import DESCRIPTIONS, Drop
 from pfkeyd.wire import (
     Address,
     AuthAlg,
@@ -306,7 +307,40 @@ def test_stats_of_a_fresh_engine_are_zero(engine: KeyEngine) -> None:
     out = run(engine, "stats")
     assert (out.status, out.err) == (0, "")
     assert out.out == ("pfkey:\n\t0 messages in\n\t0 messages out\n\t0 errors\n\t0 drops\n"
-                       "\t3 clients\n\t0 SAs\n\t0 policies\n")
+                       "\t3 clients\n\t0 SAs\n\t0 policies\n" + zero_packet_blocks())
+
+
+def zero_packet_blocks() -> str:
+    """The packet path's counters of a fresh daemon: every name of every protocol, at 0."""
+    return "".join(f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names))
+                   for proto, names in DESCRIPTIONS.items())
+
+
+def packet_block(text: str, proto: str) -> dict[str, int]:
+    lines = text.splitlines()
+    i = lines.index(f"{proto}:")
+    out: dict[str, int] = {}
+    for line in lines[i + 1:]:
+        if not line.startswith("\t"):
+            break
+        count, name = line.split()
+        out[name] = int(count)
+    return out
+
+
+def test_stats_show_the_packet_counters(engine: KeyEngine) -> None:
+    counters = engine.packet_counters
+    counters.drop(Drop("esp", "badauth"))
+    counters.drop(Drop("esp", "badauth"))
+    counters.add("ah", "input", 5)
+    counters.drop(Drop("ipcomp", "recursive"))
+    counters.add("natt", "keepalive")
+    text = run(engine, "stats").out
+    esp = packet_block(text, "esp")
+    assert esp["badauth"] == 2 and esp["replay"] == 0 and set(esp) == set(DESCRIPTIONS["esp"])
+    assert packet_block(text, "ah")["input"] == 5
+    assert packet_block(text, "ipcomp")["recursive"] == 1
+    assert packet_block(text, "natt")["keepalive"] == 1
 
 
 def test_stats_count_messages_errors_drops_clients_sas_and_policies(engine: KeyEngine) -> None:
@@ -325,7 +359,7 @@ def test_stats_count_messages_errors_drops_clients_sas_and_policies(engine: KeyE
     assert stats_block(text, "messages out") == (7, {"REGISTER": 1, "ADD": 3, "X_SPDADD": 3})
     assert stats_block(text, "errors") == (1, {"ESRCH": 1})
     assert stats_block(text, "drops") == (2, {"broadcast_buffer_full": 2})
-    assert text.endswith("\t2 clients\n\t1 SAs\n\t1 policies\n")
+    assert text.endswith("\t2 clients\n\t1 SAs\n\t1 policies\n" + zero_packet_blocks())
 
 
 def test_stats_count_the_acquires_a_lookup_sends(engine: KeyEngine) -> None:
@@ -487,3 +521,18 @@ def test_lookup_names_tunnel_endpoints(engine: KeyEngine) -> None:
     out = run(engine, "lookup", "out", "10.1.0.0", "10.2.0.0")
     assert "  esp/tunnel/192.0.2.1-192.0.2.2/require (level require): SA spi 0x00007000 (mature)\n" in out.out
     assert out.out.endswith("decision: ipsec (protected by the SAs above)\n")
+
+
+# ------------------------------------------------------------------ dialect
+
+
+def test_dialect_answers_the_dialect_of_the_socket_asked() -> None:
+    engine = KeyEngine(rng=random.Random(1))
+    now = Instant(0.0, 0)
+    for dialect in Dialect:
+        assert control.run(engine, ["dialect"], now, dialect) == Outcome(0, f"{dialect.value}\n")
+    assert control.run(engine, ["dialect"], now) == Outcome(
+        1, err="dialect: this control socket belongs to no PF_KEY socket\n")
+    assert control.run(engine, ["dialect", "x"], now, Dialect.LINUX).status == 64
+    unknown = control.run(engine, ["nope"], now, Dialect.LINUX)
+    assert unknown.err == "unknown control command; one of: sysctl, stats, lookup, dialect\n"

@@ -38,6 +38,7 @@ from pfkeyd.defaults import control_path
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import KNOBS
+from pfkeyd.packet.counters import DESCRIPTIONS
 from pfkeyd.server import ControlHook, Endpoint, Server
 from pfkeyd.wire import (
     Address,
@@ -214,7 +215,25 @@ def test_s_without_a_path_is_a_usage_error(command: str, sockdir: str) -> None:
 def test_a_command_without_a_daemon_fails_with_status_1_naming_the_control_socket(sockdir: str) -> None:
     result = pfkeyd_command("stats", "-s", f"{sockdir}/none.sock")
     assert (result.returncode, result.stdout) == (1, "")
-    assert result.stderr == f"pfkeyd stats: {sockdir}/none.ctl: No such file or directory\n"
+    assert result.stderr == (
+        f"pfkeyd stats: {sockdir}/none.ctl: No such file or directory (the control socket (beside "
+        f"{sockdir}/none.sock), from -s): pfkeyd may not be running, or it listens on another socket: "
+        "choose that one with -s or PFKEY_SOCKET\n")
+    env = {**os.environ, "PFKEY_SOCKET": f"{sockdir}/other.sock"}
+    for command in ("sysctl", "lookup"):
+        result = pfkeyd_command(command, "-a" if command == "sysctl" else "in", env=env)
+        assert result.returncode == 1
+        assert result.stderr == (
+            f"pfkeyd {command}: {sockdir}/other.ctl: No such file or directory (the control socket (beside "
+            f"{sockdir}/other.sock), from PFKEY_SOCKET): pfkeyd may not be running, or it listens on another "
+            "socket: choose that one with -s or PFKEY_SOCKET\n")
+
+
+def test_dialect_prints_the_dialect_of_each_socket(shared: Daemon) -> None:
+    for path, dialect in ((shared.linux, "linux"), (shared.freebsd, "freebsd")):
+        result = pfkeyd_command("dialect", "-s", path)
+        assert (result.returncode, result.stdout, result.stderr) == (0, f"{dialect}\n", "")
+    assert pfkeyd_command("dialect", "-s", shared.linux, "extra").returncode == 64
 
 
 # ------------------------------------------------------------------ stats
@@ -241,7 +260,10 @@ def test_stats_counts_what_the_daemon_did(daemon: Daemon) -> None:
                              "\t2 messages out\n\t\t2 FLUSH\n"
                              "\t1 errors\n\t\t1 ENOENT\n"
                              "\t0 drops\n"
-                             "\t2 clients\n\t0 SAs\n\t0 policies\n")
+                             "\t2 clients\n\t0 SAs\n\t0 policies\n"
+                             # the packet path's counters, all 0 until a data plane fills them
+                             + "".join(f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names))
+                                       for proto, names in DESCRIPTIONS.items()))
     assert pfkeyd_command("stats", "-s", daemon.linux, "extra").returncode == 64
 
 
@@ -362,8 +384,8 @@ def test_a_bad_config_line_stops_the_start_naming_file_and_line(sockdir: str) ->
 def hook(engine: KeyEngine) -> ControlHook:
     """The control hook as `pfkeyd` builds it."""
 
-    def run(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def run(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     return run

@@ -112,8 +112,8 @@ def sockdir() -> Iterator[str]:
 async def daemon(nursery: trio.Nursery, sockdir: str) -> AsyncIterator[Daemon]:
     engine = KeyEngine(rng=random.Random(2367))
 
-    def control_hook(argv: Sequence[str], now: Instant) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now)
+    def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     paths = {Dialect.LINUX: f"{sockdir}/linux.sock", Dialect.FREEBSD: f"{sockdir}/bsd.sock"}

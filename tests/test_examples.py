@@ -66,7 +66,8 @@ def test_two_hosts_are_keyed_with_matching_sas_from_one_acquire(dialect: str) ->
 @pytest.mark.slow
 @pytest.mark.parametrize("dialect", ["linux", "freebsd"])
 def test_the_main_job_runs_end_to_end(dialect: str) -> None:
-    """examples/demo.py (what `python3 dev.py demo` runs): daemon, setkey -f, -D, -DP, lookups, stop."""
+    """examples/demo.py (what `python3 dev.py demo` runs): daemons, setkey -f, -D, -DP, the key
+    manager, lookups, an ACQUIRE answered, stop."""
     demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
     result = subprocess.run([sys.executable, str(demo), "--dialect", dialect], capture_output=True, text=True,
                             timeout=120, check=False)
@@ -75,6 +76,22 @@ def test_the_main_job_runs_end_to_end(dialect: str) -> None:
     assert "demo: all steps succeeded" in out
     assert "spi=4097(0x00001001)" in out  # the SAD dump shows the script's SA
     assert "esp/tunnel/192.0.2.1-198.51.100.1/unique:7" in out  # the SPD dump shows the tunnel policy
-    assert "no SA: ACQUIRE sent (seq 1)" in out and "decision: discard" in out
-    assert "pfkeyd exited with status 0" in out
+    # setkey -f is not told the dialect, and the demo says why it sends a REGISTER
+    assert "--dialect" not in out
+    assert "it sends an SADB_REGISTER: the reply lists the algorithms and key sizes the daemon" in out
+    # the key manager registered before the lookups, so the ACQUIRE went to it ...
+    assert "keymgr: registered on " in out
+    assert re.search(r"no SA: ACQUIRE sent \(seq 1\) to 1 registered key manager\n"
+                     r"decision: discard \(held back until an SA exists\)", out), out
+    # ... which answered it with an SA each way, installed on both hosts ...
+    outbound = re.search(r"keymgr: 10\.0\.0\.1 -> 10\.0\.0\.4 spi (0x[0-9a-f]{8}) installed on both hosts", out)
+    assert outbound is not None, out
+    assert re.search(r"keymgr: 10\.0\.0\.4 -> 10\.0\.0\.1 spi 0x[0-9a-f]{8} installed on both hosts", out), out
+    # ... and the last lookup of the flow finds it protected by the outbound SA
+    last = out.split("==> the held-back flow again", 1)[1].split("==> ", 1)[0]
+    assert "$ pfkeyd lookup out 10.0.0.1 10.0.0.4 icmp 8 0" in last
+    assert f"esp/transport//require (level require): SA spi {outbound[1]} (mature)\n" in last
+    assert "decision: ipsec (protected by the SAs above)" in last
+    assert "keymgr exited with status 0" in out
+    assert out.count("exited with status 0") == 3  # the key manager and both daemons
     assert "Traceback" not in out + result.stderr

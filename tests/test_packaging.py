@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -56,3 +57,30 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     shipped_man = sorted(p.name for p in (ROOT / "man").iterdir() if p.suffix in (".4", ".8"))
     assert grammars == repr(shipped_grammars)
     assert manpages == repr(shipped_man)
+
+    # the manual pages, under the prefix's share/man, where man(1) finds them
+    # from the bin directory on PATH (man-db and mandoc both look at ../share/man)
+    sections = {"pfkey.4": "man4", "pfkeyd.8": "man8", "setkey.8": "man8"}
+    assert sorted(sections) == shipped_man
+    for name, section in sections.items():
+        installed = env_dir / "share" / "man" / section / name
+        assert installed.read_bytes() == (ROOT / "man" / name).read_bytes(), installed
+    man = shutil.which("man")
+    if man is None:
+        return
+    no_manpath = {k: v for k, v in env.items() if k != "MANPATH"}
+    for name, section in sections.items():
+        topic, number = name.split(".")
+        found = subprocess.run([man, "-w", number, topic], capture_output=True, text=True, cwd=elsewhere,
+                               env=no_manpath, check=False)
+        assert found.returncode == 0, found.stderr
+        assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / section / name).resolve()
+        page = subprocess.run([man, number, topic], capture_output=True, text=True, cwd=elsewhere,
+                              env={**no_manpath, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"}, check=False)
+        assert page.returncode == 0, page.stderr
+        assert topic in page.stdout.splitlines()[0].lower()
+    # without a section too, for the names no system page has
+    for topic, name in (("pfkeyd", "man8/pfkeyd.8"), ("pfkey", "man4/pfkey.4")):
+        found = subprocess.run([man, "-w", topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath,
+                               check=False)
+        assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / name).resolve(), found

@@ -17,6 +17,12 @@
  *    reply, at most PFKEY_PRELOAD_WAIT_MS (default 1000) after that request;
  *  - replies are recognised by sadb_msg_pid == getpid(), as the clients
  *    themselves do;
+ *  - a kernel PF_KEY socket never reads end of file, and clients drain their
+ *    socket until a read fails (strongSwan's charon: recv(MSG_DONTWAIT) until it
+ *    returns less than 0).  Once the daemon has gone, a read (recv, recvfrom,
+ *    recvmsg, read and their _FORTIFY_SOURCE variants) therefore fails with
+ *    ECONNRESET where the SEQPACKET socket would return 0, so that such a loop
+ *    ends instead of spinning;
  *  - setsockopt(IP_IPSEC_POLICY / IPV6_IPSEC_POLICY) on any socket is tried on the
  *    kernel first and reported as successful if the kernel refuses it (a host
  *    without kernel IPsec), so IKE daemons can set their bypass policies.
@@ -344,6 +350,26 @@ static void received(struct pfk_state *st, const void *buf, ssize_t n, int flags
 	pthread_mutex_unlock(&lock);
 }
 
+/* A read of a redirected descriptor returned n for a buffer of `asked` bytes: end
+ * of file (the daemon has gone) becomes -1 with ECONNRESET.  pfkeyd never sends
+ * an empty message, so 0 into a buffer of any size is end of file; a read into an
+ * empty buffer returns 0 whatever is queued, so there a peek tells. */
+static ssize_t eof_as_error(int fd, ssize_t n, size_t asked)
+{
+	if (n != 0)
+		return n;
+	if (asked == 0) {
+		char byte;
+		int saved = errno;
+		ssize_t peeked = real_recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+		errno = saved;
+		if (peeked != 0)
+			return 0;
+	}
+	errno = ECONNRESET;
+	return -1;
+}
+
 ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from, socklen_t *fromlen)
 {
 	struct pfk_state *st = state(fd);
@@ -352,7 +378,7 @@ ssize_t recvfrom(int fd, void *buf, size_t len, int flags, struct sockaddr *from
 	int saved = errno;
 	await_reply(fd, st, flags);
 	errno = saved;
-	ssize_t n = real_recvfrom(fd, buf, len, flags, from, fromlen);
+	ssize_t n = eof_as_error(fd, real_recvfrom(fd, buf, len, flags, from, fromlen), len);
 	received(st, buf, n, flags);
 	return n;
 }
@@ -371,7 +397,10 @@ ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
 	if (st == NULL)
 		return real_recvmsg(fd, msg, flags);
 	await_reply(fd, st, flags);
-	ssize_t n = real_recvmsg(fd, msg, flags);
+	size_t asked = 0;
+	for (size_t i = 0; i < (size_t)msg->msg_iovlen; i++)
+		asked += msg->msg_iov[i].iov_len;
+	ssize_t n = eof_as_error(fd, real_recvmsg(fd, msg, flags), asked);
 	if (n >= HEADER_LEN && msg->msg_iovlen > 0 && msg->msg_iov[0].iov_len >= HEADER_LEN)
 		received(st, msg->msg_iov[0].iov_base, n, flags);
 	return n;

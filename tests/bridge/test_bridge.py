@@ -29,7 +29,8 @@ LIVE_STEPS = [
     "other-setsockopt", "udp", "pipe", "regular", "pfkey", "reused-pipe", "reused-udp",
     "socket-flags",
 ]
-DEAD_STEPS = ["dead-send", "dead-write", "dead-sendmsg", "dead-sendto", "dead-recv", "survived"]
+DEAD_STEPS = ["dead-send", "dead-write", "dead-sendmsg", "dead-sendto", "dead-drain", "dead-recv", "dead-peek",
+              "dead-recvfrom", "dead-read", "dead-recvmsg", "dead-recv-empty", "survived"]
 
 
 @contextmanager

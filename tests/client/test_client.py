@@ -43,17 +43,21 @@ PUBLIC_METHODS = {
 
 
 def test_the_public_api_is_pinned() -> None:
-    assert pfkeyd.client.__all__ == ["open", "control", "Connection", "PfkeyReplyError", "RawReply", "AddressLike"]
+    assert pfkeyd.client.__all__ == ["open", "control", "socket_dialect", "Connection", "PfkeyReplyError",
+                                     "ReplyTimeout", "RawReply", "AddressLike"]
     methods = {name for name, _ in inspect.getmembers(Connection, inspect.isfunction) if not name.startswith("_")}
     assert methods == PUBLIC_METHODS
-    assert list(inspect.signature(pfkeyd.client.open).parameters) == ["path", "dialect", "pid", "event_buffer"]
+    assert list(inspect.signature(pfkeyd.client.open).parameters) == ["path", "dialect", "pid", "event_buffer",
+                                                                      "reply_timeout"]
+    assert list(inspect.signature(pfkeyd.client.socket_dialect).parameters) == ["path", "timeout"]
+    assert list(inspect.signature(pfkeyd.client.control).parameters) == ["argv", "path", "timeout"]
     assert list(inspect.signature(Connection.request).parameters) == ["self", "msg", "assign_seq"]
     assert list(inspect.signature(Connection.request_many).parameters) == ["self", "msgs", "window"]
     assert list(inspect.signature(Connection.request_many_raw).parameters) == ["self", "msgs", "window"]
     raw_fields = {name for name, _ in inspect.getmembers(pfkeyd.client.RawReply) if not name.startswith("_")}
     assert raw_fields == {"data", "dialect", "type", "satype", "errno", "seq", "pid", "message"}
     assert list(inspect.signature(Connection.dump).parameters) == ["self", "satype"]
-    for name in sorted(PUBLIC_METHODS | raw_fields | {"RawReply"}):
+    for name in sorted(PUBLIC_METHODS | raw_fields | {"RawReply", "ReplyTimeout", "socket_dialect", "reply_timeout"}):
         assert name in (pfkeyd.client.__doc__ or ""), f"{name} is not documented in the module docstring"
 
 
@@ -343,8 +347,8 @@ async def test_policy_helpers_and_the_control_call(nursery: trio.Nursery, sockdi
 
     engine = KeyEngine(rng=random.Random(9))
 
-    def hook(argv, now):  # type: ignore[no-untyped-def]
-        out = control_commands.run(engine, argv, now)
+    def hook(argv, now, dialect):  # type: ignore[no-untyped-def]
+        out = control_commands.run(engine, argv, now, dialect)
         return out.status, out.out, out.err, out.effects
 
     d = await start_daemon(nursery, sockdir, engine, control=hook)

@@ -58,6 +58,7 @@ from tests.engine.spd_helpers import (
     flow,
     getspi,
     make_engine,
+    on_wire,
     recipients,
     register,
     reply,
@@ -158,11 +159,72 @@ def test_inbound_lookups_never_acquire() -> None:
 
 def test_each_request_without_an_sa_gets_its_own_acquire() -> None:
     eng = _engine()
-    add_policy(eng, requests=[request(AH), request(ESP), request(IPCOMP)])
+    add_policy(eng, requests=[request(AH, level=USE), request(ESP), request(IPCOMP)])
     add_sa(eng, 0x1001)  # the ESP one has an SA
     msgs = _trigger(eng)
     assert [m.satype for m in msgs] == [SaType.AH, SaType.X_IPCOMP]
     assert [m.seq for m in msgs] == [1, 2]
+
+
+def test_a_required_request_without_an_sa_ends_the_walk() -> None:
+    # ipsec4_allocsa returns ENOENT and the packet is dropped; xfrm_tmpl_resolve_one
+    # fails at a non-optional template: the later requests are never looked at.
+    eng = _engine()
+    add_policy(eng, requests=[request(AH), request(ESP, level=USE), request(IPCOMP)])
+    decision, effects = eng.lookup(OUT, flow(), at(1))
+    assert [m.satype for m in _acquires(effects)] == [SaType.AH]
+    assert [(o.reached, o.acquire_seq) for o in decision.requests] == [(True, 1), (False, 0), (False, 0)]
+    assert decision.held and decision.action == "discard"
+
+
+# ------------------------------------------------- bundles: the later requests
+
+
+@pytest.mark.parametrize("km", DIALECTS)
+def test_acquire_for_a_request_after_a_tunnel_names_the_outer_addresses(km: Dialect) -> None:
+    # key_acquire(saidx, sp): the SA index the request was looked up with, which
+    # for a request after an applied tunnel holds the tunnel's endpoints.
+    eng = _engine(km)
+    pid = add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16,
+                     requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
+    decision, effects = eng.lookup(OUT, flow("10.3.1.1", "10.4.2.2"), at(1))
+    msg = delivered(eng, effects)[KM]
+    assert (msg.type, msg.satype, msg.seq) == (MsgType.ACQUIRE, SaType.AH, 1)
+    assert msg.src == address(ExtType.ADDRESS_SRC, "192.0.2.1")
+    assert msg.dst == address(ExtType.ADDRESS_DST, "198.51.100.2")
+    assert msg.policy is not None and msg.policy.id == pid
+    assert [o.acquire_seq for o in decision.requests] == [0, 1]
+    # Pacing and completion go by that SA index too (a GETSPI or ADD must name it).
+    assert eng.acquires.by_seq[1].index == decision.requests[1].index
+    assert (str(decision.requests[1].index.src), str(decision.requests[1].index.dst)) == ("192.0.2.1", "198.51.100.2")
+
+
+@pytest.mark.parametrize("km", DIALECTS)
+def test_acquire_for_a_bypassed_tunnel_and_the_request_after_it(km: Dialect) -> None:
+    # The KAME layout with no SA at all: the IPComp request (level use) asks for its
+    # SA between the endpoints and is bypassed; the ESP request then sees the
+    # untunnelled packet and asks for an SA between the inner addresses.
+    eng = _engine(km)
+    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
+               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    _, effects = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
+    acquires = [on_wire(s.msg, km) for s in sends(effects, MsgType.ACQUIRE)]  # as the KM reads them
+    assert [(m.satype, str(m.src.addr), str(m.dst.addr)) for m in acquires if m.src and m.dst] == [
+        (SaType.X_IPCOMP, "192.0.2.1", "192.0.2.2"), (SaType.ESP, "10.1.0.1", "10.2.0.1")]
+
+
+def test_acquire_after_a_tunnel_keeps_freebsds_port_and_prefix_quirk() -> None:
+    # §7.4 step 4: for a TCP/UDP policy that names a port, key_acquire puts the
+    # policy's port and prefix length on the SA index's address, which for a
+    # request after a tunnel is the outer one.
+    eng = _engine()
+    add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16, proto=IpProto.TCP, dport=22,
+               requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
+    msg = _trigger(eng, flow("10.3.1.1", "10.4.2.2", IpProto.TCP, 40000, 22))[0]
+    assert msg.src == address(ExtType.ADDRESS_SRC, "192.0.2.1", 32, proto=IpProto.TCP)
+    assert msg.dst == address(ExtType.ADDRESS_DST, "198.51.100.2", 16, proto=IpProto.TCP, port=22)
 
 
 # ------------------------------------------------------------------ contents

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -158,7 +159,7 @@ ESP_AES = (SaType.ESP, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, {ExtType.KEY_AUTH: 3
 
 def add_bytes(dialect: Dialect, spi: int, src: str, dst: str, *, seq: int = 0, pid: int = 77,
               alg: tuple[int, int, int, dict[ExtType, int]] = ESP_AES, key_seed: int = 0, sa2: Sa2 | None = TRANSPORT_ANY,
-              lifetimes: tuple[int, int] | None = None, flags: int = 0, replay: int = 0, order: int = 0,
+              lifetimes: tuple[int | None, int | None] | None = None, flags: int = 0, replay: int = 0, order: int = 0,
               port: int = 0, flow: int = 0, scope: int = 0, prefix: int | None = None) -> bytes:
     satype, auth, enc, keys = alg
     exts: list[Extension] = [
@@ -169,9 +170,9 @@ def add_bytes(dialect: Dialect, spi: int, src: str, dst: str, *, seq: int = 0, p
     exts += [Key(t, bytes((key_seed + i) & 0xFF for i in range(n))) for t, n in keys.items()]
     if sa2 is not None:
         exts.append(sa2)
-    if lifetimes is not None:
-        exts += [Lifetime(ExtType.LIFETIME_HARD, addtime=lifetimes[0]), Lifetime(ExtType.LIFETIME_SOFT,
-                                                                                 addtime=lifetimes[1])]
+    if lifetimes is not None:  # (hard, soft) addtimes; None leaves that one out
+        exts += [Lifetime(t, addtime=a) for t, a in zip((ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT), lifetimes,
+                                                        strict=True) if a is not None]
     random.Random(order).shuffle(exts)
     return encode(Message(MsgType.ADD, satype, seq, pid, 0, 0, tuple(exts)), dialect)
 
@@ -286,7 +287,35 @@ def test_hard_lifetimes_from_the_hot_path_expire_on_time() -> None:
     assert len(pair.hot.sad) == 0
 
 
-_SHAPES = [
+@pytest.mark.parametrize("lifetimes", [(None, 20), (30, None)], ids=["soft-only", "hard-only"])
+def test_one_lifetime_alone_from_the_hot_path_expires_on_time(lifetimes: tuple[int | None, int | None]) -> None:
+    """Linux lets an ADD carry only one lifetime: the hot path schedules whichever came."""
+    pair = Pair((LX, LX2))
+    pair.request(LX2, encode(Message(MsgType.REGISTER, SaType.ESP, 1, 78), Dialect.LINUX), at(0))
+    for i in range(4):
+        pair.request(LX, add_bytes(Dialect.LINUX, 0xE00 + i, "10.0.0.1", f"10.7.0.{i}", lifetimes=lifetimes), at(i))
+    assert pair.hot.hot.served == 2
+    expired = 0
+    for t in (21, 31, 40):
+        hot, ref = pair.hot.tick(at(t)), pair.ref.tick(at(t))
+        got = _deliveries(pair.hot, hot, 0, b"")
+        assert got == _deliveries(pair.ref, ref, 0, b"")
+        expired += len(got)
+        assert pair.hot.sad.snapshot() == pair.ref.sad.snapshot()
+    assert expired == 4  # one EXPIRE per SA, to the registered socket
+    assert len(pair.hot.sad) == (4 if lifetimes[0] is None else 0)
+
+
+def test_one_lifetime_alone_stays_generic_on_freebsd() -> None:
+    pair = Pair((FB,))
+    for i in range(4):
+        got = pair.request(FB, add_bytes(Dialect.FREEBSD, 0xF00 + i, "10.0.0.1", f"10.8.0.{i}", lifetimes=(30, None)),
+                           at(i))
+        assert got[0][1][2] == errno.EINVAL
+    assert pair.hot.hot.served == 0 and len(pair.hot.sad) == 0
+
+
+_SHAPES: list[dict[str, Any]] = [
     {},
     {"alg": (SaType.AH, AuthAlg.X_SHA2_256, EncAlg.NONE, {ExtType.KEY_AUTH: 32})},
     {"alg": (SaType.ESP, AuthAlg.NONE, EncAlg.X_AESGCM16, {ExtType.KEY_ENCRYPT: 20})},
@@ -295,6 +324,8 @@ _SHAPES = [
     {"sa2": None},
     {"sa2": Sa2(Mode.TUNNEL, 0, 0x4001)},
     {"lifetimes": (100, 60)},
+    {"lifetimes": (100, None)},  # one lifetime alone: accepted on linux sockets only
+    {"lifetimes": (None, 60)},
     {"flags": 0x40, "replay": 32},
     {"flags": 0x8000},  # outside KEY_FLAGS_MAX: refused
     {"order": 3},
@@ -315,7 +346,7 @@ def _random_request(rng: random.Random, dialect: Dialect, spis: list[int]) -> by
     a, b = rng.randrange(256), rng.randrange(256)
     src, dst = (f"2001:db8::{a:x}", f"2001:db8:1::{b:x}") if v6 else (f"10.1.{a}.1", f"10.2.{b}.2")
     return add_bytes(dialect, spi, src, dst, seq=rng.choice([0, rng.randrange(1, 1 << 32)]),
-                     pid=rng.choice([77, 78]), key_seed=rng.randrange(256), **shape)  # type: ignore[arg-type]
+                     pid=rng.choice([77, 78]), key_seed=rng.randrange(256), **shape)
 
 
 @pytest.mark.parametrize("seed", range(6))

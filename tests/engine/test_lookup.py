@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pfkeyd.engine import KeyEngine
 from pfkeyd.spd import Flow, SecPolicy, Selector, Spd
 from pfkeyd.wire import (
+    CompAlg,
     ExtType,
     IpProto,
     IpsecRequest,
@@ -22,6 +23,7 @@ from pfkeyd.wire import (
     MsgType,
     PolicyType,
     Sa,
+    Sa2,
     SaState,
     SaType,
     SockAddr,
@@ -596,3 +598,91 @@ def test_request_outcomes_list_every_request() -> None:
     decision, _ = eng.lookup(OUT, flow(), at(1))
     assert [o.request for o in decision.requests] == reqs
     assert decision.policy is not None and decision.policy.type == IPSEC
+
+
+# ------------------------------------------------------------------- bundles
+#
+# Each request of a bundle is resolved against the packet as the earlier requests
+# left it: after a tunnel request whose SA was found, the outer addresses (FreeBSD
+# ipsec_process_done -> ipsec4_perform_request(idx + 1) -> ipsec4_allocsa; Linux
+# xfrm_tmpl_resolve_one).  The shapes are those of setkey.8's examples.
+
+
+def add_ipcomp_sa(eng: KeyEngine, cpi: int, src: str, dst: str, mode: int = TUNNEL) -> None:
+    msg = Message(MsgType.ADD, SaType.X_IPCOMP, 0, PID, 0, 0, (
+        Sa(cpi, 0, 0, 0, CompAlg.DEFLATE, 0), Sa2(mode, 0, 0),
+        address(ExtType.ADDRESS_SRC, src), address(ExtType.ADDRESS_DST, dst)))
+    reply(send(eng, ME, msg))
+
+
+def _spis(decision: object) -> list[int | None]:
+    return [None if o.sa is None else o.sa.spi for o in decision.requests]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("dialect", [FREEBSD, LINUX])
+def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect: object) -> None:
+    # The KAME layout: ipcomp/tunnel/192.0.2.1-192.0.2.2/use esp/transport//require.
+    eng = make_engine({ME: dialect})  # type: ignore[dict-item]
+    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
+               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_ipcomp_sa(eng, 0x3001, "192.0.2.1", "192.0.2.2")
+    add_sa(eng, 0x3002, "192.0.2.1", "192.0.2.2")
+    add_sa(eng, 0x3009, "10.1.0.1", "10.2.0.1")  # between the inner addresses: not the one
+    decision, effects = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
+    assert _spis(decision) == [0x3001, 0x3002]
+    assert [(str(o.index.src), str(o.index.dst)) for o in decision.requests] == [("192.0.2.1", "192.0.2.2")] * 2
+    assert (decision.action, decision.held, effects) == ("ipsec", False, [])
+
+
+def test_esp_tunnel_then_ah_transport_over_the_tunnel_packet() -> None:
+    eng = make_engine()
+    add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16,
+               requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
+    decision, _ = eng.lookup(OUT, flow("10.3.1.1", "10.4.2.2"), at(1))
+    assert _spis(decision) == [0x3003, None]  # no AH SA yet
+    assert (str(decision.requests[1].index.src), str(decision.requests[1].index.dst)) == ("192.0.2.1", "198.51.100.2")
+
+
+def test_transport_after_transport_keeps_the_flow_addresses() -> None:
+    eng = make_engine()
+    add_policy(eng, dst="10.0.0.3", requests=[request(ESP), request(AH)])
+    add_sa(eng, 0x3005, "10.0.0.1", "10.0.0.3")
+    decision, _ = eng.lookup(OUT, flow("10.0.0.1", "10.0.0.3"), at(1))
+    assert _spis(decision)[0] == 0x3005
+    assert [(str(o.index.src), str(o.index.dst)) for o in decision.requests] == [("10.0.0.1", "10.0.0.3")] * 2
+
+
+def test_a_bypassed_tunnel_leaves_the_inner_addresses() -> None:
+    # No IPComp SA: at level use the packet goes on uncompressed and untunnelled, so
+    # the ESP request finds the packet's own addresses.
+    eng = make_engine()
+    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
+               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_sa(eng, 0x3002, "192.0.2.1", "192.0.2.2")
+    add_sa(eng, 0x3009, "10.1.0.1", "10.2.0.1")
+    decision, _ = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
+    assert _spis(decision) == [None, 0x3009]
+
+
+def test_a_tunnel_inside_a_tunnel_chains_the_endpoints() -> None:
+    eng = make_engine()
+    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
+               requests=[tunnel("192.0.2.1", "192.0.2.2"), tunnel("198.51.100.1", "198.51.100.2"),
+                         request(AH, TRANSPORT, REQUIRE)])
+    add_sa(eng, 0x4001, "192.0.2.1", "192.0.2.2", mode=TUNNEL)
+    add_sa(eng, 0x4002, "198.51.100.1", "198.51.100.2", mode=TUNNEL)
+    decision, _ = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
+    assert [(str(o.index.src), str(o.index.dst)) for o in decision.requests] == [
+        ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"), ("198.51.100.1", "198.51.100.2")]
+    assert _spis(decision) == [0x4001, 0x4002, None]
+
+
+def test_inbound_bundles_report_the_sa_between_the_tunnel_endpoints() -> None:
+    eng = make_engine()
+    add_policy(eng, dir=IN, src="10.2.0.1", dst="10.1.0.1",
+               requests=[tunnel("192.0.2.2", "192.0.2.1", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_ipcomp_sa(eng, 0x5001, "192.0.2.2", "192.0.2.1")
+    add_sa(eng, 0x5002, "192.0.2.2", "192.0.2.1")
+    decision, effects = eng.lookup(IN, flow("10.2.0.1", "10.1.0.1"), at(1))
+    assert _spis(decision) == [0x5001, 0x5002] and effects == []

@@ -296,9 +296,27 @@ def test_add_identity_pair_is_accepted_and_never_dumped(engine: KeyEngine) -> No
 
 
 @pytest.mark.parametrize("which", ["hard", "soft"])
-def test_add_with_only_one_of_hard_and_soft_replies_einval(engine: KeyEngine, me: int, which: str) -> None:
+def test_add_with_only_one_of_hard_and_soft_replies_einval_on_freebsd(engine: KeyEngine, which: str) -> None:
+    # key_add: both lifetimes or neither.
     lt: Lifetime = hard(addtime=5) if which == "hard" else soft(addtime=5)
-    assert fails(engine, me, add(extra=[lt])) == errno.EINVAL
+    assert fails(engine, FB, add(extra=[lt])) == errno.EINVAL
+
+
+@pytest.mark.parametrize("which", ["hard", "soft"])
+def test_add_with_only_one_of_hard_and_soft_is_accepted_on_linux(engine: KeyEngine, which: str) -> None:
+    # pfkey_msg2xfrm_state takes either alone; the other limit stays unset.
+    lt: Lifetime = hard(addtime=86400) if which == "hard" else soft(addtime=3600)
+    effects = ok(engine, LX, add(extra=[lt]))
+    sa = engine.sad.get(0x1000)
+    assert sa is not None and sa.state == SaState.MATURE
+    assert (sa.hard, sa.soft) == ((lt, None) if which == "hard" else (None, lt))
+    answer = reply(effects, LX)
+    assert answer.get(lt.exttype) == lt
+    other = ExtType.LIFETIME_SOFT if which == "hard" else ExtType.LIFETIME_HARD
+    assert other not in ext_types(answer)
+    assert engine.next_deadline() == lt.addtime
+    got = reply(ok(engine, LX, get(spi=0x1000)), LX)
+    assert got.get(lt.exttype) == lt and other not in ext_types(got)
 
 
 # ----------------------------------------------------------------------------- algorithms

@@ -199,6 +199,27 @@ def test_hard_addtime_deletes_the_sa_and_sends_expire_hard() -> None:
     assert not has_keys(msg)
 
 
+def test_a_linux_sa_with_only_a_soft_lifetime_goes_dying_and_stays() -> None:
+    engine = registered_engine()
+    mature(engine, LX, 0x1000, soft_lt=soft(addtime=10), now=at(0))
+    msg = the_expire(engine.tick(at(10)), LX2)
+    assert msg.lifetime_soft == soft(addtime=10) and not msg.has(ExtType.LIFETIME_HARD)
+    sa = engine.sad.get(0x1000)
+    assert sa is not None and sa.state == SaState.DYING
+    assert engine.next_deadline() is None  # no hard limit: it lives on
+    assert engine.tick(at(10_000)) == []
+
+
+def test_a_linux_sa_with_only_a_hard_lifetime_expires_hard_without_a_soft_expire() -> None:
+    engine = registered_engine()
+    mature(engine, LX, 0x1000, hard_lt=hard(addtime=30), now=at(0))
+    assert engine.next_deadline() == 30.0
+    assert engine.tick(at(29)) == []
+    msg = the_expire(engine.tick(at(30)), LX2)
+    assert msg.lifetime_hard == hard(addtime=30) and not msg.has(ExtType.LIFETIME_SOFT)
+    assert engine.sad.get(0x1000) is None
+
+
 def test_hard_wins_when_soft_and_hard_are_due_at_once() -> None:
     engine = registered_engine()
     mature(engine, FB, 0x1000, hard_lt=hard(addtime=10), soft_lt=soft(addtime=10))

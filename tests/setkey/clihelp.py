@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import trio
 
+from pfkeyd import control
+from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import KeyEngine
 from pfkeyd.server import Endpoint, Server
 from pfkeyd.wire import Dialect
@@ -35,12 +37,14 @@ T = TypeVar("T")
 
 
 class ThreadDaemon:
-    """pfkeyd (server + key engine) serving ``<dir>/linux.sock`` and ``<dir>/freebsd.sock``."""
+    """pfkeyd (server + key engine) serving ``<dir>/linux.sock`` and ``<dir>/freebsd.sock``,
+    with the control sockets beside them if ``control``."""
 
-    def __init__(self, sockdir: str) -> None:
+    def __init__(self, sockdir: str, *, control: bool = False) -> None:
         self.paths = {Dialect.LINUX: f"{sockdir}/linux.sock", Dialect.FREEBSD: f"{sockdir}/freebsd.sock"}
         self.engine = KeyEngine(rng=random.Random(2367))
-        self.server = Server(self.engine, [Endpoint(p, d) for d, p in self.paths.items()], wall_clock=lambda: WALL)
+        self.server = Server(self.engine, [Endpoint(p, d) for d, p in self.paths.items()], wall_clock=lambda: WALL,
+                             control=self._control if control else None)
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -59,6 +63,10 @@ class ThreadDaemon:
             self._failure = exc
         finally:
             self._ready.set()
+
+    def _control(self, argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
+        outcome = control.run(self.engine, argv, now, dialect)
+        return outcome.status, outcome.out, outcome.err, outcome.effects
 
     def start(self) -> ThreadDaemon:
         self._thread.start()

@@ -8,17 +8,20 @@ Runs against a daemon are in test_cli_e2e.py.
 from __future__ import annotations
 
 import json
+import os
+import socket
 import string
 from pathlib import Path
 
 import pytest
 
+from pfkeyd.defaults import default_socket_path
 from pfkeyd.wire import Address, Dialect, ExtType, Key, Lifetime, Message, MsgType, Sa, Sa2, SaType, encode
 from setkey import cli
 from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args, split_messages
 from setkey.usage import EX_USAGE, USAGE
 from tests.setkey import manpage
-from tests.setkey.clihelp import NOW, WALL, run
+from tests.setkey.clihelp import NOW, WALL, Result, run
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTURES = ROOT / "examples" / "captures"
@@ -53,6 +56,13 @@ def test_the_usage_text_is_the_man_page_synopsis() -> None:
     (["--json=yes", "-D"], "option --json takes no argument"),
     (["--dialect", "openbsd", "-D"], "unknown dialect 'openbsd' (freebsd or linux)"),
     (["--socket=", "-D"], "--socket needs a path"),
+    (["--timeout", "0", "-D"], "--timeout needs a number of seconds above 0, not '0'"),
+    (["--timeout=-1", "-D"], "--timeout needs a number of seconds above 0, not '-1'"),
+    (["--timeout=soon", "-D"], "--timeout needs a number of seconds above 0, not 'soon'"),
+    (["--timeout=inf", "-D"], "--timeout needs a number of seconds above 0, not 'inf'"),
+    (["--timeout=nan", "-D"], "--timeout needs a number of seconds above 0, not 'nan'"),
+    (["--timeout=\u0665", "-D"], "--timeout needs a number of seconds above 0, not '\u0665'"),
+    (["-D", "--timeout"], "option --timeout needs an argument"),
     (["-D", "-F"], "-D and -F cannot be combined"),
     (["-f", "a", "-e", "b"], "-f and -e cannot be combined"),
     (["-f", "a", "-f", "b"], "-f may be given only once"),
@@ -82,8 +92,14 @@ def test_the_parser_accepts_the_man_page_options_and_refuses_every_other() -> No
     documented = manpage.option_flags(manpage.source())
     letters = {f"-{c}" for c in string.ascii_letters + string.digits}
     assert {o for o in letters if _accepted(o)} == {o for o in documented if len(o) == 2}
-    longs = {"--json", "--socket=x", "--dialect=linux", "--help", "--version", "--verbose", "--sock=x", "--jsonx"}
+    longs = {"--json", "--socket=x", "--dialect=linux", "--timeout=1", "--help", "--version", "--verbose", "--sock=x", "--jsonx"}
     assert {o.split("=")[0] for o in longs if _accepted(o)} == {o for o in documented if o.startswith("--")}
+
+
+def test_timeout_takes_seconds() -> None:
+    assert parse_args(["--timeout", "2.5", "-D"]).timeout == 2.5
+    assert parse_args(["--timeout=.5", "-F"]).timeout == 0.5
+    assert parse_args(["-D"]).timeout is None  # the Runtime's default: cli.DEFAULT_TIMEOUT
 
 
 def test_options_combine_and_come_in_any_order() -> None:
@@ -160,15 +176,38 @@ def test_check_only_contacts_no_daemon() -> None:
 def test_an_unreadable_script_or_a_missing_daemon_exits_1(tmp_path: Path) -> None:
     r = run(["-f", str(tmp_path / "missing.conf")])
     assert (r.status, r.err) == (1, f"setkey: {tmp_path}/missing.conf: No such file or directory\n")
+    hint = ("pfkeyd may not be running, or it listens on another socket: "
+            "choose that one with --socket or PFKEY_SOCKET")
     r = run(["-e", "flush;"], socket=NOWHERE)
-    assert (r.status, r.err) == (1, f"setkey: {NOWHERE}: No such file or directory\n")
-    r = run(["-D"], socket=NOWHERE)
-    assert (r.status, r.err) == (1, f"setkey: {NOWHERE}: No such file or directory\n")
+    assert (r.status, r.err) == (
+        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from --socket): {hint}\n")
+    r = run(["-D"], environ={"PFKEY_SOCKET": NOWHERE})
+    assert (r.status, r.err) == (
+        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from PFKEY_SOCKET): {hint}\n")
+    environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
+    default = default_socket_path(environ)  # /run/pfkeyd.sock for root
+    if default is not None and not os.path.exists(default):
+        r = run(["-x"], environ=environ)
+        assert (r.status, r.err) == (
+            1, f"setkey: {default}: No such file or directory (the PF_KEY socket, from the default): {hint}\n")
+
+
+def test_a_socket_file_nobody_listens_on_says_pfkeyd_may_not_be_running(tmp_path: Path) -> None:
+    # what a daemon that died leaves behind: the file, and ECONNREFUSED
+    stale = str(tmp_path / "stale.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.bind(stale)
+    r = run(["-D"], socket=stale)
+    assert r.status == 1
+    assert r.err == (f"setkey: {stale}: Connection refused (the PF_KEY socket, from --socket): pfkeyd may not be "
+                     "running, or it listens on another socket: choose that one with --socket or PFKEY_SOCKET\n")
 
 
 def test_a_script_that_sends_nothing_needs_no_daemon() -> None:
     assert run(["-e", "# nothing but a comment\n"], socket=NOWHERE).status == 0
     assert run(["-e", "exit; flush;"], socket=NOWHERE).status == 0
+    # text after quit is not even parsed
+    assert run(["-n", "-e", "flush; quit; this is ( not setkey"], socket=NOWHERE) == Result(0, "", "")
 
 
 def test_a_script_can_come_from_stdin() -> None:

@@ -26,10 +26,14 @@ from pathlib import Path
 from typing import IO
 
 import pytest
+import trio
+import trio.testing
 
 from pfkeyd.wire import Dialect
+from setkey import cli
 from setkey.dump import SHORT_HEADER
-from tests.setkey.clihelp import PID, ThreadDaemon, against, run
+from setkey.resolve import Resolver
+from tests.setkey.clihelp import PID, Result, ThreadDaemon, against, run
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).resolve().parent / "golden"
@@ -248,6 +252,37 @@ def test_the_socket_comes_from_PFKEY_SOCKET_and_the_dialect_is_the_hosts(daemon:
     assert r.out.startswith("10.0.0.1[any] 10.0.0.2[any] any\n\tout none\n")
 
 
+SCOPED = (f"add fe80::1%lo fe80::2%lo esp 0x5001 -m tunnel -E aes-cbc {KEY16};\n"
+          "spdadd fe80::1%lo fe80::2%lo any -P out ipsec esp/tunnel/fe80::1%lo-fe80::2%lo/require;\n"
+          "spdadd fe80::/64 fe80::2%lo any -P in ipsec esp/tunnel/fe80::2%lo-fe80::1%lo/require;\n")
+
+
+@DIALECTS
+def test_scoped_addresses_print_the_interface_name_as_the_reference_does(daemon: ThreadDaemon,
+                                                                         dialect: Dialect) -> None:
+    # getnameinfo(NI_NUMERICHOST) writes the zone of a scoped address as the
+    # interface's name (fe80::1%lo), in the SA lines and in the policy text.
+    setkey = against(daemon, dialect)
+    names = {"resolver": Resolver(if_nametoindex={"lo": 1}.__getitem__), "ifname": {1: "lo"}.get}
+    assert setkey(["-e", SCOPED], **names) == Result(0, "", "")
+    d = setkey(["-D"], **names)
+    assert (d.status, d.err) == (0, "")
+    assert d.out.splitlines() == golden(f"scoped-D.{dialect.value}.txt")
+    dp = setkey(["-DP"], **names)
+    assert (dp.status, dp.err) == (0, "")
+    assert dp.out.splitlines() == golden(f"scoped-DP.{dialect.value}.txt")
+    # an index no interface has prints as the number, as getnameinfo() does
+    numeric = setkey(["-D"], ifname=lambda index: None).out.splitlines()[0]
+    assert numeric.rstrip() == "fe80::1%1 fe80::2%1"
+
+
+def test_the_interface_names_come_from_the_system() -> None:
+    index = socket.if_nametoindex("lo")
+    assert cli.Runtime().ifname(index) == "lo"
+    unused = max(i for i, _name in socket.if_nameindex()) + 1
+    assert cli.Runtime().ifname(unused) is None
+
+
 def test_scope_options_filter_freebsd_policies(daemon: ThreadDaemon) -> None:
     setkey = against(daemon, Dialect.FREEBSD)
     assert setkey(["-e", "spdadd 10.0.0.1 10.0.0.2 any -P out none;"]).status == 0
@@ -263,6 +298,89 @@ def test_the_wrong_dialect_ends_a_dump_with_an_error(daemon: ThreadDaemon) -> No
     assert r.err.splitlines()[-1].startswith("setkey: undecodable message from the daemon: ")
     assert r.err.splitlines()[-1].endswith("(is --dialect the socket's dialect?)")
     assert "Traceback" not in r.err
+
+
+# ------------------------------------------------------------------ the dialect and deadlines
+
+
+@pytest.fixture
+def daemon_with_control() -> Iterator[ThreadDaemon]:
+    sockdir = tempfile.mkdtemp(prefix="pfk", dir="/tmp")
+    d = ThreadDaemon(sockdir, control=True).start()
+    try:
+        yield d
+    finally:
+        d.stop()
+        shutil.rmtree(sockdir, ignore_errors=True)
+
+
+@DIALECTS
+def test_setkey_learns_the_sockets_dialect_from_the_daemon(daemon_with_control: ThreadDaemon,
+                                                           dialect: Dialect) -> None:
+    # The case that hung: a freebsd socket used from Linux without --dialect.
+    path = daemon_with_control.paths[dialect]
+    r = run(["-e", f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\nspdadd 10.0.0.1 10.0.0.2 any -P out none;"],
+            socket=path)
+    assert r == Result(0, "", "")
+    assert daemon_with_control.counts() == (1, 1)
+    d = run(["-D"], socket=path)
+    assert (d.status, d.err) == (0, "")
+    # the dump is in the format of the socket's reference tool
+    assert d.out.splitlines()[0] == ("10.0.0.1 10.0.0.2" if dialect is Dialect.FREEBSD else "10.0.0.1 10.0.0.2 ")
+    assert run(["-DP"], socket=path).out.splitlines()[1] == ("\tout none" if dialect is Dialect.FREEBSD
+                                                              else "\tout prio def none")
+
+
+def test_a_dialect_given_against_the_daemons_word_is_used_with_a_warning(daemon_with_control: ThreadDaemon) -> None:
+    path = daemon_with_control.paths[Dialect.FREEBSD]
+    r = run(["-F"], socket=path, dialect=Dialect.LINUX)
+    assert r.err.splitlines()[0] == f"setkey: warning: --dialect linux, but pfkeyd says that {path} speaks freebsd"
+    assert run(["-F"], socket=path, dialect=Dialect.FREEBSD) == Result(0, "", "")
+
+
+def _never_answering(path: str) -> socket.socket:
+    """A socket that takes connections (the kernel's backlog) and never answers."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.bind(path)
+    s.listen()
+    return s
+
+
+@pytest.mark.parametrize("argv", [["-e", "flush;"], ["-D"], ["-FP"], ["-f", "-"]],
+                         ids=["script", "dump", "flush", "stdin"])
+def test_a_daemon_that_never_answers_gets_the_timeout_message(tmp_path: Path, argv: list[str]) -> None:
+    sockdir = tempfile.mkdtemp(prefix="pfk", dir="/tmp")
+    path = f"{sockdir}/silent.sock"
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    try:
+        with _never_answering(path):
+            r = run(argv, socket=path, stdin="spdflush;\n", trio_clock=clock)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert (r.status, r.out) == (1, "")
+    waited = {"-e": "the reply to SADB_FLUSH", "-D": "SADB_DUMP", "-FP": "the reply to SADB_X_SPDFLUSH",
+              "-f": "the reply to SADB_X_SPDFLUSH"}[argv[0]]
+    assert re.fullmatch(
+        f"setkey: {re.escape(path)}: nothing from the daemon for 5 s while waiting for {waited} \\(seq \\d+\\)"
+        "(: its first entry)?: the socket may not speak the linux dialect \\(see --dialect\\), "
+        "or the daemon is stuck or is not pfkeyd\n", r.err), r.err
+    assert clock.current_time() == pytest.approx(5)
+
+
+def test_timeout_sets_the_deadline_and_a_stuck_control_socket_is_reported(tmp_path: Path) -> None:
+    sockdir = tempfile.mkdtemp(prefix="pfk", dir="/tmp")
+    path = f"{sockdir}/stuck.sock"
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    try:
+        with _never_answering(path), _never_answering(f"{sockdir}/stuck.ctl"):
+            r = run(["--timeout", "2.5", "-D"], socket=path, trio_clock=clock)
+    finally:
+        shutil.rmtree(sockdir, ignore_errors=True)
+    assert r == Result(1, "", (
+        f"setkey: {sockdir}/stuck.ctl: nothing from the daemon for 2.5 s while waiting for the answer to the dialect "
+        "command: pfkeyd is stuck or overloaded, or this is not its control socket (a longer --timeout than 2.5 s "
+        "may help)\n"))
+    assert clock.current_time() == pytest.approx(2.5)
 
 
 # ------------------------------------------------------------------ processes

@@ -426,6 +426,22 @@ def test_ipv6_addresses_print_as_getnameinfo_does() -> None:
     assert render_reply(m, 0, opts("linux")).splitlines()[0] == "2001:db8::1:0:0:1 ::192.0.2.1 "
 
 
+@pytest.mark.parametrize(("address", "freebsd", "linux"), [
+    ("fe80::1%3", "fe80::1%em0", "fe80::1%em0"),  # link-local: the interface's name
+    ("ff02::1%3", "ff02::1%em0", "ff02::1%em0"),  # link-local multicast
+    ("ff01::1%3", "ff01::1%em0", "ff01::1%3"),  # interface-local multicast: only FreeBSD names it
+    ("fec0::1%3", "fec0::1%3", "fec0::1%3"),  # other scoped addresses: the number
+    ("fe80::1%9", "fe80::1%9", "fe80::1%9"),  # no interface has that index
+])
+def test_a_zone_prints_as_getnameinfo_prints_it(address: str, freebsd: str, linux: str) -> None:
+    m = Message(MsgType.DUMP, SaType.ESP, exts=(
+        Sa(0x1000, 0, SaState.MATURE), Sa2(), Address.host(ExtType.ADDRESS_SRC, address),
+        Address.host(ExtType.ADDRESS_DST, "fe80::2%3")))
+    for dialect, expected in ((Dialect.FREEBSD, freebsd), (Dialect.LINUX, linux)):
+        first = render_reply(m, 0, DumpOptions(dialect=dialect, ifname={3: "em0"}.get)).splitlines()[0]
+        assert first.split()[0] == expected, dialect
+
+
 def test_messages_libipsec_rejects_print_its_complaint() -> None:
     sa3 = sa_3("freebsd")[0]
     no_src = sa3.replace(exts=tuple(e for e in sa3.exts if e.exttype != ExtType.ADDRESS_SRC))

@@ -153,9 +153,11 @@ def test_update_getspi_get_delete_deleteall_flush_dump_exit() -> None:
         flush; flush ah; dump; dump ipcomp;
         exit; quit; bye;
     """
+    # (parse stops at the first exit; the grammar knows all three spellings)
+    assert [type(c) for c in _fast_setkey().parse(text)] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush,
+                                                             Dump, Dump, Exit, Exit, Exit]
     commands = parse(text)
-    assert [type(c) for c in commands] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush, Dump, Dump,
-                                           Exit, Exit, Exit]
+    assert [type(c) for c in commands] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush, Dump, Dump, Exit]
     deleteall = commands[4]
     assert deleteall == DeleteAll(flags=AddrFlags(6), src=Host("::1"), dst=Host("::2"), proto=Proto.ESP)
     assert commands[6] == Flush(proto=Proto.AH)
@@ -442,3 +444,41 @@ def test_fast_driver_and_lark_parser_give_the_same_commands() -> None:
     assert errors == []
     assert fast == slow
     assert [(c.line, c.column) for c in fast] == [(c.line, c.column) for c in slow]
+
+
+# ------------------------------------------------------------------ exit ends the script
+
+
+@pytest.mark.parametrize("word", ["exit", "quit", "bye"])
+def test_nothing_after_exit_is_read_not_even_a_syntax_error(word: str) -> None:
+    text = f"flush;\n{word} ;\nthis is ( not setkey\nspdflush;\n"
+    commands = parse(text)
+    assert commands == [Flush(line=1, column=1), Exit(line=2, column=1)]
+
+
+def test_exit_stops_the_script_on_both_drivers() -> None:
+    # A syntax error before the exit sends the text to lark's parser; it must
+    # stop where the fast driver stops, and report only the error before it.
+    with pytest.raises(SetkeyErrors) as caught:
+        parse("flush;\nflush esp esp;\nquit;\nflush ( ;\n")
+    assert [(e.line, e.column) for e in caught.value.errors] == [(2, 11)]
+    fast = parse("flush;\nflush esp;\nquit;\nflush ( ;\n")
+    slow, errors = _parse_with_recovery("flush;\nflush esp;\nquit;\n")
+    assert errors == []
+    assert fast == slow
+
+
+@pytest.mark.parametrize("text", [
+    'add 10.0.0.1 10.0.0.2 tcp 0x1000 -A tcp-md5 "exit;";\nspdflush;',  # a quoted string
+    "flush; # exit;\nspdflush;",  # a comment
+    "flush;\nexitx;\n",  # another word (a syntax error)
+    "flush\nexit;\nspdflush;",  # the statement before lacks its ";": "flush exit" is one statement
+])
+def test_exit_inside_quotes_comments_or_other_statements_does_not_stop_the_script(text: str) -> None:
+    try:
+        commands = parse(text)
+    except SetkeyErrors as exc:
+        assert exc.errors  # a mistake: reported, not cut away
+        return
+    assert not any(isinstance(c, Exit) for c in commands)
+    assert isinstance(commands[-1], SpdFlush)

@@ -1,0 +1,60 @@
+"""Shared helpers for the ESP tests: datagrams and SAs built by hand."""
+
+from __future__ import annotations
+
+from pfkeyd.packet import crypto, ip
+from pfkeyd.packet.runtime import SaRuntime
+from pfkeyd.packet.sa import TransformSA
+from pfkeyd.wire.constants import IpProto, Mode, SaFlag
+
+SRC4 = bytes([192, 0, 2, 1])
+DST4 = bytes([192, 0, 2, 2])
+SRC6 = bytes.fromhex("20010db8000000000000000000000001")
+DST6 = bytes.fromhex("20010db8000000000000000000000002")
+
+
+def v4(proto: int, payload: bytes, src: bytes = SRC4, dst: bytes = DST4, tos: int = 0) -> bytes:
+    """A well-formed IPv4 datagram (no options) carrying ``payload`` as protocol ``proto``."""
+    head = bytearray(20)
+    head[0], head[1] = 0x45, tos
+    head[2:4] = (20 + len(payload)).to_bytes(2, "big")
+    head[4:6] = b"\x12\x34"
+    head[8], head[9] = 64, proto
+    head[12:16], head[16:20] = src, dst
+    head[10:12] = ip.ipv4_checksum(bytes(head)).to_bytes(2, "big")
+    return bytes(head) + payload
+
+
+def v6(proto: int, payload: bytes, src: bytes = SRC6, dst: bytes = DST6) -> bytes:
+    """A well-formed IPv6 datagram without extension headers."""
+    return (bytes.fromhex("60000000") + len(payload).to_bytes(2, "big") + bytes((proto, 64)) + src + dst
+            + payload)
+
+
+def esp_sa(enc: int, key: bytes, auth: int = 0, akey: bytes = b"", *, spi: int = 0x1000, flags: int = 0,
+           window: int = 64, mode: int = Mode.TRANSPORT, ctr_compatibility: bool = True) -> TransformSA:
+    """An ESP TransformSA built directly (not through the SAD)."""
+    cipher = crypto.cipher(enc, key, iv4b=bool(flags & SaFlag.X_EXT_IV4B))
+    mac = None if cipher.aead or auth == 0 else crypto.mac(auth, akey)
+    return TransformSA(int(IpProto.ESP), spi, int(mode), SRC4, DST4, flags, window, enc, auth, cipher, mac,
+                       ctr_compatibility=ctr_compatibility)
+
+
+def runtime(sa: TransformSA) -> SaRuntime:
+    return SaRuntime.for_sa(sa.window, esn=sa.esn, cycseq=sa.cycseq)
+
+
+class FixedRandom:
+    """An injected random source that hands out given bytes (an explicit IV), then zeros."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.asked: list[int] = []
+
+    def __call__(self, n: int) -> bytes:
+        self.asked.append(n)
+        if self.chunks:
+            chunk = self.chunks.pop(0)
+            assert len(chunk) == n, (len(chunk), n)
+            return chunk
+        return bytes(n)
