@@ -6,7 +6,8 @@ The trio shell decodes each datagram and calls ``handle(client, msg, now)``; the
 engine answers with a list of :mod:`pfkeyd.effects` values (send this message to
 these clients, send an error reply, stream this dump).  Timers are the shell's
 business too: it asks ``next_deadline()`` and calls ``tick(now)`` when that moment
-comes.  The engine never reads a clock, never touches a socket and never logs; it
+comes (``tick(now, limit=n)`` takes on at most n due deadlines, so that a storm of
+expiries can be served in slices).  The engine never reads a clock, never touches a socket and never logs; it
 counts (``stats``).
 
 Semantics follow FreeBSD's key.c message by message (reference §3, §7, §8).  The
