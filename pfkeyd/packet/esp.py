@@ -255,8 +255,10 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
             if replay is not None:
                 last = replay.last
                 low = last & U32
-                if low < seq and low >= replay.size - 1:
-                    # Above the window in the same 2^32 subspace (what check() says).
+                if low < seq < low + 0x100000001 - replay.size:
+                    # Above the top of the window, in the same 2^32 subspace: what
+                    # check() says for it (its first case; the bound is its ``bl``
+                    # taken modulo 2^32 when the window is not yet full).
                     seq64, ahead = last - low + seq, True
                 else:
                     checked = replay.check(seq)
