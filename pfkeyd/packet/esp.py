@@ -178,7 +178,7 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
                                 -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF, addrs,
                                 plan.spi_int, seq & U32, counter)
             aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
-            return head + plan.encrypt((plan.nonce_hi | counter).to_bytes(12, "big"), datagram[20:] + trailer, aad)
+            return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
     c = sa.cipher
     if c is None:  # a fast plan has a cipher
         return _NOXFORM
