@@ -88,8 +88,7 @@ class _Plan:
     mask`` (32 bits, 64 with ESN, never with CYCSEQ: 0).
     """
 
-    __slots__ = ("blks", "decrypt", "encrypt", "esn", "fast", "nonce_hi", "salt", "spi", "spi_int", "trailers",
-                 "wrap_mask")
+    __slots__ = ("blks", "decrypt", "encrypt", "esn", "fast", "salt", "spi", "spi_int", "trailers", "wrap_mask")
 
     def __init__(self, sa: TransformSA) -> None:
         c = sa.cipher
@@ -106,11 +105,8 @@ class _Plan:
         self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.decrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.salt = b""
-        self.nonce_hi = 0
         if isinstance(c, AeadCipher):
             self.encrypt, self.decrypt, self.salt = c.primitive.encrypt, c.primitive.decrypt, c.salt
-            # The 12-byte nonce salt || IV as a number is nonce_hi | counter.
-            self.nonce_hi = int.from_bytes(c.salt, "big") << 64
 
 
 def _not_fast(nonce: bytes, data: bytes, aad: bytes) -> bytes:
@@ -140,6 +136,8 @@ _V4 = struct.Struct("!HHIBBHQ")
 #: That header followed by an ESP header and its 8-byte IV (SPI, Seq_lo, IV): the 36
 #: bytes protect puts in front of the ciphertext and unprotect reads in one call.
 _V4_ESP = struct.Struct("!HHIBBHQIIQ")
+#: The same without the IV: what unprotect reads (it passes the IV on as bytes).
+_V4_ESP_IN = struct.Struct("!HHIBBHQII")
 
 
 def pad_length(sa: TransformSA, length: int) -> int:
@@ -242,7 +240,7 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
-        vt, length, ident, ttl, proto, _, addrs, spi, seq, iv = _V4_ESP.unpack_from(datagram)
+        vt, length, ident, ttl, proto, _, addrs, spi, seq = _V4_ESP_IN.unpack_from(datagram)
         if vt >> 8 == 0x45 and proto == IPPROTO_ESP and length == total:
             # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the steps
             # below, in the same order, without the general parsing; the header is
@@ -267,7 +265,7 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
                     seq64 = checked
             aad = plan.spi + (seq64 >> 32).to_bytes(4, "big") + datagram[24:28] if plan.esn else datagram[20:28]
             try:
-                plain = plan.decrypt((plan.nonce_hi | iv).to_bytes(12, "big"), datagram[36:], aad)
+                plain = plan.decrypt(plan.salt + datagram[28:36], datagram[36:], aad)
             except InvalidTag:
                 return _BADAUTH
             if ahead:
