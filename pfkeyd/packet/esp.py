@@ -99,7 +99,8 @@ class _Plan:
         self.spi_int = sa.spi & 0xFFFFFFFF
         self.spi = self.spi_int.to_bytes(4, "big")
         self.esn = sa.esn
-        self.fast = type(c) is AeadCipher and not sa.old and sa.pad_kind != PadKind.RANDOM
+        # The fast paths' ciphers have a block of 1, padded to 4 (the IPv4 fast path relies on it).
+        self.fast = type(c) is AeadCipher and not sa.old and sa.pad_kind != PadKind.RANDOM and self.blks == 4
         self.trailers = _trailers(self.blks, sa.pad_kind) if sa.pad_kind != PadKind.RANDOM else ()
         self.wrap_mask = 0 if sa.cycseq else U64 if sa.esn else U32
         self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
@@ -170,7 +171,7 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
             seq = state.seq = (seq + 1) & U64
             counter = state.iv_counter
             state.iv_counter = (counter + 1) & U64
-            trailer = plan.trailers[(total - 20) % plan.blks * 256 + proto]
+            trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
             total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
             head = _V4_ESP.pack(vt, total, ident, ttl, IPPROTO_ESP,
                                 -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF, addrs,
