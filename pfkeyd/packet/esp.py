@@ -82,10 +82,18 @@ class _Plan:
 
     ``fast`` marks the SAs the IPv4 fast paths below handle: AES-GCM-16 or
     ChaCha20-Poly1305 (:class:`AeadCipher`), new-style framing, pad contents that
-    need no random bytes.  ``trailers[(n % blks) * 256 + nh]`` is the pad, Pad Length
-    and Next Header that follow an ``n``-byte payload, built once per block size and
-    pad kind.  ``wrap_mask``: the outbound counter is exhausted when ``seq & mask ==
-    mask`` (32 bits, 64 with ESN, never with CYCSEQ: 0).
+    need no random bytes, padding to 4.  ``trailers[(n % blks) * 256 + nh]`` is the
+    pad, Pad Length and Next Header that follow an ``n``-byte payload, built once per
+    block size and pad kind.  ``wrap_mask``: the outbound counter is exhausted when
+    ``seq & mask == mask`` (32 bits, 64 with ESN, never with CYCSEQ: 0).  The rest
+    is what the fast paths would otherwise look up per packet: the SPI as bytes and
+    as a number (for the header pack), ESN, the salt and the bound AEAD methods.
+
+    The sequence number and the counter IV stay two counters (in
+    :class:`SaRuntime`), as FreeBSD keeps ``replay->count`` and ``sav->cntr``: here
+    both advance once per packet of an AEAD SA, so the IV is ``seq - 1`` until
+    something sets one of them (the known-answer tests do), but neither is derived
+    from the other.
     """
 
     __slots__ = ("blks", "decrypt", "encrypt", "esn", "fast", "salt", "spi", "spi_int", "trailers", "wrap_mask")
