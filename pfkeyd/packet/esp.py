@@ -143,9 +143,9 @@ def _plan(sa: TransformSA) -> _Plan:
 #: length, ID with flags and fragment offset, TTL, protocol, checksum, both addresses.
 _V4 = struct.Struct("!HHIBBHQ")
 #: That header followed by an ESP header and its 8-byte IV (SPI, Seq_lo, IV): the 36
-#: bytes protect puts in front of the ciphertext and unprotect reads in one call.
+#: bytes protect packs in one call in front of the ciphertext.
 _V4_ESP = struct.Struct("!HHIBBHQIIQ")
-#: The same without the IV: what unprotect reads (it passes the IV on as bytes).
+#: The same without the IV: what unprotect reads in one call (the IV goes on as bytes).
 _V4_ESP_IN = struct.Struct("!HHIBBHQII")
 
 
