@@ -131,7 +131,10 @@ from pfkeyd.wire import (
     SaType,
     SockAddr,
 )
+from pfkeyd.wire.constants import IPSEC_MANUAL_REQID_MAX
 from pfkeyd.wire.sockaddr import AnySockAddr
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS, word_list
+from setkey.commands import PRIORITY_DEFAULT, PRIORITY_HIGH, PRIORITY_LOW
 
 __all__ = [
     "DumpOptions",
@@ -252,6 +255,16 @@ class _Style:
 
 _ICMP, _ICMPV6, _GRE, _MH, _IPV4 = 1, 58, 47, 135, 4
 
+# libipsec's string tables (pfkey_dump.c); an index past the end prints the number.
+_SATYPE_WORDS = ("unspec", "unknown", "ah", "esp", "unknown", "rsvp", "ospfv2", "ripv2", "mip", "ipcomp",
+                 "policy", "tcp")
+_MODE_WORDS = word_list(MODE_WORDS)
+_STATE_WORDS = ("larval", "mature", "dying", "dead")
+_POLICY_WORDS = word_list(POLICY_WORDS)
+_LEVEL_WORDS = word_list(LEVEL_WORDS)
+_DIR_WORDS = word_list(DIRECTION_WORDS)
+_SCOPE_WORDS = {1: "global", 2: "ifnet", 4: "pcb"}
+
 # kdebug_sadb's dispatch (wire extension number -> printer name); the two
 # versions differ from 23 on, as the two headers do.
 _DEBUG_COMMON = {
@@ -266,8 +279,8 @@ _STYLES: dict[Dialect, _Style] = {
         linux=False,
         portless=frozenset({_ICMPV6}),
         typecode=frozenset({_ICMPV6}),
-        dirs=("any", "in", "out"),
-        request_protos={50: "esp", 51: "ah", 108: "ipcomp"},
+        dirs=_DIR_WORDS[:3],
+        request_protos=REQUEST_PROTO_WORDS,
         tcp_satype=True,
         debug_exts={**_DEBUG_COMMON, 24: "address", 26: "sa_replay", 27: "address", 28: "address"},
     ),
@@ -275,21 +288,13 @@ _STYLES: dict[Dialect, _Style] = {
         linux=True,
         portless=frozenset({_ICMP, _ICMPV6, _MH, _GRE}),
         typecode=frozenset({_ICMP, _ICMPV6, _MH}),
-        dirs=("any", "in", "out", "fwd", "in(socket)", "out(socket)"),
-        request_protos={50: "esp", 51: "ah", 108: "ipcomp"},
+        dirs=(*_DIR_WORDS, "in(socket)", "out(socket)"),
+        request_protos=REQUEST_PROTO_WORDS,
         tcp_satype=False,
         debug_exts={**_DEBUG_COMMON, 25: "kmaddress"},
     ),
 }
 
-# libipsec's string tables (pfkey_dump.c); an index past the end prints the number.
-_SATYPE_WORDS = ("unspec", "unknown", "ah", "esp", "unknown", "rsvp", "ospfv2", "ripv2", "mip", "ipcomp",
-                 "policy", "tcp")
-_MODE_WORDS = ("any", "transport", "tunnel")
-_STATE_WORDS = ("larval", "mature", "dying", "dead")
-_POLICY_WORDS = ("discard", "none", "ipsec", "entrust", "bypass")
-_LEVEL_WORDS = ("default", "use", "require", "unique")
-_SCOPE_WORDS = {1: "global", 2: "ifnet", 4: "pcb"}
 
 # libipsec's ipsec_strerror() texts used by the dumps.
 _EIPSEC_INVAL_SATYPE = "Invalid SA type"
@@ -304,9 +309,6 @@ _EIPSEC_INVAL_MODE = "Invalid ipsec mode"
 _EIPSEC_INVAL_LEVEL = "Invalid ipsec level"
 _EIPSEC_INVAL_ADDRESS = "Invalid address specification"
 
-_IPSEC_MANUAL_REQID_MAX = 0x3FFF
-# ipsec-tools policy priority bands (PRIORITY_HIGH/DEFAULT/LOW).
-_PRIO_HIGH, _PRIO_DEF, _PRIO_LOW = 0x40000000, 0x80000000, 0xC0000000
 
 
 def _num(value: int) -> int:
@@ -615,12 +617,12 @@ def _priority_text(priority: int) -> str:
     """ipsec-tools' rendering of sadb_x_policy_priority: ``prio <band> [+|- n]``."""
     if priority == 0:
         return ""
-    if priority < (_PRIO_DEF // 4) * 3:
-        base, word = _PRIO_HIGH, "prio high"
-    elif priority < (_PRIO_DEF // 4) * 5:
-        base, word = _PRIO_DEF, "prio def"
+    if priority < (PRIORITY_DEFAULT // 4) * 3:
+        base, word = PRIORITY_HIGH, "prio high"
+    elif priority < (PRIORITY_DEFAULT // 4) * 5:
+        base, word = PRIORITY_DEFAULT, "prio def"
     else:
-        base, word = _PRIO_LOW, "prio low"
+        base, word = PRIORITY_LOW, "prio low"
     offset = _int32(-_int32(priority - base))  # the sign as the user would type it
     if offset == 0:
         return word
@@ -659,7 +661,7 @@ def _request_text(req: IpsecRequest, style: _Style, opts: DumpOptions) -> str | 
         return (_EIPSEC_INVAL_LEVEL,)
     text = f"{proto}/{_MODE_WORDS[mode]}/{addrs}/{_LEVEL_WORDS[req.level]}"
     if req.reqid:
-        text += f"{'#' if req.reqid > _IPSEC_MANUAL_REQID_MAX else ':'}{req.reqid}"
+        text += f"{'#' if req.reqid > IPSEC_MANUAL_REQID_MAX else ':'}{req.reqid}"
     return text
 
 
@@ -1028,15 +1030,13 @@ def _sa_json(msg: Message, opts: DumpOptions) -> dict[str, Any]:
     }
 
 
-_REQUEST_PROTOS = {50: "esp", 51: "ah", 108: "ipcomp"}
-_DIR_WORDS = ("any", "in", "out", "fwd")
 
 
 def _policy_json(msg: Message, opts: DumpOptions) -> dict[str, Any]:
     pol = msg.policy
     src = msg.src
     requests = [] if pol is None else [
-        {"proto": _REQUEST_PROTOS.get(r.proto, r.proto), "mode": _name_or_number(_MODE_WORDS, _num(r.mode)),
+        {"proto": REQUEST_PROTO_WORDS.get(r.proto, r.proto), "mode": _name_or_number(_MODE_WORDS, _num(r.mode)),
          "level": _name_or_number(_LEVEL_WORDS, r.level), "reqid": r.reqid,
          "src": _sockaddr_json(r.src, opts), "dst": _sockaddr_json(r.dst, opts)}
         for r in pol.requests

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pfkeyd.wire.constants import IpProto, Level, Mode, SaFlag
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS
 from setkey.commands import (
     PRIORITY_DEFAULT,
     PRIORITY_HIGH,
@@ -43,11 +44,8 @@ from setkey.transformer import UPPER_NAMES
 
 __all__ = ["format", "format_script", "format_policy", "format_priority"]
 
-_MODES = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel"}
-_LEVELS = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require", Level.UNIQUE: "unique"}
-_REQUEST_PROTOS = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp", IpProto.TCP: "tcp"}
-_DIRECTIONS = {1: "in", 2: "out", 3: "fwd"}
-_ACTIONS = {0: "discard", 1: "none", 2: "ipsec", 3: "entrust", 4: "bypass"}
+#: setkey also takes "tcp" (FreeBSD's TCP-MD5) as a request protocol.
+_REQUEST_PROTOS = {**REQUEST_PROTO_WORDS, IpProto.TCP: "tcp"}
 _ICMP_LIKE = (IpProto.ICMP, IpProto.IPV6_ICMP, 135)
 
 
@@ -102,7 +100,7 @@ def _context(ctx: SecContext | None) -> str:
 def _options(opts: SaOptions) -> str:
     parts = []
     if opts.mode != Mode.ANY:
-        parts.append(f"-m {_MODES[Mode(opts.mode)]}")
+        parts.append(f"-m {MODE_WORDS[opts.mode]}")
     if opts.reqid:
         parts.append(f"-u {opts.reqid}")
     if opts.replay:
@@ -163,17 +161,17 @@ def _request(req: Request) -> str:
             raise ValueError(msg)
         level = f"unique:{req.reqid}"
     else:
-        level = _LEVELS[Level(req.level)]
-    return f"{_REQUEST_PROTOS[IpProto(req.proto)]}/{_MODES[Mode(req.mode)]}/{ends}/{level}"
+        level = LEVEL_WORDS[req.level]
+    return f"{_REQUEST_PROTOS[req.proto]}/{MODE_WORDS[req.mode]}/{ends}/{level}"
 
 
 def format_policy(policy: Policy) -> str:
     """The text after -P."""
-    direction = _DIRECTIONS[int(policy.direction)]
+    direction = DIRECTION_WORDS[policy.direction]
     if policy.action is None:
         return direction
     prio = "" if policy.priority is None else format_priority(policy.priority)
-    return _words(direction, prio, _ACTIONS[int(policy.action)], *(_request(r) for r in policy.requests))
+    return _words(direction, prio, POLICY_WORDS[policy.action], *(_request(r) for r in policy.requests))
 
 
 def _upper(cmd: SpdStatement) -> str:

@@ -31,6 +31,7 @@ from lark import Transformer, v_args
 from pfkeyd import algorithms as alg
 from pfkeyd.record import record
 from pfkeyd.wire.constants import Direction, IpProto, Level, Mode, PolicyType, SaFlag
+from pfkeyd.words import DIRECTION_BY_WORD, LEVEL_BY_WORD, MODE_BY_WORD, POLICY_BY_WORD, REQUEST_PROTO_BY_WORD
 from setkey.commands import (
     DEFAULT_OPTIONS,
     NO_FLAGS,
@@ -257,7 +258,6 @@ def _upper_ports(proto: int, tok: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------ SA options
 
-_MODES = {"transport": Mode.TRANSPORT, "tunnel": Mode.TUNNEL, "any": Mode.ANY}
 _NUMBER_OPTIONS: dict[str, tuple[str, str, int]] = {
     "-u": ("reqid", "reqid", U32),
     "-r": ("replay", "replay window", U32),
@@ -278,7 +278,7 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
     for opt in opts:
         word = opt[0]
         if word == "-m":
-            fields["mode"] = _MODES[opt[1]]
+            fields["mode"] = MODE_BY_WORD[opt[1]]
         elif word == "-f":
             if opt[1] == "nocyclic-seq":
                 fields["cyclic_seq"] = False
@@ -505,11 +505,8 @@ class SetkeyTransformer(Transformer[Any, Any]):
 
 # ------------------------------------------------------------------ policies
 
-_DIRECTIONS = {"in": Direction.INBOUND, "out": Direction.OUTBOUND, "fwd": Direction.FWD}
-_ACTIONS = {"discard": PolicyType.DISCARD, "none": PolicyType.NONE, "ipsec": PolicyType.IPSEC,
-            "entrust": PolicyType.ENTRUST, "bypass": PolicyType.BYPASS}
-_REQUEST_PROTOS = {"esp": IpProto.ESP, "ah": IpProto.AH, "ipcomp": IpProto.IPCOMP, "tcp": IpProto.TCP}
-_LEVELS = {"default": Level.DEFAULT, "use": Level.USE, "require": Level.REQUIRE, "unique": Level.UNIQUE}
+#: setkey also takes "tcp" (FreeBSD's TCP-MD5) as a request protocol.
+_REQUEST_PROTOS = {**REQUEST_PROTO_BY_WORD, "tcp": IpProto.TCP}
 _BASES = {"low": PRIORITY_LOW, "def": PRIORITY_DEFAULT, "high": PRIORITY_HIGH}
 
 #: ipsec-tools' limits on priority offsets (libipsec policy_parse.y).
@@ -554,7 +551,7 @@ class PolicyTransformer(Transformer[Any, Any]):
             if reqid > U32:
                 raise _fail(f"reqid {reqid} is out of range (at most {U32})", tok)
             return Level.UNIQUE, reqid
-        return _LEVELS[tok], 0
+        return LEVEL_BY_WORD[tok], 0
 
     def priority_up(self, kw: str, n: str) -> int:
         # "priority N" is N above the default: the value gets smaller.
@@ -592,12 +589,12 @@ class PolicyTransformer(Transformer[Any, Any]):
         return proto, mode, endpoints, level
 
     def policy_bare(self, direction: str) -> Policy:
-        return Policy(_DIRECTIONS[direction])
+        return Policy(DIRECTION_BY_WORD[direction])
 
     def policy(self, direction: str, *rest: Any) -> Policy:
-        d = _DIRECTIONS[direction]
+        d = DIRECTION_BY_WORD[direction]
         priority = rest[0] if len(rest) == 3 else None
-        action = _ACTIONS[rest[-2]]
+        action = POLICY_BY_WORD[rest[-2]]
         raw = rest[-1]
         requests = tuple(_request(d, action, raw, i) for i in range(len(raw)))
         return Policy(d, action, priority, requests)
