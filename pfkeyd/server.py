@@ -87,7 +87,8 @@ from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEnc
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
-from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire import Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_wrap
 
 __all__ = [
     "Endpoint",
@@ -95,16 +96,12 @@ __all__ = [
     "Server",
     "ServerError",
     "ServerStatistics",
-    "RECV_SIZE",
     "peer_credentials",
     "uid_allowed",
-    "promisc_wrap",
 ]
 
 log = logging.getLogger("pfkeyd.server")
 
-#: The largest PF_KEY message: sadb_msg_len is 16 bits of 8-byte units.
-RECV_SIZE = 0xFFFF * 8
 #: At most one "broadcasts dropped" warning per client in this many seconds.
 DROP_LOG_INTERVAL = 10.0
 #: A reader yields to the other tasks after this many requests in a row (and always
@@ -197,19 +194,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     raw = sock.getsockopt(0, local_peercred, _XUCRED_SIZE)  # pragma: no cover - SOL_LOCAL is 0
     version, uid = _XUCRED.unpack_from(raw)  # pragma: no cover
     return (-1, uid) if version == 0 else None  # pragma: no cover
-
-
-def promisc_wrap(body: bytes) -> bytes:
-    """A promiscuous copy as FreeBSD's keysock delivers it: behind an SADB_X_PROMISC header.
-
-    The header's ``len`` covers the whole datagram; every other field is 0.
-    """
-    total = HEADER.size + len(body)
-    units = total // 8
-    if units > 0xFFFF:
-        msg = "promiscuous copy longer than 65535 units"
-        raise EncodeError(msg)
-    return HEADER.pack(PF_KEY_V2, MsgType.X_PROMISC, 0, 0, units, 0, 0, 0) + body
 
 
 def _ext_name(t: int) -> str:
@@ -527,7 +511,7 @@ class Server:
         sock = client.sock
         # One buffer for every receive: asking recvmsg() for the largest possible
         # message would allocate (and map) half a megabyte per datagram.
-        buffer = bytearray(RECV_SIZE)
+        buffer = bytearray(MAX_DATAGRAM)
         view = memoryview(buffer)
         handled = 0
         with client.reader_scope:
@@ -547,7 +531,7 @@ class Server:
                     return True
                 if not data and _hung_up(sock):
                     return True
-                if not data or size > RECV_SIZE:
+                if not data or size > MAX_DATAGRAM:
                     # Empty, or longer than any PF_KEY message can be: both kernels
                     # fail such a send() and answer nothing.
                     self._engine.stats.note_error(_SEND_FAILS_WITH[client.dialect])

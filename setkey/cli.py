@@ -57,7 +57,6 @@ No traceback reaches the user: every failure ends as one ``setkey: ...`` line
 
 from __future__ import annotations
 
-import binascii
 import contextlib
 import errno as E
 import gc
@@ -80,6 +79,7 @@ from pfkeyd.client import Connection, PfkeyReplyError, RawReply, ReplyTimeout
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, default_socket_path, native_dialect
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, decode, encode
+from pfkeyd.wire.framing import MAX_DATAGRAM, split_messages
 from setkey.build import build, deleteall_deletes, needs_dump
 from setkey.check import check
 from setkey.commands import Add, Command, Dump, Exit, SpdDump, Update
@@ -123,7 +123,6 @@ WINDOW = 128
 #: Statements built into messages at a time (bounds the memory of a big script).
 CHUNK = 4096
 
-_RECV_SIZE = 0xFFFF * 8
 _STDIN_NAME = "(stdin)"
 _SCRIPT_NAME = "(-e)"
 
@@ -633,7 +632,7 @@ class _Program:
         # setkey takes the offset from UTC once, at start-up.
         utcoffset = self.rt.localtime(self.rt.clock()).tm_gmtoff
         while True:
-            data = await sock.recv(_RECV_SIZE)
+            data = await sock.recv(MAX_DATAGRAM)
             if not data:
                 msg = f"{self.socket_path()}: the daemon closed the connection"
                 raise _Fatal(msg)
@@ -1142,25 +1141,3 @@ _COMMENT = re.compile(r"#[^\n]*")
 def _has_statement_text(text: str) -> bool:
     # (an open quote is text, so a "#" after it does no harm here)
     return bool(_COMMENT.sub("", text).strip())
-
-
-# ------------------------------------------------------------------ file ...
-
-_HEX_TEXT = re.compile(rb"[0-9a-fA-F\s]*")
-
-
-def split_messages(data: bytes) -> list[bytes]:
-    """The PF_KEY messages of a file, one after another, each as long as its
-    ``sadb_msg_len`` says.  Hex text (``#`` starts a comment) is read as the
-    bytes it spells, so the captures in ``examples/captures`` can be given too."""
-    text = b"\n".join(line.split(b"#", 1)[0] for line in data.splitlines())
-    if text.strip() and _HEX_TEXT.fullmatch(text):
-        with contextlib.suppress(ValueError, binascii.Error):
-            data = bytes.fromhex(text.decode())
-    out = []
-    while data:
-        size = int.from_bytes(data[4:6], sys.byteorder) * 8 if len(data) >= 6 else 0
-        size = size or len(data)
-        out.append(data[:size])
-        data = data[size:]
-    return out

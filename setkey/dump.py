@@ -117,6 +117,7 @@ from pfkeyd import algorithms
 from pfkeyd.algorithms import Kind
 from pfkeyd.record import record
 from pfkeyd.wire import (
+    HEADER,
     UNKNOWN,
     Address,
     Dialect,
@@ -132,6 +133,7 @@ from pfkeyd.wire import (
     SockAddr,
 )
 from pfkeyd.wire.constants import IPSEC_MANUAL_REQID_MAX
+from pfkeyd.wire.framing import promisc_unwrap
 from pfkeyd.wire.sockaddr import AnySockAddr
 from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS, word_list
 from setkey.commands import PRIORITY_DEFAULT, PRIORITY_HIGH, PRIORITY_LOW
@@ -1394,8 +1396,12 @@ def promisc_block(
     if with_hex:
         out.append(hexdump(data))
     inner: bytes | None = bytes(data)
-    if len(data) >= 2 and data[1] == MsgType.X_PROMISC:
-        inner = bytes(data[16:]) if len(data) > 16 else None
+    if len(data) > HEADER.size and data[1] == MsgType.X_PROMISC:
+        # a wrapped copy prints the message inside; a wrapper that does not frame
+        # a whole message prints as it arrived
+        inner = promisc_unwrap(data) or inner
+    elif len(data) >= 2 and data[1] == MsgType.X_PROMISC:
+        inner = None
     if inner is not None:
         out.append(debug_block(inner, dialect))
     return "".join(out)

@@ -17,8 +17,9 @@ import pytest
 
 from pfkeyd.defaults import default_socket_path
 from pfkeyd.wire import Address, Dialect, ExtType, Key, Lifetime, Message, MsgType, Sa, Sa2, SaType, encode
+from pfkeyd.wire.framing import split_messages
 from setkey import cli
-from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args, split_messages
+from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args
 from setkey.usage import EX_USAGE, USAGE
 from tests.setkey import manpage
 from tests.setkey.clihelp import NOW, WALL, Result, run
