@@ -180,7 +180,6 @@ _COALESCE_MIN = 32
 #: Datagrams made ahead of their sends when a window is refilled (see Connection._burst).
 _SUB_BURST = 16
 _COALESCE = 0.001
-_DUMP_TYPES = frozenset({MsgType.DUMP, MsgType.X_SPDDUMP})
 #: How long socket_dialect() waits for the daemon's answer by default, in seconds.
 DIALECT_TIMEOUT = 5.0
 #: sadb_msg_seq and sadb_msg_pid, the last 8 bytes of the base header (HEADER).

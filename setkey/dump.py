@@ -882,10 +882,6 @@ def _dump_sa(msg: Message, now: int, opts: DumpOptions) -> str:
     return format_short(msg, now, opts) if opts.short else format_sa(msg, now, opts)
 
 
-def _get_sa(msg: Message, now: int, opts: DumpOptions) -> str:
-    return format_sa(msg, now, opts)
-
-
 def _policy(msg: Message, now: int, opts: DumpOptions) -> str:
     return format_policy(msg, opts)
 
@@ -895,8 +891,8 @@ _Renderer = Callable[[Message, int, DumpOptions], str]
 #: postproc(): which replies print what, per reference tool.  FreeBSD's setkey
 #: ignores SPDGET replies; ipsec-tools prints them like dump entries.
 _RENDERERS: dict[Dialect, dict[int, _Renderer]] = {
-    Dialect.FREEBSD: {MsgType.GET: _get_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy},
-    Dialect.LINUX: {MsgType.GET: _get_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy,
+    Dialect.FREEBSD: {MsgType.GET: format_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy},
+    Dialect.LINUX: {MsgType.GET: format_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy,
                     MsgType.X_SPDGET: _policy},
 }
 

@@ -19,7 +19,6 @@ from setkey.commands import (
     PRIORITY_HIGH,
     PRIORITY_LOW,
     Add,
-    AddrFlags,
     Algorithms,
     AlgSpec,
     Command,
@@ -67,10 +66,6 @@ def _host(host: Host) -> str:
     if host.port:
         text += f"[{host.port}]"
     return text
-
-
-def _flags(flags: AddrFlags) -> str:
-    return str(flags)
 
 
 def _proto(proto: Proto, oa: Host | None) -> str:
@@ -188,15 +183,15 @@ def format(cmd: Command) -> str:
     """One statement in canonical text, with its ";"."""
     if isinstance(cmd, SaStatement):
         algs = _algorithms(cmd.algorithms) if isinstance(cmd, Add | Update) else ""
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa),
                       f"{cmd.spi:#x}", _options(cmd.options), algs) + ";"
     if isinstance(cmd, DeleteAll):
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst),
                       _proto(cmd.proto, cmd.natt_oa)) + ";"
     if isinstance(cmd, Flush | Dump):
         return _words(cmd.keyword, cmd.proto.value) + ";"
     if isinstance(cmd, SpdStatement):
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst), _upper(cmd),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _upper(cmd),
                       _context(cmd.context), "-P", format_policy(cmd.policy)) + ";"
     if isinstance(cmd, SpdTagged):
         return _words(cmd.keyword, "tagged", _quoted(cmd.tag), "-P", format_policy(cmd.policy)) + ";"
