@@ -81,7 +81,7 @@ def _decode_command(argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------ daemon
 
-#: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
+#: The SYNOPSIS of pfkeyd/man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...]

@@ -1,4 +1,4 @@
-"""Helpers that read ``man/setkey.8`` for the tests.
+"""Helpers that read ``pfkeyd/man/setkey.8`` for the tests.
 
 The manual page is mdoc source; these helpers understand the few macros its
 SYNOPSIS, option list and ALGORITHMS table use, which is enough to compare them
@@ -16,7 +16,7 @@ from pfkeyd.algorithms import Algorithm, KeyForm, Kind
 from pfkeyd.wire import Dialect
 
 ROOT = Path(__file__).resolve().parents[2]
-MANPAGE = ROOT / "man" / "setkey.8"
+MANPAGE = ROOT / "pfkeyd" / "man" / "setkey.8"
 
 #: The setkey flag that introduces each kind of algorithm.
 FLAG = {Kind.ENCRYPT: "E", Kind.AUTH: "A", Kind.COMPRESS: "C"}
