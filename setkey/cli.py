@@ -80,6 +80,7 @@ from pfkeyd.defaults import SOCKET_ENV, connect_failure, default_socket_path, na
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, decode, encode
 from pfkeyd.wire.framing import MAX_DATAGRAM, split_messages
+from setkey import keylen
 from setkey.build import build, deleteall_deletes, needs_dump
 from setkey.check import check
 from setkey.commands import Add, Command, Dump, Exit, SpdDump, Update
@@ -1048,18 +1049,18 @@ def _unsupported(commands: Iterable[Command], register: Message, dialect: Dialec
 def _key_verdict(kind: alg.Kind, name: str, bits: int, listed: Supported | None, dialect: Dialect) -> str | None:
     """What ipsec_check_keylen() says of a ``bits``-bit key for algorithm ``name``
     against the REGISTER list ``listed`` (None: fine)."""
-    found = alg.setkey_lookup(kind, name, dialect)
+    found = alg.by_spelling(kind, name, dialect)
     if found is None:
         return None  # setkey.check has said so already
     row, spelling = found
     if listed is None:
         return f"the daemon sent no list of {kind.value} algorithms (SADB_REGISTER)"
-    problem = alg.setkey_key_error(row, bits, dialect, form=spelling.key, supported_algs=listed.algs)
+    problem = keylen.key_error(row, bits, dialect, form=spelling.key, supported_algs=listed.algs)
     if problem is None:
         return None
-    if problem == alg.NOT_SUPPORTED:
+    if problem == keylen.NOT_SUPPORTED:
         return f'{kind.value} algorithm "{name}" is not supported by the daemon'
-    accepted = alg.setkey_bits(row, dialect, form=spelling.key, supported_algs=listed.algs)
+    accepted = keylen.accepted_bits(row, dialect, form=spelling.key, supported_algs=listed.algs)
     return f'invalid key length for "{name}": {bits} bits, the daemon accepts {_bits(accepted or range(0))}'
 
 

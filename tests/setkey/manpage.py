@@ -14,6 +14,7 @@ from pathlib import Path
 from pfkeyd import algorithms
 from pfkeyd.algorithms import Algorithm, KeyForm, Kind
 from pfkeyd.wire import Dialect
+from setkey import keylen
 
 ROOT = Path(__file__).resolve().parents[2]
 MANPAGE = ROOT / "pfkeyd" / "man" / "setkey.8"
@@ -162,7 +163,7 @@ def key_text(alg: Algorithm, name: str, dialect: Dialect) -> str:
         return NOT_ACCEPTED
     if support.keys is None:
         return NOT_SUPPORTED
-    bits = algorithms.setkey_bits(alg, dialect, form=spelling.key)
+    bits = keylen.accepted_bits(alg, dialect, form=spelling.key)
     if bits is None:
         return NOT_SUPPORTED
     if spelling.key is KeyForm.NONE:
