@@ -142,6 +142,71 @@ def _syntax_error(exc: UnexpectedInput, terminals: Mapping[str, TerminalDef]) ->
                              f"{_expected(exc.allowed or set(), terminals)}", exc.line, exc.column)
 
 
+# ------------------------------------------------------------------ lark's tables
+
+# The fast driver and the error recovery read lark's LALR tables and parser state,
+# which lark does not document: the parse table (``Lark.parser.parser.parser``),
+# the rules' options and the inlined transformer's ``base_func``, and, in
+# :func:`_parse_with_recovery`, the interactive parser's state and value stacks
+# and its lexer's line counter.  pyproject.toml therefore names the lark
+# versions this was checked with (``lark>=1.3.1,<1.4``), and
+# tests/setkey/test_lark_version.py fails on any other: a new lark is taken up
+# by checking these two places against it and widening the range.  Everything
+# else uses lark's public API (Lark, get_terminal, parse with on_error).
+
+class _Tables(NamedTuple):
+    """A grammar's LALR automaton as the fast driver runs it.
+
+    ``actions[state][terminal or rule name]`` is the state to shift to, or a
+    reduction: (the number of values it takes, (the transformer's method, whether
+    it only groups its children), the rule's name).  ``defaults`` are the states
+    whose only action, whatever comes next, is one reduction.
+    """
+
+    start_state: Any
+    end_state: Any
+    actions: dict[Any, dict[str, Any]]
+    defaults: dict[Any, Any]
+
+
+def _rule_functions(lark: Lark) -> dict[Any, tuple[Callable[..., Any], bool]]:
+    """Each rule's callback: the transformer's method itself.
+
+    The grammars have no rule that lark would inline or filter (no "_rule",
+    "?rule", anonymous token or "*" helper), so lark's own callback would call
+    the method with the same children.  Methods marked as groups return their
+    children as a tuple; a trace builds the tuple without the call.
+    """
+    transformer = lark.options.transformer
+    functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
+    for rule in lark.rules:
+        name = str(rule.alias or rule.origin.name)
+        if name.startswith("_") or rule.options.expand1 or rule.options.empty_indices:
+            raise AssertionError(f"rule {name} needs lark's tree shaping")
+        method = getattr(transformer, name).base_func
+        functions[rule] = method, getattr(method, "__setkey_group__", False)
+    return functions
+
+
+def _lalr_tables(lark: Lark, start: str) -> _Tables:
+    """The parse table lark built for ``start``, as :class:`_Tables`."""
+    table = lark.parser.parser.parser.parse_table  # lark's _Parser
+    functions = _rule_functions(lark)
+    actions: dict[Any, dict[str, Any]] = {}
+    defaults: dict[Any, Any] = {}
+    for state, row in table.states.items():
+        out: dict[str, Any] = {}
+        for symbol, (action, arg) in row.items():
+            if action.name == "Shift":
+                out[str(symbol)] = arg
+            else:
+                out[str(symbol)] = (len(arg.expansion), functions[arg], str(arg.origin.name))
+        actions[state] = out
+        if len({id(arg) for _, arg in row.values()}) == 1 and all(a.name == "Reduce" for a, _ in row.values()):
+            defaults[state] = next(iter(out.values()))
+    return _Tables(table.start_states[start], table.end_states[start], actions, defaults)
+
+
 # ------------------------------------------------------------------ the fast driver
 
 
@@ -153,7 +218,6 @@ class _Fail(Exception):
 # _RAW_LEXEME is "-P" and the policy text in one lexeme, _RAW the policy text.
 _NUMBER, _HEXNUM, _WORD, _QUOTED, _RAW, _UNIQUE, _END = "\0#", "\0x", "\0w", "\0q", "\0r", "\0u", "\0$"
 _RAW_LEXEME = "\0P"
-_HEX = re.compile(r"0[xX][0-9A-Fa-f]+")
 
 #: Distinct lexemes whose marks one parse remembers (see _Fast.parse).
 _LEARNED_LIMIT = 1 << 16
@@ -247,38 +311,12 @@ class _Fast:
     def __init__(self, lark: Lark, start: str, lexeme_re: re.Pattern[str], word_type: str, *,
                  statement_end: str | None, raw_prefix: tuple[str, str] | None = None,
                  option_fallback: tuple[str, re.Pattern[str]] | None = None, locate_statements: bool = True,
-                 uncommented_re: re.Pattern[str] | None = None) -> None:
-        parser = lark.parser.parser.parser  # lark's _Parser: its parse table
-        table = parser.parse_table
-        transformer = lark.options.transformer
-        self.start_state = table.start_states[start]
-        self.end_state = table.end_states[start]
-        # Each rule's callback is the transformer's method itself: the grammars
-        # have no rule that lark would inline or filter (no "_rule", "?rule",
-        # anonymous token or "*" helper), so lark's own callback would call the
-        # method with the same children.  Methods marked as groups return their
-        # children as a tuple; a trace builds the tuple without the call.
-        functions: dict[Any, tuple[Callable[..., Any], bool]] = {}
-        for rule in lark.rules:
-            name = str(rule.alias or rule.origin.name)
-            if name.startswith("_") or rule.options.expand1 or rule.options.empty_indices:
-                raise AssertionError(f"rule {name} needs lark's tree shaping")
-            method = getattr(transformer, name).base_func
-            functions[rule] = method, getattr(method, "__setkey_group__", False)
-        actions: dict[Any, dict[str, Any]] = {}
-        defaults: dict[Any, tuple[int, tuple[Callable[..., Any], bool], str]] = {}
-        for state, row in table.states.items():
-            out: dict[str, Any] = {}
-            for symbol, (action, arg) in row.items():
-                if action.name == "Shift":
-                    out[str(symbol)] = arg
-                else:
-                    out[str(symbol)] = (len(arg.expansion), functions[arg], str(arg.origin.name))
-            actions[state] = out
-            if len({id(arg) for _, arg in row.values()}) == 1 and all(a.name == "Reduce" for a, _ in row.values()):
-                defaults[state] = next(iter(out.values()))
-        self.actions = actions
-        self.defaults = defaults
+                 uncommented_re: re.Pattern[str] | None = None, hex_re: re.Pattern[str] | None = None) -> None:
+        tables = _lalr_tables(lark, start)
+        self.start_state = tables.start_state
+        self.end_state = tables.end_state
+        self.actions = tables.actions
+        self.defaults = tables.defaults
         self.split = lexeme_re.split
         self.split_uncommented = (uncommented_re or lexeme_re).split
         self.word_type = word_type
@@ -286,6 +324,7 @@ class _Fast:
         self.raw_prefix = raw_prefix
         self.option_fallback = option_fallback
         self.locate_statements = locate_statements
+        self.hex_re = hex_re
         # Keywords and symbols: their text is their signature mark.
         self.types = {t.pattern.value: str(t.name) for t in lark.terminals if isinstance(t.pattern, PatternStr)}
         marks = {value: value for value in self.types}
@@ -305,7 +344,7 @@ class _Fast:
             return value  # an option word the grammar does not know (-4n)
         if value.isdigit():
             return _NUMBER
-        if c == "0" and _HEX.fullmatch(value):
+        if c == "0" and self.hex_re is not None and self.hex_re.fullmatch(value):
             return _HEXNUM
         if value[:7] in ("unique:", "unique#"):
             return _UNIQUE
@@ -527,52 +566,96 @@ def _compile(raw_at: int, ntokens: int, consumed: int, lowest: int, values: list
                   tuple(slot(v) for v in values[lowest:]), popped, tuple(pushed), accepts)
 
 
-# The lexemes of setkey.lark (see the grammar for each terminal's pattern); -P
-# and the policy text after it are one lexeme here, two tokens for the parser.
-# The alternatives are in an order where each is tried only after those it
-# must yield to ("1,2" is not the word "1"; -P and a policy is not an option);
-# the others are disjoint by their first character and come most frequent
-# first.  Some quantifiers are possessive (*+, ++): nothing after one can match
-# what it would give back (no lexeme starts with a blank or "#", "[^"]*" ends at
-# a quote, and the lexeme ends the pattern), so the matches are those of plain
-# quantifiers, found without keeping backtracking points.  A comment's text
-# stays plain: after a comment line that no lexeme follows, the search goes
-# back into the comment, as it always did.
-_SETKEY_LEXEMES = r"""
-    (   [A-Za-z:][A-Za-z0-9:%.-]*+
-      | [0-9]*+,[0-9,]*+
-      | [0-9][A-Za-z0-9:%.-]*+
-      | [;/\[\]]
-      | -P(?:unique\#[0-9]+|\#[^\n]*|[A-Za-z0-9:._/ \t\r\n%+\[\]-])++
-      | -[A-Za-z0-9_]++
-      | "[^"]*+"
-      | \Z
-    )"""
-_SETKEY_LEXEME = re.compile(r"([ \t\r\n]*+(?:\#[^\n]*[ \t\r\n]*+)*)" + _SETKEY_LEXEMES, re.VERBOSE)
+# ------------------------------------------------------------------ the lexemes
+
+# The fast driver cuts a text with one regular expression whose alternatives are
+# the grammar's own terminal patterns, read from the built grammar (Lark's
+# public get_terminal), so a terminal is written once, in the .lark file.  Group
+# 1 is the blanks and comments before a lexeme (the grammar's %ignore'd WS and
+# COMMENT), group 2 the lexeme, empty at the end of the text.  The alternatives
+# are in an order where each is tried only after those it must yield to: a
+# "quoted string", then -P with the policy text after it (one lexeme here, two
+# tokens for the parser), then the grammar's STRING (which also covers the
+# keywords, numbers and 0x-numbers, told apart by _Fast), then any option word
+# (the grammar's options and AIFLAGS, or an unknown one that lark's own parser
+# then reports), then the symbols.  The blanks are matched possessively (*+):
+# no lexeme starts with a blank or "#".  A comment's text stays plain: after a
+# comment line that no lexeme follows, the search goes back into the comment,
+# as it always did.
+_BLANKS_AND_COMMENTS = r"([ \t\r\n]*+(?:\#[^\n]*[ \t\r\n]*+)*)"
 #: The same for a text without "#", whose blanks hold no comment: looking for
 #: a comment before every lexeme is a sixth of the work of cutting a script.
-_SETKEY_LEXEME_UNCOMMENTED = re.compile(r"([ \t\r\n]*+)" + _SETKEY_LEXEMES, re.VERBOSE)
-_AIFLAGS = re.compile(r"-[n46]+")
+_BLANKS = r"([ \t\r\n]*+)"
+_OPTION_WORD = r"-[A-Za-z0-9_]+"
 
-# The lexemes of policy.lark.
-_POLICY_LEXEME = re.compile(r"""
-    ([ \t\r\n]*(?:\#[^\n]*[ \t\r\n]*)*)
-    (   unique[:\#][0-9]+
-      | [A-Za-z0-9:._]+(?:%[A-Za-z0-9]+)?
-      | [-+/\[\]]
-      | \Z
-    )""", re.VERBOSE)
+
+def _terminal_re(lark: Lark, name: str) -> str:
+    """The regular expression of the grammar's terminal ``name``."""
+    return str(lark.get_terminal(name).pattern.to_regexp())
+
+
+def _symbols_re(lark: Lark, names: tuple[str, ...]) -> str:
+    """A character class of the grammar's one-character symbol terminals ``names``."""
+    chars = []
+    for name in names:
+        pattern = lark.get_terminal(name).pattern
+        assert isinstance(pattern, PatternStr) and len(pattern.value) == 1, name
+        chars.append(re.escape(pattern.value))
+    return "[" + "".join(chars) + "]"
+
+
+def _lexemes(prefix: str, alternatives: list[str]) -> re.Pattern[str]:
+    pattern = re.compile(prefix + "(" + "|".join(f"(?:{a})" for a in [*alternatives, r"\Z"]) + ")")
+    if pattern.groups != 2:  # a terminal with a capturing group would shift the lexeme's group
+        raise AssertionError(f"lexeme pattern has {pattern.groups} groups: {pattern.pattern}")
+    return pattern
+
+
+class _SetkeyLexemes(NamedTuple):
+    commented: re.Pattern[str]
+    uncommented: re.Pattern[str]
+    aiflags: re.Pattern[str]
+    hex: re.Pattern[str]
+
+
+@functools.cache
+def _setkey_lexemes() -> _SetkeyLexemes:
+    """The lexeme patterns of setkey.lark (see above)."""
+    lark = setkey_grammar()
+    alternatives = [
+        _terminal_re(lark, "QUOTED"),
+        re.escape("-P") + "(?:" + _terminal_re(lark, "POLICY") + ")",
+        _terminal_re(lark, "STRING"),
+        _OPTION_WORD,
+        _symbols_re(lark, ("SEMI", "SLASH", "LSQB", "RSQB")),
+    ]
+    return _SetkeyLexemes(_lexemes(_BLANKS_AND_COMMENTS, alternatives), _lexemes(_BLANKS, alternatives),
+                          re.compile(_terminal_re(lark, "AIFLAGS")), re.compile(_terminal_re(lark, "HEX")))
+
+
+@functools.cache
+def _policy_lexemes() -> re.Pattern[str]:
+    """The lexeme pattern of policy.lark: unique:N, an address or word, a symbol."""
+    lark = policy_grammar()
+    return _lexemes(_BLANKS_AND_COMMENTS, [
+        _terminal_re(lark, "UNIQUE_ID"),
+        _terminal_re(lark, "ADDRESS"),
+        _symbols_re(lark, ("MINUS", "PLUS", "SLASH", "LSQB", "RSQB")),
+    ])
 
 
 @functools.cache
 def _fast_setkey() -> _Fast:
-    return _Fast(setkey_grammar(), "start", _SETKEY_LEXEME, "STRING", statement_end=";", raw_prefix=("-P", "POLICY"),
-                 option_fallback=("AIFLAGS", _AIFLAGS), uncommented_re=_SETKEY_LEXEME_UNCOMMENTED)
+    lexemes = _setkey_lexemes()
+    return _Fast(setkey_grammar(), "start", lexemes.commented, "STRING", statement_end=";",
+                 raw_prefix=("-P", "POLICY"), option_fallback=("AIFLAGS", lexemes.aiflags),
+                 uncommented_re=lexemes.uncommented, hex_re=lexemes.hex)
 
 
 @functools.cache
 def _fast_policy() -> _Fast:
-    return _Fast(policy_grammar(), "policy", _POLICY_LEXEME, "ADDRESS", statement_end=None, locate_statements=False)
+    return _Fast(policy_grammar(), "policy", _policy_lexemes(), "ADDRESS", statement_end=None,
+                 locate_statements=False)
 
 
 def _find(text: str, offset: int, pattern: re.Pattern[str], hint: str, nth: int, raw_prefix: str | None
@@ -620,7 +703,8 @@ def locate(text: str, error: SetkeyError) -> SetkeyError:
     if error.hint is None or not error.line:
         return error
     try:
-        found = _find(text, _offset(text, error.line, error.column), _SETKEY_LEXEME, error.hint, error.nth, "-P")
+        offset = _offset(text, error.line, error.column)
+        found = _find(text, offset, _setkey_lexemes().commented, error.hint, error.nth, "-P")
     except ValueError:  # pragma: no cover - the statement's position is in the text
         found = None
     if found is None:
@@ -652,7 +736,7 @@ def _policy_relative(text: str) -> Policy | SetkeyError:
     except SetkeyError as exc:
         if exc.line:
             return exc
-        found = _find(text, 0, _POLICY_LEXEME, exc.hint, exc.nth, None) if exc.hint else None
+        found = _find(text, 0, _policy_lexemes(), exc.hint, exc.nth, None) if exc.hint else None
         line, column = _line_column(text, found) if found is not None else (1, 1)
         return type(exc)(exc.message, line, column)
 
@@ -718,7 +802,7 @@ _STATEMENT_KEYWORDS = frozenset({
 def _parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
     """lark's own lexer and parser, reporting every syntax error."""
     lark = setkey_grammar()
-    terminals = lark._terminals_dict
+    terminals = {t.name: t for t in lark.terminals}
     errors: list[SetkeyError] = []
     finished: list[Any] = []
 
