@@ -1,4 +1,4 @@
-"""Golden tests of setkey's dump output (setkey/dump.py).
+"""Golden tests of setkey's dump output (the setkey.dump package).
 
 The golden files under ``golden/`` were written by hand from the examples SA-1 to
 SA-4 and SP-1 to SP-4 of the setkey reference digest (§4.2, §4.3), with concrete
