@@ -59,6 +59,30 @@ _LONG = {o.rstrip("="): o.endswith("=") for o in LONG_OPTIONS}
 _MODES = "cfeDFx"
 
 
+class _Arguments:
+    """The arguments not read yet, for options that take the next one."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.args = list(argv)
+        self.i = 0
+
+    def next(self) -> str | None:
+        if self.i >= len(self.args):
+            return None
+        self.i += 1
+        return self.args[self.i - 1]
+
+    def take(self, what: str) -> str:
+        value = self.next()
+        if value is None:
+            raise UsageError(f"option {what} needs an argument")
+        return value
+
+    def rest(self) -> list[str]:
+        rest, self.i = self.args[self.i :], len(self.args)
+        return rest
+
+
 def parse_args(argv: Sequence[str]) -> Options:
     """The :class:`Options` of ``argv`` (without the program name).
 
@@ -70,62 +94,67 @@ def parse_args(argv: Sequence[str]) -> Options:
     modes: list[str] = []
     positional: list[str] = []
     version = False
-    args = list(argv)
-    i = 0
-
-    def take(what: str) -> str:
-        nonlocal i
-        if i >= len(args):
-            raise UsageError(f"option {what} needs an argument")
-        i += 1
-        return args[i - 1]
-
-    while i < len(args):
-        arg = args[i]
-        i += 1
+    args = _Arguments(argv)
+    while (arg := args.next()) is not None:
         if arg == "--":
-            positional += args[i:]
-            break
-        if arg.startswith("--"):
-            name, eq, value = arg[2:].partition("=")
-            if name not in _LONG:
-                raise UsageError(f"unknown option --{name}")
-            if not _LONG[name]:
-                if eq:
-                    raise UsageError(f"option --{name} takes no argument")
-                o.json = True
-                continue
-            if not eq:
-                value = take(f"--{name}")
-            if name == "socket":
-                if not value:
-                    raise UsageError("--socket needs a path")
-                o.socket = value
-            elif name == "timeout":
-                o.timeout = _seconds(value)
-            else:
-                try:
-                    o.dialect = Dialect(value)
-                except ValueError:
-                    raise UsageError(f"unknown dialect '{value}' (freebsd or linux)") from None
-            continue
-        if not arg.startswith("-") or arg == "-":
+            positional += args.rest()
+        elif arg.startswith("--"):
+            _long_option(o, arg[2:], args)
+        elif not arg.startswith("-") or arg == "-":
             positional.append(arg)
-            continue
-        j = 1
-        while j < len(arg):
-            c = arg[j]
-            j += 1
-            if c not in _LETTERS:
-                raise UsageError(f"unknown option -{c}")
-            optarg: str | None = None
-            if c in _ARGUMENT:
-                optarg, j = (arg[j:], len(arg)) if j < len(arg) else (take(f"-{c}"), j)
-            _letter(o, c, optarg, modes)
-            version = version or c == "V"
+        else:
+            version = _short_options(o, arg, args, modes) or version
     if version:
         o.mode = "V"
         return o
+    _choose_mode(o, modes, positional)
+    return o
+
+
+def _long_option(o: Options, text: str, args: _Arguments) -> None:
+    """``--name`` or ``--name=value`` (``text`` without the dashes)."""
+    name, eq, value = text.partition("=")
+    if name not in _LONG:
+        raise UsageError(f"unknown option --{name}")
+    if not _LONG[name]:
+        if eq:
+            raise UsageError(f"option --{name} takes no argument")
+        o.json = True
+        return
+    if not eq:
+        value = args.take(f"--{name}")
+    if name == "socket":
+        if not value:
+            raise UsageError("--socket needs a path")
+        o.socket = value
+    elif name == "timeout":
+        o.timeout = _seconds(value)
+    else:
+        try:
+            o.dialect = Dialect(value)
+        except ValueError:
+            raise UsageError(f"unknown dialect '{value}' (freebsd or linux)") from None
+
+
+def _short_options(o: Options, arg: str, args: _Arguments, modes: list[str]) -> bool:
+    """A cluster of option letters (``-Dl``, ``-fscript``, ``-f script``); True if it has -V."""
+    version = False
+    j = 1
+    while j < len(arg):
+        c = arg[j]
+        j += 1
+        if c not in _LETTERS:
+            raise UsageError(f"unknown option -{c}")
+        optarg: str | None = None
+        if c in _ARGUMENT:
+            optarg, j = (arg[j:], len(arg)) if j < len(arg) else (args.take(f"-{c}"), j)
+        _letter(o, c, optarg, modes)
+        version = version or c == "V"
+    return version
+
+
+def _choose_mode(o: Options, modes: list[str], positional: list[str]) -> None:
+    """Exactly one mode: one of the mode letters (given once for -f and -e), or files."""
     kinds = list(dict.fromkeys(modes))
     if len(kinds) > 1:
         raise UsageError(f"-{kinds[0]} and -{kinds[1]} cannot be combined")
@@ -140,7 +169,6 @@ def parse_args(argv: Sequence[str]) -> Options:
         o.files = positional
     else:
         raise UsageError("nothing to do: give -c, -D, -e, -F, -f, -x or files")
-    return o
 
 
 _SECONDS = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
