@@ -10,6 +10,7 @@ from pfkeyd.wire import (
     Lifetime,
     Message,
     Policy,
+    Sa,
     SaType,
     SockAddr,
 )
@@ -59,74 +60,18 @@ def format_sa(msg: Message, now: int, opts: DumpOptions) -> str:
     problem = _pfkey_check(msg, style)
     if problem is not None:
         return problem + "\n"
-    src, dst, sa, sa2 = msg.src, msg.dst, msg.sa, msg.sa2
     natt = msg.nat_t_type
     # FreeBSD treats any NAT_T_TYPE extension as NAT-T; ipsec-tools a non-zero type.
     use_natt = natt is not None and (not style.linux or natt.type != 0)
-    sport, dport = msg.nat_t_sport, msg.nat_t_dport
-    if src is None:
-        return "no ADDRESS_SRC extension.\n"
-
-    def endpoint(a: Address, port: int | None) -> str:
-        text = _cstr(_host(a.addr, opts))
-        if style.linux and opts.ports:
-            text += f"[{a.addr.port if isinstance(a.addr, SockAddr) else 0}]"
-        if use_natt and port is not None:
-            text += f"[{port}]"
-        return text
-
-    s_port = sport.port if sport is not None else None
-    d_port = dport.port if dport is not None else None
-    if style.linux:
-        head = endpoint(src, s_port) + " "
-        if dst is None:
-            return head + " no ADDRESS_DST extension.\n"
-        head += endpoint(dst, d_port) + " "
-        lead = ""
-    else:
-        head = endpoint(src, s_port)
-        if dst is None:
-            return head + "\nno ADDRESS_DST extension.\n"
-        head += " " + endpoint(dst, d_port)
-        lead = "\n"
-    if sa is None:
-        return head + lead + "no SA extension.\n"
-    if sa2 is None:
-        return head + lead + "no SA2 extension.\n"
-
-    out = [head, "\n\t"]
-    if use_natt and msg.satype == SaType.ESP:
-        out.append("esp-udp ")
-    else:
-        if use_natt and style.linux:  # ipsec-tools marks a NAT-T SA that is not ESP
-            out.append("natt+")
-        out.append(_word(_SATYPE_WORDS, msg.satype))
+    head, whole = _sa_head(msg, style, opts, use_natt)
+    sa, sa2 = msg.sa, msg.sa2
+    if not whole or sa is None or sa2 is None:
+        return head
+    out = [head, "\n\t", _sa_kind(msg, style, use_natt)]
     out.append("mode=" + _word(_MODE_WORDS, _num(sa2.mode)))
     out.append(f"spi={sa.spi}(0x{sa.spi:08x}) reqid={sa2.reqid}(0x{sa2.reqid:08x})\n")
-
-    if style.linux:
-        oa = msg.address(ExtType.X_NAT_T_OA)
-        if use_natt and oa is not None:
-            out.append(f"\tNAT OA={_cstr(_host(oa.addr, opts))}\n")
-    else:
-        oai, oar = msg.address(ExtType.X_NAT_T_OAI), msg.address(ExtType.X_NAT_T_OAR)
-        if natt is not None and (oai is not None or oar is not None):
-            out.append("\tNAT:")
-            if oai is not None:
-                out.append(f" OAI={_cstr(_host(oai.addr, opts))}")
-            if oar is not None:
-                out.append(f" OAR={_cstr(_host(oar.addr, opts))}")
-            out.append("\n")
-
-    enc_key, auth_key = msg.key_encrypt, msg.key_auth
-    if msg.satype == SaType.X_IPCOMP:
-        # No newline: the seq= line continues this one (reference example SA-4).
-        out.append("\tC: " + _alg_name(Kind.COMPRESS, sa.encrypt, opts.dialect))
-    elif msg.satype == SaType.ESP and enc_key is not None:
-        out.append("\tE: " + _alg_name(Kind.ENCRYPT, sa.encrypt, opts.dialect) + _key_hex(_key_bytes(enc_key)) + "\n")
-    if auth_key is not None:
-        out.append("\tA: " + _alg_name(Kind.AUTH, sa.auth, opts.dialect) + _key_hex(_key_bytes(auth_key)) + "\n")
-
+    out.append(_nat_oa_line(msg, style, opts, use_natt))
+    out.append(_key_lines(msg, sa, opts))
     replay = sa.replay
     sa_replay = msg.sa_replay
     if not style.linux and sa_replay is not None:
@@ -141,6 +86,75 @@ def format_sa(msg: Message, now: int, opts: DumpOptions) -> str:
     if style.linux and ctx is not None:
         out.append(_sec_ctx_lines(ctx.doi, ctx.alg, ctx.ctx))
     out.append(f"\tsadb_seq={msg.seq} pid={msg.pid} refcnt={msg.reserved}\n")
+    return "".join(out)
+
+
+def _sa_head(msg: Message, style: _Style, opts: DumpOptions, use_natt: bool) -> tuple[str, bool]:
+    """The line of an SA's two endpoints, and True; or, where an extension the
+    dump needs is missing, the whole text setkey prints instead, and False."""
+    src, dst = msg.src, msg.dst
+    if src is None:
+        return "no ADDRESS_SRC extension.\n", False
+    sport, dport = msg.nat_t_sport, msg.nat_t_dport
+
+    def endpoint(a: Address, port: int | None) -> str:
+        text = _cstr(_host(a.addr, opts))
+        if style.linux and opts.ports:
+            text += f"[{a.addr.port if isinstance(a.addr, SockAddr) else 0}]"
+        if use_natt and port is not None:
+            text += f"[{port}]"
+        return text
+
+    s_port = sport.port if sport is not None else None
+    d_port = dport.port if dport is not None else None
+    # ipsec-tools ends each endpoint with a blank, FreeBSD puts one between them
+    head = endpoint(src, s_port) + (" " if style.linux else "")
+    lead = "" if style.linux else "\n"
+    if dst is None:
+        return head + (" " if style.linux else "\n") + "no ADDRESS_DST extension.\n", False
+    head += (endpoint(dst, d_port) + " ") if style.linux else (" " + endpoint(dst, d_port))
+    if msg.sa is None:
+        return head + lead + "no SA extension.\n", False
+    if msg.sa2 is None:
+        return head + lead + "no SA2 extension.\n", False
+    return head, True
+
+
+def _sa_kind(msg: Message, style: _Style, use_natt: bool) -> str:
+    """The SA type word, with the blank after it (``esp-udp`` for a NAT-T ESP SA)."""
+    if use_natt and msg.satype == SaType.ESP:
+        return "esp-udp "
+    # ipsec-tools marks a NAT-T SA that is not ESP
+    return ("natt+" if use_natt and style.linux else "") + _word(_SATYPE_WORDS, msg.satype)
+
+
+def _nat_oa_line(msg: Message, style: _Style, opts: DumpOptions, use_natt: bool) -> str:
+    """The NAT original addresses: ipsec-tools' ``NAT OA=``, FreeBSD's ``NAT: OAI= OAR=``."""
+    if style.linux:
+        oa = msg.address(ExtType.X_NAT_T_OA)
+        return f"\tNAT OA={_cstr(_host(oa.addr, opts))}\n" if use_natt and oa is not None else ""
+    oai, oar = msg.address(ExtType.X_NAT_T_OAI), msg.address(ExtType.X_NAT_T_OAR)
+    if msg.nat_t_type is None or (oai is None and oar is None):
+        return ""
+    text = "\tNAT:"
+    if oai is not None:
+        text += f" OAI={_cstr(_host(oai.addr, opts))}"
+    if oar is not None:
+        text += f" OAR={_cstr(_host(oar.addr, opts))}"
+    return text + "\n"
+
+
+def _key_lines(msg: Message, sa: Sa, opts: DumpOptions) -> str:
+    """The ``C:``, ``E:`` and ``A:`` lines: algorithms and keys."""
+    out = []
+    enc_key, auth_key = msg.key_encrypt, msg.key_auth
+    if msg.satype == SaType.X_IPCOMP:
+        # No newline: the seq= line continues this one (reference example SA-4).
+        out.append("\tC: " + _alg_name(Kind.COMPRESS, sa.encrypt, opts.dialect))
+    elif msg.satype == SaType.ESP and enc_key is not None:
+        out.append("\tE: " + _alg_name(Kind.ENCRYPT, sa.encrypt, opts.dialect) + _key_hex(_key_bytes(enc_key)) + "\n")
+    if auth_key is not None:
+        out.append("\tA: " + _alg_name(Kind.AUTH, sa.auth, opts.dialect) + _key_hex(_key_bytes(auth_key)) + "\n")
     return "".join(out)
 
 
