@@ -297,32 +297,13 @@ def format_policy(msg: Message, opts: DumpOptions) -> str:
     problem = _pfkey_check(msg, style)
     if problem is not None:
         return problem + "\n"
-    src, dst, pol = msg.src, msg.dst, msg.policy
-    out: list[str] = []
-    # Linux always sends selectors; ipsec-tools recognises per-socket policies by
-    # the direction Linux encodes in the low bits of the policy id.
-    if style.linux and pol is not None and pol.id % 8 >= 3:
-        out.append("(per-socket policy) ")
-    elif src is not None and dst is not None:
-        ulp = src.proto
-        ports = []
-        for a in (src, dst):
-            if isinstance(a.addr, SockAddr):
-                out.append(f"{_host(a.addr, opts)}{_prefport(a, ulp, style)} ")
-                ports.append(a.addr.port)
-            else:
-                out.append("unknown-af ")
-                ports.append(0)
-        if src.proto != dst.proto:
-            out.append("upper layer protocol mismatched.\n")
-            return "".join(out)
-        out.append(_upperspec(ulp, ports[0], ports[1], style, opts))
-    else:
-        out.append("(no selector, probably per-socket policy) ")
-
+    pol = msg.policy
+    selector, whole = _selector_text(msg, style, opts)
+    if not whole:
+        return selector
     if pol is None:
-        out.append("no X_POLICY extension.\n")
-        return "".join(out)
+        return selector + "no X_POLICY extension.\n"
+    out = [selector]
     text = _policy_text(pol, style, opts)
     if isinstance(text, tuple):
         # FreeBSD passes the NULL result to printf; ipsec-tools names the error.
@@ -341,10 +322,43 @@ def format_policy(msg: Message, opts: DumpOptions) -> str:
         out.append(_sec_ctx_lines(ctx.doi, ctx.alg, ctx.ctx))
     out.append(f"\tspid={pol.id} seq={msg.seq} pid={msg.pid}")
     if not style.linux:
-        out.append(" scope=" + _SCOPE_WORDS.get(pol.scope, str(pol.scope)) + " ")
-        if pol.scope == 2:  # IPSEC_POLICYSCOPE_IFNET: the priority field is the ifindex
-            name = opts.ifname(pol.priority)
-            if name is not None:
-                out.append(f"ifname={name}")
+        out.append(_scope_text(pol, opts))
     out.append(f"\n\trefcnt={msg.reserved}\n")
     return "".join(out)
+
+
+def _selector_text(msg: Message, style: _Style, opts: DumpOptions) -> tuple[str, bool]:
+    """A policy's selector (its two addresses and the upper layer), and True; or
+    the whole text setkey prints when the two upper-layer protocols differ, and False."""
+    src, dst, pol = msg.src, msg.dst, msg.policy
+    # Linux always sends selectors; ipsec-tools recognises per-socket policies by
+    # the direction Linux encodes in the low bits of the policy id.
+    if style.linux and pol is not None and pol.id % 8 >= 3:
+        return "(per-socket policy) ", True
+    if src is None or dst is None:
+        return "(no selector, probably per-socket policy) ", True
+    ulp = src.proto
+    out = []
+    ports = []
+    for a in (src, dst):
+        if isinstance(a.addr, SockAddr):
+            out.append(f"{_host(a.addr, opts)}{_prefport(a, ulp, style)} ")
+            ports.append(a.addr.port)
+        else:
+            out.append("unknown-af ")
+            ports.append(0)
+    if src.proto != dst.proto:
+        out.append("upper layer protocol mismatched.\n")
+        return "".join(out), False
+    out.append(_upperspec(ulp, ports[0], ports[1], style, opts))
+    return "".join(out), True
+
+
+def _scope_text(pol: Policy, opts: DumpOptions) -> str:
+    """FreeBSD's `` scope=... `` and, for an interface's policy, ``ifname=``."""
+    text = " scope=" + _SCOPE_WORDS.get(pol.scope, str(pol.scope)) + " "
+    if pol.scope == 2:  # IPSEC_POLICYSCOPE_IFNET: the priority field is the ifindex
+        name = opts.ifname(pol.priority)
+        if name is not None:
+            text += f"ifname={name}"
+    return text
