@@ -100,27 +100,41 @@ def _options(opts: SaOptions) -> str:
         parts.append(f"-u {opts.reqid}")
     if opts.replay:
         parts.append(f"-r {opts.replay}")
-    if opts.pad & SaFlag.X_EXT_PRAND:
-        parts.append("-f random-pad")
-    if opts.pad & SaFlag.X_EXT_PZERO:
-        parts.append("-f zero-pad")
-    if not opts.cyclic_seq:
-        parts.append("-f nocyclic-seq")
+    parts += _flag_options(opts)
     for flag, value in (("-lh", opts.lifetime_hard), ("-ls", opts.lifetime_soft),
                         ("-bh", opts.bytes_hard), ("-bs", opts.bytes_soft)):
         if value:
             parts.append(f"{flag} {value}")
     parts.append(_context(opts.context))
-    if opts.natt is not None:
-        n = opts.natt
-        parts.append(f"-natt {n.oai.name}[{n.sport}] {n.oar.name}[{n.dport}]")
-    if opts.natt_mtu is not None:
-        parts.append(f"-natt_mtu {opts.natt_mtu}")
+    parts += _natt_options(opts)
     if opts.esn:
         parts.append("-esn")
     if opts.hwif is not None:
         parts.append(f"-hwif {opts.hwif}")
     return _words(*parts)
+
+
+def _flag_options(opts: SaOptions) -> list[str]:
+    """The ``-f`` options: padding and sequence-number cycling."""
+    flags = []
+    if opts.pad & SaFlag.X_EXT_PRAND:
+        flags.append("-f random-pad")
+    if opts.pad & SaFlag.X_EXT_PZERO:
+        flags.append("-f zero-pad")
+    if not opts.cyclic_seq:
+        flags.append("-f nocyclic-seq")
+    return flags
+
+
+def _natt_options(opts: SaOptions) -> list[str]:
+    """``-natt`` and ``-natt_mtu``."""
+    parts = []
+    if opts.natt is not None:
+        n = opts.natt
+        parts.append(f"-natt {n.oai.name}[{n.sport}] {n.oar.name}[{n.dport}]")
+    if opts.natt_mtu is not None:
+        parts.append(f"-natt_mtu {opts.natt_mtu}")
+    return parts
 
 
 def format_priority(priority: int) -> str:

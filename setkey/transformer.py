@@ -270,6 +270,18 @@ _NUMBER_OPTIONS: dict[str, tuple[str, str, int]] = {
 _PAD = {"random-pad": SaFlag.X_EXT_PRAND, "zero-pad": SaFlag.X_EXT_PZERO, "seq-pad": 0}
 
 
+def _natt_option(opt: tuple[str, ...]) -> NatT:
+    # -natt oai [sport] oar [dport]
+    return NatT(_host(opt[1]), _number(opt[3], "NAT-T source port", U16),
+                _host(opt[5]), _number(opt[7], "NAT-T destination port", U16))
+
+
+def _hwif_option(opt: tuple[str, ...]) -> str:
+    if len(opt[1]) >= IFNAMSIZ:
+        raise _fail(f'interface name "{opt[1]}" is longer than {IFNAMSIZ - 1} characters', opt[1])
+    return str(opt[1])
+
+
 @functools.lru_cache(maxsize=1024)
 def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
     """Fold the options as setkey does (the last -m, -u, ... wins; -f flags add up)."""
@@ -277,9 +289,7 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
     pad = 0
     for opt in opts:
         word = opt[0]
-        if word == "-m":
-            fields["mode"] = MODE_BY_WORD[opt[1]]
-        elif word == "-f":
+        if word == "-f":
             if opt[1] == "nocyclic-seq":
                 fields["cyclic_seq"] = False
             else:
@@ -290,18 +300,9 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
             if word == "-r" and old:
                 raise _fail("replay prevention cannot be used with ah-old or esp-old", word)
             fields[name] = value
-        elif word == "-ctx":
-            fields["context"] = _context(opt)
-        elif word == "-natt":
-            # -natt oai [sport] oar [dport]
-            fields["natt"] = NatT(_host(opt[1]), _number(opt[3], "NAT-T source port", U16),
-                                  _host(opt[5]), _number(opt[7], "NAT-T destination port", U16))
-        elif word == "-esn":
-            fields["esn"] = True
-        elif word == "-hwif":
-            if len(opt[1]) >= IFNAMSIZ:
-                raise _fail(f'interface name "{opt[1]}" is longer than {IFNAMSIZ - 1} characters', opt[1])
-            fields["hwif"] = str(opt[1])
+        elif word in _OPTION_READERS:
+            name, read = _OPTION_READERS[word]
+            fields[name] = read(opt)
         else:  # pragma: no cover - the grammar has no other option
             raise AssertionError(word)
     if pad:
@@ -313,6 +314,16 @@ def _context(toks: tuple[str, ...]) -> SecContext:
     # -ctx doi algorithm "label"
     return SecContext(_number(toks[1], "security context DOI", U8),
                       _number(toks[2], "security context algorithm", U8), _quoted(toks[3]))
+
+
+#: The options that set one field from their words: field name, reader.
+_OPTION_READERS: dict[str, tuple[str, Callable[[tuple[str, ...]], Any]]] = {
+    "-m": ("mode", lambda opt: MODE_BY_WORD[opt[1]]),
+    "-ctx": ("context", _context),
+    "-natt": ("natt", _natt_option),
+    "-esn": ("esn", lambda opt: True),
+    "-hwif": ("hwif", _hwif_option),
+}
 
 
 # ------------------------------------------------------------------ algorithms
