@@ -113,29 +113,35 @@ def _sa_problems(proto: Proto, opts: SaOptions, algorithms: Algorithms | None, d
 
 
 def _sa(proto: Proto, opts: SaOptions, algs: Algorithms | None, d: Dialect) -> Iterator[tuple[str, str | None]]:
-    if d is Dialect.LINUX:
-        if opts.natt is not None:
-            yield _cannot("-natt (the NAT-T original addresses OAI and OAR)", d), "-natt"
-        if opts.natt_mtu is not None:
-            yield _cannot("-natt_mtu (SADB_X_EXT_NAT_T_FRAG)", d), "-natt_mtu"
-        if opts.esn:
-            yield _cannot("-esn (SADB_X_SAFLAGS_ESN)", d), "-esn"
-        if opts.hwif is not None:
-            yield _cannot("-hwif (hardware offload)", d), "-hwif"
-        if opts.replay > LINUX_REPLAY_MAX:
-            yield (f"replay window {opts.replay} is too large for the linux dialect "
-                   f"(at most {LINUX_REPLAY_MAX} bytes)"), "-r"
-    else:
-        if opts.context is not None:
-            yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", d), "-ctx"
-        if opts.replay > FREEBSD_REPLAY_MAX:
-            yield (f"replay window {opts.replay} is too large for the freebsd dialect "
-                   f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
+    yield from (_linux_sa_options(opts) if d is Dialect.LINUX else _freebsd_sa_options(opts))
     if algs is not None:
         for kind, spec in ((alg.Kind.ENCRYPT, algs.encrypt), (alg.Kind.AUTH, algs.auth),
                            (alg.Kind.COMPRESS, algs.compress)):
             if spec is not None:
                 yield from _algorithm(kind, spec, proto, d)
+
+
+def _linux_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
+    d = Dialect.LINUX
+    if opts.natt is not None:
+        yield _cannot("-natt (the NAT-T original addresses OAI and OAR)", d), "-natt"
+    if opts.natt_mtu is not None:
+        yield _cannot("-natt_mtu (SADB_X_EXT_NAT_T_FRAG)", d), "-natt_mtu"
+    if opts.esn:
+        yield _cannot("-esn (SADB_X_SAFLAGS_ESN)", d), "-esn"
+    if opts.hwif is not None:
+        yield _cannot("-hwif (hardware offload)", d), "-hwif"
+    if opts.replay > LINUX_REPLAY_MAX:
+        yield (f"replay window {opts.replay} is too large for the linux dialect "
+               f"(at most {LINUX_REPLAY_MAX} bytes)"), "-r"
+
+
+def _freebsd_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
+    if opts.context is not None:
+        yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", Dialect.FREEBSD), "-ctx"
+    if opts.replay > FREEBSD_REPLAY_MAX:
+        yield (f"replay window {opts.replay} is too large for the freebsd dialect "
+               f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
 
 
 def _algorithm(kind: alg.Kind, spec: AlgSpec, proto: Proto, d: Dialect) -> Iterator[tuple[str, str | None]]:
