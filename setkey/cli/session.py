@@ -142,29 +142,30 @@ class Session:
 
         results = await self.conn.request_many_raw(datagrams(), window=WINDOW)
         now = self.p.now()
-        opts = self.p.dump_options
-        tracing = self.p.tracing
-        checked = self._checked_types
         for item, sent, result in zip(owners, msgs, results):
-            if tracing:
-                self.p.trace(sent.replace(seq=result.seq), result.message)
-            if result.errno:
-                self.failed(item.command.line + line_offset, error_text(_header(result), dialect))
-                continue
-            rtype = result.type
-            if rtype not in checked:
-                _ = result.message  # decoded once per type: raises DecodeError on another dialect's socket
-                checked.add(rtype)
-            if rtype == MsgType.GET:
-                # The reference setkey sends seq 0, which the kernel echoes and
-                # the dump prints; the client library numbers requests to
-                # match the replies.  Print what setkey would.
-                self.p.out(render_reply(result.message.replace(seq=0), now, opts))
-            elif (rtype == MsgType.X_SPDADD and not self.priority_checked and dialect is Dialect.LINUX
-                  and sent.policy is not None and sent.policy.priority):
-                # ipsec-tools checks once per run that the kernel kept the priority
-                self.priority_checked = True
-                self.p.out(priority_warning(sent, result.message, opts))
+            self._replied(item.command.line + line_offset, sent, result, now)
+
+    def _replied(self, line: int, sent: Message, result: RawReply, now: int) -> None:
+        """One reply of :meth:`send`: traced, reported if refused, printed where setkey prints it."""
+        if self.p.tracing:
+            self.p.trace(sent.replace(seq=result.seq), result.message)
+        if result.errno:
+            self.failed(line, error_text(_header(result), self.dialect))
+            return
+        rtype = result.type
+        if rtype not in self._checked_types:
+            _ = result.message  # decoded once per type: raises DecodeError on another dialect's socket
+            self._checked_types.add(rtype)
+        if rtype == MsgType.GET:
+            # The reference setkey sends seq 0, which the kernel echoes and
+            # the dump prints; the client library numbers requests to
+            # match the replies.  Print what setkey would.
+            self.p.out(render_reply(result.message.replace(seq=0), now, self.p.dump_options))
+        elif (rtype == MsgType.X_SPDADD and not self.priority_checked and self.dialect is Dialect.LINUX
+              and sent.policy is not None and sent.policy.priority):
+            # ipsec-tools checks once per run that the kernel kept the priority
+            self.priority_checked = True
+            self.p.out(priority_warning(sent, result.message, self.p.dump_options))
 
     def failed(self, line: int, text: str) -> None:
         self.failures += 1

@@ -288,18 +288,9 @@ def _key_bytes(key: Key) -> bytes:
 def _pfkey_check(msg: Message, style: _Style) -> str | None:
     """libipsec pfkey_check(): the satype against the message type, then the
     SRC/DST pair.  Returns the ipsec_strerror() text of a failure."""
-    satype, mtype = msg.satype, msg.type
-    if satype == SaType.UNSPEC:
-        if mtype in _SA_TYPES:
-            return _EIPSEC_INVAL_SATYPE
-    elif satype in (SaType.ESP, SaType.AH, SaType.X_IPCOMP) or (
-            satype == SaType.X_TCPSIGNATURE and style.tcp_satype):
-        if mtype in _SPD_TYPES:
-            return _EIPSEC_INVAL_SATYPE
-    elif satype in (SaType.RSVP, SaType.OSPFV2, SaType.RIPV2, SaType.MIP):
-        return _EIPSEC_NOT_SUPPORTED
-    elif not (satype == 1 and mtype == MsgType.X_PROMISC):
-        return _EIPSEC_INVAL_SATYPE
+    problem = _satype_problem(msg.satype, msg.type, style)
+    if problem is not None:
+        return problem
     src, dst = msg.src, msg.dst
     if src is not None and dst is not None:
         if src.proto != dst.proto:
@@ -308,6 +299,20 @@ def _pfkey_check(msg: Message, style: _Style) -> str | None:
             return _EIPSEC_FAMILY_MISMATCH
         if not isinstance(src.addr, SockAddr):
             return _EIPSEC_INVAL_FAMILY
+    return None
+
+
+def _satype_problem(satype: int, mtype: int, style: _Style) -> str | None:
+    """pfkey_check()'s switch on the satype."""
+    if satype == SaType.UNSPEC:
+        return _EIPSEC_INVAL_SATYPE if mtype in _SA_TYPES else None
+    if satype in (SaType.ESP, SaType.AH, SaType.X_IPCOMP) or (
+            satype == SaType.X_TCPSIGNATURE and style.tcp_satype):
+        return _EIPSEC_INVAL_SATYPE if mtype in _SPD_TYPES else None
+    if satype in (SaType.RSVP, SaType.OSPFV2, SaType.RIPV2, SaType.MIP):
+        return _EIPSEC_NOT_SUPPORTED
+    if not (satype == 1 and mtype == MsgType.X_PROMISC):
+        return _EIPSEC_INVAL_SATYPE
     return None
 
 
