@@ -99,6 +99,8 @@ class Fail(Exception):
 # _RAW_LEXEME is "-P" and the policy text in one lexeme, _RAW the policy text.
 _NUMBER, _HEXNUM, _WORD, _QUOTED, _RAW, _UNIQUE, _END = "\0#", "\0x", "\0w", "\0q", "\0r", "\0u", "\0$"
 _RAW_LEXEME = "\0P"
+#: The marks that always stand for one terminal.
+_MARK_TERMINALS = {_QUOTED: "QUOTED", _RAW: "POLICY", _UNIQUE: "UNIQUE_ID", _END: "$END"}
 
 #: Distinct lexemes whose marks one parse remembers (see Fast.parse).
 _LEARNED_LIMIT = 1 << 16
@@ -203,6 +205,7 @@ class Fast:
         self.word_type = word_type
         self.statement_end = statement_end
         self.raw_prefix = raw_prefix
+        self.raw_text = raw_prefix[0] if raw_prefix is not None else ""
         self.option_fallback = option_fallback
         self.locate_statements = locate_statements
         self.hex_re = hex_re
@@ -238,24 +241,19 @@ class Fast:
         # of strings for a big script) are looked at by the garbage collector
         # once, which then stops tracking them; lists would be scanned again at
         # every collection while the parse builds its values.
-        parts = tuple((self.split if "#" in text else self.split_uncommented)(text))
-        if any(itertools.islice(parts, 0, None, 3)):
-            raise Fail
+        parts = self._cut(text)
         lexemes = parts[2::3]
         end = lexemes.index("")  # the first empty lexeme: the end of the text
         mark_of = self.learned.__getitem__
         traces = self.traces
         statement_end = self.statement_end
-        raw_text, raw_len = (self.raw_prefix[0], len(self.raw_prefix[0])) if self.raw_prefix is not None else ("", 0)
+        raw_text, raw_len = self.raw_text, len(self.raw_text)
         locate_statements = self.locate_statements
         stack = [self.start_state]
         values: list[Any] = []
         i = 0
         pos = 0  # the offset of parts[3 * i], the gap before lexeme i
-        # A statement ends where its parts joined end; in a text without quotes
-        # and comments, where no other lexeme or blank holds the character of
-        # statement_end, where that character is found.
-        plain_end = statement_end if '"' not in text and "#" not in text else None
+        plain_end = self._plain_end(text)
         line = 1
         counted = 0  # the offset up to which newlines are counted in ``line``
         while True:
@@ -281,20 +279,15 @@ class Fast:
                 else:
                     pos = first + len("".join(parts[3 * i + 2 : 3 * j]))
             if trace is None:
-                trace = self._trace(stack, list(lexemes[i:j]), list(key[1:]))
-                if len(traces) >= self._TRACE_LIMIT:
-                    traces.clear()
-                traces[key] = trace
+                trace = self._learn(key, stack, lexemes[i:j])
             raw_at, consumed, groups, calls, kept, popped, pushed, accepts = trace
             if raw_at >= 0:
                 raw = tokens[raw_at]
                 tokens[raw_at : raw_at + 1] = raw_text, raw[raw_len:]
             toks = tuple(tokens)
-            if consumed:
-                slots = values[-consumed:]
-                del values[-consumed:]
-            else:
-                slots = []
+            below = len(values) - consumed
+            slots = values[below:]
+            del values[below:]
             slots += toks
             slots += map(toks.__getitem__, groups)
             for function, arguments in calls:
@@ -306,19 +299,34 @@ class Fast:
             stack += pushed
             i = j
 
+    def _cut(self, text: str) -> tuple[str, ...]:
+        """``text`` as re.split cuts it; raises :class:`Fail` where no lexeme matches."""
+        parts = tuple((self.split if "#" in text else self.split_uncommented)(text))
+        if any(itertools.islice(parts, 0, None, 3)):
+            raise Fail
+        return parts
+
+    def _plain_end(self, text: str) -> str | None:
+        """A statement ends where its parts joined end; in a text without quotes
+        and comments, where no other lexeme or blank holds the character of
+        statement_end, where that character is found: that character then."""
+        return self.statement_end if '"' not in text and "#" not in text else None
+
+    def _learn(self, key: tuple[Any, ...], stack: list[Any], lexemes: tuple[str, ...]) -> _Trace:
+        """The trace of a statement whose signature has none yet, kept for the next."""
+        trace = self._trace(stack, list(lexemes), list(key[1:]))
+        if len(self.traces) >= self._TRACE_LIMIT:
+            self.traces.clear()
+        self.traces[key] = trace
+        return trace
+
     def _trace(self, stack: list[Any], lexemes: list[str], marks: list[str]) -> _Trace:
         """Run the LALR automaton over one statement and record what it does.
 
         Works on a copy of ``stack``; raises :class:`Fail` where the grammar
         does not accept the statement.
         """
-        raw_at = marks.index(_RAW_LEXEME) if _RAW_LEXEME in marks else -1
-        tokens, signature = list(lexemes), list(marks)
-        if raw_at >= 0:
-            assert self.raw_prefix is not None
-            raw_text = self.raw_prefix[0]
-            tokens[raw_at : raw_at + 1] = raw_text, tokens[raw_at][len(raw_text) :]
-            signature[raw_at : raw_at + 1] = raw_text, _RAW
+        raw_at, tokens, signature = self._split_raw(lexemes, marks)
         actions = self.actions
         stack = list(stack)
         height = low = len(stack)
@@ -371,23 +379,30 @@ class Fast:
         return _compile(raw_at, len(tokens), below - lowest, lowest, values, nodes, height - low, stack[low:],
                         accepts)
 
+    def _split_raw(self, lexemes: list[str], marks: list[str]) -> tuple[int, list[str], list[str]]:
+        """The statement's tokens and their marks, "-P" and the policy text after it
+        made two (see :class:`_Trace`), and where that lexeme was (-1: nowhere)."""
+        tokens, signature = list(lexemes), list(marks)
+        if _RAW_LEXEME not in marks:
+            return -1, tokens, signature
+        raw_at = marks.index(_RAW_LEXEME)
+        raw_text = self.raw_text
+        tokens[raw_at : raw_at + 1] = raw_text, tokens[raw_at][len(raw_text) :]
+        signature[raw_at : raw_at + 1] = raw_text, _RAW
+        return raw_at, tokens, signature
+
     def _terminal(self, value: str, m: str, row: Mapping[str, Any]) -> str:
         """The terminal of a token in the state whose actions are ``row``: the
         contextual lexer's choice."""
         if m == _WORD:
             return self.word_type
-        if m == _NUMBER:
-            return "DEC" if "DEC" in row else self.word_type
-        if m == _HEXNUM:
-            return "HEX" if "HEX" in row else self.word_type
-        if m == _QUOTED:
-            return "QUOTED"
-        if m == _RAW:
-            return "POLICY"
-        if m == _UNIQUE:
-            return "UNIQUE_ID"
-        if m == _END:
-            return "$END"
+        if m in (_NUMBER, _HEXNUM):
+            # a number only where the state accepts one, a word elsewhere
+            number = "DEC" if m == _NUMBER else "HEX"
+            return number if number in row else self.word_type
+        fixed = _MARK_TERMINALS.get(m)
+        if fixed is not None:
+            return fixed
         if m == value and value in self.types:
             # a keyword is one where the state accepts it, a word elsewhere
             t = self.types[value]
