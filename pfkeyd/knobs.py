@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from pfkeyd.wire.framing import MAX_DATAGRAM
+
 __all__ = ["KnobSpec", "KNOBS", "Knobs", "KnobError", "ALIASES"]
 
 
@@ -146,7 +148,7 @@ KNOBS: tuple[KnobSpec, ...] = (
        "Most SAs the SAD holds; ADD and GETSPI beyond it get ENOBUFS"),
     KnobSpec("pfkeyd.max_policies", "max_policies", 1_000_000, 1, 100_000_000, "policies",
        "Most policies the SPD holds; SPDADD beyond it gets ENOBUFS"),
-    KnobSpec("pfkeyd.max_message_size", "max_message_size", 2048, 256, 65535 * 8, "bytes",
+    KnobSpec("pfkeyd.max_message_size", "max_message_size", 2048, 256, MAX_DATAGRAM, "bytes",
        "Largest request accepted (FreeBSD: ENOBUFS beyond; Linux: EMSGSIZE)"),
     KnobSpec("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
        "Answer ADDs and SPDADDs shaped like earlier ones from their bytes (the answers are the same)"),
