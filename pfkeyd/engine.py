@@ -103,14 +103,11 @@ from pfkeyd.wire.dialect import DialectSpec
 from pfkeyd.wire.message import check_request_generic
 
 __all__ = [
-    "KeyEngine", "ClientState", "Decision", "RequestOutcome", "HANDLERS", "sa_message", "sp_message", "strip_keys",
+    "KeyEngine", "ClientState", "Decision", "RequestOutcome", "HANDLERS", "sa_message", "sp_message",
 ]
 
 #: The errno a kernel answers for a message type it has no handler for (reference §1.3, §1.4).
 NO_HANDLER_ERRNO = {Dialect.FREEBSD: E.EINVAL, Dialect.LINUX: E.EOPNOTSUPP}
-#: Types whose Linux refusal is another errno than EOPNOTSUPP (none at present: X_MIGRATE
-#: is served, as by a kernel built with CONFIG_NET_KEY_MIGRATE).
-_LINUX_NO_HANDLER_ERRNO: dict[int, int] = {}
 #: What an X_MIGRATE notification carries (pfkey_send_migrate).
 _MIGRATE_EXTS = frozenset({ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_KMADDRESS})
 
@@ -156,11 +153,6 @@ class _Request:
 
 
 Handler = Callable[["KeyEngine", _Request], list[Effect]]
-
-
-def strip_keys(msg: Message) -> Message:
-    """``msg`` without KEY_AUTH and KEY_ENCRYPT."""
-    return msg.without_keys()
 
 
 def _for_dialect(exts: Iterable[Extension], dialect: Dialect) -> tuple[Extension, ...]:
@@ -474,10 +466,7 @@ class KeyEngine:
             if handler is None:
                 name = MsgType(msg.type).name if msg.type in MsgType._value2member_map_ else msg.type
                 error = f"no handler for message type {name}"
-                err = NO_HANDLER_ERRNO[state.dialect]
-                if state.dialect is Dialect.LINUX:
-                    err = _LINUX_NO_HANDLER_ERRNO.get(msg.type, err)
-                raise PfkeyError(error, errno=err)
+                raise PfkeyError(error, errno=NO_HANDLER_ERRNO[state.dialect])
             effects = handler(self, req)
         except PfkeyError as exc:
             self.stats.note_error(exc.errno)
@@ -550,7 +539,7 @@ class KeyEngine:
         listeners = [c for c, s in self.clients.items() if s.promisc]
 
         def copy(d: Dialect) -> Message:
-            return _in_dialect(strip_keys(build(d) if callable(build) else build), d)
+            return _in_dialect((build(d) if callable(build) else build).without_keys(), d)
 
         return self._fan_out(listeners, copy, promisc=True)
 
@@ -560,7 +549,7 @@ class KeyEngine:
 
     def _to_all(self, req: _Request | None, msg: Message) -> list[Effect]:
         """KEY_SENDUP_ALL: every socket, the requester's copy being its reply."""
-        msg = strip_keys(msg)
+        msg = msg.without_keys()
         me = req.client if req is not None else None
         out: list[Effect] = []
         if me is not None:
@@ -581,7 +570,7 @@ class KeyEngine:
 
         def message(d: Dialect) -> Message:
             if d not in made:
-                made[d] = _in_dialect(strip_keys(build(d) if callable(build) else build), d)
+                made[d] = _in_dialect((build(d) if callable(build) else build).without_keys(), d)
             return made[d]
 
         out: list[Effect] = []
