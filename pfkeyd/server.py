@@ -108,7 +108,7 @@ from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEnc
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
-from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire import Dialect, ExtType, Message, MsgType, decode, encode, error_reply
 from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_wrap
 from pfkeyd.wire.message import send_failure_reply
 
