@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import struct
+from collections.abc import Sequence
 
 import pytest
 
@@ -19,6 +20,7 @@ from pfkeyd.knobs import Knobs
 from pfkeyd.wire import (
     Alg,
     AuthAlg,
+    Comb,
     CompAlg,
     Dialect,
     EncAlg,
@@ -34,7 +36,7 @@ from pfkeyd.wire import (
     decode,
     encode,
 )
-from pfkeyd.wire.dialect import spec
+from pfkeyd.wire.dialect import Codebook, spec
 from setkey import keylen
 
 FREEBSD, LINUX = Dialect.FREEBSD, Dialect.LINUX
@@ -98,16 +100,16 @@ def _tuples(algs: tuple[Alg, ...]) -> list[tuple[int, int, int, int]]:
         (Kind.ENCRYPT, LINUX, LINUX_ENC),
     ],
 )
-def test_supported_lists_exactly_the_reference_entries(kind, dialect, expected):
+def test_supported_lists_exactly_the_reference_entries(kind: Kind, dialect: Dialect, expected: list[tuple[int, int, int, int]]) -> None:
     assert _tuples(A.supported(kind, dialect)) == expected
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
-def test_compression_is_never_advertised(dialect):
+def test_compression_is_never_advertised(dialect: Dialect) -> None:
     assert A.supported(Kind.COMPRESS, dialect) == ()
 
 
-def test_freebsd_register_reply_is_152_bytes():
+def test_freebsd_register_reply_is_152_bytes() -> None:
     msg = Message(type=MsgType.REGISTER, exts=A.supported_exts(FREEBSD))
     data = encode(msg, FREEBSD)
     assert len(data) == 16 + (8 + 9 * 8) + (8 + 6 * 8) == 152
@@ -121,18 +123,18 @@ def test_freebsd_register_reply_is_152_bytes():
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
-def test_register_reply_round_trips_through_the_codec(dialect):
+def test_register_reply_round_trips_through_the_codec(dialect: Dialect) -> None:
     msg = Message(type=MsgType.REGISTER, exts=A.supported_exts(dialect))
     back = decode(encode(msg, dialect), dialect, request=False)
     assert back.supported_auth == Supported(ExtType.SUPPORTED_AUTH, A.supported(Kind.AUTH, dialect))
     assert back.supported_encrypt == Supported(ExtType.SUPPORTED_ENCRYPT, A.supported(Kind.ENCRYPT, dialect))
 
 
-def test_supported_exts_puts_auth_before_encrypt():
+def test_supported_exts_puts_auth_before_encrypt() -> None:
     assert [e.exttype for e in A.supported_exts(FREEBSD)] == [ExtType.SUPPORTED_AUTH, ExtType.SUPPORTED_ENCRYPT]
 
 
-def test_linux_advertises_no_aead_algorithm():
+def test_linux_advertises_no_aead_algorithm() -> None:
     # af_key cannot install them (ENOSYS), so advertising them would be a lie.
     aead = {a.id for a in A.ALGORITHMS if a.aead}
     assert aead >= {EncAlg.X_AESGCM16, EncAlg.X_AES_CCM_ICV16, EncAlg.X_AESGMAC}
@@ -158,7 +160,7 @@ def test_linux_advertises_no_aead_algorithm():
         (Kind.ENCRYPT, "null", 0),
     ],
 )
-def test_linux_register_list_satisfies_ipsec_tools(kind, name, bits):
+def test_linux_register_list_satisfies_ipsec_tools(kind: Kind, name: str, bits: int) -> None:
     found = A.by_spelling(kind, name, LINUX)
     assert found is not None
     alg, spelling = found
@@ -166,7 +168,7 @@ def test_linux_register_list_satisfies_ipsec_tools(kind, name, bits):
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
-def test_advertised_algorithms_are_defined_and_installable(dialect):
+def test_advertised_algorithms_are_defined_and_installable(dialect: Dialect) -> None:
     for alg in A.ALGORITHMS:
         s = alg.on(dialect)
         if s.register is not None:
@@ -179,7 +181,7 @@ def test_advertised_algorithms_are_defined_and_installable(dialect):
 # ---------------------------------------------------------------- wire ids
 
 
-def _codebook(kind, dialect):
+def _codebook(kind: Kind, dialect: Dialect) -> Codebook:
     return spec(dialect).auth if kind is Kind.AUTH else spec(dialect).enc
 
 
@@ -187,7 +189,7 @@ _CODED = [(a, d) for a in A.ALGORITHMS if a.kind is not Kind.COMPRESS for d in D
 
 
 @pytest.mark.parametrize(("alg", "dialect"), _CODED, ids=[f"{a.title}-{d.value}" for a, d in _CODED])
-def test_ids_are_encodable_exactly_where_defined(alg, dialect):
+def test_ids_are_encodable_exactly_where_defined(alg: A.Algorithm, dialect: Dialect) -> None:
     book = _codebook(alg.kind, dialect)
     if alg.on(dialect).defined:
         assert book.encode(alg.id) == alg.number
@@ -197,7 +199,7 @@ def test_ids_are_encodable_exactly_where_defined(alg, dialect):
             book.encode(alg.id)
 
 
-def test_chacha_and_ccm12_share_number_15():
+def test_chacha_and_ccm12_share_number_15() -> None:
     chacha = A.by_id(Kind.ENCRYPT, EncAlg.X_CHACHA20POLY1305)
     ccm12 = A.by_id(Kind.ENCRYPT, EncAlg.X_AES_CCM_ICV12)
     assert chacha is not None and ccm12 is not None
@@ -210,14 +212,14 @@ def test_chacha_and_ccm12_share_number_15():
     ("alg_id", "freebsd_defined"),
     [(CompAlg.OUI, True), (CompAlg.DEFLATE, True), (CompAlg.LZS, True), (CompAlg.LZJH, False)],
 )
-def test_compression_ids_follow_the_headers(alg_id, freebsd_defined):
+def test_compression_ids_follow_the_headers(alg_id: int, freebsd_defined: bool) -> None:
     alg = A.by_id(Kind.COMPRESS, alg_id)
     assert alg is not None
     assert alg.freebsd.defined is freebsd_defined
     assert alg.linux.defined
 
 
-def test_freebsd_12_algorithms_are_defined_but_neither_advertised_nor_accepted():
+def test_freebsd_12_algorithms_are_defined_but_neither_advertised_nor_accepted() -> None:
     legacy = [
         (Kind.ENCRYPT, EncAlg.DESCBC), (Kind.ENCRYPT, EncAlg.DES3CBC), (Kind.ENCRYPT, EncAlg.X_BLOWFISHCBC),
         (Kind.ENCRYPT, EncAlg.X_CAST128CBC), (Kind.ENCRYPT, EncAlg.X_CAMELLIACBC),
@@ -234,7 +236,7 @@ def test_freebsd_12_algorithms_are_defined_but_neither_advertised_nor_accepted()
 
 
 @pytest.mark.parametrize(("kind", "enum_type"), [(Kind.AUTH, AuthAlg), (Kind.ENCRYPT, EncAlg), (Kind.COMPRESS, CompAlg)])
-def test_every_enum_member_has_exactly_one_row(kind, enum_type):
+def test_every_enum_member_has_exactly_one_row(kind: Kind, enum_type: type[AuthAlg] | type[EncAlg] | type[CompAlg]) -> None:
     rows = A.algorithms(kind)
     assert sorted(int(a.id) for a in rows) == sorted(int(m) for m in enum_type)
     for member in enum_type:
@@ -242,7 +244,7 @@ def test_every_enum_member_has_exactly_one_row(kind, enum_type):
         assert alg is not None and alg.id is member and alg.kind is kind
 
 
-def test_rows_are_unique_and_ids_typed_by_kind():
+def test_rows_are_unique_and_ids_typed_by_kind() -> None:
     assert len({(a.kind, int(a.id)) for a in A.ALGORITHMS}) == len(A.ALGORITHMS)
     types = {Kind.AUTH: AuthAlg, Kind.ENCRYPT: EncAlg, Kind.COMPRESS: CompAlg}
     for alg in A.ALGORITHMS:
@@ -250,18 +252,18 @@ def test_rows_are_unique_and_ids_typed_by_kind():
 
 
 @pytest.mark.parametrize("kind", list(Kind))
-def test_names_are_unique_within_a_kind(kind):
+def test_names_are_unique_within_a_kind(kind: Kind) -> None:
     names = [n for a in A.algorithms(kind) for n in a.names]
     assert len(names) == len(set(names))
 
 
-def test_dialect_spellings_are_among_the_names():
+def test_dialect_spellings_are_among_the_names() -> None:
     for alg in A.ALGORITHMS:
         for d in Dialect:
             assert {s.name for s in alg.on(d).setkey} <= set(alg.names), (alg, d)
 
 
-def test_unknown_ids_have_no_row():
+def test_unknown_ids_have_no_row() -> None:
     assert A.by_id(Kind.ENCRYPT, 5) is None
     assert A.by_id(Kind.AUTH, 0x8000 | 4) is None
 
@@ -290,7 +292,7 @@ def test_unknown_ids_have_no_row():
         (Kind.COMPRESS, CompAlg.DEFLATE, 2394, 0, 0, 0, 0, False),
     ],
 )
-def test_packet_sizes_and_rfcs(kind, alg_id, rfc, iv, icv, block, salt, aead):
+def test_packet_sizes_and_rfcs(kind: Kind, alg_id: int, rfc: int, iv: int, icv: int, block: int, salt: int, aead: bool) -> None:
     alg = A.by_id(kind, alg_id)
     assert alg is not None
     assert (alg.rfc, alg.iv, alg.icv, alg.block, alg.salt, alg.aead) == (rfc, iv, icv, block, salt, aead)
@@ -338,12 +340,12 @@ SETKEY_NAMES = [
 
 
 @pytest.mark.parametrize(("kind", "name", "alg_id"), SETKEY_NAMES)
-def test_every_setkey_name_finds_its_algorithm(kind, name, alg_id):
+def test_every_setkey_name_finds_its_algorithm(kind: Kind, name: str, alg_id: int) -> None:
     alg = A.by_name(kind, name)
     assert alg is not None and alg.id is alg_id
 
 
-def test_the_name_list_above_is_the_whole_table():
+def test_the_name_list_above_is_the_whole_table() -> None:
     table = {(a.kind, n) for a in A.ALGORITHMS for n in a.names}
     assert table == {(k, n) for k, n, _ in SETKEY_NAMES}
 
@@ -361,7 +363,7 @@ def test_the_name_list_above_is_the_whole_table():
         (Kind.COMPRESS, "lzjh"),
     ],
 )
-def test_unknown_setkey_names_find_nothing(kind, name):
+def test_unknown_setkey_names_find_nothing(kind: Kind, name: str) -> None:
     assert A.by_name(kind, name) is None
 
 
@@ -380,7 +382,7 @@ def test_unknown_setkey_names_find_nothing(kind, name):
         (Kind.COMPRESS, "deflate", True, True),
     ],
 )
-def test_each_dialect_knows_its_own_setkey_names(kind, name, freebsd, linux):
+def test_each_dialect_knows_its_own_setkey_names(kind: Kind, name: str, freebsd: bool | str, linux: bool | str) -> None:
     assert (A.by_name(kind, name, FREEBSD) is not None) is freebsd
     assert (A.by_name(kind, name, LINUX) is not None) is linux
 
@@ -401,7 +403,7 @@ def test_each_dialect_knows_its_own_setkey_names(kind, name, freebsd, linux):
         (Kind.COMPRESS, CompAlg.DEFLATE, "deflate", "deflate"),
     ],
 )
-def test_dump_names(kind, alg_id, freebsd, linux):
+def test_dump_names(kind: Kind, alg_id: int, freebsd: bool | str, linux: bool | str) -> None:
     alg = A.by_id(kind, alg_id)
     assert alg is not None
     assert (alg.dump_name(FREEBSD), alg.dump_name(LINUX)) == (freebsd, linux)
@@ -424,7 +426,7 @@ def test_dump_names(kind, alg_id, freebsd, linux):
         (LINUX, Kind.COMPRESS, "deflate", KeyForm.NONE, 0, None, False),
     ],
 )
-def test_spellings_carry_key_form_and_flags(dialect, kind, name, form, flags, old, obsolete):
+def test_spellings_carry_key_form_and_flags(dialect: Dialect, kind: Kind, name: str, form: KeyForm, flags: int, old: bool | None, obsolete: bool) -> None:
     found = A.by_spelling(kind, name, dialect)
     assert found is not None
     spelling = found[1]
@@ -458,7 +460,7 @@ FREEBSD_KEYS = [
 
 
 @pytest.mark.parametrize(("satype", "kind", "alg_id", "good", "bad"), FREEBSD_KEYS)
-def test_freebsd_key_lengths(satype, kind, alg_id, good, bad):
+def test_freebsd_key_lengths(satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]) -> None:
     for n in good:
         A.check_key(satype, kind, alg_id, n, FREEBSD)
     for n in bad:
@@ -467,7 +469,7 @@ def test_freebsd_key_lengths(satype, kind, alg_id, good, bad):
         assert info.value.errno == errno.EINVAL
 
 
-def test_key_error_names_algorithm_and_sizes():
+def test_key_error_names_algorithm_and_sizes() -> None:
     with pytest.raises(InvalidArgument, match=r"AES-CBC \(encryption algorithm 12\) takes a key of 16, 24 or 32 "
                                              r"bytes, not 17 bytes"):
         A.check_key(ESP, Kind.ENCRYPT, EncAlg.X_AESCBC, 17)
@@ -489,19 +491,19 @@ def test_key_error_names_algorithm_and_sizes():
         (Kind.AUTH, AuthAlg.X_AES_XCBC_MAC),
     ],
 )
-def test_freebsd_refuses_unimplemented_algorithms_with_einval(kind, alg_id):
+def test_freebsd_refuses_unimplemented_algorithms_with_einval(kind: Kind, alg_id: int) -> None:
     with pytest.raises(InvalidArgument, match="is not supported") as info:
         A.check_key(ESP, kind, alg_id, 16, FREEBSD)
     assert info.value.errno == errno.EINVAL
 
 
-def test_linux_refuses_aead_with_enosys():
+def test_linux_refuses_aead_with_enosys() -> None:
     with pytest.raises(NotImplementedBySystem, match="AES-GCM-16") as info:
         A.check_key(ESP, Kind.ENCRYPT, EncAlg.X_AESGCM16, 20, LINUX)
     assert info.value.errno == errno.ENOSYS
 
 
-def test_linux_refuses_numbers_above_its_maximum_with_einval():
+def test_linux_refuses_numbers_above_its_maximum_with_einval() -> None:
     with pytest.raises(InvalidArgument):
         A.check_key(ESP, Kind.AUTH, 0x8000 | 252, 16, LINUX)
     with pytest.raises(NotImplementedBySystem):
@@ -521,7 +523,7 @@ def test_linux_refuses_numbers_above_its_maximum_with_einval():
         (IPCOMP, Kind.COMPRESS, CompAlg.DEFLATE, [None, 0, 3], []),
     ],
 )
-def test_linux_key_lengths(satype, kind, alg_id, good, bad):
+def test_linux_key_lengths(satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]) -> None:
     for n in good:
         A.check_key(satype, kind, alg_id, n, LINUX)
     for n in bad:
@@ -542,12 +544,12 @@ def test_linux_key_lengths(satype, kind, alg_id, good, bad):
         (IPCOMP, Kind.ENCRYPT, EncAlg.X_AESCBC),
     ],
 )
-def test_algorithm_must_suit_the_satype(satype, kind, alg_id):
+def test_algorithm_must_suit_the_satype(satype: SaType, kind: Kind, alg_id: int) -> None:
     with pytest.raises(InvalidArgument):
         A.check_key(satype, kind, alg_id, 20, FREEBSD)
 
 
-def test_encrypt_field_of_ipcomp_holds_compression():
+def test_encrypt_field_of_ipcomp_holds_compression() -> None:
     assert A.encrypt_kind(IPCOMP) is Kind.COMPRESS
     assert A.encrypt_kind(ESP) is Kind.ENCRYPT
     assert A.encrypt_kind(AH) is Kind.ENCRYPT
@@ -557,7 +559,7 @@ def _key(n: int) -> Key:
     return Key(ExtType.KEY_ENCRYPT, bytes(n))
 
 
-def test_check_sa_checks_both_fields_and_the_flags():
+def test_check_sa_checks_both_fields_and_the_flags() -> None:
     A.check_sa(IpProto.ESP, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, Key(ExtType.KEY_AUTH, bytes(32)), _key(16))
     A.check_sa(IpProto.ESP, AuthAlg.NONE, EncAlg.X_AESGCM16, None, _key(20))
     A.check_sa(IpProto.AH, AuthAlg.SHA1HMAC, EncAlg.NONE, Key(ExtType.KEY_AUTH, bytes(20)), None)
@@ -578,7 +580,7 @@ def test_check_sa_checks_both_fields_and_the_flags():
             A.check_sa(proto, auth, enc, key_auth, key_enc, flags)
 
 
-def test_check_sa_allows_iv4b_with_old_on_esp_without_auth():
+def test_check_sa_allows_iv4b_with_old_on_esp_without_auth() -> None:
     A.check_sa(IpProto.ESP, AuthAlg.NONE, EncAlg.X_AESCBC, None, _key(16), SaFlag.PFS | SaFlag.X_EXT_IV4B)
 
 
@@ -592,7 +594,7 @@ def test_check_sa_allows_iv4b_with_old_on_esp_without_auth():
         (EncAlg.X_AESCBC, 16, None),
     ],
 )
-def test_implied_auth_of_combined_modes(enc, key_len, auth):
+def test_implied_auth_of_combined_modes(enc: EncAlg, key_len: int, auth: AuthAlg | None) -> None:
     assert A.implied_auth(enc, key_len) == auth
 
 
@@ -621,7 +623,7 @@ def _named(kind: Kind, name: str) -> A.Algorithm:
         (Kind.AUTH, "tcp-md5", [8, 128, 640], [0, 648]),
     ],
 )
-def test_freebsd_setkey_key_lengths(kind, name, good, bad):
+def test_freebsd_setkey_key_lengths(kind: Kind, name: str, good: list[int], bad: list[int]) -> None:
     alg = _named(kind, name)
     for bits in good:
         assert keylen.key_error(alg, bits, FREEBSD) is None, bits
@@ -629,7 +631,7 @@ def test_freebsd_setkey_key_lengths(kind, name, good, bad):
         assert keylen.key_error(alg, bits, FREEBSD) == keylen.INVALID_KEY_LENGTH, bits
 
 
-def test_setkey_bits_as_typed():
+def test_setkey_bits_as_typed() -> None:
     assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-cbc"), FREEBSD) == range(128, 257, 8)
     assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-gcm-16"), FREEBSD) == range(160, 289, 8)
     assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-ctr"), LINUX) == range(160, 289, 8)
@@ -647,11 +649,11 @@ def test_setkey_bits_as_typed():
         (Kind.ENCRYPT, "aes-gcm-16", LINUX),
     ],
 )
-def test_setkey_reports_algorithms_the_kernel_did_not_list(kind, name, dialect):
+def test_setkey_reports_algorithms_the_kernel_did_not_list(kind: Kind, name: str, dialect: Dialect) -> None:
     assert keylen.key_error(_named(kind, name), 128, dialect) == keylen.NOT_SUPPORTED
 
 
-def test_setkey_checks_the_list_the_kernel_actually_sent():
+def test_setkey_checks_the_list_the_kernel_actually_sent() -> None:
     alg = _named(Kind.ENCRYPT, "aes-cbc")
     only_128 = (Alg(EncAlg.X_AESCBC, 16, 128, 128),)
     assert keylen.key_error(alg, 128, FREEBSD, supported_algs=only_128) is None
@@ -659,7 +661,7 @@ def test_setkey_checks_the_list_the_kernel_actually_sent():
     assert keylen.key_error(alg, 128, FREEBSD, supported_algs=()) == keylen.NOT_SUPPORTED
 
 
-def test_keyless_spellings():
+def test_keyless_spellings() -> None:
     null_enc = _named(Kind.ENCRYPT, "null")
     # ipsec-tools' "-E null" sends no key and checks an empty one against 0..0.
     assert keylen.key_error(null_enc, 0, LINUX) is None
@@ -677,15 +679,15 @@ LIFETIMES = {
 }
 
 
-def _enc_view(combs):
+def _enc_view(combs: Sequence[Comb]) -> list[tuple[int, int, int, int]]:
     return [(c.auth, c.encrypt, c.encrypt_minbits, c.encrypt_maxbits) for c in combs]
 
 
-def _auth_view(combs):
+def _auth_view(combs: Sequence[Comb]) -> list[tuple[int, int, int, int]]:
     return [(c.auth, c.encrypt, c.auth_minbits, c.auth_maxbits) for c in combs]
 
 
-def test_esp_proposal_with_default_knobs():
+def test_esp_proposal_with_default_knobs() -> None:
     combs = A.acquire_proposal(ESP)
     assert _enc_view(combs) == [
         (0, 11, 256, 2048),
@@ -700,14 +702,14 @@ def test_esp_proposal_with_default_knobs():
         assert {k: getattr(c, k) for k in LIFETIMES} == LIFETIMES
 
 
-def test_ah_proposal_with_default_knobs_is_descending():
+def test_ah_proposal_with_default_knobs_is_descending() -> None:
     combs = A.acquire_proposal(AH)
     assert _auth_view(combs) == [(7, 0, 512, 512), (6, 0, 384, 384), (5, 0, 256, 256), (3, 0, 160, 160)]
     for c in combs:
         assert {k: getattr(c, k) for k in LIFETIMES} == LIFETIMES
 
 
-def test_ipcomp_proposal_is_deflate_without_key_bits():
+def test_ipcomp_proposal_is_deflate_without_key_bits() -> None:
     combs = A.acquire_proposal(IPCOMP)
     assert len(combs) == 1
     (c,) = combs
@@ -716,7 +718,7 @@ def test_ipcomp_proposal_is_deflate_without_key_bits():
     assert {k: getattr(c, k) for k in LIFETIMES} == LIFETIMES
 
 
-def test_other_satypes_get_no_proposal():
+def test_other_satypes_get_no_proposal() -> None:
     assert A.acquire_proposal(TCP) == ()
     assert A.acquire_proposal(SaType.UNSPEC) == ()
 
@@ -733,7 +735,7 @@ def test_other_satypes_get_no_proposal():
         (2049, []),
     ],
 )
-def test_esp_proposal_follows_esp_keymin(esp_keymin, expected):
+def test_esp_proposal_follows_esp_keymin(esp_keymin: int, expected: list[tuple[int, int, int, int]]) -> None:
     assert _enc_view(A.acquire_proposal(ESP, esp_keymin=esp_keymin)) == expected
 
 
@@ -741,11 +743,11 @@ def test_esp_proposal_follows_esp_keymin(esp_keymin, expected):
     ("ah_keymin", "ids"),
     [(0, [7, 6, 5, 3]), (160, [7, 6, 5, 3]), (161, [7, 6, 5]), (384, [7, 6]), (512, [7]), (513, [])],
 )
-def test_ah_proposal_follows_ah_keymin(ah_keymin, ids):
+def test_ah_proposal_follows_ah_keymin(ah_keymin: int, ids: list[int]) -> None:
     assert [c.auth for c in A.acquire_proposal(AH, ah_keymin=ah_keymin)] == ids
 
 
-def test_esp_auth_repeats_each_encryption_combination_with_zeroed_auth():
+def test_esp_auth_repeats_each_encryption_combination_with_zeroed_auth() -> None:
     # key_getcomb_ealg copies the AH list per cipher, then zeroes every copy.
     combs = A.acquire_proposal(ESP, esp_auth=1)
     assert len(combs) == 6 * 4
@@ -754,12 +756,12 @@ def test_esp_auth_repeats_each_encryption_combination_with_zeroed_auth():
     assert len(A.acquire_proposal(ESP, esp_auth=1, ah_keymin=384)) == 6 * 2
 
 
-def test_esp_auth_without_any_ah_combination_drops_the_whole_proposal():
+def test_esp_auth_without_any_ah_combination_drops_the_whole_proposal() -> None:
     assert A.acquire_proposal(ESP, esp_auth=1, ah_keymin=1024) == ()
     assert len(A.acquire_proposal(ESP, esp_auth=0, ah_keymin=1024)) == 6
 
 
-def test_proposal_takes_knobs_and_an_ip_protocol():
+def test_proposal_takes_knobs_and_an_ip_protocol() -> None:
     knobs = Knobs(esp_keymin=128, ah_keymin=256)
     assert A.proposal(IpProto.ESP, knobs) == A.acquire_proposal(ESP, esp_keymin=128, ah_keymin=256)
     assert A.proposal(IpProto.AH, knobs) == A.acquire_proposal(AH, ah_keymin=256)
@@ -769,7 +771,7 @@ def test_proposal_takes_knobs_and_an_ip_protocol():
 
 @pytest.mark.parametrize("dialect", list(Dialect))
 @pytest.mark.parametrize("satype", [ESP, AH, IPCOMP])
-def test_proposals_encode_in_their_dialect(dialect, satype):
+def test_proposals_encode_in_their_dialect(dialect: Dialect, satype: SaType) -> None:
     combs = A.acquire_proposal(satype, dialect=dialect)
     assert combs
     prop = Prop(32, combs)
@@ -778,7 +780,7 @@ def test_proposals_encode_in_their_dialect(dialect, satype):
     assert decode(data, dialect, request=False).proposal == prop
 
 
-def test_linux_proposal_offers_only_what_linux_lists():
+def test_linux_proposal_offers_only_what_linux_lists() -> None:
     esp = A.acquire_proposal(ESP, dialect=LINUX)
     # NULL (0 bits), DES, 3DES and CAST cannot reach 256 bits.
     assert _enc_view(esp) == [(0, 7, 256, 448), (0, 12, 256, 256), (0, 13, 256, 288), (0, 22, 256, 256)]
