@@ -9,6 +9,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
 from pfkeyd.packet import crypto
+from pfkeyd.packet.counters import Drop
 from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.wire.constants import AuthAlg, EncAlg, Mode, SaFlag
@@ -77,3 +78,9 @@ def inner4(payload: bytes = b"inner datagram" * 5) -> bytes:
 
 def inner6(payload: bytes = b"inner datagram" * 5) -> bytes:
     return bytes(IPv6(src="fd00:1::1", dst="fd00:2::1") / UDP(sport=5, dport=6) / Raw(payload))
+
+
+def sent(result: bytes | Drop) -> bytes:
+    """The datagram a protect() built, failing the test on a drop."""
+    assert isinstance(result, bytes), result
+    return result

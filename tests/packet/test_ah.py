@@ -12,7 +12,7 @@ from scapy.packet import Raw
 from pfkeyd.packet import ah, ip
 from pfkeyd.packet.counters import Drop
 from pfkeyd.wire.constants import AuthAlg, SaFlag
-from tests.packet.ipkit import ah_sa, esn_flag, runtime, udp4, udp6
+from tests.packet.ipkit import ah_sa, esn_flag, runtime, sent, udp4, udp6
 
 
 @pytest.mark.parametrize(("icv", "v4", "v6"), [(12, 24, 24), (16, 28, 32), (24, 36, 40), (32, 44, 48)])
@@ -135,7 +135,7 @@ def test_inbound_order_replay_before_icv_window_updated_after() -> None:
 
 def test_bad_ah_length_is_badauthl_before_the_icv() -> None:
     sa = ah_sa(AuthAlg.SHA1HMAC)
-    prot = bytearray(ah.protect(sa, runtime(sa), udp4()) or b"")
+    prot = bytearray(sent(ah.protect(sa, runtime(sa), udp4())))
     prot[21] += 1
     assert ah.unprotect(sa, runtime(sa), bytes(prot)) == Drop("ah", "badauthl")
 

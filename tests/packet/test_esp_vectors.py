@@ -242,7 +242,7 @@ HI_THERE = {  # RFC 4868 §2.7.2.1 AUTH256-1 / AUTH384-1 / AUTH512-1, truncated 
 
 
 @pytest.mark.parametrize("alg", list(HI_THERE), ids=["sha256", "sha384", "sha512"])
-def test_hmac_sha2_rfc4868_truncation(alg: int) -> None:
+def test_hmac_sha2_rfc4868_truncation(alg: AuthAlg) -> None:
     klen, want = HI_THERE[alg]
     assert crypto.mac(alg, b"\x0b" * klen).digest(b"Hi There") == H(want)
 
@@ -254,7 +254,7 @@ def test_hmac_sha1_and_md5_96_truncation() -> None:
 
 
 @pytest.mark.parametrize("alg", list(TC7), ids=["sha256", "sha384", "sha512"])
-def test_hmac_sha2_rfc4231_tc7_verified_by_unprotect(alg: int) -> None:
+def test_hmac_sha2_rfc4231_tc7_verified_by_unprotect(alg: AuthAlg) -> None:
     # The ICV covers SPI || Seq || payload || trailer; RFC 4231 TC7's 152-byte message
     # read as such a packet has SPI "This", Seq " is " and pad length 'm' (109); its
     # truncated HMAC is the ICV.  With PRAND (no pad check) the packet is accepted,
@@ -374,7 +374,7 @@ LINUX_REFS = {
 
 
 @pytest.mark.parametrize("alg", list(LINUX_REFS), ids=lambda a: EncAlg(a).name)
-def test_linux_kernel_packets_decrypt(alg: int) -> None:
+def test_linux_kernel_packets_decrypt(alg: EncAlg) -> None:
     from tests.packet.esp_helpers import v4 as make_v4
 
     key, data = LINUX_REFS[alg]

@@ -15,6 +15,7 @@ from scapy.packet import Raw
 
 from pfkeyd.packet import esp, ip, natt
 from pfkeyd.packet.counters import Drop
+from pfkeyd.packet.sa import TransformSA
 from pfkeyd.sad import NatT
 from pfkeyd.wire import SockAddr
 from pfkeyd.wire.constants import EncAlg, Mode
@@ -23,8 +24,8 @@ from tests.packet.esp_helpers import DST4, DST6, SRC4, SRC6, esp_sa, runtime, v4
 NATT_SA = NatT(2, 4500, 4501)
 
 
-def _sa(**kw: object):  # type: ignore[no-untyped-def]
-    return replace(esp_sa(EncAlg.X_AESGCM16, b"n" * 20), natt=NATT_SA, **kw)
+def _sa(src: bytes = SRC4, dst: bytes = DST4) -> TransformSA:
+    return replace(esp_sa(EncAlg.X_AESGCM16, b"n" * 20), natt=NATT_SA, src=src, dst=dst)
 
 
 def test_encapsulate_puts_udp_with_the_sas_ports_and_a_zero_ipv4_checksum() -> None:
@@ -36,7 +37,7 @@ def test_encapsulate_puts_udp_with_the_sas_ports_and_a_zero_ipv4_checksum() -> N
     pkt = IP(out)
     assert pkt.proto == 17 and pkt[UDP].sport == 4500 and pkt[UDP].dport == 4501
     assert pkt[UDP].chksum == 0 and pkt[UDP].len == 8 + len(protected) - 20
-    assert IP(ip.join(out, ip.split(out), 17, out[20:])).chksum == pkt.chksum  # header checksum right
+    assert IP(ip.join(out, ip.split(out) or pytest.fail("not IP"), 17, out[20:])).chksum == pkt.chksum  # header checksum right
     assert bytes(pkt[UDP].payload) == protected[20:]
 
 
