@@ -20,6 +20,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from pfkeyd.wire import (
@@ -63,6 +64,10 @@ def dump_entry() -> Message:
     )
 
 
+def _decode_encode(raw: bytes, dialect: str) -> bytes:
+    return encode(decode(raw, dialect, request=False), dialect)
+
+
 def rate(fn: Callable[[], object], seconds: float) -> float:
     """Calls per second of ``fn``, timed over batches for at least ``seconds``."""
     n, batch = 0, 1000
@@ -92,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for d, raw in entry_bytes.items():
         label = f"dump entry {len(raw)} B, {d}: decode+encode"
-        results.append((label, rate(lambda raw=raw, d=d: encode(decode(raw, d, request=False), d), args.seconds)))
-        results.append((f"dump entry, {d}: encode only", rate(lambda d=d: encode(entry, d), args.seconds)))
+        results.append((label, rate(partial(_decode_encode, raw, d), args.seconds)))
+        results.append((f"dump entry, {d}: encode only", rate(partial(encode, entry, d), args.seconds)))
 
     print(f"{'measurement':<44} {'msgs/s':>12} {'vs header unpack':>18}")
     print(f"{'baseline: struct.unpack_from of the header':<44} {baseline:>12,.0f} {'1':>18}")

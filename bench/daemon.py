@@ -56,7 +56,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 from pfkeyd.defaults import control_path
@@ -158,7 +158,7 @@ def process(argv: list[str], path: str) -> Iterator[subprocess.Popen[bytes]]:
             proc.wait()
 
 
-def daemon(path: str, *knobs: str) -> contextmanager[subprocess.Popen[bytes]]:  # type: ignore[type-arg]
+def daemon(path: str, *knobs: str) -> AbstractContextManager[subprocess.Popen[bytes]]:
     config = Path(path + ".conf")
     config.write_text("".join(f"{k}\n" for k in knobs))
     argv = [sys.executable, "-m", "pfkeyd", "-s", f"{path}:{DIALECT}", "-f", str(config)]

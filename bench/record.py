@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from pfkeyd.sad import SecAssoc
@@ -53,11 +54,11 @@ def main() -> None:
     for cls, kwargs in ((SecAssoc, sa_kwargs), (Lifetime, {"exttype": 3, "allocations": 1, "bytes": 2, "addtime": 3})):
         plain = _variant(cls)
         frozen = _variant(cls, frozen=True)
-        base = _rate(lambda p=plain, k=kwargs: p(**k), args.seconds)
+        base = _rate(partial(plain, **kwargs), args.seconds)
         print(f"{cls.__name__} ({len(kwargs)} fields)")
         print(f"  plain slotted dataclass (mutable; baseline) {base:12,.0f}/s")
         for name, make in (("record (immutable)", cls), ("frozen dataclass", frozen)):
-            r = _rate(lambda m=make, k=kwargs: m(**k), args.seconds)
+            r = _rate(partial(make, **kwargs), args.seconds)
             print(f"  {name:40} {r:12,.0f}/s  ratio {r / base:.2f}")
 
 

@@ -156,7 +156,7 @@ def ext_kinds(dialect: str) -> tuple[ExtKind, ...]:
 
 def ext_class(kind: ExtKind) -> type:
     """The class that represents an extension of this kind."""
-    return UnknownExt if kind == UNKNOWN_EXT else DECODERS[ExtType(kind)]
+    return DECODERS[kind] if isinstance(kind, ExtType) else UnknownExt
 
 
 def msg_types(dialect: str) -> tuple[int, ...]:
@@ -393,7 +393,7 @@ def _extensions(dialect: str, kind: ExtKind, satype: int) -> SearchStrategy[Exte
         msg = f"the {dialect} dialect does not carry extension {kind!r}"
         raise ValueError(msg)
     spec = _spec(dialect)
-    exttype = ExtType.RESERVED if kind == UNKNOWN_EXT else ExtType(kind)
+    exttype = kind if isinstance(kind, ExtType) else ExtType.RESERVED
     return _BUILDERS[ext_class(kind)](spec, exttype, satype)
 
 

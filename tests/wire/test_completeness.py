@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from vectors import VECTORS, Vector
+from tests.wire.vectors import VECTORS, Vector
 
 from pfkeyd.wire import Address, ExtType, IpsecRequest, MsgType, Policy, SockAddr
 from pfkeyd.wire.dialect import spec
@@ -105,7 +105,7 @@ def test_ipv6_ports_and_scope_ids_appear(dialect: str) -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_types_refused_on_input_are_really_refused(dialect: str) -> None:
-    from test_vectors import FAULTS
+    from tests.wire.test_vectors import FAULTS
 
     for exttype in REFUSED_ON_INPUT[dialect]:
         wire = spec(dialect).ext.to_wire[exttype]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from vectors import (
+from tests.wire.vectors import (
     BSD_DST_10_0_0_2,
     BSD_IN6_DB8_1,
     BSD_IN6_DB8_2,
