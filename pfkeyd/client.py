@@ -128,7 +128,7 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_interface
@@ -600,7 +600,7 @@ class Connection:
 
     # ------------------------------------------------------------ events
 
-    async def events(self) -> AsyncIterator[Message]:
+    async def events(self) -> AsyncGenerator[Message, None]:
         """Unsolicited messages, oldest first, until the connection closes."""
         while True:
             while not self._events:

@@ -405,6 +405,7 @@ def test_the_signals_section_names_the_signals_the_daemon_handles() -> None:
 
 def test_setkey_documents_its_timeout_and_its_default() -> None:
     from setkey import cli as setkey_cli
+    from setkey import usage
 
     page = (ROOT / "pfkeyd" / "man" / "setkey.8").read_text()
     items = tag_list_after("The options are as follows", section("DESCRIPTION", page))
@@ -412,7 +413,7 @@ def test_setkey_documents_its_timeout_and_its_default() -> None:
     text = page.split(".It Fl Fl timeout Ar seconds\n", 1)[1].split("\n.It ", 1)[0]
     assert f"The default is {setkey_cli.DEFAULT_TIMEOUT:g} seconds." in text.replace("\n", " ")
     assert setkey_cli.Runtime().reply_timeout == setkey_cli.DEFAULT_TIMEOUT
-    assert "[--timeout seconds]" in setkey_cli.USAGE
+    assert "[--timeout seconds]" in usage.USAGE
 
 
 # ------------------------------------------------------------------ (h) the packet library

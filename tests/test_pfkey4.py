@@ -104,7 +104,10 @@ def _table_order(alg: Algorithm) -> tuple[str, int]:
     return alg.kind.value, int(alg.id)
 
 
-@pytest.mark.parametrize("alg", sorted(not_installable_on_linux(), key=_table_order), ids=str)
+_NOT_INSTALLABLE_ON_LINUX: list[Algorithm] = sorted(not_installable_on_linux(), key=_table_order)
+
+
+@pytest.mark.parametrize("alg", _NOT_INSTALLABLE_ON_LINUX, ids=str)
 def test_each_named_algorithm_gets_enosys_on_linux_and_einval_on_freebsd(alg: Algorithm) -> None:
     assert _errno(Dialect.LINUX, alg.kind, alg.id) == errno.ENOSYS
     if alg.freebsd.defined and not alg.freebsd.installable:

@@ -36,7 +36,7 @@ def test_assigning_a_field_raises_and_changes_nothing() -> None:
     with pytest.raises(dataclasses.FrozenInstanceError, match="bytes"):
         life.bytes = 999  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
-        del life.addtime  # type: ignore[misc]
+        del life.addtime
     with pytest.raises(dataclasses.FrozenInstanceError):
         life.unknown = 1  # type: ignore[attr-defined]
     assert life == Lifetime(ExtType.LIFETIME_HARD, 0, 100, 3600, 0)

@@ -7,7 +7,8 @@ import errno
 import ipaddress
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 from pyroute2 import IPRoute
@@ -178,12 +179,14 @@ def test_a_route_the_kernel_refuses_raises_with_its_errno(routing: tuple[Namespa
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"mtu": 10}, {"table": 254}, {"table": 0}, {"fwmark": 0}, {"priority": 40000}],
+    "make",
+    [partial(RoutingConfig, mtu=10), partial(RoutingConfig, table=254), partial(RoutingConfig, table=0),
+     partial(RoutingConfig, fwmark=0), partial(RoutingConfig, priority=40000)],
+    ids=["mtu=10", "table=254", "table=0", "fwmark=0", "priority=40000"],
 )
-def test_bad_configuration_is_refused(kwargs: dict[str, int]) -> None:
+def test_bad_configuration_is_refused(make: Callable[[], RoutingConfig]) -> None:
     with pytest.raises(ValueError):
-        RoutingConfig(**kwargs)
+        make()
 
 
 def test_route_of_mixed_families_is_refused() -> None:

@@ -103,8 +103,8 @@ async def test_malformed_datagram_is_answered_as_the_kernel_would_and_the_socket
         assert "send_would_fail" not in daemon.engine.stats.drops
     assert await peer.quiet()
     assert daemon.engine.stats.errors[err] == 1
-    reply = await peer.request(Message(MsgType.FLUSH, 0, 6))
-    assert (reply.type, reply.seq, reply.errno) == (MsgType.FLUSH, 6, 0)
+    flushed = await peer.request(Message(MsgType.FLUSH, 0, 6))
+    assert (flushed.type, flushed.seq, flushed.errno) == (MsgType.FLUSH, 6, 0)
 
 
 @pytest.mark.parametrize("dialect", [LINUX, FREEBSD])

@@ -45,9 +45,10 @@ async def _start_and_stop(path: str, *, probe: bool = True, **kwargs: object) ->
         refused = group.subgroup(ServerError)
         if refused is None:
             raise
-        while isinstance(refused, BaseExceptionGroup):
-            refused = refused.exceptions[0]
-        return str(refused)
+        first: BaseException = refused
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        return str(first)
     return None
 
 

@@ -120,7 +120,7 @@ async def test_an_allowed_uid_is_admitted(
 
 
 async def test_peer_credentials_are_read_from_the_socket(nursery: trio.Nursery, sockdir: str) -> None:
-    a, b = trio.socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a, b:
         assert pfkeyd.server.peer_credentials(a) == (os.getpid(), os.geteuid())
 

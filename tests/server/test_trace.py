@@ -13,9 +13,9 @@ import trio.testing
 
 from pfkeyd.defaults import control_path
 from pfkeyd.engine import KeyEngine
-from pfkeyd.wire import Dialect, ExtType, MsgType, SaType
+from pfkeyd.wire import Dialect, ExtType, Message, MsgType, SaType
 from tests.engine.spd_helpers import hard_lifetime, spd_msg
-from tests.server.peers import AUTH_KEY, ENC_KEY, Message, add_msg, start_daemon
+from tests.server.peers import AUTH_KEY, ENC_KEY, add_msg, start_daemon
 from tests.server.test_control_socket import argv_request, control_request, hook
 
 

@@ -466,7 +466,8 @@ def test_policy_oddities() -> None:
         "(no selector, probably per-socket policy) \n\tout ipsec\n")
     bad = sp1.replace(exts=(*sp1.exts[:2], replace(pol, requests=(IpsecRequest(6, Mode.TRANSPORT, Level.USE),))))
     assert render_reply(bad, 0, opts("linux")).splitlines()[1] == "\tPolicy:[Invalid ipsec protocol]"
-    assert render_reply(bad.replace(exts=(*bad.exts[:2], replace(bad.exts[2], scope=1))), 0,
+    assert bad.policy is not None
+    assert render_reply(bad.replace(exts=(*bad.exts[:2], replace(bad.policy, scope=1))), 0,
                         opts("freebsd")).splitlines()[1] == "\t(null)"
     fwd = sp1.replace(exts=(*sp1.exts[:2], replace(pol, dir=Direction.FWD, priority=0xC0000000 + 5)))
     assert render_reply(fwd, 0, opts("linux")).splitlines()[1] == "\tfwd prio low - 5 ipsec"

@@ -209,7 +209,7 @@ class FakeDNS:
         found = self.table.get(host)
         if found is None:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        out = []
+        out: list[tuple[object, ...]] = []
         for addr in found:
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             if family in (0, fam):

@@ -13,7 +13,7 @@ from setkey.resolve import Resolver, resolve
 
 def fake_getaddrinfo(host: str, port: object, family: int = 0, *args: object) -> list[tuple[object, ...]]:
     table = {"gw.example": ["192.0.2.1", "2001:db8::1"], "v4.example": ["192.0.2.7"]}
-    out = []
+    out: list[tuple[object, ...]] = []
     for addr in table[host]:
         fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
         if family in (0, fam):

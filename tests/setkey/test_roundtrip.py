@@ -130,7 +130,8 @@ def requests(draw: st.DrawFn, direction: Direction, action: PolicyType) -> Reque
     if action == PolicyType.IPSEC and mode == Mode.TUNNEL:
         choice = "ends"
     if choice == "ends":
-        family = draw(st.sampled_from([ipv4, st.one_of(ipv6, scoped)]))
+        families: list[st.SearchStrategy[IPv4Address | IPv6Address]] = [ipv4, st.one_of(ipv6, scoped)]
+        family = draw(st.sampled_from(families))
         with_ports = draw(st.booleans())
         ends = Endpoints(draw(family), draw(family), draw(st.integers(0, U16)) if with_ports else 0,
                          draw(st.integers(1, U16)) if with_ports else 0)
@@ -163,7 +164,8 @@ def upper_layers(draw: st.DrawFn) -> tuple[int, tuple[int, int] | None]:
 
 @st.composite
 def spd_statements(draw: st.DrawFn) -> Command:
-    cls = draw(st.sampled_from([SpdAdd, SpdUpdate, SpdDelete]))
+    classes: list[type[SpdAdd] | type[SpdUpdate] | type[SpdDelete]] = [SpdAdd, SpdUpdate, SpdDelete]
+    cls = draw(st.sampled_from(classes))
     upper, upper_ports = draw(upper_layers())
     return cls(flags=draw(flags), src=draw(hosts(prefix=True)), dst=draw(hosts(prefix=True)), upper=upper,
                upper_ports=upper_ports,
