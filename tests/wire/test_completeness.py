@@ -7,12 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import pytest
-from tests.wire.vectors import VECTORS, Vector
 
 from pfkeyd.wire import Address, ExtType, IpsecRequest, MsgType, Policy, SockAddr
 from pfkeyd.wire.dialect import spec
 from pfkeyd.wire.ext import DECODERS
 from pfkeyd.wire.message import MIN_LEN
+from tests.wire.vectors import VECTORS, Vector
 
 DIALECTS = ("freebsd", "linux")
 

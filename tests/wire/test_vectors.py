@@ -14,30 +14,6 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 
 import pytest
-from tests.wire.vectors import (
-    BSD_DST_10_0_0_2,
-    BSD_IN6_DB8_1,
-    BSD_IN6_DB8_2,
-    BSD_IN_10_0_0_1,
-    BSD_IN_10_0_0_2,
-    BSD_IN_192_0_2_1,
-    BSD_REQ_ESP_TRANSPORT,
-    BSD_SRC_10_0_0_1,
-    KEY_AUTH_K32,
-    KEY_ENC_K16,
-    KINDS,
-    LNX_DST_10_0_0_2,
-    LNX_IN6_DB8_2,
-    LNX_IN_10_0_0_1,
-    LNX_IN_192_0_2_1,
-    LNX_REQ_ESP_TRANSPORT,
-    LNX_SRC_10_0_0_1,
-    REPLY,
-    VECTORS,
-    Vector,
-    hx,
-    ip4,
-)
 
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.wire import (
@@ -71,6 +47,30 @@ from pfkeyd.wire import (
     send_failure_reply,
 )
 from pfkeyd.wire.constants import IpProto
+from tests.wire.vectors import (
+    BSD_DST_10_0_0_2,
+    BSD_IN6_DB8_1,
+    BSD_IN6_DB8_2,
+    BSD_IN_10_0_0_1,
+    BSD_IN_10_0_0_2,
+    BSD_IN_192_0_2_1,
+    BSD_REQ_ESP_TRANSPORT,
+    BSD_SRC_10_0_0_1,
+    KEY_AUTH_K32,
+    KEY_ENC_K16,
+    KINDS,
+    LNX_DST_10_0_0_2,
+    LNX_IN6_DB8_2,
+    LNX_IN_10_0_0_1,
+    LNX_IN_192_0_2_1,
+    LNX_REQ_ESP_TRANSPORT,
+    LNX_SRC_10_0_0_1,
+    REPLY,
+    VECTORS,
+    Vector,
+    hx,
+    ip4,
+)
 
 FREEBSD = "freebsd"
 LINUX = "linux"
