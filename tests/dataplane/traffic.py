@@ -1,6 +1,6 @@
 """Traffic for the data-plane tests, run in a namespace as a child process.
 
-    traffic.py ping SRC DST COUNT        ICMP/ICMPv6 echo; prints one RTT (ms) per reply
+    traffic.py ping SRC DST COUNT [TOS]  ICMP/ICMPv6 echo; prints one RTT (ms) per reply
     traffic.py serve ADDR PORT           accept one TCP connection; print "<bytes> <sha256>"
     traffic.py send SRC DST PORT NBYTES  connect from SRC; send NBYTES of seeded data; print "<bytes> <sha256>"
     traffic.py udp-echo ADDR PORT COUNT  answer COUNT datagrams on ADDR:PORT
@@ -25,12 +25,17 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def ping(src: str, dst: str, count: int, timeout: float = 3.0) -> int:
+def ping(src: str, dst: str, count: int, tos: int = 0, timeout: float = 5.0) -> int:
     v6 = ":" in dst
     fam = socket.AF_INET6 if v6 else socket.AF_INET
     proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
     s = socket.socket(fam, socket.SOCK_RAW, proto)
     s.bind((src, 0))
+    if tos:
+        if v6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        else:
+            s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
     s.settimeout(timeout)
     ident = os.getpid() & 0xFFFF
     ok = 0
@@ -122,7 +127,7 @@ def udp_echo(addr: str, port: int, count: int) -> int:
 def main(argv: list[str]) -> int:
     cmd = argv[0]
     if cmd == "ping":
-        return ping(argv[1], argv[2], int(argv[3]))
+        return ping(argv[1], argv[2], int(argv[3]), int(argv[4], 0) if len(argv) > 4 else 0)
     if cmd == "serve":
         return serve(argv[1], int(argv[2]))
     if cmd == "send":
