@@ -193,7 +193,8 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted(netpair: Pair) ->
                 s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
             s.sendto(esp[0], (OUTER4[1], 0))  # a replay
             bad = bytearray(esp[1])
-            bad[40] ^= 0x01  # a flipped ciphertext bit
+            bad[24:28] = (1000).to_bytes(4, "big")  # a sequence number never sent: past the replay check
+            bad[40] ^= 0x01  # and a flipped ciphertext bit
             s.sendto(bytes(bad), (OUTER4[1], 0))
             s.close()
             for _ in range(100):
@@ -350,29 +351,51 @@ def test_socket_bypass_policy_lets_ike_through_in_the_clear_under_require(netpai
         udp500 = [d for d in seen if d[9] == 17 and d[20:22] == b"\x01\xf4"]
         assert len(udp500) == 3 and all(d[28:32] == b"ike " for d in udp500)
         others = [d for d in seen if d not in udp500]
-        assert others and all(protected(d) for d in others)
+        assert others and all(protected(d) or is_neighbour_discovery(d) for d in others)
     finally:
         cap.close()
+
+
+LISTENER = r"""
+import sys, trio
+import pfkeyd.client
+from pfkeyd.wire import ExtType, MsgType, SaType
+
+async def main():
+    async with pfkeyd.client.open(sys.argv[1]) as conn:
+        await conn.register(SaType.ESP)
+        print("ready", flush=True)
+        async for msg in conn.events():
+            if msg.type == MsgType.EXPIRE:
+                which = "hard" if msg.get(ExtType.LIFETIME_HARD) is not None else "soft"
+                print("EXPIRE", which, msg.get(ExtType.SA).spi, flush=True)
+
+trio.run(main)
+"""
 
 
 def test_lifetimes_from_traffic_expire_the_sa(netpair: Pair) -> None:
     with hosts(netpair) as (a, b):
         for me, h in enumerate((a, b)):
-            h.setkey(f"add {OUTER4[0]} {OUTER4[1]} esp 0x1001 -E aes-gcm-16 {GCM} -lh 0 -ls 0 -bh 20000 -bs 2000;\n"
+            h.setkey(f"add {OUTER4[0]} {OUTER4[1]} esp 0x1001 -bh 4000 -bs 1000 -E aes-gcm-16 {GCM};\n"
                      f"add {OUTER4[1]} {OUTER4[0]} esp 0x1002 -E aes-gcm-16 {GCM2};\n"
                      + policies(OUTER4, "esp/transport//require", me))
-        mon = subprocess.Popen([sys.executable, "-m", "setkey", "-x"], stdout=subprocess.PIPE, text=True,
-                               env=dict(a.env, PFKEY_SOCKET=a.sock))
+        km = subprocess.Popen([sys.executable, "-c", LISTENER, a.sock], stdout=subprocess.PIPE, text=True,
+                              env=a.env)
         try:
+            assert km.stdout is not None and km.stdout.readline().strip() == "ready"
             ping(a, *OUTER4, count=3)
-            dump = a.setkey_args("-D")
-            assert "current: 0(bytes)" not in dump.split("spi=4097")[1].split("sadb_seq")[0]
-            transfer(a, b, *OUTER4, nbytes=64 * 1024)
+            current = a.setkey_args("-D").split("spi=4097")[1].split("sadb_seq")[0]
+            assert "current: 0(bytes)" not in current and "allocated: 3" in current
+            ping(a, *OUTER4, count=10)  # past the soft limit (1000 bytes)
+            assert "state=dying" in a.setkey_args("-D").split("spi=4097")[1].split("sadb_seq")[0]
+            r = a.traffic("ping", OUTER4[0], OUTER4[1], "40")  # past the hard limit: the replies stop
+            assert r.returncode == 1 and r.stdout.split()[-1] == "timeout"
             gone = a.setkey_args("-D")
         finally:
-            mon.terminate()
-            text, _ = mon.communicate(10)
+            km.terminate()
+            text, _ = km.communicate(10)
         assert "spi=4097" not in gone  # hard byte limit reached: the SA is gone
         assert "spi=4098" in gone
-        st = a.stats()["pfkey"]["messages_out"]
-        assert st.get("EXPIRE", 0) >= 2  # soft, then hard
+        expires = [line for line in text.splitlines() if line.startswith("EXPIRE")]
+        assert expires == ["EXPIRE soft 4097", "EXPIRE hard 4097"], text

@@ -53,7 +53,7 @@ def ping(src: str, dst: str, count: int, tos: int = 0, timeout: float = 5.0) -> 
                 data = s.recv(2048)
             except TimeoutError:
                 print("timeout", flush=True)
-                break
+                return 1
             icmp = data if v6 else data[(data[0] & 0x0F) * 4 :]
             want = 129 if v6 else 0
             if icmp[0] == want and struct.unpack("!HH", icmp[4:8]) == (ident, seq):
