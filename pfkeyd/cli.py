@@ -1,12 +1,12 @@
 """The pfkeyd command line.
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-           [--group group] [--allow-uid uid ...]
-           [--dataplane[=ifname] [--no-routes] [--enc] [--pcap file] [--mtu bytes]]
+           [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+           [--no-routes] [--enc] [--pcap file] [--mtu bytes]
         Run the daemon in the foreground until SIGTERM or SIGINT; with
         --dataplane it also protects the host's traffic (pfkeyd.dataplane).
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-    pfkeyd stats [-s path]
+    pfkeyd stats [-s path] [--json]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
     pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
@@ -106,8 +106,8 @@ def _decode_command(argv: Sequence[str]) -> int:
 #: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-              [--group group] [--allow-uid uid ...]
-              [--dataplane[=ifname] [--no-routes] [--enc] [--pcap file] [--mtu bytes]]
+              [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+              [--no-routes] [--enc] [--pcap file] [--mtu bytes]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path] [--json]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]

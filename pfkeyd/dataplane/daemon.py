@@ -53,7 +53,7 @@ def local_addresses() -> list[Any]:
     with IPRoute() as ipr:
         for fam in (socket.AF_INET, socket.AF_INET6):
             for m in ipr.get_addr(family=fam):
-                a = m.get("IFA_ADDRESS") or m.get("address")
+                a = m.get("address")
                 if a:
                     out.append(ipaddress.ip_address(str(a).split("%", 1)[0]))
     return out

@@ -11,6 +11,7 @@ SIGTERM and must leave no link, rule or route behind.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -399,3 +400,14 @@ def test_lifetimes_from_traffic_expire_the_sa(netpair: Pair) -> None:
         assert "spi=4098" in gone
         expires = [line for line in text.splitlines() if line.startswith("EXPIRE")]
         assert expires == ["EXPIRE soft 4097", "EXPIRE hard 4097"], text
+
+
+def test_the_protect_traffic_example_runs(netpair: Pair) -> None:
+    # netpair only for its skip rule and leftover check; the example makes its own namespaces.
+    r = subprocess.run([sys.executable, f"{ROOT}/examples/protect_traffic.py"], capture_output=True, text=True,
+                       timeout=180, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "receiver's sha256 matches" in r.stdout
+    assert "on the veth: " in r.stdout and "clear" not in r.stdout.split("on the veth: ")[1].splitlines()[0]
+    assert "echo reply 3 from 10.2.0.1" in r.stdout
+    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"pfkex-")]
