@@ -23,13 +23,11 @@ Exit status 0 when all of that worked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -48,7 +46,10 @@ spdadd {mine} {theirs} any -P out ipsec esp/tunnel/{me}-{peer}/require;
 spdadd {theirs} {mine} any -P in ipsec esp/tunnel/{peer}-{me}/require;
 """
 HOSTS = {"A": ("192.0.2.1", "10.1.0.1", "10.1.0.0/24"), "B": ("192.0.2.2", "10.2.0.1", "10.2.0.0/24")}
-TRAMPOLINE = "import os, sys\nfrom pyroute2 import netns\nnetns.setns(sys.argv[1], flags=0)\nos.execvp(sys.argv[2], sys.argv[2:])\n"
+TRAMPOLINE = (
+    "import os, sys\nfrom pyroute2 import netns\n"
+    "netns.setns(sys.argv[1], flags=0)\nos.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 def in_ns(ns: str, *argv: str) -> list[str]:
@@ -122,7 +123,7 @@ ok = got == hashlib.sha256(data).hexdigest()
 print(f"tcp: {len(data)} bytes sent, receiver's sha256 {'matches' if ok else 'DIFFERS'}")
 sys.exit(0 if ok else 1)
 """
-    r = subprocess.run(in_ns(ns, sys.executable, "-c", code), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(in_ns(ns, sys.executable, "-c", code), capture_output=True, text=True, timeout=60, check=False)
     if r.returncode:
         raise RuntimeError(r.stdout + r.stderr)
     return r.stdout
@@ -166,14 +167,14 @@ def main() -> int:
             sock = os.path.join(work, f"{host}.sock")
             log = open(os.path.join(work, f"{host}.log"), "wb")  # noqa: SIM115
             cleanup.callback(log.close)
-            daemons[host] = subprocess.Popen(in_ns(ns, sys.executable, "-m", "pfkeyd", "-s", f"{sock}:freebsd", "--dataplane"),
-                                             stdout=log, stderr=subprocess.STDOUT)
+            argv = in_ns(ns, sys.executable, "-m", "pfkeyd", "-s", f"{sock}:freebsd", "--dataplane")
+            daemons[host] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
             cleanup.callback(lambda p=daemons[host]: p.poll() is None and p.kill())
             for _ in range(200):
                 if os.path.exists(sock[: -len(".sock")] + ".ctl"):
                     break
                 time.sleep(0.05)
-        for host, ns in names.items():
+        for host in names:
             me, _, mine = HOSTS[host]
             peer, _, theirs = HOSTS["B" if host == "A" else "A"]
             script = SETKEY.format(k_ab=KEY, k_ba=KEY_BA, me=me, peer=peer, mine=mine, theirs=theirs)

@@ -150,7 +150,8 @@ def _daemon_parser() -> argparse.ArgumentParser:
                    help="admit this user as well as root and the daemon's own")
     p.add_argument("--dataplane", metavar="ifname", nargs="?", const="ipsec0", default=None,
                    help="protect real traffic through a TUN interface (default ipsec0)")
-    p.add_argument("--no-routes", action="store_true", help="with --dataplane: leave the routes into the TUN to the user")
+    p.add_argument("--no-routes", action="store_true",
+                   help="with --dataplane: leave the routes into the TUN to the user")
     p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
     p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
     p.add_argument("--mtu", metavar="bytes", type=int, default=1400, help="with --dataplane: the TUN's MTU")

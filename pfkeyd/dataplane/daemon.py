@@ -76,7 +76,7 @@ def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_path: str | None,
                 rx = RawReceiver(fam, proto, io)
                 stack.callback(rx.close)
                 receivers.append(rx)
-        senders = {}
+        senders: dict[int, RawSender] = {}
         for fam in (socket.AF_INET, socket.AF_INET6):
             tx = RawSender(fam, opts.fwmark, io)
             stack.callback(tx.close)

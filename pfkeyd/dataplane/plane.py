@@ -605,7 +605,8 @@ class DataPlane:
                 log.warning("removing the data plane's routes: %s", e)
             self.routing = None
         self._routes = set()
-        for obj in (*self.receivers, *self.natt, *self.senders.values()):
+        closing: list[RawReceiver | NattSocket | RawSender] = [*self.receivers, *self.natt, *self.senders.values()]
+        for obj in closing:
             obj.close()
         self.receivers, self.natt, self.senders = (), (), {}
         self.tun.close()

@@ -85,14 +85,14 @@ class Host:
         path = os.path.join(self.dir, "setkey.conf")
         with open(path, "w") as f:
             f.write(script)
-        r = subprocess.run([sys.executable, "-m", "setkey", "-f", path, *args], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "setkey", "-f", path, *args], capture_output=True, text=True, check=False,
                            env=dict(self.env, PFKEY_SOCKET=self.sock), timeout=30)
         if r.returncode:
             raise RuntimeError(f"setkey -f failed ({r.returncode}): {r.stderr}{r.stdout}")
         return r.stdout
 
     def setkey_args(self, *args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "setkey", *args], capture_output=True, text=True,
+        r = subprocess.run([sys.executable, "-m", "setkey", *args], capture_output=True, text=True, check=False,
                            env=dict(self.env, PFKEY_SOCKET=self.sock), timeout=30)
         if r.returncode:
             raise RuntimeError(f"setkey {args} failed: {r.stderr}")

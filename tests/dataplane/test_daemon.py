@@ -410,4 +410,4 @@ def test_the_protect_traffic_example_runs(netpair: Pair) -> None:
     assert "receiver's sha256 matches" in r.stdout
     assert "on the veth: " in r.stdout and "clear" not in r.stdout.split("on the veth: ")[1].splitlines()[0]
     assert "echo reply 3 from 10.2.0.1" in r.stdout
-    assert not [n for n in os.listdir("/run/netns") if n.startswith(f"pfkex-")]
+    assert not [n for n in os.listdir("/run/netns") if n.startswith("pfkex-")]
