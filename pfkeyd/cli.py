@@ -3,8 +3,9 @@
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
            [--no-routes] [--enc] [--pcap file] [--mtu bytes]
-        Run the daemon in the foreground until SIGTERM or SIGINT; with
-        --dataplane it also protects the host's traffic (pfkeyd.dataplane).
+        Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
+        the -f file.  With --dataplane it also protects the host's traffic
+        (pfkeyd.dataplane).
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
     pfkeyd stats [-s path] [--json]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
@@ -159,11 +160,20 @@ def _daemon_parser() -> argparse.ArgumentParser:
 
 
 def _split_endpoint(text: str, *, dialect_required: bool) -> tuple[str, Dialect]:
+    """``path:dialect``, or (where the dialect may be left out) ``path``.
+
+    Whatever follows the last colon names a dialect unless it holds a slash (then
+    the colon is part of a directory name): ``x.sock:openbsd`` or ``x.sock:Linux``
+    is an error, not a socket of that name.  A file name that itself holds a colon
+    needs its dialect spelled out (``a:b.sock:linux``).
+    """
     path, sep, name = text.rpartition(":")
     if sep and name in {d.value for d in Dialect}:
         dialect = Dialect(name)
-    elif dialect_required:
+    elif dialect_required or (sep and "/" not in name):
         msg = f"'{text}': expected path:dialect, the dialect being freebsd or linux"
+        if sep and "/" not in name:
+            msg = f"'{text}': unknown dialect '{name}' (freebsd or linux)"
         raise _UsageError(msg)
     else:
         path, dialect = text, native_dialect()
@@ -276,7 +286,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, dataplane)
+        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -313,8 +323,40 @@ def _dataplane_options(opts: argparse.Namespace) -> Any:
         raise _UsageError(str(exc)) from None
 
 
+def knob_changes(old: Knobs, new: Knobs) -> list[str]:
+    """``name old -> new`` for every knob whose value differs (shared nodes once)."""
+    changes: list[str] = []
+    seen: set[str] = set()
+    for (spec, before), (_, after) in zip(old.items(), new.items(), strict=True):
+        if before != after and spec.attr not in seen:
+            seen.add(spec.attr)
+            changes.append(f"{spec.name} {before} -> {after}")
+    return changes
+
+
+def reload_config(path: str | None, current: Knobs) -> Knobs:
+    """SIGHUP: the knobs after re-reading ``path`` (the -f file) over ``current``.
+
+    As FreeBSD's ``service sysctl reload`` applies sysctl.conf, every line of the
+    file is set again and knobs the file does not name keep their current values
+    (changes made with ``pfkeyd sysctl`` included).  A bad file changes nothing.
+    Logs what changed, or why nothing did.
+    """
+    if path is None:
+        log.info("SIGHUP received; no configuration file (-f) to re-read")
+        return current
+    try:
+        knobs = load_config(path, current)
+    except ValueError as exc:
+        log.error("SIGHUP received; %s; no knob changed", exc)
+        return current
+    changes = knob_changes(current, knobs)
+    log.info("SIGHUP received; re-read %s: %s", path, ", ".join(changes) if changes else "no knob changed")
+    return knobs
+
+
 def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int], dataplane_options: Any = None) -> int:
+                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None) -> int:
     import trio
 
     from pfkeyd import control
@@ -335,7 +377,7 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     async def run() -> None:
         nonlocal plane
         # Listen for signals before the sockets exist, so that none is missed.
-        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as outer:
                 if dataplane_options is not None:
                     from pfkeyd.dataplane.daemon import open_dataplane
@@ -361,6 +403,9 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                         outer.cancel_scope.cancel()
                         return
                     async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            server.set_knobs(reload_config(config, engine.knobs))
+                            continue
                         log.info("%s received, stopping", signal.Signals(signum).name)
                         server.stop()
                         break

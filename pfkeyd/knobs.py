@@ -11,11 +11,12 @@ Where FreeBSD has one variable behind two names (the IPv4 and IPv6 ``def_policy`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
-__all__ = ["KnobSpec", "KNOBS", "Knobs", "KnobError", "ALIASES"]
+__all__ = ["KnobSpec", "KNOBS", "Knobs", "KnobError", "ALIASES", "parse_integer"]
 
 
 class KnobError(ValueError):
@@ -249,11 +250,7 @@ class Knobs:
             msg = f"oid '{spec.name}' is read only"
             raise KnobError(msg, "readonly")
         if isinstance(value, str):
-            try:
-                value = int(value, 0)
-            except ValueError:
-                msg = f"invalid integer '{value}'"
-                raise KnobError(msg, "invalid") from None
+            value = parse_integer(value)
         if not spec.minimum <= value <= spec.maximum:
             msg = f"{spec.name}: {value} is out of range {spec.minimum}..{spec.maximum}"
             raise KnobError(msg, "invalid")
@@ -268,6 +265,26 @@ class Knobs:
     def items(self) -> Iterator[tuple[KnobSpec, int]]:
         for spec in KNOBS:
             yield spec, int(getattr(self, spec.attr))
+
+
+#: A knob value as text: decimal, 0x hexadecimal or 0o octal, ASCII digits only.
+#: (int(text, 0) alone would also take "١٢٣", "1_000" and " 7 ".)
+_INTEGER = re.compile(r"[+-]?(?:0[xX][0-9a-fA-F]+|0[oO][0-7]+|0|[1-9][0-9]*)\Z")
+#: Longer than any value of any knob: such text is refused before it is converted.
+_INTEGER_MAX_LEN = 24
+
+
+def parse_integer(text: str) -> int:
+    """A knob value written as sysctl(8) takes it: ``123``, ``-5``, ``0x1f``, ``0o17``.
+
+    Raises :class:`KnobError` (kind "invalid") for anything else; the message quotes
+    at most the first 32 characters of ``text``.
+    """
+    if len(text) > _INTEGER_MAX_LEN or not _INTEGER.match(text):
+        shown = text if len(text) <= 32 else text[:32] + "..."
+        msg = f"invalid integer {shown!r}"
+        raise KnobError(msg, "invalid")
+    return int(text, 0)  # the pattern has left only what int() reads as intended
 
 
 def mdoc_list() -> str:

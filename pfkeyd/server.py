@@ -59,20 +59,28 @@ clock is injected.
 
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself.  Only ``OSError`` is caught around socket I/O; anything else is a bug and
-propagates: it ends the daemon with a traceback.
+propagates: it ends the daemon with a traceback.  The one exception is a control
+request: whatever its bytes, and whatever goes wrong while its command runs, it is
+answered with an error, logged with a rate limit and counted
+(``control_bad_request``, ``control_failed``), and the daemon goes on.  Warnings
+that a peer can cause (refused peers, accept() failing under fd exhaustion) are
+rate-limited too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import math
 import os
+import secrets
 import select
 import socket
 import stat
 import struct
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -93,19 +101,25 @@ __all__ = [
     "Endpoint",
     "EngineLike",
     "Server",
+    "ControlRequestError",
     "ServerError",
     "ServerStatistics",
+    "control_answer",
+    "parse_control_request",
     "RECV_SIZE",
     "peer_credentials",
     "uid_allowed",
     "promisc_wrap",
+    "socket_acl",
 ]
 
 log = logging.getLogger("pfkeyd.server")
 
 #: The largest PF_KEY message: sadb_msg_len is 16 bits of 8-byte units.
 RECV_SIZE = 0xFFFF * 8
-#: At most one "broadcasts dropped" warning per client in this many seconds.
+#: At most one warning of a kind in this many seconds: broadcasts dropped (per client),
+#: peers refused and accept() failing (per socket), control requests failing.  The
+#: next warning says how many were suppressed.
 DROP_LOG_INTERVAL = 10.0
 #: A reader yields to the other tasks after this many requests in a row (and always
 #: when its socket is empty, which waits).
@@ -128,6 +142,9 @@ class EngineLike(Protocol):
     @property
     def knobs(self) -> Knobs: ...
 
+    @knobs.setter
+    def knobs(self, knobs: Knobs) -> None: ...
+
     @property
     def stats(self) -> Stats: ...
 
@@ -148,8 +165,77 @@ class EngineLike(Protocol):
 #: effects); ``dialect`` is that of the PF_KEY socket the control socket is beside.
 ControlHook = Callable[[Sequence[str], Instant, Dialect], tuple[int, str, str, Sequence[Effect]]]
 
-#: The largest control request accepted.
+#: The largest control request accepted; a longer one is answered "request too long".
 CONTROL_REQUEST_MAX = 64 * 1024
+#: How long a control peer has to send its request.
+CONTROL_TIMEOUT = 10.0
+#: Exit statuses of control answers the daemon gives itself (sysexits.h).
+EX_USAGE, EX_SOFTWARE = 64, 70
+
+
+class ControlRequestError(ValueError):
+    """A control request that is not ``{"argv": [str, ...]}`` in UTF-8 JSON."""
+
+
+def parse_control_request(data: bytes) -> list[str]:
+    """The argv of one control request (one datagram), or :class:`ControlRequestError`.
+
+    The request is a UTF-8 JSON object whose ``argv`` is a list of strings; the
+    strings are text (no lone surrogates) without NUL.  Any other bytes, however
+    deep their nesting or long their numbers, raise ControlRequestError.
+    """
+    if len(data) > CONTROL_REQUEST_MAX:
+        raise ControlRequestError("request too long")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ControlRequestError("not UTF-8") from None
+    try:
+        request = json.loads(text)
+    except RecursionError:
+        raise ControlRequestError("not JSON: nested too deeply") from None
+    except ValueError as exc:  # json.JSONDecodeError, an integer of too many digits
+        raise ControlRequestError(f"not JSON: {_clip(str(exc))}") from None
+    argv = request.get("argv") if isinstance(request, dict) else None
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise ControlRequestError('expected {"argv": [string, ...]}')
+    for arg in argv:
+        if "\0" in arg:
+            raise ControlRequestError("an argument holds a NUL character")
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ControlRequestError("an argument is not text (a lone surrogate)") from None
+    return argv
+
+
+def control_answer(status: int, out: str = "", err: str = "") -> bytes:
+    """One control answer datagram."""
+    return json.dumps({"status": status, "out": out, "err": err}).encode()
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class _LogLimit:
+    """At most one log line per ``interval`` seconds for one kind of event; the next
+    line that gets through says how many were suppressed meanwhile."""
+
+    __slots__ = ("at", "interval", "suppressed")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.at = -math.inf
+        self.suppressed = 0
+
+    def admit(self, now: float) -> int | None:
+        """None if this event is not to be logged; else how many were suppressed."""
+        if now - self.at < self.interval:
+            self.suppressed += 1
+            return None
+        suppressed, self.suppressed, self.at = self.suppressed, 0, now
+        return suppressed
 
 
 class ServerError(Exception):
@@ -269,6 +355,7 @@ class _Listener:
     endpoint: Endpoint
     sock: socket.socket
     ident: tuple[int, int]  # (st_dev, st_ino) of the socket file we made
+    dir_fd: int  # the directory it is in, to remove it from there
 
 
 class Server:
@@ -318,6 +405,7 @@ class Server:
         self._listeners: list[_Listener] = []
         self._control = control
         self._control_listeners: list[_Listener] = []
+        self._log_limits: dict[tuple[str, str], _LogLimit] = {}
 
     # ------------------------------------------------------------------ public
 
@@ -333,6 +421,12 @@ class Server:
         """Carry out effects that arose outside any request (the data plane's ACQUIREs
         and EXPIREs), as those of a request are carried out."""
         self._route(effects, None, None)
+        self._wake_timer()
+
+    def set_knobs(self, knobs: Knobs) -> None:
+        """Give the engine new knob values (SIGHUP's reload); they hold from the next
+        message and the next tick, as a ``sysctl`` change does."""
+        self._engine.knobs = knobs
         self._wake_timer()
 
     def statistics(self) -> ServerStatistics:
@@ -386,25 +480,27 @@ class Server:
 
     def _listen(self, endpoint: Endpoint) -> _Listener:
         path = endpoint.path
-        _clear_stale_socket(path)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
         try:
-            sock.bind(path)
-            st = os.lstat(path)
-            # Permissions are set before listen(): until then every connect() is refused.
-            if self._group is not None:
-                os.chown(path, -1, self._group)
-                os.chmod(path, 0o660)
-            else:
-                os.chmod(path, 0o600)
-            sock.listen(socket.SOMAXCONN)
+            if len(os.fsencode(path)) > SUN_PATH_MAX:
+                # The file could be made (see _bind_privately), but no client could connect to it.
+                msg = f"{path}: too long for a Unix socket (at most {SUN_PATH_MAX} bytes)"
+                raise ServerError(msg)
+            parent = os.path.dirname(os.path.abspath(path))
+            _check_directory(parent, os.stat(parent))
+            _clear_stale_socket(path)
+            ident = _bind_privately(sock, path, mode=0o600 if self._group is None else 0o660, group=self._group,
+                                    allow=sorted(self._allow - {0, self._own_uid}))
+        except ServerError:
+            sock.close()
+            raise
         except OSError as exc:
             sock.close()
             msg = f"{path}: {exc.strerror or exc}"
             raise ServerError(msg) from exc
         log.info("listening on %s (%s)", path, endpoint.dialect.value)
-        return _Listener(endpoint, sock, (st.st_dev, st.st_ino))
+        return _Listener(endpoint, sock, *ident)
 
     def _close_listeners(self) -> None:
         while self._listeners or self._control_listeners:
@@ -412,15 +508,19 @@ class Server:
             trio.lowlevel.notify_closing(listener.sock)
             listener.sock.close()
             path = listener.endpoint.path
+            name = os.path.basename(path)
             try:
-                st = os.lstat(path)
-                # Remove the file only if it is still ours, not a successor's.
+                # In the directory it was linked into, whatever the path leads to now;
+                # and only if it is still ours, not a successor's.
+                st = os.stat(name, dir_fd=listener.dir_fd, follow_symlinks=False)
                 if (st.st_dev, st.st_ino) == listener.ident:
-                    os.unlink(path)
+                    os.unlink(name, dir_fd=listener.dir_fd)
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 log.warning("cannot remove %s: %s", path, exc.strerror)
+            finally:
+                os.close(listener.dir_fd)
 
     async def _accept_loop(self, listener: _Listener, nursery: trio.Nursery, *, control: bool = False) -> None:
         """Accept peers on one socket; PF_KEY clients get a reader and a writer, control
@@ -433,9 +533,12 @@ class Server:
                 continue
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept on %s: %s; pausing 100 ms", listener.endpoint.path, exc.strerror)
+                    self._log_limited(("accept", listener.endpoint.path), logging.WARNING,
+                                      "accept on %s: %s; pausing 100 ms", listener.endpoint.path, exc.strerror)
                     await trio.sleep(0.1)
                     continue
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                    continue  # the peer left before it was accepted
                 raise
             sock.setblocking(False)
             if control:
@@ -448,27 +551,16 @@ class Server:
             await trio.lowlevel.checkpoint()
 
     async def _control_session(self, sock: socket.socket, dialect: Dialect) -> None:
-        assert self._control is not None
         try:
-            with trio.move_on_after(10):
+            with trio.move_on_after(CONTROL_TIMEOUT):
                 while True:
                     try:
-                        data = sock.recv(CONTROL_REQUEST_MAX)
+                        # One byte more than the limit tells a request that is too long.
+                        data = sock.recv(CONTROL_REQUEST_MAX + 1)
                         break
                     except BlockingIOError:
                         await trio.lowlevel.wait_readable(sock)
-                try:
-                    argv = json.loads(data)["argv"]
-                    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
-                        raise TypeError("argv must be a list of strings")
-                except (ValueError, TypeError, KeyError) as exc:
-                    answer = {"status": 64, "out": "", "err": f"pfkeyd: bad control request: {exc}\n"}
-                else:
-                    status, out, err, effects = self._control(argv, self._now(), dialect)
-                    self._route(effects, None, None)
-                    self._wake_timer()
-                    answer = {"status": status, "out": out, "err": err}
-                payload = json.dumps(answer).encode()
+                payload = self._control_request(data, dialect)
                 while True:
                     try:
                         sock.send(payload)
@@ -481,17 +573,63 @@ class Server:
             trio.lowlevel.notify_closing(sock)
             sock.close()
 
+    def _control_request(self, data: bytes, dialect: Dialect) -> bytes:
+        """Run one control request and return the answer.
+
+        This is the one boundary of a control request: a request that cannot be
+        read, and a command that fails, are answered with an error, logged (with a
+        rate limit) and counted, and the daemon goes on.  A failing command is a bug
+        in pfkeyd, so its log line carries the traceback.
+        """
+        assert self._control is not None
+        stats = self._engine.stats
+        try:
+            argv = parse_control_request(data)
+        except ControlRequestError as exc:
+            stats.note_drop("control_bad_request")
+            self._log_limited(("control", "bad"), logging.WARNING, "bad control request of %d bytes: %s",
+                              len(data), exc)
+            return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
+        try:
+            status, out, err, effects = self._control(argv, self._now(), dialect)
+            self._route(effects, None, None, "control")
+            self._wake_timer()
+            return control_answer(status, out, err)
+        except Exception:  # the boundary: the daemon and its other clients go on
+            stats.note_drop("control_failed")
+            self._log_limited(("control", "failed"), logging.ERROR, "control command %s failed",
+                              _clip(repr(argv[:1])), exc_info=True)
+            return control_answer(EX_SOFTWARE, err="pfkeyd: the command failed inside the daemon "
+                                  "(an internal error; the daemon's log has the details)\n")
+
+    def _log_limited(self, key: tuple[str, str], level: int, fmt: str, *args: object,
+                     exc_info: bool = False) -> None:
+        """Log at most once per DROP_LOG_INTERVAL seconds for ``key``, saying how many
+        lines were suppressed since the last one."""
+        limit = self._log_limits.get(key)
+        if limit is None:
+            limit = self._log_limits[key] = _LogLimit(DROP_LOG_INTERVAL)
+        suppressed = limit.admit(trio.current_time())
+        if suppressed is None:
+            return
+        if suppressed:
+            fmt += " (%d more suppressed in the last %g s)"
+            args = (*args, suppressed, DROP_LOG_INTERVAL)
+        log.log(level, fmt, *args, exc_info=exc_info)
+
     def _credentials(self, sock: socket.socket, endpoint: Endpoint) -> tuple[int, int] | None:
         """The peer's (pid, uid) if it may use the daemon; otherwise close it and log."""
         try:
             creds = peer_credentials(sock)
         except OSError as exc:
-            log.warning("refused a peer on %s: no credentials (%s)", endpoint.path, exc.strerror)
+            self._log_limited(("no credentials", endpoint.path), logging.WARNING,
+                              "refused a peer on %s: no credentials (%s)", endpoint.path, exc.strerror)
             creds = None
         if creds is None or not uid_allowed(creds[1], own_uid=self._own_uid, allow=self._allow):
             self._refused += 1
             if creds is not None:
-                log.warning("refused peer uid %d pid %d on %s", creds[1], creds[0], endpoint.path)
+                self._log_limited(("refused", endpoint.path), logging.WARNING, "refused peer uid %d pid %d on %s",
+                                  creds[1], creds[0], endpoint.path)
             sock.close()
             return None
         return creds
@@ -573,7 +711,7 @@ class Server:
             # trace wants the decoded message, so it is off while tracing.
             effects = engine.serve_hot(client.id, data, self._now())
             if effects is not None:
-                self._route(effects, client, data)
+                self._route(effects, client, data, trace=False)  # tracing is off here
                 self._wake_timer()
                 return
         try:
@@ -597,17 +735,6 @@ class Server:
         effects = engine.handle(client.id, msg, self._now(), raw=data)
         self._route(effects, client, data)
         self._wake_timer()
-        if level:
-            for eff in effects:
-                if isinstance(eff, Error):
-                    log.log(level, "client %d: answered errno %d", client.id, eff.errno)
-                elif isinstance(eff, Dump):
-                    log.log(level, "client %d: dump of %d entries", client.id, len(eff.items))
-                elif isinstance(eff, SendEncoded):
-                    log.log(level, "client %d: %s to %d client(s)", client.id, _type_name(eff.msgtype), len(eff.to))
-                else:
-                    log.log(level, "client %d: %s to %d client(s)%s", client.id, _type_name(eff.msg.type),
-                            len(eff.to), " (promiscuous)" if eff.promisc else "")
 
     def _trace_level(self) -> int:
         """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
@@ -624,8 +751,14 @@ class Server:
 
     # ------------------------------------------------------------------ routing
 
-    def _route(self, effects: Iterable[Effect], requester: _Client | None, request: bytes | None) -> None:
-        """Queue every effect, in order, without blocking."""
+    def _route(self, effects: Sequence[Effect], requester: _Client | None, request: bytes | None,
+               origin: str = "timer", *, trace: bool = True) -> None:
+        """Queue every effect, in order, without blocking.  ``origin`` names what
+        caused effects without a requester in the trace ("timer", "control")."""
+        if trace and effects:
+            level = self._trace_level()
+            if level:
+                _trace(level, f"client {requester.id}" if requester is not None else origin, effects)
         for effect in effects:
             if isinstance(effect, Send):
                 self._deliver(effect, requester, request)
@@ -840,6 +973,36 @@ class Server:
                 self._timer_at = math.inf
 
 
+def _trace(level: int, origin: str, effects: Sequence[Effect]) -> None:
+    """The -d trace of what the daemon sends: replies, broadcasts, promiscuous
+    copies, errors and dumps, whether a request, the timer (ACQUIRE retries,
+    EXPIRE, SPDEXPIRE) or a control command (the ACQUIRE of a lookup) caused them.
+    It names messages and extensions, never their contents: no key material."""
+    for eff in effects:
+        if isinstance(eff, Error):
+            log.log(level, "%s: answered errno %d", origin, eff.errno)
+        elif isinstance(eff, Dump):
+            log.log(level, "%s: %s of %d entries", origin, _type_name(eff.msgtype), len(eff.items))
+        elif isinstance(eff, SendEncoded):
+            log.log(level, "%s: %s to %s", origin, _type_name(eff.msgtype), _recipients(eff.to))
+        else:
+            m = eff.msg
+            kind = "promiscuous copy of " if eff.promisc else "" if eff.reply else "broadcast "
+            log.log(level, "%s: %s%s satype %d seq %d pid %d to %s, extensions %s", origin, kind,
+                    _type_name(m.type), m.satype, m.seq, m.pid, _recipients(eff.to),
+                    ",".join(_ext_name(e.exttype) for e in m.exts if eff.reply or not _is_key(e.exttype))
+                    or "none")
+
+
+def _recipients(to: Sequence[ClientId]) -> str:
+    clients = ",".join(str(c) for c in to[:8]) + (",..." if len(to) > 8 else "")
+    return f"client{'s' * (len(to) != 1)} {clients}" if to else "no client"
+
+
+def _is_key(exttype: int) -> bool:
+    return exttype in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)
+
+
 #: The errno of a send() of a datagram of impossible size: FreeBSD's length check
 #: (EINVAL), Linux's (EMSGSIZE).
 _SEND_FAILS_WITH = {Dialect.FREEBSD: errno.EINVAL, Dialect.LINUX: errno.EMSGSIZE}
@@ -859,6 +1022,135 @@ def _hung_up(sock: socket.socket) -> bool:
     poller = select.poll()
     poller.register(sock.fileno(), rdhup)
     return bool(poller.poll(0))
+
+
+def _check_directory(parent: str, st: os.stat_result) -> None:
+    """Refuse a socket directory where another user could replace the socket file:
+    writable by group or others without the sticky bit, or owned by a user other
+    than root and the daemon's."""
+    if not stat.S_ISDIR(st.st_mode):
+        msg = f"{parent}: not a directory"
+        raise ServerError(msg)
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        msg = (f"{parent}: other users may write to this directory (mode {stat.S_IMODE(st.st_mode):04o}, "
+               "no sticky bit) and could replace the socket; use a directory only its owner can write, "
+               "or one with the sticky bit")
+        raise ServerError(msg)
+    if st.st_uid not in (0, os.geteuid()):
+        msg = f"{parent}: owned by uid {st.st_uid}, who could replace the socket; use a directory of your own"
+        raise ServerError(msg)
+
+
+#: The longest path a Unix socket address holds (sun_path is 108 bytes on Linux, 104
+#: on the BSDs, with its NUL).
+SUN_PATH_MAX = 107 if sys.platform.startswith("linux") else 103
+
+#: Linux's POSIX ACL xattr (include/uapi/linux/posix_acl_xattr.h): a version word,
+#: then (tag, permissions, id) entries sorted by tag and id.
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_HEADER = struct.Struct("<I")
+_ACL_ENTRY = struct.Struct("<HHI")
+_ACL_VERSION = 2
+_ACL_USER_OBJ, _ACL_USER, _ACL_GROUP_OBJ, _ACL_MASK, _ACL_OTHER = 0x01, 0x02, 0x04, 0x10, 0x20
+_ACL_NO_ID = 0xFFFFFFFF
+_RW = 6
+
+
+def socket_acl(mode: int, uids: Sequence[int]) -> bytes:
+    """The access ACL that gives ``uids`` read and write on a socket file of ``mode``
+    (0600 or 0660): the owner and the group keep their bits, nobody else gets any."""
+    entries = [(_ACL_USER_OBJ, (mode >> 6) & 7, _ACL_NO_ID)]
+    entries += [(_ACL_USER, _RW, uid) for uid in sorted(set(uids))]
+    entries += [(_ACL_GROUP_OBJ, (mode >> 3) & 7, _ACL_NO_ID), (_ACL_MASK, _RW, _ACL_NO_ID),
+                (_ACL_OTHER, 0, _ACL_NO_ID)]
+    return _ACL_HEADER.pack(_ACL_VERSION) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
+
+
+def _bind_privately(sock: socket.socket, path: str, *, mode: int, group: int | None,
+                    allow: Sequence[int]) -> tuple[tuple[int, int], int]:
+    """Bind ``sock`` to ``path`` and listen, so that nothing done to the file can be redirected.
+
+    The socket is bound inside a new directory of mode 0700 beside ``path``, which
+    no other user can enter or change; it gets its group, mode and (for ``allow``,
+    the --allow-uid users) an ACL there, through a descriptor of that directory,
+    and is then hard-linked to ``path``.  link() neither follows a symlink nor
+    replaces anything at ``path``: a file that appeared there meanwhile is an
+    error.  Returns the file's (st_dev, st_ino) and a descriptor of the directory
+    it is in (the caller closes it).
+    """
+    parent, base = os.path.split(os.path.abspath(path))
+    parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    done = False
+    try:
+        _check_directory(parent, os.fstat(parent_fd))  # the directory itself, whatever its path leads to now
+        for _ in range(100):
+            private = f".pfk{secrets.token_hex(3)}"
+            try:
+                os.mkdir(private, 0o700, dir_fd=parent_fd)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 collisions of 24 random bits
+            msg = f"{parent}: cannot make a private directory"
+            raise ServerError(msg)
+        try:
+            dir_fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+            try:
+                ident = _setup_in(sock, dir_fd, os.path.join(parent, private, "s"), path, base, parent_fd,
+                                  mode=mode, group=group, allow=allow)
+                done = True
+                return ident, parent_fd
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink("s", dir_fd=dir_fd)
+                os.close(dir_fd)
+        finally:
+            os.rmdir(private, dir_fd=parent_fd)
+    finally:
+        if not done:
+            os.close(parent_fd)
+
+
+def _setup_in(sock: socket.socket, dir_fd: int, bind_path: str, path: str, base: str, parent_fd: int, *,
+              mode: int, group: int | None, allow: Sequence[int]) -> tuple[int, int]:
+    own = os.fstat(dir_fd)
+    if own.st_uid != os.geteuid() or stat.S_IMODE(own.st_mode) & 0o077:
+        msg = f"{path}: the private directory beside it was replaced while starting"
+        raise ServerError(msg)
+    sock.bind(bind_path)
+    st = os.stat("s", dir_fd=dir_fd, follow_symlinks=False)  # the file bind() made, seen through our descriptor
+    if not stat.S_ISSOCK(st.st_mode):  # pragma: no cover - only we can write the private directory
+        msg = f"{path}: the private directory beside it was tampered with while starting"
+        raise ServerError(msg)
+    if group is not None:
+        os.chown("s", -1, group, dir_fd=dir_fd, follow_symlinks=False)
+    os.chmod("s", mode, dir_fd=dir_fd)  # no symlink can be there: the directory is ours alone
+    if allow:
+        _grant(path, dir_fd, mode, allow)
+    # Nobody could reach the file before it is linked into place with its final
+    # mode, owner and ACL, and it listens from the moment it appears.
+    sock.listen(socket.SOMAXCONN)
+    try:
+        os.link("s", base, src_dir_fd=dir_fd, dst_dir_fd=parent_fd)
+    except FileExistsError:
+        msg = f"{path}: a file appeared there while starting"
+        raise ServerError(msg) from None
+    return st.st_dev, st.st_ino
+
+
+def _grant(path: str, dir_fd: int, mode: int, allow: Sequence[int]) -> None:
+    """Let the --allow-uid users reach the socket file: a POSIX ACL naming them."""
+    setxattr = getattr(os, "setxattr", None)
+    if setxattr is None:  # pragma: no cover - not Linux
+        msg = f"{path}: --allow-uid needs POSIX ACLs (Linux) to let those users reach the socket; use --group"
+        raise ServerError(msg)
+    try:
+        # /proc/self/fd/N is our private directory itself, whatever its path now.
+        setxattr(f"/proc/self/fd/{dir_fd}/s", _ACL_XATTR, socket_acl(mode, allow), follow_symlinks=False)
+    except OSError as exc:
+        msg = (f"{path}: cannot let the --allow-uid users reach the socket: no POSIX ACL "
+               f"({exc.strerror}); use --group with a group of those users")
+        raise ServerError(msg) from exc
 
 
 def _clear_stale_socket(path: str) -> None:

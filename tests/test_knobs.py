@@ -115,9 +115,12 @@ def test_knob_names_are_unique_and_every_attribute_has_a_name() -> None:
     assert {k.attr for k in KNOBS} == fields
 
 
-def test_knobs_outside_the_reference_are_pfkeyds_own() -> None:
+def test_knobs_outside_the_reference_are_pfkeyds_own_or_enc4s() -> None:
+    # net.enc.* are FreeBSD's if_enc.c knobs (packet-path reference §1.1.7), used by
+    # the data plane's enc0; the key-engine reference table does not list them.
     extra = {k.name for k in KNOBS} - set(REFERENCE)
-    assert extra and all(n.startswith("pfkeyd.") for n in extra)
+    assert extra and all(n.startswith(("pfkeyd.", "net.enc.")) for n in extra)
+    assert (Knobs().get("net.enc.in.ipsec_bpf_mask"), Knobs().get("net.enc.out.ipsec_bpf_mask")) == (1, 3)
 
 
 def test_shared_nodes_share_one_value() -> None:
@@ -158,6 +161,17 @@ def test_unknown_knob_raises_knob_error(name: str) -> None:
     ("net.inet.ipsec.esp_trans_deflev", 2**31),
     ("net.key.esp_keymin", "lots"),
     ("net.key.esp_keymin", "1.5"),
+    # ASCII digits only: int() would read these as 123, 123, 1000, 7 and 7.
+    ("pfkeyd.max_sas", "\u0661\u0662\u0663"),
+    ("pfkeyd.max_sas", "\uff11\uff12\uff13"),
+    ("pfkeyd.max_sas", "1_000"),
+    ("pfkeyd.max_sas", " 7"),
+    ("pfkeyd.max_sas", "7\n"),
+    ("pfkeyd.max_sas", "9" * 5000),  # more digits than int() converts
+    ("pfkeyd.max_sas", "0x" + "f" * 5000),
+    ("pfkeyd.max_sas", ""),
+    ("pfkeyd.max_sas", "-"),
+    ("pfkeyd.max_sas", "0b11"),
 ])
 def test_bad_value_raises_knob_error_and_changes_nothing(name: str, value: int | str) -> None:
     eng = make_engine()
@@ -182,7 +196,13 @@ def test_knobs_cannot_be_built_out_of_range() -> None:
         Knobs(def_policy=3)
 
 
-@pytest.mark.parametrize(("text", "value"), [("0x200", 0x200), ("300", 300), ("0o777", 0o777)])
+def test_a_refused_value_is_quoted_short() -> None:
+    with pytest.raises(KnobError, match=r"^invalid integer '9{32}\.\.\.'$"):
+        Knobs().set("pfkeyd.max_sas", "9" * 100_000)
+
+
+@pytest.mark.parametrize(("text", "value"), [("0x200", 0x200), ("300", 300), ("0o777", 0o777), ("+5", 5),
+                                             ("0X1F", 0x1F), ("0", 0)])
 def test_values_may_be_given_as_text_in_any_base(text: str, value: int) -> None:
     assert Knobs().set("net.key.spi_minval", text).spi_minval == value
 

@@ -381,6 +381,25 @@ def test_the_usage_reader_understands_usage_text() -> None:
         "": "pfkeyd [-d] [-h]", "stats": "pfkeyd stats [-s path]"}
 
 
+def test_the_page_and_the_readme_say_that_state_lives_only_in_memory() -> None:
+    caveats = " ".join(section("CAVEATS"))
+    assert "only in the daemon's memory" in caveats
+    assert "restart, a crash" in caveats
+    readme = (ROOT / "README.md").read_text()
+    assert "State lives only in memory" in readme
+    assert "a restart or a crash loses every SA and policy" in readme
+
+
+def test_the_signals_section_names_the_signals_the_daemon_handles() -> None:
+    text = " ".join(section("SIGNALS"))
+    for name in ("SIGHUP", "SIGTERM", "SIGINT"):
+        assert f"Dv {name}" in text
+    source = (ROOT / "pfkeyd" / "cli.py").read_text()
+    handled = re.search(r"open_signal_receiver\(([^)]*)\)", source)
+    assert handled is not None
+    assert sorted(re.findall(r"signal\.(SIG\w+)", handled.group(1))) == ["SIGHUP", "SIGINT", "SIGTERM"]
+
+
 # ------------------------------------------------------------------ (g) setkey.8
 
 

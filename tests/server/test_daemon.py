@@ -140,6 +140,10 @@ def test_a_bad_config_file_exits_1_naming_file_and_line(tmp_path: Path, capsys: 
 @pytest.mark.parametrize("args", [
     ["-l", "/tmp/x.sock"],                 # no dialect
     ["-l", "/tmp/x.sock:netbsd"],          # no such dialect
+    ["-l", "/tmp/x.sock:Linux"],           # dialect names are lower case
+    ["-s", "/tmp/x.sock:openbsd"],         # not a socket named "x.sock:openbsd"
+    ["-s", "/tmp/x.sock:Linux"],
+    ["-s", "x.sock:"],
     ["--group", "no-such-group-here"],
     ["--allow-uid", "no-such-user-here"],
     ["-s", "/tmp/a.sock", "-l", "/tmp/a.sock:linux"],
@@ -152,6 +156,15 @@ def test_usage_errors_exit_64_with_the_usage_on_stderr(args: list[str], capsys: 
     assert out == ""
     assert err.startswith("usage: pfkeyd")
     assert "\npfkeyd: " in err
+
+
+def test_a_colon_in_a_directory_name_is_part_of_the_path() -> None:
+    split = cli._split_endpoint
+    assert split("/tmp/a:b/x.sock", dialect_required=False) == ("/tmp/a:b/x.sock", native_dialect())
+    assert split("/tmp/a:b/x.sock:freebsd", dialect_required=False) == ("/tmp/a:b/x.sock", Dialect.FREEBSD)
+    assert split("a:b.sock:linux", dialect_required=True) == ("a:b.sock", Dialect.LINUX)
+    with pytest.raises(cli._UsageError, match="unknown dialect 'openbsd'"):
+        split("/tmp/x.sock:openbsd", dialect_required=False)
 
 
 def test_default_socket_path_and_dialect() -> None:
@@ -186,3 +199,72 @@ async def test_the_debug_knob_traces_every_message_at_run_time_without_key_mater
     caplog.clear()
     await peer.request(add_msg(0x5003))
     assert "ADD" not in caplog.text
+
+
+def control(path: str, *argv: str) -> dict[str, object]:
+    import json
+
+    from pfkeyd.defaults import control_path
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(10)
+        s.connect(control_path(path))
+        s.send(json.dumps({"argv": list(argv)}).encode())
+        answer = json.loads(s.recv(1 << 20))
+    assert isinstance(answer, dict)
+    return answer
+
+
+def test_sighup_rereads_the_config_file_logs_the_changes_and_keeps_serving_and_state(
+    sockdir: str, running: list[Running]
+) -> None:
+    from tests.server.peers import add_msg, sa_msg
+
+    conf = Path(sockdir) / "pfkeyd.conf"
+    conf.write_text("net.key.esp_auth=0\npfkeyd.max_sas=1000\n")
+    path = f"{sockdir}/main.sock"
+    daemon = Running("-s", f"{path}:linux", "-f", str(conf))
+    running.append(daemon)
+    daemon.wait_for("listening on")
+    assert ask(path, Dialect.LINUX, add_msg(0x7001)).errno == 0
+    assert control(path, "sysctl", "net.key.spi_trycnt=7")["status"] == 0  # a run-time change
+
+    conf.write_text("# tuned\nnet.key.esp_auth=1\npfkeyd.max_sas=1000\nnet.key.blockacq_count = 3\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("SIGHUP received")
+    assert daemon.log[-1].rstrip().endswith(
+        f"re-read {conf}: net.key.blockacq_count 10 -> 3, net.key.esp_auth 0 -> 1")
+    answer = control(path, "sysctl", "-n", "net.key.esp_auth", "net.key.blockacq_count", "net.key.spi_trycnt",
+                     "pfkeyd.max_sas")
+    assert answer["out"] == "1\n3\n7\n1000\n"  # the file over the current values
+    # Still serving, with its state: the SA added before the signal is there.
+    assert ask(path, Dialect.LINUX, sa_msg(MsgType.GET, 0x7001)).errno == 0
+
+    # A bad file is reported and changes nothing.
+    conf.write_text("net.key.esp_auth=0\nnet.key.spi_trycnt=lots\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("SIGHUP received")
+    assert f"{conf}:2: invalid integer 'lots'; no knob changed" in daemon.log[-1]
+    assert control(path, "sysctl", "-n", "net.key.esp_auth")["out"] == "1\n"
+
+    conf.write_text("net.key.esp_auth=1\n")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("SIGHUP received")
+    assert daemon.log[-1].rstrip().endswith(f"re-read {conf}: no knob changed")
+
+    daemon.proc.send_signal(signal.SIGTERM)
+    status, out, err = daemon.finish()
+    assert status == 0 and out == "" and "Traceback" not in err
+    assert not os.path.exists(path)
+
+
+def test_sighup_without_a_config_file_changes_nothing_and_keeps_serving(sockdir: str, running: list[Running]) -> None:
+    path = f"{sockdir}/main.sock"
+    daemon = Running("-s", f"{path}:freebsd")
+    running.append(daemon)
+    daemon.wait_for("listening on")
+    daemon.proc.send_signal(signal.SIGHUP)
+    daemon.wait_for("SIGHUP received; no configuration file (-f) to re-read")
+    assert ask(path, Dialect.FREEBSD, Message(MsgType.FLUSH, 0, 3, 1)).errno == 0
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert daemon.finish()[0] == 0
