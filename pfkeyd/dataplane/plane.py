@@ -62,6 +62,12 @@ the local address inside the source selector as preferred source; they are kept
 in step when the SPD changes, and removed at exit (:mod:`.netlink`), unless
 routing is left to the user.
 
+**The one-step tunnel path.**  A bundle of one ESP tunnel SA over IPv4 with a
+combined-mode cipher (the common site-to-site case) goes through
+:mod:`pfkeyd.packet.fasttunnel`, which builds the outer header and ESP in one step
+and is proven equal to the general path by a property test; everything else takes
+:func:`~pfkeyd.packet.bundle.protect`.
+
 **enc(4)**: every plaintext packet is offered to an :class:`~.enc.EncTap` at the
 points FreeBSD's hooks see it (out: before and after encapsulation; in: before
 and after the outer header is stripped), shown according to the bpf masks.
@@ -88,7 +94,7 @@ from pfkeyd.dataplane.seam import Seam
 from pfkeyd.dataplane.sockpol import SocketPolicies
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision
-from pfkeyd.packet import bundle, ip, usage
+from pfkeyd.packet import bundle, fasttunnel, ip, usage
 from pfkeyd.packet.bundle import Bound, Peek
 from pfkeyd.packet.counters import Drop
 from pfkeyd.packet.ip import PacketKnobs
@@ -164,7 +170,7 @@ def flow_of(key: FlowKey) -> Flow:
 class Verdict:
     """What to do with an outbound flow's packets."""
 
-    __slots__ = ("chain", "kind", "reason")
+    __slots__ = ("chain", "fast", "kind", "reason")
 
     CLEAR = "clear"
     DROP = "drop"
@@ -175,6 +181,8 @@ class Verdict:
         self.kind = kind
         self.chain = chain
         self.reason = reason
+        #: the bundle is one the one-step tunnel path takes (pfkeyd.packet.fasttunnel)
+        self.fast = kind == "protect" and fasttunnel.eligible(chain)
 
 
 def routes_for(policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
@@ -353,7 +361,9 @@ class DataPlane:
         if v.kind == Verdict.PROTECT:
             if self.enc is not None:
                 self._show_out(dg, v.chain)
-            got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters)
+            got = fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters) if v.fast else None
+            if got is None:
+                got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters)
             if isinstance(got, Drop):
                 return []
             return [got]
