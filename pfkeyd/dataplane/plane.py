@@ -77,6 +77,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import socket
 import struct
 import time
@@ -113,6 +114,28 @@ HOLD_FLOWS = 256
 HOLD_TIME = 5.0
 #: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
 WATCH_INTERVAL = 0.02
+#: How often, at most, the SAs' traffic goes to the engine while packets flow (and
+#: on every watch tick otherwise): lifetimes act within this.  FreeBSD checks byte
+#: lifetimes once a second (key_timehandler).
+REPORT_INTERVAL = 0.05
+
+
+class RandomPool:
+    """Random bytes drawn from a buffer of ``os.urandom`` (outer IPv4 IDs: two bytes a
+    packet, where a system call each would cost more than the header)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._buf, pos = os.urandom(max(4096, n)), 0
+        self._pos = pos + n
+        return self._buf[pos : pos + n]
 _CACHE_MAX = 65536
 
 _TCP, _UDP, _SCTP, _ICMP, _ICMP6 = 6, 17, 132, 1, 58
@@ -253,6 +276,8 @@ class DataPlane:
         self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
         self._routes: set[Route] = set()
         self.changed = trio.Event()
+        self._random = RandomPool()
+        self._next_report = 0.0
 
     # ------------------------------------------------------------------ state
     def _now(self) -> Instant:
@@ -361,9 +386,10 @@ class DataPlane:
         if v.kind == Verdict.PROTECT:
             if self.enc is not None:
                 self._show_out(dg, v.chain)
-            got = fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters) if v.fast else None
+            got = fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters,
+                                     random=self._random) if v.fast else None
             if got is None:
-                got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters)
+                got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
             if isinstance(got, Drop):
                 return []
             return [got]
@@ -407,7 +433,7 @@ class DataPlane:
                 if v.kind == Verdict.PROTECT:
                     if self.enc is not None:
                         self._show_out(dg, v.chain)
-                    got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters)
+                    got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
                     if not isinstance(got, Drop):
                         out.append(got)
                         self.counters["hold.sent"] += 1
@@ -503,6 +529,11 @@ class DataPlane:
         return self.accept(got, dg, now)
 
     # ------------------------------------------------------------------ usage
+    def _report_due(self, now: Instant) -> None:
+        if now.mono >= self._next_report:
+            self._next_report = now.mono + REPORT_INTERVAL
+            self.report(now)
+
     def report(self, now: Instant) -> None:
         """Hand the SAs' traffic since the last report to the engine (lifetimes)."""
         live = ((spi, b.state) for spi, (_c, b) in self._sas.items())
@@ -551,7 +582,7 @@ class DataPlane:
             for dg in batch:
                 out += self.outbound(dg, now)
             await self._send(out)
-            self.report(now)
+            self._report_due(now)
 
     async def _raw_loop(self, rx: RawReceiver) -> None:
         while True:
@@ -562,7 +593,7 @@ class DataPlane:
                 inner = self.inbound(dg, now)
                 if inner is not None:
                     await self.tun.send(inner)
-            self.report(now)
+            self._report_due(now)
 
     async def _natt_loop(self, sock: NattSocket) -> None:
         while True:
@@ -575,7 +606,7 @@ class DataPlane:
                 inner = self.inbound_udp(d.whole(), now)
                 if inner is not None:
                     await self.tun.send(inner)
-            self.report(now)
+            self._report_due(now)
 
     async def _watch(self) -> None:
         while True:
@@ -587,6 +618,7 @@ class DataPlane:
                 self.changed = trio.Event()
             if self._held:
                 self.expire_held(self._now())
+            self._report_due(self._now())
             await trio.sleep(WATCH_INTERVAL)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
