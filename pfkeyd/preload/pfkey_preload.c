@@ -475,6 +475,36 @@ static struct pfk_state *any_slot(int fd)
  * when there is no socket-policy socket to ask (no data plane). */
 static int policy_to_pfkeyd(int fd, const void *value, socklen_t len)
 {
+	struct pfk_state *st = any_slot(fd);
+	if (st == NULL)
+		return -1;
+	int conn = st->policy_conn - 1;
+	if (conn < 0) {
+		/* No data plane, no socket-policy socket: -1, and setsockopt behaves as before. */
+		char buf[sizeof(((struct sockaddr_un *)0)->sun_path) + 32];
+		char path[sizeof(buf) + 16];
+		const char *pf = socket_path(buf, sizeof(buf));
+		size_t n = strlen(pf);
+		if (n > 5 && strcmp(pf + n - 5, ".sock") == 0)
+			snprintf(path, sizeof(path), "%.*s.sockpol", (int)(n - 5), pf);
+		else
+			snprintf(path, sizeof(path), "%s.sockpol", pf);
+		struct sockaddr_un sun;
+		memset(&sun, 0, sizeof(sun));
+		sun.sun_family = AF_UNIX;
+		if (strlen(path) >= sizeof(sun.sun_path))
+			return -1;
+		strcpy(sun.sun_path, path);
+		conn = real_socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (conn < 0)
+			return -1;
+		if (connect(conn, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+			real_close(conn);
+			return -1;
+		}
+		st->policy_conn = conn + 1;
+	}
+
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
 	int proto = 0;
@@ -502,35 +532,6 @@ static int policy_to_pfkeyd(int fd, const void *value, socklen_t len)
 		return EAFNOSUPPORT;
 	}
 	memcpy(msg + 24, value, len);
-
-	struct pfk_state *st = any_slot(fd);
-	if (st == NULL)
-		return ENOMEM;
-	int conn = st->policy_conn - 1;
-	if (conn < 0) {
-		char buf[sizeof(((struct sockaddr_un *)0)->sun_path) + 32];
-		char path[sizeof(buf) + 16];
-		const char *pf = socket_path(buf, sizeof(buf));
-		size_t n = strlen(pf);
-		if (n > 5 && strcmp(pf + n - 5, ".sock") == 0)
-			snprintf(path, sizeof(path), "%.*s.sockpol", (int)(n - 5), pf);
-		else
-			snprintf(path, sizeof(path), "%s.sockpol", pf);
-		struct sockaddr_un sun;
-		memset(&sun, 0, sizeof(sun));
-		sun.sun_family = AF_UNIX;
-		if (strlen(path) >= sizeof(sun.sun_path))
-			return -1;
-		strcpy(sun.sun_path, path);
-		conn = real_socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-		if (conn < 0)
-			return errno;
-		if (connect(conn, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-			real_close(conn);
-			return -1;
-		}
-		st->policy_conn = conn + 1;
-	}
 	if (real_send(conn, msg, 24 + (size_t)len, MSG_NOSIGNAL) < 0)
 		return errno;
 	struct pollfd pfd = { .fd = conn, .events = POLLIN };

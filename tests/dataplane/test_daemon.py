@@ -312,6 +312,11 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.bind((addr, 500))
 for d in (1, 2):  # SADB_X_EXT_POLICY, type bypass, in and out
     s.setsockopt(socket.IPPROTO_IP, 16, struct.pack("=HHHBBII", 2, 18, 4, d, 0, 0, 0))
+try:  # pfkeyd's answer is setsockopt's: a direction that does not exist is EINVAL
+    s.setsockopt(socket.IPPROTO_IP, 16, struct.pack("=HHHBBII", 2, 18, 4, 3, 0, 0, 0))
+    sys.exit("a bad socket policy was accepted")
+except OSError as e:
+    assert e.errno == 22, e
 s.settimeout(10)
 if mode == "echo":
     print("ready", flush=True)
