@@ -619,6 +619,8 @@ class DataPlane:
             if self._held:
                 self.expire_held(self._now())
             self._report_due(self._now())
+            if self.enc is not None and self.enc.pcap is not None:
+                self.enc.pcap.flush()  # a reader of the file sees packets within a tick
             await trio.sleep(WATCH_INTERVAL)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

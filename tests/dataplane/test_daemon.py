@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from pyroute2 import IPRoute
@@ -266,8 +268,9 @@ def test_ah_cleartos_decides_whether_the_tos_byte_is_in_the_icv(netpair: Pair) -
         cap.close()
 
 
-def test_enc0_shows_the_plaintext(netpair: Pair) -> None:
-    with hosts(netpair, extra_a=("--enc",)) as (a, b):
+def test_enc0_and_the_pcap_file_show_the_plaintext(netpair: Pair, tmp_path: Path) -> None:
+    pcap = tmp_path / "enc.pcap"
+    with hosts(netpair, extra_a=("--enc", "--pcap", str(pcap))) as (a, b):
         enc = Capture(netpair.a, "enc0")
         try:
             for me, h in enumerate((a, b)):
@@ -278,6 +281,19 @@ def test_enc0_shows_the_plaintext(netpair: Pair) -> None:
             enc.close()
     icmp = [d for d in shown if d[9] == 1]
     assert any(d[20] == 8 for d in icmp) and any(d[20] == 0 for d in icmp)  # echo out, reply in
+    # The pcap file: DLT_ENC records, each an enchdr (af, SPI, flags) and the plaintext.
+    data = pcap.read_bytes()
+    assert struct.unpack("=IHHiIII", data[:24])[6] == 109
+    records, at = [], 24
+    while at < len(data):
+        _sec, _usec, incl, _orig = struct.unpack("=IIII", data[at : at + 16])
+        records.append(data[at + 16 : at + 16 + incl])
+        at += 16 + incl
+    spis = {int.from_bytes(r[4:8], "big") for r in records}
+    assert spis == {0x1001, 0x1002}
+    kinds = [(r[12 + 9], r[12 + 20]) for r in records]
+    # out: before and after encapsulation (mask 3, transport: the same packet twice); in: before only (mask 1)
+    assert kinds.count((1, 8)) == 4 and kinds.count((1, 0)) == 2
 
 
 def test_first_packet_triggers_acquire_keymgr_keys_both_and_held_packet_is_delivered(netpair: Pair) -> None:
@@ -416,3 +432,27 @@ def test_the_protect_traffic_example_runs(netpair: Pair) -> None:
     assert "on the veth: " in r.stdout and "clear" not in r.stdout.split("on the veth: ")[1].splitlines()[0]
     assert "echo reply 3 from 10.2.0.1" in r.stdout
     assert not [n for n in os.listdir("/run/netns") if n.startswith("pfkex-")]
+
+
+def test_no_routes_leaves_routing_to_the_user(netpair: Pair) -> None:
+    cap = Capture(netpair.a)
+    try:
+        with hosts(netpair, "--no-routes") as (a, b):
+            for me, h in enumerate((a, b)):
+                h.setkey(sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me))
+            assert a.stats()["dataplane"]["routes"] == []
+            with netpair.a.inside(), IPRoute() as ipr:
+                assert not [r for r in ipr.route("dump", family=socket.AF_INET) if r.get("table") == 5050]
+            r = a.traffic("ping", *OUTER4, "1")
+            assert r.returncode == 0  # not routed into the TUN: the echo goes in the clear
+            # The user's own routes into the TUN (B's too, for the replies).
+            for ns, peer in ((netpair.a, OUTER4[1]), (netpair.b, OUTER4[0])):
+                with ns.inside(), IPRoute() as ipr:
+                    ipr.route("add", dst=peer, dst_len=32, table=5050, oif=ipr.link_lookup(ifname="ipsec0")[0])
+            cap.drain()
+            cap.frames.clear()
+            ping(a, *OUTER4, count=2)
+            seen = [d for d in cap.ip() if not is_neighbour_discovery(d)]
+        assert seen and all(d[9] == 50 for d in seen)
+    finally:
+        cap.close()
