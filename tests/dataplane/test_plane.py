@@ -271,3 +271,30 @@ def test_verdicts_are_cached_until_the_engine_changes() -> None:
     send(ea, ME, Message(MsgType.X_SPDFLUSH, 0, 0, PID, 0, 0, ()))
     assert dp._refresh() and not dp._out
     assert dp.outbound(udp(IA, IB, 1, 2), T0) == [udp(IA, IB, 1, 2)]  # no policy: def_policy 1
+
+
+def test_esp_enable_0_drops_protected_traffic_both_ways_as_pdrops() -> None:
+    ea, eb = tunnel_pair()
+    pa, _ = plane(ea)
+    pb, _ = plane(eb)
+    (wire,) = pa.outbound(udp(IA, IB, 1, 2), T0)
+    for eng in (ea, eb):
+        eng.knobs = eng.knobs.set("net.inet.esp.esp_enable", 0)
+    pa._refresh()
+    pb._refresh()
+    assert pa.outbound(udp(IA, IB, 1, 2), T0) == []
+    assert pb.inbound(wire, T0) is None
+    assert ea.packet_counters["esp.pdrops"] == 1 and eb.packet_counters["esp.pdrops"] == 1
+
+
+@pytest.mark.parametrize(("deflev", "sent_clear"), [(1, True), (2, False)])
+def test_level_default_follows_esp_trans_deflev(deflev: int, sent_clear: bool) -> None:
+    from pfkeyd.wire import Level
+
+    eng = make_engine(esp_trans_deflev=deflev)
+    send(eng, ME, spd_msg(src=A, dst=B, dir=OUT, requests=[request(level=Level.DEFAULT)]))
+    dp, _ = plane(eng)
+    dg = udp(A, B, 1, 2)
+    out = dp.outbound(dg, T0)  # no SA: use sends in the clear, require holds the packet
+    assert out == ([dg] if sent_clear else [])
+    assert dp.counters["hold.queued"] == (0 if sent_clear else 1)
