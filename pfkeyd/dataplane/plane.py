@@ -382,6 +382,10 @@ class DataPlane:
         if key is None:
             self.counters["out.malformed"] += 1
             return []
+        if self._held and key in self._held:
+            # Behind the flow's held packets, so that they go out in order.
+            self._hold(key, dg, now)
+            return []
         v = self._verdict(key, now)
         if v.kind == Verdict.PROTECT:
             if self.enc is not None:

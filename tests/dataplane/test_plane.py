@@ -186,9 +186,14 @@ def test_the_first_packet_is_held_until_the_sa_arrives_then_sent_in_order() -> N
     assert dp.release_held(at(1)) == []  # no SA yet: still held
     add_gcm(eng, 0x2001, A, B, mode=TRANSPORT, now=at(1))
     dp._refresh()
+    # A packet of the flow that comes before the held ones are released queues behind them.
+    third = udp(A, B, 1, 2, b"third")
+    assert dp.outbound(third, at(1)) == []
     out = dp.release_held(at(1))
-    assert len(out) == 2 and all(d[9] == 50 for d in out)
-    assert dp.counters["hold.queued"] == 2 and dp.counters["hold.sent"] == 2 and not dp._held
+    assert len(out) == 3 and all(d[9] == 50 for d in out)
+    assert [int.from_bytes(d[24:28], "big") for d in out] == [1, 2, 3]  # ESP sequence: in order
+    assert dp.counters["hold.queued"] == 3 and dp.counters["hold.sent"] == 3 and not dp._held
+    assert dp.outbound(udp(A, B, 1, 2, b"fourth"), at(1))[0][9] == 50  # then straight through
 
 
 def test_held_packets_are_bounded_and_time_out() -> None:
