@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,24 +42,30 @@ class Host:
         self.env = env
         self.proc = subprocess.Popen(
             ns.argv(sys.executable, "-m", "pfkeyd", "-s", f"{self.sock}:freebsd", "--dataplane", *extra),
-            stdout=self.log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 20
-        while not self._answers():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pfkeyd in {name} did not start:\n{self.output()}")
-            time.sleep(0.05)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+        # The daemon logs "listening on <control socket>" once it serves: wait for that
+        # line (or the end of its output), copying everything to the log file.
+        self._ready = threading.Event()
+        self._copier = threading.Thread(target=self._copy, daemon=True)
+        self._copier.start()
+        if not self._ready.wait(30) or self.proc.poll() is not None:
+            self.proc.kill()
+            self._copier.join(5)
+            raise RuntimeError(f"pfkeyd in {name} did not start:\n{self.output()}")
 
-    def _answers(self) -> bool:
+    def _copy(self) -> None:
+        assert self.proc.stderr is not None
         ctl = self.sock[: -len(".sock")] + ".ctl"
-        if not os.path.exists(ctl):
-            return False
-        try:
-            self.control("dialect")
-        except OSError:
-            return False
-        return True
+        for line in self.proc.stderr:
+            self.log.write(line)
+            self.log.flush()
+            if f"listening on {ctl}" in line:
+                self._ready.set()
+        self._ready.set()  # the daemon ended: start() looks at why
 
     def output(self) -> str:
+        if self.proc.poll() is not None:
+            self._copier.join(5)
         self.log.flush()
         self.log.seek(0)
         return self.log.read()
@@ -113,7 +119,7 @@ class Host:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        self._copier.join(10)
         return self.proc.returncode
 
 
@@ -130,11 +136,12 @@ def hosts(pair: Pair, *extra: str, extra_a: tuple[str, ...] = (), extra_b: tuple
         started.append(b)
         yield a, b
         for h in started:
-            out = h.output()
             rc = h.stop()
+            out = h.output()
             assert rc == 0, f"pfkeyd in {h.name} exited {rc}:\n{out}"
             assert h.ns.snapshot() == h.before, f"pfkeyd in {h.name} left links, rules or routes behind"
     finally:
         for h in started:
             h.stop()
+            h.log.close()
         shutil.rmtree(work, ignore_errors=True)

@@ -200,14 +200,12 @@ def test_replayed_and_tampered_packets_are_dropped_and_counted(netpair: Pair) ->
             bad[40] ^= 0x01  # and a flipped ciphertext bit
             s.sendto(bytes(bad), (OUTER4[1], 0))
             s.close()
-            for _ in range(100):
-                after = b.stats()["packets"]
-                if after["esp.badauth"] > before["esp.badauth"] and after["esp.replay"] > before["esp.replay"]:
-                    break
-                subprocess.run(["sleep", "0.05"], check=True)
+            # An echo sent after them reaches B's daemon through the same socket queue:
+            # its reply means both were handled.  (And the SA still works.)
+            ping(a, *OUTER4, count=1)
+            after = b.stats()["packets"]
             assert after["esp.replay"] == before["esp.replay"] + 1
             assert after["esp.badauth"] == before["esp.badauth"] + 1
-            ping(a, *OUTER4, count=1)  # the SA still works
     finally:
         cap.close()
 
@@ -304,10 +302,7 @@ def test_first_packet_triggers_acquire_keymgr_keys_both_and_held_packet_is_deliv
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=dict(a.env, PYTHONPATH=f"{ROOT}:{ROOT}/examples"))
         try:
-            for _ in range(200):  # registered?
-                if "REGISTER" in a.control("stats"):
-                    break
-                subprocess.run(["sleep", "0.05"], check=True)
+            assert km.stdout is not None and km.stdout.readline().startswith("keymgr: registered on")
             # One echo, sent once: its reply proves the held packet went out.
             rtt = ping(a, *OUTER4, count=1)
             assert len(rtt) == 1
