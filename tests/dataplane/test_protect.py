@@ -16,6 +16,8 @@ import socket
 import struct
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,3 +453,32 @@ def test_no_routes_leaves_routing_to_the_user(netpair: Pair) -> None:
         assert seen and all(d[9] == 50 for d in seen)
     finally:
         cap.close()
+
+
+def _table_5050(ns: Namespace) -> list[str]:
+    with ns.inside(), IPRoute() as ipr:
+        return sorted(f"{r.get('dst')}/{r['dst_len']}" for fam in (socket.AF_INET, socket.AF_INET6)
+                      for r in ipr.route("dump", family=fam) if r.get("table") == 5050)
+
+
+def _until(check: Callable[[], bool], what: str) -> None:
+    """Ask again until ``check`` holds (each ask is a round trip to the daemon); at most 5 s."""
+    deadline = time.monotonic() + 5
+    while not check():
+        assert time.monotonic() < deadline, what
+
+
+def test_routes_come_and_go_with_the_policies(netpair: Pair) -> None:
+    with hosts(netpair) as (a, _b):
+        a.setkey(policies(OUTER4, "esp/transport//require", 0)
+                 + "spdadd 10.1.0.0/24 10.9.0.0/16 any -P out ipsec esp/tunnel/192.0.2.1-192.0.2.2/require;\n"
+                 + "spdadd 2001:db8::1 2001:db8::2 any -P out ipsec esp/transport//require;\n")
+        want = ["10.9.0.0/16", "192.0.2.2/32", "2001:db8::2/128"]
+        _until(lambda: len(a.stats()["dataplane"]["routes"]) == 3, "routes added")
+        assert _table_5050(netpair.a) == want
+        a.setkey("spddelete 10.1.0.0/24 10.9.0.0/16 any -P out;\n")
+        _until(lambda: len(a.stats()["dataplane"]["routes"]) == 2, "a route removed")
+        assert _table_5050(netpair.a) == [w for w in want if w != "10.9.0.0/16"]
+        a.setkey_args("-FP")
+        _until(lambda: not a.stats()["dataplane"]["routes"], "every route removed")
+        assert _table_5050(netpair.a) == []
