@@ -114,10 +114,6 @@ HOLD_FLOWS = 256
 HOLD_TIME = 5.0
 #: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
 WATCH_INTERVAL = 0.02
-#: How often, at most, the SAs' traffic goes to the engine while packets flow (and
-#: on every watch tick otherwise): lifetimes act within this.  FreeBSD checks byte
-#: lifetimes once a second (key_timehandler).
-REPORT_INTERVAL = 0.05
 
 
 class RandomPool:
@@ -277,7 +273,6 @@ class DataPlane:
         self._routes: set[Route] = set()
         self.changed = trio.Event()
         self._random = RandomPool()
-        self._next_report = 0.0
 
     # ------------------------------------------------------------------ state
     def _now(self) -> Instant:
@@ -533,11 +528,6 @@ class DataPlane:
         return self.accept(got, dg, now)
 
     # ------------------------------------------------------------------ usage
-    def _report_due(self, now: Instant) -> None:
-        if now.mono >= self._next_report:
-            self._next_report = now.mono + REPORT_INTERVAL
-            self.report(now)
-
     def report(self, now: Instant) -> None:
         """Hand the SAs' traffic since the last report to the engine (lifetimes)."""
         live = ((spi, b.state) for spi, (_c, b) in self._sas.items())
@@ -586,7 +576,7 @@ class DataPlane:
             for dg in batch:
                 out += self.outbound(dg, now)
             await self._send(out)
-            self._report_due(now)
+            self.report(now)
 
     async def _raw_loop(self, rx: RawReceiver) -> None:
         while True:
@@ -597,7 +587,7 @@ class DataPlane:
                 inner = self.inbound(dg, now)
                 if inner is not None:
                     await self.tun.send(inner)
-            self._report_due(now)
+            self.report(now)
 
     async def _natt_loop(self, sock: NattSocket) -> None:
         while True:
@@ -610,7 +600,7 @@ class DataPlane:
                 inner = self.inbound_udp(d.whole(), now)
                 if inner is not None:
                     await self.tun.send(inner)
-            self._report_due(now)
+            self.report(now)
 
     async def _watch(self) -> None:
         while True:
@@ -622,7 +612,6 @@ class DataPlane:
                 self.changed = trio.Event()
             if self._held:
                 self.expire_held(self._now())
-            self._report_due(self._now())
             if self.enc is not None and self.enc.pcap is not None:
                 self.enc.pcap.flush()  # a reader of the file sees packets within a tick
             await trio.sleep(WATCH_INTERVAL)
