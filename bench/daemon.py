@@ -3,6 +3,8 @@
     .venv/bin/python bench/daemon.py add  [--count 100000] [--window 64]
     .venv/bin/python bench/daemon.py dump [--count 1000000]
     .venv/bin/python bench/daemon.py slow [--count 1000000] [--pause 5]
+    .venv/bin/python bench/daemon.py idle [--count 1000]
+    .venv/bin/python bench/daemon.py storm [--count 200000]
     .venv/bin/python bench/daemon.py all  [--count N]
 
 Every figure is printed beside a baseline measured in the same run on the same
@@ -26,12 +28,25 @@ machine, because these machines are noisy:
     another client measures REGISTER round trips.  Targets: the daemon's RSS grows
     by at most 32 MiB while the reader stalls, the other client's p99 stays within
     20 ms.  Baseline: the same REGISTER round trips with no dump running.
+``idle``
+    connects ``--count`` clients that send nothing and measures the daemon's RSS
+    growth per client (target: at most 16 KiB), and its RSS once they have left.
+    Baseline: the RSS of the idle daemon before they came, in the same run.
+``storm``
+    creates ``--count`` LARVAL SAs (pipelined GETSPIs) with a long
+    ``net.key.larval_lifetime``, then sets it to 1 s through the control socket, so
+    that every one of them is due at once, while another client measures REGISTER
+    round trips.  Target: their p99 from the moment the sysctl has returned until
+    the SAD is empty is at most 20 ms.  Baseline: the same REGISTER round trips over
+    an equal time with the same LARVAL SAs present and no storm.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import socket
 import statistics
 import struct
@@ -44,6 +59,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from pfkeyd.defaults import control_path
 from pfkeyd.wire import Address, ExtType, Key, Message, MsgType, Sa, Sa2, SaType, encode
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -266,7 +282,7 @@ def bench_dump(tmp: str, count: int) -> dict[str, float]:
     return {"per_sa": per_sa, "dump_rate": rate, "stream_rate": base_rate}
 
 
-def register_rtts(path: str, stop: threading.Event, out: list[float]) -> None:
+def register_rtts(path: str, stop: threading.Event, out: list[float], sent_at: list[float] | None = None) -> None:
     s = connect(path)
     msg = encode(Message(MsgType.REGISTER, SaType.UNSPEC, pid=os.getpid()), DIALECT)
     while not stop.is_set():
@@ -274,6 +290,8 @@ def register_rtts(path: str, stop: threading.Event, out: list[float]) -> None:
         s.send(msg)
         s.recv(65536)
         out.append(time.perf_counter() - t)
+        if sent_at is not None:
+            sent_at.append(t)
         time.sleep(0.002)
     s.close()
 
@@ -329,9 +347,145 @@ def bench_slow(tmp: str, count: int, pause: float) -> dict[str, float]:
     return {"growth": growth, "p99": p99(busy), "p99_idle": p99(idle)}
 
 
+def control(path: str, *argv: str) -> str:
+    """Run a control command (``pfkeyd stats``, ``pfkeyd sysctl``) on the daemon at ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(30)
+        s.connect(control_path(path))
+        s.send(json.dumps({"argv": list(argv)}).encode())
+        answer = json.loads(s.recv(4 * 1024 * 1024))
+    if answer["status"]:
+        raise RuntimeError(f"pfkeyd {' '.join(argv)}: {answer['err'].strip()}")
+    out: str = answer["out"]
+    return out
+
+
+def stat_line(path: str, what: str) -> int:
+    """One figure of ``pfkeyd stats``: the ``<n> clients`` or ``<n> SAs`` line."""
+    for line in control(path, "stats").splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1] == what:
+            return int(words[0])
+    raise RuntimeError(f"no '{what}' in pfkeyd stats")
+
+
+def wait_for(path: str, what: str, value: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while stat_line(path, what) != value:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the daemon never reached {value} {what}")
+        time.sleep(0.05)
+
+
+def settled_rss(pid: int) -> int:
+    """The RSS once it has stopped moving (the daemon finishes what it was doing)."""
+    last = rss(pid)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = rss(pid)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def raise_fd_limit(need: int) -> None:
+    """Enough descriptors for ``need`` clients here and in the daemon (which inherits it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need + 256
+    if soft < want:
+        if hard != resource.RLIM_INFINITY and hard < want:
+            raise RuntimeError(f"need {want} file descriptors, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def bench_idle(tmp: str, count: int) -> dict[str, float]:
+    raise_fd_limit(count)
+    path = f"{tmp}/pfkeyd.sock"
+    with daemon(path) as proc:
+        wait_for(path, "clients", 0)
+        base = settled_rss(proc.pid)
+        waves = []
+        for _ in range(2):  # the second wave shows whether the first one's memory is reused
+            clients = [connect(path) for _ in range(count)]
+            wait_for(path, "clients", count)
+            full = settled_rss(proc.pid)
+            for s in clients:
+                s.close()
+            wait_for(path, "clients", 0)
+            waves.append((full, settled_rss(proc.pid)))
+        (full, after), (full2, after2) = waves
+    per_client = (full - base) / count
+    print(f"idle clients: {count:,} connected, sending nothing")
+    print(f"  baseline: idle daemon RSS {base / 2**20:8.1f} MiB")
+    print(f"  with {count:,} idle clients  {full / 2**20:8.1f} MiB: {per_client / 1024:.1f} KiB per client "
+          f"(target <= 16 KiB): {'met' if per_client <= 16 * 1024 else 'MISSED'}")
+    print(f"  after they left           {after / 2**20:8.1f} MiB ({(after - base) / 2**20:+.1f} MiB)")
+    print(f"  a second wave of {count:,}    {full2 / 2**20:8.1f} MiB, after it left {after2 / 2**20:.1f} MiB "
+          f"({(full2 - after) / 2**20:+.1f} MiB over the RSS the first wave left behind)")
+    return {"base": base, "full": full, "after": after, "per_client": per_client, "full2": full2}
+
+
+def getspi_message(i: int) -> bytes:
+    """The i-th GETSPI: one LARVAL SA each, over 256 x 256 address pairs."""
+    msg = Message(MsgType.GETSPI, SaType.ESP, seq=i & 0xFFFFFFFF, pid=os.getpid(), exts=(
+        Address.host(ExtType.ADDRESS_SRC, f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}"),
+        Address.host(ExtType.ADDRESS_DST, "10.255.0.2"),
+    ))
+    return encode(msg, DIALECT)
+
+
+def bench_storm(tmp: str, count: int) -> dict[str, float]:
+    path = f"{tmp}/pfkeyd.sock"
+    with daemon(path, f"pfkeyd.max_sas={max(count, 1)}", "net.key.larval_lifetime=86400"):
+        s = connect(path)
+        t0 = time.perf_counter()
+        batch = 50_000
+        for lo in range(0, count, batch):
+            _, errors = pipeline(s, [getspi_message(i) for i in range(lo, min(count, lo + batch))], 64)
+            if errors:
+                raise RuntimeError(f"{errors} GETSPIs failed")
+        fill_s = time.perf_counter() - t0
+        s.close()
+        if stat_line(path, "SAs") != count:
+            raise RuntimeError("the LARVAL SAs are not all there")
+        # Baseline: the same SAs, nothing due.
+        quiet: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=register_rtts, args=(path, stop, quiet))
+        t.start()
+        time.sleep(3.0)
+        stop.set()
+        t.join()
+        # The storm: every LARVAL SA is due once the lifetime is 1 s.  Only round
+        # trips begun after the sysctl returned count (the sysctl itself moves
+        # every deadline, which is not the expiry being measured).
+        out: list[float] = []
+        sent_at: list[float] = []
+        stop = threading.Event()
+        t = threading.Thread(target=register_rtts, args=(path, stop, out, sent_at))
+        t.start()
+        time.sleep(0.2)
+        control(path, "sysctl", "net.key.larval_lifetime=1")
+        start = time.perf_counter()
+        wait_for(path, "SAs", 0, timeout=120)
+        storm_s = time.perf_counter() - start
+        stop.set()
+        t.join()
+        storm = [rtt for rtt, at in zip(out, sent_at, strict=True) if at >= start]
+    print(f"expiry storm: {count:,} LARVAL SAs (made at {count / fill_s:,.0f} GETSPI/s) all due at once; "
+          f"the SAD was empty {storm_s:.2f} s after the sysctl returned")
+    print(f"  baseline: REGISTER round trip p99, same SAs, no storm  {p99(quiet) * 1000:8.2f} ms "
+          f"({len(quiet)} samples over 3 s)")
+    print(f"  REGISTER round trip p99 during the storm              {p99(storm) * 1000:8.2f} ms "
+          f"({len(storm)} samples, max {max(storm) * 1000:.1f} ms; target <= 20 ms: "
+          f"{'met' if p99(storm) <= 0.020 else 'MISSED'})")
+    return {"p99": p99(storm), "p99_quiet": p99(quiet), "storm_s": storm_s}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=("add", "dump", "slow", "all"))
+    parser.add_argument("which", choices=("add", "dump", "slow", "idle", "storm", "all"))
     parser.add_argument("--count", type=int)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--pause", type=float, default=5.0)
@@ -343,6 +497,10 @@ def main(argv: list[str] | None = None) -> int:
             bench_dump(tmp, args.count or 1_000_000)
         if args.which in ("slow", "all"):
             bench_slow(tmp, args.count or 1_000_000, args.pause)
+        if args.which in ("idle", "all"):
+            bench_idle(tmp, args.count or 1000)
+        if args.which in ("storm", "all"):
+            bench_storm(tmp, args.count or 200_000)
     return 0
 
 

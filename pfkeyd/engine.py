@@ -6,7 +6,8 @@ The trio shell decodes each datagram and calls ``handle(client, msg, now)``; the
 engine answers with a list of :mod:`pfkeyd.effects` values (send this message to
 these clients, send an error reply, stream this dump).  Timers are the shell's
 business too: it asks ``next_deadline()`` and calls ``tick(now)`` when that moment
-comes.  The engine never reads a clock, never touches a socket and never logs; it
+comes (``tick(now, limit=n)`` takes on at most n due deadlines, so that a storm of
+expiries can be served in slices).  The engine never reads a clock, never touches a socket and never logs; it
 counts (``stats``).
 
 Semantics follow FreeBSD's key.c message by message (reference §3, §7, §8).  The
@@ -652,16 +653,35 @@ class KeyEngine:
                 sad.schedule(sa.first_used + lt.usetime, sa, kind)
 
     def next_deadline(self) -> float | None:
-        """When ``tick`` is next needed (monotonic seconds), or None."""
-        times = [t for t in (self.sad.next_deadline(), self.acquires.next_deadline(self.knobs.blockacq_lifetime),
-                             self._policy_deadlines[0][0] if self._policy_deadlines else None) if t is not None]
-        return min(times, default=None)
+        """When ``tick`` is next needed (monotonic seconds), or None.  The shell asks
+        after every request, so the common case (nothing pending but SAs) is cheap."""
+        best = self.sad.next_deadline()
+        if self.acquires.by_index:
+            t = self.acquires.next_deadline(self.knobs.blockacq_lifetime)
+            if t is not None and (best is None or t < best):
+                best = t
+        if self._policy_deadlines:
+            t = self._policy_deadlines[0][0]
+            if best is None or t < best:
+                best = t
+        return best
 
-    def tick(self, now: Instant) -> list[Effect]:
-        """Expire what is due at ``now`` (reference §7.1, §7.2)."""
+    def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]:
+        """Expire what is due at ``now`` (reference §7.1, §7.2).
+
+        ``limit`` bounds how many deadline entries of SAs, and how many of
+        policies, this call takes on; what is left stays due, so
+        ``next_deadline()`` is still at or before ``now`` and the caller calls again.  A shell that lets other
+        work run between such calls never stalls on an expiry storm (200 000 SAs
+        due at once).
+        """
+        if limit is not None and limit < 1:
+            msg = f"tick limit {limit} is not positive"
+            raise ValueError(msg)
         self.generation += 1
         effects: list[Effect] = []
-        for sa, kind in list(self.sad.due(now.mono)):
+        due = self.sad.due(now.mono, limit)
+        for sa, kind in due:
             current = self.sad.get(sa.spi)
             if current is not sa:
                 continue  # an earlier deadline in this tick changed it
@@ -676,7 +696,7 @@ class KeyEngine:
             else:
                 effects += self._expire_soft(sa)
         self.acquires.expire(now.mono, self.knobs.blockacq_lifetime)
-        effects += self._expire_policies(now)
+        effects += self._expire_policies(now, limit)
         self._count(effects)
         return effects
 
@@ -1224,11 +1244,14 @@ class KeyEngine:
         if when is not None:
             heapq.heappush(self._policy_deadlines, (when, sp.id))
 
-    def _expire_policies(self, now: Instant) -> list[Effect]:
-        """Remove policies past their lifetime or validtime; SPDEXPIRE to REGISTERED."""
+    def _expire_policies(self, now: Instant, limit: int | None = None) -> list[Effect]:
+        """Remove policies past their lifetime or validtime; SPDEXPIRE to REGISTERED.
+        At most ``limit`` due deadlines are taken on."""
         out: list[Effect] = []
         heap = self._policy_deadlines
-        while heap and heap[0][0] <= now.mono:
+        left = -1 if limit is None else limit
+        while heap and heap[0][0] <= now.mono and left:
+            left -= 1
             _, pid = heapq.heappop(heap)
             sp = self.spd.by_id.get(pid)
             if sp is None:

@@ -176,6 +176,10 @@ class SaHead:
 _NO_SAS: Mapping[int, SecAssoc] = MappingProxyType({})
 
 
+#: How many stale deadline entries one ``Sad.next_deadline`` call discards at most.
+STALE_POPS = 64
+
+
 class Sad:
     """The SA database (pure data structure; the engine decides what happens)."""
 
@@ -256,20 +260,31 @@ class Sad:
         heapq.heappush(self._deadlines, (when, sa.spi, sa.version, kind))
 
     def next_deadline(self) -> float | None:
+        """The earliest deadline, or None.  Stale entries (their SA changed or went
+        away) at the head are discarded, at most ``STALE_POPS`` of them a call: after
+        a FLUSH of 200 000 SAs the head may be stale, and its time is returned, an
+        alarm that can only come early, never late (``due`` discards the rest)."""
         heap = self._deadlines
+        stale = 0
         while heap:
             when, spi, version, _ = heap[0]
             sa = self.by_spi.get(spi)
-            if sa is not None and sa.version == version:
+            if (sa is not None and sa.version == version) or stale == STALE_POPS:
                 return when
             heapq.heappop(heap)  # the SA changed or went away: a stale entry
+            stale += 1
         return None
 
-    def due(self, now: float) -> Iterator[tuple[SecAssoc, int]]:
-        """Pop the deadlines that have come, with the SA (still current) they name."""
+    def due(self, now: float, limit: int | None = None) -> list[tuple[SecAssoc, int]]:
+        """Pop the deadlines that have come, with the SA (still current) they name;
+        at most ``limit`` entries, stale ones included, are popped."""
         heap = self._deadlines
-        while heap and heap[0][0] <= now:
+        out: list[tuple[SecAssoc, int]] = []
+        left = -1 if limit is None else limit
+        while left and heap and heap[0][0] <= now:
+            left -= 1
             _, spi, version, kind = heapq.heappop(heap)
             sa = self.by_spi.get(spi)
             if sa is not None and sa.version == version:
-                yield sa, kind
+                out.append((sa, kind))
+        return out

@@ -23,6 +23,12 @@ there as soon as a kernel's would be; the outbox and the writer only come into p
 when a socket is full.  The sockets are plain non-blocking sockets driven with
 ``trio.lowlevel.wait_readable``/``wait_writable``.
 
+New clients.  Each listener has an accept loop, but before a request is handled
+the connections already waiting on the PF_KEY listeners are admitted too, so a
+socket whose ``connect()`` has returned is on the broadcast lists of every request
+sent after that (a kernel's PF_KEY socket is from ``socket()`` on).  Readers share
+one receive buffer: an idle client holds none.
+
 Backpressure.  Replies and dump entries are never dropped.  Before the reader
 receives the next request it waits until the client's outbox holds less than
 ``knobs.client_buffer`` bytes and no unfinished dump: a client that does not read
@@ -53,9 +59,16 @@ knows the dump is over.  A dump with nothing the client can read is answered
 ENOENT, as an empty table is.
 
 Time.  One timer task sleeps until :meth:`KeyEngine.next_deadline`, or until a
-request moved that deadline earlier, then calls :meth:`KeyEngine.tick`.  The
+request moved that deadline earlier, then calls :meth:`KeyEngine.tick` for at most
+``TICK_BATCH`` due deadlines at a time, with a checkpoint between the calls: an
+expiry storm is served in slices between other clients' requests.  The
 monotonic time is trio's clock (tests drive it with the autojump clock); the wall
 clock is injected.
+
+Send failures.  Where the dialect's kernel would fail the ``send()`` of a
+malformed request, the client gets a header-only error reply with that errno
+instead (``send_failure_reply``), counted as ``send_would_fail``: a client must
+not be left waiting for an answer that never comes.
 
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself.  Only ``OSError`` is caught around socket I/O; anything else is a bug and
@@ -96,6 +109,7 @@ from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
 from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire.message import send_failure_reply
 
 __all__ = [
     "Endpoint",
@@ -126,6 +140,9 @@ DROP_LOG_INTERVAL = 10.0
 READ_BATCH = 8
 #: A dump yields to the other tasks every this many entries.
 DUMP_BATCH = 32
+#: The most due deadlines one tick takes on; the timer yields to the other tasks
+#: between ticks, so an expiry storm (200 000 SAs due at once) never stalls them.
+TICK_BATCH = 128
 #: How long stop() lets writers flush what is already queued.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 
@@ -156,7 +173,7 @@ class EngineLike(Protocol):
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]: ...
 
-    def tick(self, now: Instant) -> list[Effect]: ...
+    def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]: ...
 
     def next_deadline(self) -> float | None: ...
 
@@ -406,6 +423,11 @@ class Server:
         self._control = control
         self._control_listeners: list[_Listener] = []
         self._log_limits: dict[tuple[str, str], _LogLimit] = {}
+        self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
+        # The PF_KEY listeners, polled before each request (see _accept_pending), and
+        # the nursery their clients run in; None when not accepting.
+        self._pending: select.epoll | select.poll | None = None
+        self._client_nursery: trio.Nursery | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -455,6 +477,7 @@ class Server:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
                 async with trio.open_nursery() as clients:
+                    self._watch_pending(clients)
                     async with trio.open_nursery() as acceptors:
                         for listener in self._listeners:
                             acceptors.start_soon(self._accept_loop, listener, clients)
@@ -503,6 +526,10 @@ class Server:
         return _Listener(endpoint, sock, *ident)
 
     def _close_listeners(self) -> None:
+        close = getattr(self._pending, "close", None)  # an epoll object is a descriptor
+        if close is not None:
+            close()
+        self._pending = self._client_nursery = None
         while self._listeners or self._control_listeners:
             listener = (self._listeners or self._control_listeners).pop()
             trio.lowlevel.notify_closing(listener.sock)
@@ -646,6 +673,47 @@ class Server:
         log.debug("client %d: uid %d pid %d on %s", cid, creds[1], creds[0], endpoint.path)
         return client
 
+    def _watch_pending(self, nursery: trio.Nursery) -> None:
+        # epoll_wait() on a ready list costs about half of a poll() over the
+        # listeners, and it runs before every request.
+        poller: select.epoll | select.poll
+        if hasattr(select, "epoll"):
+            poller = select.epoll()
+            for listener in self._listeners:
+                poller.register(listener.sock, select.EPOLLIN)
+        else:  # pragma: no cover - not Linux
+            poller = select.poll()
+            for listener in self._listeners:
+                poller.register(listener.sock, select.POLLIN)
+        self._pending, self._client_nursery = poller, nursery
+
+    def _accept_pending(self) -> None:
+        """Admit every connection already waiting on a PF_KEY listener.
+
+        A kernel's PF_KEY socket receives broadcasts from the moment ``socket()``
+        returns; here a client exists once its ``connect()`` has returned, which is
+        when the connection is queued on the listener.  Called before each request
+        is handled, this puts every such client on the broadcast lists before the
+        engine chooses the recipients, whichever task the accept loop is.  (Only
+        requests can broadcast to a socket that has not asked for anything yet:
+        EXPIRE, ACQUIRE and SPDEXPIRE go to registered sockets.)  One poll() when
+        nothing is waiting (the caller's); errors are left to the accept loop, which
+        retries and logs them.
+        """
+        nursery = self._client_nursery
+        if nursery is None or self._stop.is_set():
+            return
+        for listener in self._listeners:
+            while True:
+                try:
+                    sock, _ = listener.sock.accept()
+                except OSError:  # BlockingIOError: none left; anything else: the accept loop's
+                    break
+                sock.setblocking(False)
+                client = self._admit(sock, listener.endpoint)
+                if client is not None:
+                    nursery.start_soon(self._run_client, client)
+
     async def _run_client(self, client: _Client) -> None:
         try:
             async with trio.open_nursery() as nursery:
@@ -669,10 +737,12 @@ class Server:
     async def _reader(self, client: _Client) -> bool:
         """Receive and handle requests; True at end of file, False when stopped."""
         sock = client.sock
-        # One buffer for every receive: asking recvmsg() for the largest possible
-        # message would allocate (and map) half a megabyte per datagram.
-        buffer = bytearray(RECV_SIZE)
-        view = memoryview(buffer)
+        # Every reader receives into the server's one buffer: the datagram is copied
+        # out before the next await, and readers take turns, so an idle client holds
+        # no buffer at all.  (A buffer per reader cost 512 KiB of RSS per client;
+        # asking recv() for the largest possible message would allocate and map
+        # that much per datagram.)
+        view = self._recv_view
         handled = 0
         with client.reader_scope:
             while True:
@@ -693,9 +763,8 @@ class Server:
                     return True
                 if not data or size > RECV_SIZE:
                     # Empty, or longer than any PF_KEY message can be: both kernels
-                    # fail such a send() and answer nothing.
-                    self._engine.stats.note_error(_SEND_FAILS_WITH[client.dialect])
-                    self._engine.stats.note_drop("malformed_no_reply")
+                    # fail such a send().
+                    self._send_fails(client, data, _SEND_FAILS_WITH[client.dialect])
                 else:
                     self._request(client, data)
                 handled += 1
@@ -704,6 +773,9 @@ class Server:
         return False
 
     def _request(self, client: _Client, data: bytes) -> None:
+        pending = self._pending
+        if pending is not None and pending.poll(0):
+            self._accept_pending()
         engine = self._engine
         level = self._trace_level()
         if not level:
@@ -717,14 +789,14 @@ class Server:
         try:
             msg = decode(data, client.dialect, max_size=engine.knobs.max_message_size)
         except DecodeError as exc:
-            engine.stats.note_error(exc.errno)
             if exc.reply:
+                engine.stats.note_error(exc.errno)
                 self._enqueue(client, error_reply(data, exc.errno, client.dialect))
             else:
-                engine.stats.note_drop("malformed_no_reply")
+                self._send_fails(client, data, exc.errno)
             if level:
                 log.log(level, "client %d: malformed request (%s, errno %d%s)", client.id, exc, exc.errno,
-                        "" if exc.reply else ", no reply")
+                        "" if exc.reply else ", where the kernel's send() fails")
             return
         if level:
             # The trace names the message and its extensions, never their contents:
@@ -735,6 +807,15 @@ class Server:
         effects = engine.handle(client.id, msg, self._now(), raw=data)
         self._route(effects, client, data)
         self._wake_timer()
+
+    def _send_fails(self, client: _Client, data: bytes, err: int) -> None:
+        """A request the dialect's kernel refuses at send(): the sender learns it at
+        once from the failed call.  pfkeyd cannot fail a send, so it answers with the
+        header alone carrying that errno (pfkey(4)), rather than leave the client
+        waiting for a reply that never comes; counted as ``send_would_fail``."""
+        self._engine.stats.note_error(err)
+        self._engine.stats.note_drop("send_would_fail")
+        self._enqueue(client, send_failure_reply(data, err, client.dialect))
 
     def _trace_level(self) -> int:
         """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
@@ -964,7 +1045,9 @@ class Server:
             while True:
                 deadline = self._engine.next_deadline()
                 if deadline is not None and deadline <= trio.current_time():
-                    self._route(self._engine.tick(self._now()), None, None)
+                    # A bounded batch, then everyone else's turn; the loop comes
+                    # back while anything is still due.
+                    self._route(self._engine.tick(self._now(), limit=TICK_BATCH), None, None)
                     await trio.lowlevel.checkpoint()
                     continue
                 self._timer_at = math.inf if deadline is None else deadline

@@ -52,7 +52,7 @@ from pfkeyd.wire.ext import (
 from pfkeyd.wire.ext import (
     NatTType as NatTTypeExt,
 )
-from pfkeyd.wire.message import HEADER, Message, decode, encode, error_reply
+from pfkeyd.wire.message import HEADER, Message, decode, encode, error_reply, send_failure_reply
 from pfkeyd.wire.sockaddr import AnySockAddr, RawSockAddr, SockAddr
 
 __all__ = [
@@ -106,6 +106,7 @@ __all__ = [
     "decode",
     "encode",
     "error_reply",
+    "send_failure_reply",
     "AnySockAddr",
     "RawSockAddr",
     "SockAddr",

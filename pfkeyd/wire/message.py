@@ -36,7 +36,8 @@ are reported after these checks, as an error reply with EINVAL.
 
 :func:`encode` computes every length; a value the dialect cannot carry raises
 :class:`~pfkeyd.errors.EncodeError`.  :func:`error_reply` builds the error reply
-of the dialect from the raw request.
+of the dialect from the raw request, and :func:`send_failure_reply` the header-only
+answer pfkeyd gives where the kernel would fail the ``send()``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ __all__ = [
     "encode",
     "decode",
     "error_reply",
+    "send_failure_reply",
     "check_request_generic",
     "MIN_LEN",
     "FREEBSD_MAX_LEN",
@@ -416,6 +418,25 @@ def error_reply(request: bytes, err: int, dialect: Dialect | str) -> bytes:
     head = bytearray(request[:16].ljust(16, b"\0"))
     head[2] = err & 0xFF
     struct.pack_into("=H", head, 4, 2)
+    return bytes(head)
+
+
+def send_failure_reply(request: bytes, err: int, dialect: Dialect | str) -> bytes:
+    """pfkeyd's answer where the dialect's kernel fails the ``send()`` itself.
+
+    A kernel tells the sender at once, through the failed system call; pfkeyd's
+    client has already sent its datagram, so it gets this instead of silence: the
+    16-byte base header alone, ``len`` 2, ``sadb_msg_errno`` = ``err`` (the errno
+    the kernel's ``send()`` fails with) in the dialect's numbering.  ``version`` is
+    2 and ``reserved`` 0 whatever the request said, so that any client can read it;
+    ``type``, ``satype``, ``seq`` and ``pid`` are the request's, so that the client
+    can match it (zeros where the datagram is too short to have them).
+    """
+    spec = _spec(dialect)
+    head = bytearray(request[:16].ljust(16, b"\0"))
+    head[0] = PF_KEY_V2
+    head[2] = spec.errno_to_wire(err) & 0xFF
+    struct.pack_into("=HH", head, 4, 2, 0)
     return bytes(head)
 
 

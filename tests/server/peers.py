@@ -140,6 +140,7 @@ class FakeEngine:
         self.deadline: float | None = None
         self.on_tick: Callable[[Instant], list[Effect]] = lambda now: []
         self.ticks: list[Instant] = []
+        self.tick_limits: list[int | None] = []
         self.handled: list[tuple[ClientId, Message, Instant]] = []
 
     def client_opened(self, client: ClientId, dialect: Dialect) -> None:
@@ -155,8 +156,9 @@ class FakeEngine:
         self.handled.append((client, msg, now))
         return self.on_handle(client, msg)
 
-    def tick(self, now: Instant) -> list[Effect]:
+    def tick(self, now: Instant, *, limit: int | None = None) -> list[Effect]:
         self.ticks.append(now)
+        self.tick_limits.append(limit)
         return self.on_tick(now)
 
     def next_deadline(self) -> float | None:

@@ -3,9 +3,9 @@
 A shadow engine, seeded like the daemon's, is fed the same datagrams through the
 codec directly; it says what the reference answer is.  For every datagram:
 
-* the daemon stays up and answers exactly that: nothing where the kernel fails the
-  send, the dialect's error reply where it answers one, the reply (or the first dump
-  entry) the shadow produced otherwise;
+* the daemon stays up and answers exactly that: the header-only send-failure reply
+  where the kernel fails the send, the dialect's error reply where it answers one,
+  the reply (or the first dump entry) the shadow produced otherwise;
 * the daemon's tables equal the shadow's, and a rejected request changed nothing.
 """
 
@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from pfkeyd.effects import Dump, Error, Instant, Send
 from pfkeyd.engine import KeyEngine
 from pfkeyd.errors import DecodeError
-from pfkeyd.wire import Dialect, Message, decode, encode, error_reply
+from pfkeyd.wire import Dialect, Message, decode, encode, error_reply, send_failure_reply
 from tests.engine.conftest import add, delete, dump, flush, get, getspi, promisc, register
 from tests.server.peers import RECV_SIZE, Peer, start_daemon
 from tests.wire.strategies import requests
@@ -50,7 +50,7 @@ def expected_answer(shadow: KeyEngine, data: bytes, dialect: Dialect) -> tuple[b
     try:
         msg = decode(data, dialect, max_size=shadow.knobs.max_message_size)
     except DecodeError as exc:
-        return (error_reply(data, exc.errno, dialect) if exc.reply else None), True
+        return (error_reply if exc.reply else send_failure_reply)(data, exc.errno, dialect), True
     effects = shadow.handle(1, msg, Instant(0.0, WALL))
     for eff in effects:
         if isinstance(eff, Error):

@@ -68,6 +68,7 @@ from pfkeyd.wire import (
     decode,
     encode,
     error_reply,
+    send_failure_reply,
 )
 from pfkeyd.wire.constants import IpProto
 
@@ -467,6 +468,33 @@ ERROR_REPLIES = [
                          ids=[r[0] for r in ERROR_REPLIES])
 def test_error_reply(name: str, dialect: str, original: str, err: int, expected: str) -> None:
     assert error_reply(bytes.fromhex(hx(original)), err, dialect).hex() == hx(expected)
+
+
+# pfkeyd's answer where the kernel fails send() (issue 10, item 9): the header alone,
+# version 2, reserved 0, len 2, the errno in the dialect's numbering.
+SEND_FAILURE_REPLIES = [
+    ("freebsd/oversized-enobufs", FREEBSD, "02 03 00 03 0001 0000 07000000 55340000", E.ENOBUFS,
+     "02 03 37 03 0200 0000 07000000 55340000"),
+    ("freebsd/ext-walk-einval-whole-request-not-echoed", FREEBSD, LNX_ADD, E.EINVAL,
+     "02 03 16 03 0200 0000 00000000 55340000"),
+    ("linux/oversized-emsgsize", LINUX, "02 03 00 03 0001 0000 07000000 55340000", E.EMSGSIZE,
+     "02 03 5a 03 0200 0000 07000000 55340000"),
+    ("linux/bad-version-answered-as-v2", LINUX, "03 0a 00 00 0200 0000 05000000 d2040000", E.EINVAL,
+     "02 0a 16 00 0200 0000 05000000 d2040000"),
+    ("linux/type-above-maximum-kept", LINUX, "02 19 00 00 0200 0000 05000000 d2040000", E.EINVAL,
+     "02 19 16 00 0200 0000 05000000 d2040000"),
+    ("linux/reserved-cleared", LINUX, "02 0a 00 00 0200 0100 05000000 d2040000", E.EINVAL,
+     "02 0a 16 00 0200 0000 05000000 d2040000"),
+    ("linux/short-padded-with-zeros", LINUX, "02 0a 00 03 0200", E.EMSGSIZE,
+     "02 0a 5a 03 0200 0000 00000000 00000000"),
+    ("freebsd/empty", FREEBSD, "", E.EINVAL, "02 00 16 00 0200 0000 00000000 00000000"),
+]
+
+
+@pytest.mark.parametrize(("name", "dialect", "original", "err", "expected"), SEND_FAILURE_REPLIES,
+                         ids=[r[0] for r in SEND_FAILURE_REPLIES])
+def test_send_failure_reply(name: str, dialect: str, original: str, err: int, expected: str) -> None:
+    assert send_failure_reply(bytes.fromhex(hx(original)), err, dialect).hex() == hx(expected)
 
 
 # ============================================================ values a dialect cannot carry
