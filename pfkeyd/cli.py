@@ -385,14 +385,14 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                     from pfkeyd.dataplane.sockpol import sockpol_path
 
                     try:
-                        plane, listener = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
-                                                         sockpol_path(sockets[0][0]), tuple(allow))
+                        plane, listeners = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
+                                                          [sockpol_path(path) for path, _ in sockets], tuple(allow))
                     except OSError as exc:
                         code = errno.errorcode.get(exc.errno or 0)
                         failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
                         return
                     await outer.start(plane.run)
-                    if listener is not None:
+                    for listener in listeners:
                         outer.start_soon(listener.serve)
                     log.info("data plane on %s", dataplane_options.ifname)
                 async with trio.open_nursery() as nursery:

@@ -59,9 +59,11 @@ def local_addresses() -> list[Any]:
     return out
 
 
-def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_path: str | None,
-                   allow_uids: Sequence[int] = ()) -> tuple[DataPlane, SocketPolicyListener | None]:
-    """Check privileges and open everything (see the module doc)."""
+def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_paths: Sequence[str] = (),
+                   allow_uids: Sequence[int] = ()) -> tuple[DataPlane, list[SocketPolicyListener]]:
+    """Check privileges and open everything (see the module doc); one socket-policy
+    listener per path in ``sockpol_paths`` (one beside each PF_KEY socket), all
+    feeding the plane's one table of per-socket policies."""
     require_capabilities()
     io = IoCounters()
     with ExitStack() as stack:
@@ -101,14 +103,15 @@ def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_path: str | None,
             knobs = seam.knobs
             tap = EncTap(iface, pcap, in_mask=knobs.enc_in_bpf_mask, out_mask=knobs.enc_out_bpf_mask)
         policies = SocketPolicies()
-        listener = None
-        if sockpol_path is not None:
-            listener = SocketPolicyListener(sockpol_path, policies, allow_uids=allow_uids)
+        listeners = []
+        for path in sockpol_paths:
+            listener = SocketPolicyListener(path, policies, allow_uids=allow_uids)
             stack.callback(listener.close)
+            listeners.append(listener)
         plane = DataPlane(
             seam, tun=tun, senders=senders, receivers=receivers, natt=natt, routing=routing, enc=tap,
             socket_policies=policies, io_counters=io, hold_packets=opts.hold_packets, hold_time=opts.hold_time,
             local_addresses=local_addresses, manage_routes=opts.manage_routes,
         )
         stack.pop_all()
-    return plane, listener
+    return plane, listeners
