@@ -11,7 +11,11 @@ each with a host address behind it (10.1.0.1, 10.2.0.1).  Measured, in order:
    bytes a datagram) routes into a TUN, seals each packet with a bare
    ``AESGCM.encrypt`` (no ESP framing) and sends it on a raw socket of protocol 50
    to 192.0.2.2, in bursts as the data plane does: packets per second;
-3. **tunnel**: ``pfkeyd --dataplane`` in both namespaces, keyed by ``setkey -f``
+3. **forwarder floor**: two processes forwarding TUN <-> raw protocol 50 with an
+   outer header and nothing else (no crypto, no SPD), on the data plane's I/O
+   classes: the median RTT of 200 echoes through them, the floor of any trio
+   data plane;
+4. **tunnel**: ``pfkeyd --dataplane`` in both namespaces, keyed by ``setkey -f``
    with an ESP tunnel 10.1.0.0/24 <-> 10.2.0.0/24 over the veth, AES-GCM-128
    (RFC 4106, manual keys): the same UDP blast (packets per second host A's
    daemon sends, from its counters; host B's daemon is stopped meanwhile, so that
@@ -133,6 +137,53 @@ print(count, time.process_time() - cpu0, flush=True)
 '''
 
 
+#: A forwarder with nothing in it: TUN -> outer IPv4 header -> raw socket and back, no
+#: crypto, no SPD, on the data plane's own I/O classes (the floor for the RTT).
+FORWARDER = r'''
+import socket, struct, sys, trio
+from pyroute2 import IPRoute
+from pfkeyd.dataplane.io import RawSender, RawReceiver, TunDevice
+me, peer, remote = sys.argv[1], sys.argv[2], sys.argv[3]
+tun = TunDevice.open("fl0")
+with IPRoute() as ipr:
+    i = ipr.link_lookup(ifname="fl0")[0]
+    ipr.link("set", index=i, mtu=1400, state="up")
+    ipr.route("add", dst=remote, dst_len=24, oif=i)
+open("/proc/sys/net/ipv4/conf/fl0/rp_filter", "w").write("0")
+tx = RawSender(socket.AF_INET, 0x5050); rx = RawReceiver(socket.AF_INET, 50)
+src, dst = socket.inet_aton(me), socket.inet_aton(peer)
+async def out():
+    while True:
+        for dg in await tun.receive_batch():
+            await tx.send(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(dg), 0, 0, 64, 50, 0, src, dst) + dg)
+async def inn():
+    while True:
+        for dg in await rx.receive_batch():
+            await tun.send(dg[20:])
+async def main():
+    print("ready", flush=True)
+    async with trio.open_nursery() as n:
+        n.start_soon(out); n.start_soon(inn)
+trio.run(main)
+'''
+
+
+def forwarder_rtt(p: Pair) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = []
+    try:
+        for ns, me, peer, remote in ((p.a, Pair.V4[0], Pair.V4[1], "10.2.0.0"), (p.b, Pair.V4[1], Pair.V4[0], "10.1.0.0")):
+            proc = subprocess.Popen(ns.argv(sys.executable, "-c", FORWARDER, me, peer, remote), stdout=subprocess.PIPE,
+                                    text=True, env=env)
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return ping(p, *INNER)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def child(ns: Namespace, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(ns.argv(sys.executable, "-c", CHILD, *args), stdout=subprocess.PIPE, text=True)
 
@@ -234,6 +285,7 @@ def main() -> int:
             bare_tcp = tcp(p, *Pair.V4, s)
             bare_rtt = ping(p, *Pair.V4)
             limit, limit_per_cpu = limit_loop(p, s)
+            floor_rtt = forwarder_rtt(p)
             prof = os.path.join(work, "a.prof") if args.profile else None
             daemons = start_daemons(p, work, prof)
             try:
@@ -269,7 +321,7 @@ def main() -> int:
           f" {tunnel_per_cpu:8.0f} per CPU-second ratio {tunnel_per_cpu / limit_per_cpu:.2f}  (target >= 0.5);"
           f" blaster offered {offered / s:.0f}/s")
     print(f"ping median RTT: veth {bare_rtt:.3f} ms, tunnel {tunnel_rtt:.3f} ms, +{tunnel_rtt - bare_rtt:.3f} ms"
-          f"  (target <= +0.3)")
+          f"  (target <= +0.3); two empty trio forwarders {floor_rtt:.3f} ms, +{floor_rtt - bare_rtt:.3f} ms")
     if prof:
         print("\nhost A's daemon, top functions by own time (cProfile; blast + TCP + ping):")
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
