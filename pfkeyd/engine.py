@@ -384,6 +384,9 @@ class KeyEngine:
         self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
         self._ints: dict[int, int] = {}  # see _shared
         self.hot = HotPath()  # the hot path's learned request shapes
+        #: Moves whenever the SPD, the SAD or the knobs may have changed (a request,
+        #: a tick, a knob, an expiry from traffic): the data plane's caches check it.
+        self.generation = 0
 
     # ---------------------------------------------------------------- clients
 
@@ -417,6 +420,7 @@ class KeyEngine:
     def knobs(self, knobs: Knobs) -> None:
         """New knob values, effective from the next message and the next tick."""
         old, self._knobs = self._knobs, knobs
+        self.generation += 1
         self.hot.clear()
         if knobs.larval_lifetime != old.larval_lifetime:
             # key_timehandler measures every LARVAL SA against the current
@@ -442,6 +446,7 @@ class KeyEngine:
         state = self.clients.get(client)
         if state is None or not self._knobs.hot_path:
             return None
+        self.generation += 1
         return self.hot.serve(self, client, state.dialect, data, now)
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
@@ -451,6 +456,7 @@ class KeyEngine:
         if state is None:
             self.client_opened(client)
             state = self.clients[client]
+        self.generation += 1
         self.stats.note_in(msg.type)
         req = _Request(client, msg, now, state.dialect)
         try:
@@ -661,6 +667,7 @@ class KeyEngine:
         if limit is not None and limit < 1:
             msg = f"tick limit {limit} is not positive"
             raise ValueError(msg)
+        self.generation += 1
         effects: list[Effect] = []
         due = self.sad.due(now.mono, limit)
         for sa, kind in due:
@@ -716,8 +723,10 @@ class KeyEngine:
         effects: list[Effect] = []
         if _over(new.hard, new):
             effects = self._expire_hard(new)
+            self.generation += 1
         elif new.state == SaState.MATURE and _over(new.soft, new):
             effects = self._expire_soft(new)
+            self.generation += 1
         self._count(effects)
         return effects
 

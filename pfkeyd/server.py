@@ -423,6 +423,12 @@ class Server:
         """Begin an orderly shutdown; :meth:`serve` returns when it is done."""
         self._stop.set()
 
+    def emit(self, effects: Sequence[Effect]) -> None:
+        """Carry out effects that arose outside any request (the data plane's ACQUIREs
+        and EXPIREs), as those of a request are carried out."""
+        self._route(effects, None, None)
+        self._wake_timer()
+
     def set_knobs(self, knobs: Knobs) -> None:
         """Give the engine new knob values (SIGHUP's reload); they hold from the next
         message and the next tick, as a ``sysctl`` change does."""
