@@ -80,6 +80,16 @@ def setup(names: dict[str, str]) -> None:
             netns.popns()
 
 
+def _remove_namespace(name: str) -> None:
+    if os.path.exists(f"/run/netns/{name}"):
+        netns.remove(name)
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+
+
 def count_wire(ns: str, stop: threading.Event, seen: dict[str, int]) -> None:
     """Count, by IP protocol, the IPv4 packets crossing host A's veth."""
     netns.pushns(ns)
@@ -161,7 +171,7 @@ def main() -> int:
     with ExitStack() as cleanup:
         cleanup.callback(shutil.rmtree, work, True)
         for ns in names.values():
-            cleanup.callback(lambda n=ns: os.path.exists(f"/run/netns/{n}") and netns.remove(n))
+            cleanup.callback(_remove_namespace, ns)
         setup(names)
         for host, ns in names.items():
             sock = os.path.join(work, f"{host}.sock")
@@ -169,7 +179,7 @@ def main() -> int:
             cleanup.callback(log.close)
             argv = in_ns(ns, sys.executable, "-m", "pfkeyd", "-s", f"{sock}:freebsd", "--dataplane")
             daemons[host] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
-            cleanup.callback(lambda p=daemons[host]: p.poll() is None and p.kill())
+            cleanup.callback(_kill, daemons[host])
             for _ in range(200):
                 if os.path.exists(sock[: -len(".sock")] + ".ctl"):
                     break
@@ -181,7 +191,7 @@ def main() -> int:
             print(f"host {host}: setkey -f\n" + "".join(f"    {line}\n" for line in script.splitlines()))
             subprocess.run([sys.executable, "-m", "setkey", "-f", "-"], input=script, text=True, check=True,
                            env=dict(os.environ, PFKEY_SOCKET=os.path.join(work, f"{host}.sock")))
-        stop, seen = threading.Event(), {}
+        stop, seen = threading.Event(), dict[str, int]()
         counter = threading.Thread(target=count_wire, args=(names["A"], stop, seen))
         counter.start()
         try:

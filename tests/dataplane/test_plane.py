@@ -19,6 +19,7 @@ from pfkeyd.engine import KeyEngine
 from pfkeyd.packet.ip import inet_checksum
 from pfkeyd.wire import (
     EncAlg,
+    Extension,
     ExtType,
     Key,
     Lifetime,
@@ -85,7 +86,7 @@ def plane(eng: KeyEngine) -> tuple[DataPlane, Emitted]:
 def add_gcm(eng: KeyEngine, spi: int, src: str, dst: str, *, mode: int = TUNNEL, satype: int = SaType.ESP,
             hard: Lifetime | None = None, soft: Lifetime | None = None, now: Instant = T0) -> None:
     if satype == SaType.AH:
-        exts = [Sa(spi, 8, 1, 5, 0, 0), Sa2(mode, 0, 0), address(ExtType.ADDRESS_SRC, src),
+        exts: list[Extension] = [Sa(spi, 8, 1, 5, 0, 0), Sa2(mode, 0, 0), address(ExtType.ADDRESS_SRC, src),
                 address(ExtType.ADDRESS_DST, dst), Key(ExtType.KEY_AUTH, bytes(32))]
     else:
         exts = [Sa(spi, 8, 1, 0, EncAlg.X_AESGCM16, 0), Sa2(mode, 0, 0), address(ExtType.ADDRESS_SRC, src),

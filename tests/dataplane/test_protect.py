@@ -413,7 +413,7 @@ def test_lifetimes_from_traffic_expire_the_sa(netpair: Pair) -> None:
             gone = a.setkey_args("-D")
         finally:
             km.terminate()
-            text, _ = km.communicate(10)
+            text, _ = km.communicate(timeout=10)
         assert "spi=4097" not in gone  # hard byte limit reached: the SA is gone
         assert "spi=4098" in gone
         expires = [line for line in text.splitlines() if line.startswith("EXPIRE")]
