@@ -11,6 +11,7 @@ from pfkeyd.wire import (
     Address,
     AuthAlg,
     EncAlg,
+    Extension,
     ExtType,
     IpProto,
     Lifetime,
@@ -186,7 +187,7 @@ def test_get_promiscuous_copy_has_no_keys(engine: KeyEngine) -> None:
 
 def test_get_reports_the_complete_sa_in_reference_order() -> None:
     engine = make_engine()
-    natt = [NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 4501),
+    natt: list[Extension] = [NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 4501),
             Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"), Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9")]
     ok(engine, FB, add(spi=0x1000, seq=3, replay=4, flags=0x40, sa2=Sa2(Mode.TUNNEL, 0, 77),
                        hard_lt=hard(addtime=100, nbytes=10**6), soft_lt=soft(addtime=80),

@@ -53,9 +53,9 @@ from tests.engine.conftest import (
 EPS = 1e-6
 
 
-def registered_engine(**knobs: int) -> KeyEngine:
+def registered_engine() -> KeyEngine:
     """FB2 registered for AH and LX2 for ESP; FB and LX are not registered."""
-    engine = make_engine(**knobs)
+    engine = make_engine()
     ok(engine, FB2, register(SaType.AH))
     ok(engine, LX2, register(SaType.ESP))
     return engine

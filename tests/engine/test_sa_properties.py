@@ -38,6 +38,7 @@ from pfkeyd.wire import (
     Comb,
     CompAlg,
     EncAlg,
+    Extension,
     ExtType,
     Filter,
     Ident,
@@ -133,7 +134,7 @@ def _templates() -> st.SearchStrategy[Message]:
     )
 
 
-_EXTRA_EXTS = (
+_EXTRA_EXTS: tuple[Extension, ...] = (
     Sa2(Mode.TRANSPORT), Sa2(Mode.TUNNEL, 0, 3), hard(addtime=5), soft(addtime=3), SpiRange(0x1000, 0x1001),
     Key(ExtType.KEY_AUTH, b"\xa5" * 20), Key(ExtType.KEY_ENCRYPT, b"\x5a" * 36), Key(ExtType.KEY_ENCRYPT, b""),
     SaReplay(5000), NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 0),

@@ -179,11 +179,12 @@ def test_update_of_mature_sa_without_lifetimes_removes_its_limits(engine: KeyEng
 
 @pytest.mark.parametrize("which", ["hard", "soft"])
 def test_update_with_only_one_of_hard_and_soft_replies_einval_on_freebsd(engine: KeyEngine, which: str) -> None:
+    hard_lt, soft_lt = (hard(addtime=5), None) if which == "hard" else (None, soft(addtime=5))
     mature(engine, FB, 0x1000)
-    msg = lifetimes_update(spi=0x1000, **{f"{which}_lt": (hard if which == "hard" else soft)(addtime=5)})
+    msg = lifetimes_update(spi=0x1000, hard_lt=hard_lt, soft_lt=soft_lt)
     assert fails(engine, FB, msg) == errno.EINVAL
     larval(engine, FB, 0x2000)
-    msg = update(spi=0x2000, **{f"{which}_lt": (hard if which == "hard" else soft)(addtime=5)})
+    msg = update(spi=0x2000, hard_lt=hard_lt, soft_lt=soft_lt)
     assert fails(engine, FB, msg) == errno.EINVAL
 
 
@@ -191,14 +192,14 @@ def test_update_with_only_one_of_hard_and_soft_replies_einval_on_freebsd(engine:
 def test_update_with_only_one_of_hard_and_soft_on_linux_sets_that_one(engine: KeyEngine, which: str) -> None:
     # xfrm_state_update copies the new limits whole: the one not given is unset.
     lt = (hard if which == "hard" else soft)(addtime=50)
-    expect = (lt, None) if which == "hard" else (None, lt)
+    expect = hard_lt, soft_lt = (lt, None) if which == "hard" else (None, lt)
     mature(engine, LX, 0x1000, hard_lt=hard(addtime=100), soft_lt=soft(addtime=80))
-    ok(engine, LX, lifetimes_update(spi=0x1000, **{f"{which}_lt": lt}), at(1))
+    ok(engine, LX, lifetimes_update(spi=0x1000, hard_lt=hard_lt, soft_lt=soft_lt), at(1))
     sa = engine.sad.get(0x1000)
     assert sa is not None and (sa.hard, sa.soft) == expect
     assert engine.next_deadline() == 50.0
     larval(engine, LX, 0x2000)
-    effects = ok(engine, LX, update(spi=0x2000, **{f"{which}_lt": lt}), at(2))
+    effects = ok(engine, LX, update(spi=0x2000, hard_lt=hard_lt, soft_lt=soft_lt), at(2))
     sa = engine.sad.get(0x2000)
     assert sa is not None and sa.state == SaState.MATURE and (sa.hard, sa.soft) == expect
     assert reply(effects, LX).get(lt.exttype) == lt

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +28,7 @@ from pfkeyd.wire import (
     PolicyType,
     RawSockAddr,
     SaType,
+    SockAddr,
     decode,
 )
 from tests.engine.spd_helpers import (
@@ -139,8 +141,10 @@ def test_spdadd_reply_echoes_selector_addresses_as_sent() -> None:
     msg = reply(send(eng, ME, spd_msg(src="10.1.2.0", dst="10.9.0.0", splen=24, dplen=16, proto=IpProto.TCP,
                                       sport=1234, dport=443)))
     assert msg.src is not None and msg.dst is not None
-    assert (str(msg.src.addr.ip), msg.src.prefixlen, msg.src.proto, msg.src.addr.port) == ("10.1.2.0", 24, 6, 1234)
-    assert (str(msg.dst.addr.ip), msg.dst.prefixlen, msg.dst.proto, msg.dst.addr.port) == ("10.9.0.0", 16, 6, 443)
+    src, dst = msg.src.addr, msg.dst.addr
+    assert isinstance(src, SockAddr) and isinstance(dst, SockAddr)
+    assert (str(src.ip), msg.src.prefixlen, msg.src.proto, src.port) == ("10.1.2.0", 24, 6, 1234)
+    assert (str(dst.ip), msg.dst.prefixlen, msg.dst.proto, dst.port) == ("10.9.0.0", 16, 6, 443)
 
 
 def test_linux_setkey_spdadd_capture_gets_priority_echoed() -> None:
@@ -397,7 +401,7 @@ def test_spdadd_same_selector_with_another_type_replies_eexist() -> None:
     {"dir": IN}, {"splen": 24}, {"dplen": 31}, {"proto": IpProto.TCP}, {"sport": 1}, {"dport": 80},
     {"src": "10.0.0.3"},
 ])
-def test_spdadd_selectors_differing_in_one_identity_field_coexist(change: dict[str, object]) -> None:
+def test_spdadd_selectors_differing_in_one_identity_field_coexist(change: dict[str, Any]) -> None:
     eng = make_engine()
     first = add_policy(eng)
     second = add_policy(eng, **change)
@@ -538,4 +542,4 @@ def test_policy_id_in_the_reply_finds_the_policy() -> None:
     for d in ("10.0.0.2", "10.0.0.3"):
         pid = add_policy(eng, dst=d)
         got = _stored(eng, pid)
-        assert got.dst is not None and str(got.dst.addr.ip) == d
+        assert got.dst is not None and isinstance(got.dst.addr, SockAddr) and str(got.dst.addr.ip) == d

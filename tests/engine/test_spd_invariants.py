@@ -64,7 +64,10 @@ def _spd_request(draw: st.DrawFn, dialect: Dialect, ids: list[int]) -> Message:
     mtype = draw(st.sampled_from(_SPD_TYPES))
     seq = draw(st.integers(0, 3))
     if mtype in (MsgType.X_SPDDELETE2, MsgType.X_SPDGET):
-        pid = draw(st.sampled_from(ids)) if ids and draw(st.integers(0, 3)) else draw(st.integers(0, 200))
+        if ids and draw(st.integers(0, 3)) != 0:
+            pid = draw(st.sampled_from(ids))
+        else:
+            pid = draw(st.integers(0, 200))
         return by_id_msg(mtype, pid, seq=seq)
     if mtype in (MsgType.X_SPDDUMP, MsgType.X_SPDFLUSH):
         if draw(st.integers(0, 3)):  # flushes are rare

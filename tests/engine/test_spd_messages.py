@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,7 @@ from pfkeyd.wire import (
     PolicyScope,
     PolicyType,
     SaType,
+    SockAddr,
     decode,
 )
 from tests.engine.spd_helpers import (
@@ -87,7 +89,8 @@ def test_spddelete_removes_the_exact_selector_and_replies_to_all() -> None:
     assert list(eng.spd.by_id) == [keep]
     seen = delivered(eng, effects)
     assert sorted(seen) == [ME, OTHER]
-    assert seen[OTHER].policy is not None and seen[OTHER].policy.id == pid
+    broadcast = seen[OTHER].policy
+    assert broadcast is not None and broadcast.id == pid
 
 
 def test_spddelete_ignores_type_priority_and_requests() -> None:
@@ -189,8 +192,10 @@ def test_spdget_freebsd_message_is_src_dst_policy_with_global_scope() -> None:
     msg = on_wire(reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid))), FREEBSD)
     assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY]
     assert msg.src is not None and msg.dst is not None and msg.policy is not None
-    assert (str(msg.src.addr.ip), msg.src.prefixlen, msg.src.proto, msg.src.addr.port) == ("10.1.0.0", 16, 17, 0)
-    assert (str(msg.dst.addr.ip), msg.dst.prefixlen, msg.dst.proto, msg.dst.addr.port) == ("10.2.0.9", 32, 17, 53)
+    src, dst = msg.src.addr, msg.dst.addr
+    assert isinstance(src, SockAddr) and isinstance(dst, SockAddr)
+    assert (str(src.ip), msg.src.prefixlen, msg.src.proto, src.port) == ("10.1.0.0", 16, 17, 0)
+    assert (str(dst.ip), msg.dst.prefixlen, msg.dst.proto, dst.port) == ("10.2.0.9", 32, 17, 53)
     pol = msg.policy
     assert (pol.type, pol.dir, pol.id, pol.priority, pol.scope) == (PolicyType.IPSEC, OUT, pid, 11,
                                                                    PolicyScope.GLOBAL)
@@ -369,7 +374,7 @@ def test_spddump_does_not_change_the_spd() -> None:
 # ----------------------------------------------------------------- SPDEXPIRE
 
 
-def _expiring(**kw: object) -> tuple[KeyEngine, int]:
+def _expiring(**kw: Any) -> tuple[KeyEngine, int]:
     eng = make_engine({ME: FREEBSD, OTHER: FREEBSD, KM: LINUX})
     register(eng, KM)
     pid = add_policy(eng, **kw)
@@ -404,8 +409,9 @@ def test_spdexpire_message_contents(dialect: Dialect) -> None:
     cur, hard = msg.lifetime_current, msg.lifetime_hard
     assert cur is not None and (cur.addtime, cur.usetime) == (at(2).wall, at(12).wall)
     assert hard is not None and (hard.addtime, hard.usetime) == (30, 20)
-    assert msg.src is not None and (str(msg.src.addr.ip), msg.src.prefixlen, msg.src.proto) == ("10.3.0.0", 16, 6)
-    assert msg.dst is not None and msg.dst.addr.port == 25
+    assert msg.src is not None and isinstance(msg.src.addr, SockAddr)
+    assert (str(msg.src.addr.ip), msg.src.prefixlen, msg.src.proto) == ("10.3.0.0", 16, 6)
+    assert msg.dst is not None and isinstance(msg.dst.addr, SockAddr) and msg.dst.addr.port == 25
     assert msg.policy is not None
     assert (msg.policy.id, msg.policy.priority, msg.policy.dir) == (pid, 4, OUT)
     assert [r.reqid for r in msg.policy.requests] == [0x4001, 0]
