@@ -470,11 +470,13 @@ def _fail(message: str, err: int = E.EINVAL, *, reply: bool = False, data: bytes
     return DecodeError(message, errno=err, reply=reply, header=data[:16] if len(data) >= 16 else None)
 
 
-def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int) -> Message:
+def _freebsd_header(data: bytes, spec: DialectSpec, request: bool, max_size: int) -> tuple[int, ...]:
+    """key_parse's base header checks; the header's eight fields."""
     size = len(data)
     if size < 16:
         raise _fail(f"message of {size} bytes is shorter than the base header")
-    version, mtype, err, satype, units, reserved, seq, pid = HEADER.unpack_from(data)
+    header: tuple[int, ...] = HEADER.unpack_from(data)
+    version, mtype, units = header[0], header[1], header[4]
     if units * UNIT != size:
         raise _fail(f"sadb_msg_len {units} does not match the {size}-byte datagram", data=data)
     if version != PF_KEY_V2:
@@ -483,7 +485,12 @@ def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int
         raise _fail(f"unknown message type {mtype}", reply=request, data=data)
     if request and size > max_size:
         raise _fail(f"message of {size} bytes exceeds {max_size}", E.ENOBUFS, data=data)
+    return header
 
+
+def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int) -> Message:
+    size = len(data)
+    _version, mtype, err, satype, _units, reserved, seq, pid = _freebsd_header(data, spec, request, max_size)
     rules = _RULES[Dialect.FREEBSD]
     exts: list[Extension] = []
     seen: set[int] = set()
@@ -539,21 +546,7 @@ def check_request_generic(msg: Message, data: bytes = b"") -> None:
     Raises DecodeError(reply=True).  decode() runs it for freebsd requests; the
     engine runs it for every request so both dialects get the same semantics.
     """
-    satype = msg.satype
-    if msg.type == MsgType.X_SPDDUMP:
-        if satype not in _SPDDUMP_SCOPES:
-            raise _fail(f"invalid SPDDUMP scope {satype}", reply=True, data=data)
-    elif satype == SaType.UNSPEC:
-        if msg.type in _SA_MESSAGES:
-            raise _fail("satype UNSPEC is not valid for this message", reply=True, data=data)
-    elif satype in (SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE):
-        if msg.type in _SPD_MESSAGES:
-            raise _fail("an SA satype is not valid for a policy message", reply=True, data=data)
-    elif satype in (SaType.RSVP, SaType.OSPFV2, SaType.RIPV2, SaType.MIP):
-        raise _fail(f"satype {satype} is not supported", E.EOPNOTSUPP, reply=True, data=data)
-    elif not (satype == 1 and msg.type == MsgType.X_PROMISC):
-        raise _fail(f"invalid satype {satype}", reply=True, data=data)
-
+    _check_satype(msg.type, msg.satype, data)
     src, dst = msg.src, msg.dst
     if src is None or dst is None:
         return
@@ -561,13 +554,35 @@ def check_request_generic(msg: Message, data: bytes = b"") -> None:
         raise _fail("upper-layer protocols of SRC and DST differ", reply=True, data=data)
     s, d = src.addr, dst.addr
     if type(s) is SockAddr and type(d) is SockAddr:
-        # The common case, decided without the general walk below.
+        # The common case, decided without the general walk.
         v4 = isinstance(s.ip, IPv4Address)
         if v4 == isinstance(d.ip, IPv4Address):
             plen = 32 if v4 else 128
             if src.prefixlen > plen or dst.prefixlen > plen:
                 raise _fail("prefix length exceeds the address size", reply=True, data=data)
             return
+    _check_sockaddr_pair(src, dst, data)
+
+
+def _check_satype(mtype: int, satype: int, data: bytes) -> None:
+    """key_parse's satype check: what each satype may be sent with."""
+    if mtype == MsgType.X_SPDDUMP:
+        if satype not in _SPDDUMP_SCOPES:
+            raise _fail(f"invalid SPDDUMP scope {satype}", reply=True, data=data)
+    elif satype == SaType.UNSPEC:
+        if mtype in _SA_MESSAGES:
+            raise _fail("satype UNSPEC is not valid for this message", reply=True, data=data)
+    elif satype in (SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE):
+        if mtype in _SPD_MESSAGES:
+            raise _fail("an SA satype is not valid for a policy message", reply=True, data=data)
+    elif satype in (SaType.RSVP, SaType.OSPFV2, SaType.RIPV2, SaType.MIP):
+        raise _fail(f"satype {satype} is not supported", E.EOPNOTSUPP, reply=True, data=data)
+    elif not (satype == 1 and mtype == MsgType.X_PROMISC):
+        raise _fail(f"invalid satype {satype}", reply=True, data=data)
+
+
+def _check_sockaddr_pair(src: Address, dst: Address, data: bytes) -> None:
+    """The general SRC/DST walk: families, sockaddr lengths, prefix lengths."""
     sfam, slen = _family_and_len(src)
     dfam, dlen = _family_and_len(dst)
     if sfam != dfam:
