@@ -50,7 +50,7 @@ from cryptography.exceptions import InvalidTag
 
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
-from pfkeyd.packet.crypto import AeadCipher, CtrCipher
+from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
@@ -249,49 +249,60 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
-        vt, length, ident, ttl, proto, _, addrs, spi, seq = _V4_ESP_IN.unpack_from(datagram)
-        if vt >> 8 == 0x45 and proto == IPPROTO_ESP and length == total:
-            # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the steps
-            # below, in the same order, without the general parsing; the header is
-            # rebuilt as protect builds it.
-            if spi != plan.spi_int:
-                return _NOTDB
-            replay = state.replay
-            seq64 = seq
-            ahead = False
-            if replay is not None:
-                last = replay.last
-                low = last & U32
-                if low < seq < low + 0x100000001 - replay.size:
-                    # Above the top of the window, in the same 2^32 subspace: what
-                    # check() says for it (its first case; the bound is its ``bl``
-                    # taken modulo 2^32 when the window is not yet full).
-                    seq64, ahead = last - low + seq, True
-                else:
-                    checked = replay.check(seq)
-                    if checked is None:
-                        return _WRAP if replay.wrapped(seq) else _REPLAY
-                    seq64 = checked
-            aad = plan.spi + (seq64 >> 32).to_bytes(4, "big") + datagram[24:28] if plan.esn else datagram[20:28]
-            try:
-                plain = plan.decrypt(plan.salt + datagram[28:36], datagram[36:], aad)
-            except InvalidTag:
-                return _BADAUTH
-            if ahead:
-                replay.advance(seq64)  # type: ignore[union-attr]  # what update() does for it
-            elif replay is not None and not replay.update(seq):
-                return _REPLAY
-            npad, nh = plain[-2], plain[-1]
-            n = len(plain) - npad - 2
-            if n < 0:
-                return _BADILEN
-            if npad and plain[-3] != npad:
-                return _BADPAD
-            if nh == _IPPROTO_NONE:
-                return _DUMMY
-            total = 20 + n
-            return _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF,
-                            addrs) + plain[:n]
+        out = _unprotect_fast(plan, state, datagram, total)
+        if out is not None:
+            return out
+    return _unprotect_general(sa, state, datagram, total)
+
+
+def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop | None:
+    """IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the steps of
+    :func:`_unprotect_general`, in the same order, without the general parsing; the
+    header is rebuilt as protect builds it.  None: not such a datagram."""
+    vt, length, ident, ttl, proto, _, addrs, spi, seq = _V4_ESP_IN.unpack_from(datagram)
+    if vt >> 8 != 0x45 or proto != IPPROTO_ESP or length != total:
+        return None
+    if spi != plan.spi_int:
+        return _NOTDB
+    replay = state.replay
+    seq64 = seq
+    ahead = False
+    if replay is not None:
+        last = replay.last
+        low = last & U32
+        if low < seq < low + 0x100000001 - replay.size:
+            # Above the top of the window, in the same 2^32 subspace: what
+            # check() says for it (its first case; the bound is its ``bl``
+            # taken modulo 2^32 when the window is not yet full).
+            seq64, ahead = last - low + seq, True
+        else:
+            checked = replay.check(seq)
+            if checked is None:
+                return _WRAP if replay.wrapped(seq) else _REPLAY
+            seq64 = checked
+    aad = plan.spi + (seq64 >> 32).to_bytes(4, "big") + datagram[24:28] if plan.esn else datagram[20:28]
+    try:
+        plain = plan.decrypt(plan.salt + datagram[28:36], datagram[36:], aad)
+    except InvalidTag:
+        return _BADAUTH
+    if ahead:
+        replay.advance(seq64)  # type: ignore[union-attr]  # what update() does for it
+    elif replay is not None and not replay.update(seq):
+        return _REPLAY
+    npad, nh = plain[-2], plain[-1]
+    n = len(plain) - npad - 2
+    if n < 0:
+        return _BADILEN
+    if npad and plain[-3] != npad:
+        return _BADPAD
+    if nh == _IPPROTO_NONE:
+        return _DUMMY
+    total = 20 + n
+    return _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF,
+                    addrs) + plain[:n]
+
+
+def _unprotect_general(sa: TransformSA, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop:
     c = sa.cipher
     if c is None:  # a fast plan has a cipher
         return _NOXFORM
@@ -312,7 +323,6 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     esp = datagram[skip:]
     if int.from_bytes(esp[:4], "big") != sa.spi:
         return _NOTDB
-    esn = sa.esn
     # FreeBSD checks replay only for an SA with an authenticator (NULL auth counts).
     replay = state.replay if not old and (aead or mac is not None) else None
     seq = int.from_bytes(esp[4:8], "big") if not old else 0
@@ -322,20 +332,9 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
         if checked is None:
             return _WRAP if replay.wrapped(seq) else _REPLAY
         seq64 = checked
-    iv = esp[hlen - c.iv : hlen]
-    if aead:
-        aad = esp[:4] + (seq64 >> 32).to_bytes(4, "big") + esp[4:8] if esn else esp[:8]
-        decrypted = c.decrypt(iv, esp[hlen:], aad)
-        if decrypted is None:
-            return _BADAUTH
-        plain = decrypted
-    else:
-        if mac is not None:
-            covered = esp[: hlen + plen]
-            want = mac.digest(covered, (seq64 >> 32).to_bytes(4, "big") if esn else b"")
-            if not _hmac.compare_digest(want, esp[hlen + plen :]):
-                return _BADAUTH
-        plain = c.decrypt(iv, esp[hlen : hlen + plen], b"") or b""
+    plain = _open(sa, c, esp, hlen, plen, seq64)
+    if plain is None:
+        return _BADAUTH
     if replay is not None and not replay.update(seq):
         return _REPLAY
     if len(plain) < 2:
@@ -348,3 +347,18 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     if nh == _IPPROTO_NONE:
         return _DUMMY
     return ip.join(datagram, sp, nh, plain[: len(plain) - npad - 2])
+
+
+def _open(sa: TransformSA, c: Cipher, esp: bytes, hlen: int, plen: int, seq64: int) -> bytes | None:
+    """The payload and trailer of an ESP packet, decrypted; None if its ICV is wrong."""
+    iv = esp[hlen - c.iv : hlen]
+    if c.aead:
+        aad = esp[:4] + (seq64 >> 32).to_bytes(4, "big") + esp[4:8] if sa.esn else esp[:8]
+        return c.decrypt(iv, esp[hlen:], aad)
+    mac = sa.mac
+    if mac is not None:
+        covered = esp[: hlen + plen]
+        want = mac.digest(covered, (seq64 >> 32).to_bytes(4, "big") if sa.esn else b"")
+        if not _hmac.compare_digest(want, esp[hlen + plen :]):
+            return None
+    return c.decrypt(iv, esp[hlen : hlen + plen], b"") or b""
