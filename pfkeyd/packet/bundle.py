@@ -163,20 +163,7 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
                 return counters.drop(Drop(name, reason))
             dg = outer
             hlen = 20 if len(sdst) == 4 else 40
-        result: bytes | Drop
-        counted = True  # FreeBSD counts output and obytes before transforming
-        if proto == ip.IPPROTO_ESP:
-            result = esp.protect(sa, state, dg, random=random)
-        elif proto == ip.IPPROTO_AH:
-            result = ah.protect(sa, state, dg)
-        else:
-            packed = ipcomp.protect(sa.spi, dg)
-            if isinstance(packed, ipcomp.Uncompressed):
-                counters.add(IPCOMP, packed.reason)
-                counted = packed.reason != "threshold"  # ipcomp_output returns before counting
-                result = packed.datagram
-            else:
-                result = packed
+        result, counted = _transform(bound, dg, counters, random)
         if isinstance(result, Drop):
             return counters.drop(result)
         if counted:
@@ -196,6 +183,22 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
         counters.add(NATT, "output")
         dg = udp
     return dg
+
+
+def _transform(bound: Bound, dg: bytes, counters: Counters,
+               random: Callable[[int], bytes]) -> tuple[bytes | Drop, bool]:
+    """One SA's transform of an outbound datagram, and whether FreeBSD counts it
+    (output and obytes, counted before transforming)."""
+    sa, state = bound.sa, bound.state
+    if sa.proto == ip.IPPROTO_ESP:
+        return esp.protect(sa, state, dg, random=random), True
+    if sa.proto == ip.IPPROTO_AH:
+        return ah.protect(sa, state, dg), True
+    packed = ipcomp.protect(sa.spi, dg)
+    if isinstance(packed, ipcomp.Uncompressed):
+        counters.add(IPCOMP, packed.reason)
+        return packed.datagram, packed.reason != "threshold"  # ipcomp_output returns before counting
+    return packed, True
 
 
 def _decap_drop(name: str, reason: str) -> Drop:
@@ -228,22 +231,17 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
         if isinstance(key, Drop):
             return counters.drop(key)
         if key.proto in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
-            # Plain IP-in-IP: ours only if an IPComp tunnel SA of these ends takes it.
-            if not knobs.ipcomp_enable:
+            taken = _take_plain_ipip(dg, sp, key, lookup, knobs)
+            if taken is None:
                 return Accepted(dg, tuple(applied))
-            bound = lookup(key)
-            if bound is None or bound.sa.proto != ip.IPPROTO_IPCOMP or not ipcomp.accepts_plain(
-                    bound.sa.tunnel, bound.sa.src, bound.sa.dst, sp):
-                return Accepted(dg, tuple(applied))
-            inner = ip.decapsulate(dg, sp, knobs)
-            if isinstance(inner, str):
-                return counters.drop(_decap_drop(IPCOMP, inner))
+            if isinstance(taken, Drop):
+                return counters.drop(taken)
+            taker, dg = taken
             counters.add(IPCOMP, "input")
-            counters.add(IPCOMP, "ibytes", len(inner))
-            bound.state.bytes += len(inner)
-            bound.state.packets += 1
-            applied.append(bound)
-            dg = inner
+            counters.add(IPCOMP, "ibytes", len(dg))
+            taker.state.bytes += len(dg)
+            taker.state.packets += 1
+            applied.append(taker)
             continue
         name = _NAMES[key.proto]
         if len(applied) >= MAX_DEPTH:
@@ -253,26 +251,10 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
         bound = lookup(key)
         if bound is None or bound.sa.proto != key.proto:
             return counters.drop(Drop(name, "notdb"))
-        sa, state = bound.sa, bound.state
-        result: bytes | Drop
-        if key.proto == ip.IPPROTO_ESP:
-            result = esp.unprotect(sa, state, dg)
-        elif key.proto == ip.IPPROTO_AH:
-            result = ah.unprotect(sa, state, dg)
-        else:
-            result = ipcomp.unprotect(dg, sp)
+        state = bound.state
+        result = _untransform(name, bound, dg, sp, knobs)
         if isinstance(result, Drop):
             return counters.drop(result)
-        if sa.tunnel and len(result) > sp.hlen and result[sp.proto_at] in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
-            # The transform kept the header part and restored the next header: no
-            # need to parse the datagram again.
-            inner_sp = ip.Split(sp.version, sp.hlen, result[sp.proto_at], sp.proto_at, sp.src, sp.dst)
-            inner = ip.decapsulate(result, inner_sp, knobs)
-            if isinstance(inner, str):
-                # The transform passed (its state moved, as FreeBSD's does) but
-                # the inner datagram is refused.
-                return counters.drop(_decap_drop(name, inner))
-            result = inner
         counters.add(name, "input")
         counters.add(name, "ibytes", len(dg) - sp.hlen)
         state.bytes += len(result)
@@ -280,6 +262,51 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
         applied.append(bound)
         dg = result
     return counters.drop(Drop(_NAMES[applied[-1].sa.proto] if applied else ESP, "hdrops"))
+
+
+def _take_plain_ipip(dg: bytes, sp: ip.Split, key: Peek, lookup: Lookup,
+                     knobs: PacketKnobs) -> tuple[Bound, bytes] | Drop | None:
+    """Plain IP-in-IP is ours only if an IPComp tunnel SA of these ends takes it (it
+    was sent uncompressed): that SA and the inner datagram, a Drop, or None (not ours)."""
+    if not knobs.ipcomp_enable:
+        return None
+    bound = lookup(key)
+    if bound is None or bound.sa.proto != ip.IPPROTO_IPCOMP or not ipcomp.accepts_plain(
+            bound.sa.tunnel, bound.sa.src, bound.sa.dst, sp):
+        return None
+    inner = ip.decapsulate(dg, sp, knobs)
+    if isinstance(inner, str):
+        return _decap_drop(IPCOMP, inner)
+    return bound, inner
+
+
+def _untransform(name: str, bound: Bound, dg: bytes, sp: ip.Split, knobs: PacketKnobs) -> bytes | Drop:
+    """One SA's transform undone on an inbound datagram, and for a tunnel-mode SA its
+    outer header too."""
+    sa = bound.sa
+    result: bytes | Drop
+    if sa.proto == ip.IPPROTO_ESP:
+        result = esp.unprotect(sa, bound.state, dg)
+    elif sa.proto == ip.IPPROTO_AH:
+        result = ah.unprotect(sa, bound.state, dg)
+    else:
+        result = ipcomp.unprotect(dg, sp)
+    if isinstance(result, Drop) or not sa.tunnel:
+        return result
+    # A refused inner datagram is dropped after the transform passed (its state
+    # moved, as FreeBSD's does).
+    return _decap_tunnel(name, result, sp, knobs)
+
+
+def _decap_tunnel(name: str, result: bytes, sp: ip.Split, knobs: PacketKnobs) -> bytes | Drop:
+    """The inner datagram of a tunnel-mode SA's result (unchanged when it carries no IP-in-IP)."""
+    if len(result) <= sp.hlen or result[sp.proto_at] not in (ip.IPPROTO_IPV4, ip.IPPROTO_IPV6):
+        return result
+    # The transform kept the header part and restored the next header: no need to
+    # parse the datagram again.
+    inner_sp = ip.Split(sp.version, sp.hlen, result[sp.proto_at], sp.proto_at, sp.src, sp.dst)
+    inner = ip.decapsulate(result, inner_sp, knobs)
+    return _decap_drop(name, inner) if isinstance(inner, str) else inner
 
 
 def unprotect_udp(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop:
