@@ -1,9 +1,7 @@
 """Immutable value records that are cheap to build.
 
-A frozen dataclass stores each field through ``object.__setattr__``, about a tenth
-of a microsecond per field: an SA record of twenty fields costs two microseconds
-before it holds anything, and the daemon builds one per ADD, the codec one per
-extension, setkey several per statement.  :func:`record` keeps what a frozen
+A frozen dataclass stores each field through ``object.__setattr__``, slow for
+records built per message (bench/README.md has the figures).  :func:`record` keeps what a frozen
 dataclass promises -- no field can be assigned or deleted, by the type checker
 (``mypy --strict`` refuses it) or at run time (``FrozenInstanceError``) -- and
 builds as fast as a plain slotted dataclass.

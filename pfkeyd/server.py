@@ -658,8 +658,7 @@ class Server:
         return client
 
     def _watch_pending(self, nursery: trio.Nursery) -> None:
-        # epoll_wait() on a ready list costs about half of a poll() over the
-        # listeners, and it runs before every request.
+        # epoll, not poll: this runs before every request (bench/README.md).
         poller: select.epoll | select.poll
         if hasattr(select, "epoll"):
             poller = select.epoll()
@@ -723,9 +722,7 @@ class Server:
         sock = client.sock
         # Every reader receives into the server's one buffer: the datagram is copied
         # out before the next await, and readers take turns, so an idle client holds
-        # no buffer at all.  (A buffer per reader cost 512 KiB of RSS per client;
-        # asking recv() for the largest possible message would allocate and map
-        # that much per datagram.)
+        # no buffer at all (the memory figures are in bench/README.md).
         view = self._recv_view
         handled = 0
         with client.reader_scope:

@@ -1,8 +1,8 @@
 """Numeric IP addresses from text: one definition, with a fast path for IPv4.
 
-:func:`ipaddress.ip_address` reads an IPv4 text octet by octet in Python (about
-2 µs); a script of 100 000 statements holds hundreds of thousands of them
-(setkey.resolve reads every host, setkey.transformer every tunnel end point).
+:func:`ipaddress.ip_address` reads an IPv4 text octet by octet in Python, slow for
+the hundreds of thousands a big script holds (bench/README.md; setkey.resolve reads
+every host, setkey.transformer every tunnel end point).
 The text of a dotted quad that ipaddress accepts is exactly what
 ``_DOTTED_QUAD`` matches: four decimal octets of ASCII digits, each 0 to 255,
 without leading zeros.  Such a text is converted by ``inet_aton``, which reads

@@ -114,9 +114,8 @@ IPV6_HDRINCL = 36
 SO_NO_CHECK = 11
 SO_RCVBUFFORCE = 33
 # The receive sockets' buffer: the bound on what waits in the kernel while the
-# consumer is busy (a burst of ESP arrives while a batch is being transformed).
-# Measured with the 2-namespace stand-in tunnel (tests/dataplane/test_pump.py): the
-# default 208 KiB dropped about a fifth of a TCP stream's packets at the receiver.
+# consumer is busy (a burst of ESP arrives while a batch is being transformed);
+# the default size drops packets of a TCP stream (bench/README.md).
 DEFAULT_RCVBUF = 4 << 20
 _IPV6_FLOWINFO_MASK = 0x0FFFFFFF
 

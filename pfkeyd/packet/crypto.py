@@ -9,8 +9,8 @@ when this library, or the ``cryptography`` build it runs on, lacks the algorithm
 (the SA is then refused at ADD time, never when a packet arrives).  Nothing here
 knows ESP framing: ``esp.py`` gives each cipher an IV, the plaintext and the AAD.
 
-Speed: building a ``cryptography`` CBC context costs about 4 µs, more than
-encrypting a 1400-byte packet.  The CBC ciphers therefore keep one encryptor and
+Building a ``cryptography`` CBC context costs more than encrypting a packet
+(bench/README.md), so the CBC ciphers keep one encryptor and
 one decryptor per SA for its whole life and steer them with the IV: CBC computes
 ``C1 = E(P1 ^ C0)`` where ``C0`` is the previous block the context saw, so
 feeding ``P1 ^ C0 ^ IV`` as the first block gives the ciphertext of a fresh

@@ -83,7 +83,7 @@ class TransformSA:
     ah_cleartos: bool = True
     ah_offsetmask: int = 0
     # Derived once from ``flags`` (the transforms read them per packet; IntFlag
-    # arithmetic costs a microsecond): ESN, OLD (RFC 1827/1829 framing: no sequence
+    # arithmetic is slow, bench/README.md): ESN, OLD (RFC 1827/1829 framing: no sequence
     # number, no replay, no ICV), CYCSEQ, and the pad contents (:class:`PadKind`).
     esn: bool = field(init=False, compare=False)
     old: bool = field(init=False, compare=False)

@@ -427,12 +427,9 @@ def _few_collections() -> Iterator[None]:
 
     A big script becomes hundreds of thousands of long-lived, acyclic objects (parse
     results, statements, messages), and with the default thresholds the collector
-    scans them again and again while they are made and sent: for a 50 000-statement
-    script that measured 15-20 % of the time to parse, check and resolve it, and a
-    fifth of setkey's CPU while sending.  Young collections become rare; the
-    thresholds are restored afterwards (tests run main() many times in one
-    process).  Freezing the parsed script as well (gc.freeze) measured no better
-    once collections are this rare.
+    scans them again and again while they are made and sent (bench/README.md has
+    the figures).  Young collections become rare; the thresholds are restored
+    afterwards (tests run main() many times in one process).
     """
     saved = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 50, 1000)
