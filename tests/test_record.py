@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import pickle
+from collections.abc import Callable
 from dataclasses import field
 
 import pytest
@@ -74,7 +75,7 @@ def test_a_cache_field_is_set_through_object_setattr_only() -> None:
 
 
 @pytest.mark.parametrize("clone", [copy.copy, copy.deepcopy, lambda v: pickle.loads(pickle.dumps(v))])
-def test_copies_and_pickles_are_equal_immutable_records(clone) -> None:  # type: ignore[no-untyped-def]
+def test_copies_and_pickles_are_equal_immutable_records(clone: Callable[[object], object]) -> None:
     for value in (Point(7, 8), Derived(a=3), Lifetime(ExtType.LIFETIME_SOFT, 1, 2, 3, 4)):
         c = clone(value)
         assert c == value and type(c) is type(value)

@@ -20,6 +20,7 @@ from pfkeyd.sad import NatT
 from pfkeyd.wire import SockAddr
 from pfkeyd.wire.constants import EncAlg, Mode
 from tests.packet.esp_helpers import DST4, DST6, SRC4, SRC6, esp_sa, runtime, v4, v6
+from tests.packet.ipkit import sent
 
 NATT_SA = NatT(2, 4500, 4501)
 
@@ -56,7 +57,7 @@ def test_ipv6_encapsulation_carries_a_valid_checksum() -> None:
 def test_decapsulate_returns_esp_and_the_ports_and_round_trips() -> None:
     sa = _sa()
     datagram = v4(6, b"segment!")
-    wire = natt.encapsulate(sa, esp.protect(sa, runtime(sa), datagram))  # type: ignore[arg-type]
+    wire = natt.encapsulate(sa, sent(esp.protect(sa, runtime(sa), datagram)))
     assert isinstance(wire, bytes)
     got = natt.decapsulate(wire)
     assert isinstance(got, natt.Received)
@@ -103,7 +104,7 @@ def _nat(datagram: bytes, src: str, dst: str) -> bytes:
     return bytes(pkt)
 
 
-def _sa_oa(oai: str | None, oar: str | None, mode: int = Mode.TRANSPORT):  # type: ignore[no-untyped-def]
+def _sa_oa(oai: str | None, oar: str | None, mode: int = Mode.TRANSPORT) -> TransformSA:
     oa = [SockAddr(IPv4Address(a)) if a else None for a in (oai, oar)]
     return replace(esp_sa(EncAlg.NULL, b""), natt=NatT(2, 4500, 4500, oa[0], oa[1]), mode=mode)
 

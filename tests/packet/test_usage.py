@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pfkeyd.effects import Effect
 from pfkeyd.engine import KeyEngine
 from pfkeyd.packet import bundle, sa, usage
 from pfkeyd.packet.bundle import Bound
 from pfkeyd.packet.counters import Counters
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import SaRuntime
-from pfkeyd.wire import ExtType, MsgType, SaState, SaType
+from pfkeyd.wire import ExtType, Lifetime, MsgType, SaState, SaType
 from setkey.dump import DumpOptions, format_sa
 from tests.engine.conftest import FB, FB2, add, at, get, hard, make_engine, ok, received, register, soft
 from tests.packet.ipkit import udp4
@@ -16,10 +17,10 @@ from tests.packet.ipkit import udp4
 SPI = 0x1000
 
 
-def engine_with_sa(**limits: object) -> KeyEngine:
+def engine_with_sa(hard_lt: Lifetime | None = None, soft_lt: Lifetime | None = None) -> KeyEngine:
     engine = make_engine()
     ok(engine, FB2, register(SaType.ESP))
-    ok(engine, FB, add(SaType.ESP, SPI, s="192.0.2.1", d="192.0.2.2", **limits))  # type: ignore[arg-type]
+    ok(engine, FB, add(SaType.ESP, SPI, s="192.0.2.1", d="192.0.2.2", hard_lt=hard_lt, soft_lt=soft_lt))
     return engine
 
 
@@ -63,13 +64,13 @@ def test_soft_and_hard_byte_limits_expire_through_the_packet_path() -> None:
     reports, seen = usage.pending([(SPI, b.state)], seen)
     assert usage.feed(engine, reports, at(1)) == []
     sent = per_packet
-    effects: list[object] = []
+    effects: list[Effect] = []
     while not effects:
         sent += send(b, 1)
         reports, seen = usage.pending([(SPI, b.state)], seen)
-        effects = usage.feed(engine, reports, at(2))  # type: ignore[assignment]
+        effects = usage.feed(engine, reports, at(2))
     assert sent > 500 and sent - per_packet <= 500
-    (msg,) = received(effects, FB2)  # type: ignore[arg-type]
+    (msg,) = received(effects, FB2)
     assert msg.type == MsgType.EXPIRE and msg.has(ExtType.LIFETIME_SOFT)
     assert msg.lifetime_current is not None and msg.lifetime_current.bytes == sent
     record = engine.sad.get(SPI)
@@ -78,8 +79,8 @@ def test_soft_and_hard_byte_limits_expire_through_the_packet_path() -> None:
     while not effects:
         sent += send(b, 1)
         reports, seen = usage.pending([(SPI, b.state)], seen)
-        effects = usage.feed(engine, reports, at(3))  # type: ignore[assignment]
-    (msg,) = received(effects, FB2)  # type: ignore[arg-type]
+        effects = usage.feed(engine, reports, at(3))
+    (msg,) = received(effects, FB2)
     assert msg.has(ExtType.LIFETIME_HARD) and sent > 1000
     assert engine.sad.get(SPI) is None
 
