@@ -255,7 +255,7 @@ def test_every_address_pair_of_the_same_family_gets_a_message() -> None:
     script = "add two.example 10.0.0.2 esp 0x1000 -E null;"
     item, = resolve(parse(script), resolver=Resolver(getaddrinfo=getaddrinfo))
     sent = build(item, "linux", PID)
-    assert [str(m.src.addr) for m in sent] == ["10.0.0.7", "10.0.0.8"]  # type: ignore[union-attr]
+    assert [str(m.src.addr) if m.src else None for m in sent] == ["10.0.0.7", "10.0.0.8"]
 
 
 def test_linux_deleteall_dumps_then_deletes_the_matching_spis() -> None:

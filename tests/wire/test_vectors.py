@@ -23,6 +23,7 @@ from pfkeyd.wire import (
     Comb,
     Direction,
     EncAlg,
+    Extension,
     ExtType,
     Filter,
     IpsecRequest,
@@ -146,8 +147,9 @@ F_FLUSH = "09"
 FAULTS: list[Fault] = []
 
 
-def _fault(name: str, dialect: str, hexstr: str, errno: int, reply: bool, **kw: object) -> None:
-    FAULTS.append(Fault(f"{dialect}/{name}", dialect, hx(hexstr), errno, reply, **kw))  # type: ignore[arg-type]
+def _fault(name: str, dialect: str, hexstr: str, errno: int, reply: bool, *, request: bool = True,
+           max_size: int | None = None) -> None:
+    FAULTS.append(Fault(f"{dialect}/{name}", dialect, hx(hexstr), errno, reply, request, max_size))
 
 
 BIG_KEY_2056 = hx(
@@ -500,8 +502,8 @@ def test_send_failure_reply(name: str, dialect: str, original: str, err: int, ex
 # ============================================================ values a dialect cannot carry
 
 
-def _m(*exts: object, mtype: int = MsgType.FLUSH, satype: int = 0) -> Message:
-    return Message(int(mtype), satype, exts=tuple(exts))  # type: ignore[arg-type]
+def _m(*exts: Extension, mtype: int = MsgType.FLUSH, satype: int = 0) -> Message:
+    return Message(int(mtype), satype, exts=tuple(exts))
 
 
 ENCODE_ERRORS = [

@@ -48,6 +48,7 @@ from pfkeyd.wire import (
     CompAlg,
     Direction,
     EncAlg,
+    Extension,
     ExtType,
     Filter,
     Ident,
@@ -141,9 +142,9 @@ def dst(sa: SockAddr, prefixlen: int, proto: int = IpProto.ANY) -> Address:
     return Address(ExtType.ADDRESS_DST, sa, prefixlen, proto)
 
 
-def msg(mtype: int, satype: int = 0, *exts: object, seq: int = 0, pid: int = 0, errno: int = 0,
+def msg(mtype: int, satype: int = 0, *exts: Extension, seq: int = 0, pid: int = 0, errno: int = 0,
         reserved: int = 0) -> Message:
-    return Message(int(mtype), int(satype), seq, pid, errno, reserved, tuple(exts))  # type: ignore[arg-type]
+    return Message(int(mtype), int(satype), seq, pid, errno, reserved, tuple(exts))
 
 
 def current(alloc: int = 0, nbytes: int = 0, add: int = 0, use: int = 0) -> Lifetime:
