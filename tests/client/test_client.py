@@ -7,6 +7,7 @@ import inspect
 import os
 import random
 import struct
+from collections.abc import Sequence
 
 import pytest
 import trio
@@ -348,7 +349,7 @@ async def test_policy_helpers_and_the_control_call(nursery: trio.Nursery, sockdi
 
     engine = KeyEngine(rng=random.Random(9))
 
-    def hook(argv, now, dialect):  # type: ignore[no-untyped-def]
+    def hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
         out = control_commands.run(engine, argv, now, dialect)
         return out.status, out.out, out.err, out.effects
 

@@ -11,7 +11,7 @@ import struct
 import pytest
 
 from pfkeyd.dataplane.io import IoCounters
-from pfkeyd.dataplane.plane import DataPlane, Verdict, parse_flow, routes_for
+from pfkeyd.dataplane.plane import DataPlane, FlowKey, Verdict, parse_flow, routes_for
 from pfkeyd.dataplane.seam import EngineSeam
 from pfkeyd.dataplane.sockpol import HEAD, SocketPolicies, parse_request, sockpol_path
 from pfkeyd.effects import Effect, Instant, Send
@@ -111,15 +111,21 @@ def tunnel_pair(mode: int = TUNNEL) -> tuple[KeyEngine, KeyEngine]:
 # ------------------------------------------------------------------ flows
 
 
+def _flow(dg: bytes) -> FlowKey:
+    key = parse_flow(dg)
+    assert key is not None
+    return key
+
+
 def test_parse_flow_reads_addresses_protocol_ports_and_icmp_type() -> None:
     assert parse_flow(udp(IA, IB, 1234, 53)) == (socket.inet_aton(IA), socket.inet_aton(IB), 17, 1234, 53)
     icmp = v4(IA, IB, 1, bytes((8, 0, 0, 0)) + bytes(4))
-    assert parse_flow(icmp)[2:] == (1, 8, 0)  # type: ignore[index]
+    assert _flow(icmp)[2:] == (1, 8, 0)
     later_fragment = v4(IA, IB, 17, struct.pack("!HH", 1, 2) + bytes(4), flags=0x0010)
-    assert parse_flow(later_fragment)[2:] == (17, 0, 0)  # type: ignore[index]
+    assert _flow(later_fragment)[2:] == (17, 0, 0)
     six = (bytes.fromhex("60000000") + (8 + 8).to_bytes(2, "big") + bytes((0, 64)) + bytes(15) + b"\x01"
            + bytes(15) + b"\x02" + bytes((17, 0)) + bytes(6) + struct.pack("!HHHH", 500, 4500, 8, 0))
-    assert parse_flow(six)[2:] == (17, 500, 4500)  # type: ignore[index]  # behind a hop-by-hop header
+    assert _flow(six)[2:] == (17, 500, 4500)  # behind a hop-by-hop header
     assert parse_flow(b"\x00" * 19) is None
     assert parse_flow(b"\x50" + bytes(30)) is None
 
@@ -143,7 +149,7 @@ def test_a_tunnel_round_trip_through_two_planes_and_the_fast_path() -> None:
     dg = udp(IA, IB, 1000, 2000, b"x" * 300)
     (wire,) = pa.outbound(dg, T0)
     assert wire[9] == 50 and wire[12:20] == socket.inet_aton(A) + socket.inet_aton(B)
-    assert pa._out[parse_flow(dg)].fast  # type: ignore[index]
+    assert pa._out[_flow(dg)].fast
     assert pb.inbound(wire, T0) == dg
     assert pb.inbound(wire, T0) is None  # the same packet again: a replay
     assert eb.packet_counters["esp.replay"] == 1
