@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pfkeyd.engine import KeyEngine
+from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.spd import Flow, SecPolicy, Selector, Spd
 from pfkeyd.wire import (
     CompAlg,
+    Dialect,
     ExtType,
     IpProto,
     IpsecRequest,
@@ -615,14 +616,14 @@ def add_ipcomp_sa(eng: KeyEngine, cpi: int, src: str, dst: str, mode: int = TUNN
     reply(send(eng, ME, msg))
 
 
-def _spis(decision: object) -> list[int | None]:
-    return [None if o.sa is None else o.sa.spi for o in decision.requests]  # type: ignore[attr-defined]
+def _spis(decision: Decision) -> list[int | None]:
+    return [None if o.sa is None else o.sa.spi for o in decision.requests]
 
 
 @pytest.mark.parametrize("dialect", [FREEBSD, LINUX])
-def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect: object) -> None:
+def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect: Dialect) -> None:
     # The KAME layout: ipcomp/tunnel/192.0.2.1-192.0.2.2/use esp/transport//require.
-    eng = make_engine({ME: dialect})  # type: ignore[dict-item]
+    eng = make_engine({ME: dialect})
     add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
                requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
     add_ipcomp_sa(eng, 0x3001, "192.0.2.1", "192.0.2.2")

@@ -111,7 +111,8 @@ def test_delete_of_tcp_md5_finds_the_sa_by_address_pair(engine: KeyEngine) -> No
 def test_delete_without_sa_removes_mature_and_dying_sas_of_the_addresses(engine: KeyEngine) -> None:
     mature(engine, FB, 0x1000, hard_lt=hard(addtime=100), soft_lt=soft(addtime=5))
     engine.tick(at(5))
-    assert engine.sad.get(0x1000).state == SaState.DYING  # type: ignore[union-attr]
+    stored = engine.sad.get(0x1000)
+    assert stored is not None and stored.state == SaState.DYING
     mature(engine, FB, 0x1001, sa2=Sa2(Mode.TUNNEL, 0, 7))
     mature(engine, FB, 0x1002, sa2=Sa2(Mode.TRANSPORT))
     larval(engine, FB, 0x2000)

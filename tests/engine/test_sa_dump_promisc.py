@@ -4,6 +4,7 @@ from a key manager (§3.6, §7.4)."""
 from __future__ import annotations
 
 import errno
+from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -82,8 +83,8 @@ def test_dump_with_an_undefined_satype_replies_einval(engine: KeyEngine) -> None
     assert fails(engine, FB, Message(MsgType.DUMP, 1)) == errno.EINVAL
 
 
-def _spis(items: object) -> list[int]:
-    return [sa.spi for sa in items]  # type: ignore[attr-defined]
+def _spis(items: Sequence[SecAssoc]) -> list[int]:
+    return [sa.spi for sa in items]
 
 
 def test_dump_snapshot_is_in_freebsd_order(engine: KeyEngine) -> None:
@@ -353,7 +354,10 @@ def test_acquire_then_getspi_update_by_the_key_manager(engine: KeyEngine) -> Non
     (acq,) = received(ok(engine, FB, acquire_request(s=A, d=B)), LX2)
     from tests.engine.conftest import getspi
 
-    spi = reply(ok(engine, LX2, getspi(seq=acq.seq)), LX2).sa.spi  # type: ignore[union-attr]
+    got = reply(ok(engine, LX2, getspi(seq=acq.seq)), LX2).sa
+    assert got is not None
+    spi = got.spi
     assert len(engine.acquires) == 0
     ok(engine, LX2, update(spi=spi, seq=acq.seq))
-    assert engine.sad.get(spi).state == 1  # type: ignore[union-attr]
+    stored = engine.sad.get(spi)
+    assert stored is not None and stored.state == 1

@@ -242,7 +242,8 @@ def test_hard_wins_when_a_late_tick_finds_both_limits_passed() -> None:
 def test_expire_without_registered_sockets_is_not_sent_but_the_sa_dies(engine: KeyEngine) -> None:
     mature(engine, FB, 0x1000, hard_lt=hard(addtime=10), soft_lt=soft(addtime=5))
     assert engine.tick(at(5)) == []
-    assert engine.sad.get(0x1000).state == SaState.DYING  # type: ignore[union-attr]
+    stored = engine.sad.get(0x1000)
+    assert stored is not None and stored.state == SaState.DYING
     assert engine.tick(at(10)) == []
     assert engine.sad.get(0x1000) is None
 
@@ -304,7 +305,8 @@ def test_byte_limits_are_enforced_at_report_usage() -> None:
     assert engine.report_usage(0x1000, 1000, 1, at(1)) == []  # "more than" the limit
     effects = engine.report_usage(0x1000, 1, 1, at(2))
     assert the_expire(effects).has(ExtType.LIFETIME_SOFT)
-    assert engine.sad.get(0x1000).state == SaState.DYING  # type: ignore[union-attr]
+    stored = engine.sad.get(0x1000)
+    assert stored is not None and stored.state == SaState.DYING
     assert engine.report_usage(0x1000, 999, 1, at(3)) == []
     effects = engine.report_usage(0x1000, 1, 1, at(4))
     msg = the_expire(effects)

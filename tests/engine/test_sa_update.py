@@ -295,7 +295,9 @@ def test_update_gets_a_new_sa_from_getspi_in_the_racoon_sequence(engine: KeyEngi
     # real-clients.md §3.8: GETSPI (seq from ACQUIRE, no SPIRANGE), then UPDATE with
     # replay 4, SHA2-256 + AES-CBC and hard/soft addtime 1800/1440.
     effects = ok(engine, LX, getspi(seq=1, sa2=Sa2(Mode.TRANSPORT)))
-    spi = reply(effects, LX).sa.spi  # type: ignore[union-attr]
+    got = reply(effects, LX).sa
+    assert got is not None
+    spi = got.spi
     ok(engine, LX, update(spi=spi, seq=1, replay=4, sa2=Sa2(Mode.TRANSPORT), hard_lt=hard(addtime=1800),
                           soft_lt=soft(addtime=1440)))
     sa = engine.sad.get(spi)
