@@ -32,8 +32,8 @@ from tests.engine.conftest import (
 )
 
 
-def new_spi(engine: KeyEngine, client: int, **kw: object) -> int:
-    msg = reply(ok(engine, client, getspi(**kw)), client)  # type: ignore[arg-type]
+def new_spi(engine: KeyEngine, client: int, satype: int = SaType.ESP, spirange: tuple[int, int] | None = None) -> int:
+    msg = reply(ok(engine, client, getspi(satype, spirange=spirange)), client)
     sa = msg.sa
     assert sa is not None
     return sa.spi

@@ -68,10 +68,10 @@ def assert_refused(eng: KeyEngine, msg: Message, expected: int) -> None:
     assert spd_state(eng) == before
 
 
-def _delete_msg(**kw: object) -> Message:
+def _delete_msg(**kw: Any) -> Message:
     """setkey's spddelete (real-clients §3.3): X_POLICY of 16 bytes, type DISCARD, no requests."""
     kw.setdefault("ptype", PolicyType.DISCARD)
-    return spd_msg(MsgType.X_SPDDELETE, **kw)  # type: ignore[arg-type]
+    return spd_msg(MsgType.X_SPDDELETE, **kw)
 
 
 # ------------------------------------------------------------------ SPDDELETE
