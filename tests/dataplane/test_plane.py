@@ -78,7 +78,7 @@ class Emitted(list[Effect]):
 
 def plane(eng: KeyEngine) -> tuple[DataPlane, Emitted]:
     out = Emitted()
-    dp = DataPlane(EngineSeam(eng, out), tun=_Tun(), senders={})  # type: ignore[arg-type]
+    dp = DataPlane(EngineSeam(eng, out), tun=_Tun(), senders={})  # type: ignore[arg-type]  # a fake TUN
     dp._refresh()
     return dp, out
 

@@ -340,7 +340,7 @@ def _general(sa: TransformSA) -> TransformSA:
 
     slow = replace(sa)
     assert esp.pad_length(slow, 0) >= 0  # builds the plan
-    slow.plan.fast = False  # type: ignore[attr-defined]
+    slow.plan.fast = False  # type: ignore[attr-defined]  # the plan is esp's private record
     return slow
 
 

@@ -99,7 +99,7 @@ class Table(Sequence[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, i: int) -> int:  # type: ignore[override]
+    def __getitem__(self, i: int) -> int:  # type: ignore[override]  # a fake: integer indices only
         if not 0 <= i < self.n:
             raise IndexError(i)
         self.touched += 1

@@ -31,7 +31,7 @@ LINUX = Dialect.LINUX
 async def _start_and_stop(path: str, *, probe: bool = True, **kwargs: object) -> str | None:
     """Start a server on ``path``; None if it started (and served a request, if
     ``probe``), else its ServerError."""
-    server = Server(FakeEngine(echo), [Endpoint(path, LINUX)], **kwargs)  # type: ignore[arg-type]
+    server = Server(FakeEngine(echo), [Endpoint(path, LINUX)], **kwargs)  # type: ignore[arg-type]  # a fake engine
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -106,16 +107,17 @@ def sa_options(draw: st.DrawFn, proto: Proto) -> SaOptions:
 
 @st.composite
 def sa_statements(draw: st.DrawFn) -> Command:
-    cls = draw(st.sampled_from([Add, Update, GetSpi, Get, Delete]))
+    classes: list[type[Add] | type[Update] | type[GetSpi] | type[Get] | type[Delete]] = [Add, Update, GetSpi, Get, Delete]
+    cls = draw(st.sampled_from(classes))
     proto = draw(st.sampled_from(list(Proto)))
-    fields = {
+    fields: dict[str, Any] = {
         "flags": draw(flags), "src": draw(hosts()), "dst": draw(hosts()), "proto": proto,
         "natt_oa": draw(st.one_of(st.none(), hosts(port=False))) if proto is Proto.ESP_UDP else None,
         "spi": draw(st.integers(0, U32)), "options": draw(sa_options(proto)),
     }
     if cls in (Add, Update):
         fields["algorithms"] = draw(algorithm_sets)
-    return cls(**fields)  # type: ignore[no-any-return]
+    return cls(**fields)
 
 
 @st.composite
