@@ -735,53 +735,14 @@ class KeyEngine:
     def _sa_values(self, req: _Request, proto: int) -> dict[str, Any]:
         """key_setsaval: every check of reference §7.3, and the values an ADD or a
         LARVAL-completing UPDATE sets.  Changes nothing."""
-        msg, satype = req.msg, req.msg.satype
+        msg = req.msg
         sa = msg.sa
         assert sa is not None
         flags = sa.flags
-        if flags & ~KEY_FLAGS_MAX:
-            error = f"flags {flags:#x} outside {KEY_FLAGS_MAX:#x}"
-            raise InvalidArgument(error)
-        replay, window = sa.replay, 0
-        if flags & X_EXT_OLD:
-            replay = 0
-        ext_replay = msg.sa_replay
-        if ext_replay is not None:
-            if ext_replay.replay > _MAX_SA_REPLAY:
-                error = f"replay window {ext_replay.replay} is too large"
-                raise InvalidArgument(error)
-            # The kernel keeps (n + 7) / 8 bitmap bytes and reports bytes x 8 (§4.16).
-            window = (ext_replay.replay + 7) // 8 * 8
-            replay = min(window // 8, 255)
+        replay, window = _replay_values(sa, msg.sa_replay)
         key_auth, key_enc = msg.key_auth, msg.key_encrypt
-        if key_auth is not None:
-            if proto == IpProto.IPCOMP:
-                raise InvalidArgument("IPComp SAs take no authentication key")
-            if not key_auth.data and sa.auth != AuthAlg.X_NULL:
-                raise InvalidArgument("empty authentication key")
-        if key_enc is not None:
-            if proto in (IpProto.AH, IpProto.TCP):
-                raise InvalidArgument("AH and TCP-MD5 SAs take no encryption key")
-            if proto == IpProto.ESP and not key_enc.data and sa.encrypt != EncAlg.NULL:
-                raise InvalidArgument("empty encryption key")
-            if proto == IpProto.IPCOMP and key_enc.data:
-                raise InvalidArgument("an IPComp SA's encryption key must be empty")
-        if proto == IpProto.AH:
-            if flags & _DERIV or sa.encrypt != EncAlg.NONE:
-                raise InvalidArgument("AH SAs take neither the DERIV flag nor an encryption algorithm")
-        elif proto == IpProto.ESP:
-            if flags & X_EXT_OLD and flags & _DERIV:
-                raise InvalidArgument("the OLD and DERIV flags exclude each other")
-        elif proto == IpProto.IPCOMP:
-            if sa.auth != AuthAlg.NONE:
-                raise InvalidArgument("IPComp SAs take no authentication algorithm")
-            if sa.spi >= 0x10000 and not flags & _RAWCPI:
-                raise InvalidArgument(f"CPI {sa.spi:#x} needs the RAWCPI flag")
-        elif proto == IpProto.TCP:
-            if sa.encrypt != EncAlg.NONE:
-                raise InvalidArgument("TCP-MD5 SAs take no encryption algorithm")
-        else:
-            raise ProtocolNotSupported(f"satype {satype} is not supported")
+        _check_keys(proto, sa, key_auth, key_enc)
+        _check_sa_fields(proto, msg.satype, sa)
         hard, soft = _lifetimes(msg, req.dialect)
         _identities(msg)
         algorithms.check_sa(proto, sa.auth, sa.encrypt, key_auth, key_enc, flags, req.dialect)
@@ -1264,27 +1225,8 @@ class KeyEngine:
         pair to the new one, then tells every socket in the same layout (seq 0, pid 0).
         The requester gets no other answer."""
         msg = req.msg
-        src, dst, pol = msg.src, msg.dst, msg.policy
-        if src is None or dst is None or pol is None:
-            raise InvalidArgument("ADDRESS_SRC, ADDRESS_DST and X_POLICY are required")
-        s, d = src.addr, dst.addr
-        if not isinstance(s, SockAddr) or not isinstance(d, SockAddr) or s.version != d.version:
-            raise InvalidArgument("selector addresses of one family are required")
-        if pol.dir not in _POLICY_DIRS:
-            raise InvalidArgument(f"policy direction {pol.dir & 0xFF} is invalid")
-        pairs = list(zip(pol.requests[0::2], pol.requests[1::2]))
-        if not pairs or len(pol.requests) % 2:
-            raise InvalidArgument("X_MIGRATE needs pairs of old and new ipsecrequests")
-        for old, new in pairs:
-            for r in (old, new):
-                if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP) or r.mode not in (
-                        Mode.TRANSPORT, Mode.TUNNEL, Mode.BEET):
-                    raise InvalidArgument("an ipsecrequest of X_MIGRATE has a bad protocol or mode")
-                if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr):
-                    raise InvalidArgument("each ipsecrequest of X_MIGRATE carries its endpoints")
-            if old.proto != new.proto or old.mode != new.mode:
-                raise InvalidArgument("an old and a new ipsecrequest must agree on protocol and mode")
-        sp = self.spd.find(pol.dir, Selector(s, src.prefixlen, d, dst.prefixlen, src.proto))
+        selector, direction, pairs = _migrate_request(msg)
+        sp = self.spd.find(direction, selector)
         if sp is None:
             raise NoEntry("no policy with this selector and direction")
         requests = list(sp.requests)
@@ -1427,6 +1369,88 @@ def _index_matches(sah: SaIndex, req: SaIndex) -> bool:
     if sah.mode not in (Mode.ANY, req.mode):
         return False
     return not (req.reqid and sah.reqid != req.reqid)
+
+
+def _replay_values(sa: Sa, ext: SaReplay | None) -> tuple[int, int]:
+    """The SA's replay field and replay window (0: none) from its flags and the
+    X_SA_REPLAY extension; checks the flags and the window's size."""
+    flags = sa.flags
+    if flags & ~KEY_FLAGS_MAX:
+        error = f"flags {flags:#x} outside {KEY_FLAGS_MAX:#x}"
+        raise InvalidArgument(error)
+    replay = 0 if flags & X_EXT_OLD else sa.replay
+    if ext is None:
+        return replay, 0
+    if ext.replay > _MAX_SA_REPLAY:
+        error = f"replay window {ext.replay} is too large"
+        raise InvalidArgument(error)
+    # The kernel keeps (n + 7) / 8 bitmap bytes and reports bytes x 8 (§4.16).
+    window = (ext.replay + 7) // 8 * 8
+    return min(window // 8, 255), window
+
+
+def _check_keys(proto: int, sa: Sa, key_auth: Key | None, key_enc: Key | None) -> None:
+    """key_setsaval's checks of the keys' presence against the protocol."""
+    if key_auth is not None:
+        if proto == IpProto.IPCOMP:
+            raise InvalidArgument("IPComp SAs take no authentication key")
+        if not key_auth.data and sa.auth != AuthAlg.X_NULL:
+            raise InvalidArgument("empty authentication key")
+    if key_enc is not None:
+        if proto in (IpProto.AH, IpProto.TCP):
+            raise InvalidArgument("AH and TCP-MD5 SAs take no encryption key")
+        if proto == IpProto.ESP and not key_enc.data and sa.encrypt != EncAlg.NULL:
+            raise InvalidArgument("empty encryption key")
+        if proto == IpProto.IPCOMP and key_enc.data:
+            raise InvalidArgument("an IPComp SA's encryption key must be empty")
+
+
+def _check_sa_fields(proto: int, satype: int, sa: Sa) -> None:
+    """key_setsaval's per-protocol checks of the SA extension's flags and algorithms."""
+    flags = sa.flags
+    if proto == IpProto.AH:
+        if flags & _DERIV or sa.encrypt != EncAlg.NONE:
+            raise InvalidArgument("AH SAs take neither the DERIV flag nor an encryption algorithm")
+    elif proto == IpProto.ESP:
+        if flags & X_EXT_OLD and flags & _DERIV:
+            raise InvalidArgument("the OLD and DERIV flags exclude each other")
+    elif proto == IpProto.IPCOMP:
+        if sa.auth != AuthAlg.NONE:
+            raise InvalidArgument("IPComp SAs take no authentication algorithm")
+        if sa.spi >= 0x10000 and not flags & _RAWCPI:
+            raise InvalidArgument(f"CPI {sa.spi:#x} needs the RAWCPI flag")
+    elif proto == IpProto.TCP:
+        if sa.encrypt != EncAlg.NONE:
+            raise InvalidArgument("TCP-MD5 SAs take no encryption algorithm")
+    else:
+        raise ProtocolNotSupported(f"satype {satype} is not supported")
+
+
+def _migrate_request(msg: Message) -> tuple[Selector, int, list[tuple[IpsecRequest, IpsecRequest]]]:
+    """An X_MIGRATE's selector, direction and (old, new) request pairs, checked as
+    pfkey_migrate does: every request a transform with both endpoints, each pair
+    agreeing on protocol and mode."""
+    src, dst, pol = msg.src, msg.dst, msg.policy
+    if src is None or dst is None or pol is None:
+        raise InvalidArgument("ADDRESS_SRC, ADDRESS_DST and X_POLICY are required")
+    s, d = src.addr, dst.addr
+    if not isinstance(s, SockAddr) or not isinstance(d, SockAddr) or s.version != d.version:
+        raise InvalidArgument("selector addresses of one family are required")
+    if pol.dir not in _POLICY_DIRS:
+        raise InvalidArgument(f"policy direction {pol.dir & 0xFF} is invalid")
+    pairs = list(zip(pol.requests[0::2], pol.requests[1::2]))
+    if not pairs or len(pol.requests) % 2:
+        raise InvalidArgument("X_MIGRATE needs pairs of old and new ipsecrequests")
+    for old, new in pairs:
+        for r in (old, new):
+            if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP) or r.mode not in (
+                    Mode.TRANSPORT, Mode.TUNNEL, Mode.BEET):
+                raise InvalidArgument("an ipsecrequest of X_MIGRATE has a bad protocol or mode")
+            if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr):
+                raise InvalidArgument("each ipsecrequest of X_MIGRATE carries its endpoints")
+        if old.proto != new.proto or old.mode != new.mode:
+            raise InvalidArgument("an old and a new ipsecrequest must agree on protocol and mode")
+    return Selector(s, src.prefixlen, d, dst.prefixlen, src.proto), pol.dir, pairs
 
 
 def _identities(msg: Message) -> None:
