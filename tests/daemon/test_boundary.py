@@ -77,8 +77,8 @@ def test_after_an_internal_error_the_same_client_is_served(monkeypatch: pytest.M
     assert isinstance(out[0], Reply) and out[0].data[2] == 0
 
 
-def test_an_exception_while_rendering_a_dump_request_is_caught_too(monkeypatch: pytest.MonkeyPatch) -> None:
-    daemon, engine = daemon_with_state()
+def test_an_exception_in_the_decoder_is_caught_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    daemon, _ = daemon_with_state()
     me = CLIENT_OF[Dialect.FREEBSD]
 
     def broken_decode(*args: object, **kwargs: object) -> object:
