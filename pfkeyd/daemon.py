@@ -13,7 +13,7 @@ One request, :meth:`Daemon.receive`:
 1. a datagram of impossible length (empty, or longer than any PF_KEY message) is
    refused as the dialect's kernel refuses the ``send()``: a header-only error reply
    (``send_failure_reply``), counted as ``send_would_fail``;
-2. the hot path (:mod:`pfkeyd.hotpath`) answers an ADD or SPDADD of a shape seen
+2. the hot path (:mod:`pfkeyd.engine.hotpath`) answers an ADD or SPDADD of a shape seen
    before without decoding it;
 3. otherwise the datagram is decoded (a malformed one is answered with the errno
    the reference kernel gives, or refused as its ``send()`` would be), and the key

@@ -54,7 +54,7 @@ class Send:
 class SendEncoded:
     """Deliver ``data``, a keyless ``msgtype`` message already encoded in the dialect
     of every client in ``to``: the reply to ``to[0]`` (the requester), a broadcast
-    copy for the others.  The engine's hot path (:mod:`pfkeyd.hotpath`) answers
+    copy for the others.  The engine's hot path (:mod:`pfkeyd.engine.hotpath`) answers
     with it; it means what the equivalent :class:`Send` values mean."""
 
     to: tuple[ClientId, ...]

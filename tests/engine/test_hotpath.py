@@ -1,4 +1,4 @@
-"""The hot path (pfkeyd.hotpath) answers exactly as the generic path would.
+"""The hot path (pfkeyd.engine.hotpath) answers exactly as the generic path would.
 
 Every test runs requests through two daemon layers (pfkeyd.daemon, the one path
 the sockets take): one as configured by default (the hot path first, then decode
