@@ -30,7 +30,6 @@ import logging
 import logging.handlers
 import os
 import pwd
-import re
 import signal
 import socket
 import sys
@@ -43,31 +42,13 @@ from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
 from pfkeyd.wire.describe import describe
+from pfkeyd.wire.framing import split_messages
 
 __all__ = ["main"]
 
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
-
-_HEX = re.compile(rb"^[0-9a-fA-F\s]*$")
-
-
-def _read_messages(data: bytes) -> list[bytes]:
-    """A file holds raw PF_KEY bytes, or hex text with ``#`` comments.
-
-    Messages in one file are split by their own ``sadb_msg_len``.
-    """
-    text = b"\n".join(line.split(b"#", 1)[0] for line in data.splitlines())
-    if data and _HEX.match(text) and text.strip():
-        data = bytes.fromhex(text.decode())
-    out = []
-    while data:
-        size = int.from_bytes(data[4:6], sys.byteorder) * 8 if len(data) >= 6 else len(data)
-        size = size or len(data)
-        out.append(data[:size])
-        data = data[size:]
-    return out
 
 
 def _decode_command(argv: Sequence[str]) -> int:
@@ -87,7 +68,7 @@ def _decode_command(argv: Sequence[str]) -> int:
         except OSError as exc:
             print(f"pfkeyd: {name}: {exc.strerror}", file=sys.stderr)
             return EX_NOINPUT
-        for i, message in enumerate(_read_messages(raw)):
+        for i, message in enumerate(split_messages(raw)):
             try:
                 msg = decode(message, args.dialect, request=False)
             except DecodeError as exc:
@@ -101,7 +82,7 @@ def _decode_command(argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------ daemon
 
-#: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
+#: The SYNOPSIS of pfkeyd/man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...]

@@ -28,22 +28,17 @@ from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.spd import Flow
-from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, Level, Mode, PolicyType, SaState, SockAddr
+from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, SaState, SockAddr
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS
 
 __all__ = ["Outcome", "run", "COMMANDS", "NAMES", "format_decision", "parse_flow"]
 
 EX_USAGE = 64
 
-_DIRS: dict[str, int] = {"in": Direction.INBOUND, "out": Direction.OUTBOUND, "fwd": Direction.FWD}
+_DIRS: dict[str, int] = {DIRECTION_WORDS[d]: d for d in (Direction.INBOUND, Direction.OUTBOUND, Direction.FWD)}
 _PROTOS: dict[str, int] = {"any": IpProto.ANY, "tcp": IpProto.TCP, "udp": IpProto.UDP, "icmp": IpProto.ICMP,
            "icmp6": IpProto.IPV6_ICMP, "ipv6-icmp": IpProto.IPV6_ICMP, "gre": IpProto.GRE,
            "esp": IpProto.ESP, "ah": IpProto.AH}
-_PROTO_NAMES: dict[int, str] = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp"}
-_MODE_NAMES: dict[int, str] = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel", Mode.ANY: "any"}
-_LEVEL_NAMES: dict[int, str] = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require",
-                                Level.UNIQUE: "unique"}
-_TYPE_NAMES: dict[int, str] = {PolicyType.DISCARD: "discard", PolicyType.NONE: "none", PolicyType.IPSEC: "ipsec"}
-_DIR_NAMES: dict[int, str] = {v: k for k, v in _DIRS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +174,10 @@ def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
 
 def _request_text(r: IpsecRequest) -> str:
     """A request as setkey writes it: proto/mode/src-dst/level[:reqid]."""
-    proto = _PROTO_NAMES.get(r.proto, str(r.proto))
+    proto = REQUEST_PROTO_WORDS.get(r.proto, str(r.proto))
     ends = f"{r.src}-{r.dst}" if r.src is not None else ""
-    level = _LEVEL_NAMES.get(r.level, str(r.level))
-    return f"{proto}/{_MODE_NAMES.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
+    level = LEVEL_WORDS.get(r.level, str(r.level))
+    return f"{proto}/{MODE_WORDS.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
 
 
 def format_decision(decision: Decision, knobs: Knobs) -> str:
@@ -193,10 +188,10 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
         name = "discard" if decision.action == "discard" else "none"
         lines.append(f"no policy matches: default policy {name} (net.inet.ipsec.def_policy={knobs.def_policy})")
     else:
-        lines.append(f"policy {sp.id}: {_DIR_NAMES.get(sp.dir, sp.dir)} {_TYPE_NAMES.get(sp.type, sp.type)}"
+        lines.append(f"policy {sp.id}: {DIRECTION_WORDS.get(sp.dir, sp.dir)} {POLICY_WORDS.get(sp.type, sp.type)}"
                      f" priority {sp.priority:#x}")
         for o in decision.requests:
-            head = f"  {_request_text(o.request)} (level {_LEVEL_NAMES.get(o.level, o.level)})"
+            head = f"  {_request_text(o.request)} (level {LEVEL_WORDS.get(o.level, o.level)})"
             if not o.reached:
                 lines.append(f"{head}: not reached (the packet is dropped at an earlier request)")
             elif o.sa is not None:

@@ -53,15 +53,13 @@ from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.spd import Flow
 from pfkeyd.stats import Statistics, Stats
-from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire import HEADER, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_wrap
 from pfkeyd.wire.message import send_failure_reply
 
 __all__ = [
-    "Daemon", "EngineLike", "Reply", "Broadcast", "DumpStream", "Log", "Outgoing", "RECV_SIZE", "promisc_wrap",
+    "Daemon", "EngineLike", "Reply", "Broadcast", "DumpStream", "Log", "Outgoing",
 ]
-
-#: The largest PF_KEY message: sadb_msg_len is 16 bits of 8-byte units.
-RECV_SIZE = 0xFFFF * 8
 
 #: The errno of a send() of a datagram of impossible size: FreeBSD's length check
 #: (EINVAL), Linux's (EMSGSIZE).
@@ -165,19 +163,6 @@ class DumpStream:
 Outgoing = Reply | Broadcast | DumpStream | Log
 
 
-def promisc_wrap(body: bytes) -> bytes:
-    """A promiscuous copy as FreeBSD's keysock delivers it: behind an SADB_X_PROMISC header.
-
-    The header's ``len`` covers the whole datagram; every other field is 0.
-    """
-    total = HEADER.size + len(body)
-    units = total // 8
-    if units > 0xFFFF:
-        msg = "promiscuous copy longer than 65535 units"
-        raise EncodeError(msg)
-    return HEADER.pack(PF_KEY_V2, MsgType.X_PROMISC, 0, 0, units, 0, 0, 0) + body
-
-
 def type_name(t: int) -> str:
     """A message type's RFC name (``ADD``, ``X_SPDADD``), or its number if it has none."""
     return MsgType(t).name if t in MsgType._value2member_map_ else str(t)
@@ -279,7 +264,7 @@ class Daemon:
         """Everything that must go out because ``client`` sent ``datagram``.
 
         ``length`` is the datagram's real length when the shell had to cut it
-        (a datagram longer than :data:`RECV_SIZE`).  ``trace`` asks for the trace
+        (a datagram longer than :data:`MAX_DATAGRAM`).  ``trace`` asks for the trace
         records (they are also made while net.inet.ipsec.debug is set).
         """
         try:
@@ -294,7 +279,7 @@ class Daemon:
         if dialect is None:  # a socket the shell did not announce: a linux one, as the engine assumes
             dialect = Dialect.LINUX
             self.opened(client, dialect)
-        if not data or length > RECV_SIZE:
+        if not data or length > MAX_DATAGRAM:
             # Empty, or longer than any PF_KEY message can be: both kernels fail such a send().
             return self._send_fails(client, data, SEND_FAILS_WITH[dialect], dialect)
         if not trace:

@@ -99,7 +99,7 @@ from pfkeyd.control_socket import (
     parse_control_request,
     serve_peer,
 )
-from pfkeyd.daemon import RECV_SIZE, Broadcast, Daemon, DumpStream, EngineLike, Outgoing, Reply, promisc_wrap
+from pfkeyd.daemon import Broadcast, Daemon, DumpStream, EngineLike, Outgoing, Reply
 from pfkeyd.defaults import control_path
 from pfkeyd.effects import ClientId, Instant
 from pfkeyd.knobs import Knobs
@@ -115,6 +115,7 @@ from pfkeyd.sockets import (
     uid_allowed,
 )
 from pfkeyd.wire import Dialect
+from pfkeyd.wire.framing import MAX_DATAGRAM
 
 __all__ = [
     "CONTROL_REQUEST_MAX",
@@ -123,7 +124,6 @@ __all__ = [
     "ControlRequestError",
     "Endpoint",
     "EngineLike",
-    "RECV_SIZE",
     "SUN_PATH_MAX",
     "Server",
     "ServerError",
@@ -131,7 +131,6 @@ __all__ = [
     "control_answer",
     "parse_control_request",
     "peer_credentials",
-    "promisc_wrap",
     "socket_acl",
     "uid_allowed",
 ]
@@ -274,7 +273,7 @@ class Server:
         self._control = control
         self._control_listeners: list[Listener] = []
         self._log_limits: dict[tuple[str, str], _LogLimit] = {}
-        self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
+        self._recv_view = memoryview(bytearray(MAX_DATAGRAM))  # shared by every reader
         # The PF_KEY listeners, polled before each request (see _accept_pending), and
         # the nursery their clients run in; None when not accepting.
         self._pending: select.epoll | select.poll | None = None

@@ -46,7 +46,7 @@ from __future__ import annotations
 from pfkeyd.engine.core import ClientState
 from pfkeyd.engine.keyengine import HANDLERS, NO_HANDLER_ERRNO, KeyEngine
 from pfkeyd.engine.lookup import Decision, RequestOutcome
-from pfkeyd.engine.messages import render_sa, render_sa_fast, render_sp, sa_message, sp_message, strip_keys
+from pfkeyd.engine.messages import render_sa, render_sa_fast, render_sp, sa_message, sp_message
 
 __all__ = [
     "HANDLERS",
@@ -60,5 +60,4 @@ __all__ = [
     "render_sp",
     "sa_message",
     "sp_message",
-    "strip_keys",
 ]

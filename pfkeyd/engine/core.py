@@ -30,7 +30,6 @@ from pfkeyd.engine.messages import (
     expire_message,
     in_dialect,
     spdexpire_message,
-    strip_keys,
 )
 from pfkeyd.errors import (
     AlreadyExists,
@@ -193,7 +192,7 @@ class EngineCore:
         listeners = [c for c, s in self.clients.items() if s.promisc]
 
         def copy(d: Dialect) -> Message:
-            return in_dialect(strip_keys(build(d) if callable(build) else build), d)
+            return in_dialect((build(d) if callable(build) else build).without_keys(), d)
 
         return self._fan_out(listeners, copy, promisc=True)
 
@@ -203,7 +202,7 @@ class EngineCore:
 
     def to_all(self, req: Request | None, msg: Message) -> list[Effect]:
         """KEY_SENDUP_ALL: every socket, the requester's copy being its reply."""
-        msg = strip_keys(msg)
+        msg = msg.without_keys()
         me = req.client if req is not None else None
         out: list[Effect] = []
         if me is not None:
@@ -224,7 +223,7 @@ class EngineCore:
 
         def message(d: Dialect) -> Message:
             if d not in made:
-                made[d] = in_dialect(strip_keys(build(d) if callable(build) else build), d)
+                made[d] = in_dialect((build(d) if callable(build) else build).without_keys(), d)
             return made[d]
 
         out: list[Effect] = []

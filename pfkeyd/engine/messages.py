@@ -64,11 +64,6 @@ DIALECT_ONLY = {
 _REFCNT = 1  # what FreeBSD writes in sadb_msg_reserved of the SA and SP messages it builds
 
 
-def strip_keys(msg: Message) -> Message:
-    """``msg`` without KEY_AUTH and KEY_ENCRYPT."""
-    return msg.without_keys()
-
-
 def _for_dialect(exts: Iterable[Extension], dialect: Dialect) -> tuple[Extension, ...]:
     drop = DIALECT_ONLY[dialect]
     return tuple(e for e in exts if e.exttype not in drop)
