@@ -287,12 +287,7 @@ class Daemon:
             # so it is off while tracing.
             hot = engine.serve_hot(client, data, now)
             if hot is not None:
-                sent = hot[0]
-                assert isinstance(sent, SendEncoded)
-                to = sent.to
-                if len(to) == 1:
-                    return [Reply(to, sent.data)]
-                return [Reply(to[:1], sent.data), Broadcast(to[1:], sent.data)]
+                return self._route(hot, client, data, "", False)
         out: list[Outgoing] = []
         try:
             msg = decode(data, dialect, max_size=engine.knobs.max_message_size)
@@ -370,7 +365,14 @@ class Daemon:
             out = []
         dialects = self._dialects
         for effect in effects:
-            if isinstance(effect, Send):
+            if isinstance(effect, SendEncoded):  # first: the hot path's, the common case
+                if trace:
+                    out.append(Log("trace", "%s: %s to %s", (origin, type_name(effect.msgtype),
+                                                             recipients((effect.requester, *effect.others)))))
+                out.append(Reply((effect.requester,), effect.data))
+                if effect.others:
+                    out.append(Broadcast(effect.others, effect.data))
+            elif isinstance(effect, Send):
                 if trace:
                     out.append(_trace_send(origin, effect))
                 self._encode_send(effect, requester, request, out)
@@ -393,14 +395,6 @@ class Daemon:
                 dialect = dialects.get(effect.to)
                 if dialect is not None:
                     out.append(DumpStream(self, effect, dialect, request))
-            elif isinstance(effect, SendEncoded):
-                if trace:
-                    out.append(Log("trace", "%s: %s to %s", (origin, type_name(effect.msgtype),
-                                                             recipients(effect.to))))
-                to = effect.to
-                out.append(Reply(to[:1], effect.data))
-                if len(to) > 1:
-                    out.append(Broadcast(to[1:], effect.data))
             else:
                 assert_never(effect)
         return out

@@ -158,7 +158,7 @@ class EngineCore:
             if isinstance(eff, Send):
                 self.stats.note_out(eff.msg.type, len(eff.to))
             elif isinstance(eff, SendEncoded):
-                self.stats.note_out(eff.msgtype, len(eff.to))
+                self.stats.note_out(eff.msgtype, 1 + len(eff.others))
             elif isinstance(eff, Dump):
                 self.stats.note_out(eff.msgtype, len(eff.items))
 

@@ -289,7 +289,7 @@ class HotPath:
         stats.note_in(layout.kind)
         stats.note_out(layout.kind, len(to))
         self.served += 1
-        return [SendEncoded(to, reply, layout.kind)]
+        return [SendEncoded(to[0], to[1:], reply, layout.kind)]
 
     def _add(self, engine: EngineCore, layout: _Layout, t: _SaTemplate, data: bytes, now: Instant) -> bytes | None:
         spi = int.from_bytes(data[layout.spi_at : layout.spi_at + 4], "big")
