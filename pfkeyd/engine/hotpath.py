@@ -76,7 +76,7 @@ _KEYS = frozenset({ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT})
 #: path.  What a request must carry is the one table's (pfkeyd.engine.extensions).
 _SERVED = frozenset({ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH,
                      ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT})
-_KINDS: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...]]] = {
+_HOT_SHAPES: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...]]] = {
     MsgType.ADD: (_SERVED, tuple(ExtType(t) for t in X1_EXTS if t in _SERVED and t not in _KEYS)),
     MsgType.X_SPDADD: (
         frozenset({ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD}),
@@ -183,7 +183,7 @@ def _headers(data: bytes) -> Headers | None:
 
 def _layout(kind: int, dialect: Dialect, headers: Headers) -> _Layout | None:
     """The layout of a request with these extensions, if the hot path can serve it."""
-    allowed, reply_order = _KINDS[kind]
+    allowed, reply_order = _HOT_SHAPES[kind]
     required = EXTENSIONS[kind].required
     from_wire = dialect.spec.ext.from_wire
     at: dict[ExtType, tuple[int, int]] = {}
@@ -376,7 +376,7 @@ class HotPath:
         a template for the shape the second time it gets here, if the template gives
         exactly these results."""
         kind = data[1]
-        if kind not in _KINDS or (kind == MsgType.ADD and data[3] not in _HOT_SATYPES):
+        if kind not in _HOT_SHAPES or (kind == MsgType.ADD and data[3] not in _HOT_SATYPES):
             return
         layout = self._layout_of(kind, dialect, data)
         if layout is None:
