@@ -1,11 +1,13 @@
 """The pfkeyd command line.
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-           [--group group] [--allow-uid uid ...]
+           [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+           [--no-routes] [--enc] [--pcap file] [--mtu bytes]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
-        the -f file.
+        the -f file.  With --dataplane it also protects the host's traffic
+        (pfkeyd.dataplane).
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-    pfkeyd stats [-s path]
+    pfkeyd stats [-s path] [--json]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
     pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
@@ -23,6 +25,7 @@ file), 64 for usage errors.
 from __future__ import annotations
 
 import argparse
+import errno
 import gc
 import grp
 import json
@@ -34,7 +37,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
@@ -85,9 +88,10 @@ def _decode_command(argv: Sequence[str]) -> int:
 #: The SYNOPSIS of pfkeyd/man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-              [--group group] [--allow-uid uid ...]
+              [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+              [--no-routes] [--enc] [--pcap file] [--mtu bytes]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-       pfkeyd stats [-s path]
+       pfkeyd stats [-s path] [--json]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
        pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
@@ -126,6 +130,13 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
     p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
                    help="admit this user as well as root and the daemon's own")
+    p.add_argument("--dataplane", metavar="ifname", nargs="?", const="ipsec0", default=None,
+                   help="protect real traffic through a TUN interface (default ipsec0)")
+    p.add_argument("--no-routes", action="store_true",
+                   help="with --dataplane: leave the routes into the TUN to the user")
+    p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
+    p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
+    p.add_argument("--mtu", metavar="bytes", type=int, default=1400, help="with --dataplane: the TUN's MTU")
     return p
 
 
@@ -237,6 +248,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
             raise _UsageError(msg)
         group = _gid(opts.group) if opts.group is not None else None
         allow = frozenset(_uid(u) for u in opts.allow_uid)
+        dataplane = _dataplane_options(opts)
     except _UsageError as exc:
         sys.stderr.write(USAGE)
         print(f"pfkeyd: {exc}", file=sys.stderr)
@@ -255,7 +267,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config)
+        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -273,6 +285,23 @@ def _tune_gc() -> None:
 
 #: Allocations between two young-generation collections (Python's default: 700).
 GC_YOUNG_THRESHOLD = 100_000
+
+
+def _dataplane_options(opts: argparse.Namespace) -> Any:
+    if opts.dataplane is None:
+        if opts.no_routes or opts.enc or opts.pcap is not None:
+            msg = "--no-routes, --enc and --pcap need --dataplane"
+            raise _UsageError(msg)
+        return None
+    from pfkeyd.dataplane.daemon import DataplaneOptions
+    from pfkeyd.dataplane.tun import check_ifname
+
+    try:
+        check_ifname(opts.dataplane)
+        return DataplaneOptions(ifname=opts.dataplane, manage_routes=not opts.no_routes, enc=opts.enc,
+                                pcap=opts.pcap, mtu=opts.mtu)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def knob_changes(old: Knobs, new: Knobs) -> list[str]:
@@ -308,7 +337,7 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
 
 
 def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int], config: str | None = None) -> int:
+                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None) -> int:
     import trio
 
     from pfkeyd import control
@@ -319,30 +348,53 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
     engine = KeyEngine(knobs)
     daemon = Daemon(engine)
+    plane: Any = None
 
     def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now, dialect)
+        outcome = control.run(engine, argv, now, dialect, dataplane=plane)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook)
     failure: list[str] = []
 
     async def run() -> None:
+        nonlocal plane
         # Listen for signals before the sockets exist, so that none is missed.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await nursery.start(server.serve)
-                except ServerError as exc:
-                    failure.append(str(exc))
-                    return
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        server.set_knobs(reload_config(config, daemon.knobs))
-                        continue
-                    log.info("%s received, stopping", signal.Signals(signum).name)
-                    server.stop()
-                    break
+            async with trio.open_nursery() as outer:
+                if dataplane_options is not None:
+                    from pfkeyd.dataplane.daemon import open_dataplane
+                    from pfkeyd.dataplane.seam import EngineSeam
+                    from pfkeyd.dataplane.sockpol import sockpol_path
+
+                    try:
+                        plane, listeners = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
+                                                          [sockpol_path(path) for path, _ in sockets], tuple(allow))
+                    except OSError as exc:
+                        code = errno.errorcode.get(exc.errno or 0)
+                        failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
+                        return
+                    await outer.start(plane.run)
+                    for listener in listeners:
+                        outer.start_soon(listener.serve)
+                    log.info("data plane on %s", dataplane_options.ifname)
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await nursery.start(server.serve)
+                    except ServerError as exc:
+                        failure.append(str(exc))
+                        outer.cancel_scope.cancel()
+                        return
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            server.set_knobs(reload_config(config, daemon.knobs))
+                            continue
+                        log.info("%s received, stopping", signal.Signals(signum).name)
+                        server.stop()
+                        break
+                # The server has shut down: the data plane removes its routes,
+                # rules and interfaces as it is cancelled.
+                outer.cancel_scope.cancel()
         log.info("stopped")
 
     _tune_gc()

@@ -6,7 +6,7 @@ command against the engine and returns what to print, the exit status, and the
 effects (a lookup may send an ACQUIRE) for the shell to carry out.
 
     sysctl [-a] [-d] [-n] [name[=value] ...]
-    stats
+    stats [--json]
     lookup DIR SRC DST [PROTO [SPORT DPORT]]
     dialect
 
@@ -20,9 +20,11 @@ number; for icmp and icmp6 the two ports are the type and the code.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
@@ -99,10 +101,19 @@ def _sysctl(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
 _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 
-def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
-    if args:
-        return Outcome(EX_USAGE, err="usage: pfkeyd stats\n")
+def _stats(engine: KeyEngine, args: Sequence[str], now: Instant, dataplane: StatsSource | None = None) -> Outcome:
+    if args not in ([], ["--json"]):
+        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json]\n")
     st = engine.statistics()
+    if args:
+        doc: dict[str, Any] = {
+            "pfkey": {"messages_in": dict(st.messages_in), "messages_out": dict(st.messages_out),
+                      "errors": dict(st.errors), "drops": dict(st.drops), "clients": st.clients, "sas": st.sas,
+                      "policies": st.policies},
+            "packets": dict(st.packets),
+            "dataplane": dataplane.statistics() if dataplane is not None else None,
+        }
+        return Outcome(0, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     lines = ["pfkey:"]
     for title, table in (("messages in", st.messages_in), ("messages out", st.messages_out),
                          ("errors", st.errors), ("drops", st.drops)):
@@ -119,7 +130,10 @@ def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
             current = proto
             lines.append(f"{proto}:")
         lines.append(f"\t{count} {name}")
-    return Outcome(0, "".join(line + "\n" for line in lines))
+    text = "".join(line + "\n" for line in lines)
+    if dataplane is not None:
+        text += dataplane.statistics_text()
+    return Outcome(0, text)
 
 
 def _addr(text: str) -> SockAddr:
@@ -239,11 +253,23 @@ COMMANDS = {"sysctl": _sysctl, "stats": _stats, "lookup": _lookup}
 NAMES = (*COMMANDS, "dialect")
 
 
-def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None) -> Outcome:
+class StatsSource(Protocol):
+    """What ``stats`` prints of the data plane, when the daemon runs one."""
+
+    def statistics(self) -> dict[str, Any]: ...
+
+    def statistics_text(self) -> str: ...
+
+
+def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None, *,
+        dataplane: StatsSource | None = None) -> Outcome:
     """Run one control command (``argv[0]`` names it) against ``engine``; ``dialect``
-    is that of the PF_KEY socket beside the control socket that was asked."""
+    is that of the PF_KEY socket beside the control socket that was asked;
+    ``dataplane`` adds the data plane's counters to ``stats``."""
     if argv[:1] == ["dialect"]:
         return _dialect(argv[1:], dialect)
+    if argv[:1] == ["stats"]:
+        return _stats(engine, argv[1:], now, dataplane)
     if not argv or argv[0] not in COMMANDS:
         return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(NAMES)}\n")
     return COMMANDS[argv[0]](engine, argv[1:], now)

@@ -151,6 +151,11 @@ KNOBS: tuple[KnobSpec, ...] = (
        "Most policies the SPD holds; SPDADD beyond it gets ENOBUFS"),
     KnobSpec("pfkeyd.max_message_size", "max_message_size", 2048, 256, MAX_DATAGRAM, "bytes",
        "Largest request accepted (FreeBSD: ENOBUFS beyond; Linux: EMSGSIZE)"),
+    # net.enc (FreeBSD if_enc.c): what enc0 and the pcap file of the data plane show
+    KnobSpec("net.enc.in.ipsec_bpf_mask", "enc_in_bpf_mask", 1, 0, 3, "mask (1 before, 2 after)",
+       "Inbound packets shown on enc0: 1 before, 2 after the outer header is stripped"),
+    KnobSpec("net.enc.out.ipsec_bpf_mask", "enc_out_bpf_mask", 3, 0, 3, "mask (1 before, 2 after)",
+       "Outbound packets shown on enc0: 1 before, 2 after the outer header is added"),
     KnobSpec("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
        "Answer ADDs and SPDADDs shaped like earlier ones from their bytes (the answers are the same)"),
 )
@@ -214,6 +219,8 @@ class Knobs:
     max_sas: int = 2_000_000
     max_policies: int = 1_000_000
     max_message_size: int = 2048
+    enc_in_bpf_mask: int = 1
+    enc_out_bpf_mask: int = 3
     hot_path: int = 1
 
     def __post_init__(self) -> None:

@@ -101,7 +101,7 @@ from pfkeyd.control_socket import (
 )
 from pfkeyd.daemon import Broadcast, Daemon, DumpStream, EngineLike, Outgoing, Reply
 from pfkeyd.defaults import control_path
-from pfkeyd.effects import ClientId, Instant
+from pfkeyd.effects import ClientId, Effect, Instant
 from pfkeyd.knobs import Knobs
 from pfkeyd.sockets import (
     SUN_PATH_MAX,
@@ -292,6 +292,15 @@ class Server:
     def stop(self) -> None:
         """Begin an orderly shutdown; :meth:`serve` returns when it is done."""
         self._stop.set()
+
+    def emit(self, effects: Sequence[Effect]) -> None:
+        """Carry out effects that arose outside any request (the data plane's ACQUIREs
+        and EXPIREs): the daemon layer encodes them as it does a request's, and they
+        go out as its messages do."""
+        if effects:
+            level = self._trace_level()
+            self._send_out(self._daemon.deliver(effects, "data plane", trace=bool(level)), level)
+        self._wake_timer()
 
     def set_knobs(self, knobs: Knobs) -> None:
         """Give the daemon new knob values (SIGHUP's reload); they hold from the next

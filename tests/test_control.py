@@ -369,9 +369,23 @@ def test_stats_count_the_acquires_a_lookup_sends(engine: KeyEngine) -> None:
     assert stats_block(run(engine, "stats").out, "messages out")[1]["ACQUIRE"] == 1
 
 
-def test_stats_takes_no_arguments(engine: KeyEngine) -> None:
+def test_stats_takes_no_arguments_but_json(engine: KeyEngine) -> None:
     out = run(engine, "stats", "-v")
-    assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats\n")
+    assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--json]\n")
+
+
+def test_stats_json_is_the_same_counters_machine_readable(engine: KeyEngine) -> None:
+    import json
+
+    register(engine)
+    spdadd(engine, PolicyType.IPSEC, requests=[esp_transport(Level.REQUIRE)])
+    run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2")
+    engine.packet_counters.add("esp", "badauth", 3)
+    doc = json.loads(run(engine, "stats", "--json").out)
+    assert doc["pfkey"]["messages_out"]["ACQUIRE"] == 1
+    assert doc["pfkey"]["policies"] == 1
+    assert doc["packets"]["esp.badauth"] == 3
+    assert doc["dataplane"] is None  # no data plane in this daemon
 
 
 def test_an_unknown_control_command_is_a_usage_error(engine: KeyEngine) -> None:

@@ -100,6 +100,9 @@ class EngineCore:
         self._promiscuous = 0  # how many clients are in promiscuous mode
         self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
         self._ints: dict[int, int] = {}  # see _shared
+        #: Moves whenever the SPD, the SAD or the knobs may have changed (a request,
+        #: a tick, a knob, an expiry from traffic): the data plane's caches check it.
+        self.generation = 0
 
     # ---------------------------------------------------------------- clients
 
@@ -134,6 +137,7 @@ class EngineCore:
     def knobs(self, knobs: Knobs) -> None:
         """New knob values, effective from the next message and the next tick."""
         old, self._knobs = self._knobs, knobs
+        self.generation += 1
         self._knobs_changed()
         if knobs.larval_lifetime != old.larval_lifetime:
             # key_timehandler measures every LARVAL SA against the current
@@ -379,6 +383,7 @@ class EngineCore:
         if limit is not None and limit < 1:
             msg = f"tick limit {limit} is not positive"
             raise ValueError(msg)
+        self.generation += 1
         effects: list[Effect] = []
         due = self.sad.due(now.mono, limit)
         for sa, kind in due:
@@ -434,8 +439,10 @@ class EngineCore:
         effects: list[Effect] = []
         if over(new.hard, new):
             effects = self._expire_hard(new)
+            self.generation += 1
         elif new.state == SaState.MATURE and over(new.soft, new):
             effects = self._expire_soft(new)
+            self.generation += 1
         self._count(effects)
         return effects
 

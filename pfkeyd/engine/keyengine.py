@@ -64,6 +64,7 @@ class KeyEngine(Lookup, PolicyHandlers):
         state = self.clients.get(client)
         if state is None or not self._knobs.hot_path:
             return None
+        self.generation += 1
         return self.hot.serve(self, client, state.dialect, data, now)
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
@@ -73,6 +74,7 @@ class KeyEngine(Lookup, PolicyHandlers):
         if state is None:
             self.client_opened(client)
             state = self.clients[client]
+        self.generation += 1
         self.stats.note_in(msg.type)
         req = Request(client, msg, now, state.dialect)
         try:
