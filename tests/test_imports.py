@@ -100,3 +100,14 @@ def test_the_engine_and_its_hot_path_import_one_way() -> None:
     known = modules()
     assert "pfkeyd.engine.core" in edges("pfkeyd.engine.hotpath", known["pfkeyd.engine.hotpath"], known)
     assert "pfkeyd.engine.hotpath" not in edges("pfkeyd.engine.core", known["pfkeyd.engine.core"], known)
+
+
+def test_no_test_imports_a_private_name_of_pfkeyd_or_setkey() -> None:
+    # Tests go through the public API (issue 11 item 9): a name a test needs is public.
+    private = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in PACKAGES:
+                private += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                            if a.name.startswith("_")]
+    assert private == []
