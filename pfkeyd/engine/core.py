@@ -99,7 +99,7 @@ class EngineCore:
         self._deflev: tuple[Knobs, dict[tuple[int, int, int], int]] | None = None
         self._promiscuous = 0  # how many clients are in promiscuous mode
         self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
-        self._ints: dict[int, int] = {}  # see _shared
+        self._ints: dict[int, int] = {}  # see shared()
         #: Moves whenever the SPD, the SAD or the knobs may have changed (a request,
         #: a tick, a knob, an expiry from traffic): the data plane's caches check it.
         self.generation = 0

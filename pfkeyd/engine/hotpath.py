@@ -9,7 +9,10 @@ encode) decides about such a request -- every check of the decoder, of key_parse
 key_setsaval or key_spdadd, every value of the new record but those fields, every
 byte of the reply but those fields -- is a function of the request's other bytes,
 its *shape*.  The generic path reads the variable fields in only a few places, and
-the hot path makes the same checks there:
+the hot path makes the same checks there, by calling the very admission steps the
+generic handlers call (:class:`pfkeyd.engine.core.EngineCore`: ``check_spi``,
+``check_sa_room``, ``insert_sa``, ``check_policy_room``, ``new_policy_id``,
+``insert_policy``), so that a new rule is written once:
 
 * ADD: the SPI must not be reserved (<= 255) nor in use, the SAD must have room, and
   an ACQUIRE with the request's seq is completed (seq 0 completes none);
