@@ -287,7 +287,11 @@ class Daemon:
             # so it is off while tracing.
             hot = engine.serve_hot(client, data, now)
             if hot is not None:
-                return self._route(hot, client, data, "", False)
+                (sent,) = hot  # the hot path answers with one SendEncoded
+                assert isinstance(sent, SendEncoded)
+                if sent.others:
+                    return [Reply((client,), sent.data), Broadcast(sent.others, sent.data)]
+                return [Reply((client,), sent.data)]
         out: list[Outgoing] = []
         try:
             msg = decode(data, dialect, max_size=engine.knobs.max_message_size)
