@@ -589,7 +589,6 @@ class Server:
     def _send_out(self, out: Sequence[Outgoing], level: int = 0) -> None:
         """Queue every outgoing message, in order, without blocking."""
         clients = self._clients
-        limit = self._daemon.knobs.client_buffer
         for item in out:
             if isinstance(item, Reply):
                 data = item.data
@@ -599,6 +598,7 @@ class Server:
                         self._enqueue(client, data)
             elif isinstance(item, Broadcast):
                 data = item.data
+                limit = self._daemon.knobs.client_buffer
                 for cid in item.to:
                     client = clients.get(cid)
                     if client is None or client.closing:
