@@ -341,18 +341,20 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     import trio
 
     from pfkeyd import control
+    from pfkeyd.daemon import Daemon
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
     endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
     engine = KeyEngine(knobs)
+    daemon = Daemon(engine)
     plane: Any = None
 
     def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
         outcome = control.run(engine, argv, now, dialect, dataplane=plane)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
-    server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
+    server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook)
     failure: list[str] = []
 
     async def run() -> None:
@@ -385,7 +387,7 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                         return
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            server.set_knobs(reload_config(config, engine.knobs))
+                            server.set_knobs(reload_config(config, daemon.knobs))
                             continue
                         log.info("%s received, stopping", signal.Signals(signum).name)
                         server.stop()
