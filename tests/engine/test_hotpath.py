@@ -443,7 +443,7 @@ def test_unique_levels_and_spdupdate_stay_generic() -> None:
     assert len(pair.hot.spd) == 10
 
 
-_POLICY_SHAPES: list[dict[str, object]] = [
+_POLICY_SHAPES: list[dict[str, Any]] = [  # spdadd_bytes' keywords, and v6
     {},
     {"prefix": 24},
     {"prefix": 40},  # longer than IPv4 allows: refused
@@ -471,7 +471,7 @@ def _random_spdadd(rng: random.Random, dialect: Dialect) -> bytes:
     a, b = rng.randrange(64), rng.randrange(64)
     src, dst = (f"2001:db8::{a:x}", f"2001:db8:1::{b:x}") if v6 else (f"10.1.{a}.0", f"10.2.{b}.0")
     return spdadd_bytes(dialect, src, dst, seq=rng.randrange(1 << 32), pid=rng.choice([77, 78]),
-                        **shape)  # type: ignore[arg-type]
+                        **shape)
 
 
 @pytest.mark.parametrize("seed", range(4))
