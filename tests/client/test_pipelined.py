@@ -200,7 +200,7 @@ async def test_dumps_work_after_a_batch_and_around_one(daemon: Daemon, dialect: 
                 if seen == 0:
                     await trio.testing.wait_all_tasks_blocked()  # the read-ahead is full: reading stopped
                     assert conn._dump is not None
-                    assert len(conn._dump.queue) == pfkeyd.client._DUMP_READ_AHEAD
+                    assert len(conn._dump.queue) == pfkeyd.client.connection._DUMP_READ_AHEAD
                     got = await conn.request_many_raw(gets, window=32)
                     assert [spi_of(r) for r in got] == [0x7000 + i for i in range(100)]
                 seen += 1
