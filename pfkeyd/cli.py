@@ -1,11 +1,11 @@
 """The pfkeyd command line.
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-           [--group group] [--allow-uid uid ...]
+           [--group group] [--allow-uid uid ...] [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
         the -f file.
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-    pfkeyd stats [-s path]
+    pfkeyd stats [-s path] [--prometheus]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
     pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
@@ -34,7 +34,8 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import NoReturn
 
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
@@ -104,9 +105,9 @@ def _decode_command(argv: Sequence[str]) -> int:
 #: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-              [--group group] [--allow-uid uid ...]
+              [--group group] [--allow-uid uid ...] [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-       pfkeyd stats [-s path]
+       pfkeyd stats [-s path] [--prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
        pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
@@ -145,6 +146,9 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
     p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
                    help="admit this user as well as root and the daemon's own")
+    p.add_argument("--metrics", metavar="[host:]port",
+                   help="serve the counters for Prometheus at http://host:port/metrics (host 127.0.0.1 "
+                        "if left out); off by default")
     return p
 
 
@@ -256,6 +260,13 @@ def _daemon_command(argv: Sequence[str]) -> int:
             raise _UsageError(msg)
         group = _gid(opts.group) if opts.group is not None else None
         allow = frozenset(_uid(u) for u in opts.allow_uid)
+        metrics_at = None
+        if opts.metrics is not None:
+            from pfkeyd.metrics_http import parse_address
+            try:
+                metrics_at = parse_address(opts.metrics)
+            except ValueError as exc:
+                raise _UsageError(f"--metrics {exc}") from None
     except _UsageError as exc:
         sys.stderr.write(USAGE)
         print(f"pfkeyd: {exc}", file=sys.stderr)
@@ -274,7 +285,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config)
+        return _run_daemon(sockets, knobs, group, allow, opts.config, metrics_at)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -327,10 +338,11 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
 
 
 def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int], config: str | None = None) -> int:
+                allow: frozenset[int], config: str | None = None,
+                metrics_at: tuple[str, int] | None = None) -> int:
     import trio
 
-    from pfkeyd import control
+    from pfkeyd import control, metrics
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
@@ -344,6 +356,13 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
     server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
     failure: list[str] = []
 
+    extras = trio.CancelScope()  # the tasks beside the server, ended with it
+
+    async def in_extras(fn: Callable[..., Awaitable[object]], *,
+                        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        with extras:
+            await fn(task_status=task_status)
+
     async def run() -> None:
         # Listen for signals before the sockets exist, so that none is missed.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -353,11 +372,21 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                 except ServerError as exc:
                     failure.append(str(exc))
                     return
+                if metrics_at is not None:
+                    from pfkeyd.metrics_http import serve_metrics
+                    try:
+                        await nursery.start(in_extras, partial(
+                            serve_metrics, *metrics_at, lambda: metrics.render(engine.statistics())))
+                    except OSError as exc:
+                        failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
+                        server.stop()
+                        return
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         server.set_knobs(reload_config(config, engine.knobs))
                         continue
                     log.info("%s received, stopping", signal.Signals(signum).name)
+                    extras.cancel()
                     server.stop()
                     break
         log.info("stopped")

@@ -6,7 +6,7 @@ command against the engine and returns what to print, the exit status, and the
 effects (a lookup may send an ACQUIRE) for the shell to carry out.
 
     sysctl [-a] [-d] [-n] [name[=value] ...]
-    stats
+    stats [--prometheus]
     lookup DIR SRC DST [PROTO [SPORT DPORT]]
     dialect
 
@@ -24,6 +24,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from pfkeyd import metrics
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
@@ -105,8 +106,10 @@ _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 
 def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
+    if args == ["--prometheus"]:
+        return Outcome(0, metrics.render(engine.statistics()).decode())
     if args:
-        return Outcome(EX_USAGE, err="usage: pfkeyd stats\n")
+        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--prometheus]\n")
     st = engine.statistics()
     lines = ["pfkey:"]
     for title, table in (("messages in", st.messages_in), ("messages out", st.messages_out),

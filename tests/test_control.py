@@ -369,9 +369,12 @@ def test_stats_count_the_acquires_a_lookup_sends(engine: KeyEngine) -> None:
     assert stats_block(run(engine, "stats").out, "messages out")[1]["ACQUIRE"] == 1
 
 
-def test_stats_takes_no_arguments(engine: KeyEngine) -> None:
-    out = run(engine, "stats", "-v")
-    assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats\n")
+def test_stats_takes_no_arguments_but_prometheus(engine: KeyEngine) -> None:
+    for args in (["-v"], ["--prometheus", "-v"], ["--prom"]):
+        out = run(engine, "stats", *args)
+        assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--prometheus]\n")
+    out = run(engine, "stats", "--prometheus")
+    assert out.status == 0 and out.out.startswith("# HELP pfkeyd_messages_received_total ")
 
 
 def test_an_unknown_control_command_is_a_usage_error(engine: KeyEngine) -> None:
