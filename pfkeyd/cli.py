@@ -34,16 +34,21 @@ import re
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
+from pfkeyd import systemd
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
 from pfkeyd.wire.describe import describe
+
+if TYPE_CHECKING:
+    from pfkeyd.server import Endpoint
 
 __all__ = ["main"]
 
@@ -245,16 +250,23 @@ def _daemon_command(argv: Sequence[str]) -> int:
         if opts.help:
             parser.print_help()
             return 0
+        try:
+            # Sockets passed in by systemd stand in for the default socket.
+            passed = systemd.take_listen_fds(os.environ)
+        except systemd.ActivationError as exc:
+            print(f"pfkeyd: socket activation: {exc}", file=sys.stderr)
+            return 1
+        sockets = list(passed)
         if opts.socket is not None:
-            main_socket = _split_endpoint(opts.socket, dialect_required=False)
-        else:
+            sockets.insert(0, systemd.Planned(*_split_endpoint(opts.socket, dialect_required=False)))
+        elif not passed:
             path = default_socket_path()
             if path is None:
                 msg = "no socket path: give -s path, set XDG_RUNTIME_DIR or run as root"
                 raise _UsageError(msg)
-            main_socket = (path, native_dialect())
-        sockets = [main_socket] + [_split_endpoint(t, dialect_required=True) for t in opts.listen]
-        paths = [p for p, _ in sockets]
+            sockets.insert(0, systemd.Planned(path, native_dialect()))
+        sockets += [systemd.Planned(*_split_endpoint(t, dialect_required=True)) for t in opts.listen]
+        paths = [s.path for s in sockets]
         if len(set(paths)) != len(paths):
             msg = "the same socket path is given twice"
             raise _UsageError(msg)
@@ -285,7 +297,8 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config, metrics_at)
+        return _run_daemon(sockets, knobs, group, allow, opts.config, metrics_at,
+                           systemd.Notifier.from_environment(os.environ))
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -337,16 +350,17 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
     return knobs
 
 
-def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
+def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
                 allow: frozenset[int], config: str | None = None,
-                metrics_at: tuple[str, int] | None = None) -> int:
+                metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None) -> int:
     import trio
 
     from pfkeyd import control, metrics
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
-    endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
+    endpoints = [Endpoint(s.path, s.dialect, s.fd, s.control_fd) for s in sockets]
+    notifier = notifier or systemd.Notifier(None)
     engine = KeyEngine(knobs)
 
     def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
@@ -381,11 +395,15 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                         failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
                         server.stop()
                         return
+                notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at))
                 async for signum in signals:
                     if signum == signal.SIGHUP:
+                        notifier.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
                         server.set_knobs(reload_config(config, engine.knobs))
+                        notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at))
                         continue
                     log.info("%s received, stopping", signal.Signals(signum).name)
+                    notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
                     extras.cancel()
                     server.stop()
                     break
@@ -397,6 +415,12 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
         log.error("%s", failure[0])
         return 1
     return 0
+
+
+def _status(endpoints: Sequence[Endpoint], metrics_at: tuple[str, int] | None) -> str:
+    """The STATUS= line of a daemon that serves."""
+    where = ", ".join(f"{e.path} ({e.dialect.value})" for e in endpoints)
+    return f"serving on {where}" + (f"; metrics on {metrics_at[0]}:{metrics_at[1]}" if metrics_at else "")
 
 
 def _control_target(argv: list[str]) -> tuple[str, str, str, list[str]]:

@@ -261,10 +261,17 @@ class ServerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One listening socket: where it is and which dialect it speaks."""
+    """One listening socket: where it is and which dialect it speaks.
+
+    ``fd`` is a socket already listening at ``path`` that was passed in (systemd
+    socket activation), and ``control_fd`` that of its control socket; the server
+    takes them over as they are and leaves their files in place at exit.
+    """
 
     path: str
     dialect: Dialect
+    fd: int | None = None
+    control_fd: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +473,7 @@ class Server:
             for endpoint in self._endpoints:
                 self._listeners.append(self._listen(endpoint))
                 if self._control is not None:
-                    ctl = Endpoint(control_path(endpoint.path), endpoint.dialect)
+                    ctl = Endpoint(control_path(endpoint.path), endpoint.dialect, endpoint.control_fd)
                     self._control_listeners.append(self._listen(ctl))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
@@ -497,6 +504,11 @@ class Server:
 
     def _listen(self, endpoint: Endpoint) -> _Listener:
         path = endpoint.path
+        if endpoint.fd is not None:
+            passed = socket.socket(fileno=endpoint.fd)
+            passed.setblocking(False)
+            log.info("listening on %s (%s), passed in", path, endpoint.dialect.value)
+            return _Listener(endpoint, passed, (0, 0), -1)  # dir_fd -1: not ours to remove
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sock.setblocking(False)
         try:
@@ -528,6 +540,8 @@ class Server:
             listener = (self._listeners or self._control_listeners).pop()
             trio.lowlevel.notify_closing(listener.sock)
             listener.sock.close()
+            if listener.dir_fd < 0:
+                continue  # passed in: the file belongs to whoever made it
             path = listener.endpoint.path
             name = os.path.basename(path)
             try:
