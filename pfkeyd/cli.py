@@ -1,7 +1,8 @@
 """The pfkeyd command line.
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-           [--group group] [--allow-uid uid ...] [--metrics [host:]port]
+           [--group group] [--allow-uid uid ...] [--state-dir dir]
+           [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
         the -f file.
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
@@ -23,6 +24,7 @@ file), 64 for usage errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import grp
 import json
@@ -110,7 +112,8 @@ def _decode_command(argv: Sequence[str]) -> int:
 #: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-              [--group group] [--allow-uid uid ...] [--metrics [host:]port]
+              [--group group] [--allow-uid uid ...] [--state-dir dir]
+              [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path] [--prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
@@ -151,6 +154,9 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
     p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
                    help="admit this user as well as root and the daemon's own")
+    p.add_argument("--state-dir", metavar="dir",
+                   help="keep the SAD, the SPD and run-time knob changes in this directory (keys included) "
+                        "so that they survive a restart or a crash; off by default")
     p.add_argument("--metrics", metavar="[host:]port",
                    help="serve the counters for Prometheus at http://host:port/metrics (host 127.0.0.1 "
                         "if left out); off by default")
@@ -298,7 +304,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         return 1
     try:
         return _run_daemon(sockets, knobs, group, allow, opts.config, metrics_at,
-                           systemd.Notifier.from_environment(os.environ))
+                           systemd.Notifier.from_environment(os.environ), opts.state_dir)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -352,7 +358,8 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
 
 def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
                 allow: frozenset[int], config: str | None = None,
-                metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None) -> int:
+                metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
+                state_dir: str | None = None) -> int:
     import trio
 
     from pfkeyd import control, metrics
@@ -367,8 +374,20 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
         outcome = control.run(engine, argv, now, dialect)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
-    server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook)
+    durable = None
+    if state_dir is not None:
+        from pfkeyd.statedir import Durable, StateDir, StateDirError
+
+        store = StateDir(state_dir)
+        try:
+            store.open()
+        except StateDirError as exc:
+            log.error("%s", exc)
+            return 1
+        durable = Durable(store, engine)
+    server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook, durable=durable)
     failure: list[str] = []
+    restored = ""
 
     extras = trio.CancelScope()  # the tasks beside the server, ended with it
 
@@ -378,6 +397,33 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
             await fn(task_status=task_status)
 
     async def run() -> None:
+        nonlocal restored
+        if durable is not None:
+            from pfkeyd.state import StateError
+
+            try:
+                report = durable.load(knobs)
+            except (StateError, OSError) as exc:
+                failure.append(f"state directory: {exc}")
+                return
+            for problem in report.problems:
+                log.warning("state: %s", problem)
+            restored = f"; restored {report.sas} SAs and {report.policies} policies"
+            log.info("state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
+                     report.sas, report.policies, durable.store.path, report.records, report.seconds,
+                     f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "")
+        async with trio.open_nursery() as keeper:
+            committer = trio.CancelScope()
+            if durable is not None:
+                async def commit(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    with committer:
+                        await durable.run(task_status=task_status)
+
+                await keeper.start(commit)
+            await serve()
+            committer.cancel()  # it writes what is left first
+
+    async def serve() -> None:
         # Listen for signals before the sockets exist, so that none is missed.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as nursery:
@@ -395,12 +441,15 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                         failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
                         server.stop()
                         return
-                notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at))
+                notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                 async for signum in signals:
                     if signum == signal.SIGHUP:
                         notifier.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+                        if durable is not None and config is not None:
+                            with contextlib.suppress(ValueError):  # reload_config reports it
+                                durable.rebase(load_config(config, Knobs()))
                         server.set_knobs(reload_config(config, engine.knobs))
-                        notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at))
+                        notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                         continue
                     log.info("%s received, stopping", signal.Signals(signum).name)
                     notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
@@ -410,7 +459,11 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
         log.info("stopped")
 
     _tune_gc()
-    trio.run(run)
+    try:
+        trio.run(run)
+    finally:
+        if durable is not None:
+            durable.store.close()
     if failure:
         log.error("%s", failure[0])
         return 1

@@ -437,6 +437,22 @@ class KeyEngine:
         """Change one knob; effective from the next message (raises KnobError)."""
         self.knobs = self.knobs.set(name, value)
 
+    def allocators(self) -> tuple[int, int, int]:
+        """What the policy-id, reqid and policy-order counters last gave (the
+        durable state keeps them, so that ids are not given twice)."""
+        return (self._policy_ids, self._reqids, self.spd._order)
+
+    def resume(self, allocators: tuple[int, int, int]) -> None:
+        """The SAD and the SPD were filled from the durable state (pfkeyd.state):
+        continue the counters where they were and schedule every SA's and policy's
+        deadlines; those that passed while the daemon was down fire at the next
+        tick (an SA past its hard lifetime is removed with its hard EXPIRE)."""
+        self._policy_ids, self._reqids, self.spd._order = allocators
+        for sa in self.sad.by_spi.values():
+            self._schedule(sa)
+        for sp in self.spd.by_id.values():
+            self._schedule_policy(sp)
+
     def statistics(self) -> Statistics:
         return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
                                    packets=self.packet_counters.snapshot())

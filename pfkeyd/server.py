@@ -143,6 +143,9 @@ DUMP_BATCH = 32
 #: The most due deadlines one tick takes on; the timer yields to the other tasks
 #: between ticks, so an expiry storm (200 000 SAs due at once) never stalls them.
 TICK_BATCH = 128
+#: With durable state, a reader stops reading while this many steps wait for the
+#: journal (their replies may not leave yet).
+HELD_MAX = 16384
 #: How long stop() lets writers flush what is already queued.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 
@@ -188,6 +191,18 @@ CONTROL_REQUEST_MAX = 64 * 1024
 CONTROL_TIMEOUT = 10.0
 #: Exit statuses of control answers the daemon gives itself (sysexits.h).
 EX_USAGE, EX_SOFTWARE = 64, 70
+
+
+class DurableLike(Protocol):
+    """The durable state as the server sees it (:class:`pfkeyd.statedir.Durable`)."""
+
+    appended: int
+    committed: int
+    on_commit: Callable[[int], None] | None
+
+    def capture(self) -> int: ...
+
+    async def wait(self, seq: int) -> None: ...
 
 
 class ControlRequestError(ValueError):
@@ -406,6 +421,7 @@ class Server:
         wall_clock: Callable[[], float] = time.time,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         control: ControlHook | None = None,
+        durable: DurableLike | None = None,
     ) -> None:
         if not endpoints:
             msg = "a server needs at least one endpoint"
@@ -431,6 +447,13 @@ class Server:
         self._control_listeners: list[_Listener] = []
         self._log_limits: dict[tuple[str, str], _LogLimit] = {}
         self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
+        # Durable state: what may leave only once the journal record of its step
+        # is on disk, (sequence number, send it), in order.
+        self._durable = durable
+        self._held: deque[tuple[int, Callable[[], None]]] = deque()
+        self._held_room = trio.lowlevel.ParkingLot()
+        if durable is not None:
+            durable.on_commit = self._release
         # The PF_KEY listeners, polled before each request (see _accept_pending), and
         # the nursery their clients run in; None when not accepting.
         self._pending: select.epoll | select.poll | None = None
@@ -596,6 +619,8 @@ class Server:
                     except BlockingIOError:
                         await trio.lowlevel.wait_readable(sock)
                 payload = self._control_request(data, dialect)
+                if self._durable is not None:
+                    await self._durable.wait(self._durable.appended)  # a knob change is on disk
                 while True:
                     try:
                         sock.send(payload)
@@ -627,7 +652,7 @@ class Server:
             return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
         try:
             status, out, err, effects = self._control(argv, self._now(), dialect)
-            self._route(effects, None, None, "control")
+            self._emit(effects, None, None, "control")
             self._wake_timer()
             return control_answer(status, out, err)
         except Exception:  # the boundary: the daemon and its other clients go on
@@ -756,6 +781,8 @@ class Server:
             while True:
                 while client.queued >= self._engine.knobs.client_buffer or client.dumps:
                     await client.room.park()
+                while len(self._held) >= HELD_MAX:
+                    await self._held_room.park()
                 try:
                     # With MSG_TRUNC a SEQPACKET receive returns the datagram's whole
                     # length, even one longer than the buffer (which is then cut).
@@ -791,7 +818,7 @@ class Server:
             # trace wants the decoded message, so it is off while tracing.
             effects = engine.serve_hot(client.id, data, self._now())
             if effects is not None:
-                self._route(effects, client, data, trace=False)  # tracing is off here
+                self._emit(effects, client, data, trace=False)  # tracing is off here
                 self._wake_timer()
                 return
         try:
@@ -799,7 +826,7 @@ class Server:
         except DecodeError as exc:
             if exc.reply:
                 engine.stats.note_error(exc.errno)
-                self._enqueue(client, error_reply(data, exc.errno, client.dialect))
+                self._reply(client, error_reply(data, exc.errno, client.dialect))
             else:
                 self._send_fails(client, data, exc.errno)
             if level:
@@ -813,7 +840,7 @@ class Server:
                     _type_name(msg.type), msg.satype, msg.seq, msg.pid, len(data),
                     ",".join(_ext_name(e.exttype) for e in msg.exts) or "none")
         effects = engine.handle(client.id, msg, self._now(), raw=data)
-        self._route(effects, client, data)
+        self._emit(effects, client, data)
         self._wake_timer()
 
     def _send_fails(self, client: _Client, data: bytes, err: int) -> None:
@@ -823,7 +850,7 @@ class Server:
         waiting for a reply that never comes; counted as ``send_would_fail``."""
         self._engine.stats.note_error(err)
         self._engine.stats.note_drop("send_would_fail")
-        self._enqueue(client, send_failure_reply(data, err, client.dialect))
+        self._reply(client, send_failure_reply(data, err, client.dialect))
 
     def _trace_level(self) -> int:
         """The level of the per-message trace: INFO while net.inet.ipsec.debug is set
@@ -839,6 +866,43 @@ class Server:
             self._timer_wake.unpark_all()
 
     # ------------------------------------------------------------------ routing
+
+    def _emit(self, effects: Sequence[Effect], requester: _Client | None, request: bytes | None,
+              origin: str = "timer", *, trace: bool = True) -> None:
+        """Route the effects of one step (request, tick, control command) now, or,
+        with durable state, once the journal record of its changes is on disk:
+        nothing leaves before what it acknowledges is durable, and nothing
+        overtakes what waits."""
+        durable = self._durable
+        if durable is not None:
+            seq = durable.capture()
+            if seq > durable.committed or self._held:
+                self._held.append((seq, partial(self._route, effects, requester, request, origin, trace=trace)))
+                return
+        self._route(effects, requester, request, origin, trace=trace)
+
+    def _reply(self, client: _Client, data: bytes) -> None:
+        """A reply the shell makes itself (a malformed request's), in its turn."""
+        if self._held:
+            assert self._durable is not None
+            self._held.append((self._durable.appended, partial(self._enqueue_open, client, data)))
+        else:
+            self._enqueue(client, data)
+
+    def _enqueue_open(self, client: _Client, data: bytes) -> None:
+        if not client.closing:
+            self._enqueue(client, data)
+
+    def _release(self, committed: int) -> None:
+        """The durable state's committer: records up to ``committed`` are on disk."""
+        held = self._held
+        while held and held[0][0] <= committed:
+            held.popleft()[1]()
+        self._held_room.unpark_all()
+        if not held and self._stop.is_set():
+            for client in self._clients.values():
+                client.work.unpark_all()  # writers that wait for the last replies to leave
+
 
     def _route(self, effects: Sequence[Effect], requester: _Client | None, request: bytes | None,
                origin: str = "timer", *, trace: bool = True) -> None:
@@ -959,7 +1023,7 @@ class Server:
                 while not client.outbox:
                     if client.broken:
                         raise _ClientGone
-                    if not client.reading:
+                    if not client.reading and not self._held:
                         return
                     await client.work.park()
                 item = client.outbox[0]
@@ -1055,7 +1119,7 @@ class Server:
                 if deadline is not None and deadline <= trio.current_time():
                     # A bounded batch, then everyone else's turn; the loop comes
                     # back while anything is still due.
-                    self._route(self._engine.tick(self._now(), limit=TICK_BATCH), None, None)
+                    self._emit(self._engine.tick(self._now(), limit=TICK_BATCH), None, None)
                     await trio.lowlevel.checkpoint()
                     continue
                 self._timer_at = math.inf if deadline is None else deadline
