@@ -694,15 +694,18 @@ class KeyEngine:
             current = self.sad.get(sa.spi)
             if current is not sa:
                 continue  # an earlier deadline in this tick changed it
+            # A deadline names an SPI and a version, and a new SA of a reused SPI
+            # starts at version 0 again: an entry acts only if its limit has
+            # really come for the SA that holds the SPI now.
             if kind == DEADLINE_LARVAL:
-                if now.mono < sa.created + self.knobs.larval_lifetime:
-                    continue  # the lifetime grew since; its later deadline is scheduled
+                if sa.state != SaState.LARVAL or now.mono < sa.created + self.knobs.larval_lifetime:
+                    continue  # another SA, or the lifetime grew since (its later deadline is scheduled)
                 self.sad.remove(sa)  # silently, as key_timehandler does
-            elif kind == DEADLINE_HARD or _hard_due(sa, now.mono):
+            elif _hard_due(sa, now.mono):
                 # HARD is checked first: a tick that finds both limits passed sends
                 # only the hard EXPIRE (reference §7.2).
                 effects += self._expire_hard(sa)
-            else:
+            elif kind == DEADLINE_SOFT and _soft_due(sa, now.mono):
                 effects += self._expire_soft(sa)
         self.acquires.expire(now.mono, self.knobs.blockacq_lifetime)
         effects += self._expire_policies(now, limit)
@@ -1482,6 +1485,16 @@ def _natt(msg: Message, proto: int) -> NatT | None:
 def _hard_due(sa: SecAssoc, now: float) -> bool:
     """The hard add-time or use-time limit of ``sa`` has been reached at ``now``."""
     lt = sa.hard
+    if lt is None:
+        return False
+    if lt.addtime and now >= sa.created + lt.addtime:
+        return True
+    return bool(lt.usetime and sa.first_used is not None and now >= sa.first_used + lt.usetime)
+
+
+def _soft_due(sa: SecAssoc, now: float) -> bool:
+    """The soft add-time or use-time limit of ``sa`` has been reached at ``now``."""
+    lt = sa.soft
     if lt is None:
         return False
     if lt.addtime and now >= sa.created + lt.addtime:
