@@ -26,13 +26,13 @@ from pfkeyd.wire import (
 )
 from tests.engine.conftest import (
     DIALECT_OF,
-    delete,
     FB,
     FB2,
     LX,
     LX2,
     A,
     at,
+    delete,
     ext_types,
     getspi,
     hard,
