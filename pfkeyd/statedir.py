@@ -296,7 +296,9 @@ class Durable:
         self._committed_lot = trio.lowlevel.ParkingLot()
         self.on_commit: Callable[[int], None] | None = None
         self._compacting = False
+        self._compacted_lot = trio.lowlevel.ParkingLot()
         self.commits = 0  #: syncs done (a statistic for tests and benchmarks)
+        self.compactions = 0  #: snapshots written
 
     def offset(self) -> float:
         return self._wall() - trio.current_time()
@@ -326,6 +328,11 @@ class Durable:
 
     def rebase(self, baseline: Knobs) -> None:
         self.recorder.rebase(baseline)
+
+    async def wait_compacted(self, count: int) -> None:
+        """Until ``count`` snapshots have been written."""
+        while self.compactions < count:
+            await self._compacted_lot.park()
 
     async def wait(self, seq: int) -> None:
         """Until record ``seq`` is on disk."""
@@ -384,5 +391,7 @@ class Durable:
             size = await trio.to_thread.run_sync(self.store.write_snapshot, generation, records)
             log.info("state compacted: snapshot of %d SAs and %d policies, %d bytes, in %.1f s", nsa, nsp, size,
                      trio.current_time() - started)
+            self.compactions += 1
         finally:
             self._compacting = False
+            self._compacted_lot.unpark_all()
