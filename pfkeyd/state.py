@@ -20,7 +20,10 @@ A state directory holds ``snapshot`` (absent until the first compaction) and
 (``pfkeydS1`` for a snapshot, ``pfkeydJ1`` for a journal), the format version
 and the generation N, both 32-bit little-endian.  Records follow, each framed as
 a 32-bit little-endian payload length, the CRC-32 (zlib's) of the payload, and
-the payload.  A journal's generation is in its name; a snapshot of generation N
+the payload.  A journal is followed by zero bytes, space reserved ahead so that
+a sync need not change the file's size (``fdatasync`` then writes the data
+alone, about fifteen times faster here); a record header of length 0 ends the
+records, and everything after it must be zero.  A journal's generation is in its name; a snapshot of generation N
 holds the state at the moment journal N was begun, so the state is the snapshot,
 then journal N, N+1, ... replayed in order (journals below N are left-overs of
 a compaction and are removed).
@@ -136,16 +139,22 @@ class Scan:
 
 def scan(data: bytes | memoryview, start: int = HEADER.size) -> Scan:
     """The CRC-checked records from ``start`` on, up to the first one that is cut
-    short or corrupt."""
+    short or corrupt, or to the zeros reserved after the last one."""
     view = memoryview(data)
     payloads: list[bytes] = []
     at, size = start, len(view)
     problem = ""
     while at < size:
         if size - at < _FRAME.size:
-            problem = f"a record header cut short at byte {at}"
+            if view[at:].tobytes().strip(b"\0"):
+                problem = f"a record header cut short at byte {at}"
             break
         length, crc = _FRAME.unpack_from(view, at)
+        if length == 0:
+            # The space reserved ahead of the records: zeros to the end.
+            if view[at:].tobytes().strip(b"\0"):
+                problem = f"data after the end of the records at byte {at}"
+            break
         body = at + _FRAME.size
         if length > RECORD_MAX or body + length > size:
             problem = f"a record of {length} bytes at byte {at} runs past the end ({size})"

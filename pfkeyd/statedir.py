@@ -50,6 +50,10 @@ log = logging.getLogger("pfkeyd.state")
 #: A journal is compacted into a snapshot once it is larger than this and than the
 #: last snapshot.
 COMPACT_MIN = 64 * 1024 * 1024
+#: Syncs under way at once.
+SYNCS_IN_FLIGHT = 2
+#: Zero bytes reserved at a time past a journal's last record.
+JOURNAL_RESERVE = 8 * 1024 * 1024
 _JOURNAL = re.compile(r"^journal\.(\d+)$")
 _FILE_MODE = 0o600
 
@@ -86,7 +90,8 @@ class StateDir:
         self.snapshot_generation = 0
         self.snapshot_size = 0
         self._journal_fd = -1
-        self.journal_size = 0
+        self.journal_size = 0  #: where the next record goes
+        self._allocated = 0  #: the journal's size, zeros reserved past journal_size included
 
     # ------------------------------------------------------------ opening
 
@@ -189,7 +194,7 @@ class StateDir:
             self.generation, self.journal_size = gen, found.end
             if found.problem:
                 report.problems.append(f"{what}: {found.problem}; cut at byte {found.end}, the end of the last "
-                                       f"whole record ({len(data) - found.end} bytes dropped)")
+                                       f"whole record ({len(data[found.end:].rstrip(bytes(1)))} bytes dropped)")
                 fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
                 try:
                     os.ftruncate(fd, found.end)
@@ -214,30 +219,62 @@ class StateDir:
     def _open_journal(self) -> None:
         name = f"journal.{self.generation}"
         try:
-            fd = os.open(name, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
+            self._allocated = os.fstat(fd).st_size
         except FileNotFoundError:
             fd = self._create(name, state.header(state.JOURNAL_MAGIC, self.generation))
             self.journal_size = state.HEADER.size
         self._journal_fd = fd
 
     def _create(self, name: str, head: bytes) -> int:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC | os.O_NOFOLLOW,
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
                      _FILE_MODE, dir_fd=self._dir_fd)
         os.write(fd, head)
-        os.fsync(fd)
+        self._allocated = len(head)
+        self._reserve(fd, JOURNAL_RESERVE)
         _fsync_dir(self._dir_fd)
         return fd
 
+    def _reserve(self, fd: int, size: int) -> None:
+        """Write ``size`` zero bytes at the end of the journal and sync them with
+        the new size, so that the records written over them later change no
+        metadata."""
+        zeros = bytes(min(size, 1 << 20))
+        left = size
+        while left:
+            n = os.pwrite(fd, zeros[:left], self._allocated)
+            self._allocated += n
+            left -= n
+        os.fsync(fd)
+
     # ------------------------------------------------------------ writing (worker threads)
 
-    def write(self, data: bytes) -> None:
-        """Append and sync (in a worker thread)."""
+    @property
+    def journal_fd(self) -> int:
+        return self._journal_fd
+
+    def has_room(self, size: int) -> bool:
+        return self.journal_size + size <= self._allocated
+
+    def make_room(self, size: int) -> None:
+        """Reserve more zeros past the end (in a worker thread)."""
+        self._reserve(self._journal_fd, max(JOURNAL_RESERVE, size))
+
+    def append(self, data: bytes) -> None:
+        """Write records over the reserved zeros (the caller made room and syncs)."""
         view = memoryview(data)
+        at = self.journal_size
         while view:
-            n = os.write(self._journal_fd, view)
-            view = view[n:]
+            n = os.pwrite(self._journal_fd, view, at)
+            view, at = view[n:], at + n
+        self.journal_size = at
+
+    def write(self, data: bytes) -> None:
+        """Append and sync."""
+        if not self.has_room(len(data)):
+            self.make_room(len(data))
+        self.append(data)
         os.fdatasync(self._journal_fd)
-        self.journal_size += len(data)
 
     def next_journal(self) -> tuple[int, int]:
         """Begin journal N+1 (in a worker thread); returns (old fd, old generation)."""
@@ -295,6 +332,7 @@ class Durable:
         self._work = trio.lowlevel.ParkingLot()
         self._committed_lot = trio.lowlevel.ParkingLot()
         self.on_commit: Callable[[int], None] | None = None
+        self._in_flight = trio.Semaphore(SYNCS_IN_FLIGHT)
         self._compacting = False
         self._compacted_lot = trio.lowlevel.ParkingLot()
         self.commits = 0  #: syncs done (a statistic for tests and benchmarks)
@@ -343,30 +381,63 @@ class Durable:
         """The committer: write and sync what was captured, until cancelled; then
         the rest, shielded."""
         task_status.started()
-        async with trio.open_nursery() as nursery:
+        async with trio.open_nursery() as syncs:
             try:
                 while True:
                     while not self._pending:
                         await self._work.park()
-                    await self._commit()
+                    # Let the readers handle what has already arrived, so that one
+                    # sync covers the whole burst: commit once a round of the
+                    # other tasks captured nothing more.
+                    seen = -1
+                    while seen != self.appended:
+                        seen = self.appended
+                        await trio.lowlevel.checkpoint()
+                    await self._commit(syncs)
                     if (not self._compacting and self.store.journal_size > self._compact_min
                             and self.store.journal_size > self.store.snapshot_size):
-                        await self._begin_compaction(nursery)
+                        await self._begin_compaction(syncs)
             finally:
                 with trio.CancelScope(shield=True):
                     if self._pending:
-                        await self._commit()
+                        await self._commit(syncs)
+                    await self._quiesce()
+                log.info("state: %d records written with %d syncs", self.committed, self.commits)
 
-    async def _commit(self) -> None:
+    async def _commit(self, syncs: trio.Nursery) -> None:
+        """Write what was captured (on the event loop: into the page cache, over
+        reserved zeros) and start its sync in a worker thread.  Two syncs may be
+        under way at once: records captured while one runs need not wait for it
+        to end before theirs begins."""
+        await self._in_flight.acquire()
         data = b"".join(self._pending)
         seq = self.appended
         self._pending.clear()
-        await trio.to_thread.run_sync(self.store.write, data)
+        if not self.store.has_room(len(data)):
+            await trio.to_thread.run_sync(self.store.make_room, len(data))
+        self.store.append(data)
+        syncs.start_soon(self._sync, self.store.journal_fd, seq)
+
+    async def _sync(self, fd: int, seq: int) -> None:
+        try:
+            # fdatasync makes durable every byte written to the file before it
+            # began, so the records up to seq are on disk when it returns.
+            await trio.to_thread.run_sync(os.fdatasync, fd)
+        finally:
+            self._in_flight.release()
         self.commits += 1
-        self.committed = seq
-        self._committed_lot.unpark_all()
-        if self.on_commit is not None:
-            self.on_commit(seq)
+        if seq > self.committed:
+            self.committed = seq
+            self._committed_lot.unpark_all()
+            if self.on_commit is not None:
+                self.on_commit(seq)
+
+    async def _quiesce(self) -> None:
+        """Until no sync is under way."""
+        for _ in range(SYNCS_IN_FLIGHT):
+            await self._in_flight.acquire()
+        for _ in range(SYNCS_IN_FLIGHT):
+            self._in_flight.release()
 
     async def _begin_compaction(self, nursery: trio.Nursery) -> None:
         # The view and the switch of journal belong together: whatever is captured
@@ -378,6 +449,7 @@ class Durable:
         counters = self.recorder.counters()
         knobs = self.recorder.overrides
         offset = self.offset()
+        await self._quiesce()  # no sync of the old journal's descriptor under way
         old_fd, _ = await trio.to_thread.run_sync(self.store.next_journal)
         os.close(old_fd)
         self._compacting = True

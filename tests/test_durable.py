@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from pfkeyd import state
 from pfkeyd.wire import Dialect, Message, MsgType, SaType, decode, encode
 from setkey import cli as setkey_cli
 from tests.engine import conftest as sa_helpers
@@ -269,10 +270,13 @@ def test_a_corrupt_journal_tail_is_reported_and_cut_at_the_last_whole_record(tmp
     daemon.stop()
     journal = Path(f"{tmp}/state/journal.0")
     data = journal.read_bytes()
-    # Damage the last record's payload and add half a record after it.
+    end = state.scan(data).end  # the records end here; zeros reserved after them
+    assert len(data) > end and not data[end:].strip(b"\0")
+    # Damage the last record's payload and write half a record after it.
     damaged = bytearray(data)
-    damaged[-5] ^= 0xFF
-    journal.write_bytes(bytes(damaged) + b"\x40\x00\x00\x00\x12\x34")
+    damaged[end - 5] ^= 0xFF
+    damaged[end:end + 6] = b"\x40\x00\x00\x00\x12\x34"
+    journal.write_bytes(bytes(damaged))
     daemon = Daemon(tmp)
     try:
         spis = sorted(m.sa.spi for m in dump(daemon.sock, MsgType.DUMP) if m.sa is not None)

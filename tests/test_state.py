@@ -194,6 +194,15 @@ def test_scan_stops_at_a_torn_or_corrupt_record() -> None:
     assert (len(found.payloads), found.end) == (3, end_of_4 - len(records[3]))
     assert "fails its CRC" in found.problem
     assert state.read_header(data, state.JOURNAL_MAGIC, "j") == 7
+    # The zeros reserved after the last record end the records cleanly; anything
+    # but zeros after the end marker is damage.
+    reserved = data + bytes(1000)
+    assert (len(state.scan(reserved).payloads), state.scan(reserved).problem) == (5, "")
+    assert state.scan(reserved).end == len(data)
+    junk = data + bytes(100) + b"\x01" + bytes(10)
+    found = state.scan(junk)
+    assert (len(found.payloads), found.end) == (5, len(data))
+    assert "data after the end of the records" in found.problem
 
 
 @pytest.mark.parametrize(("data", "message"), [
