@@ -69,7 +69,7 @@ from __future__ import annotations
 import marshal
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
@@ -171,6 +171,27 @@ def scan(data: bytes | memoryview, start: int = HEADER.size) -> Scan:
 # ---------------------------------------------------------------- the records
 
 
+#: Extension numbers to their members (faster than ExtType(n) for every key).
+_EXT = {int(t): t for t in ExtType}
+
+
+def _fast(cls: Any) -> Callable[..., Any]:
+    """A constructor of record ``cls`` that skips the metaclass call (pfkeyd.record):
+    build the twin, then seal it."""
+    twin = cls._twin
+
+    def build(*args: Any) -> Any:
+        obj = twin(*args)
+        obj.__class__ = cls
+        return obj
+
+    return build
+
+
+_sa = _fast(SecAssoc)
+_key = _fast(Key)
+
+
 class Codec:
     """Records to tuples and back.  ``offset`` is wall minus monotonic seconds now:
     monotonic times are written as wall-clock times and read back into this
@@ -244,11 +265,11 @@ class Codec:
 
     @staticmethod
     def _unkey(t: tuple[int, bytes, int] | None) -> Key | None:
-        return None if t is None else Key(ExtType(t[0]), t[1], t[2])
+        return None if t is None else _key(_EXT[t[0]], t[1], t[2])
 
     @staticmethod
     def _unlifetime(t: tuple[int, ...] | None) -> Lifetime | None:
-        return None if t is None else Lifetime(ExtType(t[0]), t[1], t[2], t[3], t[4])
+        return None if t is None else Lifetime(_EXT[t[0]], t[1], t[2], t[3], t[4])
 
     def unsa(self, t: Sequence[Any]) -> SecAssoc:
         (spi, satype, proto, mode, reqid, src, dst, state, auth, encrypt, flags, replay, replay_window,
@@ -257,16 +278,20 @@ class Codec:
         index = self._indexes.get(ikey)
         if index is None:
             index = self._indexes[ikey] = SaIndex(proto, mode, reqid, self.sockaddr(src), self.sockaddr(dst))
-        return SecAssoc(
-            spi, satype, index, state, auth, encrypt, flags, replay, replay_window, self._unkey(key_auth),
-            self._unkey(key_encrypt), seq, pid, created - self.offset, created_wall, self._unlifetime(hard),
-            self._unlifetime(soft),
+        sa: SecAssoc = _sa(
+            spi, satype, index, state, auth, encrypt, flags, replay, replay_window,
+            None if key_auth is None else _key(_EXT[key_auth[0]], key_auth[1], key_auth[2]),
+            None if key_encrypt is None else _key(_EXT[key_encrypt[0]], key_encrypt[1], key_encrypt[2]),
+            seq, pid, created - self.offset, created_wall,
+            None if hard is None else self._unlifetime(hard),
+            None if soft is None else self._unlifetime(soft),
             None if natt is None else NatT(natt[0], natt[1], natt[2], self.sockaddr(natt[3]),
                                            self.sockaddr(natt[4])),
             None if usage is None else Usage(usage[0], usage[1], None if usage[2] is None else usage[2] - self.offset,
                                              usage[3], usage[4]),
             version,
         )
+        return sa
 
     def unsp(self, t: Sequence[Any]) -> SecPolicy:
         (pid, dir_, sel, type_, requests, priority, order, created, created_wall, lifetime, validtime, scope) = t
