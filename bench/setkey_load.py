@@ -55,6 +55,7 @@ import pfkeyd.client
 from pfkeyd.wire import Dialect, encode
 from setkey import cli
 from setkey.build import build
+from setkey.cli import session
 from setkey.parser import parse, setkey_grammar
 from setkey.resolve import resolve
 
@@ -133,8 +134,8 @@ def lock_step(path: str, messages: list[bytes]) -> tuple[float, int]:
 
 def in_process(path: str, dialect: Dialect, script_path: Path, window: int) -> float:
     """Seconds for setkey.cli.main -f in this process, with the given window."""
-    saved = cli.WINDOW
-    cli.WINDOW = window
+    saved = session.WINDOW
+    session.WINDOW = window
     try:
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
@@ -142,7 +143,7 @@ def in_process(path: str, dialect: Dialect, script_path: Path, window: int) -> f
                           cli.Runtime(stdout=out, stderr=err))
         seconds = time.perf_counter() - start
     finally:
-        cli.WINDOW = saved
+        session.WINDOW = saved
     if status != 0:
         raise RuntimeError(f"setkey -f (window {window}) failed: {err.getvalue()[:2000]}")
     return seconds
@@ -150,7 +151,7 @@ def in_process(path: str, dialect: Dialect, script_path: Path, window: int) -> f
 
 def setkey_window_1(*args: str) -> subprocess.CompletedProcess[str]:
     """``setkey`` with its pipeline's window set to 1 (one round trip at a time)."""
-    code = "import sys; from setkey import cli; cli.WINDOW = 1; sys.exit(cli.main(sys.argv[1:]))"
+    code = "import sys; from setkey import cli; from setkey.cli import session; session.WINDOW = 1; sys.exit(cli.main(sys.argv[1:]))"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False, cwd=ROOT)
 
 
@@ -220,7 +221,7 @@ def main() -> int:
             flush(common)
             one_s = in_process(path, dialect, sample_path, 1)
             flush(common)
-            window_s = in_process(path, dialect, sample_path, cli.WINDOW)
+            window_s = in_process(path, dialect, sample_path, session.WINDOW)
         finally:
             daemon.terminate()
             try:
@@ -246,7 +247,7 @@ def main() -> int:
           f"{load_rate / step_rate:.2f}x pre-encoded lock-step)")
     print(f"  for scale, {sample:,} statements through setkey.cli.main in this process:")
     print(f"    window 1 (one round trip at a time)  {sample / one_s:>10,.0f} statements/s")
-    print(f"    window {cli.WINDOW} (pipelined)              {sample / window_s:>10,.0f} statements/s  "
+    print(f"    window {session.WINDOW} (pipelined)              {sample / window_s:>10,.0f} statements/s  "
           f"({one_s / window_s:.2f}x)")
     return 0
 

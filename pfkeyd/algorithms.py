@@ -28,8 +28,9 @@ by its header but neither advertised nor accepted.  "linux" is Linux ``af_key`` 
 the ``xfrm_algo.c`` descriptors and ipsec-tools 0.8.2 setkey built on Linux.
 
 Everything below is a function of the table: the SUPPORTED_AUTH/SUPPORTED_ENCRYPT
-lists (:func:`supported`), the kernel's key checks (:func:`check_key`), setkey's key
-checks (:func:`setkey_key_error`) and the ACQUIRE proposal (:func:`acquire_proposal`).
+lists (:func:`supported`), the kernel's key checks (:func:`check_key`), the spellings
+setkey looks up (:func:`by_spelling`; setkey's own key-length checks are
+:mod:`setkey.keylen`) and the ACQUIRE proposal (:func:`acquire_proposal`).
 Nothing here has state, a clock or I/O.
 """
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Protocol
@@ -65,12 +66,10 @@ __all__ = [
     "Algorithm",
     "ALGORITHMS",
     "ANY_KEY",
-    "NOT_SUPPORTED",
-    "INVALID_KEY_LENGTH",
     "COMB_LIFETIMES",
     "by_id",
     "by_name",
-    "setkey_lookup",
+    "by_spelling",
     "algorithms",
     "supported",
     "supported_exts",
@@ -78,9 +77,6 @@ __all__ = [
     "check_key",
     "check_sa",
     "implied_auth",
-    "setkey_bits",
-    "setkey_key_error",
-    "setkey_key_ok",
     "acquire_proposal",
     "proposal",
     "ProposalKnobs",
@@ -543,12 +539,12 @@ def by_name(kind: Kind, name: str, dialect: Dialect | str | None = None) -> Algo
     """
     if dialect is None:
         return _BY_NAME.get((kind, name))
-    found = setkey_lookup(kind, name, dialect)
+    found = by_spelling(kind, name, dialect)
     return None if found is None else found[0]
 
 
-def setkey_lookup(kind: Kind, name: str, dialect: Dialect | str) -> tuple[Algorithm, Spelling] | None:
-    """The row and the :class:`Spelling` (key form, flags) of a setkey name in a dialect."""
+def by_spelling(kind: Kind, name: str, dialect: Dialect | str) -> tuple[Algorithm, Spelling] | None:
+    """The row and the :class:`Spelling` (key form, flags) of a name that dialect's setkey accepts."""
     return _BY_SPELLING.get((_dialect(dialect), kind, name))
 
 
@@ -737,92 +733,6 @@ _IMPLIED_AUTH: dict[tuple[int, int], AuthAlg] = {
 def implied_auth(enc_id: int, key_len: int) -> AuthAlg | None:
     """The auth id FreeBSD records for an ESP SA of ``enc_id`` with a ``key_len``-byte key."""
     return _IMPLIED_AUTH.get((int(enc_id), key_len))
-
-
-# ------------------------------------------------------------------ setkey checks
-
-#: libipsec's messages (ipsec_strerror) for the outcomes of ipsec_check_keylen.
-NOT_SUPPORTED = "Not supported"
-INVALID_KEY_LENGTH = "Invalid key length"
-
-#: tcp-md5 keys are checked by setkey's grammar itself, in bytes (parse.y).
-_TCP_KEY_BITS = range(8, 80 * 8 + 1, 8)
-#: ALG_ENC_SALT keys carry a 4-byte salt that ipsec_check_keylen is not shown.
-_SALT_BITS = 32
-
-
-def _form(alg: Algorithm, dialect: Dialect, form: KeyForm | None) -> KeyForm:
-    if form is not None:
-        return form
-    spellings = alg.on(dialect).setkey
-    return spellings[0].key if spellings else KeyForm.KEY
-
-
-def setkey_bits(
-    alg: Algorithm,
-    dialect: Dialect | str = Dialect.FREEBSD,
-    *,
-    form: KeyForm | None = None,
-    supported_algs: Iterable[Alg] | None = None,
-) -> range | None:
-    """The key lengths in bits setkey accepts for ``alg``, as typed (salt included).
-
-    setkey checks keys against the list the kernel sent in its SADB_REGISTER reply:
-    ``supported_algs`` when given, otherwise this table's list for ``dialect``.
-    Returns None when that list lacks the algorithm ("Not supported").  A key-less
-    encryption spelling (``-E null`` in ipsec-tools, ``simple``) has its empty key
-    checked, so it yields ``range(0, 1)`` or an empty range; ``-A null`` and ``-C``
-    are not checked at all and yield every length.  ``form`` defaults to the form
-    of the dialect's first spelling.
-    """
-    d = _dialect(dialect)
-    key_form = _form(alg, d, form)
-    if alg.kind is Kind.COMPRESS or (alg.kind is Kind.AUTH and key_form is KeyForm.NONE):
-        return range(0, ANY_KEY.stop * 8, 8)  # parse.y checks nothing here
-    if key_form is KeyForm.TCP:
-        return _TCP_KEY_BITS
-    kind_list = supported(alg.kind, d) if supported_algs is None else tuple(supported_algs)
-    entry = next((e for e in kind_list if e.id == alg.id), None)
-    if entry is None:
-        return None
-    salt = _SALT_BITS if key_form is KeyForm.SALTED else 0
-    low = -(-entry.minbits // 8) * 8 + salt
-    bits = range(low, entry.maxbits + salt + 1, 8)
-    if key_form is KeyForm.NONE:  # ALG_ENC_NOKEY / ALG_ENC_OLD check an empty key
-        return range(1) if 0 in bits else range(0)
-    return bits
-
-
-def setkey_key_error(
-    alg: Algorithm,
-    bits: int,
-    dialect: Dialect | str = Dialect.FREEBSD,
-    *,
-    form: KeyForm | None = None,
-    supported_algs: Iterable[Alg] | None = None,
-) -> str | None:
-    """What setkey says about a ``bits``-bit key for ``alg``, or None when it is fine.
-
-    The message is libipsec's (:data:`NOT_SUPPORTED`, :data:`INVALID_KEY_LENGTH`);
-    a caller adds the value and the expected sizes from :func:`setkey_bits`.
-    Real setkey fails a bad tcp-md5 key without any message.
-    """
-    accepted = setkey_bits(alg, dialect, form=form, supported_algs=supported_algs)
-    if accepted is None:
-        return NOT_SUPPORTED
-    return None if bits in accepted else INVALID_KEY_LENGTH
-
-
-def setkey_key_ok(
-    alg: Algorithm,
-    bits: int,
-    dialect: Dialect | str = Dialect.FREEBSD,
-    *,
-    form: KeyForm | None = None,
-    supported_algs: Iterable[Alg] | None = None,
-) -> bool:
-    """True when setkey accepts a ``bits``-bit key for ``alg`` (see :func:`setkey_key_error`)."""
-    return setkey_key_error(alg, bits, dialect, form=form, supported_algs=supported_algs) is None
 
 
 # ------------------------------------------------------------------ ACQUIRE proposals

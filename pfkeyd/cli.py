@@ -1,12 +1,14 @@
 """The pfkeyd command line.
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-           [--group group] [--allow-uid uid ...] [--state-dir dir]
+           [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+           [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
            [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
-        the -f file.
+        the -f file.  With --dataplane it also protects the host's traffic
+        (pfkeyd.dataplane).
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-    pfkeyd stats [-s path] [--prometheus]
+    pfkeyd stats [-s path] [--json | --prometheus]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
     pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import gc
 import grp
 import json
@@ -32,14 +35,13 @@ import logging
 import logging.handlers
 import os
 import pwd
-import re
 import signal
 import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pfkeyd import systemd
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
@@ -48,6 +50,7 @@ from pfkeyd.errors import DecodeError
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
 from pfkeyd.wire.describe import describe
+from pfkeyd.wire.framing import split_messages
 
 if TYPE_CHECKING:
     from pfkeyd.server import Endpoint
@@ -57,25 +60,6 @@ __all__ = ["main"]
 EX_USAGE = 64
 EX_DATAERR = 65
 EX_NOINPUT = 66
-
-_HEX = re.compile(rb"^[0-9a-fA-F\s]*$")
-
-
-def _read_messages(data: bytes) -> list[bytes]:
-    """A file holds raw PF_KEY bytes, or hex text with ``#`` comments.
-
-    Messages in one file are split by their own ``sadb_msg_len``.
-    """
-    text = b"\n".join(line.split(b"#", 1)[0] for line in data.splitlines())
-    if data and _HEX.match(text) and text.strip():
-        data = bytes.fromhex(text.decode())
-    out = []
-    while data:
-        size = int.from_bytes(data[4:6], sys.byteorder) * 8 if len(data) >= 6 else len(data)
-        size = size or len(data)
-        out.append(data[:size])
-        data = data[size:]
-    return out
 
 
 def _decode_command(argv: Sequence[str]) -> int:
@@ -95,7 +79,7 @@ def _decode_command(argv: Sequence[str]) -> int:
         except OSError as exc:
             print(f"pfkeyd: {name}: {exc.strerror}", file=sys.stderr)
             return EX_NOINPUT
-        for i, message in enumerate(_read_messages(raw)):
+        for i, message in enumerate(split_messages(raw)):
             try:
                 msg = decode(message, args.dialect, request=False)
             except DecodeError as exc:
@@ -109,13 +93,14 @@ def _decode_command(argv: Sequence[str]) -> int:
 
 # ------------------------------------------------------------------------ daemon
 
-#: The SYNOPSIS of man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
+#: The SYNOPSIS of pfkeyd/man/pfkeyd.8, word for word (tests/test_manpages.py checks it).
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
-              [--group group] [--allow-uid uid ...] [--state-dir dir]
+              [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
+              [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
               [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-       pfkeyd stats [-s path] [--prometheus]
+       pfkeyd stats [-s path] [--json | --prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
        pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
@@ -154,6 +139,13 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
     p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
                    help="admit this user as well as root and the daemon's own")
+    p.add_argument("--dataplane", metavar="ifname", nargs="?", const="ipsec0", default=None,
+                   help="protect real traffic through a TUN interface (default ipsec0)")
+    p.add_argument("--no-routes", action="store_true",
+                   help="with --dataplane: leave the routes into the TUN to the user")
+    p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
+    p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
+    p.add_argument("--mtu", metavar="bytes", type=int, default=1400, help="with --dataplane: the TUN's MTU")
     p.add_argument("--state-dir", metavar="dir",
                    help="keep the SAD, the SPD and run-time knob changes in this directory (keys included) "
                         "so that they survive a restart or a crash; off by default")
@@ -278,6 +270,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
             raise _UsageError(msg)
         group = _gid(opts.group) if opts.group is not None else None
         allow = frozenset(_uid(u) for u in opts.allow_uid)
+        dataplane = _dataplane_options(opts)
         metrics_at = None
         if opts.metrics is not None:
             from pfkeyd.metrics_http import parse_address
@@ -303,7 +296,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config, metrics_at,
+        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane, metrics_at,
                            systemd.Notifier.from_environment(os.environ), opts.state_dir)
     finally:
         log.removeHandler(handler)
@@ -322,6 +315,23 @@ def _tune_gc() -> None:
 
 #: Allocations between two young-generation collections (Python's default: 700).
 GC_YOUNG_THRESHOLD = 100_000
+
+
+def _dataplane_options(opts: argparse.Namespace) -> Any:
+    if opts.dataplane is None:
+        if opts.no_routes or opts.enc or opts.pcap is not None:
+            msg = "--no-routes, --enc and --pcap need --dataplane"
+            raise _UsageError(msg)
+        return None
+    from pfkeyd.dataplane.daemon import DataplaneOptions
+    from pfkeyd.dataplane.tun import check_ifname
+
+    try:
+        check_ifname(opts.dataplane)
+        return DataplaneOptions(ifname=opts.dataplane, manage_routes=not opts.no_routes, enc=opts.enc,
+                                pcap=opts.pcap, mtu=opts.mtu)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def knob_changes(old: Knobs, new: Knobs) -> list[str]:
@@ -357,7 +367,7 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
 
 
 def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
-                allow: frozenset[int], config: str | None = None,
+                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
                 metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
                 state_dir: str | None = None) -> int:
     import trio
@@ -369,9 +379,10 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
     endpoints = [Endpoint(s.path, s.dialect, s.fd, s.control_fd) for s in sockets]
     notifier = notifier or systemd.Notifier(None)
     engine = KeyEngine(knobs)
+    plane: Any = None
 
     def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
-        outcome = control.run(engine, argv, now, dialect)
+        outcome = control.run(engine, argv, now, dialect, dataplane=plane)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     durable = None
@@ -424,38 +435,62 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
             committer.cancel()  # it writes what is left first
 
     async def serve() -> None:
+        nonlocal plane
         # Listen for signals before the sockets exist, so that none is missed.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async with trio.open_nursery() as nursery:
-                try:
-                    await nursery.start(server.serve)
-                except ServerError as exc:
-                    failure.append(str(exc))
-                    return
-                if metrics_at is not None:
-                    from pfkeyd.metrics_http import serve_metrics
+            async with trio.open_nursery() as outer:
+                if dataplane_options is not None:
+                    from pfkeyd.dataplane.daemon import open_dataplane
+                    from pfkeyd.dataplane.seam import EngineSeam
+                    from pfkeyd.dataplane.sockpol import sockpol_path
+
                     try:
-                        await nursery.start(in_extras, partial(
-                            serve_metrics, *metrics_at, lambda: metrics.render(engine.statistics())))
+                        plane, listeners = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
+                                                          [sockpol_path(s.path) for s in sockets], tuple(allow))
                     except OSError as exc:
-                        failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
-                        server.stop()
+                        code = errno.errorcode.get(exc.errno or 0)
+                        failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
                         return
-                notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
-                async for signum in signals:
-                    if signum == signal.SIGHUP:
-                        notifier.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
-                        if durable is not None and config is not None:
-                            with contextlib.suppress(ValueError):  # reload_config reports it
-                                durable.rebase(load_config(config, Knobs()))
-                        server.set_knobs(reload_config(config, engine.knobs))
-                        notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
-                        continue
-                    log.info("%s received, stopping", signal.Signals(signum).name)
-                    notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
-                    extras.cancel()
-                    server.stop()
-                    break
+                    await outer.start(plane.run)
+                    for listener in listeners:
+                        outer.start_soon(listener.serve)
+                    log.info("data plane on %s", dataplane_options.ifname)
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await nursery.start(server.serve)
+                    except ServerError as exc:
+                        failure.append(str(exc))
+                        outer.cancel_scope.cancel()
+                        return
+                    if metrics_at is not None:
+                        from pfkeyd.metrics_http import serve_metrics
+                        try:
+                            await nursery.start(in_extras, partial(
+                                serve_metrics, *metrics_at, lambda: metrics.render(engine.statistics())))
+                        except OSError as exc:
+                            failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
+                            server.stop()
+                            outer.cancel_scope.cancel()
+                            return
+                    notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
+                    async for signum in signals:
+                        if signum == signal.SIGHUP:
+                            notifier.notify(RELOADING=1,
+                                            MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+                            if durable is not None and config is not None:
+                                with contextlib.suppress(ValueError):  # reload_config reports it
+                                    durable.rebase(load_config(config, Knobs()))
+                            server.set_knobs(reload_config(config, engine.knobs))
+                            notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
+                            continue
+                        log.info("%s received, stopping", signal.Signals(signum).name)
+                        notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
+                        extras.cancel()
+                        server.stop()
+                        break
+                # The server has shut down: the data plane removes its routes,
+                # rules and interfaces as it is cancelled.
+                outer.cancel_scope.cancel()
         log.info("stopped")
 
     _tune_gc()

@@ -141,7 +141,6 @@ from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, nativ
 from pfkeyd.errors import DecodeError
 from pfkeyd.wire import (
     HEADER,
-    PF_KEY_V2,
     Address,
     Dialect,
     Extension,
@@ -161,13 +160,13 @@ from pfkeyd.wire import (
     decode,
     encode,
 )
+from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_unwrap
 
 __all__ = ["open", "control", "socket_dialect", "Connection", "PfkeyReplyError", "ReplyTimeout", "RawReply",
            "AddressLike"]
 
 log = logging.getLogger("pfkeyd.client")
 
-_RECV_SIZE = 0xFFFF * 8
 #: Dump entries read ahead of the consumer before the connection stops reading
 #: (it keeps reading past this while a request waits for its reply).
 _DUMP_READ_AHEAD = 256
@@ -181,7 +180,6 @@ _COALESCE_MIN = 32
 #: Datagrams made ahead of their sends when a window is refilled (see Connection._burst).
 _SUB_BURST = 16
 _COALESCE = 0.001
-_DUMP_TYPES = frozenset({MsgType.DUMP, MsgType.X_SPDDUMP})
 #: How long socket_dialect() waits for the daemon's answer by default, in seconds.
 DIALECT_TIMEOUT = 5.0
 #: sadb_msg_seq and sadb_msg_pid, the last 8 bytes of the base header (HEADER).
@@ -629,7 +627,7 @@ class Connection:
         # daemon still has work queued when it wakes, and a wake-up reads a
         # dozen replies instead of one.  A fast daemon, or a few requests in
         # flight (request() alone, a dump), and it waits for readability.
-        buffer = bytearray(_RECV_SIZE)
+        buffer = bytearray(MAX_DATAGRAM)
         view = memoryview(buffer)
         raw = self._raw
         dispatch = self._dispatch
@@ -697,7 +695,7 @@ class Connection:
         if len(data) >= HEADER.size:
             _v, mtype, _e, _s, _l, _r, seq, pid = HEADER.unpack_from(data)
             if mtype == MsgType.X_PROMISC:
-                inner = _unwrap_promisc(data)
+                inner = promisc_unwrap(data)
                 if inner is not None:
                     self._event_bytes(inner)
                     return
@@ -846,24 +844,6 @@ def _check_window(window: int) -> None:
     if window < 1:
         msg = "window must be at least 1"
         raise ValueError(msg)
-
-
-def _unwrap_promisc(data: bytes) -> bytes | None:
-    """The message inside a FreeBSD promiscuous copy, or None if ``data`` is not one.
-
-    keysock.c puts an SADB_X_PROMISC header whose length covers the whole datagram
-    in front of the copy; setkey -x recognises it the same way.
-    """
-    size = HEADER.size
-    if len(data) < 2 * size:
-        return None
-    version, mtype, _e, _s, units, _r, _seq, _pid = HEADER.unpack_from(data)
-    if version != PF_KEY_V2 or mtype != MsgType.X_PROMISC or units * 8 != len(data):
-        return None
-    inner_version, _t, _e2, _s2, inner_units, _r2, _q, _p = HEADER.unpack_from(data, size)
-    if inner_version != PF_KEY_V2 or inner_units * 8 != len(data) - size:
-        return None
-    return data[size:]
 
 
 def _address(exttype: ExtType, value: AddressLike) -> Address:

@@ -6,7 +6,7 @@ command against the engine and returns what to print, the exit status, and the
 effects (a lookup may send an ACQUIRE) for the shell to carry out.
 
     sysctl [-a] [-d] [-n] [name[=value] ...]
-    stats [--prometheus]
+    stats [--json | --prometheus]
     lookup DIR SRC DST [PROTO [SPORT DPORT]]
     dialect
 
@@ -20,31 +20,28 @@ number; for icmp and icmp6 the two ports are the type and the code.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pfkeyd import metrics
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.spd import Flow
-from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, Level, Mode, PolicyType, SaState, SockAddr
+from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, SaState, SockAddr
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS
 
 __all__ = ["Outcome", "run", "COMMANDS", "NAMES", "format_decision", "parse_flow"]
 
 EX_USAGE = 64
 
-_DIRS: dict[str, int] = {"in": Direction.INBOUND, "out": Direction.OUTBOUND, "fwd": Direction.FWD}
+_DIRS: dict[str, int] = {DIRECTION_WORDS[d]: d for d in (Direction.INBOUND, Direction.OUTBOUND, Direction.FWD)}
 _PROTOS: dict[str, int] = {"any": IpProto.ANY, "tcp": IpProto.TCP, "udp": IpProto.UDP, "icmp": IpProto.ICMP,
            "icmp6": IpProto.IPV6_ICMP, "ipv6-icmp": IpProto.IPV6_ICMP, "gre": IpProto.GRE,
            "esp": IpProto.ESP, "ah": IpProto.AH}
-_PROTO_NAMES: dict[int, str] = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp"}
-_MODE_NAMES: dict[int, str] = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel", Mode.ANY: "any"}
-_LEVEL_NAMES: dict[int, str] = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require",
-                                Level.UNIQUE: "unique"}
-_TYPE_NAMES: dict[int, str] = {PolicyType.DISCARD: "discard", PolicyType.NONE: "none", PolicyType.IPSEC: "ipsec"}
-_DIR_NAMES: dict[int, str] = {v: k for k, v in _DIRS.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +102,21 @@ def _sysctl(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
 _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 
-def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
+def _stats(engine: KeyEngine, args: Sequence[str], now: Instant, dataplane: StatsSource | None = None) -> Outcome:
     if args == ["--prometheus"]:
         return Outcome(0, metrics.render(engine.statistics()).decode())
-    if args:
-        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--prometheus]\n")
+    if args not in ([], ["--json"]):
+        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json | --prometheus]\n")
     st = engine.statistics()
+    if args:
+        doc: dict[str, Any] = {
+            "pfkey": {"messages_in": dict(st.messages_in), "messages_out": dict(st.messages_out),
+                      "errors": dict(st.errors), "drops": dict(st.drops), "clients": st.clients, "sas": st.sas,
+                      "policies": st.policies},
+            "packets": dict(st.packets),
+            "dataplane": dataplane.statistics() if dataplane is not None else None,
+        }
+        return Outcome(0, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     lines = ["pfkey:"]
     for title, table in (("messages in", st.messages_in), ("messages out", st.messages_out),
                          ("errors", st.errors), ("drops", st.drops)):
@@ -127,7 +133,10 @@ def _stats(engine: KeyEngine, args: Sequence[str], now: Instant) -> Outcome:
             current = proto
             lines.append(f"{proto}:")
         lines.append(f"\t{count} {name}")
-    return Outcome(0, "".join(line + "\n" for line in lines))
+    text = "".join(line + "\n" for line in lines)
+    if dataplane is not None:
+        text += dataplane.statistics_text()
+    return Outcome(0, text)
 
 
 def _addr(text: str) -> SockAddr:
@@ -182,10 +191,10 @@ def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
 
 def _request_text(r: IpsecRequest) -> str:
     """A request as setkey writes it: proto/mode/src-dst/level[:reqid]."""
-    proto = _PROTO_NAMES.get(r.proto, str(r.proto))
+    proto = REQUEST_PROTO_WORDS.get(r.proto, str(r.proto))
     ends = f"{r.src}-{r.dst}" if r.src is not None else ""
-    level = _LEVEL_NAMES.get(r.level, str(r.level))
-    return f"{proto}/{_MODE_NAMES.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
+    level = LEVEL_WORDS.get(r.level, str(r.level))
+    return f"{proto}/{MODE_WORDS.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
 
 
 def format_decision(decision: Decision, knobs: Knobs) -> str:
@@ -196,10 +205,10 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
         name = "discard" if decision.action == "discard" else "none"
         lines.append(f"no policy matches: default policy {name} (net.inet.ipsec.def_policy={knobs.def_policy})")
     else:
-        lines.append(f"policy {sp.id}: {_DIR_NAMES.get(sp.dir, sp.dir)} {_TYPE_NAMES.get(sp.type, sp.type)}"
+        lines.append(f"policy {sp.id}: {DIRECTION_WORDS.get(sp.dir, sp.dir)} {POLICY_WORDS.get(sp.type, sp.type)}"
                      f" priority {sp.priority:#x}")
         for o in decision.requests:
-            head = f"  {_request_text(o.request)} (level {_LEVEL_NAMES.get(o.level, o.level)})"
+            head = f"  {_request_text(o.request)} (level {LEVEL_WORDS.get(o.level, o.level)})"
             if not o.reached:
                 lines.append(f"{head}: not reached (the packet is dropped at an earlier request)")
             elif o.sa is not None:
@@ -247,11 +256,23 @@ COMMANDS = {"sysctl": _sysctl, "stats": _stats, "lookup": _lookup}
 NAMES = (*COMMANDS, "dialect")
 
 
-def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None) -> Outcome:
+class StatsSource(Protocol):
+    """What ``stats`` prints of the data plane, when the daemon runs one."""
+
+    def statistics(self) -> dict[str, Any]: ...
+
+    def statistics_text(self) -> str: ...
+
+
+def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None, *,
+        dataplane: StatsSource | None = None) -> Outcome:
     """Run one control command (``argv[0]`` names it) against ``engine``; ``dialect``
-    is that of the PF_KEY socket beside the control socket that was asked."""
+    is that of the PF_KEY socket beside the control socket that was asked;
+    ``dataplane`` adds the data plane's counters to ``stats``."""
     if argv[:1] == ["dialect"]:
         return _dialect(argv[1:], dialect)
+    if argv[:1] == ["stats"]:
+        return _stats(engine, argv[1:], now, dataplane)
     if not argv or argv[0] not in COMMANDS:
         return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(NAMES)}\n")
     return COMMANDS[argv[0]](engine, argv[1:], now)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from pfkeyd.record import record
-from pfkeyd.wire import Dialect, Message
+from pfkeyd.wire import Dialect, Message, MsgType
 
 __all__ = ["ClientId", "Instant", "Send", "SendEncoded", "Error", "Dump", "Effect", "DumpRender"]
 
@@ -89,7 +89,7 @@ class Dump:
     items: Sequence[Any]
     render: DumpRender
     pid: int
-    msgtype: int = 10  # SADB_DUMP; SADB_X_SPDDUMP (18) for policies
+    msgtype: int = MsgType.DUMP  # MsgType.X_SPDDUMP for policies
 
 
 Effect = Send | SendEncoded | Error | Dump

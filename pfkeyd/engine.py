@@ -103,14 +103,11 @@ from pfkeyd.wire.dialect import DialectSpec
 from pfkeyd.wire.message import check_request_generic
 
 __all__ = [
-    "KeyEngine", "ClientState", "Decision", "RequestOutcome", "HANDLERS", "sa_message", "sp_message", "strip_keys",
+    "KeyEngine", "ClientState", "Decision", "RequestOutcome", "HANDLERS", "sa_message", "sp_message",
 ]
 
 #: The errno a kernel answers for a message type it has no handler for (reference §1.3, §1.4).
 NO_HANDLER_ERRNO = {Dialect.FREEBSD: E.EINVAL, Dialect.LINUX: E.EOPNOTSUPP}
-#: Types whose Linux refusal is another errno than EOPNOTSUPP (none at present: X_MIGRATE
-#: is served, as by a kernel built with CONFIG_NET_KEY_MIGRATE).
-_LINUX_NO_HANDLER_ERRNO: dict[int, int] = {}
 #: What an X_MIGRATE notification carries (pfkey_send_migrate).
 _MIGRATE_EXTS = frozenset({ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_KMADDRESS})
 
@@ -156,11 +153,6 @@ class _Request:
 
 
 Handler = Callable[["KeyEngine", _Request], list[Effect]]
-
-
-def strip_keys(msg: Message) -> Message:
-    """``msg`` without KEY_AUTH and KEY_ENCRYPT."""
-    return msg.without_keys()
 
 
 def _for_dialect(exts: Iterable[Extension], dialect: Dialect) -> tuple[Extension, ...]:
@@ -392,6 +384,9 @@ class KeyEngine:
         self._dialect_count = dict.fromkeys(Dialect, 0)  # clients per dialect
         self._ints: dict[int, int] = {}  # see _shared
         self.hot = HotPath()  # the hot path's learned request shapes
+        #: Moves whenever the SPD, the SAD or the knobs may have changed (a request,
+        #: a tick, a knob, an expiry from traffic): the data plane's caches check it.
+        self.generation = 0
 
     # ---------------------------------------------------------------- clients
 
@@ -425,6 +420,7 @@ class KeyEngine:
     def knobs(self, knobs: Knobs) -> None:
         """New knob values, effective from the next message and the next tick."""
         old, self._knobs = self._knobs, knobs
+        self.generation += 1
         self.hot.clear()
         if knobs.larval_lifetime != old.larval_lifetime:
             # key_timehandler measures every LARVAL SA against the current
@@ -466,6 +462,7 @@ class KeyEngine:
         state = self.clients.get(client)
         if state is None or not self._knobs.hot_path:
             return None
+        self.generation += 1
         return self.hot.serve(self, client, state.dialect, data, now)
 
     def handle(self, client: ClientId, msg: Message, now: Instant, *, raw: bytes | None = None) -> list[Effect]:
@@ -475,6 +472,7 @@ class KeyEngine:
         if state is None:
             self.client_opened(client)
             state = self.clients[client]
+        self.generation += 1
         self.stats.note_in(msg.type)
         req = _Request(client, msg, now, state.dialect)
         try:
@@ -490,10 +488,7 @@ class KeyEngine:
             if handler is None:
                 name = MsgType(msg.type).name if msg.type in MsgType._value2member_map_ else msg.type
                 error = f"no handler for message type {name}"
-                err = NO_HANDLER_ERRNO[state.dialect]
-                if state.dialect is Dialect.LINUX:
-                    err = _LINUX_NO_HANDLER_ERRNO.get(msg.type, err)
-                raise PfkeyError(error, errno=err)
+                raise PfkeyError(error, errno=NO_HANDLER_ERRNO[state.dialect])
             effects = handler(self, req)
         except PfkeyError as exc:
             self.stats.note_error(exc.errno)
@@ -566,7 +561,7 @@ class KeyEngine:
         listeners = [c for c, s in self.clients.items() if s.promisc]
 
         def copy(d: Dialect) -> Message:
-            return _in_dialect(strip_keys(build(d) if callable(build) else build), d)
+            return _in_dialect((build(d) if callable(build) else build).without_keys(), d)
 
         return self._fan_out(listeners, copy, promisc=True)
 
@@ -576,7 +571,7 @@ class KeyEngine:
 
     def _to_all(self, req: _Request | None, msg: Message) -> list[Effect]:
         """KEY_SENDUP_ALL: every socket, the requester's copy being its reply."""
-        msg = strip_keys(msg)
+        msg = msg.without_keys()
         me = req.client if req is not None else None
         out: list[Effect] = []
         if me is not None:
@@ -597,7 +592,7 @@ class KeyEngine:
 
         def message(d: Dialect) -> Message:
             if d not in made:
-                made[d] = _in_dialect(strip_keys(build(d) if callable(build) else build), d)
+                made[d] = _in_dialect((build(d) if callable(build) else build).without_keys(), d)
             return made[d]
 
         out: list[Effect] = []
@@ -688,6 +683,7 @@ class KeyEngine:
         if limit is not None and limit < 1:
             msg = f"tick limit {limit} is not positive"
             raise ValueError(msg)
+        self.generation += 1
         effects: list[Effect] = []
         due = self.sad.due(now.mono, limit)
         for sa, kind in due:
@@ -746,8 +742,10 @@ class KeyEngine:
         effects: list[Effect] = []
         if _over(new.hard, new):
             effects = self._expire_hard(new)
+            self.generation += 1
         elif new.state == SaState.MATURE and _over(new.soft, new):
             effects = self._expire_soft(new)
+            self.generation += 1
         self._count(effects)
         return effects
 

@@ -16,16 +16,9 @@ __all__ = [
     "NoEntry",
     "NoSuchEntry",
     "AlreadyExists",
-    "NotSupported",
     "ProtocolNotSupported",
-    "AddressFamilyNotSupported",
     "NoBuffers",
-    "MessageTooLong",
-    "Busy",
-    "PermissionDenied",
-    "AccessDenied",
     "NotImplementedBySystem",
-    "TooManyLevels",
     "DecodeError",
     "EncodeError",
 ]
@@ -64,48 +57,18 @@ class AlreadyExists(PfkeyError):
     default_errno = _errno.EEXIST
 
 
-class NotSupported(PfkeyError):
-    default_errno = _errno.EOPNOTSUPP
-
-
 class ProtocolNotSupported(PfkeyError):
     default_errno = _errno.EPROTONOSUPPORT
-
-
-class AddressFamilyNotSupported(PfkeyError):
-    default_errno = _errno.EAFNOSUPPORT
 
 
 class NoBuffers(PfkeyError):
     default_errno = _errno.ENOBUFS
 
 
-class MessageTooLong(PfkeyError):
-    default_errno = _errno.EMSGSIZE
-
-
-class Busy(PfkeyError):
-    default_errno = _errno.EBUSY
-
-
-class PermissionDenied(PfkeyError):
-    default_errno = _errno.EPERM
-
-
-class AccessDenied(PfkeyError):
-    default_errno = _errno.EACCES
-
-
 class NotImplementedBySystem(PfkeyError):
     """ENOSYS: Linux's answer to an algorithm PF_KEY cannot install."""
 
     default_errno = _errno.ENOSYS
-
-
-class TooManyLevels(PfkeyError):
-    """ELOOP: Linux's answer to more ipsecrequests than XFRM_MAX_DEPTH."""
-
-    default_errno = _errno.ELOOP
 
 
 class DecodeError(PfkeyError):

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from pfkeyd.wire.framing import MAX_DATAGRAM
+
 __all__ = ["KnobSpec", "KNOBS", "Knobs", "KnobError", "ALIASES", "parse_integer"]
 
 
@@ -41,10 +43,6 @@ class KnobSpec:
     writable: bool = True
 
 
-def _k(name: str, attr: str, default: int, lo: int, hi: int, unit: str, desc: str, writable: bool = True) -> KnobSpec:
-    return KnobSpec(name, attr, default, lo, hi, unit, desc, writable)
-
-
 _U32 = 0xFFFFFFFF
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
 # The *_deflev sysctls are plain ints: FreeBSD takes any value and treats one
@@ -54,106 +52,111 @@ _LEVEL = "level (1 use, 2 require, 3 unique; any other value means require)"
 #: Every variable, in the order `pfkeyd sysctl -a` prints them.
 KNOBS: tuple[KnobSpec, ...] = (
     # net.inet.ipsec (FreeBSD ipsec.c); the IPv6 node shares def_policy and debug
-    _k("net.inet.ipsec.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
+    KnobSpec("net.inet.ipsec.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
        "Policy for packets that match no security policy"),
-    _k("net.inet.ipsec.esp_trans_deflev", "esp_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet.ipsec.esp_trans_deflev", "esp_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 ESP transport-mode requests at level default"),
-    _k("net.inet.ipsec.esp_net_deflev", "esp_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet.ipsec.esp_net_deflev", "esp_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 ESP tunnel-mode requests at level default"),
-    _k("net.inet.ipsec.ah_trans_deflev", "ah_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet.ipsec.ah_trans_deflev", "ah_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 AH transport-mode requests at level default"),
-    _k("net.inet.ipsec.ah_net_deflev", "ah_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet.ipsec.ah_net_deflev", "ah_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv4 AH tunnel-mode requests at level default"),
-    _k("net.inet.ipsec.ah_cleartos", "ah_cleartos", 1, 0, 1, "boolean",
+    KnobSpec("net.inet.ipsec.ah_cleartos", "ah_cleartos", 1, 0, 1, "boolean",
        "Clear the IPv4 TOS byte while computing the AH ICV"),
-    _k("net.inet.ipsec.ah_offsetmask", "ah_offsetmask", 0, 0, 0xFFFF, "mask",
+    KnobSpec("net.inet.ipsec.ah_offsetmask", "ah_offsetmask", 0, 0, 0xFFFF, "mask",
        "Mask of the IPv4 fragment offset and flags in the AH ICV"),
-    _k("net.inet.ipsec.dfbit", "dfbit", 0, 0, 2, "0 clear, 1 set, 2 copy",
+    KnobSpec("net.inet.ipsec.dfbit", "dfbit", 0, 0, 2, "0 clear, 1 set, 2 copy",
        "Outer IPv4 DF bit on tunnel encapsulation"),
-    _k("net.inet.ipsec.min_pmtu", "min_pmtu", 576, 68, 65535, "bytes",
+    KnobSpec("net.inet.ipsec.min_pmtu", "min_pmtu", 576, 68, 65535, "bytes",
        "Lowest path MTU accepted for IPsec traffic"),
-    _k("net.inet.ipsec.ecn", "ecn", 0, -1, 1, "-1 ignore, 0 forbidden, 1 allowed",
+    KnobSpec("net.inet.ipsec.ecn", "ecn", 0, -1, 1, "-1 ignore, 0 forbidden, 1 allowed",
        "ECN handling of IPv4 tunnels"),
-    _k("net.inet.ipsec.debug", "debug", 0, 0, 1, "boolean",
+    KnobSpec("net.inet.ipsec.debug", "debug", 0, 0, 1, "boolean",
        "Log each PF_KEY message (never key material)"),
-    _k("net.inet.ipsec.crypto_support", "crypto_support", 0x03000000, 0, _U32, "flags",
+    KnobSpec("net.inet.ipsec.crypto_support", "crypto_support", 0x03000000, 0, _U32, "flags",
        "Crypto drivers that may serve IPsec (hardware 0x01000000, software 0x02000000)"),
-    _k("net.inet.ipsec.async_crypto", "async_crypto", 0, 0, 1, "boolean",
+    KnobSpec("net.inet.ipsec.async_crypto", "async_crypto", 0, 0, 1, "boolean",
        "Run crypto operations asynchronously"),
-    _k("net.inet.ipsec.check_policy_history", "check_policy_history", 0, 0, 1, "boolean",
+    KnobSpec("net.inet.ipsec.check_policy_history", "check_policy_history", 0, 0, 1, "boolean",
        "Check inbound packets against the history of applied transforms"),
-    _k("net.inet.ipsec.natt_cksum_policy", "natt_cksum_policy", 0, 0, 1, "0 incremental, 1 recompute",
+    KnobSpec("net.inet.ipsec.natt_cksum_policy", "natt_cksum_policy", 0, 0, 1, "0 incremental, 1 recompute",
        "Transport-mode NAT-T TCP/UDP checksum handling"),
-    _k("net.inet.ipsec.filtertunnel", "filtertunnel", 0, 0, 1, "boolean",
+    KnobSpec("net.inet.ipsec.filtertunnel", "filtertunnel", 0, 0, 1, "boolean",
        "Let packet filters see packets decapsulated from IPv4 tunnels"),
-    _k("net.inet.ipsec.esp_randpad", "esp_randpad", -1, -1, 255, "bytes (-1 off)",
+    KnobSpec("net.inet.ipsec.esp_randpad", "esp_randpad", -1, -1, 255, "bytes (-1 off)",
        "Random ESP padding (FreeBSD 11 and older; kept for compatibility)"),
     # net.inet6.ipsec6
-    _k("net.inet6.ipsec6.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
+    KnobSpec("net.inet6.ipsec6.def_policy", "def_policy", 1, 0, 1, "policy (0 discard, 1 none)",
        "Policy for packets that match no security policy (shared with IPv4)"),
-    _k("net.inet6.ipsec6.esp_trans_deflev", "esp6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet6.ipsec6.esp_trans_deflev", "esp6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 ESP transport-mode requests at level default"),
-    _k("net.inet6.ipsec6.esp_net_deflev", "esp6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet6.ipsec6.esp_net_deflev", "esp6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 ESP tunnel-mode requests at level default"),
-    _k("net.inet6.ipsec6.ah_trans_deflev", "ah6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet6.ipsec6.ah_trans_deflev", "ah6_trans_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 AH transport-mode requests at level default"),
-    _k("net.inet6.ipsec6.ah_net_deflev", "ah6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
+    KnobSpec("net.inet6.ipsec6.ah_net_deflev", "ah6_net_deflev", 1, _INT_MIN, _INT_MAX, _LEVEL,
        "Level of IPv6 AH tunnel-mode requests at level default"),
-    _k("net.inet6.ipsec6.ecn", "ecn6", 0, -1, 1, "-1 ignore, 0 forbidden, 1 allowed",
+    KnobSpec("net.inet6.ipsec6.ecn", "ecn6", 0, -1, 1, "-1 ignore, 0 forbidden, 1 allowed",
        "ECN handling of IPv6 tunnels"),
-    _k("net.inet6.ipsec6.debug", "debug", 0, 0, 1, "boolean",
+    KnobSpec("net.inet6.ipsec6.debug", "debug", 0, 0, 1, "boolean",
        "Log each PF_KEY message (shared with IPv4)"),
-    _k("net.inet6.ipsec6.filtertunnel", "filtertunnel6", 0, 0, 1, "boolean",
+    KnobSpec("net.inet6.ipsec6.filtertunnel", "filtertunnel6", 0, 0, 1, "boolean",
        "Let packet filters see packets decapsulated from IPv6 tunnels"),
     # per-protocol switches
-    _k("net.inet.esp.esp_enable", "esp_enable", 1, 0, 1, "boolean", "Process ESP"),
-    _k("net.inet.esp.ctr_compatibility", "ctr_compatibility", 1, 0, 1, "boolean",
+    KnobSpec("net.inet.esp.esp_enable", "esp_enable", 1, 0, 1, "boolean", "Process ESP"),
+    KnobSpec("net.inet.esp.ctr_compatibility", "ctr_compatibility", 1, 0, 1, "boolean",
        "Align AES-CTR frames to the AES block size"),
-    _k("net.inet.ah.ah_enable", "ah_enable", 1, 0, 1, "boolean", "Process AH"),
-    _k("net.inet.ah.ah_cleartos", "ah_cleartos", 1, 0, 1, "boolean",
+    KnobSpec("net.inet.ah.ah_enable", "ah_enable", 1, 0, 1, "boolean", "Process AH"),
+    KnobSpec("net.inet.ah.ah_cleartos", "ah_cleartos", 1, 0, 1, "boolean",
        "Clear the IPv4 TOS byte while computing the AH ICV (same as net.inet.ipsec.ah_cleartos)"),
-    _k("net.inet.ipcomp.ipcomp_enable", "ipcomp_enable", 1, 0, 1, "boolean", "Process IPComp"),
+    KnobSpec("net.inet.ipcomp.ipcomp_enable", "ipcomp_enable", 1, 0, 1, "boolean", "Process IPComp"),
     # net.key (FreeBSD key.c, keysock.c)
-    _k("net.key.debug", "key_debug", 0, 0, _U32, "bit mask", "Key engine debug flags (KEYDBG)"),
-    _k("net.key.spi_trycnt", "spi_trycnt", 1000, 1, 1_000_000, "count",
+    KnobSpec("net.key.debug", "key_debug", 0, 0, _U32, "bit mask", "Key engine debug flags (KEYDBG)"),
+    KnobSpec("net.key.spi_trycnt", "spi_trycnt", 1000, 1, 1_000_000, "count",
        "Random attempts to find a free SPI or policy id"),
-    _k("net.key.spi_minval", "spi_minval", 0x100, 0, _U32, "SPI", "Lowest automatically allocated SPI"),
-    _k("net.key.spi_maxval", "spi_maxval", 0x0FFFFFFF, 0, _U32, "SPI", "Highest automatically allocated SPI"),
-    _k("net.key.int_random", "int_random", 60, 1, 86400, "seconds",
+    KnobSpec("net.key.spi_minval", "spi_minval", 0x100, 0, _U32, "SPI", "Lowest automatically allocated SPI"),
+    KnobSpec("net.key.spi_maxval", "spi_maxval", 0x0FFFFFFF, 0, _U32, "SPI", "Highest automatically allocated SPI"),
+    KnobSpec("net.key.int_random", "int_random", 60, 1, 86400, "seconds",
        "Historical random reseed interval (kept for compatibility; unused)"),
-    _k("net.key.larval_lifetime", "larval_lifetime", 30, 1, 86400, "seconds",
+    KnobSpec("net.key.larval_lifetime", "larval_lifetime", 30, 1, 86400, "seconds",
        "Lifetime of a LARVAL SA that GETSPI created and no UPDATE completed"),
-    _k("net.key.blockacq_count", "blockacq_count", 10, 0, _U32, "count",
+    KnobSpec("net.key.blockacq_count", "blockacq_count", 10, 0, _U32, "count",
        "Triggers suppressed before an ACQUIRE for the same SA index is sent again"),
-    _k("net.key.blockacq_lifetime", "blockacq_lifetime", 20, 1, 86400, "seconds",
+    KnobSpec("net.key.blockacq_lifetime", "blockacq_lifetime", 20, 1, 86400, "seconds",
        "Age at which an ACQUIRE record is forgotten"),
-    _k("net.key.esp_keymin", "esp_keymin", 256, 0, 2048, "bits",
+    KnobSpec("net.key.esp_keymin", "esp_keymin", 256, 0, 2048, "bits",
        "Smallest encryption key offered in ACQUIRE proposals"),
-    _k("net.key.esp_auth", "esp_auth", 0, 0, 1, "boolean",
+    KnobSpec("net.key.esp_auth", "esp_auth", 0, 0, 1, "boolean",
        "Include authentication algorithms in ESP ACQUIRE proposals"),
-    _k("net.key.ah_keymin", "ah_keymin", 128, 0, 2048, "bits",
+    KnobSpec("net.key.ah_keymin", "ah_keymin", 128, 0, 2048, "bits",
        "Smallest authentication key offered in AH ACQUIRE proposals"),
-    _k("net.key.preferred_oldsa", "preferred_oldsa", 1, 0, 1, "boolean",
+    KnobSpec("net.key.preferred_oldsa", "preferred_oldsa", 1, 0, 1, "boolean",
        "Use the oldest usable SA for output (0: the newest)"),
-    _k("net.key.spdcache.maxentries", "spdcache_maxentries", 0, 0, 0, "entries",
+    KnobSpec("net.key.spdcache.maxentries", "spdcache_maxentries", 0, 0, 0, "entries",
        "Size of FreeBSD's policy lookup cache (a boot-time tunable; pfkeyd's index needs none)",
        writable=False),
-    _k("net.key.spdcache.threshold", "spdcache_threshold", 32, 0, _U32, "policies",
+    KnobSpec("net.key.spdcache.threshold", "spdcache_threshold", 32, 0, _U32, "policies",
        "Policies needed before the lookup cache is used (kept for compatibility)"),
-    _k("net.key.sendspace", "sendspace", 8192, 1024, 16 * 1024 * 1024, "bytes",
+    KnobSpec("net.key.sendspace", "sendspace", 8192, 1024, 16 * 1024 * 1024, "bytes",
        "PF_KEY socket send buffer reservation (kept for compatibility)"),
-    _k("net.key.recvspace", "recvspace", 8192, 1024, 16 * 1024 * 1024, "bytes",
+    KnobSpec("net.key.recvspace", "recvspace", 8192, 1024, 16 * 1024 * 1024, "bytes",
        "PF_KEY socket receive buffer reservation (kept for compatibility)"),
     # pfkeyd's own
-    _k("pfkeyd.client_buffer", "client_buffer", 4 * 1024 * 1024, 16 * 1024, 1024 * 1024 * 1024, "bytes",
+    KnobSpec("pfkeyd.client_buffer", "client_buffer", 4 * 1024 * 1024, 16 * 1024, 1024 * 1024 * 1024, "bytes",
        "Per-client limit of queued broadcasts; broadcasts beyond it are dropped for that client"),
-    _k("pfkeyd.max_sas", "max_sas", 2_000_000, 1, 100_000_000, "SAs",
+    KnobSpec("pfkeyd.max_sas", "max_sas", 2_000_000, 1, 100_000_000, "SAs",
        "Most SAs the SAD holds; ADD and GETSPI beyond it get ENOBUFS"),
-    _k("pfkeyd.max_policies", "max_policies", 1_000_000, 1, 100_000_000, "policies",
+    KnobSpec("pfkeyd.max_policies", "max_policies", 1_000_000, 1, 100_000_000, "policies",
        "Most policies the SPD holds; SPDADD beyond it gets ENOBUFS"),
-    _k("pfkeyd.max_message_size", "max_message_size", 2048, 256, 65535 * 8, "bytes",
+    KnobSpec("pfkeyd.max_message_size", "max_message_size", 2048, 256, MAX_DATAGRAM, "bytes",
        "Largest request accepted (FreeBSD: ENOBUFS beyond; Linux: EMSGSIZE)"),
-    _k("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
+    # net.enc (FreeBSD if_enc.c): what enc0 and the pcap file of the data plane show
+    KnobSpec("net.enc.in.ipsec_bpf_mask", "enc_in_bpf_mask", 1, 0, 3, "mask (1 before, 2 after)",
+       "Inbound packets shown on enc0: 1 before, 2 after the outer header is stripped"),
+    KnobSpec("net.enc.out.ipsec_bpf_mask", "enc_out_bpf_mask", 3, 0, 3, "mask (1 before, 2 after)",
+       "Outbound packets shown on enc0: 1 before, 2 after the outer header is added"),
+    KnobSpec("pfkeyd.hot_path", "hot_path", 1, 0, 1, "boolean",
        "Answer ADDs and SPDADDs shaped like earlier ones from their bytes (the answers are the same)"),
 )
 
@@ -216,6 +219,8 @@ class Knobs:
     max_sas: int = 2_000_000
     max_policies: int = 1_000_000
     max_message_size: int = 2048
+    enc_in_bpf_mask: int = 1
+    enc_out_bpf_mask: int = 3
     hot_path: int = 1
 
     def __post_init__(self) -> None:

@@ -108,7 +108,8 @@ from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEnc
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.stats import Stats
-from pfkeyd.wire import HEADER, PF_KEY_V2, Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire import Dialect, ExtType, Message, MsgType, decode, encode, error_reply
+from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_wrap
 from pfkeyd.wire.message import send_failure_reply
 
 __all__ = [
@@ -120,17 +121,13 @@ __all__ = [
     "ServerStatistics",
     "control_answer",
     "parse_control_request",
-    "RECV_SIZE",
     "peer_credentials",
     "uid_allowed",
-    "promisc_wrap",
     "socket_acl",
 ]
 
 log = logging.getLogger("pfkeyd.server")
 
-#: The largest PF_KEY message: sadb_msg_len is 16 bits of 8-byte units.
-RECV_SIZE = 0xFFFF * 8
 #: At most one warning of a kind in this many seconds: broadcasts dropped (per client),
 #: peers refused and accept() failing (per socket), control requests failing.  The
 #: next warning says how many were suppressed.
@@ -324,19 +321,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     return (-1, uid) if version == 0 else None  # pragma: no cover
 
 
-def promisc_wrap(body: bytes) -> bytes:
-    """A promiscuous copy as FreeBSD's keysock delivers it: behind an SADB_X_PROMISC header.
-
-    The header's ``len`` covers the whole datagram; every other field is 0.
-    """
-    total = HEADER.size + len(body)
-    units = total // 8
-    if units > 0xFFFF:
-        msg = "promiscuous copy longer than 65535 units"
-        raise EncodeError(msg)
-    return HEADER.pack(PF_KEY_V2, MsgType.X_PROMISC, 0, 0, units, 0, 0, 0) + body
-
-
 def _ext_name(t: int) -> str:
     try:
         return ExtType(t).name
@@ -446,7 +430,7 @@ class Server:
         self._control = control
         self._control_listeners: list[_Listener] = []
         self._log_limits: dict[tuple[str, str], _LogLimit] = {}
-        self._recv_view = memoryview(bytearray(RECV_SIZE))  # shared by every reader
+        self._recv_view = memoryview(bytearray(MAX_DATAGRAM))  # shared by every reader
         # Durable state: what may leave only once the journal record of its step
         # is on disk, (sequence number, send it), in order.
         self._durable = durable
@@ -468,6 +452,12 @@ class Server:
     def stop(self) -> None:
         """Begin an orderly shutdown; :meth:`serve` returns when it is done."""
         self._stop.set()
+
+    def emit(self, effects: Sequence[Effect]) -> None:
+        """Carry out effects that arose outside any request (the data plane's ACQUIREs
+        and EXPIREs), as those of a request are carried out."""
+        self._emit(effects, None, None, "data plane")
+        self._wake_timer()
 
     def set_knobs(self, knobs: Knobs) -> None:
         """Give the engine new knob values (SIGHUP's reload); they hold from the next
@@ -796,7 +786,7 @@ class Server:
                     return True
                 if not data and _hung_up(sock):
                     return True
-                if not data or size > RECV_SIZE:
+                if not data or size > MAX_DATAGRAM:
                     # Empty, or longer than any PF_KEY message can be: both kernels
                     # fail such a send().
                     self._send_fails(client, data, _SEND_FAILS_WITH[client.dialect])

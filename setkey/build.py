@@ -116,14 +116,14 @@ def sa_flags(proto: Proto, options: SaOptions, algorithms: Algorithms | None, di
         if algorithms.rawcpi:
             flags |= SaFlag.X_EXT_RAWCPI
         if algorithms.encrypt is not None:
-            found = alg.setkey_lookup(alg.Kind.ENCRYPT, algorithms.encrypt.name, dialect)
+            found = alg.by_spelling(alg.Kind.ENCRYPT, algorithms.encrypt.name, dialect)
             if found is not None:
                 flags |= found[1].flags
     return int(flags)
 
 
 def _alg_id(kind: alg.Kind, name: str, dialect: Dialect) -> int:
-    found = alg.setkey_lookup(kind, name, dialect) or None
+    found = alg.by_spelling(kind, name, dialect) or None
     row = found[0] if found is not None else alg.by_name(kind, name)
     if row is None:  # pragma: no cover - setkey.check refuses unknown names
         msg = f"unknown {kind.value} algorithm {name!r}"

@@ -7,7 +7,7 @@ script is held against one dialect (pfkeyd.wire.Dialect):
 * algorithms: the name must be one that dialect's setkey knows, with a key
   where its setkey wants one and none where it takes none, and a key length
   its kernel's SADB_REGISTER list allows (pfkeyd.algorithms, the project's one
-  algorithm table: setkey_lookup, setkey_key_error);
+  algorithm table, and setkey.keylen);
 * values the wire cannot carry: a replay window beyond 255 (linux) or beyond
   what SADB_X_EXT_SA_REPLAY holds (freebsd), a policy reqid beyond the
   dialect's sadb_x_ipsecrequest (16 bits in freebsd);
@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator
 from pfkeyd import algorithms as alg
 from pfkeyd.wire.constants import Direction, IpProto
 from pfkeyd.wire.dialect import Dialect
+from setkey import keylen
 from setkey.commands import (
     Add,
     Algorithms,
@@ -112,24 +113,7 @@ def _sa_problems(proto: Proto, opts: SaOptions, algorithms: Algorithms | None, d
 
 
 def _sa(proto: Proto, opts: SaOptions, algs: Algorithms | None, d: Dialect) -> Iterator[tuple[str, str | None]]:
-    if d is Dialect.LINUX:
-        if opts.natt is not None:
-            yield _cannot("-natt (the NAT-T original addresses OAI and OAR)", d), "-natt"
-        if opts.natt_mtu is not None:
-            yield _cannot("-natt_mtu (SADB_X_EXT_NAT_T_FRAG)", d), "-natt_mtu"
-        if opts.esn:
-            yield _cannot("-esn (SADB_X_SAFLAGS_ESN)", d), "-esn"
-        if opts.hwif is not None:
-            yield _cannot("-hwif (hardware offload)", d), "-hwif"
-        if opts.replay > LINUX_REPLAY_MAX:
-            yield (f"replay window {opts.replay} is too large for the linux dialect "
-                   f"(at most {LINUX_REPLAY_MAX} bytes)"), "-r"
-    else:
-        if opts.context is not None:
-            yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", d), "-ctx"
-        if opts.replay > FREEBSD_REPLAY_MAX:
-            yield (f"replay window {opts.replay} is too large for the freebsd dialect "
-                   f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
+    yield from (_linux_sa_options(opts) if d is Dialect.LINUX else _freebsd_sa_options(opts))
     if algs is not None:
         for kind, spec in ((alg.Kind.ENCRYPT, algs.encrypt), (alg.Kind.AUTH, algs.auth),
                            (alg.Kind.COMPRESS, algs.compress)):
@@ -137,9 +121,32 @@ def _sa(proto: Proto, opts: SaOptions, algs: Algorithms | None, d: Dialect) -> I
                 yield from _algorithm(kind, spec, proto, d)
 
 
+def _linux_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
+    d = Dialect.LINUX
+    if opts.natt is not None:
+        yield _cannot("-natt (the NAT-T original addresses OAI and OAR)", d), "-natt"
+    if opts.natt_mtu is not None:
+        yield _cannot("-natt_mtu (SADB_X_EXT_NAT_T_FRAG)", d), "-natt_mtu"
+    if opts.esn:
+        yield _cannot("-esn (SADB_X_SAFLAGS_ESN)", d), "-esn"
+    if opts.hwif is not None:
+        yield _cannot("-hwif (hardware offload)", d), "-hwif"
+    if opts.replay > LINUX_REPLAY_MAX:
+        yield (f"replay window {opts.replay} is too large for the linux dialect "
+               f"(at most {LINUX_REPLAY_MAX} bytes)"), "-r"
+
+
+def _freebsd_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
+    if opts.context is not None:
+        yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", Dialect.FREEBSD), "-ctx"
+    if opts.replay > FREEBSD_REPLAY_MAX:
+        yield (f"replay window {opts.replay} is too large for the freebsd dialect "
+               f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
+
+
 def _algorithm(kind: alg.Kind, spec: AlgSpec, proto: Proto, d: Dialect) -> Iterator[tuple[str, str | None]]:
     name = spec.name
-    found = alg.setkey_lookup(kind, name, d)
+    found = alg.by_spelling(kind, name, d)
     if found is None:
         yield f'{kind.value} algorithm "{name}" is not available in the {d.value} dialect', name
         return
@@ -155,11 +162,11 @@ def _algorithm(kind: alg.Kind, spec: AlgSpec, proto: Proto, d: Dialect) -> Itera
     elif spelling.old is False and proto.old:
         yield f'algorithm mismatched: "{name}" cannot be used with {proto.value}', name
     bits = 0 if spec.key is None else len(spec.key) * 8
-    problem = alg.setkey_key_error(row, bits, d, form=spelling.key)
-    if problem == alg.NOT_SUPPORTED:
+    problem = keylen.key_error(row, bits, d, form=spelling.key)
+    if problem == keylen.NOT_SUPPORTED:
         yield f'{kind.value} algorithm "{name}" is not supported by the {d.value} dialect', name
     elif problem is not None:
-        accepted = alg.setkey_bits(row, d, form=spelling.key)
+        accepted = keylen.accepted_bits(row, d, form=spelling.key)
         expected = _bits(accepted) if accepted is not None else "none"
         yield f'invalid key length for "{name}": {bits} bits, expected {expected}', name
 

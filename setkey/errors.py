@@ -61,13 +61,6 @@ class SetkeyError(Exception):
         """This error placed at ``line``:``column`` (the hint is dropped)."""
         return type(self)(self.message, line, column, filename=self.filename, source_line=self.source_line)
 
-    def located(self, source: Source) -> SetkeyError:
-        """This error with the file name and source line of ``source`` filled in."""
-        if self.filename is not None and self.source_line is not None:
-            return self
-        return type(self)(self.message, self.line, self.column, filename=source.filename,
-                          source_line=source.line(self.line))
-
     @property
     def where(self) -> str:
         """``file:line:col`` (the parts that are known)."""

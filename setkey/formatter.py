@@ -13,12 +13,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from pfkeyd.wire.constants import IpProto, Level, Mode, SaFlag
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS
 from setkey.commands import (
     PRIORITY_DEFAULT,
     PRIORITY_HIGH,
     PRIORITY_LOW,
     Add,
-    AddrFlags,
     Algorithms,
     AlgSpec,
     Command,
@@ -43,11 +43,8 @@ from setkey.transformer import UPPER_NAMES
 
 __all__ = ["format", "format_script", "format_policy", "format_priority"]
 
-_MODES = {Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel"}
-_LEVELS = {Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require", Level.UNIQUE: "unique"}
-_REQUEST_PROTOS = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp", IpProto.TCP: "tcp"}
-_DIRECTIONS = {1: "in", 2: "out", 3: "fwd"}
-_ACTIONS = {0: "discard", 1: "none", 2: "ipsec", 3: "entrust", 4: "bypass"}
+#: setkey also takes "tcp" (FreeBSD's TCP-MD5) as a request protocol.
+_REQUEST_PROTOS = {**REQUEST_PROTO_WORDS, IpProto.TCP: "tcp"}
 _ICMP_LIKE = (IpProto.ICMP, IpProto.IPV6_ICMP, 135)
 
 
@@ -69,10 +66,6 @@ def _host(host: Host) -> str:
     if host.port:
         text += f"[{host.port}]"
     return text
-
-
-def _flags(flags: AddrFlags) -> str:
-    return str(flags)
 
 
 def _proto(proto: Proto, oa: Host | None) -> str:
@@ -102,32 +95,46 @@ def _context(ctx: SecContext | None) -> str:
 def _options(opts: SaOptions) -> str:
     parts = []
     if opts.mode != Mode.ANY:
-        parts.append(f"-m {_MODES[Mode(opts.mode)]}")
+        parts.append(f"-m {MODE_WORDS[opts.mode]}")
     if opts.reqid:
         parts.append(f"-u {opts.reqid}")
     if opts.replay:
         parts.append(f"-r {opts.replay}")
-    if opts.pad & SaFlag.X_EXT_PRAND:
-        parts.append("-f random-pad")
-    if opts.pad & SaFlag.X_EXT_PZERO:
-        parts.append("-f zero-pad")
-    if not opts.cyclic_seq:
-        parts.append("-f nocyclic-seq")
+    parts += _flag_options(opts)
     for flag, value in (("-lh", opts.lifetime_hard), ("-ls", opts.lifetime_soft),
                         ("-bh", opts.bytes_hard), ("-bs", opts.bytes_soft)):
         if value:
             parts.append(f"{flag} {value}")
     parts.append(_context(opts.context))
-    if opts.natt is not None:
-        n = opts.natt
-        parts.append(f"-natt {n.oai.name}[{n.sport}] {n.oar.name}[{n.dport}]")
-    if opts.natt_mtu is not None:
-        parts.append(f"-natt_mtu {opts.natt_mtu}")
+    parts += _natt_options(opts)
     if opts.esn:
         parts.append("-esn")
     if opts.hwif is not None:
         parts.append(f"-hwif {opts.hwif}")
     return _words(*parts)
+
+
+def _flag_options(opts: SaOptions) -> list[str]:
+    """The ``-f`` options: padding and sequence-number cycling."""
+    flags = []
+    if opts.pad & SaFlag.X_EXT_PRAND:
+        flags.append("-f random-pad")
+    if opts.pad & SaFlag.X_EXT_PZERO:
+        flags.append("-f zero-pad")
+    if not opts.cyclic_seq:
+        flags.append("-f nocyclic-seq")
+    return flags
+
+
+def _natt_options(opts: SaOptions) -> list[str]:
+    """``-natt`` and ``-natt_mtu``."""
+    parts = []
+    if opts.natt is not None:
+        n = opts.natt
+        parts.append(f"-natt {n.oai.name}[{n.sport}] {n.oar.name}[{n.dport}]")
+    if opts.natt_mtu is not None:
+        parts.append(f"-natt_mtu {opts.natt_mtu}")
+    return parts
 
 
 def format_priority(priority: int) -> str:
@@ -163,17 +170,17 @@ def _request(req: Request) -> str:
             raise ValueError(msg)
         level = f"unique:{req.reqid}"
     else:
-        level = _LEVELS[Level(req.level)]
-    return f"{_REQUEST_PROTOS[IpProto(req.proto)]}/{_MODES[Mode(req.mode)]}/{ends}/{level}"
+        level = LEVEL_WORDS[req.level]
+    return f"{_REQUEST_PROTOS[req.proto]}/{MODE_WORDS[req.mode]}/{ends}/{level}"
 
 
 def format_policy(policy: Policy) -> str:
     """The text after -P."""
-    direction = _DIRECTIONS[int(policy.direction)]
+    direction = DIRECTION_WORDS[policy.direction]
     if policy.action is None:
         return direction
     prio = "" if policy.priority is None else format_priority(policy.priority)
-    return _words(direction, prio, _ACTIONS[int(policy.action)], *(_request(r) for r in policy.requests))
+    return _words(direction, prio, POLICY_WORDS[policy.action], *(_request(r) for r in policy.requests))
 
 
 def _upper(cmd: SpdStatement) -> str:
@@ -190,15 +197,15 @@ def format(cmd: Command) -> str:
     """One statement in canonical text, with its ";"."""
     if isinstance(cmd, SaStatement):
         algs = _algorithms(cmd.algorithms) if isinstance(cmd, Add | Update) else ""
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa),
                       f"{cmd.spi:#x}", _options(cmd.options), algs) + ";"
     if isinstance(cmd, DeleteAll):
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst),
                       _proto(cmd.proto, cmd.natt_oa)) + ";"
     if isinstance(cmd, Flush | Dump):
         return _words(cmd.keyword, cmd.proto.value) + ";"
     if isinstance(cmd, SpdStatement):
-        return _words(cmd.keyword, _flags(cmd.flags), _host(cmd.src), _host(cmd.dst), _upper(cmd),
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _upper(cmd),
                       _context(cmd.context), "-P", format_policy(cmd.policy)) + ";"
     if isinstance(cmd, SpdTagged):
         return _words(cmd.keyword, "tagged", _quoted(cmd.tag), "-P", format_policy(cmd.policy)) + ";"

@@ -185,47 +185,59 @@ def _pairs_exist(src: Sequence[SockAddr], dst: Sequence[SockAddr]) -> bool:
 
 def _resolve_one(cmd: Command, r: Resolver) -> Resolved:
     if isinstance(cmd, SaStatement):
-        flags = cmd.flags
-        if isinstance(cmd, Delete):
-            src: tuple[SockAddr, ...] = r.only(cmd.src, flags, "delete")
-            dst: tuple[SockAddr, ...] = r.only(cmd.dst, flags, "delete")
-        else:
-            src, dst = r.addresses(cmd.src, flags), r.addresses(cmd.dst, flags)
-        if not _pairs_exist(src, dst):
-            raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" have no addresses of the same family',
-                           cmd.src.name)
-        oa = oar = None
-        if cmd.natt_oa is not None:
-            oa = r.addresses(cmd.natt_oa, flags)[0]
-        natt = cmd.options.natt
-        if natt is not None:
-            oa = r.addresses(natt.oai, flags)[0]
-            oar = r.addresses(natt.oar, flags)[0]
-        return Resolved(cmd, src, dst, oa, oar)
+        return _resolve_sa(cmd, r)
     if isinstance(cmd, DeleteAll):
         src, dst = r.addresses(cmd.src, cmd.flags), r.addresses(cmd.dst, cmd.flags)
-        if not _pairs_exist(src, dst):
-            raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" have no addresses of the same family',
-                           cmd.src.name)
+        _same_family(cmd, src, dst)
         return Resolved(cmd, src, dst)
     if isinstance(cmd, SpdStatement):
-        src, dst = r.only(cmd.src, cmd.flags, cmd.keyword), r.only(cmd.dst, cmd.flags, cmd.keyword)
-        s, d = src[0], dst[0]
-        if s.version != d.version:
-            raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" are of different address families', cmd.src.name)
-        for host, sa in ((cmd.src, s), (cmd.dst, d)):
-            if host.prefix is not None and host.prefix > sa.max_prefix:
-                raise _Problem(f"prefix length /{host.prefix} is too long for the IPv{sa.version} address "
-                               f'"{host.name}" (at most {sa.max_prefix})', str(host.prefix))
-        if cmd.upper_ports is not None:
-            # icmp type,code and gre keys travel in the selector's port fields
-            src = (SockAddr(s.ip, cmd.upper_ports[0], s.flowinfo, s.scope_id),)
-            dst = (SockAddr(d.ip, cmd.upper_ports[1], d.flowinfo, d.scope_id),)
-        return Resolved(cmd, src, dst, tunnels=r.tunnels(cmd.policy.requests))
+        return _resolve_spd(cmd, r)
     policy = getattr(cmd, "policy", None)
     if policy is not None:
         return Resolved(cmd, tunnels=r.tunnels(policy.requests))
     return Resolved(cmd)
+
+
+def _same_family(cmd: SaStatement | DeleteAll, src: tuple[SockAddr, ...], dst: tuple[SockAddr, ...]) -> None:
+    if not _pairs_exist(src, dst):
+        raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" have no addresses of the same family',
+                       cmd.src.name)
+
+
+def _resolve_sa(cmd: Command, r: Resolver) -> Resolved:
+    assert isinstance(cmd, SaStatement)
+    flags = cmd.flags
+    if isinstance(cmd, Delete):
+        src: tuple[SockAddr, ...] = r.only(cmd.src, flags, "delete")
+        dst: tuple[SockAddr, ...] = r.only(cmd.dst, flags, "delete")
+    else:
+        src, dst = r.addresses(cmd.src, flags), r.addresses(cmd.dst, flags)
+    _same_family(cmd, src, dst)
+    oa = oar = None
+    if cmd.natt_oa is not None:
+        oa = r.addresses(cmd.natt_oa, flags)[0]
+    natt = cmd.options.natt
+    if natt is not None:
+        oa = r.addresses(natt.oai, flags)[0]
+        oar = r.addresses(natt.oar, flags)[0]
+    return Resolved(cmd, src, dst, oa, oar)
+
+
+def _resolve_spd(cmd: Command, r: Resolver) -> Resolved:
+    assert isinstance(cmd, SpdStatement)
+    src, dst = r.only(cmd.src, cmd.flags, cmd.keyword), r.only(cmd.dst, cmd.flags, cmd.keyword)
+    s, d = src[0], dst[0]
+    if s.version != d.version:
+        raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" are of different address families', cmd.src.name)
+    for host, sa in ((cmd.src, s), (cmd.dst, d)):
+        if host.prefix is not None and host.prefix > sa.max_prefix:
+            raise _Problem(f"prefix length /{host.prefix} is too long for the IPv{sa.version} address "
+                           f'"{host.name}" (at most {sa.max_prefix})', str(host.prefix))
+    if cmd.upper_ports is not None:
+        # icmp type,code and gre keys travel in the selector's port fields
+        src = (SockAddr(s.ip, cmd.upper_ports[0], s.flowinfo, s.scope_id),)
+        dst = (SockAddr(d.ip, cmd.upper_ports[1], d.flowinfo, d.scope_id),)
+    return Resolved(cmd, src, dst, tunnels=r.tunnels(cmd.policy.requests))
 
 
 def resolve(

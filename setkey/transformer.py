@@ -31,6 +31,7 @@ from lark import Transformer, v_args
 from pfkeyd import algorithms as alg
 from pfkeyd.record import record
 from pfkeyd.wire.constants import Direction, IpProto, Level, Mode, PolicyType, SaFlag
+from pfkeyd.words import DIRECTION_BY_WORD, LEVEL_BY_WORD, MODE_BY_WORD, POLICY_BY_WORD, REQUEST_PROTO_BY_WORD
 from setkey.commands import (
     DEFAULT_OPTIONS,
     NO_FLAGS,
@@ -257,7 +258,6 @@ def _upper_ports(proto: int, tok: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------ SA options
 
-_MODES = {"transport": Mode.TRANSPORT, "tunnel": Mode.TUNNEL, "any": Mode.ANY}
 _NUMBER_OPTIONS: dict[str, tuple[str, str, int]] = {
     "-u": ("reqid", "reqid", U32),
     "-r": ("replay", "replay window", U32),
@@ -270,6 +270,18 @@ _NUMBER_OPTIONS: dict[str, tuple[str, str, int]] = {
 _PAD = {"random-pad": SaFlag.X_EXT_PRAND, "zero-pad": SaFlag.X_EXT_PZERO, "seq-pad": 0}
 
 
+def _natt_option(opt: tuple[str, ...]) -> NatT:
+    # -natt oai [sport] oar [dport]
+    return NatT(_host(opt[1]), _number(opt[3], "NAT-T source port", U16),
+                _host(opt[5]), _number(opt[7], "NAT-T destination port", U16))
+
+
+def _hwif_option(opt: tuple[str, ...]) -> str:
+    if len(opt[1]) >= IFNAMSIZ:
+        raise _fail(f'interface name "{opt[1]}" is longer than {IFNAMSIZ - 1} characters', opt[1])
+    return str(opt[1])
+
+
 @functools.lru_cache(maxsize=1024)
 def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
     """Fold the options as setkey does (the last -m, -u, ... wins; -f flags add up)."""
@@ -277,9 +289,7 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
     pad = 0
     for opt in opts:
         word = opt[0]
-        if word == "-m":
-            fields["mode"] = _MODES[opt[1]]
-        elif word == "-f":
+        if word == "-f":
             if opt[1] == "nocyclic-seq":
                 fields["cyclic_seq"] = False
             else:
@@ -290,18 +300,9 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
             if word == "-r" and old:
                 raise _fail("replay prevention cannot be used with ah-old or esp-old", word)
             fields[name] = value
-        elif word == "-ctx":
-            fields["context"] = _context(opt)
-        elif word == "-natt":
-            # -natt oai [sport] oar [dport]
-            fields["natt"] = NatT(_host(opt[1]), _number(opt[3], "NAT-T source port", U16),
-                                  _host(opt[5]), _number(opt[7], "NAT-T destination port", U16))
-        elif word == "-esn":
-            fields["esn"] = True
-        elif word == "-hwif":
-            if len(opt[1]) >= IFNAMSIZ:
-                raise _fail(f'interface name "{opt[1]}" is longer than {IFNAMSIZ - 1} characters', opt[1])
-            fields["hwif"] = str(opt[1])
+        elif word in _OPTION_READERS:
+            name, read = _OPTION_READERS[word]
+            fields[name] = read(opt)
         else:  # pragma: no cover - the grammar has no other option
             raise AssertionError(word)
     if pad:
@@ -313,6 +314,16 @@ def _context(toks: tuple[str, ...]) -> SecContext:
     # -ctx doi algorithm "label"
     return SecContext(_number(toks[1], "security context DOI", U8),
                       _number(toks[2], "security context algorithm", U8), _quoted(toks[3]))
+
+
+#: The options that set one field from their words: field name, reader.
+_OPTION_READERS: dict[str, tuple[str, Callable[[tuple[str, ...]], Any]]] = {
+    "-m": ("mode", lambda opt: MODE_BY_WORD[opt[1]]),
+    "-ctx": ("context", _context),
+    "-natt": ("natt", _natt_option),
+    "-esn": ("esn", lambda opt: True),
+    "-hwif": ("hwif", _hwif_option),
+}
 
 
 # ------------------------------------------------------------------ algorithms
@@ -505,11 +516,8 @@ class SetkeyTransformer(Transformer[Any, Any]):
 
 # ------------------------------------------------------------------ policies
 
-_DIRECTIONS = {"in": Direction.INBOUND, "out": Direction.OUTBOUND, "fwd": Direction.FWD}
-_ACTIONS = {"discard": PolicyType.DISCARD, "none": PolicyType.NONE, "ipsec": PolicyType.IPSEC,
-            "entrust": PolicyType.ENTRUST, "bypass": PolicyType.BYPASS}
-_REQUEST_PROTOS = {"esp": IpProto.ESP, "ah": IpProto.AH, "ipcomp": IpProto.IPCOMP, "tcp": IpProto.TCP}
-_LEVELS = {"default": Level.DEFAULT, "use": Level.USE, "require": Level.REQUIRE, "unique": Level.UNIQUE}
+#: setkey also takes "tcp" (FreeBSD's TCP-MD5) as a request protocol.
+_REQUEST_PROTOS = {**REQUEST_PROTO_BY_WORD, "tcp": IpProto.TCP}
 _BASES = {"low": PRIORITY_LOW, "def": PRIORITY_DEFAULT, "high": PRIORITY_HIGH}
 
 #: ipsec-tools' limits on priority offsets (libipsec policy_parse.y).
@@ -554,7 +562,7 @@ class PolicyTransformer(Transformer[Any, Any]):
             if reqid > U32:
                 raise _fail(f"reqid {reqid} is out of range (at most {U32})", tok)
             return Level.UNIQUE, reqid
-        return _LEVELS[tok], 0
+        return LEVEL_BY_WORD[tok], 0
 
     def priority_up(self, kw: str, n: str) -> int:
         # "priority N" is N above the default: the value gets smaller.
@@ -592,12 +600,12 @@ class PolicyTransformer(Transformer[Any, Any]):
         return proto, mode, endpoints, level
 
     def policy_bare(self, direction: str) -> Policy:
-        return Policy(_DIRECTIONS[direction])
+        return Policy(DIRECTION_BY_WORD[direction])
 
     def policy(self, direction: str, *rest: Any) -> Policy:
-        d = _DIRECTIONS[direction]
+        d = DIRECTION_BY_WORD[direction]
         priority = rest[0] if len(rest) == 3 else None
-        action = _ACTIONS[rest[-2]]
+        action = POLICY_BY_WORD[rest[-2]]
         raw = rest[-1]
         requests = tuple(_request(d, action, raw, i) for i in range(len(raw)))
         return Policy(d, action, priority, requests)

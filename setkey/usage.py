@@ -1,4 +1,4 @@
-"""The usage text of setkey, which is also the SYNOPSIS of ``man/setkey.8``.
+"""The usage text of setkey, which is also the SYNOPSIS of ``pfkeyd/man/setkey.8``.
 
 A test renders the manual page's SYNOPSIS and compares it with :data:`USAGE` line
 by line, so the two cannot drift apart.  The CLI prints :data:`USAGE` on

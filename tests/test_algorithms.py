@@ -35,6 +35,7 @@ from pfkeyd.wire import (
     encode,
 )
 from pfkeyd.wire.dialect import spec
+from setkey import keylen
 
 FREEBSD, LINUX = Dialect.FREEBSD, Dialect.LINUX
 ESP, AH, IPCOMP, TCP = SaType.ESP, SaType.AH, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE
@@ -158,10 +159,10 @@ def test_linux_advertises_no_aead_algorithm():
     ],
 )
 def test_linux_register_list_satisfies_ipsec_tools(kind, name, bits):
-    found = A.setkey_lookup(kind, name, LINUX)
+    found = A.by_spelling(kind, name, LINUX)
     assert found is not None
     alg, spelling = found
-    assert A.setkey_key_ok(alg, bits, LINUX, form=spelling.key)
+    assert keylen.key_error(alg, bits, LINUX, form=spelling.key) is None
 
 
 @pytest.mark.parametrize("dialect", list(Dialect))
@@ -424,7 +425,7 @@ def test_dump_names(kind, alg_id, freebsd, linux):
     ],
 )
 def test_spellings_carry_key_form_and_flags(dialect, kind, name, form, flags, old, obsolete):
-    found = A.setkey_lookup(kind, name, dialect)
+    found = A.by_spelling(kind, name, dialect)
     assert found is not None
     spelling = found[1]
     assert (spelling.key, spelling.flags, spelling.old, spelling.obsolete) == (form, flags, old, obsolete)
@@ -623,17 +624,17 @@ def _named(kind: Kind, name: str) -> A.Algorithm:
 def test_freebsd_setkey_key_lengths(kind, name, good, bad):
     alg = _named(kind, name)
     for bits in good:
-        assert A.setkey_key_ok(alg, bits, FREEBSD), bits
+        assert keylen.key_error(alg, bits, FREEBSD) is None, bits
     for bits in bad:
-        assert A.setkey_key_error(alg, bits, FREEBSD) == A.INVALID_KEY_LENGTH, bits
+        assert keylen.key_error(alg, bits, FREEBSD) == keylen.INVALID_KEY_LENGTH, bits
 
 
 def test_setkey_bits_as_typed():
-    assert A.setkey_bits(_named(Kind.ENCRYPT, "aes-cbc"), FREEBSD) == range(128, 257, 8)
-    assert A.setkey_bits(_named(Kind.ENCRYPT, "aes-gcm-16"), FREEBSD) == range(160, 289, 8)
-    assert A.setkey_bits(_named(Kind.ENCRYPT, "aes-ctr"), LINUX) == range(160, 289, 8)
-    assert A.setkey_bits(_named(Kind.AUTH, "hmac-sha1"), FREEBSD) == range(160, 161, 8)
-    assert A.setkey_bits(_named(Kind.ENCRYPT, "des-cbc"), FREEBSD) is None
+    assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-cbc"), FREEBSD) == range(128, 257, 8)
+    assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-gcm-16"), FREEBSD) == range(160, 289, 8)
+    assert keylen.accepted_bits(_named(Kind.ENCRYPT, "aes-ctr"), LINUX) == range(160, 289, 8)
+    assert keylen.accepted_bits(_named(Kind.AUTH, "hmac-sha1"), FREEBSD) == range(160, 161, 8)
+    assert keylen.accepted_bits(_named(Kind.ENCRYPT, "des-cbc"), FREEBSD) is None
 
 
 @pytest.mark.parametrize(
@@ -647,25 +648,25 @@ def test_setkey_bits_as_typed():
     ],
 )
 def test_setkey_reports_algorithms_the_kernel_did_not_list(kind, name, dialect):
-    assert A.setkey_key_error(_named(kind, name), 128, dialect) == A.NOT_SUPPORTED
+    assert keylen.key_error(_named(kind, name), 128, dialect) == keylen.NOT_SUPPORTED
 
 
 def test_setkey_checks_the_list_the_kernel_actually_sent():
     alg = _named(Kind.ENCRYPT, "aes-cbc")
     only_128 = (Alg(EncAlg.X_AESCBC, 16, 128, 128),)
-    assert A.setkey_key_ok(alg, 128, FREEBSD, supported_algs=only_128)
-    assert A.setkey_key_error(alg, 256, FREEBSD, supported_algs=only_128) == A.INVALID_KEY_LENGTH
-    assert A.setkey_key_error(alg, 128, FREEBSD, supported_algs=()) == A.NOT_SUPPORTED
+    assert keylen.key_error(alg, 128, FREEBSD, supported_algs=only_128) is None
+    assert keylen.key_error(alg, 256, FREEBSD, supported_algs=only_128) == keylen.INVALID_KEY_LENGTH
+    assert keylen.key_error(alg, 128, FREEBSD, supported_algs=()) == keylen.NOT_SUPPORTED
 
 
 def test_keyless_spellings():
     null_enc = _named(Kind.ENCRYPT, "null")
     # ipsec-tools' "-E null" sends no key and checks an empty one against 0..0.
-    assert A.setkey_key_ok(null_enc, 0, LINUX)
-    assert not A.setkey_key_ok(null_enc, 8, LINUX)
+    assert keylen.key_error(null_enc, 0, LINUX) is None
+    assert keylen.key_error(null_enc, 8, LINUX) is not None
     # "-A null" and "-C deflate" are not checked at all.
-    assert A.setkey_key_ok(_named(Kind.AUTH, "null"), 0, FREEBSD)
-    assert A.setkey_key_ok(_named(Kind.COMPRESS, "deflate"), 0, FREEBSD)
+    assert keylen.key_error(_named(Kind.AUTH, "null"), 0, FREEBSD) is None
+    assert keylen.key_error(_named(Kind.COMPRESS, "deflate"), 0, FREEBSD) is None
 
 
 # ---------------------------------------------------------------- ACQUIRE proposals

@@ -33,7 +33,7 @@ from tests.setkey.clihelp import ThreadDaemon, against
 from tests.test_control_cli import Daemon
 
 ROOT = Path(__file__).resolve().parent.parent
-SETKEY_8 = ROOT / "man" / "setkey.8"
+SETKEY_8 = ROOT / "pfkeyd" / "man" / "setkey.8"
 TIMEOUT = 30
 DIALECTS = pytest.mark.parametrize("dialect", list(Dialect), ids=[d.value for d in Dialect])
 

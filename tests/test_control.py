@@ -369,12 +369,26 @@ def test_stats_count_the_acquires_a_lookup_sends(engine: KeyEngine) -> None:
     assert stats_block(run(engine, "stats").out, "messages out")[1]["ACQUIRE"] == 1
 
 
-def test_stats_takes_no_arguments_but_prometheus(engine: KeyEngine) -> None:
-    for args in (["-v"], ["--prometheus", "-v"], ["--prom"]):
+def test_stats_takes_no_arguments_but_json_or_prometheus(engine: KeyEngine) -> None:
+    for args in (["-v"], ["--prometheus", "-v"], ["--prom"], ["--json", "--prometheus"]):
         out = run(engine, "stats", *args)
-        assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--prometheus]\n")
+        assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--json | --prometheus]\n")
     out = run(engine, "stats", "--prometheus")
     assert out.status == 0 and out.out.startswith("# HELP pfkeyd_messages_received_total ")
+
+
+def test_stats_json_is_the_same_counters_machine_readable(engine: KeyEngine) -> None:
+    import json
+
+    register(engine)
+    spdadd(engine, PolicyType.IPSEC, requests=[esp_transport(Level.REQUIRE)])
+    run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2")
+    engine.packet_counters.add("esp", "badauth", 3)
+    doc = json.loads(run(engine, "stats", "--json").out)
+    assert doc["pfkey"]["messages_out"]["ACQUIRE"] == 1
+    assert doc["pfkey"]["policies"] == 1
+    assert doc["packets"]["esp.badauth"] == 3
+    assert doc["dataplane"] is None  # no data plane in this daemon
 
 
 def test_an_unknown_control_command_is_a_usage_error(engine: KeyEngine) -> None:

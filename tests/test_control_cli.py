@@ -57,6 +57,7 @@ from pfkeyd.wire import (
     SockAddr,
     encode,
 )
+from pfkeyd.wire.framing import MAX_DATAGRAM
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A hung daemon or command must fail the test, not hang it.
@@ -250,7 +251,7 @@ def test_stats_counts_what_the_daemon_did(daemon: Daemon) -> None:
     with pfkey_socket(daemon.freebsd) as bsd, pfkey_socket(daemon.linux) as lnx:
         # Each reply proves the daemon has admitted that client.
         bsd.send(encode(Message(MsgType.X_SPDDUMP, 0, 1, 77), Dialect.FREEBSD))  # empty: ENOENT
-        assert bsd.recv(0xFFFF * 8)
+        assert bsd.recv(MAX_DATAGRAM)
         lnx.send(encode(Message(MsgType.FLUSH, 0, 2, 77), Dialect.LINUX))  # to both sockets
         assert lnx.recv(0xFFFF * 8)
         result = pfkeyd_command("stats", "-s", daemon.linux)

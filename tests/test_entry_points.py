@@ -58,3 +58,37 @@ def test_setkey_decodes_raw_message_files_and_reports_usage() -> None:
     usage = run("-m", "setkey", "-Z")
     assert usage.returncode == 64
     assert usage.stderr.startswith("usage: setkey")
+
+
+def _two_flushes() -> bytes:
+    from pfkeyd.wire import Message, MsgType, SaType, encode
+
+    return encode(Message(MsgType.FLUSH, SaType.ESP, 1, 2), "linux") + encode(Message(MsgType.X_SPDFLUSH, 0, 3, 4), "linux")
+
+
+def test_pfkeyd_decode_and_setkey_split_message_files_alike(tmp_path: Path) -> None:
+    # one splitter (pfkeyd.wire.framing) serves both commands: the same files give the same messages
+    raw = tmp_path / "two.bin"
+    raw.write_bytes(_two_flushes())
+    text = tmp_path / "two.hex"
+    text.write_text(f"# two flushes\n{_two_flushes()[:16].hex(' ')}\n{_two_flushes()[16:].hex()}  # the second\n")
+    for path in (raw, text):
+        decoded = run("-m", "pfkeyd", "decode", "-d", "linux", str(path))
+        assert decoded.returncode == 0, decoded.stderr
+        assert decoded.stdout.count(f"# {path}: message ") == 2
+        shown = run("-m", "setkey", "-v", "--dialect", "linux", str(path))
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.count("sadb_msg{ version=2") == 2
+
+
+def test_a_file_that_only_looks_like_hex_is_reported_not_a_traceback(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.hex"
+    odd.write_text("02 09 0\n")  # an odd number of digits: not hex text, so raw bytes that do not decode
+    decoded = run("-m", "pfkeyd", "decode", str(odd))
+    assert decoded.returncode == 65
+    assert "message 1:" in decoded.stderr
+    assert "Traceback" not in decoded.stderr
+    shown = run("-m", "setkey", "--dialect", "linux", str(odd))
+    assert shown.returncode == 1
+    assert "message 1:" in shown.stderr
+    assert "Traceback" not in shown.stderr

@@ -1,4 +1,4 @@
-"""man/pfkeyd.8 and man/pfkey.4 against the program: the page is the user's contract.
+"""pfkeyd/man/pfkeyd.8 and pfkeyd/man/pfkey.4 against the program: the page is the user's contract.
 
 Every list in the page that the program also has is compared both ways: the knob
 list (generated; tools/update_man.py rewrites it), the daemon's options, the
@@ -24,8 +24,8 @@ from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import KNOBS, mdoc_list
 
 ROOT = Path(__file__).resolve().parent.parent
-PFKEYD_8 = ROOT / "man" / "pfkeyd.8"
-PFKEY_4 = ROOT / "man" / "pfkey.4"
+PFKEYD_8 = ROOT / "pfkeyd" / "man" / "pfkeyd.8"
+PFKEY_4 = ROOT / "pfkeyd" / "man" / "pfkey.4"
 PAGE = PFKEYD_8.read_text()
 
 #: mdoc macros that may follow ``Fl`` on a line (an ``Fl`` before one is a bare dash).
@@ -158,9 +158,9 @@ def text_flags(text: str) -> set[str]:
 
 def test_the_knob_list_is_the_one_the_knob_table_generates() -> None:
     block = re.search(r'\.\\" BEGIN KNOBS\n(.*?)\.\\" END KNOBS\n', PAGE, re.S)
-    assert block is not None, "man/pfkeyd.8 lost its BEGIN KNOBS / END KNOBS markers"
+    assert block is not None, "pfkeyd/man/pfkeyd.8 lost its BEGIN KNOBS / END KNOBS markers"
     assert block.group(1) == mdoc_list(), (
-        "the knob list in man/pfkeyd.8 is out of date: run `.venv/bin/python tools/update_man.py`")
+        "the knob list in pfkeyd/man/pfkeyd.8 is out of date: run `.venv/bin/python tools/update_man.py`")
 
 
 def test_every_knob_is_named_in_the_page_and_every_named_knob_exists() -> None:
@@ -168,7 +168,7 @@ def test_every_knob_is_named_in_the_page_and_every_named_knob_exists() -> None:
     assert named == [k.name for k in KNOBS]
     mentioned = set(re.findall(r"\b(?:net|pfkeyd)\.[a-z0-9_]+(?:\.[a-z0-9_]+)+\b", PAGE))
     unknown = mentioned - {k.name for k in KNOBS}
-    assert not unknown, f"man/pfkeyd.8 names knobs that do not exist: {sorted(unknown)}"
+    assert not unknown, f"pfkeyd/man/pfkeyd.8 names knobs that do not exist: {sorted(unknown)}"
 
 
 # ------------------------------------------------------------------ (b) daemon options
@@ -268,7 +268,7 @@ def test_the_environment_section_names_exactly_the_variables_the_code_reads() ->
 
 
 #: Every manual page of the project.
-PAGES = sorted(p for p in (ROOT / "man").iterdir() if p.suffix in (".4", ".8"))
+PAGES = sorted(p for p in (ROOT / "pfkeyd" / "man").iterdir() if p.suffix in (".4", ".8"))
 
 
 def lint(page: Path) -> list[str]:
@@ -409,7 +409,7 @@ def test_the_signals_section_names_the_signals_the_daemon_handles() -> None:
 def test_setkey_documents_its_timeout_and_its_default() -> None:
     from setkey import cli as setkey_cli
 
-    page = (ROOT / "man" / "setkey.8").read_text()
+    page = (ROOT / "pfkeyd" / "man" / "setkey.8").read_text()
     items = tag_list_after("The options are as follows", section("DESCRIPTION", page))
     assert ".It Fl Fl timeout Ar seconds" in items
     text = page.split(".It Fl Fl timeout Ar seconds\n", 1)[1].split("\n.It ", 1)[0]

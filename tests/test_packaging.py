@@ -53,8 +53,8 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     assert probe.returncode == 0, probe.stderr
     location, grammars, manpages = probe.stdout.splitlines()
     assert str(env_dir) in location  # the installed copy, not the checkout
-    shipped_grammars = sorted(p.name for p in (ROOT / "grammar").glob("*.lark"))
-    shipped_man = sorted(p.name for p in (ROOT / "man").iterdir() if p.suffix in (".4", ".8"))
+    shipped_grammars = sorted(p.name for p in (ROOT / "setkey" / "grammar").glob("*.lark"))
+    shipped_man = sorted(p.name for p in (ROOT / "pfkeyd" / "man").iterdir() if p.suffix in (".4", ".8"))
     assert grammars == repr(shipped_grammars)
     assert manpages == repr(shipped_man)
 
@@ -64,7 +64,7 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     assert sorted(sections) == shipped_man
     for name, section in sections.items():
         installed = env_dir / "share" / "man" / section / name
-        assert installed.read_bytes() == (ROOT / "man" / name).read_bytes(), installed
+        assert installed.read_bytes() == (ROOT / "pfkeyd" / "man" / name).read_bytes(), installed
     man = shutil.which("man")
     if man is None:
         return

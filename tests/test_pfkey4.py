@@ -1,4 +1,4 @@
-"""man/pfkey.4's list of where the two dialects' answers differ, against the engine.
+"""pfkeyd/man/pfkey.4's list of where the two dialects' answers differ, against the engine.
 
 The page names, for a linux socket, every algorithm an ADD is refused with ENOSYS
 for; the list must be the algorithm table's (pfkeyd.algorithms) and each named
@@ -23,7 +23,7 @@ from pfkeyd.wire import UNKNOWN, AuthAlg, Dialect, EncAlg, Message, SaType
 from tests.engine.conftest import add, hard, key_auth, key_enc, make_engine, soft
 from tests.engine.spd_helpers import send
 
-PFKEY_4 = Path(__file__).resolve().parent.parent / "man" / "pfkey.4"
+PFKEY_4 = Path(__file__).resolve().parent.parent / "pfkeyd" / "man" / "pfkey.4"
 #: Linux's SADB_AALG_MAX, SADB_EALG_MAX and SADB_X_CALG_MAX (include/uapi/linux/pfkeyv2.h).
 LINUX_MAX = {Kind.AUTH: 251, Kind.ENCRYPT: 253, Kind.COMPRESS: 4}
 FB, LX = 1, 3

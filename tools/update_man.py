@@ -2,7 +2,7 @@
 
     .venv/bin/python tools/update_man.py
 
-man/pfkeyd.8 carries the knob list between ``.\\" BEGIN KNOBS`` and
+pfkeyd/man/pfkeyd.8 carries the knob list between ``.\\" BEGIN KNOBS`` and
 ``.\\" END KNOBS``; a test fails when it differs from pfkeyd.knobs.mdoc_list().
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pfkeyd.knobs import mdoc_list
 
-PAGE = Path(__file__).resolve().parent.parent / "man" / "pfkeyd.8"
+PAGE = Path(__file__).resolve().parent.parent / "pfkeyd" / "man" / "pfkeyd.8"
 BLOCK = re.compile(r'(\.\\" BEGIN KNOBS\n)(.*?)(\.\\" END KNOBS\n)', re.S)
 
 

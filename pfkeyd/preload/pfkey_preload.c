@@ -23,9 +23,15 @@
  *    recvmsg, read and their _FORTIFY_SOURCE variants) therefore fails with
  *    ECONNRESET where the SEQPACKET socket would return 0, so that such a loop
  *    ends instead of spinning;
- *  - setsockopt(IP_IPSEC_POLICY / IPV6_IPSEC_POLICY) on any socket is tried on the
- *    kernel first and reported as successful if the kernel refuses it (a host
- *    without kernel IPsec), so IKE daemons can set their bypass policies.
+ *  - setsockopt(IP_IPSEC_POLICY / IPV6_IPSEC_POLICY) on any socket goes to pfkeyd's
+ *    socket-policy socket (the PF_KEY socket's path with .sock replaced by
+ *    .sockpol), where a daemon with its data plane on keeps it as a policy of
+ *    that socket (pfkeyd.8 PER-SOCKET POLICIES).  One connection is held per
+ *    socket that has a policy; closing the socket closes it, which removes the
+ *    socket's policies.  The request is the socket's family, protocol, bound
+ *    address and port, then the sadb_x_policy; the answer is an errno, which
+ *    setsockopt returns.  With no such socket (no data plane) the call is tried on
+ *    the kernel and reported as successful if the kernel refuses it, as before.
  *
  * Every other socket and call passes through untouched.  Descriptors duplicated
  * with dup() are not tracked: they behave as plain SEQPACKET sockets.  A tracked
@@ -70,6 +76,7 @@
 
 struct pfk_state {
 	unsigned char tracked;
+	int policy_conn;	/* 1 + the socket-policy connection of this descriptor, or 0 */
 	unsigned pending;	/* requests sent and not yet answered */
 	struct timespec last_send;
 	dev_t dev;		/* which socket the descriptor was when it was tracked */
@@ -248,6 +255,13 @@ int close(int fd)
 	struct pfk_state *st = slot(fd);
 	if (st != NULL && st->tracked)
 		untrack(fd);
+	if (st != NULL && st->policy_conn > 0) {
+		pthread_mutex_lock(&lock);
+		int conn = st->policy_conn - 1;
+		st->policy_conn = 0;
+		pthread_mutex_unlock(&lock);
+		real_close(conn); /* pfkeyd removes the socket's policies */
+	}
 	return real_close(fd);
 }
 
@@ -439,12 +453,116 @@ ssize_t __read_chk(int fd, void *buf, size_t len, size_t buflen)
 	return read(fd, buf, len);
 }
 
+/* The slot of any descriptor, allocating its chunk: NULL only out of range or memory. */
+static struct pfk_state *any_slot(int fd)
+{
+	struct pfk_state *st = slot(fd);
+	if (st != NULL || fd < 0 || (unsigned)fd >= MAX_CHUNKS * CHUNK_SIZE)
+		return st;
+	pthread_mutex_lock(&lock);
+	unsigned index = (unsigned)fd >> CHUNK_BITS;
+	struct pfk_state *chunk = atomic_load_explicit(&chunks[index], memory_order_relaxed);
+	if (chunk == NULL) {
+		chunk = calloc(CHUNK_SIZE, sizeof(*chunk));
+		if (chunk != NULL)
+			atomic_store_explicit(&chunks[index], chunk, memory_order_release);
+	}
+	pthread_mutex_unlock(&lock);
+	return chunk == NULL ? NULL : &chunk[(unsigned)fd & (CHUNK_SIZE - 1)];
+}
+
+/* Hand a socket policy to pfkeyd.  Returns 0 or an errno pfkeyd answered, or -1
+ * when there is no socket-policy socket to ask (no data plane). */
+static int policy_to_pfkeyd(int fd, const void *value, socklen_t len)
+{
+	struct pfk_state *st = any_slot(fd);
+	if (st == NULL)
+		return -1;
+	int conn = st->policy_conn - 1;
+	if (conn < 0) {
+		/* No data plane, no socket-policy socket: -1, and setsockopt behaves as before. */
+		char buf[sizeof(((struct sockaddr_un *)0)->sun_path) + 32];
+		char path[sizeof(buf) + 16];
+		const char *pf = socket_path(buf, sizeof(buf));
+		size_t n = strlen(pf);
+		if (n > 5 && strcmp(pf + n - 5, ".sock") == 0)
+			snprintf(path, sizeof(path), "%.*s.sockpol", (int)(n - 5), pf);
+		else
+			snprintf(path, sizeof(path), "%s.sockpol", pf);
+		struct sockaddr_un sun;
+		memset(&sun, 0, sizeof(sun));
+		sun.sun_family = AF_UNIX;
+		if (strlen(path) >= sizeof(sun.sun_path))
+			return -1;
+		strcpy(sun.sun_path, path);
+		conn = real_socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+		if (conn < 0)
+			return -1;
+		if (connect(conn, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+			real_close(conn);
+			return -1;
+		}
+		st->policy_conn = conn + 1;
+	}
+
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+	int proto = 0;
+	socklen_t plen = sizeof(proto);
+	if (getsockname(fd, (struct sockaddr *)&ss, &sslen) < 0)
+		return errno;
+	if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &proto, &plen) < 0)
+		return errno;
+	unsigned char msg[24 + 4096];
+	if (len > 4096)
+		return EINVAL;
+	memset(msg, 0, 24);
+	msg[0] = 1;
+	msg[1] = (unsigned char)ss.ss_family;
+	msg[2] = (unsigned char)proto;
+	if (ss.ss_family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		memcpy(msg + 4, &in->sin_port, 2);
+		memcpy(msg + 8, &in->sin_addr, 4);
+	} else if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		memcpy(msg + 4, &in6->sin6_port, 2);
+		memcpy(msg + 8, &in6->sin6_addr, 16);
+	} else {
+		return EAFNOSUPPORT;
+	}
+	memcpy(msg + 24, value, len);
+	if (real_send(conn, msg, 24 + (size_t)len, MSG_NOSIGNAL) < 0)
+		return errno;
+	struct pollfd pfd = { .fd = conn, .events = POLLIN };
+	if (poll(&pfd, 1, (int)wait_budget_ms()) <= 0)
+		return ETIMEDOUT;
+	int32_t answer = 0;
+	ssize_t got = real_recv(conn, &answer, sizeof(answer), 0);
+	if (got != (ssize_t)sizeof(answer))
+		return got < 0 ? errno : ECONNRESET;
+	return answer;
+}
+
 int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
 {
-	int rc = real_setsockopt(fd, level, name, value, len);
 	int ipsec = (level == IPPROTO_IP && name == IP_IPSEC_POLICY) ||
 		    (level == IPPROTO_IPV6 && name == IPV6_IPSEC_POLICY);
+	if (ipsec && value != NULL) {
+		int saved = errno;
+		int err = policy_to_pfkeyd(fd, value, len);
+		if (err == 0) {
+			errno = saved;
+			return 0;
+		}
+		if (err > 0) {
+			errno = err;
+			return -1;
+		}
+		errno = saved;
+	}
+	int rc = real_setsockopt(fd, level, name, value, len);
 	if (rc < 0 && ipsec)
-		return 0; /* no kernel IPsec here: pfkeyd's policies stand in for it */
+		return 0; /* no kernel IPsec and no data plane: nothing applies policies */
 	return rc;
 }

@@ -28,6 +28,7 @@ from pfkeyd.wire import (
     SaType,
     encode,
 )
+from pfkeyd.wire.framing import promisc_unwrap
 from tests.server.peers import Daemon, FakeEngine, add_msg, addr, has_keys, start_daemon
 
 LINUX, FREEBSD = Dialect.LINUX, Dialect.FREEBSD
@@ -333,10 +334,10 @@ def test_open_without_any_socket_path_says_so(monkeypatch: pytest.MonkeyPatch) -
 def test_unwrap_recognises_only_a_whole_promisc_wrapper() -> None:
     inner = encode(Message(MsgType.FLUSH, 0, 1, 2), LINUX)
     head = struct.pack("=BBBBHHII", 2, MsgType.X_PROMISC, 0, 0, (16 + len(inner)) // 8, 0, 0, 0)
-    assert pfkeyd.client._unwrap_promisc(head + inner) == inner
-    assert pfkeyd.client._unwrap_promisc(inner) is None
-    assert pfkeyd.client._unwrap_promisc(head + inner[:4] + struct.pack("=H", 3) + inner[6:]) is None
-    assert pfkeyd.client._unwrap_promisc(head[:4] + struct.pack("=H", 5) + head[6:] + inner) is None
+    assert promisc_unwrap(head + inner) == inner
+    assert promisc_unwrap(inner) is None
+    assert promisc_unwrap(head + inner[:4] + struct.pack("=H", 3) + inner[6:]) is None
+    assert promisc_unwrap(head[:4] + struct.pack("=H", 5) + head[6:] + inner) is None
 
 
 @DIALECTS

@@ -20,7 +20,6 @@ from pfkeyd.effects import Dump, Effect, Error, Instant, Send, SendEncoded
 from pfkeyd.engine import KeyEngine
 from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
-from pfkeyd.server import promisc_wrap
 from pfkeyd.wire import (
     Address,
     AuthAlg,
@@ -47,6 +46,7 @@ from pfkeyd.wire import (
     encode,
     error_reply,
 )
+from pfkeyd.wire.framing import promisc_wrap
 from pfkeyd.wire.message import HEADER
 from tests.engine.conftest import DIALECT_OF, FB, FB2, LX, LX2, at
 from tests.wire.vectors import VECTORS

@@ -40,8 +40,9 @@ from pfkeyd.wire import (
     decode,
     encode,
 )
+from pfkeyd.wire.framing import MAX_DATAGRAM
 
-RECV_SIZE = 0xFFFF * 8
+RECV_SIZE = MAX_DATAGRAM
 WALL = 1_700_000_000
 ENC_KEY = bytes(range(16))
 AUTH_KEY = bytes(range(100, 132))

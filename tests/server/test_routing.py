@@ -11,8 +11,8 @@ import trio
 
 from pfkeyd.effects import ClientId, Dump, DumpRender, Effect, Error, Instant, Send
 from pfkeyd.errors import EncodeError
-from pfkeyd.server import promisc_wrap
 from pfkeyd.wire import Alg, AuthAlg, Dialect, ExtType, Message, MsgType, Sa, SaType, Supported, encode
+from pfkeyd.wire.framing import promisc_wrap
 from tests.server.peers import WALL, FakeEngine, add_msg, addr, has_keys, raw_has_key, start_daemon
 
 LINUX, FREEBSD = Dialect.LINUX, Dialect.FREEBSD

@@ -1,4 +1,4 @@
-"""Helpers that read ``man/setkey.8`` for the tests.
+"""Helpers that read ``pfkeyd/man/setkey.8`` for the tests.
 
 The manual page is mdoc source; these helpers understand the few macros its
 SYNOPSIS, option list and ALGORITHMS table use, which is enough to compare them
@@ -14,9 +14,10 @@ from pathlib import Path
 from pfkeyd import algorithms
 from pfkeyd.algorithms import Algorithm, KeyForm, Kind
 from pfkeyd.wire import Dialect
+from setkey import keylen
 
 ROOT = Path(__file__).resolve().parents[2]
-MANPAGE = ROOT / "man" / "setkey.8"
+MANPAGE = ROOT / "pfkeyd" / "man" / "setkey.8"
 
 #: The setkey flag that introduces each kind of algorithm.
 FLAG = {Kind.ENCRYPT: "E", Kind.AUTH: "A", Kind.COMPRESS: "C"}
@@ -162,7 +163,7 @@ def key_text(alg: Algorithm, name: str, dialect: Dialect) -> str:
         return NOT_ACCEPTED
     if support.keys is None:
         return NOT_SUPPORTED
-    bits = algorithms.setkey_bits(alg, dialect, form=spelling.key)
+    bits = keylen.accepted_bits(alg, dialect, form=spelling.key)
     if bits is None:
         return NOT_SUPPORTED
     if spelling.key is KeyForm.NONE:

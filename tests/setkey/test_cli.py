@@ -17,8 +17,8 @@ import pytest
 
 from pfkeyd.defaults import default_socket_path
 from pfkeyd.wire import Address, Dialect, ExtType, Key, Lifetime, Message, MsgType, Sa, Sa2, SaType, encode
-from setkey import cli
-from setkey.cli import StatementSplitter, UsageError, accepted_options, parse_args, split_messages
+from pfkeyd.wire.framing import split_messages
+from setkey.cli import StatementSplitter, UsageError, accepted_options, modes, parse_args
 from setkey.usage import EX_USAGE, USAGE
 from tests.setkey import manpage
 from tests.setkey.clihelp import NOW, WALL, Result, run
@@ -221,7 +221,7 @@ def test_an_unexpected_exception_is_one_line_not_a_traceback(monkeypatch: pytest
     def boom(*args: object, **kwargs: object) -> object:
         raise RuntimeError("wires crossed")
 
-    monkeypatch.setattr(cli, "parse", boom)
+    monkeypatch.setattr(modes, "parse", boom)
     r = run(["-n", "-e", "flush;"])
     assert (r.status, r.err) == (1, "setkey: internal error: RuntimeError: wires crossed\n")
 

@@ -1,4 +1,4 @@
-"""Golden tests of setkey's dump output (setkey/dump.py).
+"""Golden tests of setkey's dump output (the setkey.dump package).
 
 The golden files under ``golden/`` were written by hand from the examples SA-1 to
 SA-4 and SP-1 to SP-4 of the setkey reference digest (§4.2, §4.3), with concrete
@@ -591,6 +591,10 @@ def test_promiscuous_blocks() -> None:
     assert block == "10:15:02.000042 \n" + golden("kdebug-sp-1.freebsd.txt") + "\n"
     # setkey's own X_PROMISC echo prints the time stamp only
     assert dump.promisc_block(wrapper, "freebsd", sec=MAR5, usec=42, raw_time=True) == f"{MAR5}.000042 \n"
+    # a wrapper that frames no whole message is printed as it arrived
+    odd = wrapper[:4] + (3).to_bytes(2, "little") + wrapper[6:] + bytes(8)
+    block = dump.promisc_block(odd, "freebsd", sec=MAR5, usec=42)
+    assert block.startswith("10:15:02.000042 \nsadb_msg{ version=2 type=11(X_PROMISC) ")
     block = dump.promisc_block(capture("linux-setkey-spdadd.hex"), "linux", sec=MAR5, usec=7,
                                utcoffset=3600, with_hex=True)
     assert block == ("11:15:02.000007 \n" + golden("hexdump-spdadd.txt") + golden("kdebug-spdadd.linux.txt")

@@ -1,4 +1,4 @@
-"""man/setkey.8 agrees with the program: its SYNOPSIS is setkey.usage.USAGE, its
+"""pfkeyd/man/setkey.8 agrees with the program: its SYNOPSIS is setkey.usage.USAGE, its
 option list matches the SYNOPSIS, its ALGORITHMS table is pfkeyd.algorithms.
 
 Once the CLI exists, the option check against it is one line:

@@ -1,0 +1,333 @@
+"""The data plane's throughput and latency, beside the bare veth and a limit loop, in one run.
+
+    sudo .venv/bin/python bench/dataplane.py [--seconds S] [--profile]
+
+Two network namespaces joined by a veth (tests/netns.py: 192.0.2.1 and 192.0.2.2),
+each with a host address behind it (10.1.0.1, 10.2.0.1).  Measured, in order:
+
+1. **bare veth**: a TCP stream 192.0.2.1 -> 192.0.2.2 for S seconds (Mbit/s), and
+   the median RTT of 200 ICMP echoes;
+2. **limit loop**: in host A, one process reads what a UDP blast to 10.2.0.1 (1400
+   bytes a datagram) routes into a TUN, seals each packet with a bare
+   ``AESGCM.encrypt`` (no ESP framing) and sends it on a raw socket of protocol 50
+   to 192.0.2.2, in bursts as the data plane does: packets per second;
+3. **forwarder floor**: two processes forwarding TUN <-> raw protocol 50 with an
+   outer header and nothing else (no crypto, no SPD), on the data plane's I/O
+   classes: the median RTT of 200 echoes through them, the floor of any trio
+   data plane;
+4. **tunnel**: ``pfkeyd --dataplane`` in both namespaces, keyed by ``setkey -f``
+   with an ESP tunnel 10.1.0.0/24 <-> 10.2.0.0/24 over the veth, AES-GCM-128
+   (RFC 4106, manual keys): the same UDP blast (packets per second host A's
+   daemon sends, from its counters; host B's daemon is stopped meanwhile, so that
+   both loops work under the same conditions), then a TCP stream 10.1.0.1 -> 10.2.0.1 for S
+   seconds (Mbit/s, content hashed at the receiver), and the median RTT of 200
+   echoes through the tunnel.
+
+Both loops share two cores with the blaster (and, on a shared machine, with
+whatever else runs), so besides packets per second of wall-clock time each is
+also given per CPU-second of its own process (user + system time, from
+/proc/<pid>/stat and ``time.process_time``): what one core would carry.
+
+Targets (issue 13): tunnel packet rate >= 0.5 of the limit loop's; tunnel TCP >=
+5% of the bare veth's; tunnel median RTT <= bare + 0.3 ms.  With ``--profile``,
+host A's daemon runs under cProfile during the TCP stream and the top functions
+by own time are printed (where the time goes; cProfile slows everything down).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pyroute2 import IPRoute  # noqa: E402
+
+from tests.netns import Namespace, Pair, pair, skip_reason  # noqa: E402
+
+INNER = ("10.1.0.1", "10.2.0.1")
+KEY_AB = "0x" + "5a" * 16 + "01020304"
+KEY_BA = "0x" + "a5" * 16 + "05060708"
+
+CHILD = r'''
+import hashlib, os, socket, struct, sys, time
+mode = sys.argv[1]
+if mode == "sink":  # TCP: accept one stream, print bytes and seconds
+    ls = socket.socket(); ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind((sys.argv[2], 5201)); ls.listen(1); print("ready", flush=True)
+    c, _ = ls.accept(); n = 0; t0 = None
+    while chunk := c.recv(1 << 18):
+        t0 = t0 or time.perf_counter(); n += len(chunk)
+    print(n, time.perf_counter() - t0, flush=True)
+elif mode == "stream":  # TCP: send for S seconds
+    s = socket.create_connection((sys.argv[3], 5201), source_address=(sys.argv[2], 0), timeout=10)
+    buf = os.urandom(1 << 16); end = time.perf_counter() + float(sys.argv[4])
+    while time.perf_counter() < end:
+        s.sendall(buf)
+    s.close()
+elif mode == "blast":  # UDP: 1400-byte datagrams for S seconds
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind((sys.argv[2], 0)); s.setblocking(False)
+    buf = os.urandom(1372); end = time.perf_counter() + float(sys.argv[4]); n = 0
+    while time.perf_counter() < end:
+        for _ in range(64):
+            try:
+                s.sendto(buf, (sys.argv[3], 9)); n += 1
+            except (BlockingIOError, OSError):
+                pass
+    print(n, flush=True)
+elif mode == "ping":  # ICMP echo: print the median RTT in ms of N echoes
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); s.bind((sys.argv[2], 0)); s.settimeout(2)
+    def ck(b):
+        t = sum(struct.unpack("!%dH" % (len(b) // 2), b)); t = (t & 0xffff) + (t >> 16); return ~(t + (t >> 16)) & 0xffff
+    rtts = []
+    for seq in range(1, int(sys.argv[4]) + 1):
+        body = struct.pack("!HH", 9, seq) + bytes(56)
+        t0 = time.perf_counter()
+        s.sendto(struct.pack("!BBH", 8, 0, ck(b"\x08\x00\x00\x00" + body)) + body, (sys.argv[3], 0))
+        while True:
+            d = s.recv(2048)[20:]
+            if d[0] == 0 and struct.unpack("!HH", d[4:8]) == (9, seq):
+                rtts.append((time.perf_counter() - t0) * 1000); break
+        time.sleep(0.002)
+    rtts.sort(); print(rtts[len(rtts) // 2], flush=True)
+'''
+
+LIMIT_LOOP = r'''
+import os, socket, sys, time
+import trio
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pyroute2 import IPRoute
+from pfkeyd.dataplane.io import RawSender, TunDevice
+tun = TunDevice.open("lim0")
+with IPRoute() as ipr:
+    i = ipr.link_lookup(ifname="lim0")[0]
+    ipr.link("set", index=i, mtu=1400, state="up")
+    ipr.route("add", dst="10.2.0.0", dst_len=24, oif=i)
+tx = RawSender(socket.AF_INET, 0x5050)
+aead = AESGCM(bytes(16)); salt = bytes(4)
+src, dst = socket.inet_aton("192.0.2.1"), socket.inet_aton("192.0.2.2")
+def hdr(n):
+    return bytes((0x45, 0)) + n.to_bytes(2, "big") + bytes(4) + bytes((64, 50, 0, 0)) + src + dst
+count = 0
+async def main():
+    global count
+    print("ready", flush=True)
+    with trio.move_on_after(float(sys.argv[1]) + 3):
+        iv = 0
+        while True:
+            for dg in await tun.receive_batch():
+                iv += 1
+                ct = aead.encrypt(salt + iv.to_bytes(8, "big"), dg, b"12345678")
+                await tx.send(hdr(20 + len(ct)) + ct)
+                count += 1
+cpu0 = time.process_time()
+trio.run(main)
+print(count, time.process_time() - cpu0, flush=True)
+'''
+
+
+#: A forwarder with nothing in it: TUN -> outer IPv4 header -> raw socket and back, no
+#: crypto, no SPD, on the data plane's own I/O classes (the floor for the RTT).
+FORWARDER = r'''
+import socket, struct, sys, trio
+from pyroute2 import IPRoute
+from pfkeyd.dataplane.io import RawSender, RawReceiver, TunDevice
+me, peer, remote = sys.argv[1], sys.argv[2], sys.argv[3]
+tun = TunDevice.open("fl0")
+with IPRoute() as ipr:
+    i = ipr.link_lookup(ifname="fl0")[0]
+    ipr.link("set", index=i, mtu=1400, state="up")
+    ipr.route("add", dst=remote, dst_len=24, oif=i)
+open("/proc/sys/net/ipv4/conf/fl0/rp_filter", "w").write("0")
+tx = RawSender(socket.AF_INET, 0x5050); rx = RawReceiver(socket.AF_INET, 50)
+src, dst = socket.inet_aton(me), socket.inet_aton(peer)
+async def out():
+    while True:
+        for dg in await tun.receive_batch():
+            await tx.send(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(dg), 0, 0, 64, 50, 0, src, dst) + dg)
+async def inn():
+    while True:
+        for dg in await rx.receive_batch():
+            await tun.send(dg[20:])
+async def main():
+    print("ready", flush=True)
+    async with trio.open_nursery() as n:
+        n.start_soon(out); n.start_soon(inn)
+trio.run(main)
+'''
+
+
+def forwarder_rtt(p: Pair) -> float:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    procs = []
+    try:
+        for ns, me, peer, remote in ((p.a, Pair.V4[0], Pair.V4[1], "10.2.0.0"), (p.b, Pair.V4[1], Pair.V4[0], "10.1.0.0")):
+            proc = subprocess.Popen(ns.argv(sys.executable, "-c", FORWARDER, me, peer, remote), stdout=subprocess.PIPE,
+                                    text=True, env=env)
+            procs.append(proc)
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        return ping(p, *INNER)
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def child(ns: Namespace, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(ns.argv(sys.executable, "-c", CHILD, *args), stdout=subprocess.PIPE, text=True)
+
+
+def tcp(p: Pair, src: str, dst: str, seconds: float) -> float:
+    sink = child(p.b, "sink", dst)
+    assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+    subprocess.run(p.a.argv(sys.executable, "-c", CHILD, "stream", src, dst, str(seconds)), check=True, timeout=60)
+    out, _ = sink.communicate(timeout=60)
+    n, dt = out.split()
+    return int(n) * 8 / float(dt) / 1e6
+
+
+def ping(p: Pair, src: str, dst: str, count: int = 200) -> float:
+    r = subprocess.run(p.a.argv(sys.executable, "-c", CHILD, "ping", src, dst, str(count)), check=True,
+                       capture_output=True, text=True, timeout=60)
+    return float(r.stdout)
+
+
+def blast(p: Pair, seconds: float) -> int:
+    r = subprocess.run(p.a.argv(sys.executable, "-c", CHILD, "blast", INNER[0], INNER[1], str(seconds)), check=True,
+                       capture_output=True, text=True, timeout=60)
+    return int(r.stdout)
+
+
+def limit_loop(p: Pair, seconds: float) -> tuple[float, float]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    loop = subprocess.Popen(p.a.argv(sys.executable, "-c", LIMIT_LOOP, str(seconds)), stdout=subprocess.PIPE,
+                            text=True, env=env)
+    assert loop.stdout is not None and loop.stdout.readline().strip() == "ready"
+    blast(p, seconds)
+    out, _ = loop.communicate(timeout=60)
+    count, cpu = out.split()[-2:]
+    return int(count) / seconds, int(count) / float(cpu)
+
+
+def control(sock: str, *argv: str) -> str:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.settimeout(10)
+        s.connect(sock[: -len(".sock")] + ".ctl")
+        s.send(json.dumps({"argv": list(argv)}).encode())
+        return str(json.loads(s.recv(1 << 22))["out"])
+
+
+def start_daemons(p: Pair, work: str, profile: str | None) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    daemons = {}
+    for name, ns in (("a", p.a), ("b", p.b)):
+        sock = os.path.join(work, f"{name}.sock")
+        pre = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "pfkeyd"] if profile and name == "a" else \
+            [sys.executable, "-m", "pfkeyd"]
+        with open(os.path.join(work, f"{name}.log"), "wb") as log:
+            proc = subprocess.Popen(ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane"), env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log)
+        for _ in range(400):
+            if os.path.exists(sock[: -len(".sock")] + ".ctl"):
+                break
+            time.sleep(0.05)
+        me, peer = (Pair.V4[0], Pair.V4[1]) if name == "a" else (Pair.V4[1], Pair.V4[0])
+        mine, theirs = ("10.1.0.0/24", "10.2.0.0/24") if name == "a" else ("10.2.0.0/24", "10.1.0.0/24")
+        script = (f"add {Pair.V4[0]} {Pair.V4[1]} esp 0x1001 -m tunnel -E aes-gcm-16 {KEY_AB};\n"
+                  f"add {Pair.V4[1]} {Pair.V4[0]} esp 0x1002 -m tunnel -E aes-gcm-16 {KEY_BA};\n"
+                  f"spdadd {mine} {theirs} any -P out ipsec esp/tunnel/{me}-{peer}/require;\n"
+                  f"spdadd {theirs} {mine} any -P in ipsec esp/tunnel/{peer}-{me}/require;\n")
+        subprocess.run([sys.executable, "-m", "setkey", "-f", "-"], input=script, text=True, check=True,
+                       env=dict(env, PFKEY_SOCKET=sock))
+        daemons[name] = (proc, sock)
+    return daemons
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system time of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def sent(sock: str) -> int:
+    st = json.loads(control(sock, "stats", "--json"))
+    return int(st["dataplane"]["io"].get("raw4.send", 0))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    reason = skip_reason()
+    if reason:
+        print(f"bench/dataplane.py: {reason}", file=sys.stderr)
+        return 1
+    s = args.seconds
+    work = tempfile.mkdtemp(prefix="pfkeyd-bench-")
+    try:
+        with pair() as p:
+            for ns, addr in ((p.a, INNER[0]), (p.b, INNER[1])):
+                with ns.inside(), IPRoute() as ipr:
+                    ipr.addr("add", index=ipr.link_lookup(ifname="lo")[0], address=addr, prefixlen=32)
+            bare_tcp = tcp(p, *Pair.V4, s)
+            bare_rtt = ping(p, *Pair.V4)
+            limit, limit_per_cpu = limit_loop(p, s)
+            floor_rtt = forwarder_rtt(p)
+            prof = os.path.join(work, "a.prof") if args.profile else None
+            daemons = start_daemons(p, work, prof)
+            try:
+                ping(p, *INNER, count=3)  # routes in place, caches warm
+                # Host B's daemon is stopped during the blast, so that host A's works
+                # under the limit loop's conditions (B's kernel only queues or drops
+                # what arrives); the rate is what A's daemon sent.
+                before = sent(daemons["a"][1])
+                cpu0 = cpu_seconds(daemons["a"][0].pid)
+                daemons["b"][0].send_signal(signal.SIGSTOP)
+                t0 = time.perf_counter()
+                try:
+                    offered = blast(p, s)
+                finally:
+                    daemons["b"][0].send_signal(signal.SIGCONT)
+                elapsed = time.perf_counter() - t0
+                packets = sent(daemons["a"][1]) - before
+                tunnel_pps = packets / elapsed
+                tunnel_per_cpu = packets / max(cpu_seconds(daemons["a"][0].pid) - cpu0, 0.01)
+                tunnel_tcp = tcp(p, *INNER, s)
+                tunnel_rtt = ping(p, *INNER)
+            finally:
+                for proc, _ in daemons.values():
+                    proc.send_signal(signal.SIGINT if prof else signal.SIGTERM)
+                for proc, _ in daemons.values():
+                    proc.wait(30)
+    finally:
+        pass
+    print(f"bare veth TCP            {bare_tcp:10.1f} Mbit/s")
+    print(f"tunnel TCP (ESP GCM-128) {tunnel_tcp:10.1f} Mbit/s   ratio {tunnel_tcp / bare_tcp:.3f}  (target >= 0.05)")
+    print(f"limit loop               {limit:10.0f} packets/s        {limit_per_cpu:8.0f} per CPU-second")
+    print(f"tunnel, same UDP blast   {tunnel_pps:10.0f} packets/s ratio {tunnel_pps / limit:.2f}"
+          f" {tunnel_per_cpu:8.0f} per CPU-second ratio {tunnel_per_cpu / limit_per_cpu:.2f}  (target >= 0.5);"
+          f" blaster offered {offered / s:.0f}/s")
+    print(f"ping median RTT: veth {bare_rtt:.3f} ms, tunnel {tunnel_rtt:.3f} ms, +{tunnel_rtt - bare_rtt:.3f} ms"
+          f"  (target <= +0.3); two empty trio forwarders {floor_rtt:.3f} ms, +{floor_rtt - bare_rtt:.3f} ms")
+    if prof:
+        print("\nhost A's daemon, top functions by own time (cProfile; blast + TCP + ping):")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,1 +1,0 @@
-"""The lark grammars of setkey(8); installed as the package setkey.grammar."""

@@ -1,1 +1,0 @@
-"""The mdoc manual pages; installed as the package pfkeyd.man."""

@@ -1,0 +1,693 @@
+"""The data plane: pfkeyd protects real traffic (TUN in, SPD, bundle, raw sockets out; and back).
+
+Theory of operation
+-------------------
+:class:`DataPlane` joins the I/O layer of this package to the transforms of
+:mod:`pfkeyd.packet`, and reaches the daemon only through a
+:class:`~pfkeyd.dataplane.seam.Seam`.
+
+**Outbound** (``ipsec4_output``): each datagram the kernel routed into the TUN is
+parsed for its flow (addresses, protocol, ports; ICMP type and code as ports).  A
+per-socket policy of the sending socket is applied first
+(:mod:`pfkeyd.dataplane.sockpol`, FreeBSD's ``ipsec_getpolicybysock``); then the
+SPD decides, with the same lookup ``pfkeyd lookup`` shows:
+
+* no policy: ``def_policy`` (0 discard, 1 send in the clear);
+* ``discard``/``none`` policies: dropped / sent in the clear;
+* ``ipsec``: the SAs of the requests form the bundle (a request at level use without
+  an SA is skipped; with none at all the packet goes in the clear), which
+  :func:`pfkeyd.packet.bundle.protect` applies with the knobs (dfbit, ecn,
+  ah_cleartos, the protocol enables); the result goes out on the raw socket of its
+  family (ESP-in-UDP included, with its UDP header), marked so it bypasses the TUN.
+* a request at level require without an SA: the lookup sent the ACQUIRE (paced as
+  always) and the packet is **held** (see below).
+
+A decision is cached per flow until the engine's ``generation`` moves (any PF_KEY
+request, tick, knob change or expiry), except when it left a request without an SA:
+those go back to the engine on every packet, so that its ACQUIRE pacing sees them.
+
+**The hold queue.**  FreeBSD drops the packet that triggers an ACQUIRE (the
+application retransmits); Linux, with ``xfrm_larval_drop=0``, queues packets on the
+policy until the SA arrives (``XFRM_MAX_QUEUE_LEN`` 100, a timeout).  We keep a small
+bounded queue per flow (``hold_packets`` packets, default 4; at most ``hold_flows``
+flows, default 256): when the SAD changes the flows are decided again and their
+packets sent, in order, once their SAs exist; a flow not resolved in ``hold_time``
+seconds (default 5) has its packets dropped and counted (``hold.timeout``); packets
+beyond the bound are dropped and counted at once (``hold.overflow``,
+``hold.flows``).  So a ping's first echo, or a TCP SYN, gets through with no
+retransmission, while a flood towards a peer that never gets keyed costs bounded
+memory.
+
+**Inbound** (``ipsec_common_input``): ESP, AH and IPComp arrive on raw sockets (both
+families) and ESP-in-UDP on the NAT-T socket; :func:`~pfkeyd.packet.bundle.unprotect`
+finds each SA by SPI and destination (the seam), checks and advances the replay
+window, and strips tunnel headers.  The inner datagram then meets the inbound
+policy check (``ipsec_in_reject``): its inbound policy's requests at level require
+must each have been satisfied by an applied SA of their protocol (IPComp is
+always "use"), a discard policy (or def_policy 0 with no policy) drops it; a drop
+is counted as ``policy.in_reject``.  Accepted datagrams are written to the TUN,
+from which the kernel delivers or forwards them.  Cleartext that arrives on the
+outer interface never passes through the daemon (the kernel delivers it itself);
+where ``require`` must hold against such packets, a firewall rule in front of the
+protected prefixes is needed (documented in pfkeyd.8).
+
+**Lifetimes.**  The bundle counts each SA's bytes and packets into its
+:class:`~pfkeyd.packet.runtime.SaRuntime`; after every batch the differences go to
+the engine (:mod:`pfkeyd.packet.usage` through ``report_usage``), whose soft and
+hard limits send EXPIRE to the registered key managers and remove the SA.
+
+**Routes** follow the outbound ipsec policies (tunnel mode: the remote selector;
+transport mode: the peer's host route, both from the destination selector) with
+the local address inside the source selector as preferred source; they are kept
+in step when the SPD changes, and removed at exit (:mod:`.netlink`), unless
+routing is left to the user.
+
+**The one-step tunnel path.**  A bundle of one ESP tunnel SA over IPv4 with a
+combined-mode cipher (the common site-to-site case) goes through
+:mod:`pfkeyd.packet.fasttunnel`, which builds the outer header and ESP in one step
+and is proven equal to the general path by a property test; everything else takes
+:func:`~pfkeyd.packet.bundle.protect`.
+
+**enc(4)**: every plaintext packet is offered to an :class:`~.enc.EncTap` at the
+points FreeBSD's hooks see it (out: before and after encapsulation; in: before
+and after the outer header is stripped), shown according to the bpf masks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import struct
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import trio
+
+from pfkeyd.dataplane.enc import Direction as EncDirection
+from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
+from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
+from pfkeyd.dataplane.netlink import Route, Routing
+from pfkeyd.dataplane.seam import Seam
+from pfkeyd.dataplane.sockpol import SocketPolicies
+from pfkeyd.effects import Effect, Instant
+from pfkeyd.engine import Decision
+from pfkeyd.packet import bundle, fasttunnel, ip, usage
+from pfkeyd.packet.bundle import Bound, Peek
+from pfkeyd.packet.counters import Drop
+from pfkeyd.packet.ip import PacketKnobs
+from pfkeyd.packet.runtime import SaRuntime
+from pfkeyd.packet.sa import TransformSA, from_sad
+from pfkeyd.sad import SecAssoc
+from pfkeyd.spd import Flow, SecPolicy
+from pfkeyd.wire import Direction, IpProto, Level, PolicyType, SockAddr
+
+__all__ = ["DataPlane", "FlowKey", "Verdict", "parse_flow", "routes_for"]
+
+log = logging.getLogger("pfkeyd.dataplane")
+
+HOLD_PACKETS = 4
+HOLD_FLOWS = 256
+HOLD_TIME = 5.0
+#: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
+WATCH_INTERVAL = 0.02
+
+
+class RandomPool:
+    """Random bytes drawn from a buffer of ``os.urandom`` (outer IPv4 IDs: two bytes a
+    packet, where a system call each would cost more than the header)."""
+
+    __slots__ = ("_buf", "_pos")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._pos = 0
+
+    def __call__(self, n: int) -> bytes:
+        pos = self._pos
+        if pos + n > len(self._buf):
+            self._buf, pos = os.urandom(max(4096, n)), 0
+        self._pos = pos + n
+        return self._buf[pos : pos + n]
+_CACHE_MAX = 65536
+
+_TCP, _UDP, _SCTP, _ICMP, _ICMP6 = 6, 17, 132, 1, 58
+_PORTED = frozenset((_TCP, _UDP, _SCTP, 136))  # 136: UDP-Lite
+_V6_EXT = frozenset((0, 43, 60, 51))
+_IPCOMP = int(IpProto.IPCOMP)
+
+#: (src bytes, dst bytes, proto, sport, dport): a flow as the SPD sees it.
+FlowKey = tuple[bytes, bytes, int, int, int]
+
+
+def parse_flow(dg: bytes) -> FlowKey | None:
+    """The flow of a whole datagram (pure); None if it is not IPv4/IPv6.  Ports for
+    TCP/UDP/SCTP/UDP-Lite; ICMP's type and code in their place (as selectors hold
+    them); 0 for a non-first fragment."""
+    n = len(dg)
+    if n < 20:
+        return None
+    v = dg[0] >> 4
+    if v == 4:
+        ihl = (dg[0] & 0x0F) * 4
+        proto = dg[9]
+        src, dst = dg[12:16], dg[16:20]
+        off = ihl
+        first = not (int.from_bytes(dg[6:8], "big") & 0x1FFF)
+    elif v == 6 and n >= 40:
+        proto, off = dg[6], 40
+        src, dst = dg[8:24], dg[24:40]
+        first = True
+        while proto in _V6_EXT and off + 8 <= n:
+            if proto == 51:
+                nxt, elen = dg[off], (dg[off + 1] + 2) * 4
+            else:
+                nxt, elen = dg[off], (dg[off + 1] + 1) * 8
+            proto, off = nxt, off + elen
+        if proto == 44 and off + 8 <= n:  # fragment header
+            first = not (int.from_bytes(dg[off + 2 : off + 4], "big") & 0xFFF8)
+            proto, off = dg[off], off + 8
+    else:
+        return None
+    sport = dport = 0
+    if first and off + 4 <= n:
+        if proto in _PORTED:
+            sport, dport = struct.unpack_from("!HH", dg, off)
+        elif proto in (_ICMP, _ICMP6):
+            sport, dport = dg[off], dg[off + 1]
+    return src, dst, proto, sport, dport
+
+
+def flow_of(key: FlowKey) -> Flow:
+    src, dst, proto, sport, dport = key
+    return Flow(SockAddr(ipaddress.ip_address(src)), SockAddr(ipaddress.ip_address(dst)), proto, sport, dport)
+
+
+class Verdict:
+    """What to do with an outbound flow's packets."""
+
+    __slots__ = ("chain", "fast", "kind", "reason")
+
+    CLEAR = "clear"
+    DROP = "drop"
+    PROTECT = "protect"
+    HOLD = "hold"
+
+    def __init__(self, kind: str, chain: tuple[Bound, ...] = (), reason: str = "") -> None:
+        self.kind = kind
+        self.chain = chain
+        self.reason = reason
+        #: the bundle is one the one-step tunnel path takes (pfkeyd.packet.fasttunnel)
+        self.fast = kind == "protect" and fasttunnel.eligible(chain)
+
+
+def routes_for(policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
+               ) -> set[Route]:
+    """The routes into the TUN the outbound ipsec ``policies`` need (pure): the
+    destination selector, with the first local address inside the source selector as
+    the preferred source."""
+    out: set[Route] = set()
+    for sp in policies:
+        sel = sp.selector
+        net = ipaddress.ip_network(f"{sel.dst.ip}/{sel.dst_len}", strict=False)
+        srcnet = ipaddress.ip_network(f"{sel.src.ip}/{sel.src_len}", strict=False)
+        src = None
+        if srcnet.prefixlen:  # a catch-all source selector says nothing about the source
+            src = next((a for a in local if a.version == srcnet.version and a in srcnet), None)
+        out.add(Route(net, src))
+    return out
+
+
+class DataPlane:
+    """The packet path of one daemon (see the module doc).  The I/O objects are
+    opened by the caller (in the right namespace, with the privileges checked);
+    :meth:`run` drives them until cancelled and then closes them all."""
+
+    def __init__(
+        self,
+        seam: Seam,
+        *,
+        tun: TunDevice,
+        senders: dict[int, RawSender],
+        receivers: Sequence[RawReceiver] = (),
+        natt: Sequence[NattSocket] = (),
+        routing: Routing | None = None,
+        enc: EncTap | None = None,
+        socket_policies: SocketPolicies | None = None,
+        io_counters: IoCounters | None = None,
+        hold_packets: int = HOLD_PACKETS,
+        hold_flows: int = HOLD_FLOWS,
+        hold_time: float = HOLD_TIME,
+        wall_clock: Callable[[], float] = time.time,
+        local_addresses: Callable[[], Sequence[Any]] | None = None,
+        manage_routes: bool = True,
+    ) -> None:
+        self.seam = seam
+        self.tun = tun
+        self.senders = senders
+        self.receivers = tuple(receivers)
+        self.natt = tuple(natt)
+        self.routing = routing
+        self.enc = enc
+        self.socket_policies = socket_policies if socket_policies is not None else SocketPolicies()
+        self.io = io_counters if io_counters is not None else tun.counters
+        self.counters: Counter[str] = Counter()
+        self.hold_packets = hold_packets
+        self.hold_flows = hold_flows
+        self.hold_time = hold_time
+        self._wall = wall_clock
+        self._local = local_addresses
+        self.manage_routes = manage_routes
+        self._gen = -1
+        self._knobs_obj: object = None
+        self._pk = PacketKnobs()
+        self._out: dict[FlowKey, Verdict] = {}
+        self._in: dict[FlowKey, frozenset[int] | None] = {}
+        # spi -> (created, TransformSA, SaRuntime): the runtime outlives knob changes
+        self._sas: dict[int, tuple[float, Bound]] = {}
+        self._reported: usage.Reported = {}
+        self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
+        self._routes: set[Route] = set()
+        self.changed = trio.Event()
+        self._random = RandomPool()
+
+    # ------------------------------------------------------------------ state
+    def _now(self) -> Instant:
+        return Instant(trio.current_time(), int(self._wall()))
+
+    def _refresh(self) -> bool:
+        """Forget the caches when the engine's generation moved; True if it did."""
+        gen = self.seam.generation()
+        if gen == self._gen:
+            return False
+        self._gen = gen
+        self._out.clear()
+        self._in.clear()
+        knobs = self.seam.knobs
+        if knobs is not self._knobs_obj:
+            self._knobs_obj = knobs
+            self._pk = PacketKnobs.of(knobs)
+            if self.enc is not None:
+                self.enc.in_mask, self.enc.out_mask = knobs.enc_in_bpf_mask, knobs.enc_out_bpf_mask
+            for spi, (created, b) in list(self._sas.items()):
+                self._sas[spi] = (created, Bound(b.sa.with_knobs(knobs), b.state))
+        # SAs gone (deleted, expired) or replaced under the same SPI: forget them.
+        for spi, (created, _b) in list(self._sas.items()):
+            sa = self.seam.sa(spi)
+            if sa is None or sa.created != created or not sa.alive:
+                del self._sas[spi]
+        return True
+
+    def _bound(self, sa: SecAssoc) -> Bound | None:
+        hit = self._sas.get(sa.spi)
+        if hit is not None and hit[0] == sa.created:
+            return hit[1]
+        try:
+            tsa: TransformSA = from_sad(sa, self.seam.knobs)
+        except Exception as e:  # refused at ADD already; never at a packet
+            log.warning("SA spi %#x has no packet transform: %s", sa.spi, e)
+            return None
+        b = Bound(tsa, SaRuntime.for_sa(tsa.window, esn=tsa.esn, cycseq=tsa.cycseq))
+        self._sas[sa.spi] = (sa.created, b)
+        return b
+
+    # --------------------------------------------------------------- outbound
+    def _verdict(self, key: FlowKey, now: Instant) -> Verdict:
+        sock = self.socket_policies.match(key)
+        if sock is not None:
+            if sock == PolicyType.DISCARD:
+                self.counters["policy.socket_discard"] += 1
+                return Verdict(Verdict.DROP, reason="socket")
+            if sock in (PolicyType.BYPASS, PolicyType.NONE):
+                self.counters["policy.socket_bypass"] += 1
+                return Verdict(Verdict.CLEAR)
+        hit = self._out.get(key)
+        if hit is not None:
+            return hit
+        decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
+        self.seam.emit(effects)
+        verdict, cacheable = self._from_decision(decision)
+        if cacheable and len(self._out) < _CACHE_MAX:
+            self._out[key] = verdict
+        return verdict
+
+    def _from_decision(self, d: Decision) -> tuple[Verdict, bool]:
+        if d.held:
+            return Verdict(Verdict.HOLD), False
+        if d.action == "discard":
+            return Verdict(Verdict.DROP, reason="default" if d.default else "policy"), True
+        if d.action == "pass":
+            return Verdict(Verdict.CLEAR), True
+        chain: list[Bound] = []
+        complete = True
+        for o in d.requests:
+            if o.sa is None:
+                complete = False  # level use: skipped (its ACQUIRE was sent, paced)
+                continue
+            b = self._bound(o.sa)
+            if b is None:
+                return Verdict(Verdict.DROP, reason="noxform"), False
+            chain.append(b)
+        if not chain:
+            return Verdict(Verdict.CLEAR), complete
+        return Verdict(Verdict.PROTECT, tuple(chain)), complete
+
+    def _show_out(self, dg: bytes, chain: tuple[Bound, ...]) -> None:
+        enc = self.enc
+        if enc is None:
+            return
+        first = chain[0].sa
+        flags = enc_flags(encrypts=bool(first.enc_id) or first.proto == _IPCOMP, authenticates=bool(first.auth_id))
+        if enc.wants(EncDirection.OUT, Point.BEFORE):
+            enc(EncRecord(direction=EncDirection.OUT, point=Point.BEFORE, datagram=dg, spi=first.spi, flags=flags))
+        if enc.wants(EncDirection.OUT, Point.AFTER):
+            after = dg
+            if first.tunnel:
+                outer = ip.encapsulate(dg, first.src, first.dst, self._pk, 0)
+                after = outer if outer is not None else dg
+            enc(EncRecord(direction=EncDirection.OUT, point=Point.AFTER, datagram=after, spi=first.spi, flags=flags))
+
+    def outbound(self, dg: bytes, now: Instant) -> list[bytes]:
+        """Decide and transform one datagram read from the TUN: the datagrams to send
+        (none when dropped or held)."""
+        key = parse_flow(dg)
+        if key is None:
+            self.counters["out.malformed"] += 1
+            return []
+        if self._held and key in self._held:
+            # Behind the flow's held packets, so that they go out in order.
+            self._hold(key, dg, now)
+            return []
+        v = self._verdict(key, now)
+        if v.kind == Verdict.PROTECT:
+            if self.enc is not None:
+                self._show_out(dg, v.chain)
+            got = fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters,
+                                     random=self._random) if v.fast else None
+            if got is None:
+                got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
+            if isinstance(got, Drop):
+                return []
+            return [got]
+        if v.kind == Verdict.CLEAR:
+            self.counters["out.clear"] += 1
+            return [dg]
+        if v.kind == Verdict.HOLD:
+            self._hold(key, dg, now)
+            return []
+        self.counters[f"out.discard.{v.reason}"] += 1
+        return []
+
+    def _hold(self, key: FlowKey, dg: bytes, now: Instant) -> None:
+        held = self._held.get(key)
+        if held is None:
+            if len(self._held) >= self.hold_flows:
+                self.counters["hold.flows"] += 1
+                return
+            held = self._held[key] = (now.mono + self.hold_time, deque())
+        if len(held[1]) >= self.hold_packets:
+            self.counters["hold.overflow"] += 1
+            return
+        held[1].append(dg)
+        self.counters["hold.queued"] += 1
+
+    def release_held(self, now: Instant) -> list[bytes]:
+        """Decide the held flows again: the packets of those whose SAs now exist,
+        protected, in order; timed-out flows are dropped and counted."""
+        out: list[bytes] = []
+        for key, (deadline, packets) in list(self._held.items()):
+            decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
+            self.seam.emit(effects)
+            v, _ = self._from_decision(decision)
+            if v.kind == Verdict.HOLD:
+                if now.mono >= deadline:
+                    del self._held[key]
+                    self.counters["hold.timeout"] += len(packets)
+                continue
+            del self._held[key]
+            for dg in packets:
+                if v.kind == Verdict.PROTECT:
+                    if self.enc is not None:
+                        self._show_out(dg, v.chain)
+                    got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
+                    if not isinstance(got, Drop):
+                        out.append(got)
+                        self.counters["hold.sent"] += 1
+                elif v.kind == Verdict.CLEAR:
+                    out.append(dg)
+                    self.counters["hold.sent"] += 1
+                else:
+                    self.counters["hold.dropped"] += 1
+        return out
+
+    def expire_held(self, now: Instant) -> None:
+        for key, (deadline, packets) in list(self._held.items()):
+            if now.mono >= deadline:
+                del self._held[key]
+                self.counters["hold.timeout"] += len(packets)
+
+    # ---------------------------------------------------------------- inbound
+    def _lookup(self, peek: Peek) -> Bound | None:
+        if peek.spi == 0:
+            sa = self.seam.sa_between(_IPCOMP, SockAddr(ipaddress.ip_address(peek.src)),
+                                      SockAddr(ipaddress.ip_address(peek.dst)))
+        else:
+            sa = self.seam.sa(peek.spi)
+            if sa is None or sa.index.proto != peek.proto or sa.index.dst.ip.packed != peek.dst:
+                return None
+        if sa is None or not sa.alive:
+            return None
+        return self._bound(sa)
+
+    def _required(self, key: FlowKey, now: Instant) -> frozenset[int] | None:
+        """The protocols an inbound flow's policy requires; None when it is discarded."""
+        if key in self._in:
+            return self._in[key]
+        decision, _ = self.seam.decide(Direction.INBOUND, flow_of(key), now)
+        sp = decision.policy
+        need: frozenset[int] | None
+        if sp is None:
+            need = None if self.seam.knobs.def_policy == 0 else frozenset()
+        elif sp.type == PolicyType.DISCARD:
+            need = None
+        elif sp.type != PolicyType.IPSEC:
+            need = frozenset()
+        else:
+            need = frozenset(o.request.proto for o in decision.requests
+                             if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP)
+        if len(self._in) < _CACHE_MAX:
+            self._in[key] = need
+        return need
+
+    def accept(self, got: bundle.Accepted | Drop, received: bytes, now: Instant) -> bytes | None:
+        """The inbound policy check on what the bundle returned: the datagram for the
+        TUN, or None (dropped, counted)."""
+        if isinstance(got, Drop):
+            return None
+        inner = got.datagram
+        key = parse_flow(inner)
+        if key is None:
+            self.counters["in.malformed"] += 1
+            return None
+        need = self._required(key, now)
+        have = {b.sa.proto for b in got.applied}
+        if need is None or not need <= have:
+            self.counters["policy.in_reject"] += 1
+            return None
+        if not got.applied:
+            # Nothing of ours in it (plain IP-in-IP no IPComp SA took): not for us.
+            self.counters["in.notours"] += 1
+            return None
+        if self.enc is not None:
+            first = got.applied[0].sa
+            flags = enc_flags(encrypts=bool(first.enc_id) or first.proto == _IPCOMP,
+                              authenticates=bool(first.auth_id))
+            if self.enc.wants(EncDirection.IN, Point.BEFORE):
+                before = inner
+                if any(b.sa.tunnel for b in got.applied) and len(received) >= 20:
+                    sp = ip.split(received, inbound=True)
+                    if sp is not None:
+                        outer = ip.encapsulate(inner, sp.src, sp.dst, self._pk, 0)
+                        before = outer if outer is not None else inner
+                self.enc(EncRecord(direction=EncDirection.IN, point=Point.BEFORE, datagram=before, spi=first.spi,
+                                   flags=flags))
+            if self.enc.wants(EncDirection.IN, Point.AFTER):
+                self.enc(EncRecord(direction=EncDirection.IN, point=Point.AFTER, datagram=inner, spi=first.spi,
+                                   flags=flags))
+        return inner
+
+    def inbound(self, dg: bytes, now: Instant) -> bytes | None:
+        got = bundle.unprotect(dg, self._lookup, self._pk, self.seam.packet_counters)
+        return self.accept(got, dg, now)
+
+    def inbound_udp(self, dg: bytes, now: Instant) -> bytes | None:
+        got = bundle.unprotect_udp(dg, self._lookup, self._pk, self.seam.packet_counters)
+        return self.accept(got, dg, now)
+
+    # ------------------------------------------------------------------ usage
+    def report(self, now: Instant) -> None:
+        """Hand the SAs' traffic since the last report to the engine (lifetimes)."""
+        live = ((spi, b.state) for spi, (_c, b) in self._sas.items())
+        reports, self._reported = usage.pending(live, self._reported)
+        effects: list[Effect] = []
+        for r in reports:
+            effects += self.seam.report_usage(r.spi, r.nbytes, r.packets, now, replay_seq=r.replay_seq)
+        self.seam.emit(effects)
+
+    # ----------------------------------------------------------------- routes
+    def sync_routes(self) -> None:
+        if self.routing is None or not self.manage_routes:
+            return
+        local = list(self._local()) if self._local is not None else []
+        want = routes_for(self.seam.outbound_policies(), local)
+        for r in self._routes - want:
+            try:
+                self.routing.remove_route(r)
+            except OSError as e:
+                self.counters["route.error"] += 1
+                log.warning("removing route %s: %s", r.network, e)
+        for r in want - self._routes:
+            try:
+                self.routing.add_route(r)
+            except OSError as e:
+                self.counters["route.error"] += 1
+                log.warning("adding route %s: %s", r.network, e)
+                want.discard(r)
+        self._routes = want
+
+    # --------------------------------------------------------------- the shell
+    async def _send(self, datagrams: Iterable[bytes]) -> None:
+        for out in datagrams:
+            sender = self.senders.get(socket.AF_INET if out[0] >> 4 == 4 else socket.AF_INET6)
+            if sender is None:
+                self.counters["out.nofamily"] += 1
+                continue
+            await sender.send(out)
+
+    async def _outbound_loop(self) -> None:
+        while True:
+            batch = await self.tun.receive_batch()
+            self._refresh()
+            now = self._now()
+            out: list[bytes] = []
+            for dg in batch:
+                out += self.outbound(dg, now)
+            await self._send(out)
+            self.report(now)
+
+    async def _raw_loop(self, rx: RawReceiver) -> None:
+        while True:
+            batch = await rx.receive_batch()
+            self._refresh()
+            now = self._now()
+            for dg in batch:
+                inner = self.inbound(dg, now)
+                if inner is not None:
+                    await self.tun.send(inner)
+            self.report(now)
+
+    async def _natt_loop(self, sock: NattSocket) -> None:
+        while True:
+            batch = await sock.receive_batch()
+            self._refresh()
+            now = self._now()
+            for d in batch:
+                if d.kind is not UdpKind.ESP:
+                    continue
+                inner = self.inbound_udp(d.whole(), now)
+                if inner is not None:
+                    await self.tun.send(inner)
+            self.report(now)
+
+    async def _watch(self) -> None:
+        while True:
+            if self._refresh():
+                self.sync_routes()
+                if self._held:
+                    await self._send(self.release_held(self._now()))
+                self.changed.set()
+                self.changed = trio.Event()
+            if self._held:
+                self.expire_held(self._now())
+            if self.enc is not None and self.enc.pcap is not None:
+                self.enc.pcap.flush()  # a reader of the file sees packets within a tick
+            await trio.sleep(WATCH_INTERVAL)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run every loop until cancelled; then remove the routes, rules and
+        interfaces and close every socket (also after an error)."""
+        try:
+            self._refresh()
+            self.sync_routes()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._outbound_loop)
+                for rx in self.receivers:
+                    nursery.start_soon(self._raw_loop, rx)
+                for ns in self.natt:
+                    nursery.start_soon(self._natt_loop, ns)
+                nursery.start_soon(self._watch)
+                task_status.started()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close everything (idempotent): routes, rules, TUN, sockets, enc0, pcap."""
+        if self.routing is not None:
+            try:
+                self.routing.close()
+            except OSError as e:
+                log.warning("removing the data plane's routes: %s", e)
+            self.routing = None
+        self._routes = set()
+        closing: list[RawReceiver | NattSocket | RawSender] = [*self.receivers, *self.natt, *self.senders.values()]
+        for obj in closing:
+            obj.close()
+        self.receivers, self.natt, self.senders = (), (), {}
+        self.tun.close()
+        if self.enc is not None:
+            if self.enc.interface is not None:
+                self.enc.interface.close()
+            if self.enc.pcap is not None:
+                self.enc.pcap.close()
+            self.enc = None
+
+    # ------------------------------------------------------------- statistics
+    def statistics(self) -> dict[str, Any]:
+        """Everything the data plane counts, as plain data (``pfkeyd stats --json``)."""
+        sas = []
+        for spi, (_c, b) in sorted(self._sas.items()):
+            st = b.state
+            sas.append({
+                "spi": spi, "proto": {50: "esp", 51: "ah", 108: "ipcomp"}.get(b.sa.proto, str(b.sa.proto)),
+                "mode": "tunnel" if b.sa.tunnel else "transport",
+                "src": str(ipaddress.ip_address(b.sa.src)), "dst": str(ipaddress.ip_address(b.sa.dst)),
+                "bytes": st.bytes, "packets": st.packets, "seq": st.seq,
+                "replay": st.replay.count if st.replay is not None else 0,
+            })
+        return {
+            "interface": self.tun.name,
+            "counters": dict(sorted(self.counters.items())),
+            "io": dict(sorted(self.io.snapshot().items())),
+            "held_flows": len(self._held),
+            "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),
+            "sas": sas,
+            "socket_policies": self.socket_policies.describe(),
+        }
+
+    def statistics_text(self) -> str:
+        st = self.statistics()
+        lines = [f"dataplane ({st['interface']}):"]
+        lines += [f"\t{n} {k}" for k, n in st["counters"].items()]
+        lines += [f"\t{n} {k}" for k, n in st["io"].items()]
+        lines.append(f"\t{st['held_flows']} held flows")
+        for r in st["routes"]:
+            lines.append(f"\troute {r}")
+        for sa in st["sas"]:
+            lines.append(f"\tsa {sa['proto']} spi {sa['spi']:#010x} {sa['mode']} {sa['src']}->{sa['dst']}:"
+                         f" {sa['bytes']} bytes {sa['packets']} packets")
+        for p in st["socket_policies"]:
+            lines.append(f"\tsocket policy {p}")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""The lark grammars of setkey(8); the package setkey.grammar."""
