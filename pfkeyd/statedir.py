@@ -51,6 +51,8 @@ log = logging.getLogger("pfkeyd.state")
 #: A journal is compacted into a snapshot once it is larger than this and than the
 #: last snapshot.
 COMPACT_MIN = 64 * 1024 * 1024
+#: How often changes that no reply waits for are written (seconds).
+FLUSH_INTERVAL = 1.0
 #: Syncs under way at once.
 SYNCS_IN_FLIGHT = 2
 #: Zero bytes reserved at a time past a journal's last record.
@@ -397,7 +399,12 @@ class Durable:
             try:
                 while True:
                     while not self._pending:
-                        await self._work.park()
+                        with trio.move_on_after(FLUSH_INTERVAL):
+                            await self._work.park()
+                        # Changes with nothing to send (the usage the data plane
+                        # reports) wait for no step: take them now and then, so
+                        # that the change log stays short.
+                        self.capture()
                     # Let the readers handle what has already arrived, so that one
                     # sync covers the whole burst: commit once a round of the
                     # other tasks captured nothing more.

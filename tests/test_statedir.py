@@ -116,3 +116,30 @@ def same(engine: KeyEngine) -> tuple[object, ...]:
     heads = [(idx, list(h.larval), list(h.alive)) for idx, h in sad.heads.items()]
     return ({spi: replace(sa, created=0.0) for spi, sa in sad.by_spi.items()}, heads,
             [replace(p, created=0.0) for p in engine.spd.by_id.values()], engine.allocators())
+
+
+async def test_changes_no_reply_waits_for_are_written_within_a_second(tmp: str,
+                                                                      autojump_clock: trio.testing.MockClock) -> None:
+    """The data plane's usage reports change SAs without a request: the committer
+    takes them itself, so the change log stays short and they reach the disk."""
+    engine = KeyEngine(rng=random.Random(1))
+    store = StateDir(f"{tmp}/state")
+    store.open()
+    durable = Durable(store, engine)
+    durable.load(Knobs())
+    async with trio.open_nursery() as nursery:
+        await nursery.start(durable.run)
+        daemon = await start_daemon(nursery, tmp, engine, durable=durable)
+        peer = await daemon.connect(Dialect.LINUX)
+        assert (await peer.request(sa_helpers.add(SaType.ESP, 0x1000, seq=1))).errno == 0
+        assert engine.report_usage(0x1000, 1500, 3, daemon.server._now()) == []
+        assert durable.recorder.changes  # not yet written
+        await trio.sleep(1.5)
+        assert not durable.recorder.changes
+        await durable.wait(durable.appended)
+        daemon.server.stop()
+        peer.close()
+        nursery.cancel_scope.cancel()
+    store.close()
+    sa = reload(f"{tmp}/state").sad.get(0x1000)
+    assert sa is not None and (sa.bytes, sa.packets) == (1500, 3)
