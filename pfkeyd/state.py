@@ -472,15 +472,28 @@ def restore_snapshot(sad: Sad, spd: Spd, payloads: Sequence[bytes], codec: Codec
     nsa = nsp = 0
     done = False
     unsa, unsp, insert, spinsert = codec.unsa, codec.unsp, sad.insert, spd.insert
+    by_spi = sad.by_spi
+    head: Any = None
     for payload in payloads[1:]:
         if done:
             msg = f"{what}: records after its end record"
             raise StateError(msg)
         rec = marshal.loads(payload)
         if rec[0] == "sa":
+            # Table order: the SAs of a head come one after another, LARVAL first,
+            # so most go straight into the head of the SA before them.
             for t in rec[1]:
-                insert(unsa(t))
+                sa = unsa(t)
+                if head is not None and sa.index is head.index and sa.alive:
+                    head.alive[sa.spi] = sa
+                    by_spi[sa.spi] = sa
+                else:
+                    insert(sa)
+                    head = sad.heads[sa.index]
             nsa += len(rec[1])
+            if len(by_spi) != nsa:
+                msg = f"{what}: an SPI appears twice"
+                raise StateError(msg)
         elif rec[0] == "sp":
             for t in rec[1]:
                 spinsert(unsp(t))
