@@ -241,3 +241,25 @@ def test_every_field_of_an_sa_and_a_policy_round_trips() -> None:
     for pol in engine.spd.by_id.values():
         assert codec.unsp(marshal.loads(marshal.dumps(codec.sp(pol), 4))) == pol
     assert zlib.crc32(b"") == 0  # the framing's CRC is zlib's
+
+
+def test_an_sa_that_expired_while_the_daemon_was_down_goes_at_the_first_tick_with_its_hard_expire() -> None:
+    engine = fresh()
+    recorder = state.Recorder(engine, Knobs())
+    sp.send(engine, CLIENT, sa_helpers.add(SaType.ESP, 0x1000, hard_lt=sa_helpers.hard(addtime=100)), at(0))
+    sp.send(engine, CLIENT, sa_helpers.add(SaType.ESP, 0x1001, hard_lt=sa_helpers.hard(addtime=1000)), at(0))
+    rec = recorder.drain(OFFSET)
+    assert rec is not None
+    # Restarted 500 s of wall clock later, in a process whose monotonic clock reads 7.
+    later = sa_helpers.make_engine(clients=(CLIENT,))
+    sp.send(later, CLIENT, sa_helpers.register(SaType.ESP), Instant(7.0, int(OFFSET) + 500))
+    state.apply_ops(later.sad, later.spd, state.scan(rec, 0).payloads[0], state.Codec(OFFSET + 500 - 7))
+    later.resume(engine.allocators())
+    assert later.next_deadline() is not None and later.next_deadline() <= 7.0  # due at once
+    effects = later.tick(Instant(7.0, int(OFFSET) + 500))
+    expired = [e.msg for e in effects if getattr(e, "msg", None) is not None and e.msg.type == MsgType.EXPIRE]
+    assert [m.sa.spi for m in expired if m.sa is not None] == [0x1000]
+    assert expired[0].lifetime_hard is not None and expired[0].lifetime_hard.addtime == 100
+    assert later.sad.get(0x1000) is None
+    sa = later.sad.get(0x1001)
+    assert sa is not None and later.next_deadline() == pytest.approx(7.0 + 500)  # 1000 s from the add
