@@ -466,7 +466,8 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                         from pfkeyd.metrics_http import serve_metrics
                         try:
                             await nursery.start(in_extras, partial(
-                                serve_metrics, *metrics_at, lambda: metrics.render(engine.statistics())))
+                                serve_metrics, *metrics_at, lambda: metrics.render(
+                                    engine.statistics(), plane.statistics() if plane is not None else None)))
                         except OSError as exc:
                             failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
                             server.stop()

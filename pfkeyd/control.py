@@ -104,7 +104,8 @@ _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 def _stats(engine: KeyEngine, args: Sequence[str], now: Instant, dataplane: StatsSource | None = None) -> Outcome:
     if args == ["--prometheus"]:
-        return Outcome(0, metrics.render(engine.statistics()).decode())
+        return Outcome(0, metrics.render(engine.statistics(),
+                                         dataplane.statistics() if dataplane is not None else None).decode())
     if args not in ([], ["--json"]):
         return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json | --prometheus]\n")
     st = engine.statistics()

@@ -28,14 +28,18 @@ gauges:
 ``pfkeyd_policies``                    policies in the SPD (gauge)
 =====================================  ========================================
 
-There is no per-SA metric: a SAD of a million SAs would make a scrape of a
-million series whose labels (SPIs) change at every rekey.  ``setkey -D`` shows
-each SA's counters.
+With the data plane on, its counters follow (``pfkeyd_dataplane_events_total``,
+``pfkeyd_dataplane_io_total``, ``pfkeyd_dataplane_held_flows``) and the bytes and
+packets of each SA it carries traffic on (``pfkeyd_dataplane_sa_bytes_total``,
+``..._sa_packets_total``, labels spi, proto, mode, src, dst).  The SAD itself has
+no per-SA metric: a SAD of a million SAs would make a scrape of a million series
+whose labels (SPIs) change at every rekey; ``setkey -D`` shows each SA's counters.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
@@ -61,8 +65,9 @@ def _counter(name: str, doc: str, label: str, table: Mapping[str, int]) -> Count
 class _Snapshot(Collector):
     """Yields the metric families of one snapshot."""
 
-    def __init__(self, st: Statistics) -> None:
+    def __init__(self, st: Statistics, dataplane: Mapping[str, Any] | None = None) -> None:
         self._st = st
+        self._dataplane = dataplane
 
     def collect(self) -> Iterator[Metric]:
         st = self._st
@@ -80,12 +85,31 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("pfkeyd_clients", "Connected PF_KEY clients.", value=st.clients)
         yield GaugeMetricFamily("pfkeyd_sas", "Security associations in the SAD.", value=st.sas)
         yield GaugeMetricFamily("pfkeyd_policies", "Security policies in the SPD.", value=st.policies)
+        dp = self._dataplane
+        if dp is not None:
+            yield _counter("pfkeyd_dataplane_events", "The data plane's own counters, by name.", "counter",
+                           dp.get("counters", {}))
+            yield _counter("pfkeyd_dataplane_io", "The data plane's I/O counters, by socket and errno.", "counter",
+                           dp.get("io", {}))
+            yield GaugeMetricFamily("pfkeyd_dataplane_held_flows", "Flows held back until an SA exists.",
+                                    value=dp.get("held_flows", 0))
+            labels = ["spi", "proto", "mode", "src", "dst"]
+            nbytes = CounterMetricFamily("pfkeyd_dataplane_sa_bytes", "Bytes an SA in use carried.", labels=labels)
+            packets = CounterMetricFamily("pfkeyd_dataplane_sa_packets", "Packets an SA in use carried.",
+                                          labels=labels)
+            for sa in dp.get("sas", ()):
+                values = [f"{sa['spi']:#010x}", sa["proto"], sa["mode"], sa["src"], sa["dst"]]
+                nbytes.add_metric(values, sa["bytes"])
+                packets.add_metric(values, sa["packets"])
+            yield nbytes
+            yield packets
 
 
-def render(st: Statistics) -> bytes:
-    """The exposition text (UTF-8) of one snapshot."""
+def render(st: Statistics, dataplane: Mapping[str, Any] | None = None) -> bytes:
+    """The exposition text (UTF-8) of one snapshot, and of the data plane's
+    statistics (``Plane.statistics()``) when the daemon runs one."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Snapshot(st))
+    registry.register(_Snapshot(st, dataplane))
     return generate_latest(registry)
 
 

@@ -75,6 +75,23 @@ def test_an_empty_snapshot_still_declares_every_family() -> None:
                      "pfkeyd_packets", "pfkeyd_clients", "pfkeyd_sas", "pfkeyd_policies"}
 
 
+def test_the_data_plane_statistics_become_metrics_too() -> None:
+    dataplane = {
+        "interface": "ipsec0", "counters": {"tun_in": 12, "held_dropped": 1}, "io": {"raw_esp.EAGAIN": 2},
+        "held_flows": 3, "routes": ["10.0.0.0/24"], "socket_policies": [],
+        "sas": [{"spi": 0x1000, "proto": "esp", "mode": "tunnel", "src": "192.0.2.1", "dst": "192.0.2.2",
+                 "bytes": 4200, "packets": 3, "seq": 3, "replay": 0}],
+    }
+    got = samples(metrics.render(STATS, dataplane).decode())
+    sa = (("dst", "192.0.2.2"), ("mode", "tunnel"), ("proto", "esp"), ("spi", "0x00001000"), ("src", "192.0.2.1"))
+    assert got[("pfkeyd_dataplane_events_total", (("counter", "tun_in"),))] == 12
+    assert got[("pfkeyd_dataplane_io_total", (("counter", "raw_esp.EAGAIN"),))] == 2
+    assert got[("pfkeyd_dataplane_held_flows", ())] == 3
+    assert got[("pfkeyd_dataplane_sa_bytes_total", sa)] == 4200
+    assert got[("pfkeyd_dataplane_sa_packets_total", sa)] == 3
+    assert not any(name.startswith("pfkeyd_dataplane") for name, _ in samples(metrics.render(STATS).decode()))
+
+
 # ------------------------------------------------------------------ HTTP, pure
 
 
