@@ -17,9 +17,13 @@ CONSTRAINTS = ROOT / "constraints.txt"
 
 @pytest.mark.slow
 def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
+    # Built from a copy of the sources: a build/ folder left in the checkout would let
+    # setuptools ship stale modules and hide a package missing from pyproject.toml.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__"))
     wheels = tmp_path / "wheels"
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
         check=True, cwd=tmp_path,
     )
     (wheel,) = wheels.glob("pfkeyd-*.whl")
@@ -52,6 +56,14 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     )
     assert probe.returncode == 0, probe.stderr
     location, grammars, manpages = probe.stdout.splitlines()
+    # every package of the source tree is in the wheel
+    packages = sorted(
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for top in ("pfkeyd", "setkey")
+        for init in (ROOT / top).rglob("__init__.py")
+    )
+    imported = run(str(bindir / "python"), "-c", f"import importlib; [importlib.import_module(p) for p in {packages!r}]")
+    assert imported.returncode == 0, imported.stderr
     assert str(env_dir) in location  # the installed copy, not the checkout
     shipped_grammars = sorted(p.name for p in (ROOT / "setkey" / "grammar").glob("*.lark"))
     shipped_man = sorted(p.name for p in (ROOT / "pfkeyd" / "man").iterdir() if p.suffix in (".4", ".8"))
