@@ -321,3 +321,38 @@ def test_a_state_directory_others_may_enter_or_in_use_is_refused(tmp: str) -> No
         assert "in use by another pfkeyd" in result.stderr
     finally:
         daemon.stop()
+
+
+def sysctl(sock: str, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "pfkeyd", "sysctl", "-s", sock, *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_run_time_knob_changes_survive_a_restart_over_the_config_file(tmp: str) -> None:
+    config = Path(f"{tmp}/pfkeyd.conf")
+    config.write_text("net.key.blockacq_count = 7\n")
+    daemon = Daemon(tmp, "-f", str(config))
+    try:
+        sysctl(daemon.sock, "net.key.blockacq_count=5", "net.key.spi_trycnt=9")
+    finally:
+        daemon.stop()
+    daemon = Daemon(tmp, "-f", str(config))
+    try:
+        assert sysctl(daemon.sock, "-n", "net.key.blockacq_count", "net.key.spi_trycnt") == "5\n9\n"
+        # A knob the file sets again at SIGHUP drops its run-time change; the others keep theirs.
+        config.write_text("net.key.blockacq_count = 8\n")
+        daemon.proc.send_signal(signal.SIGHUP)
+        seen = []
+        while "READY" not in seen:
+            seen = [line.split("=")[0] for line in daemon.manager.recv(4096).decode().splitlines()]
+        assert sysctl(daemon.sock, "-n", "net.key.blockacq_count") == "8\n"  # and the change is recorded
+    finally:
+        daemon.stop()
+    config.write_text("net.key.blockacq_count = 6\n")
+    daemon = Daemon(tmp, "-f", str(config))
+    try:
+        assert sysctl(daemon.sock, "-n", "net.key.blockacq_count", "net.key.spi_trycnt") == "6\n9\n"
+    finally:
+        daemon.stop()
