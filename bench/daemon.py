@@ -16,7 +16,7 @@ machine, because these machines are noisy:
     in its own process, sent the same messages the same way.  Target: the daemon
     reaches at least half the echo rate.  The ADDs share one shape (distinct SPIs,
     addresses and keys), so after the first two the daemon's hot path answers them
-    (pfkeyd/hotpath.py); the rate with ``pfkeyd.hot_path=0``, every ADD through the
+    (pfkeyd/engine/hotpath.py); the rate with ``pfkeyd.hot_path=0``, every ADD through the
     decoder, the engine's handler and the encoder, is printed for scale.
 ``dump``
     fills the SAD with ``--count`` SAs (pipelined ADDs), measures the daemon's RSS

@@ -373,12 +373,14 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
     import trio
 
     from pfkeyd import control, metrics
+    from pfkeyd.daemon import Daemon
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
     endpoints = [Endpoint(s.path, s.dialect, s.fd, s.control_fd) for s in sockets]
     notifier = notifier or systemd.Notifier(None)
     engine = KeyEngine(knobs)
+    daemon = Daemon(engine)
     plane: Any = None
 
     def control_hook(argv: Sequence[str], now: Instant, dialect: Dialect) -> tuple[int, str, str, Sequence[Effect]]:
@@ -396,7 +398,7 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
             log.error("%s", exc)
             return 1
         durable = Durable(store, engine)
-    server = Server(engine, endpoints, group=group, allow_uids=allow, control=control_hook, durable=durable)
+    server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook, durable=durable)
     failure: list[str] = []
     restored = ""
 
@@ -481,7 +483,7 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                             if durable is not None and config is not None:
                                 with contextlib.suppress(ValueError):  # reload_config reports it
                                     durable.rebase(load_config(config, Knobs()))
-                            server.set_knobs(reload_config(config, engine.knobs))
+                            server.set_knobs(reload_config(config, daemon.knobs))
                             notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                             continue
                         log.info("%s received, stopping", signal.Signals(signum).name)

@@ -52,12 +52,14 @@ class Send:
 
 @record
 class SendEncoded:
-    """Deliver ``data``, a keyless ``msgtype`` message already encoded in the dialect
-    of every client in ``to``: the reply to ``to[0]`` (the requester), a broadcast
-    copy for the others.  The engine's hot path (:mod:`pfkeyd.hotpath`) answers
-    with it; it means what the equivalent :class:`Send` values mean."""
+    """The hot path's answer (:mod:`pfkeyd.engine.hotpath`): ``data``, a keyless
+    ``msgtype`` message already encoded in the dialect of every recipient, is the
+    reply to ``requester`` and a broadcast copy for each of ``others``.  It means
+    what a :class:`Send` with ``reply`` to the requester and one without to the
+    others would mean."""
 
-    to: tuple[ClientId, ...]
+    requester: ClientId
+    others: tuple[ClientId, ...]
     data: bytes
     msgtype: int
 

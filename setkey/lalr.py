@@ -24,7 +24,7 @@ __all__ = ["Fast", "Fail"]
 # ------------------------------------------------------------------ lark's tables
 
 # The fast driver (here, :func:`_lalr_tables`) and the error recovery
-# (:func:`setkey.parser._parse_with_recovery`) read lark's LALR tables and parser
+# (:func:`setkey.parser.parse_with_recovery`) read lark's LALR tables and parser
 # state, which lark does not document: the parse table
 # (``Lark.parser.parser.parser``), the rules' options and the inlined
 # transformer's ``base_func``; the interactive parser's state and value stacks

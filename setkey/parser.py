@@ -51,7 +51,10 @@ from setkey.errors import SetkeyError, SetkeyErrors, SetkeySyntaxError, Source
 from setkey.lalr import Fail, Fast
 from setkey.transformer import PolicyTransformer, Rejected, SetkeyTransformer
 
-__all__ = ["parse", "parse_policy", "locate", "setkey_grammar", "policy_grammar", "describe_terminal"]
+__all__ = [
+    "parse", "parse_policy", "parse_with_recovery", "locate", "setkey_grammar", "policy_grammar", "describe_terminal",
+    "fast_setkey_parser", "fast_policy_parser", "setkey_lexemes",
+]
 
 GRAMMAR_PACKAGE = "setkey.grammar"
 
@@ -194,7 +197,7 @@ class _SetkeyLexemes(NamedTuple):
 
 
 @functools.cache
-def _setkey_lexemes() -> _SetkeyLexemes:
+def setkey_lexemes() -> _SetkeyLexemes:
     """The lexeme patterns of setkey.lark (see above)."""
     lark = setkey_grammar()
     alternatives = [
@@ -220,15 +223,15 @@ def _policy_lexemes() -> re.Pattern[str]:
 
 
 @functools.cache
-def _fast_setkey() -> Fast:
-    lexemes = _setkey_lexemes()
+def fast_setkey_parser() -> Fast:
+    lexemes = setkey_lexemes()
     return Fast(setkey_grammar(), "start", lexemes.commented, "STRING", statement_end=";",
                  raw_prefix=("-P", "POLICY"), option_fallback=("AIFLAGS", lexemes.aiflags),
                  uncommented_re=lexemes.uncommented, hex_re=lexemes.hex)
 
 
 @functools.cache
-def _fast_policy() -> Fast:
+def fast_policy_parser() -> Fast:
     return Fast(policy_grammar(), "policy", _policy_lexemes(), "ADDRESS", statement_end=None,
                  locate_statements=False)
 
@@ -279,7 +282,7 @@ def locate(text: str, error: SetkeyError) -> SetkeyError:
         return error
     try:
         offset = _offset(text, error.line, error.column)
-        found = _find(text, offset, _setkey_lexemes().commented, error.hint, error.nth, "-P")
+        found = _find(text, offset, setkey_lexemes().commented, error.hint, error.nth, "-P")
     except ValueError:  # pragma: no cover - the statement's position is in the text
         found = None
     if found is None:
@@ -297,7 +300,7 @@ def _policy_relative(text: str) -> Policy | SetkeyError:
     """The policy of ``text``, or its first error with a position relative to the text."""
     try:
         try:
-            result: Policy = _fast_policy().parse(text)
+            result: Policy = fast_policy_parser().parse(text)
             return result
         except Fail:
             pass
@@ -374,7 +377,7 @@ _STATEMENT_KEYWORDS = frozenset({
 })
 
 
-def _parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
+def parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
     """lark's own lexer and parser, reporting every syntax error."""
     lark = setkey_grammar()
     terminals = {t.name: t for t in lark.terminals}
@@ -465,9 +468,9 @@ def parse(text: str, filename: str = "-") -> list[Command]:
     errors: list[SetkeyError] = []
     text = _until_exit(text)
     try:
-        items: list[Any] = _fast_setkey().parse(text)
+        items: list[Any] = fast_setkey_parser().parse(text)
     except Fail:
-        items, errors = _parse_with_recovery(text)
+        items, errors = parse_with_recovery(text)
     commands: list[Command] = []
     for item in items:
         if isinstance(item, Rejected):

@@ -14,7 +14,9 @@ import pytest
 from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import ALIASES, KNOBS, KnobError, Knobs, KnobSpec
 from pfkeyd.wire import Dialect, EncAlg, Extension, ExtType, Message, MsgType, SaType, SpiRange
+from tests.engine.conftest import at, make_engine, reply, sends
 from tests.engine.spd_helpers import (
+    ALONE,
     DIALECTS,
     FREEBSD,
     KM,
@@ -23,14 +25,10 @@ from tests.engine.spd_helpers import (
     PID,
     add_policy,
     address,
-    at,
     errno_of,
     flow,
-    make_engine,
-    register,
-    reply,
+    register_km,
     send,
-    sends,
 )
 
 # Reference §9.1 (net.inet.ipsec, net.inet6.ipsec6, the per-protocol switches).
@@ -174,7 +172,7 @@ def test_unknown_knob_raises_knob_error(name: str) -> None:
     ("pfkeyd.max_sas", "0b11"),
 ])
 def test_bad_value_raises_knob_error_and_changes_nothing(name: str, value: int | str) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     before = eng.knobs
     with pytest.raises(KnobError) as exc:
         eng.set_knob(name, value)
@@ -183,7 +181,7 @@ def test_bad_value_raises_knob_error_and_changes_nothing(name: str, value: int |
 
 
 def test_read_only_knob_raises_knob_error() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     before = eng.knobs
     with pytest.raises(KnobError) as exc:
         eng.set_knob("net.key.spdcache.maxentries", 0)
@@ -224,7 +222,7 @@ def test_a_new_knobs_value_leaves_the_old_one_alone() -> None:
 
 
 def test_def_policy_discard_takes_effect_on_the_next_lookup() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     assert eng.lookup(OUT, flow(), at(1))[0].action == "pass"
     eng.set_knob("net.inet.ipsec.def_policy", 0)
     decision, _ = eng.lookup(OUT, flow(), at(2))
@@ -241,7 +239,7 @@ def _getspi(eng: KeyEngine, dst: str, rng: SpiRange | None = None) -> Message:
 
 
 def test_spi_range_knobs_change_the_next_getspi() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.set_knob("net.key.spi_maxval", 0x5000)
     eng.set_knob("net.key.spi_minval", 0x5000)
     sa = reply(send(eng, ME, _getspi(eng, "10.0.0.2"))).sa
@@ -255,7 +253,7 @@ def test_spi_range_knobs_change_the_next_getspi() -> None:
 
 
 def test_spirange_extension_overrides_the_knobs() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.set_knob("net.key.spi_maxval", 0x5000)
     eng.set_knob("net.key.spi_minval", 0x5000)
     sa = reply(send(eng, ME, _getspi(eng, "10.0.0.2", SpiRange(0x7777, 0x7777)))).sa
@@ -264,22 +262,22 @@ def test_spirange_extension_overrides_the_knobs() -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_esp_keymin_changes_the_next_acquire_proposal(dialect: Dialect) -> None:
-    eng = make_engine({ME: FREEBSD, KM: dialect})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, KM: dialect})
+    register_km(eng, KM)
     add_policy(eng)
     eng.set_knob("net.key.esp_keymin", 128)
     _, effects = eng.lookup(OUT, flow(), at(1))
-    prop = sends(effects)[0].msg.proposal
+    prop = sends(effects, promisc=False)[0].msg.proposal
     assert prop is not None and min(c.encrypt_minbits for c in prop.combs if c.encrypt != EncAlg.NULL) <= 160
     eng.set_knob("net.key.esp_keymin", 256)
     eng.tick(at(30))  # forget the ACQUIRE record
     _, effects = eng.lookup(OUT, flow(), at(31))
-    prop = sends(effects)[0].msg.proposal
+    prop = sends(effects, promisc=False)[0].msg.proposal
     assert prop is not None and {c.encrypt_minbits for c in prop.combs} == {256}
 
 
 def test_larval_lifetime_knob_applies_to_the_next_getspi() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.set_knob("net.key.larval_lifetime", 5)
     sa = reply(send(eng, ME, _getspi(eng, "10.0.0.2"), at(0))).sa
     assert sa is not None

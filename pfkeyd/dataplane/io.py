@@ -78,6 +78,7 @@ from pfkeyd.dataplane.tun import open_tun
 from pfkeyd.record import record
 
 __all__ = [
+    "drop_name",
     "IPPROTO_AH",
     "IPPROTO_COMP",
     "IPPROTO_ESP",
@@ -155,7 +156,8 @@ class IoCounters:
         return dict(self._counts)
 
 
-def _drop_name(prefix: str, err: OSError) -> str:
+def drop_name(prefix: str, err: OSError) -> str:
+    """The counter of a send or receive that failed with ``err``: ``prefix.drop.ERRNO``."""
     return f"{prefix}.drop.{errno.errorcode.get(err.errno or 0, str(err.errno))}"
 
 
@@ -239,7 +241,7 @@ class TunDevice:
             except OSError as e:
                 if e.errno not in DROP_ERRNOS:
                     raise
-                self.counters.add(_drop_name("tun", e))
+                self.counters.add(drop_name("tun", e))
                 return False
             self.counters.add("tun.write")
             return True
@@ -410,7 +412,7 @@ class RawSender:
             except OSError as e:
                 if e.errno not in DROP_ERRNOS:
                     raise
-                self.counters.add(_drop_name(self._name, e))
+                self.counters.add(drop_name(self._name, e))
                 return False
             self.counters.add(f"{self._name}.send")
             return True
@@ -578,7 +580,7 @@ class NattSocket:
             except OSError as e:
                 if e.errno not in DROP_ERRNOS:
                     raise
-                self.counters.add(_drop_name(self._name, e))
+                self.counters.add(drop_name(self._name, e))
                 return False
             self.counters.add(f"{self._name}.send")
             return True

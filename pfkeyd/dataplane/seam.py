@@ -16,11 +16,12 @@ it needs:
   knobs may have changed, so that caches know when to forget), ``outbound_policies``
   (for the routes), ``packet_counters`` (the engine's per-protocol table that
   ``pfkeyd stats`` prints);
-* ``emit(effects)``: hand effects (ACQUIRE, EXPIRE) to the server, which delivers them
-  as it does those of a PF_KEY request.
+* ``emit(effects)``: hand effects (ACQUIRE, EXPIRE) to the server, which has the
+  daemon layer (:class:`pfkeyd.daemon.Daemon`) encode them as it encodes those of a
+  PF_KEY request, and sends what it returns.
 
-:class:`EngineSeam` implements it over :class:`pfkeyd.engine.KeyEngine`; when the
-engine is split or wrapped (a sans-I/O daemon layer), only this adapter moves.
+:class:`EngineSeam` implements it over the daemon layer's
+:class:`pfkeyd.engine.KeyEngine` and :meth:`pfkeyd.server.Server.emit`.
 """
 
 from __future__ import annotations

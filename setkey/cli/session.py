@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno as E
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from pfkeyd import algorithms as alg
 from pfkeyd.client import Connection, PfkeyReplyError, RawReply
@@ -14,8 +14,10 @@ from pfkeyd.errors import EncodeError
 from pfkeyd.wire import Dialect, Message, MsgType, PolicyScope, SaType, Supported, encode
 from setkey import keylen
 from setkey.build import build, deleteall_deletes, needs_dump
+from setkey.cli.options import Options
 from setkey.commands import Add, Command, Dump, Exit, SpdDump, Update
 from setkey.dump import (
+    DumpOptions,
     error_text,
     priority_warning,
     render_reply,
@@ -24,8 +26,28 @@ from setkey.errors import SetkeyError, SetkeyValueError, Source
 from setkey.parser import locate
 from setkey.resolve import Resolved
 
-if TYPE_CHECKING:
-    from setkey.cli.modes import Program
+
+class Host(Protocol):
+    """What a session needs of the program that runs it (:class:`setkey.cli.modes.Program`),
+    named here so that the session does not import the modes that import it."""
+
+    opts: Options
+    dialect: Dialect
+    dump_options: DumpOptions
+
+    @property
+    def tracing(self) -> bool: ...
+
+    def out(self, text: str) -> None: ...
+
+    def err(self, text: str) -> None: ...
+
+    def now(self) -> int: ...
+
+    def report(self, errors: Iterable[SetkeyError], first_line: int = 1,
+               lines: Mapping[int, str] | None = None) -> None: ...
+
+    def trace(self, sent: Message | None, received: Message | None) -> None: ...
 
 #: Requests in flight at once while a script is applied.
 WINDOW = 128
@@ -45,7 +67,7 @@ def _needs_algorithms(command: Command) -> bool:
 class Session:
     """Sends resolved statements on one connection and reports the outcome."""
 
-    def __init__(self, program: Program, conn: Connection, filename: str) -> None:
+    def __init__(self, program: Host, conn: Connection, filename: str) -> None:
         self.p = program
         self.conn = conn
         self.dialect = program.dialect

@@ -199,7 +199,7 @@ async def test_dumps_work_after_a_batch_and_around_one(daemon: Daemon, dialect: 
             async for _entry in conn.dump():
                 if seen == 0:
                     await trio.testing.wait_all_tasks_blocked()  # the read-ahead is full: reading stopped
-                    assert len(conn._dump.queue) == pfkeyd.client._DUMP_READ_AHEAD  # type: ignore[union-attr]
+                    assert len(conn._dump.queue) == pfkeyd.client.connection._DUMP_READ_AHEAD  # type: ignore[union-attr]
                     got = await conn.request_many_raw(gets, window=32)
                     assert [spi_of(r) for r in got] == [0x7000 + i for i in range(100)]
                 seen += 1

@@ -341,9 +341,9 @@ def test_destination_of() -> None:
 
 def test_errno_of_a_drop_is_in_its_counter_name() -> None:
     c = IoCounters()
-    from pfkeyd.dataplane.io import _drop_name
+    from pfkeyd.dataplane.io import drop_name
 
-    c.add(_drop_name("raw4", OSError(errno.ENOBUFS, "x")))
+    c.add(drop_name("raw4", OSError(errno.ENOBUFS, "x")))
     assert c.snapshot() == {"raw4.drop.ENOBUFS": 1}
 
 

@@ -29,19 +29,18 @@ from pfkeyd.wire import (
     Sa2,
     SaType,
 )
+from tests.engine.conftest import T0, at, make_engine
 from tests.engine.spd_helpers import (
     AH,
+    ALONE,
     IN,
     KM,
     ME,
     OUT,
     PID,
-    T0,
     TRANSPORT,
     TUNNEL,
     address,
-    at,
-    make_engine,
     request,
     send,
     spd_msg,
@@ -98,7 +97,7 @@ def add_gcm(eng: KeyEngine, spi: int, src: str, dst: str, *, mode: int = TUNNEL,
 
 def tunnel_pair(mode: int = TUNNEL) -> tuple[KeyEngine, KeyEngine]:
     """Host A and host B: an ESP tunnel 10.1.0.0/24 <-> 10.2.0.0/24 over A <-> B."""
-    ea, eb = make_engine(), make_engine()
+    ea, eb = make_engine(clients=ALONE), make_engine(clients=ALONE)
     for eng, (mine, theirs, me, peer) in ((ea, ("10.1.0.0", "10.2.0.0", A, B)), (eb, ("10.2.0.0", "10.1.0.0", B, A))):
         add_gcm(eng, 0x1001, A, B)
         add_gcm(eng, 0x1002, B, A)
@@ -128,7 +127,7 @@ def test_parse_flow_reads_addresses_protocol_ports_and_icmp_type() -> None:
 
 @pytest.mark.parametrize(("def_policy", "expect"), [(1, "clear"), (0, "dropped")])
 def test_no_policy_follows_def_policy(def_policy: int, expect: str) -> None:
-    dp, _ = plane(make_engine(def_policy=def_policy))
+    dp, _ = plane(make_engine(clients=ALONE, def_policy=def_policy))
     dg = udp(A, B, 1, 2)
     out = dp.outbound(dg, T0)
     assert out == ([dg] if expect == "clear" else [])
@@ -175,7 +174,7 @@ def test_inbound_policy_check_refuses_what_the_policy_does_not_allow() -> None:
 
 
 def test_the_first_packet_is_held_until_the_sa_arrives_then_sent_in_order() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.client_opened(KM, eng.clients[ME].dialect)
     send(eng, KM, Message(MsgType.REGISTER, SaType.ESP, 0, PID + 1, 0, 0, ()))
     send(eng, ME, spd_msg(src=A, dst=B, dir=OUT))
@@ -197,7 +196,7 @@ def test_the_first_packet_is_held_until_the_sa_arrives_then_sent_in_order() -> N
 
 
 def test_held_packets_are_bounded_and_time_out() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     send(eng, ME, spd_msg(src=A, dst=B, dir=OUT))
     dp, _ = plane(eng)
     for i in range(dp.hold_packets + 2):
@@ -210,7 +209,7 @@ def test_held_packets_are_bounded_and_time_out() -> None:
 
 
 def test_traffic_drives_byte_lifetimes_to_soft_and_hard_expiry() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.client_opened(KM, eng.clients[ME].dialect)
     send(eng, KM, Message(MsgType.REGISTER, SaType.ESP, 0, PID + 1, 0, 0, ()))
     add_gcm(eng, 0x3001, A, B, mode=TRANSPORT, hard=Lifetime(ExtType.LIFETIME_HARD, 0, 1000, 0, 0),
@@ -296,7 +295,7 @@ def test_esp_enable_0_drops_protected_traffic_both_ways_as_pdrops() -> None:
 def test_level_default_follows_esp_trans_deflev(deflev: int, sent_clear: bool) -> None:
     from pfkeyd.wire import Level
 
-    eng = make_engine(esp_trans_deflev=deflev)
+    eng = make_engine(clients=ALONE, esp_trans_deflev=deflev)
     send(eng, ME, spd_msg(src=A, dst=B, dir=OUT, requests=[request(level=Level.DEFAULT)]))
     dp, _ = plane(eng)
     dg = udp(A, B, 1, 2)

@@ -17,7 +17,7 @@ dialects.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -70,12 +70,15 @@ T0 = at(0)
 # ----------------------------------------------------------------------------- engine
 
 
-def make_engine(seed: int = SEED, *, clients: Iterable[int] = (FB, FB2, LX, LX2), **knobs: int) -> KeyEngine:
-    """An engine with a seeded RNG, the given clients opened, and knobs set by
-    attribute name (``larval_lifetime=5``)."""
+def make_engine(seed: int = SEED, *, clients: Iterable[int] | Mapping[int, Dialect] = (FB, FB2, LX, LX2),
+                **knobs: int) -> KeyEngine:
+    """An engine with a seeded RNG, the given clients opened (ids of
+    :data:`DIALECT_OF`, or a mapping of ids to dialects), and knobs set by attribute
+    name (``larval_lifetime=5``)."""
     engine = KeyEngine(Knobs(**knobs), rng=random.Random(seed))
-    for c in clients:
-        engine.client_opened(c, DIALECT_OF[c])
+    dialects = clients if isinstance(clients, Mapping) else {c: DIALECT_OF[c] for c in clients}
+    for c, d in dialects.items():
+        engine.client_opened(c, d)
     return engine
 
 
@@ -337,8 +340,11 @@ def acquire_request(
 # ----------------------------------------------------------------------------- effects
 
 
-def sends(effects: Sequence[Effect]) -> list[Send]:
-    return [e for e in effects if isinstance(e, Send)]
+def sends(effects: Iterable[Effect], msgtype: int | None = None, *, promisc: bool | None = None) -> list[Send]:
+    """The Send effects (of ``msgtype``; with ``promisc`` False or True, only the
+    ordinary or only the promiscuous ones)."""
+    return [e for e in effects if isinstance(e, Send) and (msgtype is None or e.msg.type == msgtype)
+            and (promisc is None or e.promisc is promisc)]
 
 
 def error_of(effects: Sequence[Effect]) -> int | None:
@@ -350,8 +356,8 @@ def error_of(effects: Sequence[Effect]) -> int | None:
     return errs[0].errno
 
 
-def reply(effects: Sequence[Effect], client: int) -> Message:
-    """The one reply (``Send(reply=True)``) to ``client``."""
+def reply(effects: Sequence[Effect], client: int = FB) -> Message:
+    """The one reply (``Send(reply=True)``) to ``client`` (fails on an error reply)."""
     found = [e.msg for e in sends(effects) if e.reply and not e.promisc and client in e.to]
     assert len(found) == 1, effects
     return found[0]

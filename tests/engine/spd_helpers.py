@@ -5,20 +5,20 @@ reaches the engine (``send``), exactly as the trio shell would pass it on: a req
 the codec refuses with an error reply becomes that ``Error`` effect, so a test sees
 the errno the client would see whichever layer refuses it.
 
-Time is passed in: ``at(seconds)`` is an :class:`Instant` that many seconds after
-``T0``.  Nothing here sleeps or opens a socket.
+The basics (``at``, ``T0``, ``make_engine``, ``reply``, ``sends``, ``ext_types``) are
+those of ``tests/engine/conftest.py``, one meaning each; the policy-side tests open
+the requester alone unless they say otherwise (``make_engine(clients=ALONE)``).
+Nothing here sleeps or opens a socket.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pfkeyd.effects import ClientId, Effect, Error, Instant, Send
+from pfkeyd.effects import ClientId, Effect, Error, Instant
 from pfkeyd.engine import KeyEngine
 from pfkeyd.errors import DecodeError
-from pfkeyd.knobs import Knobs
 from pfkeyd.spd import Flow
 from pfkeyd.wire import (
     Address,
@@ -45,6 +45,7 @@ from pfkeyd.wire import (
     decode,
     encode,
 )
+from tests.engine.conftest import PID, T0, register, reply, sends
 
 FREEBSD, LINUX = Dialect.FREEBSD, Dialect.LINUX
 DIALECTS = (FREEBSD, LINUX)
@@ -53,24 +54,11 @@ ESP, AH, IPCOMP = IpProto.ESP, IpProto.AH, IpProto.IPCOMP
 TRANSPORT, TUNNEL = Mode.TRANSPORT, Mode.TUNNEL
 DEFAULT, USE, REQUIRE, UNIQUE = Level.DEFAULT, Level.USE, Level.REQUIRE, Level.UNIQUE
 
-T0 = Instant(1000.0, 1_700_000_000)
-PID = 4242  # the pid every test client puts in its requests
 
 #: Client ids used throughout: the requester, a bystander, a registered key manager.
 ME, OTHER, KM = 1, 2, 3
-
-
-def at(seconds: float) -> Instant:
-    """The instant ``seconds`` after T0 (monotonic and wall clock move together)."""
-    return Instant(T0.mono + seconds, T0.wall + int(seconds))
-
-
-def make_engine(clients: dict[ClientId, Dialect] | None = None, **knobs: int) -> KeyEngine:
-    """A fresh engine with a seeded rng, ``clients`` opened (default: ME in freebsd)."""
-    eng = KeyEngine(Knobs(**knobs), rng=random.Random(2367))
-    for cid, dialect in (clients if clients is not None else {ME: FREEBSD}).items():
-        eng.client_opened(cid, dialect)
-    return eng
+#: The requester alone, on a freebsd socket: what most policy-side tests open.
+ALONE = {ME: FREEBSD}
 
 
 def sockaddr(text: str, port: int = 0) -> SockAddr:
@@ -162,22 +150,9 @@ def errno_of(effects: Sequence[Effect]) -> int:
     return errors[0].errno
 
 
-def reply(effects: Sequence[Effect], client: ClientId = ME) -> Message:
-    """The message answering ``client``'s request (fails on an error reply)."""
-    assert not any(isinstance(e, Error) for e in effects), f"unexpected error: {effects!r}"
-    found = [e for e in effects if isinstance(e, Send) and e.reply and e.to == (client,)]
-    assert len(found) == 1, f"expected one reply to {client}: {effects!r}"
-    return found[0].msg
-
-
-def sends(effects: Iterable[Effect], msgtype: int | None = None) -> list[Send]:
-    """The non-promiscuous Send effects (of ``msgtype``)."""
-    return [e for e in effects if isinstance(e, Send) and not e.promisc and (msgtype is None or e.msg.type == msgtype)]
-
-
 def recipients(effects: Iterable[Effect], msgtype: int | None = None) -> list[ClientId]:
     """Every client a (non-promiscuous) message goes to, sorted."""
-    return sorted(c for s in sends(effects, msgtype) for c in s.to)
+    return sorted(c for s in sends(effects, msgtype, promisc=False) for c in s.to)
 
 
 def on_wire(msg: Message, dialect: Dialect) -> Message:
@@ -189,14 +164,10 @@ def delivered(eng: KeyEngine, effects: Iterable[Effect]) -> dict[ClientId, Messa
     """What each recipient reads, decoded in its own dialect (fails if one copy cannot be
     encoded for its recipient: the shell would have to drop it)."""
     out: dict[ClientId, Message] = {}
-    for s in sends(effects):
+    for s in sends(effects, promisc=False):
         for c in s.to:
             out[c] = on_wire(s.msg, eng.clients[c].dialect)
     return out
-
-
-def ext_types(msg: Message) -> list[int]:
-    return [e.exttype for e in msg.exts]
 
 
 def add_policy(eng: KeyEngine, client: ClientId = ME, now: Instant = T0, **kw: Any) -> int:
@@ -206,8 +177,9 @@ def add_policy(eng: KeyEngine, client: ClientId = ME, now: Instant = T0, **kw: A
     return pol.id
 
 
-def register(eng: KeyEngine, client: ClientId, satype: int = SaType.ESP) -> None:
-    reply(send(eng, client, Message(MsgType.REGISTER, satype, 0, PID)), client)
+def register_km(eng: KeyEngine, client: ClientId, satype: int = SaType.ESP) -> None:
+    """REGISTER ``client`` for ``satype`` through the wire (a key manager)."""
+    reply(send(eng, client, register(satype)), client)
 
 
 def spd_state(eng: KeyEngine) -> tuple[object, ...]:
@@ -264,7 +236,7 @@ def add_sa(
     return reply(send(eng, client, Message(MsgType.ADD, SaType.ESP, seq, PID, 0, 0, tuple(exts)), now), client)
 
 
-def getspi(eng: KeyEngine, src: str = "10.0.0.1", dst: str = "10.0.0.2", *, mode: int = TRANSPORT,
+def new_larval(eng: KeyEngine, src: str = "10.0.0.1", dst: str = "10.0.0.2", *, mode: int = TRANSPORT,
            reqid: int = 0, seq: int = 0, now: Instant = T0, client: ClientId = ME) -> int:
     """SADB_GETSPI (a LARVAL SA) through the wire; returns the SPI."""
     msg = Message(MsgType.GETSPI, SaType.ESP, seq, PID, 0, 0, (

@@ -29,6 +29,7 @@ from pfkeyd.wire import (
     SaType,
     encode,
 )
+from tests.engine.conftest import T0, at, ext_types, make_engine, reply, sends
 from tests.engine.spd_helpers import (
     AH,
     DIALECTS,
@@ -43,7 +44,6 @@ from tests.engine.spd_helpers import (
     OUT,
     PID,
     REQUIRE,
-    T0,
     TRANSPORT,
     TUNNEL,
     UNIQUE,
@@ -51,33 +51,28 @@ from tests.engine.spd_helpers import (
     add_policy,
     add_sa,
     address,
-    at,
     delivered,
     errno_of,
-    ext_types,
     flow,
-    getspi,
-    make_engine,
+    new_larval,
     on_wire,
     recipients,
-    register,
-    reply,
+    register_km,
     request,
     send,
-    sends,
     tunnel,
 )
 
 
 def _engine(km: Dialect = FREEBSD, **knobs: int) -> KeyEngine:
     """ME and OTHER unregistered (freebsd, linux), KM registered for ESP."""
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX, KM: km}, **knobs)
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX, KM: km}, **knobs)
+    register_km(eng, KM)
     return eng
 
 
 def _acquires(effects: Sequence[Effect]) -> list[Message]:
-    return [s.msg for s in sends(effects, MsgType.ACQUIRE)]
+    return [s.msg for s in sends(effects, MsgType.ACQUIRE, promisc=False)]
 
 
 def _trigger(eng: KeyEngine, f: Flow | None = None, now: float = 1) -> list[Message]:
@@ -104,21 +99,21 @@ def test_acquire_goes_to_registered_sockets_only() -> None:
     add_policy(eng)
     _, effects = eng.lookup(OUT, flow(), at(1))
     assert recipients(effects) == [KM]
-    assert all(not s.reply for s in sends(effects))
+    assert all(not s.reply for s in sends(effects, promisc=False))
 
 
 def test_acquire_reaches_every_registered_socket_whatever_its_satype() -> None:
     # Neither kernel filters REGISTERED delivery by the message's satype (§1.6).
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
-    register(eng, KM, SaType.AH)
-    register(eng, OTHER, SaType.X_IPCOMP)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
+    register_km(eng, KM, SaType.AH)
+    register_km(eng, OTHER, SaType.X_IPCOMP)
     add_policy(eng)
     _, effects = eng.lookup(OUT, flow(), at(1))
     assert recipients(effects) == [OTHER, KM]
 
 
 def test_no_acquire_when_nobody_is_registered() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX})
     add_policy(eng)
     decision, effects = eng.lookup(OUT, flow(), at(1))
     assert effects == [] and decision.held
@@ -209,7 +204,7 @@ def test_acquire_for_a_bypassed_tunnel_and_the_request_after_it(km: Dialect) -> 
     add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
                requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
     _, effects = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
-    acquires = [on_wire(s.msg, km) for s in sends(effects, MsgType.ACQUIRE)]  # as the KM reads them
+    acquires = [on_wire(s.msg, km) for s in sends(effects, MsgType.ACQUIRE, promisc=False)]  # as the KM reads them
     assert [(m.satype, str(m.src.addr), str(m.dst.addr)) for m in acquires if m.src and m.dst] == [
         (SaType.X_IPCOMP, "192.0.2.1", "192.0.2.2"), (SaType.ESP, "10.1.0.1", "10.2.0.1")]
 
@@ -330,9 +325,9 @@ def test_acquire_ipcomp_proposal_is_deflate() -> None:
 
 @pytest.mark.parametrize("proto", [ESP, AH, IPCOMP])
 def test_acquire_proposal_is_built_for_each_recipients_dialect(proto: int) -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
-    register(eng, KM)
-    register(eng, OTHER)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
+    register_km(eng, KM)
+    register_km(eng, OTHER)
     add_policy(eng, requests=[request(proto)])
     _, effects = eng.lookup(OUT, flow(), at(1))
     seen = delivered(eng, effects)
@@ -434,10 +429,10 @@ def test_pacing_knobs_apply_from_the_next_trigger() -> None:
 
 def test_a_record_is_kept_when_nobody_is_registered() -> None:
     # key_acquire takes its record before it tries to deliver (§7.4 step 3 and 4).
-    eng = make_engine({ME: FREEBSD, KM: FREEBSD}, blockacq_count=1)
+    eng = make_engine(clients={ME: FREEBSD, KM: FREEBSD}, blockacq_count=1)
     add_policy(eng)
     assert _trigger(eng) == []
-    register(eng, KM)
+    register_km(eng, KM)
     assert _seqs(eng, 3) == [0, 0, 1]
 
 
@@ -448,7 +443,7 @@ def test_getspi_with_the_acquire_seq_completes_it() -> None:
     eng = _engine()
     add_policy(eng)
     assert _seqs(eng, 2) == [1, 0]
-    getspi(eng, seq=1, mode=TRANSPORT, now=at(2), client=KM)  # a LARVAL SA: still no usable SA
+    new_larval(eng, seq=1, mode=TRANSPORT, now=at(2), client=KM)  # a LARVAL SA: still no usable SA
     eng.tick(at(2))
     assert _seqs(eng, 2, now=3) == [2, 0]
 
@@ -457,8 +452,8 @@ def test_getspi_with_the_seq_but_another_sa_index_does_not_complete_it() -> None
     eng = _engine()
     add_policy(eng)
     assert _seqs(eng, 1) == [1]
-    getspi(eng, seq=1, mode=0, now=at(2), client=KM)  # SA2 mode ANY: not the exact index
-    getspi(eng, "10.0.0.1", "10.0.0.9", seq=1, now=at(2), client=KM)
+    new_larval(eng, seq=1, mode=0, now=at(2), client=KM)  # SA2 mode ANY: not the exact index
+    new_larval(eng, "10.0.0.1", "10.0.0.9", seq=1, now=at(2), client=KM)
     eng.tick(at(2))
     assert _seqs(eng, 1, now=3) == [0]
 
@@ -539,7 +534,7 @@ def test_acquire_to_a_linux_key_manager_encodes() -> None:
     eng = _engine(LINUX)
     pid = add_policy(eng)
     _, effects = eng.lookup(OUT, flow(), at(1))
-    (send_,) = sends(effects)
+    (send_,) = sends(effects, promisc=False)
     data = encode(send_.msg, LINUX)
     assert data[1] == MsgType.ACQUIRE
     msg = delivered(eng, effects)[KM]

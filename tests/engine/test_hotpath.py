@@ -1,8 +1,9 @@
-"""The hot path (pfkeyd.hotpath) answers exactly as the generic path would.
+"""The hot path (pfkeyd.engine.hotpath) answers exactly as the generic path would.
 
-Every test runs requests through two engines: one as the server drives it (the hot
-path first, then decode and ``handle(raw=...)``, which teaches the hot path), one
-through the generic path alone.  What each socket would receive, the SAD and the
+Every test runs requests through two daemon layers (pfkeyd.daemon, the one path
+the sockets take): one as configured by default (the hot path first, then decode
+and ``handle(raw=...)``, which teaches the hot path), one with
+``pfkeyd.hot_path=0``, through the generic path alone.  What each socket would receive, the SAD and the
 counters must be the same after every request, and the hot path must have answered
 a good share of the requests (else these tests would prove nothing).
 """
@@ -16,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from pfkeyd.effects import Dump, Effect, Error, Instant, Send, SendEncoded
+from pfkeyd.daemon import Broadcast, Daemon, DumpStream, Outgoing, Reply
+from pfkeyd.effects import Instant
 from pfkeyd.engine import KeyEngine
-from pfkeyd.errors import DecodeError, EncodeError
 from pfkeyd.knobs import Knobs
 from pfkeyd.wire import (
     Address,
@@ -42,11 +43,8 @@ from pfkeyd.wire import (
     Sa2,
     SaType,
     SockAddr,
-    decode,
     encode,
-    error_reply,
 )
-from pfkeyd.wire.framing import promisc_wrap
 from pfkeyd.wire.message import HEADER
 from tests.engine.conftest import DIALECT_OF, FB, FB2, LX, LX2, at
 from tests.wire.vectors import VECTORS
@@ -58,17 +56,18 @@ class Pair:
 
     def __init__(self, clients: Sequence[int] = (LX,), **knobs: int) -> None:
         self.hot = KeyEngine(Knobs(**knobs), rng=random.Random(1))
-        self.ref = KeyEngine(Knobs(**knobs), rng=random.Random(1))
+        self.ref = KeyEngine(Knobs(**knobs).set("pfkeyd.hot_path", 0), rng=random.Random(1))
+        self.daemons = {self.hot: Daemon(self.hot), self.ref: Daemon(self.ref)}
         for c in clients:
             self.open(c)
 
     def open(self, client: int) -> None:
-        for e in (self.hot, self.ref):
-            e.client_opened(client, DIALECT_OF[client])
+        for d in self.daemons.values():
+            d.opened(client, DIALECT_OF[client])
 
     def close(self, client: int) -> None:
-        for e in (self.hot, self.ref):
-            e.client_closed(client)
+        for d in self.daemons.values():
+            d.closed(client)
 
     def toggle(self, client: int, open_now: set[int]) -> None:
         """Open ``client`` if it is not in ``open_now``, else close it (and update the set)."""
@@ -83,10 +82,10 @@ class Pair:
         for e in (self.hot, self.ref):
             e.set_knob(name, value)
 
-    def request(self, client: int, data: bytes, now: Instant) -> list[tuple[int, bytes]]:
+    def request(self, client: int, data: bytes, now: Instant) -> list[Delivery]:
         """Send ``data`` to both engines; check they agree; what each socket gets."""
-        got = _deliveries(self.hot, self._serve(self.hot, client, data, now, learn=True), client, data)
-        want = _deliveries(self.ref, self._serve(self.ref, client, data, now, learn=False), client, data)
+        got = _deliveries(self.daemons[self.hot].receive(client, data, now))
+        want = _deliveries(self.daemons[self.ref].receive(client, data, now))
         assert got == want
         assert self.hot.sad.snapshot() == self.ref.sad.snapshot()
         assert list(self.hot.sad.by_spi) == list(self.ref.sad.by_spi)
@@ -99,48 +98,28 @@ class Pair:
         assert self.hot.statistics() == self.ref.statistics()
         return got
 
-    @staticmethod
-    def _serve(engine: KeyEngine, client: int, data: bytes, now: Instant, *, learn: bool) -> list[Effect]:
-        if learn:
-            effects = engine.serve_hot(client, data, now)
-            if effects is not None:
-                return effects
-        dialect = DIALECT_OF[client]
-        try:
-            msg = decode(data, dialect, max_size=engine.knobs.max_message_size)
-        except DecodeError as exc:
-            engine.stats.note_error(exc.errno)
-            return [Error(client, exc.errno)] if exc.reply else []
-        return engine.handle(client, msg, now, raw=data if learn else None)
+    def tick(self, now: Instant) -> tuple[list[Delivery], list[Delivery]]:
+        """What each socket gets from a tick of each daemon."""
+        return (_deliveries(self.daemons[self.hot].tick(now)), _deliveries(self.daemons[self.ref].tick(now)))
 
 
 def _pairs(engine: KeyEngine) -> dict[object, list[object]]:
     return {pair: [h.index for h in heads] for pair, heads in engine.sad.by_pair.items()}
 
 
-def _deliveries(engine: KeyEngine, effects: list[Effect], requester: int, request: bytes) -> list[tuple[int, bytes]]:
-    """The datagrams each socket would receive, as pfkeyd.server encodes them."""
-    out: list[tuple[int, bytes]] = []
-    for eff in effects:
-        if isinstance(eff, SendEncoded):
-            out += [(c, eff.data) for c in eff.to]
-        elif isinstance(eff, Send):
-            for c in eff.to:
-                dialect = engine.clients[c].dialect
-                private = eff.reply and not eff.promisc and c == requester
-                try:
-                    data = encode(eff.msg if private else eff.msg.without_keys(), dialect)
-                except EncodeError:  # as the server does: the requester hears EINVAL, others nothing
-                    if private:
-                        out.append((c, error_reply(request, errno.EINVAL, dialect)))
-                    continue
-                out.append((c, promisc_wrap(data) if eff.promisc and dialect is Dialect.FREEBSD else data))
-        elif isinstance(eff, Error):
-            out.append((eff.to, error_reply(request, eff.errno, engine.clients[eff.to].dialect)))
-        else:
-            assert isinstance(eff, Dump)
-            out.append((eff.to, b"dump %d" % len(eff.items)))
-    return out
+Delivery = tuple[int, bytes, str]
+
+
+def _deliveries(out: Sequence[Outgoing]) -> list[Delivery]:
+    """The datagrams each socket would receive, and whether as a reply or a
+    broadcast copy (which a full socket may lose)."""
+    got: list[Delivery] = []
+    for item in out:
+        if isinstance(item, (Reply, Broadcast)):
+            got += [(c, item.data, type(item).__name__) for c in item.to]
+        elif isinstance(item, DumpStream):
+            got.append((item.to, b"%d" % len(item), "dump"))
+    return got
 
 
 # ------------------------------------------------------------------- requests
@@ -202,7 +181,7 @@ def test_the_captured_add_gets_the_reference_reply_from_the_hot_path() -> None:
         mate = request[:spi_at] + spi.to_bytes(4, "big") + request[spi_at + 4 :]
         pair.request(FB, mate, at(0))
     assert pair.hot.hot.served == 0
-    assert pair.request(FB, request, at(1)) == [(FB, reply)]
+    assert pair.request(FB, request, at(1)) == [(FB, reply, "Reply")]
     assert pair.hot.hot.served == 1
 
 
@@ -210,7 +189,7 @@ def test_every_socket_of_the_dialect_gets_the_broadcast() -> None:
     pair = Pair((LX, LX2))
     for i in range(6):
         got = pair.request(LX2, add_bytes(Dialect.LINUX, 0x500 + i, "10.0.0.1", f"10.1.0.{i}"), at(i))
-        assert [c for c, _ in got] == [LX2, LX]
+        assert [(c, kind) for c, _, kind in got] == [(LX2, "Reply"), (LX, "Broadcast")]
     assert pair.hot.hot.served == 4
 
 
@@ -222,7 +201,7 @@ def test_another_dialects_socket_or_a_promiscuous_one_takes_the_generic_path() -
     assert pair.hot.hot.served == 1
     pair.open(FB)  # a freebsd socket needs its own encoding of the broadcast
     got = pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", "10.2.1.1"), at(5))
-    assert [c for c, _ in got] == [LX, FB]
+    assert [c for c, _, _ in got] == [LX, FB]
     assert pair.hot.hot.served == 1
     pair.close(FB)
     pair.request(LX, add_bytes(Dialect.LINUX, next(spi), "10.0.0.1", "10.2.1.2"), at(6))
@@ -281,8 +260,8 @@ def test_hard_lifetimes_from_the_hot_path_expire_on_time() -> None:
         pair.request(LX, add_bytes(Dialect.LINUX, 0xD00 + i, "10.0.0.1", f"10.6.0.{i}", lifetimes=(30, 20)), at(i))
     assert pair.hot.hot.served == 2
     for t in (21, 31, 40):
-        hot, ref = pair.hot.tick(at(t)), pair.ref.tick(at(t))
-        assert _deliveries(pair.hot, hot, 0, b"") == _deliveries(pair.ref, ref, 0, b"")
+        hot, ref = pair.tick(at(t))
+        assert hot == ref
         assert pair.hot.sad.snapshot() == pair.ref.sad.snapshot()
     assert len(pair.hot.sad) == 0
 
@@ -297,9 +276,8 @@ def test_one_lifetime_alone_from_the_hot_path_expires_on_time(lifetimes: tuple[i
     assert pair.hot.hot.served == 2
     expired = 0
     for t in (21, 31, 40):
-        hot, ref = pair.hot.tick(at(t)), pair.ref.tick(at(t))
-        got = _deliveries(pair.hot, hot, 0, b"")
-        assert got == _deliveries(pair.ref, ref, 0, b"")
+        got, want = pair.tick(at(t))
+        assert got == want
         expired += len(got)
         assert pair.hot.sad.snapshot() == pair.ref.sad.snapshot()
     assert expired == 4  # one EXPIRE per SA, to the registered socket
@@ -450,7 +428,7 @@ def test_the_captured_spdadd_gets_the_reference_reply_from_the_hot_path() -> Non
     # The third policy of direction out gets id 25 ((3 << 3) | out - 1) where the
     # vector, a first policy elsewhere, shows 17; every other byte is the vector's.
     reply[16 + 8 : 16 + 12] = (25).to_bytes(4, "little")
-    assert pair.request(FB, request, at(1)) == [(FB, bytes(reply))]
+    assert pair.request(FB, request, at(1)) == [(FB, bytes(reply), "Reply")]
     assert pair.hot.hot.served == 1
 
 

@@ -28,8 +28,10 @@ from pfkeyd.wire import (
     SaType,
     SockAddr,
 )
+from tests.engine.conftest import at, make_engine, reply, sends
 from tests.engine.spd_helpers import (
     AH,
+    ALONE,
     DEFAULT,
     ESP,
     FREEBSD,
@@ -49,15 +51,11 @@ from tests.engine.spd_helpers import (
     add_policy,
     add_sa,
     address,
-    at,
     flow,
-    getspi,
-    make_engine,
-    register,
-    reply,
+    new_larval,
+    register_km,
     request,
     send,
-    sends,
     tunnel,
 )
 
@@ -74,11 +72,11 @@ def matched(eng: KeyEngine, f: Flow, direction: int = OUT) -> int | None:
 
 
 def test_lower_priority_value_wins_whatever_the_insertion_order() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     broad = add_policy(eng, dst="10.0.0.0", dplen=8, priority=20, ptype=DISCARD)
     narrow = add_policy(eng, dst="10.0.0.2", priority=10, ptype=NONE)
     assert matched(eng, flow()) == narrow
-    eng2 = make_engine()
+    eng2 = make_engine(clients=ALONE)
     narrow2 = add_policy(eng2, dst="10.0.0.2", priority=30, ptype=NONE)
     broad2 = add_policy(eng2, dst="10.0.0.0", dplen=8, priority=20, ptype=DISCARD)
     assert matched(eng2, flow()) == broad2
@@ -86,7 +84,7 @@ def test_lower_priority_value_wins_whatever_the_insertion_order() -> None:
 
 
 def test_equal_priorities_match_in_insertion_order() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     first = add_policy(eng, dst="10.0.0.0", dplen=24, priority=7, ptype=DISCARD)
     add_policy(eng, dst="10.0.0.2", priority=7, ptype=NONE)
     add_policy(eng, src="10.0.0.0", splen=8, dst="0.0.0.0", dplen=0, priority=7)
@@ -94,7 +92,7 @@ def test_equal_priorities_match_in_insertion_order() -> None:
 
 
 def test_priority_compares_as_unsigned_32_bits() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, dst="10.0.0.2", priority=0xFFFFFFFF, ptype=DISCARD)
     mid = add_policy(eng, dst="10.0.0.0", dplen=8, priority=0x80000000, ptype=NONE)
     assert matched(eng, flow()) == mid
@@ -103,14 +101,14 @@ def test_priority_compares_as_unsigned_32_bits() -> None:
 
 
 def test_the_first_match_wins_not_the_most_specific() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     catch_all = add_policy(eng, src="0.0.0.0", splen=0, dst="0.0.0.0", dplen=0, ptype=NONE)
     add_policy(eng, proto=IpProto.TCP, dport=80, ptype=DISCARD)
     assert matched(eng, flow(proto=IpProto.TCP, dport=80)) == catch_all
 
 
 def test_direction_selects_the_list() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     out = add_policy(eng, dir=OUT)
     inbound = add_policy(eng, dir=IN, src="10.0.0.1", dst="10.0.0.2", ptype=NONE)
     fwd = add_policy(eng, dir=FWD, ptype=DISCARD)
@@ -129,7 +127,7 @@ def test_direction_selects_the_list() -> None:
     ("10.0.0.2", 32, ["10.0.0.2"]),
 ])
 def test_ipv4_prefixes_select_networks(dst: str, dplen: int, hits: list[str]) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, src="0.0.0.0", splen=0, dst=dst, dplen=dplen)
     net = ipaddress.ip_network(f"{dst}/{dplen}")
     for d in ["10.0.0.2", "10.0.0.255", "10.0.0.200", "10.0.1.2", "192.0.2.1", "10.0.0.1"]:
@@ -140,7 +138,7 @@ def test_ipv4_prefixes_select_networks(dst: str, dplen: int, hits: list[str]) ->
 
 
 def test_ipv6_prefixes_select_networks() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, src="2001:db8:1::", splen=48, dst="2001:db8:2:3::", dplen=64)
     assert matched(eng, flow("2001:db8:1:ffff::1", "2001:db8:2:3::99")) == pid
     assert matched(eng, flow("2001:db8:1:ffff::1", "2001:db8:2:4::99")) is None
@@ -148,7 +146,7 @@ def test_ipv6_prefixes_select_networks() -> None:
 
 
 def test_an_ipv4_policy_never_matches_an_ipv6_flow() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="0.0.0.0", splen=0, dst="0.0.0.0", dplen=0)
     assert matched(eng, flow("::1", "::2")) is None
     add_policy(eng, src="::", splen=0, dst="::", dplen=0)
@@ -156,7 +154,7 @@ def test_an_ipv4_policy_never_matches_an_ipv6_flow() -> None:
 
 
 def test_ports_zero_is_any_and_nonzero_must_equal() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     web = add_policy(eng, proto=IpProto.TCP, dport=443)
     assert matched(eng, flow(proto=IpProto.TCP, sport=50000, dport=443)) == web
     assert matched(eng, flow(proto=IpProto.TCP, sport=50000, dport=80)) is None
@@ -166,7 +164,7 @@ def test_ports_zero_is_any_and_nonzero_must_equal() -> None:
 
 
 def test_upper_layer_protocol_any_matches_every_protocol() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     tcp = add_policy(eng, proto=IpProto.TCP, priority=1)
     anyp = add_policy(eng, dst="10.0.0.0", dplen=24, priority=2)
     assert matched(eng, flow(proto=IpProto.TCP)) == tcp
@@ -176,7 +174,7 @@ def test_upper_layer_protocol_any_matches_every_protocol() -> None:
 
 def test_icmp_type_and_code_travel_in_the_port_fields() -> None:
     # For ICMP the source "port" is the type and the destination "port" the code.
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     echo = add_policy(eng, proto=IpProto.ICMP, sport=8, dport=0, ptype=NONE)
     unreach_frag = add_policy(eng, proto=IpProto.ICMP, sport=3, dport=4, ptype=NONE)
     assert matched(eng, flow(proto=IpProto.ICMP, sport=8, dport=0)) == echo
@@ -186,7 +184,7 @@ def test_icmp_type_and_code_travel_in_the_port_fields() -> None:
 
 
 def test_icmpv6_type_and_code_travel_in_the_port_fields() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     ns = add_policy(eng, src="::", splen=0, dst="::", dplen=0, proto=IpProto.IPV6_ICMP, sport=135, ptype=NONE)
     assert matched(eng, flow("fe80::1", "ff02::1:ff00:1", IpProto.IPV6_ICMP, 135, 0)) == ns
     assert matched(eng, flow("fe80::1", "ff02::1:ff00:1", IpProto.IPV6_ICMP, 136, 0)) is None
@@ -194,7 +192,7 @@ def test_icmpv6_type_and_code_travel_in_the_port_fields() -> None:
 
 
 def test_ipv6_scope_id_zero_is_a_wildcard() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     anyscope = add_policy(eng, src="fe80::1", dst="fe80::2", ptype=NONE, priority=9)
     scoped = add_policy(eng, src="fe80::1%3", dst="fe80::2%3", ptype=DISCARD, priority=1)
     assert matched(eng, flow("fe80::1%3", "fe80::2%3")) == scoped
@@ -314,7 +312,7 @@ def test_indexed_lookup_equals_a_linear_scan(case: tuple[Spd, list[SecPolicy], l
 @settings(max_examples=40)
 @given(st.lists(_policy(0), max_size=15), st.lists(_flow(), min_size=1, max_size=10))
 def test_engine_lookup_through_spdadd_equals_a_linear_scan(policies: list[SecPolicy], flows: list[Flow]) -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     for sp in policies:
         sel = sp.selector
         if eng.spd.find(sp.dir, sel) is None:
@@ -333,8 +331,8 @@ def test_engine_lookup_through_spdadd_equals_a_linear_scan(policies: list[SecPol
 
 
 def test_none_and_discard_policies_decide_without_acquire() -> None:
-    eng = make_engine({ME: FREEBSD, KM: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, KM: FREEBSD})
+    register_km(eng, KM)
     add_policy(eng, dst="10.0.0.2", ptype=NONE)
     add_policy(eng, dst="10.0.0.3", ptype=DISCARD)
     d1, e1 = eng.lookup(OUT, flow(dst="10.0.0.2"), at(1))
@@ -344,7 +342,7 @@ def test_none_and_discard_policies_decide_without_acquire() -> None:
 
 
 def test_unmatched_flow_gets_the_default_policy_none() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     decision, effects = eng.lookup(OUT, flow(), at(1))
     assert (decision.action, decision.default, decision.policy, effects) == ("pass", True, None, [])
     add_policy(eng, dst="10.0.0.9", ptype=DISCARD)
@@ -354,7 +352,7 @@ def test_unmatched_flow_gets_the_default_policy_none() -> None:
 
 @pytest.mark.parametrize("knob", ["net.inet.ipsec.def_policy", "net.inet6.ipsec6.def_policy"])
 def test_def_policy_discard_applies_to_both_families(knob: str) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.set_knob(knob, 0)
     for f in (flow(), flow("2001:db8::1", "2001:db8::2")):
         decision, _ = eng.lookup(IN, f, at(1))
@@ -377,7 +375,7 @@ _DEFLEV_CASES = [
 
 
 def _default_level_engine(addrs: tuple[str, str], proto: int, mode: int) -> KeyEngine:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     ends = ("192.0.2.1", "192.0.2.2") if ":" not in addrs[0] else ("2001:db8:f::1", "2001:db8:f::2")
     req = request(proto, mode, DEFAULT, endpoints=ends if mode == TUNNEL else None)
     add_policy(eng, src=addrs[0], dst=addrs[1], requests=[req])
@@ -419,7 +417,7 @@ def test_deflev_outside_1_to_3_means_require(value: int) -> None:
 
 @pytest.mark.parametrize("level", [DEFAULT, USE, REQUIRE, UNIQUE])
 def test_ipcomp_is_always_use(level: int) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     for name, *_ in _DEFLEV_CASES:
         eng.set_knob(name, 2)
     add_policy(eng, requests=[request(IPCOMP, level=level)])
@@ -429,7 +427,7 @@ def test_ipcomp_is_always_use(level: int) -> None:
 
 
 def test_explicit_levels_ignore_the_deflev_knobs() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     eng.set_knob("net.inet.ipsec.esp_trans_deflev", 3)
     add_policy(eng, requests=[request(ESP, level=USE), request(AH, level=REQUIRE)])
     decision, _ = eng.lookup(OUT, flow(), at(1))
@@ -437,16 +435,16 @@ def test_explicit_levels_ignore_the_deflev_knobs() -> None:
 
 
 def test_inbound_require_without_protection_is_dropped_without_acquire() -> None:
-    eng = make_engine({ME: FREEBSD, KM: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, KM: FREEBSD})
+    register_km(eng, KM)
     add_policy(eng, dir=IN, requests=[request(ESP, level=REQUIRE)])
     decision, effects = eng.lookup(IN, flow(), at(1))
     assert decision.held and decision.action == "discard" and effects == []
 
 
 def test_inbound_use_passes_without_acquire() -> None:
-    eng = make_engine({ME: FREEBSD, KM: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, KM: FREEBSD})
+    register_km(eng, KM)
     add_policy(eng, dir=IN, requests=[request(ESP, level=USE)])
     decision, effects = eng.lookup(IN, flow(), at(1))
     assert not decision.held and effects == []
@@ -467,7 +465,7 @@ def _three_sas(eng: KeyEngine) -> None:
 
 
 def test_preferred_oldsa_picks_the_oldest_alive_sa() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     _three_sas(eng)
     assert _sa_of(eng) == 0x1001
@@ -476,7 +474,7 @@ def test_preferred_oldsa_picks_the_oldest_alive_sa() -> None:
 
 
 def test_preferred_oldsa_zero_picks_the_newest_alive_sa() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     _three_sas(eng)
     eng.set_knob("net.key.preferred_oldsa", 0)
@@ -486,19 +484,19 @@ def test_preferred_oldsa_zero_picks_the_newest_alive_sa() -> None:
 
 
 def test_larval_sas_are_never_used() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
-    spi = getspi(eng, now=at(0))
+    spi = new_larval(eng, now=at(0))
     assert eng.sad.by_spi[spi].state == SaState.LARVAL
     assert _sa_of(eng, now=1) is None
     add_sa(eng, 0x2001, now=at(2))
-    getspi(eng, now=at(3))  # a newer LARVAL SA
+    new_larval(eng, now=at(3))  # a newer LARVAL SA
     eng.set_knob("net.key.preferred_oldsa", 0)
     assert _sa_of(eng, now=4) == 0x2001
 
 
 def test_dying_sas_are_used_like_mature_ones() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     add_sa(eng, 0x1001, now=at(0), soft=Lifetime(ExtType.LIFETIME_SOFT, 0, 0, 5, 0), hard=Lifetime(ExtType.LIFETIME_HARD, 0, 0, 500, 0))
     add_sa(eng, 0x1002, now=at(1))
@@ -508,7 +506,7 @@ def test_dying_sas_are_used_like_mature_ones() -> None:
 
 
 def test_dead_sas_are_never_used() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     add_sa(eng, 0x1001, now=at(0), hard=Lifetime(ExtType.LIFETIME_HARD, 0, 0, 5, 0))
     add_sa(eng, 0x1002, now=at(1))
@@ -522,7 +520,7 @@ def test_dead_sas_are_never_used() -> None:
 
 
 def test_unique_request_needs_an_sa_with_its_reqid() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, requests=[request(ESP, level=UNIQUE)])  # reqid 0x4001
     add_sa(eng, 0x1001, reqid=0, now=at(0))
     add_sa(eng, 0x1002, reqid=0x4002, now=at(1))
@@ -532,14 +530,14 @@ def test_unique_request_needs_an_sa_with_its_reqid() -> None:
 
 
 def test_non_unique_request_accepts_an_sa_of_any_reqid() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, requests=[request(ESP, level=REQUIRE)])
     add_sa(eng, 0x1001, reqid=77, now=at(0))
     assert _sa_of(eng) == 0x1001
 
 
 def test_sa_mode_must_be_the_requests_or_any() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, requests=[request(ESP, TRANSPORT, REQUIRE)])
     add_sa(eng, 0x1001, mode=TUNNEL, now=at(0))
     assert _sa_of(eng) is None
@@ -548,7 +546,7 @@ def test_sa_mode_must_be_the_requests_or_any() -> None:
 
 
 def test_tunnel_requests_use_sas_between_the_tunnel_endpoints() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="10.1.0.0", splen=16, dst="10.2.0.0", dplen=16,
                requests=[tunnel("192.0.2.1", "192.0.2.2")])
     add_sa(eng, 0x1001, "10.1.1.1", "10.2.2.2", mode=TUNNEL, now=at(0))  # inner addresses: not it
@@ -559,14 +557,14 @@ def test_tunnel_requests_use_sas_between_the_tunnel_endpoints() -> None:
 
 
 def test_transport_requests_ignore_ports_when_choosing_the_sa() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, proto=IpProto.TCP, dport=22)
     add_sa(eng, 0x1001, now=at(0))
     assert _sa_of(eng, flow(proto=IpProto.TCP, sport=40000, dport=22)) == 0x1001
 
 
 def test_every_request_finds_its_own_sa() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, requests=[request(ESP, level=REQUIRE), request(IPCOMP, level=USE)])
     add_sa(eng, 0x1001, now=at(0))
     decision, _ = eng.lookup(OUT, flow(), at(5))
@@ -576,7 +574,7 @@ def test_every_request_finds_its_own_sa() -> None:
 
 
 def test_lookup_records_the_last_use_of_the_policy() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng)
     eng.lookup(OUT, flow(), at(33))
     assert eng.spd.by_id[pid].last_used == at(33).mono
@@ -584,15 +582,15 @@ def test_lookup_records_the_last_use_of_the_policy() -> None:
 
 
 def test_lookup_acquire_effects_go_only_to_registered_sockets() -> None:
-    eng = make_engine({ME: FREEBSD, KM: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, KM: FREEBSD})
+    register_km(eng, KM)
     add_policy(eng)
     _, effects = eng.lookup(OUT, flow(), at(1))
-    assert [s.to for s in sends(effects)] == [(KM,)]
+    assert [s.to for s in sends(effects, promisc=False)] == [(KM,)]
 
 
 def test_request_outcomes_list_every_request() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     reqs = [request(ESP), IpsecRequest(AH, TRANSPORT, USE)]
     add_policy(eng, requests=reqs)
     decision, _ = eng.lookup(OUT, flow(), at(1))
@@ -622,7 +620,7 @@ def _spis(decision: object) -> list[int | None]:
 @pytest.mark.parametrize("dialect", [FREEBSD, LINUX])
 def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect: object) -> None:
     # The KAME layout: ipcomp/tunnel/192.0.2.1-192.0.2.2/use esp/transport//require.
-    eng = make_engine({ME: dialect})  # type: ignore[dict-item]
+    eng = make_engine(clients={ME: dialect})  # type: ignore[dict-item]
     add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
                requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
     add_ipcomp_sa(eng, 0x3001, "192.0.2.1", "192.0.2.2")
@@ -635,7 +633,7 @@ def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect:
 
 
 def test_esp_tunnel_then_ah_transport_over_the_tunnel_packet() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16,
                requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
     add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
@@ -645,7 +643,7 @@ def test_esp_tunnel_then_ah_transport_over_the_tunnel_packet() -> None:
 
 
 def test_transport_after_transport_keeps_the_flow_addresses() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, dst="10.0.0.3", requests=[request(ESP), request(AH)])
     add_sa(eng, 0x3005, "10.0.0.1", "10.0.0.3")
     decision, _ = eng.lookup(OUT, flow("10.0.0.1", "10.0.0.3"), at(1))
@@ -656,7 +654,7 @@ def test_transport_after_transport_keeps_the_flow_addresses() -> None:
 def test_a_bypassed_tunnel_leaves_the_inner_addresses() -> None:
     # No IPComp SA: at level use the packet goes on uncompressed and untunnelled, so
     # the ESP request finds the packet's own addresses.
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
                requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
     add_sa(eng, 0x3002, "192.0.2.1", "192.0.2.2")
@@ -666,7 +664,7 @@ def test_a_bypassed_tunnel_leaves_the_inner_addresses() -> None:
 
 
 def test_a_tunnel_inside_a_tunnel_chains_the_endpoints() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
                requests=[tunnel("192.0.2.1", "192.0.2.2"), tunnel("198.51.100.1", "198.51.100.2"),
                          request(AH, TRANSPORT, REQUIRE)])
@@ -679,7 +677,7 @@ def test_a_tunnel_inside_a_tunnel_chains_the_endpoints() -> None:
 
 
 def test_inbound_bundles_report_the_sa_between_the_tunnel_endpoints() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, dir=IN, src="10.2.0.1", dst="10.1.0.1",
                requests=[tunnel("192.0.2.2", "192.0.2.1", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
     add_ipcomp_sa(eng, 0x5001, "192.0.2.2", "192.0.2.1")

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pfkeyd.engine import _render_sa, _render_sa_fast, sa_message
+from pfkeyd.engine import render_sa, render_sa_fast, sa_message
 from pfkeyd.sad import NatT, SaIndex, SecAssoc, Usage
 from pfkeyd.wire import AuthAlg, Dialect, EncAlg, ExtType, Key, Lifetime, Mode, MsgType, SaState, SaType, SockAddr
 from pfkeyd.wire import encode as wire_encode
@@ -56,12 +56,12 @@ def generic(sa: SecAssoc, dialect: Dialect, seq: int, pid: int) -> bytes | None:
 @pytest.mark.parametrize("dialect", list(Dialect))
 @given(sa=sas(), seq=st.integers(0, 2**32 - 1), pid=st.integers(0, 2**32 - 1))
 def test_fast_rendering_equals_the_generic_encoding(dialect: Dialect, sa: SecAssoc, seq: int, pid: int) -> None:
-    fast = _render_sa_fast(sa, dialect, seq, pid)
+    fast = render_sa_fast(sa, dialect, seq, pid)
     slow = generic(sa, dialect, seq, pid)
     if fast is not None:
         assert fast == slow
     if slow is not None:
-        assert _render_sa(sa, dialect, seq, pid) == slow
+        assert render_sa(sa, dialect, seq, pid) == slow
 
 
 def test_the_common_shape_takes_the_fast_path() -> None:
@@ -69,4 +69,4 @@ def test_the_common_shape_takes_the_fast_path() -> None:
                   AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, 0x40, 4, 0, Key(ExtType.KEY_AUTH, bytes(32)),
                   Key(ExtType.KEY_ENCRYPT, bytes(16)), 0, 1, 1.0, 1_700_000_000)
     for dialect in Dialect:
-        assert _render_sa_fast(sa, dialect, 5, random.Random(1).randrange(9)) is not None
+        assert render_sa_fast(sa, dialect, 5, random.Random(1).randrange(9)) is not None

@@ -29,8 +29,10 @@ from pfkeyd.wire import (
     SaType,
     decode,
 )
+from tests.engine.conftest import T0, ext_types, make_engine, reply
 from tests.engine.spd_helpers import (
     AH,
+    ALONE,
     DIALECTS,
     ESP,
     FREEBSD,
@@ -44,7 +46,6 @@ from tests.engine.spd_helpers import (
     OUT,
     PID,
     REQUIRE,
-    T0,
     TRANSPORT,
     TUNNEL,
     UNIQUE,
@@ -53,11 +54,8 @@ from tests.engine.spd_helpers import (
     by_id_msg,
     delivered,
     errno_of,
-    ext_types,
     hard_lifetime,
-    make_engine,
-    register,
-    reply,
+    register_km,
     request,
     send,
     spd_msg,
@@ -74,7 +72,7 @@ CAPTURE = Path(__file__).resolve().parents[2] / "examples" / "captures" / "linux
 
 def _populated(dialect: Dialect = FREEBSD) -> KeyEngine:
     """An engine holding a few policies, so that a refused request has something to damage."""
-    eng = make_engine({ME: dialect})
+    eng = make_engine(clients={ME: dialect})
     add_policy(eng, src="10.0.0.1", dst=TAKEN, dir=OUT, priority=5)
     add_policy(eng, src="10.0.0.2", dst="10.0.0.1", dir=IN)
     add_policy(eng, src="10.1.0.0", dst="10.2.0.0", splen=16, dplen=16, ptype=PolicyType.DISCARD)
@@ -98,8 +96,8 @@ def _stored(eng: KeyEngine, policy_id: int) -> Message:
 
 @pytest.mark.parametrize("mtype", ADD_TYPES)
 def test_spdadd_reply_goes_to_all_with_policy_hard_src_dst_in_order(mtype: int) -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX, KM: FREEBSD})
+    register_km(eng, KM)
     hard = hard_lifetime(3600, 600)
     effects = send(eng, ME, spd_msg(mtype, hard=hard, priority=0x80000000, seq=77))
     msg = reply(effects)
@@ -120,13 +118,13 @@ def test_spdadd_reply_goes_to_all_with_policy_hard_src_dst_in_order(mtype: int) 
 
 
 def test_spdadd_reply_without_lifetime_is_policy_src_dst() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     msg = reply(send(eng, ME, spd_msg()))
     assert ext_types(msg) == [ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST]
 
 
 def test_spdadd_reply_does_not_echo_a_soft_lifetime() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     msg = spd_msg(hard=hard_lifetime(60))
     msg = msg.replace(exts=(*msg.exts, Lifetime(ExtType.LIFETIME_SOFT, 0, 0, 30, 0)))
     out = reply(send(eng, ME, msg))
@@ -135,7 +133,7 @@ def test_spdadd_reply_does_not_echo_a_soft_lifetime() -> None:
 
 
 def test_spdadd_reply_echoes_selector_addresses_as_sent() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     msg = reply(send(eng, ME, spd_msg(src="10.1.2.0", dst="10.9.0.0", splen=24, dplen=16, proto=IpProto.TCP,
                                       sport=1234, dport=443)))
     assert msg.src is not None and msg.dst is not None
@@ -148,7 +146,7 @@ def test_linux_setkey_spdadd_capture_gets_priority_echoed() -> None:
     data = bytes.fromhex("".join(line.split("#")[0] for line in CAPTURE.read_text().splitlines()
                                  if not line.startswith("#")))
     assert len(data) == 96
-    eng = make_engine({ME: LINUX, OTHER: LINUX})
+    eng = make_engine(clients={ME: LINUX, OTHER: LINUX})
     effects = eng.handle(ME, decode(data, LINUX), T0)
     msg = reply(effects)
     assert (msg.type, msg.seq, msg.pid) == (MsgType.X_SPDADD, 0, 0x3455)
@@ -161,7 +159,7 @@ def test_linux_setkey_spdadd_capture_gets_priority_echoed() -> None:
 
 @pytest.mark.parametrize("mtype", ADD_TYPES)
 def test_spdadd_stores_the_policy_as_sent(mtype: int) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     reqs = (request(ESP, TRANSPORT, REQUIRE), tunnel("192.0.2.1", "192.0.2.2", USE, proto=AH))
     pid = add_policy(eng, mtype=mtype, src="10.0.0.0", splen=8, dst="10.1.0.0", dplen=16, proto=IpProto.UDP,
                      dport=53, priority=7, requests=reqs, dir=IN)
@@ -197,7 +195,7 @@ def test_spdadd_fwd_from_a_freebsd_socket_replies_einval() -> None:
 
 
 def test_spdadd_fwd_from_a_linux_socket_is_stored() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     pid = add_policy(eng, dir=FWD)
     assert eng.spd.by_id[pid].dir == FWD
     got = _stored(eng, pid).policy
@@ -219,7 +217,7 @@ def test_spdadd_ipsec_without_requests_replies_einval(dialect: Dialect) -> None:
 
 @pytest.mark.parametrize("ptype", [PolicyType.DISCARD, PolicyType.NONE])
 def test_spdadd_discard_and_none_need_no_requests(ptype: int) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, ptype=ptype)
     assert eng.spd.by_id[pid].type == ptype and eng.spd.by_id[pid].requests == ()
 
@@ -270,7 +268,7 @@ def test_spdadd_request_for_an_unknown_protocol_replies_eprotonosupport(dialect:
 
 @pytest.mark.parametrize("proto", [ESP, AH, IPCOMP])
 def test_spdadd_accepts_esp_ah_and_ipcomp_requests(proto: int) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, requests=[request(proto)])
     assert eng.spd.by_id[pid].requests[0].proto == proto
 
@@ -308,7 +306,7 @@ def test_spdadd_tunnel_request_without_endpoints_replies_einval(dialect: Dialect
 
 
 def test_spdadd_transport_request_may_carry_endpoints_on_freebsd() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     reqs = [request(ESP, TRANSPORT, REQUIRE, endpoints=("10.0.0.1", "10.0.0.2"))]
     pid = add_policy(eng, requests=reqs)
     assert eng.spd.by_id[pid].requests[0].dst is not None
@@ -398,7 +396,7 @@ def test_spdadd_same_selector_with_another_type_replies_eexist() -> None:
     {"src": "10.0.0.3"},
 ])
 def test_spdadd_selectors_differing_in_one_identity_field_coexist(change: dict[str, object]) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     first = add_policy(eng)
     second = add_policy(eng, **change)
     assert first != second and len(eng.spd) == 2
@@ -406,14 +404,14 @@ def test_spdadd_selectors_differing_in_one_identity_field_coexist(change: dict[s
 
 def test_spdadd_host_bits_beyond_the_prefix_are_part_of_the_identity() -> None:
     # §6.2: exact identity compares the full sockaddrs, not the masked networks.
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="10.0.0.1", splen=24)
     add_policy(eng, src="10.0.0.2", splen=24)
     assert len(eng.spd) == 2
 
 
 def test_spdadd_ipv6_scope_id_is_part_of_the_identity() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, src="fe80::1%1", dst="fe80::2%1")
     add_policy(eng, src="fe80::1%2", dst="fe80::2%2")
     assert len(eng.spd) == 2
@@ -421,7 +419,7 @@ def test_spdadd_ipv6_scope_id_is_part_of_the_identity() -> None:
 
 
 def test_spdupdate_replaces_the_policy_with_a_new_id() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX})
     old = add_policy(eng, priority=5)
     effects = send(eng, ME, spd_msg(MsgType.X_SPDUPDATE, ptype=PolicyType.DISCARD, priority=9))
     new_pol = reply(effects).policy
@@ -435,7 +433,7 @@ def test_spdupdate_replaces_the_policy_with_a_new_id() -> None:
 
 
 def test_spdupdate_puts_the_replacement_after_policies_of_equal_priority() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     a = add_policy(eng, dst="10.0.0.2", priority=1)
     b = add_policy(eng, dst="10.0.0.3", priority=1)
     reply(send(eng, ME, spd_msg(MsgType.X_SPDUPDATE, dst="10.0.0.2", priority=1)))
@@ -444,7 +442,7 @@ def test_spdupdate_puts_the_replacement_after_policies_of_equal_priority() -> No
 
 
 def test_spdupdate_of_an_unknown_selector_adds_it() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     reply(send(eng, ME, spd_msg(MsgType.X_SPDUPDATE)))
     assert len(eng.spd) == 1
 
@@ -456,7 +454,7 @@ def test_spdupdate_refused_keeps_the_old_policy() -> None:
 
 
 def test_spdsetidx_is_handled_exactly_like_spdadd() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, mtype=MsgType.X_SPDSETIDX, requests=[request(ESP, TRANSPORT, UNIQUE)])
     sp = eng.spd.by_id[pid]
     assert sp.requests[0].reqid == 0x4001  # the full request list is kept, not only the index
@@ -467,7 +465,7 @@ def test_spdsetidx_is_handled_exactly_like_spdadd() -> None:
 
 
 def test_unique_requests_without_reqid_get_reqids_from_0x4001() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     out = reply(send(eng, ME, spd_msg(requests=[request(ESP, level=UNIQUE), request(AH, level=UNIQUE)])))
     assert out.policy is not None
     assert [r.reqid for r in out.policy.requests] == [0x4001, 0x4002]
@@ -479,13 +477,13 @@ def test_unique_requests_without_reqid_get_reqids_from_0x4001() -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_unique_reqid_above_manual_range_is_replaced(dialect: Dialect) -> None:
-    eng = make_engine({ME: dialect})
+    eng = make_engine(clients={ME: dialect})
     out = reply(send(eng, ME, spd_msg(requests=[request(level=UNIQUE, reqid=0x4000)])))
     assert out.policy is not None and out.policy.requests[0].reqid == 0x4001
 
 
 def test_unique_manual_reqid_is_kept() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     out = reply(send(eng, ME, spd_msg(requests=[request(level=UNIQUE, reqid=0x3FFF), request(AH, level=UNIQUE, reqid=1)])))
     assert out.policy is not None and [r.reqid for r in out.policy.requests] == [0x3FFF, 1]
     assert eng.spd.by_id[out.policy.id].requests[0].reqid == 0x3FFF
@@ -494,7 +492,7 @@ def test_unique_manual_reqid_is_kept() -> None:
 def test_non_unique_reqid_is_stored_as_zero_but_echoed_in_the_reply() -> None:
     # §6.3: for levels other than UNIQUE the reqid is ignored (stored as 0); the
     # reply is the request's X_POLICY with only the rewritten reqids changed (§3.12).
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     out = reply(send(eng, ME, spd_msg(requests=[request(level=REQUIRE, reqid=7), request(AH, level=UNIQUE)])))
     assert out.policy is not None
     assert [r.reqid for r in out.policy.requests] == [7, 0x4001]
@@ -503,7 +501,7 @@ def test_non_unique_reqid_is_stored_as_zero_but_echoed_in_the_reply() -> None:
 
 
 def test_reqid_allocation_does_not_happen_for_refused_duplicates() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, requests=[request(level=UNIQUE)])
     assert errno_of(send(eng, ME, spd_msg(requests=[request(level=UNIQUE)]))) == errno.EEXIST
     out = reply(send(eng, ME, spd_msg(dst="10.0.0.7", requests=[request(level=UNIQUE)])))
@@ -514,7 +512,7 @@ def test_reqid_allocation_does_not_happen_for_refused_duplicates() -> None:
 
 
 def test_policy_ids_are_unique_and_non_zero() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     ids = []
     for i in range(120):
         direction = (IN, OUT, FWD)[i % 3]
@@ -534,7 +532,7 @@ def test_policy_ids_are_unique_and_non_zero() -> None:
 
 
 def test_policy_id_in_the_reply_finds_the_policy() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     for d in ("10.0.0.2", "10.0.0.3"):
         pid = add_policy(eng, dst=d)
         got = _stored(eng, pid)

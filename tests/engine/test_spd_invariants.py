@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from pfkeyd.effects import Dump, Error
 from pfkeyd.engine import KeyEngine
 from pfkeyd.wire import UNKNOWN, Dialect, IpProto, IpsecRequest, Message, MsgType, PolicyType
+from tests.engine.conftest import at, make_engine, reply
 from tests.engine.spd_helpers import (
     AH,
     ESP,
@@ -29,11 +30,8 @@ from tests.engine.spd_helpers import (
     PID,
     TRANSPORT,
     TUNNEL,
-    at,
     by_id_msg,
     hard_lifetime,
-    make_engine,
-    reply,
     send,
     sockaddr,
     spd_msg,
@@ -111,7 +109,7 @@ def _check_invariants(eng: KeyEngine) -> None:
 @settings(max_examples=120)
 @given(st.data())
 def test_refused_requests_change_nothing_and_accepted_ones_change_what_they_say(data: st.DataObject) -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX})
     now = 0.0
     for _ in range(data.draw(st.integers(1, 25), label="steps")):
         client = data.draw(st.sampled_from((ME, OTHER)), label="client")

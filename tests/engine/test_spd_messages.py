@@ -23,8 +23,10 @@ from pfkeyd.wire import (
     SaType,
     decode,
 )
+from tests.engine.conftest import T0, at, ext_types, make_engine, reply, sends
 from tests.engine.spd_helpers import (
     AH,
+    ALONE,
     DIALECTS,
     ESP,
     FREEBSD,
@@ -36,24 +38,18 @@ from tests.engine.spd_helpers import (
     OTHER,
     OUT,
     PID,
-    T0,
     UNIQUE,
     add_policy,
-    at,
     by_id_msg,
     delivered,
     errno_of,
-    ext_types,
     flow,
     hard_lifetime,
-    make_engine,
     on_wire,
     recipients,
-    register,
-    reply,
+    register_km,
     request,
     send,
-    sends,
     spd_msg,
     spd_state,
     tunnel,
@@ -76,7 +72,7 @@ def _delete_msg(**kw: object) -> Message:
 
 
 def test_spddelete_removes_the_exact_selector_and_replies_to_all() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: LINUX})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: LINUX})
     pid = add_policy(eng, proto=IpProto.TCP, dport=22, splen=24)
     keep = add_policy(eng, dir=IN)
     effects = send(eng, ME, _delete_msg(proto=IpProto.TCP, dport=22, splen=24, seq=3))
@@ -91,7 +87,7 @@ def test_spddelete_removes_the_exact_selector_and_replies_to_all() -> None:
 
 
 def test_spddelete_ignores_type_priority_and_requests() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng, priority=3, requests=[request(ESP), request(AH)])
     reply(send(eng, ME, _delete_msg(priority=99)))
     assert len(eng.spd) == 0
@@ -103,26 +99,26 @@ def test_spddelete_ignores_type_priority_and_requests() -> None:
 ])
 def test_spddelete_of_a_near_miss_replies_einval_and_deletes_nothing(change: dict[str, object]) -> None:
     # FreeBSD answers EINVAL for a missing policy (Linux: ENOENT), §3.13.
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert_refused(eng, _delete_msg(**change), errno.EINVAL)
 
 
 def test_spddelete_on_an_empty_spd_replies_einval() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     assert_refused(eng, _delete_msg(), errno.EINVAL)
 
 
 @pytest.mark.parametrize("bad", [{"dir": 0}, {"ptype": PolicyType.BYPASS}, {"ptype": PolicyType.ENTRUST}])
 def test_spddelete_checks_direction_and_type_like_spdadd(bad: dict[str, object]) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert_refused(eng, _delete_msg(**bad), errno.EINVAL)
 
 
 @pytest.mark.parametrize("missing", [ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST])
 def test_spddelete_without_a_required_extension_replies_einval(missing: ExtType) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert_refused(eng, _delete_msg(omit=[missing]), errno.EINVAL)
 
@@ -131,7 +127,7 @@ def test_spddelete_without_a_required_extension_replies_einval(missing: ExtType)
 
 
 def test_spddelete2_removes_by_id_and_echoes_the_policy_extension() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: FREEBSD})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: FREEBSD})
     pid = add_policy(eng)
     other = add_policy(eng, dir=IN)
     request_msg = by_id_msg(MsgType.X_SPDDELETE2, pid, seq=9)
@@ -144,20 +140,20 @@ def test_spddelete2_removes_by_id_and_echoes_the_policy_extension() -> None:
 
 
 def test_spddelete2_of_an_unknown_id_replies_einval() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng)
     assert_refused(eng, by_id_msg(MsgType.X_SPDDELETE2, pid + 1), errno.EINVAL)
     assert_refused(eng, by_id_msg(MsgType.X_SPDDELETE2, 0), errno.EINVAL)
 
 
 def test_spddelete2_without_policy_extension_replies_einval() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert_refused(eng, Message(MsgType.X_SPDDELETE2, 0, 0, PID), errno.EINVAL)
 
 
 def test_spddelete2_satype_must_be_unspec() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng)
     assert_refused(eng, by_id_msg(MsgType.X_SPDDELETE2, pid).replace(satype=SaType.AH), errno.EINVAL)
 
@@ -166,8 +162,8 @@ def test_spddelete2_satype_must_be_unspec() -> None:
 
 
 def test_spdget_replies_to_the_requester_only() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: FREEBSD, KM: LINUX})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: FREEBSD, KM: LINUX})
+    register_km(eng, KM)
     pid = add_policy(eng)
     effects = send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid, seq=5))
     assert recipients(effects) == [ME]
@@ -176,13 +172,13 @@ def test_spdget_replies_to_the_requester_only() -> None:
 
 
 def test_spdget_of_an_unknown_id_replies_enoent() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng)
     assert_refused(eng, by_id_msg(MsgType.X_SPDGET, pid + 8), errno.ENOENT)
 
 
 def test_spdget_freebsd_message_is_src_dst_policy_with_global_scope() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     reqs = [request(ESP, level=UNIQUE), tunnel("192.0.2.1", "192.0.2.2", proto=AH)]
     pid = add_policy(eng, src="10.1.0.0", splen=16, dst="10.2.0.9", proto=IpProto.UDP, dport=53, priority=11,
                      requests=reqs)
@@ -200,7 +196,7 @@ def test_spdget_freebsd_message_is_src_dst_policy_with_global_scope() -> None:
 
 
 def test_spdget_linux_message_always_carries_lifetimes_before_the_policy() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     pid = add_policy(eng, dir=FWD)
     msg = on_wire(reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid))), LINUX)
     assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD,
@@ -210,7 +206,7 @@ def test_spdget_linux_message_always_carries_lifetimes_before_the_policy() -> No
 
 def test_spdget_freebsd_shows_lifetimes_only_for_a_policy_with_a_lifetime() -> None:
     # key_setdumpsp: CURRENT and HARD only when sp->lifetime != 0 (§6.6, §8.3).
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     with_lifetime = add_policy(eng, dst="10.0.0.2", hard=hard_lifetime(3600, 60), now=at(5))
     only_validtime = add_policy(eng, dst="10.0.0.3", hard=hard_lifetime(0, 60))
     none = add_policy(eng, dst="10.0.0.4")
@@ -226,7 +222,7 @@ def test_spdget_freebsd_shows_lifetimes_only_for_a_policy_with_a_lifetime() -> N
 
 def test_spdget_current_lifetime_reports_creation_and_last_use() -> None:
     # key_spdadd sets lastused = created; a lookup moves it (§6.6).
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     pid = add_policy(eng, hard=hard_lifetime(3600), now=at(1))
     cur = reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid))).lifetime_current
     assert cur is not None and (cur.addtime, cur.usetime) == (at(1).wall, at(1).wall)
@@ -239,7 +235,7 @@ def test_spdget_current_lifetime_reports_creation_and_last_use() -> None:
 
 
 def test_spdflush_removes_every_policy_and_replies_header_to_all() -> None:
-    eng = make_engine({ME: LINUX, OTHER: FREEBSD})
+    eng = make_engine(clients={ME: LINUX, OTHER: FREEBSD})
     for d in (IN, OUT, FWD):
         add_policy(eng, dir=d)
     add_policy(eng, dst="2001:db8::2", src="2001:db8::1", hard=hard_lifetime(10))
@@ -253,19 +249,19 @@ def test_spdflush_removes_every_policy_and_replies_header_to_all() -> None:
 
 
 def test_spdflush_of_an_empty_spd_succeeds() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     assert reply(send(eng, ME, Message(MsgType.X_SPDFLUSH, 0, 0, PID))).exts == ()
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_spdflush_with_any_extension_replies_einval(dialect: Dialect) -> None:
-    eng = make_engine({ME: dialect})
+    eng = make_engine(clients={ME: dialect})
     add_policy(eng)
     assert_refused(eng, Message(MsgType.X_SPDFLUSH, 0, 0, PID, exts=(Policy(PolicyType.NONE, OUT),)), errno.EINVAL)
 
 
 def test_spdflush_with_an_sa_satype_replies_einval() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert_refused(eng, Message(MsgType.X_SPDFLUSH, SaType.ESP, 0, PID), errno.EINVAL)
 
@@ -280,12 +276,12 @@ def _dump(eng: KeyEngine, satype: int = 0, pid: int = PID) -> Dump:
 
 
 def test_spddump_of_an_empty_spd_replies_enoent() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     assert errno_of(send(eng, ME, Message(MsgType.X_SPDDUMP, 0, 0, PID))) == errno.ENOENT
 
 
 def test_spddump_lists_inbound_outbound_then_forward_each_by_priority_then_age() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     spec = [  # (name, dir, priority) in insertion order
         ("o-p5-a", OUT, 5), ("i-p9", IN, 9), ("f-p1", FWD, 1), ("o-p1", OUT, 1), ("i-p0", IN, 0),
         ("o-p5-b", OUT, 5), ("i-p9-b", IN, 9), ("o-hi", OUT, 0xFFFFFFFF), ("o-p0", OUT, 0), ("f-p0", FWD, 0),
@@ -302,20 +298,20 @@ def test_spddump_lists_inbound_outbound_then_forward_each_by_priority_then_age()
 @pytest.mark.parametrize("scope", [0, 1])
 def test_spddump_scope_any_or_global_lists_the_policies(scope: int) -> None:
     # satype 0 means every scope (0xff), 1 the global policies (§3.17).
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert len(_dump(eng, scope).items) == 1
 
 
 @pytest.mark.parametrize("scope", [3, 5, 9, 255])
 def test_spddump_with_an_invalid_scope_replies_einval(scope: int) -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     assert errno_of(send(eng, ME, Message(MsgType.X_SPDDUMP, scope, 0, PID))) == errno.EINVAL
 
 
 def test_spddump_scope_2_and_4_find_nothing() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     for scope in (2, 4):
         assert errno_of(send(eng, ME, Message(MsgType.X_SPDDUMP, scope, 0, PID))) == errno.ENOENT
@@ -323,7 +319,7 @@ def test_spddump_scope_2_and_4_find_nothing() -> None:
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_spddump_render_produces_decodable_spddump_messages(dialect: Dialect) -> None:
-    eng = make_engine({ME: dialect})
+    eng = make_engine(clients={ME: dialect})
     add_policy(eng, requests=[request(ESP, level=UNIQUE), tunnel()], hard=hard_lifetime(100, 10), priority=3)
     add_policy(eng, src="2001:db8::", splen=64, dst="2001:db8:1::1", dir=IN,
                ptype=PolicyType.DISCARD)
@@ -341,7 +337,7 @@ def test_spddump_render_produces_decodable_spddump_messages(dialect: Dialect) ->
 
 
 def test_spddump_render_of_a_forward_policy_cannot_be_carried_by_freebsd() -> None:
-    eng = make_engine({ME: LINUX})
+    eng = make_engine(clients={ME: LINUX})
     add_policy(eng, dir=FWD)
     dump = _dump(eng)
     assert decode(dump.render(dump.items[0], LINUX, 0, PID), LINUX, request=False).policy is not None
@@ -350,7 +346,7 @@ def test_spddump_render_of_a_forward_policy_cannot_be_carried_by_freebsd() -> No
 
 
 def test_spddump_is_a_snapshot_of_the_moment_of_the_request() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     first = add_policy(eng)
     dump = _dump(eng)
     reply(send(eng, ME, by_id_msg(MsgType.X_SPDDELETE2, first)))
@@ -359,7 +355,7 @@ def test_spddump_is_a_snapshot_of_the_moment_of_the_request() -> None:
 
 
 def test_spddump_does_not_change_the_spd() -> None:
-    eng = make_engine()
+    eng = make_engine(clients=ALONE)
     add_policy(eng)
     before = spd_state(eng)
     _dump(eng)
@@ -370,8 +366,8 @@ def test_spddump_does_not_change_the_spd() -> None:
 
 
 def _expiring(**kw: object) -> tuple[KeyEngine, int]:
-    eng = make_engine({ME: FREEBSD, OTHER: FREEBSD, KM: LINUX})
-    register(eng, KM)
+    eng = make_engine(clients={ME: FREEBSD, OTHER: FREEBSD, KM: LINUX})
+    register_km(eng, KM)
     pid = add_policy(eng, **kw)
     return eng, pid
 
@@ -384,14 +380,14 @@ def test_policy_lifetime_ends_with_spdexpire_to_registered_only() -> None:
     effects = eng.tick(at(31))
     assert pid not in eng.spd.by_id
     assert recipients(effects) == [KM]
-    assert all(s.msg.type == MsgType.X_SPDEXPIRE for s in sends(effects))
+    assert all(s.msg.type == MsgType.X_SPDEXPIRE for s in sends(effects, promisc=False))
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_spdexpire_message_contents(dialect: Dialect) -> None:
     # §6.6: satype 0, seq 0, pid 0; CURRENT, HARD, SRC, DST, the full X_POLICY.
-    eng = make_engine({KM: dialect, ME: FREEBSD})
-    register(eng, KM)
+    eng = make_engine(clients={KM: dialect, ME: FREEBSD})
+    register_km(eng, KM)
     reqs = [request(ESP, level=UNIQUE), tunnel(proto=AH)]
     pid = add_policy(eng, hard=hard_lifetime(30, 20), requests=reqs, priority=4, now=at(2), src="10.3.0.0",
                      splen=16, proto=IpProto.TCP, dport=25)
@@ -438,7 +434,7 @@ def test_policy_lifetime_is_not_extended_by_use() -> None:
 
 
 def test_policy_expiry_without_registered_sockets_is_silent() -> None:
-    eng = make_engine({ME: FREEBSD, OTHER: FREEBSD})
+    eng = make_engine(clients={ME: FREEBSD, OTHER: FREEBSD})
     pid = add_policy(eng, hard=hard_lifetime(5))
     assert eng.tick(at(6)) == []
     assert pid not in eng.spd.by_id
@@ -471,6 +467,6 @@ def test_policies_expire_in_deadline_order_within_one_tick() -> None:
     second = add_policy(eng, dst="10.0.0.3", hard=hard_lifetime(5), now=at(1))
     third = add_policy(eng, dst="10.0.0.4", hard=hard_lifetime(50))
     effects = eng.tick(at(20))
-    gone = [s.msg.policy.id for s in sends(effects) if isinstance(s, Send) and s.msg.policy is not None]
+    gone = [s.msg.policy.id for s in sends(effects, promisc=False) if isinstance(s, Send) and s.msg.policy is not None]
     assert gone == [second, first]
     assert list(eng.spd.by_id) == [third]

@@ -224,7 +224,7 @@ async def test_a_run_of_adds_served_hot_reaches_every_socket_as_the_generic_path
     daemon: Daemon, dialect: Dialect
 ) -> None:
     """After two ADDs of one shape the engine answers the rest from their bytes
-    (pfkeyd.hotpath): the requester and the other socket of its dialect still get
+    (pfkeyd.engine.hotpath): the requester and the other socket of its dialect still get
     the keyless reply, with the request's seq, pid and SPI, and GET finds each SA
     complete with its keys."""
     a, b = await daemon.connect(dialect), await daemon.connect(dialect)

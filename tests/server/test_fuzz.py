@@ -1,11 +1,16 @@
-"""Fuzzing through the socket: generated and mutated datagrams against a live daemon.
+"""Fuzzing: generated and mutated datagrams against the daemon layer and a live daemon.
 
-A shadow engine, seeded like the daemon's, is fed the same datagrams through the
-codec directly; it says what the reference answer is.  For every datagram:
+The daemon layer (:class:`pfkeyd.daemon.Daemon`) is the one path from a datagram
+to what goes out.  Fed directly, it must answer every datagram without an internal
+error (the boundary would answer one EINVAL, but none may happen), and a rejected
+request must change nothing.
 
-* the daemon stays up and answers exactly that: the header-only send-failure reply
-  where the kernel fails the send, the dialect's error reply where it answers one,
-  the reply (or the first dump entry) the shadow produced otherwise;
+Through the socket, a shadow daemon layer, seeded like the live daemon's, is fed
+the same datagrams; it says what the requester must receive.  For every datagram:
+
+* the daemon stays up and its socket delivers exactly that: the header-only
+  send-failure reply where the kernel fails the send, the dialect's error reply
+  where it answers one, the reply (or the first dump entry) otherwise;
 * the daemon's tables equal the shadow's, and a rejected request changed nothing.
 """
 
@@ -21,10 +26,10 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pfkeyd.effects import Dump, Error, Instant, Send
+from pfkeyd.daemon import Broadcast, Daemon, DumpStream, Log, Outgoing, Reply
+from pfkeyd.effects import Instant
 from pfkeyd.engine import KeyEngine
-from pfkeyd.errors import DecodeError
-from pfkeyd.wire import Dialect, Message, decode, encode, error_reply, send_failure_reply
+from pfkeyd.wire import Dialect, Message, encode
 from tests.engine.conftest import add, delete, dump, flush, get, getspi, promisc, register
 from tests.server.peers import RECV_SIZE, Peer, start_daemon
 from tests.wire.strategies import requests
@@ -44,22 +49,21 @@ def tables(engine: KeyEngine) -> tuple[Any, ...]:
     return (tuple(sas), tuple(sps), tuple(clients))
 
 
-def expected_answer(shadow: KeyEngine, data: bytes, dialect: Dialect) -> tuple[bytes | None, bool]:
+def first_for(out: list[Outgoing], client: int) -> bytes | None:
+    """The first datagram ``client`` receives of what the daemon layer returned."""
+    for item in out:
+        if isinstance(item, (Reply, Broadcast)) and client in item.to:
+            return item.data
+        if isinstance(item, DumpStream) and item.to == client:
+            return next(iter(item))
+    return None
+
+
+def expected_answer(shadow: Daemon, data: bytes) -> tuple[bytes | None, bool]:
     """(the first datagram the requester must receive, whether the request was
-    rejected), from the codec and the shadow engine."""
-    try:
-        msg = decode(data, dialect, max_size=shadow.knobs.max_message_size)
-    except DecodeError as exc:
-        return (error_reply if exc.reply else send_failure_reply)(data, exc.errno, dialect), True
-    effects = shadow.handle(1, msg, Instant(0.0, WALL))
-    for eff in effects:
-        if isinstance(eff, Error):
-            return error_reply(data, eff.errno, dialect), True
-        if isinstance(eff, Send) and 1 in eff.to and not eff.promisc:
-            return encode(eff.msg, dialect), False
-        if isinstance(eff, Dump):
-            return eff.render(eff.items[0], dialect, len(eff.items) - 1, eff.pid), False
-    return None, False
+    rejected: its answer carries an errno)."""
+    want = first_for(shadow.receive(1, data, Instant(0.0, WALL)), 1)
+    return want, want is not None and want[2] != 0
 
 
 def valid_requests(dialect: Dialect) -> st.SearchStrategy[Message]:
@@ -112,21 +116,22 @@ async def _drive(dialect: Dialect, datagrams: list[bytes]) -> None:
     sockdir = tempfile.mkdtemp(prefix="pfz", dir="/tmp")
     try:
         engine = KeyEngine(rng=random.Random(SEED))
-        shadow = KeyEngine(rng=random.Random(SEED))
-        shadow.client_opened(1, dialect)
+        shadow_engine = KeyEngine(rng=random.Random(SEED))
+        shadow = Daemon(shadow_engine)
+        shadow.opened(1, dialect)
         async with trio.open_nursery() as nursery:
             d = await start_daemon(nursery, sockdir, engine, wall_clock=lambda: float(WALL))
             peer = await d.connect(dialect)
             for data in datagrams:
                 before = tables(engine)
-                want, rejected = expected_answer(shadow, data, dialect)
+                want, rejected = expected_answer(shadow, data)
                 await peer.send_raw(data)
                 got = await drain(peer)
                 if want is None:
                     assert got == [], (data.hex(), got)
                 else:
                     assert got and got[0] == want, (data.hex(), got[:1], want)
-                assert tables(engine) == tables(shadow)
+                assert tables(engine) == tables(shadow_engine)
                 if rejected:
                     assert tables(engine) == before
             # still serving
@@ -143,3 +148,21 @@ def test_the_daemon_answers_generated_and_mutated_datagrams_as_the_reference(dia
                                                                             data: st.DataObject) -> None:
     datagrams = data.draw(inputs(dialect))
     trio.run(_drive, dialect, datagrams)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(dialect=st.sampled_from(list(Dialect)), data=st.data())
+def test_the_daemon_layer_answers_every_datagram_without_an_internal_error(dialect: Dialect,
+                                                                           data: st.DataObject) -> None:
+    engine = KeyEngine(rng=random.Random(SEED))
+    daemon = Daemon(engine)
+    daemon.opened(1, dialect)
+    daemon.opened(2, Dialect.FREEBSD if dialect is Dialect.LINUX else Dialect.LINUX)
+    for i, datagram in enumerate(data.draw(inputs(dialect))):
+        before = tables(engine)
+        out = daemon.receive(1, datagram, Instant(float(i), WALL + i))
+        assert not [o for o in out if isinstance(o, Log) and o.kind == "internal"], datagram.hex()
+        answer = first_for(out, 1)
+        if answer is not None and answer[2] != 0:
+            assert tables(engine) == before, datagram.hex()
+    assert "internal_error" not in daemon.statistics().drops

@@ -12,9 +12,10 @@ import trio
 import trio.testing
 
 from pfkeyd.defaults import control_path
+from pfkeyd.effects import Instant
 from pfkeyd.engine import KeyEngine
-from pfkeyd.wire import Dialect, ExtType, MsgType, SaType
-from tests.engine.spd_helpers import hard_lifetime, spd_msg
+from pfkeyd.wire import Dialect, Direction, ExtType, MsgType, SaType
+from tests.engine.spd_helpers import flow, hard_lifetime, spd_msg
 from tests.server.peers import AUTH_KEY, ENC_KEY, Message, add_msg, start_daemon
 from tests.server.test_control_socket import argv_request, control_request, hook
 
@@ -64,4 +65,31 @@ async def test_the_debug_trace_shows_the_messages_the_daemon_originates_without_
     for line in lines:
         if "broadcast" in line:
             assert ExtType.KEY_AUTH.name not in line and ExtType.KEY_ENCRYPT.name not in line, line
+    d.server.stop()
+
+
+async def test_the_data_planes_effects_go_out_through_the_daemon_layer_and_are_traced(
+    nursery: trio.Nursery, sockdir: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Server.emit is the data plane's seam to the sockets: its ACQUIREs and EXPIREs are
+    # encoded by the daemon layer for each recipient's dialect, counted, and traced.
+    caplog.set_level(logging.DEBUG, logger="pfkeyd.server")
+    engine = KeyEngine(rng=random.Random(5))
+    d = await start_daemon(nursery, sockdir, engine)
+    keymgrs = [await d.connect(dialect, pid=100) for dialect in Dialect]
+    for km in keymgrs:
+        assert (await km.request(Message(MsgType.REGISTER, SaType.ESP, 1))).errno == 0
+    setkey = await d.connect(Dialect.LINUX, pid=200)
+    await setkey.request(spd_msg(src="10.1.0.1", dst="10.2.0.1", seq=2, pid=200))
+    for km in keymgrs:  # the other's REGISTER, the SPDADD
+        while not await km.quiet():
+            await km.recv()
+
+    _, effects = engine.lookup(Direction.OUTBOUND, flow("10.1.0.1", "10.2.0.1"),
+                               Instant(trio.current_time(), 1_700_000_000))
+    d.server.emit(effects)
+    for km in keymgrs:
+        assert (await km.recv()).type == MsgType.ACQUIRE
+    assert await setkey.quiet()  # not registered: no ACQUIRE
+    assert any(r.getMessage().startswith("data plane: broadcast ACQUIRE satype 3") for r in caplog.records)
     d.server.stop()

@@ -24,7 +24,7 @@ from setkey.commands import Command
 from setkey.errors import SetkeyErrors
 from setkey.formatter import format
 from setkey.numeric import ip_from_text
-from setkey.parser import _fast_setkey, _setkey_lexemes, parse
+from setkey.parser import fast_setkey_parser, parse, setkey_lexemes
 from setkey.resolve import Resolver, resolve
 from tests.setkey.test_roundtrip import commands
 
@@ -79,7 +79,7 @@ _FRAGMENTS = [" ", "\t", "\n", "# c ", "#", '"', '"a;b"', "-P", "-Pout", " in ",
                  st.text(alphabet=' \t\n#"-P;/[]aeu0123x,:%.+_!', max_size=40)))
 def test_lexer_cuts_text_as_the_plain_one(text: str) -> None:
     # the possessive blanks change no cut: the same pattern with plain quantifiers agrees
-    lexeme = _setkey_lexemes().commented
+    lexeme = setkey_lexemes().commented
     plain = re.compile(lexeme.pattern.replace("*+", "*").replace("++", "+"))
     assert lexeme.split(text) == plain.split(text)
     assert [m.span(2) for m in lexeme.finditer(text)] == [m.span(2) for m in plain.finditer(text)]
@@ -89,7 +89,7 @@ def test_lexer_cuts_text_as_the_plain_one(text: str) -> None:
 @given(st.one_of(st.lists(st.sampled_from([f for f in _FRAGMENTS if "#" not in f]), max_size=16).map("".join),
                  st.text(alphabet=' \t\n"-P;/[]aeu0123x,:%.+_!', max_size=40)))
 def test_lexer_for_texts_without_comments_cuts_them_as_the_plain_one(text: str) -> None:
-    assert _setkey_lexemes().uncommented.split(text) == _setkey_lexemes().commented.split(text)
+    assert setkey_lexemes().uncommented.split(text) == setkey_lexemes().commented.split(text)
 
 
 @settings(max_examples=300)
@@ -97,9 +97,9 @@ def test_lexer_for_texts_without_comments_cuts_them_as_the_plain_one(text: str) 
 def test_statements_of_a_text_without_quotes_and_comments_are_placed_as_in_any_text(
         cmds: list[Command], joint: str) -> None:
     text = joint.join(format(c) for c in cmds)
-    found = _fast_setkey().parse(text)
+    found = fast_setkey_parser().parse(text)
     # a comment at the end: the statements are found and placed the general way
-    general = _fast_setkey().parse(text + "\n# the end")
+    general = fast_setkey_parser().parse(text + "\n# the end")
     assert found == general == cmds
     assert [(c.line, c.column) for c in found] == [(c.line, c.column) for c in general]
 

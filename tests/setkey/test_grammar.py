@@ -42,11 +42,11 @@ from setkey.commands import (
 )
 from setkey.errors import SetkeyErrors, Source
 from setkey.parser import (
-    _fast_setkey,
-    _parse_with_recovery,
     describe_terminal,
+    fast_setkey_parser,
     parse,
     parse_policy,
+    parse_with_recovery,
     policy_grammar,
     setkey_grammar,
 )
@@ -154,7 +154,7 @@ def test_update_getspi_get_delete_deleteall_flush_dump_exit() -> None:
         exit; quit; bye;
     """
     # (parse stops at the first exit; the grammar knows all three spellings)
-    assert [type(c) for c in _fast_setkey().parse(text)] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush,
+    assert [type(c) for c in fast_setkey_parser().parse(text)] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush,
                                                              Dump, Dump, Exit, Exit, Exit]
     commands = parse(text)
     assert [type(c) for c in commands] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush, Dump, Dump, Exit]
@@ -439,8 +439,8 @@ def test_man_page_examples_against_each_dialect() -> None:
 def test_fast_driver_and_lark_parser_give_the_same_commands() -> None:
     text = MAN_EXAMPLES + "\n".join(
         f"add {w} {w} esp 1 -E null; spdadd -n {w} {w} any -P out none;" for w in KEYWORDS)
-    fast = _fast_setkey().parse(text)
-    slow, errors = _parse_with_recovery(text)
+    fast = fast_setkey_parser().parse(text)
+    slow, errors = parse_with_recovery(text)
     assert errors == []
     assert fast == slow
     assert [(c.line, c.column) for c in fast] == [(c.line, c.column) for c in slow]
@@ -463,7 +463,7 @@ def test_exit_stops_the_script_on_both_drivers() -> None:
         parse("flush;\nflush esp esp;\nquit;\nflush ( ;\n")
     assert [(e.line, e.column) for e in caught.value.errors] == [(2, 11)]
     fast = parse("flush;\nflush esp;\nquit;\nflush ( ;\n")
-    slow, errors = _parse_with_recovery("flush;\nflush esp;\nquit;\n")
+    slow, errors = parse_with_recovery("flush;\nflush esp;\nquit;\n")
     assert errors == []
     assert fast == slow
 

@@ -42,7 +42,7 @@ from setkey.commands import (
     Update,
 )
 from setkey.formatter import format, format_policy, format_script
-from setkey.parser import _fast_policy, _fast_setkey, _parse_with_recovery, parse, policy_grammar
+from setkey.parser import fast_policy_parser, fast_setkey_parser, parse, parse_with_recovery, policy_grammar
 
 U16 = 0xFFFF
 U32 = 0xFFFFFFFF
@@ -202,8 +202,8 @@ def test_parse_inverts_format(cmd: Command) -> None:
 def test_fast_driver_and_lark_agree_on_scripts(cmds: list[Command], joint: str) -> None:
     # blanks between words (not inside quotes) become the joint too
     text = joint.join(_OUTSIDE_QUOTES.sub(joint, format(c)) for c in cmds)
-    fast = _fast_setkey().parse(text)
-    slow, errors = _parse_with_recovery(text)
+    fast = fast_setkey_parser().parse(text)
+    slow, errors = parse_with_recovery(text)
     assert errors == []
     assert fast == slow == cmds
     assert [(c.line, c.column) for c in fast] == [(c.line, c.column) for c in slow]
@@ -230,5 +230,5 @@ def test_both_policy_parsers_read_a_formatted_policy_back(policy: Policy) -> Non
     text = format_policy(policy)
     # The fast driver must not give up on a valid policy (it would fall back
     # to lark silently), and lark's own parser must agree with it.
-    assert _fast_policy().parse(text) == policy
+    assert fast_policy_parser().parse(text) == policy
     assert policy_grammar().parse(text) == policy

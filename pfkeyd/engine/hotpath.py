@@ -9,7 +9,10 @@ encode) decides about such a request -- every check of the decoder, of key_parse
 key_setsaval or key_spdadd, every value of the new record but those fields, every
 byte of the reply but those fields -- is a function of the request's other bytes,
 its *shape*.  The generic path reads the variable fields in only a few places, and
-the hot path makes the same checks there:
+the hot path makes the same checks there, by calling the very admission steps the
+generic handlers call (:class:`pfkeyd.engine.core.EngineCore`: ``check_spi``,
+``check_sa_room``, ``insert_sa``, ``check_policy_room``, ``new_policy_id``,
+``insert_policy``), so that a new rule is written once:
 
 * ADD: the SPI must not be reserved (<= 255) nor in use, the SAD must have room, and
   an ACQUIRE with the request's seq is completed (seq 0 completes none);
@@ -38,10 +41,12 @@ import struct
 from collections.abc import Callable
 from ipaddress import IPv4Address, IPv6Address
 from operator import itemgetter
-from typing import TYPE_CHECKING
 
 from pfkeyd.effects import ClientId, Effect, Instant, SendEncoded
-from pfkeyd.errors import NoBuffers
+from pfkeyd.engine.core import EngineCore
+from pfkeyd.engine.extensions import EXTENSIONS
+from pfkeyd.engine.messages import X1_EXTS
+from pfkeyd.errors import PfkeyError
 from pfkeyd.record import record
 from pfkeyd.sad import SaIndex, SecAssoc
 from pfkeyd.spd import SecPolicy, Selector
@@ -60,31 +65,24 @@ from pfkeyd.wire import (
     encode,
 )
 
-if TYPE_CHECKING:
-    from pfkeyd.engine import KeyEngine
-
 __all__ = ["HotPath"]
 
 _EXT_HDR = struct.Struct("=HH")
 _SEQ_PID = struct.Struct("=II")
 _POLICY_ID = struct.Struct("=I")
 _HOT_SATYPES = frozenset({SaType.ESP, SaType.AH})
+_KEYS = frozenset({ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT})
 #: Per message type: the extensions a request of the hot path may carry (each at
-#: most once), those it must carry, and the reply's extensions in the order the
-#: generic path writes them (key_getmsgbuf_x1 for ADD; keys are never among them).
-#: Other extensions (identities, NAT-T, SA_REPLAY, security contexts, ...) always
-#: take the generic path.
-_KINDS: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...], tuple[ExtType, ...]]] = {
-    MsgType.ADD: (
-        frozenset({ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH,
-                   ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT}),
-        (ExtType.SA, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
-        (ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD,
-         ExtType.LIFETIME_SOFT),
-    ),
+#: most once), and the reply's extensions in the order the generic path writes them
+#: (key_getmsgbuf_x1 for ADD; keys are never among them).  Other extensions
+#: (identities, NAT-T, SA_REPLAY, security contexts, ...) always take the generic
+#: path.  What a request must carry is the one table's (pfkeyd.engine.extensions).
+_SERVED = frozenset({ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH,
+                     ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT})
+_HOT_SHAPES: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...]]] = {
+    MsgType.ADD: (_SERVED, tuple(ExtType(t) for t in X1_EXTS if t in _SERVED and t not in _KEYS)),
     MsgType.X_SPDADD: (
         frozenset({ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD}),
-        (ExtType.X_POLICY, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
         (ExtType.X_POLICY, ExtType.LIFETIME_HARD, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST),
     ),
 }
@@ -188,7 +186,8 @@ def _headers(data: bytes) -> Headers | None:
 
 def _layout(kind: int, dialect: Dialect, headers: Headers) -> _Layout | None:
     """The layout of a request with these extensions, if the hot path can serve it."""
-    allowed, required, reply_order = _KINDS[kind]
+    allowed, reply_order = _HOT_SHAPES[kind]
+    required = EXTENSIONS[kind].required
     from_wire = dialect.spec.ext.from_wire
     at: dict[ExtType, tuple[int, int]] = {}
     off = 16
@@ -266,7 +265,7 @@ class HotPath:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, engine: KeyEngine, client: ClientId, dialect: Dialect, data: bytes,
+    def serve(self, engine: EngineCore, client: ClientId, dialect: Dialect, data: bytes,
               now: Instant) -> list[Effect] | None:
         """Answer a request of a known shape, or return None having changed nothing."""
         layouts = self._by_size.get((dialect, len(data)))
@@ -293,43 +292,36 @@ class HotPath:
         stats.note_in(layout.kind)
         stats.note_out(layout.kind, len(to))
         self.served += 1
-        return [SendEncoded(to, reply, layout.kind)]
+        return [SendEncoded(to[0], to[1:], reply, layout.kind)]
 
-    def _add(self, engine: KeyEngine, layout: _Layout, t: _SaTemplate, data: bytes, now: Instant) -> bytes | None:
-        sad = engine.sad
-        if len(sad) >= engine.knobs.max_sas:
-            return None
+    def _add(self, engine: EngineCore, layout: _Layout, t: _SaTemplate, data: bytes, now: Instant) -> bytes | None:
         spi = int.from_bytes(data[layout.spi_at : layout.spi_at + 4], "big")
-        if spi <= 255 or spi in sad.by_spi:
-            return None
-        sa = self._sa(t, layout, spi, engine, data, now)
-        sad.insert(sa)
-        if sa.hard is not None or sa.soft is not None:  # either may come alone on a linux socket
-            engine._schedule(sa)
-        if sa.seq:
-            engine.acqdone(sa.index, sa.seq)
+        try:
+            # The generic ADD's checks on the fields that vary: the template holds
+            # everything else, checked when it was learned.
+            engine.check_spi(t.proto, spi)
+            engine.check_sa_room()
+        except PfkeyError:
+            return None  # the generic path answers
+        engine.insert_sa(self._sa(t, layout, spi, engine, data, now))
         return _sa_reply(t, layout, data)
 
-    def _spdadd(self, engine: KeyEngine, layout: _Layout, t: _PolicyTemplate, data: bytes,
+    def _spdadd(self, engine: EngineCore, layout: _Layout, t: _PolicyTemplate, data: bytes,
                 now: Instant) -> bytes | None:
         spd = engine.spd
-        if len(spd) >= engine.knobs.max_policies:
-            return None
         selector = self._selector(t, layout, data)
         if spd.find(t.dir, selector) is not None:
-            return None
-        counter = engine._policy_ids
+            return None  # SPDADD's EEXIST, or an SPDUPDATE's replacement: the generic path's
         try:
-            policy_id = engine._new_policy_id(t.dir)
-        except NoBuffers:
-            engine._policy_ids = counter  # as it was: the generic path answers
-            return None
+            engine.check_policy_room(None)
+            policy_id = engine.new_policy_id(t.dir)
+        except PfkeyError:
+            return None  # the generic path answers
         sp = self._policy(t, selector, policy_id, spd.next_order(), now.mono, now.wall)
-        spd.insert(sp)
-        engine._schedule_policy(sp)
+        engine.insert_policy(sp)
         return _policy_reply(t, layout, data, policy_id)
 
-    def _sa(self, t: _SaTemplate, layout: _Layout, spi: int, engine: KeyEngine, data: bytes,
+    def _sa(self, t: _SaTemplate, layout: _Layout, spi: int, engine: EngineCore, data: bytes,
             now: Instant) -> SecAssoc:
         seq, pid = _SEQ_PID.unpack_from(data, 8)
         ka, ke = t.key_auth, t.key_encrypt
@@ -340,7 +332,7 @@ class HotPath:
             SaState.MATURE, t.auth, t.encrypt, t.flags, t.replay, t.replay_window,
             None if ka is None else Key(ExtType.KEY_AUTH, data[ka[0]], ka[1]),
             None if ke is None else Key(ExtType.KEY_ENCRYPT, data[ke[0]], ke[1]),
-            seq, engine._shared(pid), now.mono, engine._shared(now.wall), t.hard, t.soft,
+            seq, engine.shared(pid), now.mono, engine.shared(now.wall), t.hard, t.soft,
         )
 
     @staticmethod
@@ -380,14 +372,14 @@ class HotPath:
             self._by_size.setdefault((dialect, layout.size), []).append(layout)
         return layout
 
-    def learn(self, engine: KeyEngine, dialect: Dialect, data: bytes, stored: SecAssoc | SecPolicy,
+    def learn(self, engine: EngineCore, dialect: Dialect, data: bytes, stored: SecAssoc | SecPolicy,
               answer: Message) -> None:
         """The generic path has just stored ``stored`` (an SA for an ADD, a policy for
         an SPDADD) for ``data`` and answered ``answer`` (keyless) to every socket: keep
         a template for the shape the second time it gets here, if the template gives
         exactly these results."""
         kind = data[1]
-        if kind not in _KINDS or (kind == MsgType.ADD and data[3] not in _HOT_SATYPES):
+        if kind not in _HOT_SHAPES or (kind == MsgType.ADD and data[3] not in _HOT_SATYPES):
             return
         layout = self._layout_of(kind, dialect, data)
         if layout is None:
