@@ -58,6 +58,13 @@ expiry storm is served in slices between other clients' requests.  The
 monotonic time is trio's clock (tests drive it with the autojump clock); the wall
 clock is injected.
 
+Durable state (``--state-dir``, :mod:`pfkeyd.statedir`).  After each step (a
+request, a tick, a control command, the data plane's effects) ``_send_out`` has
+the durable state capture what the step changed into a journal record; what the
+step sends waits, in order, until that record is on disk, and nothing sent later
+overtakes it.  The committer's callback (``_release``) sends what may go.  A
+control answer waits the same way.
+
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself: whatever a PF_KEY request holds, :meth:`Daemon.receive` answers it (an
 internal error there is answered EINVAL and logged here, with a rate limit and
