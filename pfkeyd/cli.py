@@ -2,12 +2,13 @@
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-           [--no-routes] [--enc] [--pcap file] [--mtu bytes]
+           [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
+           [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
         the -f file.  With --dataplane it also protects the host's traffic
         (pfkeyd.dataplane).
     pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-    pfkeyd stats [-s path] [--json]
+    pfkeyd stats [-s path] [--json | --prometheus]
     pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
     pfkeyd dialect [-s path]
         Ask the running daemon through its control socket (see pfkeyd.control).
@@ -25,6 +26,7 @@ file), 64 for usage errors.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import gc
 import grp
@@ -36,9 +38,12 @@ import pwd
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+from typing import TYPE_CHECKING, Any, NoReturn
 
+from pfkeyd import systemd
 from pfkeyd.defaults import SOCKET_ENV, connect_failure, control_path, default_socket_path, native_dialect
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.errors import DecodeError
@@ -46,6 +51,9 @@ from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.wire import Dialect, decode
 from pfkeyd.wire.describe import describe
 from pfkeyd.wire.framing import split_messages
+
+if TYPE_CHECKING:
+    from pfkeyd.server import Endpoint
 
 __all__ = ["main"]
 
@@ -89,9 +97,10 @@ def _decode_command(argv: Sequence[str]) -> int:
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-              [--no-routes] [--enc] [--pcap file] [--mtu bytes]
+              [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
+              [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
-       pfkeyd stats [-s path] [--json]
+       pfkeyd stats [-s path] [--json | --prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
        pfkeyd dialect [-s path]
        pfkeyd exec [--socket path] -- command [arg ...]
@@ -137,6 +146,12 @@ def _daemon_parser() -> argparse.ArgumentParser:
     p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
     p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
     p.add_argument("--mtu", metavar="bytes", type=int, default=1400, help="with --dataplane: the TUN's MTU")
+    p.add_argument("--state-dir", metavar="dir",
+                   help="keep the SAD, the SPD and run-time knob changes in this directory (keys included) "
+                        "so that they survive a restart or a crash; off by default")
+    p.add_argument("--metrics", metavar="[host:]port",
+                   help="serve the counters for Prometheus at http://host:port/metrics (host 127.0.0.1 "
+                        "if left out); off by default")
     return p
 
 
@@ -233,22 +248,36 @@ def _daemon_command(argv: Sequence[str]) -> int:
         if opts.help:
             parser.print_help()
             return 0
+        try:
+            # Sockets passed in by systemd stand in for the default socket.
+            passed = systemd.take_listen_fds(os.environ)
+        except systemd.ActivationError as exc:
+            print(f"pfkeyd: socket activation: {exc}", file=sys.stderr)
+            return 1
+        sockets = list(passed)
         if opts.socket is not None:
-            main_socket = _split_endpoint(opts.socket, dialect_required=False)
-        else:
+            sockets.insert(0, systemd.Planned(*_split_endpoint(opts.socket, dialect_required=False)))
+        elif not passed:
             path = default_socket_path()
             if path is None:
                 msg = "no socket path: give -s path, set XDG_RUNTIME_DIR or run as root"
                 raise _UsageError(msg)
-            main_socket = (path, native_dialect())
-        sockets = [main_socket] + [_split_endpoint(t, dialect_required=True) for t in opts.listen]
-        paths = [p for p, _ in sockets]
+            sockets.insert(0, systemd.Planned(path, native_dialect()))
+        sockets += [systemd.Planned(*_split_endpoint(t, dialect_required=True)) for t in opts.listen]
+        paths = [s.path for s in sockets]
         if len(set(paths)) != len(paths):
             msg = "the same socket path is given twice"
             raise _UsageError(msg)
         group = _gid(opts.group) if opts.group is not None else None
         allow = frozenset(_uid(u) for u in opts.allow_uid)
         dataplane = _dataplane_options(opts)
+        metrics_at = None
+        if opts.metrics is not None:
+            from pfkeyd.metrics_http import parse_address
+            try:
+                metrics_at = parse_address(opts.metrics)
+            except ValueError as exc:
+                raise _UsageError(f"--metrics {exc}") from None
     except _UsageError as exc:
         sys.stderr.write(USAGE)
         print(f"pfkeyd: {exc}", file=sys.stderr)
@@ -267,7 +296,8 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane)
+        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane, metrics_at,
+                           systemd.Notifier.from_environment(os.environ), opts.state_dir)
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -336,16 +366,19 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
     return knobs
 
 
-def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int | None,
-                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None) -> int:
+def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
+                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
+                metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
+                state_dir: str | None = None) -> int:
     import trio
 
-    from pfkeyd import control
+    from pfkeyd import control, metrics
     from pfkeyd.daemon import Daemon
     from pfkeyd.engine import KeyEngine
     from pfkeyd.server import Endpoint, Server, ServerError
 
-    endpoints = [Endpoint(path, dialect) for path, dialect in sockets]
+    endpoints = [Endpoint(s.path, s.dialect, s.fd, s.control_fd) for s in sockets]
+    notifier = notifier or systemd.Notifier(None)
     engine = KeyEngine(knobs)
     daemon = Daemon(engine)
     plane: Any = None
@@ -354,10 +387,56 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
         outcome = control.run(engine, argv, now, dialect, dataplane=plane)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
-    server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook)
+    durable = None
+    if state_dir is not None:
+        from pfkeyd.statedir import Durable, StateDir, StateDirError
+
+        store = StateDir(state_dir)
+        try:
+            store.open()
+        except StateDirError as exc:
+            log.error("%s", exc)
+            return 1
+        durable = Durable(store, engine)
+    server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook, durable=durable)
     failure: list[str] = []
+    restored = ""
+
+    extras = trio.CancelScope()  # the tasks beside the server, ended with it
+
+    async def in_extras(fn: Callable[..., Awaitable[object]], *,
+                        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+        with extras:
+            await fn(task_status=task_status)
 
     async def run() -> None:
+        nonlocal restored
+        if durable is not None:
+            from pfkeyd.state import StateError
+
+            try:
+                report = durable.load(knobs)
+            except (StateError, OSError) as exc:
+                failure.append(f"state directory: {exc}")
+                return
+            for problem in report.problems:
+                log.warning("state: %s", problem)
+            restored = f"; restored {report.sas} SAs and {report.policies} policies"
+            log.info("state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
+                     report.sas, report.policies, durable.store.path, report.records, report.seconds,
+                     f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "")
+        async with trio.open_nursery() as keeper:
+            committer = trio.CancelScope()
+            if durable is not None:
+                async def commit(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                    with committer:
+                        await durable.run(task_status=task_status)
+
+                await keeper.start(commit)
+            await serve()
+            committer.cancel()  # it writes what is left first
+
+    async def serve() -> None:
         nonlocal plane
         # Listen for signals before the sockets exist, so that none is missed.
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
@@ -369,7 +448,7 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
 
                     try:
                         plane, listeners = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
-                                                          [sockpol_path(path) for path, _ in sockets], tuple(allow))
+                                                          [sockpol_path(s.path) for s in sockets], tuple(allow))
                     except OSError as exc:
                         code = errno.errorcode.get(exc.errno or 0)
                         failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
@@ -385,11 +464,31 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
                         failure.append(str(exc))
                         outer.cancel_scope.cancel()
                         return
+                    if metrics_at is not None:
+                        from pfkeyd.metrics_http import serve_metrics
+                        try:
+                            await nursery.start(in_extras, partial(
+                                serve_metrics, *metrics_at, lambda: metrics.render(
+                                    engine.statistics(), plane.statistics() if plane is not None else None)))
+                        except OSError as exc:
+                            failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
+                            server.stop()
+                            outer.cancel_scope.cancel()
+                            return
+                    notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                     async for signum in signals:
                         if signum == signal.SIGHUP:
+                            notifier.notify(RELOADING=1,
+                                            MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+                            if durable is not None and config is not None:
+                                with contextlib.suppress(ValueError):  # reload_config reports it
+                                    durable.rebase(load_config(config, Knobs()))
                             server.set_knobs(reload_config(config, daemon.knobs))
+                            notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                             continue
                         log.info("%s received, stopping", signal.Signals(signum).name)
+                        notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
+                        extras.cancel()
                         server.stop()
                         break
                 # The server has shut down: the data plane removes its routes,
@@ -398,11 +497,21 @@ def _run_daemon(sockets: Sequence[tuple[str, Dialect]], knobs: Knobs, group: int
         log.info("stopped")
 
     _tune_gc()
-    trio.run(run)
+    try:
+        trio.run(run)
+    finally:
+        if durable is not None:
+            durable.store.close()
     if failure:
         log.error("%s", failure[0])
         return 1
     return 0
+
+
+def _status(endpoints: Sequence[Endpoint], metrics_at: tuple[str, int] | None) -> str:
+    """The STATUS= line of a daemon that serves."""
+    where = ", ".join(f"{e.path} ({e.dialect.value})" for e in endpoints)
+    return f"serving on {where}" + (f"; metrics on {metrics_at[0]}:{metrics_at[1]}" if metrics_at else "")
 
 
 def _control_target(argv: list[str]) -> tuple[str, str, str, list[str]]:

@@ -6,7 +6,7 @@ command against the engine and returns what to print, the exit status, and the
 effects (a lookup may send an ACQUIRE) for the shell to carry out.
 
     sysctl [-a] [-d] [-n] [name[=value] ...]
-    stats [--json]
+    stats [--json | --prometheus]
     lookup DIR SRC DST [PROTO [SPORT DPORT]]
     dialect
 
@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pfkeyd import metrics
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
@@ -102,8 +103,11 @@ _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 
 def _stats(engine: KeyEngine, args: Sequence[str], now: Instant, dataplane: StatsSource | None = None) -> Outcome:
+    if args == ["--prometheus"]:
+        return Outcome(0, metrics.render(engine.statistics(),
+                                         dataplane.statistics() if dataplane is not None else None).decode())
     if args not in ([], ["--json"]):
-        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json]\n")
+        return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json | --prometheus]\n")
     st = engine.statistics()
     if args:
         doc: dict[str, Any] = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import trio
 
@@ -83,9 +83,12 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def serve_peer(sock: socket.socket, answer: Callable[[bytes], bytes]) -> None:
+async def serve_peer(sock: socket.socket, answer: Callable[[bytes], bytes],
+                     settle: Callable[[], Awaitable[None]] | None = None) -> None:
     """Receive one request from a control peer, send ``answer(request)``, close.
-    A peer that takes longer than CONTROL_TIMEOUT is dropped."""
+    ``settle``, if given, is awaited between the answer and its sending (the
+    durable state: until a knob change is on disk).  A peer that takes longer than
+    CONTROL_TIMEOUT is dropped."""
     try:
         with trio.move_on_after(CONTROL_TIMEOUT):
             while True:
@@ -96,6 +99,8 @@ async def serve_peer(sock: socket.socket, answer: Callable[[bytes], bytes]) -> N
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
             payload = answer(data)
+            if settle is not None:
+                await settle()
             while True:
                 try:
                     sock.send(payload)

@@ -32,11 +32,18 @@ from types import MappingProxyType
 from pfkeyd.record import record
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
 
-__all__ = ["SaIndex", "NatT", "Usage", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
+__all__ = ["CHANGE_DEL", "CHANGE_PUT", "CHANGE_SP_DEL", "CHANGE_SP_PUT",
+           "SaIndex", "NatT", "Usage", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
 
 DEADLINE_LARVAL = 0
 DEADLINE_HARD = 1
 DEADLINE_SOFT = 2
+#: Entries of the change log (``Sad.changes``, ``Spd.changes``): an SA or policy
+#: stored (inserted or replaced), or removed.
+CHANGE_PUT = 0
+CHANGE_DEL = 1
+CHANGE_SP_PUT = 2
+CHANGE_SP_DEL = 3
 
 
 @record
@@ -189,6 +196,10 @@ class Sad:
         # (proto, src, dst) -> the heads of those addresses, whatever mode and reqid
         self.by_pair: dict[tuple[int, SockAddr, SockAddr], list[SaHead]] = {}
         self._deadlines: list[tuple[float, int, int, int]] = []  # (when, spi, version, kind)
+        #: The change log: while it is a list, every insertion, replacement and
+        #: removal appends (CHANGE_PUT, new SA) or (CHANGE_DEL, SA) to it, for the
+        #: durable state (pfkeyd.state) to drain after each request and tick.
+        self.changes: list[tuple[int, object]] | None = None
 
     def __len__(self) -> int:
         return len(self.by_spi)
@@ -212,6 +223,8 @@ class Sad:
             self.by_pair.setdefault((idx.proto, idx.src, idx.dst), []).append(head)
         head._list_for(sa)[sa.spi] = sa
         self.by_spi[sa.spi] = sa
+        if self.changes is not None:
+            self.changes.append((CHANGE_PUT, sa))
 
     def replace(self, old: SecAssoc, new: SecAssoc) -> None:
         """Swap ``old`` for ``new`` (same SPI).  A LARVAL SA that matures moves to
@@ -227,11 +240,15 @@ class Sad:
             head._list_for(old).pop(old.spi)
             head._list_for(new)[new.spi] = new
         self.by_spi[new.spi] = new
+        if self.changes is not None:
+            self.changes.append((CHANGE_PUT, new))
 
     def remove(self, sa: SecAssoc) -> None:
         head = self.heads[sa.index]
         head._list_for(sa).pop(sa.spi)
         del self.by_spi[sa.spi]
+        if self.changes is not None:
+            self.changes.append((CHANGE_DEL, sa))
         if not len(head):
             idx = sa.index
             del self.heads[idx]

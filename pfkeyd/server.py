@@ -58,6 +58,13 @@ expiry storm is served in slices between other clients' requests.  The
 monotonic time is trio's clock (tests drive it with the autojump clock); the wall
 clock is injected.
 
+Durable state (``--state-dir``, :mod:`pfkeyd.statedir`).  After each step (a
+request, a tick, a control command, the data plane's effects) ``_send_out`` has
+the durable state capture what the step changed into a journal record; what the
+step sends waits, in order, until that record is on disk, and nothing sent later
+overtakes it.  The committer's callback (``_release``) sends what may go.  A
+control answer waits the same way.
+
 Failure.  A client that disconnects, never reads, or sends garbage affects only
 itself: whatever a PF_KEY request holds, :meth:`Daemon.receive` answers it (an
 internal error there is answered EINVAL and logged here, with a rate limit and
@@ -84,6 +91,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
+from typing import Protocol
 
 import trio
 
@@ -123,6 +131,7 @@ __all__ = [
     "ControlHook",
     "ControlRequestError",
     "Endpoint",
+    "DurableLike",
     "EngineLike",
     "SUN_PATH_MAX",
     "Server",
@@ -149,6 +158,9 @@ DUMP_BATCH = 32
 #: The most due deadlines one tick takes on; the timer yields to the other tasks
 #: between ticks, so an expiry storm (200 000 SAs due at once) never stalls them.
 TICK_BATCH = 128
+#: With durable state, a reader stops reading while this many steps wait for the
+#: journal (their replies may not leave yet).
+HELD_MAX = 16384
 #: How long stop() lets writers flush what is already queued.
 DEFAULT_SHUTDOWN_GRACE = 2.0
 #: accept() failing with these means the process is out of descriptors or memory:
@@ -224,6 +236,18 @@ class _Client:
         self.drop_logged_at = -math.inf
 
 
+class DurableLike(Protocol):
+    """The durable state as the server sees it (:class:`pfkeyd.statedir.Durable`)."""
+
+    appended: int
+    committed: int
+    on_commit: Callable[[int], None] | None
+
+    def capture(self) -> int: ...
+
+    async def wait(self, seq: int) -> None: ...
+
+
 class Server:
     """Serve pfkeyd's daemon layer on one or more PF_KEY-over-SEQPACKET sockets.
 
@@ -249,6 +273,7 @@ class Server:
         wall_clock: Callable[[], float] = time.time,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         control: ControlHook | None = None,
+        durable: DurableLike | None = None,
     ) -> None:
         if not endpoints:
             msg = "a server needs at least one endpoint"
@@ -274,6 +299,13 @@ class Server:
         self._control_listeners: list[Listener] = []
         self._log_limits: dict[tuple[str, str], _LogLimit] = {}
         self._recv_view = memoryview(bytearray(MAX_DATAGRAM))  # shared by every reader
+        # Durable state: what may leave only once the journal record of its step
+        # is on disk, (sequence number, send it), in order.
+        self._durable = durable
+        self._held: deque[tuple[int, Callable[[], None]]] = deque()
+        self._held_room = trio.lowlevel.ParkingLot()
+        if durable is not None:
+            durable.on_commit = self._release
         # The PF_KEY listeners, polled before each request (see _accept_pending), and
         # the nursery their clients run in; None when not accepting.
         self._pending: select.epoll | select.poll | None = None
@@ -330,7 +362,7 @@ class Server:
             for endpoint in self._endpoints:
                 self._listeners.append(listen(endpoint, group=self._group, allow=allow))
                 if self._control is not None:
-                    ctl = Endpoint(control_path(endpoint.path), endpoint.dialect)
+                    ctl = Endpoint(control_path(endpoint.path), endpoint.dialect, endpoint.control_fd)
                     self._control_listeners.append(listen(ctl, group=self._group, allow=allow))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._timer)
@@ -391,12 +423,19 @@ class Server:
             if control:
                 if self._credentials(sock, listener.endpoint) is not None:
                     dialect = listener.endpoint.dialect
-                    nursery.start_soon(serve_peer, sock, partial(self._control_request, dialect=dialect))
+                    nursery.start_soon(partial(serve_peer, sock, partial(self._control_request, dialect=dialect),
+                                               settle=self._settle))
             else:
                 client = self._admit(sock, listener.endpoint)
                 if client is not None:
                     nursery.start_soon(self._run_client, client)
             await trio.lowlevel.checkpoint()
+
+    async def _settle(self) -> None:
+        """Before a control answer leaves: with durable state, until what the
+        command changed (a knob) is on disk."""
+        if self._durable is not None:
+            await self._durable.wait(self._durable.appended)
 
     def _control_request(self, data: bytes, dialect: Dialect) -> bytes:
         """Run one control request and return the answer.
@@ -543,6 +582,8 @@ class Server:
             while True:
                 while client.queued >= self._daemon.knobs.client_buffer or client.dumps:
                     await client.room.park()
+                while len(self._held) >= HELD_MAX:
+                    await self._held_room.park()
                 try:
                     # With MSG_TRUNC a SEQPACKET receive returns the datagram's whole
                     # length, even one longer than the buffer (which is then cut).
@@ -584,6 +625,29 @@ class Server:
     # ------------------------------------------------------------------ routing
 
     def _send_out(self, out: Sequence[Outgoing], level: int = 0) -> None:
+        """Send what one step (a request, a tick, a control command) made now, or,
+        with durable state, once the journal record of its changes is on disk:
+        nothing leaves before what it acknowledges is durable, and nothing
+        overtakes what waits."""
+        durable = self._durable
+        if durable is not None:
+            seq = durable.capture()
+            if seq > durable.committed or self._held:
+                self._held.append((seq, partial(self._deliver_out, out, level)))
+                return
+        self._deliver_out(out, level)
+
+    def _release(self, committed: int) -> None:
+        """The durable state's committer: records up to ``committed`` are on disk."""
+        held = self._held
+        while held and held[0][0] <= committed:
+            held.popleft()[1]()
+        self._held_room.unpark_all()
+        if not held and self._stop.is_set():
+            for client in self._clients.values():
+                client.work.unpark_all()  # writers that wait for the last replies to leave
+
+    def _deliver_out(self, out: Sequence[Outgoing], level: int = 0) -> None:
         """Queue every outgoing message, in order, without blocking."""
         clients = self._clients
         for item in out:
@@ -657,7 +721,7 @@ class Server:
                 while not client.outbox:
                     if client.broken:
                         raise _ClientGone
-                    if not client.reading:
+                    if not client.reading and not self._held:
                         return
                     await client.work.park()
                 item = client.outbox[0]

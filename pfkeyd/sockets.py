@@ -41,10 +41,17 @@ class ServerError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One listening socket: where it is and which dialect it speaks."""
+    """One listening socket: where it is and which dialect it speaks.
+
+    ``fd`` is a socket already listening at ``path`` that was passed in (systemd
+    socket activation), and ``control_fd`` that of its control socket; the server
+    takes them over as they are and leaves their files in place at exit.
+    """
 
     path: str
     dialect: Dialect
+    fd: int | None = None
+    control_fd: int | None = None
 
 
 @dataclass(slots=True)
@@ -62,6 +69,11 @@ def listen(endpoint: Endpoint, *, group: int | None, allow: Sequence[int]) -> Li
     owned by ``group``; ``allow`` (uids other than root and ours) get an ACL entry.
     Raises :class:`ServerError` when the path cannot be used."""
     path = endpoint.path
+    if endpoint.fd is not None:
+        passed = socket.socket(fileno=endpoint.fd)
+        passed.setblocking(False)
+        log.info("listening on %s (%s), passed in", path, endpoint.dialect.value)
+        return Listener(endpoint, passed, (0, 0), -1)  # dir_fd -1: not ours to remove
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     sock.setblocking(False)
     try:
@@ -87,8 +99,11 @@ def listen(endpoint: Endpoint, *, group: int | None, allow: Sequence[int]) -> Li
 def close_listener(listener: Listener) -> None:
     """Close the socket and remove its file: from the directory it was linked into,
     whatever the path leads to now, and only if it is still ours, not a successor's.
-    (The caller has told trio the socket is closing.)"""
+    (The caller has told trio the socket is closing.)  A socket that was passed in
+    is only closed: its file belongs to whoever made it."""
     listener.sock.close()
+    if listener.dir_fd < 0:
+        return
     path = listener.endpoint.path
     name = os.path.basename(path)
     try:

@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import field
 
 from pfkeyd.record import record
+from pfkeyd.sad import CHANGE_SP_DEL, CHANGE_SP_PUT
 from pfkeyd.wire import Direction, IpProto, IpsecRequest, SockAddr
 
 __all__ = ["Selector", "SecPolicy", "Spd", "Flow"]
@@ -131,6 +132,8 @@ class Spd:
         # (dir, version) -> {(dst_len, src_len): shape}
         self._shapes: dict[tuple[int, int], dict[tuple[int, int], _Shape]] = {}
         self._order = 0
+        #: The change log, shared with the SAD's (see ``Sad.changes``).
+        self.changes: list[tuple[int, object]] | None = None
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -148,6 +151,8 @@ class Spd:
         bucket = self._bucket(sp, create=True)
         assert bucket is not None
         bisect.insort(bucket, sp, key=lambda p: p.key)
+        if self.changes is not None:
+            self.changes.append((CHANGE_SP_PUT, sp))
 
     def remove(self, sp: SecPolicy) -> None:
         del self.by_id[sp.id]
@@ -162,6 +167,8 @@ class Spd:
             del shape.buckets[bkey]
             if not shape.buckets:
                 del shapes[(sel.dst_len, sel.src_len)]
+        if self.changes is not None:
+            self.changes.append((CHANGE_SP_DEL, sp))
 
     def replace(self, old: SecPolicy, new: SecPolicy) -> None:
         """Swap a policy for an updated copy with the same identity and order."""
@@ -170,6 +177,8 @@ class Spd:
         bucket = self._bucket(old, create=False)
         assert bucket is not None
         bucket[bucket.index(old)] = new
+        if self.changes is not None:
+            self.changes.append((CHANGE_SP_PUT, new))
 
     def _bucket(self, sp: SecPolicy, *, create: bool) -> list[SecPolicy] | None:
         sel = sp.selector

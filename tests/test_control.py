@@ -369,9 +369,12 @@ def test_stats_count_the_acquires_a_lookup_sends(engine: KeyEngine) -> None:
     assert stats_block(run(engine, "stats").out, "messages out")[1]["ACQUIRE"] == 1
 
 
-def test_stats_takes_no_arguments_but_json(engine: KeyEngine) -> None:
-    out = run(engine, "stats", "-v")
-    assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--json]\n")
+def test_stats_takes_no_arguments_but_json_or_prometheus(engine: KeyEngine) -> None:
+    for args in (["-v"], ["--prometheus", "-v"], ["--prom"], ["--json", "--prometheus"]):
+        out = run(engine, "stats", *args)
+        assert (out.status, out.out, out.err) == (64, "", "usage: pfkeyd stats [--json | --prometheus]\n")
+    out = run(engine, "stats", "--prometheus")
+    assert out.status == 0 and out.out.startswith("# HELP pfkeyd_messages_received_total ")
 
 
 def test_stats_json_is_the_same_counters_machine_readable(engine: KeyEngine) -> None:

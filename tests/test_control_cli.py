@@ -82,14 +82,14 @@ def pfkeyd_command(*args: str, env: dict[str, str] | None = None) -> subprocess.
 class Daemon:
     """``pfkeyd -s DIR/p.sock:linux -l DIR/b.sock:freebsd -f DIR/pfkeyd.conf``."""
 
-    def __init__(self, sockdir: str, config: str = CONFIG) -> None:
+    def __init__(self, sockdir: str, config: str = CONFIG, extra: Sequence[str] = ()) -> None:
         self.linux = f"{sockdir}/p.sock"
         self.freebsd = f"{sockdir}/b.sock"
         self.config = f"{sockdir}/pfkeyd.conf"
         Path(self.config).write_text(config)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pfkeyd", "-s", f"{self.linux}:linux", "-l", f"{self.freebsd}:freebsd",
-             "-f", self.config],
+             "-f", self.config, *extra],
             cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
         self.log: list[str] = []

@@ -381,13 +381,16 @@ def test_the_usage_reader_understands_usage_text() -> None:
         "": "pfkeyd [-d] [-h]", "stats": "pfkeyd stats [-s path]"}
 
 
-def test_the_page_and_the_readme_say_that_state_lives_only_in_memory() -> None:
+def test_the_page_and_the_readme_say_that_state_lives_only_in_memory_without_a_state_directory() -> None:
     caveats = " ".join(section("CAVEATS"))
     assert "only in the daemon's memory" in caveats
     assert "restart, a crash" in caveats
-    readme = (ROOT / "README.md").read_text()
-    assert "State lives only in memory" in readme
+    assert "keys are on disk" in caveats  # with --state-dir, said plainly
+    assert ".Sy Keys are then on disk ," in PAGE  # in --state-dir's description
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    assert "State lives only in memory** unless `--state-dir` is given" in readme
     assert "a restart or a crash loses every SA and policy" in readme
+    assert "**Keys are then on disk**" in readme
 
 
 def test_the_signals_section_names_the_signals_the_daemon_handles() -> None:

@@ -153,6 +153,22 @@ class EngineCore:
         """Change one knob; effective from the next message (raises KnobError)."""
         self.knobs = self.knobs.set(name, value)
 
+    def allocators(self) -> tuple[int, int, int]:
+        """What the policy-id, reqid and policy-order counters last gave (the
+        durable state keeps them, so that ids are not given twice)."""
+        return (self._policy_ids, self._reqids, self.spd._order)
+
+    def resume(self, allocators: tuple[int, int, int]) -> None:
+        """The SAD and the SPD were filled from the durable state (pfkeyd.state):
+        continue the counters where they were and schedule every SA's and policy's
+        deadlines; those that passed while the daemon was down fire at the next
+        tick (an SA past its hard lifetime is removed with its hard EXPIRE)."""
+        self._policy_ids, self._reqids, self.spd._order = allocators
+        for sa in self.sad.by_spi.values():
+            self.schedule(sa)
+        for sp in self.spd.by_id.values():
+            self._schedule_policy(sp)
+
     def statistics(self) -> Statistics:
         return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
                                    packets=self.packet_counters.snapshot())
@@ -390,15 +406,18 @@ class EngineCore:
             current = self.sad.get(sa.spi)
             if current is not sa:
                 continue  # an earlier deadline in this tick changed it
+            # A deadline names an SPI and a version, and a new SA of a reused SPI
+            # starts at version 0 again: an entry acts only if its limit has
+            # really come for the SA that holds the SPI now.
             if kind == DEADLINE_LARVAL:
-                if now.mono < sa.created + self.knobs.larval_lifetime:
-                    continue  # the lifetime grew since; its later deadline is scheduled
+                if sa.state != SaState.LARVAL or now.mono < sa.created + self.knobs.larval_lifetime:
+                    continue  # another SA, or the lifetime grew since (its later deadline is scheduled)
                 self.sad.remove(sa)  # silently, as key_timehandler does
-            elif kind == DEADLINE_HARD or hard_due(sa, now.mono):
+            elif hard_due(sa, now.mono):
                 # HARD is checked first: a tick that finds both limits passed sends
                 # only the hard EXPIRE (reference §7.2).
                 effects += self._expire_hard(sa)
-            else:
+            elif kind == DEADLINE_SOFT and soft_due(sa, now.mono):
                 effects += self._expire_soft(sa)
         self.acquires.expire(now.mono, self.knobs.blockacq_lifetime)
         effects += self._expire_policies(now, limit)
@@ -477,6 +496,16 @@ class EngineCore:
 def hard_due(sa: SecAssoc, now: float) -> bool:
     """The hard add-time or use-time limit of ``sa`` has been reached at ``now``."""
     lt = sa.hard
+    if lt is None:
+        return False
+    if lt.addtime and now >= sa.created + lt.addtime:
+        return True
+    return bool(lt.usetime and sa.first_used is not None and now >= sa.first_used + lt.usetime)
+
+
+def soft_due(sa: SecAssoc, now: float) -> bool:
+    """The soft add-time or use-time limit of ``sa`` has been reached at ``now``."""
+    lt = sa.soft
     if lt is None:
         return False
     if lt.addtime and now >= sa.created + lt.addtime:

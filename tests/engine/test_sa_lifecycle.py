@@ -32,6 +32,7 @@ from tests.engine.conftest import (
     LX2,
     A,
     at,
+    delete,
     ext_types,
     getspi,
     hard,
@@ -84,6 +85,27 @@ def test_larval_sa_is_removed_silently_after_larval_lifetime() -> None:
     assert engine.sad.get(0x2000) is None
     assert engine.sad.heads == {}
     assert engine.next_deadline() is None
+
+
+def test_a_stale_larval_deadline_spares_a_new_sa_of_the_same_spi() -> None:
+    """The LARVAL SA's deadline outlives it in the heap; the SA added later with
+    its SPI (version 0 again) is not LARVAL and must not be removed by it."""
+    engine = registered_engine()
+    larval(engine, FB, 0x2000, now=at(0))
+    ok(engine, FB, delete(SaType.ESP, 0x2000), at(1))
+    mature(engine, FB, 0x2000, now=at(2))
+    assert engine.tick(at(40)) == []
+    assert engine.sad.get(0x2000) is not None
+
+
+def test_a_stale_hard_deadline_spares_a_new_sa_of_the_same_spi() -> None:
+    engine = registered_engine()
+    mature(engine, FB, 0x1000, now=at(0), hard_lt=hard(addtime=10), soft_lt=soft(addtime=5))
+    ok(engine, FB, delete(SaType.ESP, 0x1000), at(1))
+    mature(engine, FB, 0x1000, now=at(2))  # no lifetimes
+    assert engine.tick(at(20)) == []
+    sa = engine.sad.get(0x1000)
+    assert sa is not None and sa.state == SaState.MATURE
 
 
 def test_larval_lifetime_changed_at_run_time_applies_to_the_next_getspi(engine: KeyEngine) -> None:
