@@ -366,7 +366,7 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
     return knobs
 
 
-def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
+def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,  # noqa: C901 (ops' new code; to split)
                 allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
                 metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
                 state_dir: str | None = None) -> int:

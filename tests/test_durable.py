@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from pfkeyd import state
-from pfkeyd.wire import Dialect, Message, MsgType, SaType, decode, encode
+from pfkeyd.wire import Dialect, ExtType, Key, Message, MsgType, SaType, SockAddr, decode, encode
 from setkey import cli as setkey_cli
 from tests.engine import conftest as sa_helpers
 from tests.engine import spd_helpers as sp
@@ -123,7 +123,7 @@ def pipeline(sock: socket.socket, requests: Sequence[bytes], window: int = 32,
 def dump(path: str, mtype: int) -> list[Message]:
     with connect(path) as s:
         s.send(encode(Message(mtype, SaType.UNSPEC if mtype == MsgType.X_SPDDUMP else SaType.ESP, 1, 9), LINUX))
-        out = []
+        out: list[Message] = []
         while True:
             msg = decode(s.recv(RECV), LINUX, request=False)
             if msg.errno:
@@ -159,7 +159,7 @@ def make_plan(rng: random.Random, n: int) -> Plan:
         else:
             spi = 0x10000 + seq
             msg = sa_helpers.add(SaType.ESP, spi, seq=seq, d=_peer(spi),
-                                 ke=sa_helpers.Key(sa_helpers.ExtType.KEY_ENCRYPT, spi.to_bytes(4, "big") * 4))
+                                 ke=Key(ExtType.KEY_ENCRYPT, spi.to_bytes(4, "big") * 4))
             added.append(spi)
             plan.ops[seq] = ("add", spi)
         plan.requests.append(encode(msg, LINUX))
@@ -174,7 +174,8 @@ def check(plan: Plan, replies: dict[int, Message], sas: list[Message], policies:
     """The SAD and SPD after a restart hold every acknowledged change and nothing
     that was never sent."""
     present = {m.sa.spi: m for m in sas if m.sa is not None}
-    dsts = {str(m.dst.addr.ip): m.policy.id for m in policies if m.dst and m.policy}
+    dsts = {str(m.dst.addr.ip): m.policy.id for m in policies
+            if m.dst and isinstance(m.dst.addr, SockAddr) and m.policy}
     deleted_acked = {spi for seq, (kind, spi) in plan.ops.items()
                      if kind == "delete" and seq in replies and replies[seq].errno == 0}
     deleted_unknown = {spi for seq, (kind, spi) in plan.ops.items() if kind == "delete" and seq not in replies}

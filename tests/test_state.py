@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pfkeyd import state
-from pfkeyd.effects import Instant
+from pfkeyd.effects import Instant, Send
 from pfkeyd.engine import KeyEngine
 from pfkeyd.knobs import Knobs
 from pfkeyd.wire import Direction, IpProto, Level, Mode, MsgType, PolicyType, SaType
@@ -75,7 +75,8 @@ def random_step(engine: KeyEngine, rng: random.Random, t: float) -> None:
 def replay(journal: list[bytes], snapshot: list[bytes] | None = None) -> KeyEngine:
     engine = fresh()
     codec = state.Codec(OFFSET)
-    counters, knobs = engine.allocators(), ()
+    counters = engine.allocators()
+    knobs: tuple[tuple[str, int], ...] = ()
     if snapshot is not None:
         counters, knobs = state.restore_snapshot(engine.sad, engine.spd, snapshot, codec, "snapshot")
     for rec in journal:
@@ -255,9 +256,10 @@ def test_an_sa_that_expired_while_the_daemon_was_down_goes_at_the_first_tick_wit
     sp.send(later, CLIENT, sa_helpers.register(SaType.ESP), Instant(7.0, int(OFFSET) + 500))
     state.apply_ops(later.sad, later.spd, state.scan(rec, 0).payloads[0], state.Codec(OFFSET + 500 - 7))
     later.resume(engine.allocators())
-    assert later.next_deadline() is not None and later.next_deadline() <= 7.0  # due at once
+    deadline = later.next_deadline()
+    assert deadline is not None and deadline <= 7.0  # due at once
     effects = later.tick(Instant(7.0, int(OFFSET) + 500))
-    expired = [e.msg for e in effects if getattr(e, "msg", None) is not None and e.msg.type == MsgType.EXPIRE]
+    expired = [e.msg for e in effects if isinstance(e, Send) and e.msg.type == MsgType.EXPIRE]
     assert [m.sa.spi for m in expired if m.sa is not None] == [0x1000]
     assert expired[0].lifetime_hard is not None and expired[0].lifetime_hard.addtime == 100
     assert later.sad.get(0x1000) is None
