@@ -53,7 +53,12 @@ from pfkeyd.wire.describe import describe
 from pfkeyd.wire.framing import split_messages
 
 if TYPE_CHECKING:
-    from pfkeyd.server import Endpoint
+    import trio
+
+    from pfkeyd.daemon import Daemon
+    from pfkeyd.engine import KeyEngine
+    from pfkeyd.server import Endpoint, Server
+    from pfkeyd.statedir import Durable
 
 __all__ = ["main"]
 
@@ -366,7 +371,7 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
     return knobs
 
 
-def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,  # noqa: C901 (ops' new code; to split)
+def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,  # noqa: C901 (to split further)
                 allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
                 metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
                 state_dir: str | None = None) -> int:
@@ -412,19 +417,10 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
     async def run() -> None:
         nonlocal restored
         if durable is not None:
-            from pfkeyd.state import StateError
-
-            try:
-                report = durable.load(knobs)
-            except (StateError, OSError) as exc:
-                failure.append(f"state directory: {exc}")
+            loaded = _load_state(durable, knobs, failure)
+            if loaded is None:
                 return
-            for problem in report.problems:
-                log.warning("state: %s", problem)
-            restored = f"; restored {report.sas} SAs and {report.policies} policies"
-            log.info("state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
-                     report.sas, report.policies, durable.store.path, report.records, report.seconds,
-                     f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "")
+            restored = loaded
         async with trio.open_nursery() as keeper:
             committer = trio.CancelScope()
             if durable is not None:
@@ -442,21 +438,9 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async with trio.open_nursery() as outer:
                 if dataplane_options is not None:
-                    from pfkeyd.dataplane.daemon import open_dataplane
-                    from pfkeyd.dataplane.seam import EngineSeam
-                    from pfkeyd.dataplane.sockpol import sockpol_path
-
-                    try:
-                        plane, listeners = open_dataplane(dataplane_options, EngineSeam(engine, server.emit),
-                                                          [sockpol_path(s.path) for s in sockets], tuple(allow))
-                    except OSError as exc:
-                        code = errno.errorcode.get(exc.errno or 0)
-                        failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
+                    plane = await _start_dataplane(outer, dataplane_options, engine, server, sockets, allow, failure)
+                    if plane is None:
                         return
-                    await outer.start(plane.run)
-                    for listener in listeners:
-                        outer.start_soon(listener.serve)
-                    log.info("data plane on %s", dataplane_options.ifname)
                 async with trio.open_nursery() as nursery:
                     try:
                         await nursery.start(server.serve)
@@ -478,12 +462,7 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                     notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                     async for signum in signals:
                         if signum == signal.SIGHUP:
-                            notifier.notify(RELOADING=1,
-                                            MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
-                            if durable is not None and config is not None:
-                                with contextlib.suppress(ValueError):  # reload_config reports it
-                                    durable.rebase(load_config(config, Knobs()))
-                            server.set_knobs(reload_config(config, daemon.knobs))
+                            _reload(config, durable, server, daemon, notifier)
                             notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
                             continue
                         log.info("%s received, stopping", signal.Signals(signum).name)
@@ -506,6 +485,56 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
         log.error("%s", failure[0])
         return 1
     return 0
+
+
+async def _start_dataplane(nursery: trio.Nursery, options: Any, engine: KeyEngine, server: Server,
+                           sockets: Sequence[systemd.Planned], allow: frozenset[int], failure: list[str]) -> Any:
+    """Open the data plane and start it and its socket-policy listeners in ``nursery``:
+    the plane, or None (the failure noted) when it cannot be opened."""
+    from pfkeyd.dataplane.daemon import open_dataplane
+    from pfkeyd.dataplane.seam import EngineSeam
+    from pfkeyd.dataplane.sockpol import sockpol_path
+
+    try:
+        plane, listeners = open_dataplane(options, EngineSeam(engine, server.emit),
+                                          [sockpol_path(s.path) for s in sockets], tuple(allow))
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno or 0)
+        failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
+        return None
+    await nursery.start(plane.run)
+    for listener in listeners:
+        nursery.start_soon(listener.serve)
+    log.info("data plane on %s", options.ifname)
+    return plane
+
+
+def _load_state(durable: Durable, knobs: Knobs, failure: list[str]) -> str | None:
+    """Restore the SAs and policies of the state directory: the STATUS= suffix that
+    says so, or None (the failure noted) when the directory cannot be read."""
+    from pfkeyd.state import StateError
+
+    try:
+        report = durable.load(knobs)
+    except (StateError, OSError) as exc:
+        failure.append(f"state directory: {exc}")
+        return None
+    for problem in report.problems:
+        log.warning("state: %s", problem)
+    log.info("state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
+             report.sas, report.policies, durable.store.path, report.records, report.seconds,
+             f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "")
+    return f"; restored {report.sas} SAs and {report.policies} policies"
+
+
+def _reload(config: str | None, durable: Durable | None, server: Server, daemon: Daemon,
+            notifier: systemd.Notifier) -> None:
+    """SIGHUP: the configuration file read again (the durable state rebased on it)."""
+    notifier.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
+    if durable is not None and config is not None:
+        with contextlib.suppress(ValueError):  # reload_config reports it
+            durable.rebase(load_config(config, Knobs()))
+    server.set_knobs(reload_config(config, daemon.knobs))
 
 
 def _status(endpoints: Sequence[Endpoint], metrics_at: tuple[str, int] | None) -> str:
