@@ -88,8 +88,9 @@ async def test_packets_routed_into_the_tun_are_read_whole(netpair: Pair, host_a:
         s4.sendto(b"four", ("10.2.0.1", 9))
         s6.sendto(b"six", ("2001:db8:2::1", 9))
         got: list[bytes] = []
-        while len(got) < 2:
-            got += await host_a.tun.receive_batch()
+        with trio.fail_after(10):  # a lost packet fails the test instead of hanging it
+            while len(got) < 2:
+                got += await host_a.tun.receive_batch()
     p4, p6 = sorted(got, key=lambda d: d[0] >> 4)
     ip4 = IP(p4)
     assert (ip4.src, ip4.dst, ip4[UDP].dport, bytes(ip4[UDP].payload)) == (Pair.V4[0], "10.2.0.1", 9, b"four")
@@ -113,7 +114,8 @@ async def test_datagrams_written_to_the_tun_are_delivered(netpair: Pair, host_a:
         else:
             inner = bytes(IPv6(src="2001:db8:2::1", dst=local) / UDP(sport=7, dport=port) / Raw(b"decrypted"))
         assert await host_a.tun.send(inner) is True
-        data, addr = await rx.recvfrom(100)
+        with trio.fail_after(10):
+            data, addr = await rx.recvfrom(100)
     assert data == b"decrypted"
     assert ipaddress.ip_address(addr[0]) == ipaddress.ip_address("10.2.0.1" if family == V4 else "2001:db8:2::1")
     assert host_a.tun.counters["tun.write"] == 1
