@@ -39,7 +39,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -371,7 +371,79 @@ def reload_config(path: str | None, current: Knobs) -> Knobs:
     return knobs
 
 
-def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,  # noqa: C901 (to split further)
+def _open_durable(state_dir: str | None, engine: Any) -> tuple[bool, Any]:
+    """(True, the durable state) for --state-dir, (True, None) without it, (False, None)
+    if the directory cannot be used (said in the log)."""
+    if state_dir is None:
+        return True, None
+    from pfkeyd.statedir import Durable, StateDir, StateDirError
+
+    store = StateDir(state_dir)
+    try:
+        store.open()
+    except StateDirError as exc:
+        log.error("%s", exc)
+        return False, None
+    return True, Durable(store, engine)
+
+
+async def _with_committer(durable: Any, body: Callable[[], Awaitable[None]]) -> None:
+    """Run ``body`` with the durable state's committer beside it (if any); the committer
+    writes what is left before it stops."""
+    import trio
+
+    async with trio.open_nursery() as keeper:
+        committer = trio.CancelScope()
+        if durable is not None:
+            async def commit(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+                with committer:
+                    await durable.run(task_status=task_status)
+
+            await keeper.start(commit)
+        await body()
+        committer.cancel()
+
+
+async def _start_server(nursery: Any, server: Any, failure: list[str]) -> bool:
+    """Start the PF_KEY server; False (and the reason in ``failure``) if it cannot listen."""
+    from pfkeyd.server import ServerError
+
+    try:
+        await nursery.start(server.serve)
+    except ServerError as exc:
+        failure.append(str(exc))
+        return False
+    return True
+
+
+async def _start_metrics(nursery: Any, in_extras: Callable[..., Awaitable[None]], where: tuple[str, int],
+                         render: Callable[[], bytes], failure: list[str]) -> bool:
+    """Start the --metrics listener beside the server; False (and the reason in ``failure``)
+    if it cannot listen."""
+    from pfkeyd.metrics_http import serve_metrics
+
+    try:
+        await nursery.start(in_extras, partial(serve_metrics, *where, render))
+    except OSError as exc:
+        failure.append(f"--metrics {where[0]}:{where[1]}: {exc.strerror or exc}")
+        return False
+    return True
+
+
+async def _until_stopped(signals: AsyncIterator[int], reload: Callable[[], object], notifier: systemd.Notifier,
+                         status: str) -> None:
+    """Wait for SIGTERM or SIGINT; a SIGHUP meanwhile re-reads the configuration."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            reload()
+            notifier.notify(READY=1, STATUS=status)
+            continue
+        log.info("%s received, stopping", signal.Signals(signum).name)
+        notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
+        return
+
+
+def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
                 allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
                 metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
                 state_dir: str | None = None) -> int:
@@ -380,7 +452,7 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
     from pfkeyd import control, metrics
     from pfkeyd.daemon import Daemon
     from pfkeyd.engine import KeyEngine
-    from pfkeyd.server import Endpoint, Server, ServerError
+    from pfkeyd.server import Endpoint, Server
 
     endpoints = [Endpoint(s.path, s.dialect, s.fd, s.control_fd) for s in sockets]
     notifier = notifier or systemd.Notifier(None)
@@ -392,17 +464,9 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
         outcome = control.run(engine, argv, now, dialect, dataplane=plane)
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
-    durable = None
-    if state_dir is not None:
-        from pfkeyd.statedir import Durable, StateDir, StateDirError
-
-        store = StateDir(state_dir)
-        try:
-            store.open()
-        except StateDirError as exc:
-            log.error("%s", exc)
-            return 1
-        durable = Durable(store, engine)
+    opened, durable = _open_durable(state_dir, engine)
+    if not opened:
+        return 1
     server = Server(daemon, endpoints, group=group, allow_uids=allow, control=control_hook, durable=durable)
     failure: list[str] = []
     restored = ""
@@ -421,16 +485,10 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
             if loaded is None:
                 return
             restored = loaded
-        async with trio.open_nursery() as keeper:
-            committer = trio.CancelScope()
-            if durable is not None:
-                async def commit(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-                    with committer:
-                        await durable.run(task_status=task_status)
+        await _with_committer(durable, serve)
 
-                await keeper.start(commit)
-            await serve()
-            committer.cancel()  # it writes what is left first
+    def render_metrics() -> bytes:
+        return metrics.render(engine.statistics(), plane.statistics() if plane is not None else None)
 
     async def serve() -> None:
         nonlocal plane
@@ -442,34 +500,20 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                     if plane is None:
                         return
                 async with trio.open_nursery() as nursery:
-                    try:
-                        await nursery.start(server.serve)
-                    except ServerError as exc:
-                        failure.append(str(exc))
+                    if not await _start_server(nursery, server, failure):
                         outer.cancel_scope.cancel()
                         return
-                    if metrics_at is not None:
-                        from pfkeyd.metrics_http import serve_metrics
-                        try:
-                            await nursery.start(in_extras, partial(
-                                serve_metrics, *metrics_at, lambda: metrics.render(
-                                    engine.statistics(), plane.statistics() if plane is not None else None)))
-                        except OSError as exc:
-                            failure.append(f"--metrics {metrics_at[0]}:{metrics_at[1]}: {exc.strerror or exc}")
-                            server.stop()
-                            outer.cancel_scope.cancel()
-                            return
-                    notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
-                    async for signum in signals:
-                        if signum == signal.SIGHUP:
-                            _reload(config, durable, server, daemon, notifier)
-                            notifier.notify(READY=1, STATUS=_status(endpoints, metrics_at) + restored)
-                            continue
-                        log.info("%s received, stopping", signal.Signals(signum).name)
-                        notifier.notify(STOPPING=1, STATUS=f"stopping ({signal.Signals(signum).name})")
-                        extras.cancel()
+                    if metrics_at is not None and not await _start_metrics(nursery, in_extras, metrics_at,
+                                                                            render_metrics, failure):
                         server.stop()
-                        break
+                        outer.cancel_scope.cancel()
+                        return
+                    status = _status(endpoints, metrics_at) + restored
+                    notifier.notify(READY=1, STATUS=status)
+                    await _until_stopped(signals, lambda: _reload(config, durable, server, daemon, notifier),
+                                         notifier, status)
+                    extras.cancel()
+                    server.stop()
                 # The server has shut down: the data plane removes its routes,
                 # rules and interfaces as it is cancelled.
                 outer.cancel_scope.cancel()
