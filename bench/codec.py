@@ -49,7 +49,11 @@ def _capture(name: str) -> bytes:
 def dump_entry() -> Message:
     """An SA as GET and DUMP report it (reference §8.2 order)."""
     return Message(
-        MsgType.DUMP, SaType.ESP, seq=41, pid=4242, reserved=1,
+        MsgType.DUMP,
+        SaType.ESP,
+        seq=41,
+        pid=4242,
+        reserved=1,
         exts=(
             Sa(0x12345678, 4, 1, 5, 12, 0x40),
             Sa2(1, 17, 0),

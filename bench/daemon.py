@@ -113,14 +113,20 @@ def add_message(i: int) -> bytes:
     """The i-th ADD: distinct SPIs over 256 address pairs, AES-CBC + HMAC-SHA256."""
     src = f"10.{(i >> 8) & 0xFF}.{i & 0xFF}.1"
     dst = "10.255.0.2"
-    msg = Message(MsgType.ADD, SaType.ESP, seq=i & 0xFFFFFFFF, pid=os.getpid(), exts=(
-        Key(ExtType.KEY_ENCRYPT, i.to_bytes(16, "big")),
-        Key(ExtType.KEY_AUTH, i.to_bytes(32, "big")),
-        Sa(0x1000 + i, 0, 0, 5, 12, 0x40),
-        Sa2(1, 0, 0),
-        Address.host(ExtType.ADDRESS_SRC, src),
-        Address.host(ExtType.ADDRESS_DST, dst),
-    ))
+    msg = Message(
+        MsgType.ADD,
+        SaType.ESP,
+        seq=i & 0xFFFFFFFF,
+        pid=os.getpid(),
+        exts=(
+            Key(ExtType.KEY_ENCRYPT, i.to_bytes(16, "big")),
+            Key(ExtType.KEY_AUTH, i.to_bytes(32, "big")),
+            Sa(0x1000 + i, 0, 0, 5, 12, 0x40),
+            Sa2(1, 0, 0),
+            Address.host(ExtType.ADDRESS_SRC, src),
+            Address.host(ExtType.ADDRESS_DST, dst),
+        ),
+    )
     return encode(msg, DIALECT)
 
 
@@ -214,8 +220,10 @@ def bench_add(tmp: str, count: int, window: int) -> dict[str, float]:
     print(f"ADD: {count:,} requests, window {window}")
     print(f"  baseline: trio SEQPACKET echo server   {echo_rate:>12,.0f} msgs/s")
     print(f"  pfkeyd ADD (as configured by default)  {add_rate:>12,.0f} msgs/s")
-    print(f"  for scale, pfkeyd.hot_path=0 (every ADD decoded, handled, encoded)"
-          f" {rates[0]:,.0f} msgs/s ({rates[0] / echo_rate:.2f} of echo)")
+    print(
+        f"  for scale, pfkeyd.hot_path=0 (every ADD decoded, handled, encoded)"
+        f" {rates[0]:,.0f} msgs/s ({rates[0] / echo_rate:.2f} of echo)"
+    )
     ratio = add_rate / echo_rate
     print(f"  ratio {ratio:.2f} (target >= 0.5): {'met' if ratio >= 0.5 else 'MISSED'}")
     return {"add_rate": add_rate, "echo_rate": echo_rate, "ratio": ratio, "generic_rate": rates[0]}
@@ -274,11 +282,15 @@ def bench_dump(tmp: str, count: int) -> dict[str, float]:
     per_sa = (filled_rss - base_rss) / count
     rate, base_rate = entries / dump_s, base_entries / base_s
     print(f"DUMP of {count:,} SAs (filled at {count / fill_s:,.0f} ADD/s)")
-    print(f"  daemon RSS {base_rss / 2**20:.1f} MiB -> {filled_rss / 2**20:.1f} MiB: {per_sa:,.0f} bytes per SA "
-          f"(target <= 1024): {'met' if per_sa <= 1024 else 'MISSED'}")
+    print(
+        f"  daemon RSS {base_rss / 2**20:.1f} MiB -> {filled_rss / 2**20:.1f} MiB: {per_sa:,.0f} bytes per SA "
+        f"(target <= 1024): {'met' if per_sa <= 1024 else 'MISSED'}"
+    )
     print(f"  baseline: trio server streaming pre-encoded entries {base_rate:>12,.0f} entries/s")
-    print(f"  pfkeyd SADB_DUMP                                    {rate:>12,.0f} entries/s "
-          f"(ratio {rate / base_rate:.2f}; target >= 100,000/s: {'met' if rate >= 100_000 else 'MISSED'})")
+    print(
+        f"  pfkeyd SADB_DUMP                                    {rate:>12,.0f} entries/s "
+        f"(ratio {rate / base_rate:.2f}; target >= 100,000/s: {'met' if rate >= 100_000 else 'MISSED'})"
+    )
     return {"per_sa": per_sa, "dump_rate": rate, "stream_rate": base_rate}
 
 
@@ -339,11 +351,15 @@ def bench_slow(tmp: str, count: int, pause: float) -> dict[str, float]:
         raise RuntimeError(f"the paused dump returned {n} of {count} entries")
     growth = peak - before
     print(f"slow reader: dump of {count:,} paused {pause:.0f} s after 10,000 entries, then read to the end ({n:,})")
-    print(f"  daemon RSS growth while paused: {growth / 2**20:.2f} MiB (target <= 32): "
-          f"{'met' if growth <= 32 * 2**20 else 'MISSED'}")
+    print(
+        f"  daemon RSS growth while paused: {growth / 2**20:.2f} MiB (target <= 32): "
+        f"{'met' if growth <= 32 * 2**20 else 'MISSED'}"
+    )
     print(f"  baseline: REGISTER round trip p99, no dump   {p99(idle) * 1000:8.2f} ms ({len(idle)} samples)")
-    print(f"  REGISTER round trip p99 during paused dump  {p99(busy) * 1000:8.2f} ms ({len(busy)} samples; "
-          f"target <= 20 ms: {'met' if p99(busy) <= 0.020 else 'MISSED'})")
+    print(
+        f"  REGISTER round trip p99 during paused dump  {p99(busy) * 1000:8.2f} ms ({len(busy)} samples; "
+        f"target <= 20 ms: {'met' if p99(busy) <= 0.020 else 'MISSED'})"
+    )
     return {"growth": growth, "p99": p99(busy), "p99_idle": p99(idle)}
 
 
@@ -418,20 +434,30 @@ def bench_idle(tmp: str, count: int) -> dict[str, float]:
     per_client = (full - base) / count
     print(f"idle clients: {count:,} connected, sending nothing")
     print(f"  baseline: idle daemon RSS {base / 2**20:8.1f} MiB")
-    print(f"  with {count:,} idle clients  {full / 2**20:8.1f} MiB: {per_client / 1024:.1f} KiB per client "
-          f"(target <= 16 KiB): {'met' if per_client <= 16 * 1024 else 'MISSED'}")
+    print(
+        f"  with {count:,} idle clients  {full / 2**20:8.1f} MiB: {per_client / 1024:.1f} KiB per client "
+        f"(target <= 16 KiB): {'met' if per_client <= 16 * 1024 else 'MISSED'}"
+    )
     print(f"  after they left           {after / 2**20:8.1f} MiB ({(after - base) / 2**20:+.1f} MiB)")
-    print(f"  a second wave of {count:,}    {full2 / 2**20:8.1f} MiB, after it left {after2 / 2**20:.1f} MiB "
-          f"({(full2 - after) / 2**20:+.1f} MiB over the RSS the first wave left behind)")
+    print(
+        f"  a second wave of {count:,}    {full2 / 2**20:8.1f} MiB, after it left {after2 / 2**20:.1f} MiB "
+        f"({(full2 - after) / 2**20:+.1f} MiB over the RSS the first wave left behind)"
+    )
     return {"base": base, "full": full, "after": after, "per_client": per_client, "full2": full2}
 
 
 def getspi_message(i: int) -> bytes:
     """The i-th GETSPI: one LARVAL SA each, over 256 x 256 address pairs."""
-    msg = Message(MsgType.GETSPI, SaType.ESP, seq=i & 0xFFFFFFFF, pid=os.getpid(), exts=(
-        Address.host(ExtType.ADDRESS_SRC, f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}"),
-        Address.host(ExtType.ADDRESS_DST, "10.255.0.2"),
-    ))
+    msg = Message(
+        MsgType.GETSPI,
+        SaType.ESP,
+        seq=i & 0xFFFFFFFF,
+        pid=os.getpid(),
+        exts=(
+            Address.host(ExtType.ADDRESS_SRC, f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}"),
+            Address.host(ExtType.ADDRESS_DST, "10.255.0.2"),
+        ),
+    )
     return encode(msg, DIALECT)
 
 
@@ -473,13 +499,19 @@ def bench_storm(tmp: str, count: int) -> dict[str, float]:
         stop.set()
         t.join()
         storm = [rtt for rtt, at in zip(out, sent_at, strict=True) if at >= start]
-    print(f"expiry storm: {count:,} LARVAL SAs (made at {count / fill_s:,.0f} GETSPI/s) all due at once; "
-          f"the SAD was empty {storm_s:.2f} s after the sysctl returned")
-    print(f"  baseline: REGISTER round trip p99, same SAs, no storm  {p99(quiet) * 1000:8.2f} ms "
-          f"({len(quiet)} samples over 3 s)")
-    print(f"  REGISTER round trip p99 during the storm              {p99(storm) * 1000:8.2f} ms "
-          f"({len(storm)} samples, max {max(storm) * 1000:.1f} ms; target <= 20 ms: "
-          f"{'met' if p99(storm) <= 0.020 else 'MISSED'})")
+    print(
+        f"expiry storm: {count:,} LARVAL SAs (made at {count / fill_s:,.0f} GETSPI/s) all due at once; "
+        f"the SAD was empty {storm_s:.2f} s after the sysctl returned"
+    )
+    print(
+        f"  baseline: REGISTER round trip p99, same SAs, no storm  {p99(quiet) * 1000:8.2f} ms "
+        f"({len(quiet)} samples over 3 s)"
+    )
+    print(
+        f"  REGISTER round trip p99 during the storm              {p99(storm) * 1000:8.2f} ms "
+        f"({len(storm)} samples, max {max(storm) * 1000:.1f} ms; target <= 20 ms: "
+        f"{'met' if p99(storm) <= 0.020 else 'MISSED'})"
+    )
     return {"p99": p99(storm), "p99_quiet": p99(quiet), "storm_s": storm_s}
 
 

@@ -60,7 +60,7 @@ INNER = ("10.1.0.1", "10.2.0.1")
 KEY_AB = "0x" + "5a" * 16 + "01020304"
 KEY_BA = "0x" + "a5" * 16 + "05060708"
 
-CHILD = r'''
+CHILD = r"""
 import hashlib, os, socket, struct, sys, time
 mode = sys.argv[1]
 if mode == "sink":  # TCP: accept one stream, print bytes and seconds
@@ -101,9 +101,9 @@ elif mode == "ping":  # ICMP echo: print the median RTT in ms of N echoes
                 rtts.append((time.perf_counter() - t0) * 1000); break
         time.sleep(0.002)
     rtts.sort(); print(rtts[len(rtts) // 2], flush=True)
-'''
+"""
 
-LIMIT_LOOP = r'''
+LIMIT_LOOP = r"""
 import os, socket, sys, time
 import trio
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -134,12 +134,12 @@ async def main():
 cpu0 = time.process_time()
 trio.run(main)
 print(count, time.process_time() - cpu0, flush=True)
-'''
+"""
 
 
 #: A forwarder with nothing in it: TUN -> outer IPv4 header -> raw socket and back, no
 #: crypto, no SPD, on the data plane's own I/O classes (the floor for the RTT).
-FORWARDER = r'''
+FORWARDER = r"""
 import socket, struct, sys, trio
 from pyroute2 import IPRoute
 from pfkeyd.dataplane.io import RawSender, RawReceiver, TunDevice
@@ -165,16 +165,20 @@ async def main():
     async with trio.open_nursery() as n:
         n.start_soon(out); n.start_soon(inn)
 trio.run(main)
-'''
+"""
 
 
 def forwarder_rtt(p: Pair) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = []
     try:
-        for ns, me, peer, remote in ((p.a, Pair.V4[0], Pair.V4[1], "10.2.0.0"), (p.b, Pair.V4[1], Pair.V4[0], "10.1.0.0")):
-            proc = subprocess.Popen(ns.argv(sys.executable, "-c", FORWARDER, me, peer, remote), stdout=subprocess.PIPE,
-                                    text=True, env=env)
+        for ns, me, peer, remote in (
+            (p.a, Pair.V4[0], Pair.V4[1], "10.2.0.0"),
+            (p.b, Pair.V4[1], Pair.V4[0], "10.1.0.0"),
+        ):
+            proc = subprocess.Popen(
+                ns.argv(sys.executable, "-c", FORWARDER, me, peer, remote), stdout=subprocess.PIPE, text=True, env=env
+            )
             procs.append(proc)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         return ping(p, *INNER)
@@ -198,21 +202,32 @@ def tcp(p: Pair, src: str, dst: str, seconds: float) -> float:
 
 
 def ping(p: Pair, src: str, dst: str, count: int = 200) -> float:
-    r = subprocess.run(p.a.argv(sys.executable, "-c", CHILD, "ping", src, dst, str(count)), check=True,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        p.a.argv(sys.executable, "-c", CHILD, "ping", src, dst, str(count)),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return float(r.stdout)
 
 
 def blast(p: Pair, seconds: float) -> int:
-    r = subprocess.run(p.a.argv(sys.executable, "-c", CHILD, "blast", INNER[0], INNER[1], str(seconds)), check=True,
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        p.a.argv(sys.executable, "-c", CHILD, "blast", INNER[0], INNER[1], str(seconds)),
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     return int(r.stdout)
 
 
 def limit_loop(p: Pair, seconds: float) -> tuple[float, float]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    loop = subprocess.Popen(p.a.argv(sys.executable, "-c", LIMIT_LOOP, str(seconds)), stdout=subprocess.PIPE,
-                            text=True, env=env)
+    loop = subprocess.Popen(
+        p.a.argv(sys.executable, "-c", LIMIT_LOOP, str(seconds)), stdout=subprocess.PIPE, text=True, env=env
+    )
     assert loop.stdout is not None and loop.stdout.readline().strip() == "ready"
     blast(p, seconds)
     out, _ = loop.communicate(timeout=60)
@@ -233,23 +248,34 @@ def start_daemons(p: Pair, work: str, profile: str | None) -> dict[str, tuple[su
     daemons = {}
     for name, ns in (("a", p.a), ("b", p.b)):
         sock = os.path.join(work, f"{name}.sock")
-        pre = [sys.executable, "-m", "cProfile", "-o", profile, "-m", "pfkeyd"] if profile and name == "a" else \
-            [sys.executable, "-m", "pfkeyd"]
+        pre = (
+            [sys.executable, "-m", "cProfile", "-o", profile, "-m", "pfkeyd"]
+            if profile and name == "a"
+            else [sys.executable, "-m", "pfkeyd"]
+        )
         with open(os.path.join(work, f"{name}.log"), "wb") as log:
-            proc = subprocess.Popen(ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane"), env=env,
-                                    stdout=subprocess.DEVNULL, stderr=log)
+            proc = subprocess.Popen(
+                ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane"), env=env, stdout=subprocess.DEVNULL, stderr=log
+            )
         for _ in range(400):
             if os.path.exists(sock[: -len(".sock")] + ".ctl"):
                 break
             time.sleep(0.05)
         me, peer = (Pair.V4[0], Pair.V4[1]) if name == "a" else (Pair.V4[1], Pair.V4[0])
         mine, theirs = ("10.1.0.0/24", "10.2.0.0/24") if name == "a" else ("10.2.0.0/24", "10.1.0.0/24")
-        script = (f"add {Pair.V4[0]} {Pair.V4[1]} esp 0x1001 -m tunnel -E aes-gcm-16 {KEY_AB};\n"
-                  f"add {Pair.V4[1]} {Pair.V4[0]} esp 0x1002 -m tunnel -E aes-gcm-16 {KEY_BA};\n"
-                  f"spdadd {mine} {theirs} any -P out ipsec esp/tunnel/{me}-{peer}/require;\n"
-                  f"spdadd {theirs} {mine} any -P in ipsec esp/tunnel/{peer}-{me}/require;\n")
-        subprocess.run([sys.executable, "-m", "setkey", "-f", "-"], input=script, text=True, check=True,
-                       env=dict(env, PFKEY_SOCKET=sock))
+        script = (
+            f"add {Pair.V4[0]} {Pair.V4[1]} esp 0x1001 -m tunnel -E aes-gcm-16 {KEY_AB};\n"
+            f"add {Pair.V4[1]} {Pair.V4[0]} esp 0x1002 -m tunnel -E aes-gcm-16 {KEY_BA};\n"
+            f"spdadd {mine} {theirs} any -P out ipsec esp/tunnel/{me}-{peer}/require;\n"
+            f"spdadd {theirs} {mine} any -P in ipsec esp/tunnel/{peer}-{me}/require;\n"
+        )
+        subprocess.run(
+            [sys.executable, "-m", "setkey", "-f", "-"],
+            input=script,
+            text=True,
+            check=True,
+            env=dict(env, PFKEY_SOCKET=sock),
+        )
         daemons[name] = (proc, sock)
     return daemons
 
@@ -317,11 +343,15 @@ def main() -> int:
     print(f"bare veth TCP            {bare_tcp:10.1f} Mbit/s")
     print(f"tunnel TCP (ESP GCM-128) {tunnel_tcp:10.1f} Mbit/s   ratio {tunnel_tcp / bare_tcp:.3f}  (target >= 0.05)")
     print(f"limit loop               {limit:10.0f} packets/s        {limit_per_cpu:8.0f} per CPU-second")
-    print(f"tunnel, same UDP blast   {tunnel_pps:10.0f} packets/s ratio {tunnel_pps / limit:.2f}"
-          f" {tunnel_per_cpu:8.0f} per CPU-second ratio {tunnel_per_cpu / limit_per_cpu:.2f}  (target >= 0.5);"
-          f" blaster offered {offered / s:.0f}/s")
-    print(f"ping median RTT: veth {bare_rtt:.3f} ms, tunnel {tunnel_rtt:.3f} ms, +{tunnel_rtt - bare_rtt:.3f} ms"
-          f"  (target <= +0.3); two empty trio forwarders {floor_rtt:.3f} ms, +{floor_rtt - bare_rtt:.3f} ms")
+    print(
+        f"tunnel, same UDP blast   {tunnel_pps:10.0f} packets/s ratio {tunnel_pps / limit:.2f}"
+        f" {tunnel_per_cpu:8.0f} per CPU-second ratio {tunnel_per_cpu / limit_per_cpu:.2f}  (target >= 0.5);"
+        f" blaster offered {offered / s:.0f}/s"
+    )
+    print(
+        f"ping median RTT: veth {bare_rtt:.3f} ms, tunnel {tunnel_rtt:.3f} ms, +{tunnel_rtt - bare_rtt:.3f} ms"
+        f"  (target <= +0.3); two empty trio forwarders {floor_rtt:.3f} ms, +{floor_rtt - bare_rtt:.3f} ms"
+    )
     if prof:
         print("\nhost A's daemon, top functions by own time (cProfile; blast + TCP + ping):")
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)

@@ -97,10 +97,14 @@ def bench_add(tmp: str, count: int, window: int, rounds: int) -> None:
                 syncs.append(scan(Path(f"{state}/journal.0").read_bytes()).end)
     plain, durable_rate = max(rates[False]), max(rates[True])
     print(f"ADD with durable state: {count:,} requests, window {window}, best of {rounds} rounds")
-    print(f"  baseline: pfkeyd without --state-dir  {plain:>10,.0f} msgs/s  (rounds: "
-          f"{', '.join(f'{x:,.0f}' for x in rates[False])})")
-    print(f"  pfkeyd --state-dir                    {durable_rate:>10,.0f} msgs/s  (rounds: "
-          f"{', '.join(f'{x:,.0f}' for x in rates[True])})")
+    print(
+        f"  baseline: pfkeyd without --state-dir  {plain:>10,.0f} msgs/s  (rounds: "
+        f"{', '.join(f'{x:,.0f}' for x in rates[False])})"
+    )
+    print(
+        f"  pfkeyd --state-dir                    {durable_rate:>10,.0f} msgs/s  (rounds: "
+        f"{', '.join(f'{x:,.0f}' for x in rates[True])})"
+    )
     print(f"  journal: {syncs[-1] / count:.0f} bytes per ADD")
     ratio = durable_rate / plain
     print(f"  ratio {ratio:.2f} (target >= 0.5): {'met' if ratio >= 0.5 else 'MISSED'}")
@@ -150,8 +154,10 @@ def bench_restart(tmp: str, count: int, offline: bool) -> None:
     print(f"restart with {count:,} SAs ({how} in {fill_s:.1f} s, {count / fill_s:,.0f} SAs/s)")
     print(f"  state directory: {', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in files.items())}")
     print(f"  baseline: start with an empty state directory, first answer after {empty:.2f} s")
-    print(f"  start with the state, first answer after {answered:.2f} s (target <= 10 s): "
-          f"{'met' if answered <= 10 else 'MISSED'}")
+    print(
+        f"  start with the state, first answer after {answered:.2f} s (target <= 10 s): "
+        f"{'met' if answered <= 10 else 'MISSED'}"
+    )
     if restored:
         print(f"  daemon log: {restored[-1].split('INFO: ', 1)[-1]}")
 
@@ -162,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int)
     parser.add_argument("--window", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--offline", action="store_true",
-                        help="restart: write the state through an engine instead of filling a daemon")
+    parser.add_argument(
+        "--offline", action="store_true", help="restart: write the state through an engine instead of filling a daemon"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="pfkb") as tmp:
         if args.which == "add":

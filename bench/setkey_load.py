@@ -73,11 +73,13 @@ def script(n: int) -> str:
         k = i // 2
         a = f"10.{k >> 16 & 255}.{k >> 8 & 255}.{k & 255}"
         if i % 2 == 0:
-            lines.append(f"add {a} 192.0.2.1 esp 0x{k + 0x1000:x} -m transport "
-                         f"-E aes-cbc {ENC_KEY} -A hmac-sha2-256 {AUTH_KEY};")
+            lines.append(
+                f"add {a} 192.0.2.1 esp 0x{k + 0x1000:x} -m transport -E aes-cbc {ENC_KEY} -A hmac-sha2-256 {AUTH_KEY};"
+            )
         else:
-            lines.append(f"spdadd {a}/32[any] 198.51.{k >> 8 & 255}.{k & 255}/32[any] any "
-                         f"-P out ipsec esp/transport//require;")
+            lines.append(
+                f"spdadd {a}/32[any] 198.51.{k >> 8 & 255}.{k & 255}/32[any] any -P out ipsec esp/transport//require;"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -108,8 +110,9 @@ def counts(path: str) -> tuple[int, int]:
 
 
 def setkey(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "setkey", *args], capture_output=True, text=True, check=False,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "setkey", *args], capture_output=True, text=True, check=False, cwd=ROOT
+    )
 
 
 def lock_step(path: str, messages: list[bytes]) -> tuple[float, int]:
@@ -139,8 +142,9 @@ def in_process(path: str, dialect: Dialect, script_path: Path, window: int) -> f
     try:
         out, err = io.StringIO(), io.StringIO()
         start = time.perf_counter()
-        status = cli.main(["--dialect", dialect.value, "--socket", path, "-f", str(script_path)],
-                          cli.Runtime(stdout=out, stderr=err))
+        status = cli.main(
+            ["--dialect", dialect.value, "--socket", path, "-f", str(script_path)], cli.Runtime(stdout=out, stderr=err)
+        )
         seconds = time.perf_counter() - start
     finally:
         session.WINDOW = saved
@@ -187,8 +191,11 @@ def main() -> int:
         conf.write_text(f"pfkeyd.max_sas={max(n, 1)}\npfkeyd.max_policies={max(n, 1)}\n")
         script_path = Path(f"{tmp}/bench.conf")
         script_path.write_text(text)
-        daemon = subprocess.Popen([sys.executable, "-m", "pfkeyd", "-s", f"{path}:{dialect.value}", "-f", str(conf)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "pfkeyd", "-s", f"{path}:{dialect.value}", "-f", str(conf)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             wait_for_socket(path, daemon)
             common = ["--dialect", dialect.value, "--socket", path]
@@ -231,24 +238,36 @@ def main() -> int:
                 daemon.wait()
 
     parse_rate, load_rate, step_rate, one_rate = n / parse_s, n / load_s, n / step_s, n / one_by_one_s
-    print(f"setkey load: {n:,} statements ({(n + 1) // 2:,} add, {n // 2:,} spdadd), {dialect.value} dialect, "
-          f"{os.cpu_count()} CPUs")
-    print(f"  parse only (setkey.parser.parse)       {parse_rate:>10,.0f} statements/s  "
-          f"(target >= {PARSE_TARGET:,}: {'met' if parse_rate >= PARSE_TARGET else 'MISSED'})")
-    print(f"  lock-step round trips (pre-encoded)     {step_rate:>10,.0f} statements/s  "
-          "(baseline: the daemon alone, no setkey work)")
-    print(f"  setkey -f, one at a time (window 1)     {one_rate:>10,.0f} statements/s  "
-          "(baseline: this setkey bound by lock-step round trips)")
+    print(
+        f"setkey load: {n:,} statements ({(n + 1) // 2:,} add, {n // 2:,} spdadd), {dialect.value} dialect, "
+        f"{os.cpu_count()} CPUs"
+    )
+    print(
+        f"  parse only (setkey.parser.parse)       {parse_rate:>10,.0f} statements/s  "
+        f"(target >= {PARSE_TARGET:,}: {'met' if parse_rate >= PARSE_TARGET else 'MISSED'})"
+    )
+    print(
+        f"  lock-step round trips (pre-encoded)     {step_rate:>10,.0f} statements/s  "
+        "(baseline: the daemon alone, no setkey work)"
+    )
+    print(
+        f"  setkey -f, one at a time (window 1)     {one_rate:>10,.0f} statements/s  "
+        "(baseline: this setkey bound by lock-step round trips)"
+    )
     faster = load_rate > one_rate
     met = load_rate >= LOAD_TARGET
-    print(f"  setkey -f end to end (process start-up) {load_rate:>10,.0f} statements/s  "
-          f"(target >= {LOAD_TARGET:,}: {'met' if met else 'MISSED'}; "
-          f"{load_rate / one_rate:.2f}x window 1: {'met' if faster else 'MISSED'}; "
-          f"{load_rate / step_rate:.2f}x pre-encoded lock-step)")
+    print(
+        f"  setkey -f end to end (process start-up) {load_rate:>10,.0f} statements/s  "
+        f"(target >= {LOAD_TARGET:,}: {'met' if met else 'MISSED'}; "
+        f"{load_rate / one_rate:.2f}x window 1: {'met' if faster else 'MISSED'}; "
+        f"{load_rate / step_rate:.2f}x pre-encoded lock-step)"
+    )
     print(f"  for scale, {sample:,} statements through setkey.cli.main in this process:")
     print(f"    window 1 (one round trip at a time)  {sample / one_s:>10,.0f} statements/s")
-    print(f"    window {session.WINDOW} (pipelined)              {sample / window_s:>10,.0f} statements/s  "
-          f"({one_s / window_s:.2f}x)")
+    print(
+        f"    window {session.WINDOW} (pipelined)              {sample / window_s:>10,.0f} statements/s  "
+        f"({one_s / window_s:.2f}x)"
+    )
     return 0
 
 

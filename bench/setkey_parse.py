@@ -37,11 +37,13 @@ def script(n: int, *, distinct: bool) -> str:
         enc = f"{i:032x}" if distinct else KEY16
         auth = f"{i:064x}" if distinct else KEY16 * 2
         reqid = f" -u {i + 1}" if distinct else ""
-        lines.append(f"add {a} 192.0.2.1 esp 0x{i + 0x1000:x} -m transport{reqid} "
-                     f"-E aes-cbc 0x{enc} -A hmac-sha256 0x{auth};")
+        lines.append(
+            f"add {a} 192.0.2.1 esp 0x{i + 0x1000:x} -m transport{reqid} -E aes-cbc 0x{enc} -A hmac-sha256 0x{auth};"
+        )
         if distinct:
-            lines.append(f"spdadd {a}/32[any] 192.0.2.0/24[any] any -P out ipsec "
-                         f"esp/tunnel/{a}-192.0.2.1/unique:{i + 1};")
+            lines.append(
+                f"spdadd {a}/32[any] 192.0.2.0/24[any] any -P out ipsec esp/tunnel/{a}-192.0.2.1/unique:{i + 1};"
+            )
         else:
             lines.append(f"spdadd {a}/32[any] 192.0.2.0/24[any] any -P out ipsec esp/transport//require;")
     return "\n".join(lines) + "\n"

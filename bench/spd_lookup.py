@@ -47,8 +47,7 @@ def build(engine: KeyEngine, count: int, rng: random.Random) -> list[Flow]:
 
     def add(sel: Selector, prio: int) -> None:
         pid = len(spd.by_id) * 8 + 9
-        spd.insert(SecPolicy(pid, Direction.OUTBOUND, sel, PolicyType.IPSEC, esp, prio, spd.next_order(),
-                             0.0, 0))
+        spd.insert(SecPolicy(pid, Direction.OUTBOUND, sel, PolicyType.IPSEC, esp, prio, spd.next_order(), 0.0, 0))
 
     for i in range(hosts):
         src, dst = _addr(base_src + i), _addr(base_dst + i)
@@ -65,8 +64,9 @@ def build(engine: KeyEngine, count: int, rng: random.Random) -> list[Flow]:
         add(Selector(src, 24, dst, 24), 0x80000000)
         flows.append(Flow(_addr(int(src.ip) + 7), _addr(int(dst.ip) + 9), IpProto.UDP, 53, 53))
     add(Selector(_addr(0), 0, _addr(0), 0), 0xFFFFFFFF)
-    flows.append(Flow(_addr(int(IPv4Address("203.0.113.5"))), _addr(int(IPv4Address("203.0.113.6"))), IpProto.TCP,
-                      1, 2))
+    flows.append(
+        Flow(_addr(int(IPv4Address("203.0.113.5"))), _addr(int(IPv4Address("203.0.113.6"))), IpProto.TCP, 1, 2)
+    )
     rng.shuffle(flows)
     return flows
 
@@ -119,12 +119,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'baseline: dict lookup of a tuple key':<52} {baseline:>12,.0f} {1:>15}")
     print(f"{'Spd.lookup, 100 policies':<52} {at_small:>12,.0f} {at_small / baseline:>15.4f}")
     print(f"{f'Spd.lookup, {len(large.spd):,} policies':<52} {at_large:>12,.0f} {at_large / baseline:>15.4f}")
-    print(f"{f'KeyEngine.lookup (whole decision), {len(large.spd):,}':<52} {decisions:>12,.0f} "
-          f"{decisions / baseline:>15.4f}")
+    print(
+        f"{f'KeyEngine.lookup (whole decision), {len(large.spd):,}':<52} {decisions:>12,.0f} "
+        f"{decisions / baseline:>15.4f}"
+    )
     print(f"cost at {len(large.spd):,} / cost at 100: {ratio:.2f} (target <= {TARGET_RATIO})")
     ok = at_large >= TARGET_LOOKUPS and ratio <= TARGET_RATIO
-    print(f"policy lookups at {len(large.spd):,} policies: {at_large:,.0f}/s, target {TARGET_LOOKUPS:,}/s and "
-          f"ratio <= {TARGET_RATIO}: {'met' if ok else 'MISSED'}")
+    print(
+        f"policy lookups at {len(large.spd):,} policies: {at_large:,.0f}/s, target {TARGET_LOOKUPS:,}/s and "
+        f"ratio <= {TARGET_RATIO}: {'met' if ok else 'MISSED'}"
+    )
     print(f"whole decisions (policy, levels, SA choice, ACQUIRE pacing): {decisions:,.0f}/s")
     return 0
 

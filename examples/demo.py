@@ -134,10 +134,12 @@ def main() -> int:
         step(f"start pfkeyd on {sock} ({args.dialect} dialect), and one for the peer 10.0.0.4")
         with daemon(env, sock, args.dialect, "this host"), daemon(env, peer, args.dialect, "the peer"):
             step("load examples/demo.conf")
-            print("(setkey asks the daemon which dialect its socket speaks; then, before the script,\n"
-                  " it sends an SADB_REGISTER: the reply lists the algorithms and key sizes the daemon\n"
-                  " supports, and setkey checks the script's -E and -A algorithms and keys against it.)",
-                  flush=True)
+            print(
+                "(setkey asks the daemon which dialect its socket speaks; then, before the script,\n"
+                " it sends an SADB_REGISTER: the reply lists the algorithms and key sizes the daemon\n"
+                " supports, and setkey checks the script's -E and -A algorithms and keys against it.)",
+                flush=True,
+            )
             failures += run(env, "setkey", "-f", str(HERE / "demo.conf")) != 0
             step("the SAD")
             failures += run(env, "setkey", "-D") != 0
@@ -148,10 +150,12 @@ def main() -> int:
             try:
                 keymgr.expect("registered")
                 step("what happens to four flows")
-                for flow in (("out", "10.0.0.1", "10.0.0.2", "tcp", "40000", "22"),
-                             ("out", "10.0.0.1", "10.0.0.3", "tcp", "40000", "80"),
-                             ("out", "10.1.2.3", "10.2.3.4", "udp", "5000", "53"),
-                             ACQUIRED_FLOW):
+                for flow in (
+                    ("out", "10.0.0.1", "10.0.0.2", "tcp", "40000", "22"),
+                    ("out", "10.0.0.1", "10.0.0.3", "tcp", "40000", "80"),
+                    ("out", "10.1.2.3", "10.2.3.4", "udp", "5000", "53"),
+                    ACQUIRED_FLOW,
+                ):
                     failures += run(env, "pfkeyd", "lookup", *flow) != 0
                 step("the key manager answers the ACQUIRE: an SA each way, on both hosts")
                 keymgr.expect("10.0.0.1 -> 10.0.0.4")

@@ -110,8 +110,16 @@ def choose_algorithms(combs: tuple[Comb, ...]) -> tuple[int, int, int, int]:
     return comb.encrypt, enc_bits, *AUTH
 
 
-def sa_message(msgtype: MsgType, sa: Keyed, *, mode: int, reqid: int, hard: Lifetime | None = None,
-               soft: Lifetime | None = None, seq: int = 0) -> Message:
+def sa_message(
+    msgtype: MsgType,
+    sa: Keyed,
+    *,
+    mode: int,
+    reqid: int,
+    hard: Lifetime | None = None,
+    soft: Lifetime | None = None,
+    seq: int = 0,
+) -> Message:
     """The UPDATE or ADD of ``sa``; ``seq`` 0 lets the connection pick one."""
     exts: list[Extension] = [
         Sa(sa.spi, 0, SaState.MATURE, sa.auth, sa.encrypt),
@@ -134,8 +142,15 @@ class KeyManager:
     installs (0: none).
     """
 
-    def __init__(self, host_a: Connection, host_b: Connection, *,
-                 random_bytes: Callable[[int], bytes] = os.urandom, hard: int = 0, soft: int = 0) -> None:
+    def __init__(
+        self,
+        host_a: Connection,
+        host_b: Connection,
+        *,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+        hard: int = 0,
+        soft: int = 0,
+    ) -> None:
         self.a = host_a
         self.b = host_b
         self.random_bytes = random_bytes
@@ -197,10 +212,24 @@ class KeyManager:
         larval_b = await self.b.getspi(SaType.ESP, addr_a, addr_b, mode=mode, reqid=reqid)
         larval_a = await self.a.getspi(SaType.ESP, addr_b, addr_a, mode=mode, reqid=reqid, seq=acq.seq)
         assert larval_a.sa is not None and larval_b.sa is not None
-        out = Keyed(addr_a, addr_b, larval_b.sa.spi, enc, self.random_bytes(enc_bits // 8), auth,
-                    self.random_bytes(auth_bits // 8))
-        back = Keyed(addr_b, addr_a, larval_a.sa.spi, enc, self.random_bytes(enc_bits // 8), auth,
-                     self.random_bytes(auth_bits // 8))
+        out = Keyed(
+            addr_a,
+            addr_b,
+            larval_b.sa.spi,
+            enc,
+            self.random_bytes(enc_bits // 8),
+            auth,
+            self.random_bytes(auth_bits // 8),
+        )
+        back = Keyed(
+            addr_b,
+            addr_a,
+            larval_a.sa.spi,
+            enc,
+            self.random_bytes(enc_bits // 8),
+            auth,
+            self.random_bytes(auth_bits // 8),
+        )
 
         hard = soft = None
         if self.hard or self.soft:
@@ -233,8 +262,10 @@ async def _serve_forever(path_a: str, path_b: str, dialect: str | None) -> None:
 
             async with trio.open_nursery() as nursery:
                 await nursery.start(KeyManager(a, b).serve, send)
-                print(f"keymgr: registered on {path_a} ({a.dialect.value} dialect), keying {path_a} and {path_b}",
-                      flush=True)
+                print(
+                    f"keymgr: registered on {path_a} ({a.dialect.value} dialect), keying {path_a} and {path_b}",
+                    flush=True,
+                )
                 nursery.start_soon(report)
                 async for signum in signals:
                     print(f"keymgr: {signal.Signals(signum).name} received, stopping", flush=True)
@@ -246,8 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Key two pfkeyd hosts from host A's ACQUIREs.")
     parser.add_argument("host_a", help="host A's pfkeyd socket (the one whose ACQUIREs are answered)")
     parser.add_argument("host_b", help="host B's pfkeyd socket")
-    parser.add_argument("-d", "--dialect", choices=("linux", "freebsd"), default=None,
-                        help="the sockets' dialect (default: what the daemons report)")
+    parser.add_argument(
+        "-d",
+        "--dialect",
+        choices=("linux", "freebsd"),
+        default=None,
+        help="the sockets' dialect (default: what the daemons report)",
+    )
     args = parser.parse_args(argv)
     try:
         trio.run(_serve_forever, args.host_a, args.host_b, args.dialect)

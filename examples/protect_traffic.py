@@ -189,8 +189,13 @@ def main() -> int:
             peer, _, theirs = HOSTS["B" if host == "A" else "A"]
             script = SETKEY.format(k_ab=KEY, k_ba=KEY_BA, me=me, peer=peer, mine=mine, theirs=theirs)
             print(f"host {host}: setkey -f\n" + "".join(f"    {line}\n" for line in script.splitlines()))
-            subprocess.run([sys.executable, "-m", "setkey", "-f", "-"], input=script, text=True, check=True,
-                           env=dict(os.environ, PFKEY_SOCKET=os.path.join(work, f"{host}.sock")))
+            subprocess.run(
+                [sys.executable, "-m", "setkey", "-f", "-"],
+                input=script,
+                text=True,
+                check=True,
+                env=dict(os.environ, PFKEY_SOCKET=os.path.join(work, f"{host}.sock")),
+            )
         stop, seen = threading.Event(), dict[str, int]()
         counter = threading.Thread(target=count_wire, args=(names["A"], stop, seen))
         counter.start()

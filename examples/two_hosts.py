@@ -59,10 +59,17 @@ TIMEOUT = 60
 
 def policy(direction: int, src: str, dst: str) -> Message:
     """``spdadd SRC DST any -P DIR ipsec esp/transport//require;``"""
-    pol = Policy(PolicyType.IPSEC, direction, priority=0x80000000,
-                 requests=(IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),))
-    return Message(MsgType.X_SPDADD, SaType.UNSPEC,
-                   exts=(pol, Address.host(ExtType.ADDRESS_SRC, src), Address.host(ExtType.ADDRESS_DST, dst)))
+    pol = Policy(
+        PolicyType.IPSEC,
+        direction,
+        priority=0x80000000,
+        requests=(IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),),
+    )
+    return Message(
+        MsgType.X_SPDADD,
+        SaType.UNSPEC,
+        exts=(pol, Address.host(ExtType.ADDRESS_SRC, src), Address.host(ExtType.ADDRESS_DST, dst)),
+    )
 
 
 async def load_policies(conn: Connection, local: str, peer: str) -> None:
@@ -73,9 +80,15 @@ async def load_policies(conn: Connection, local: str, peer: str) -> None:
 async def start_daemon(nursery: trio.Nursery, path: str, dialect: str, log: Path) -> None:
     """``python -m pfkeyd -s PATH:DIALECT`` until the nursery is cancelled (then SIGTERM)."""
     with log.open("ab") as err:
-        await nursery.start(functools.partial(
-            trio.run_process, [sys.executable, "-m", "pfkeyd", "-s", f"{path}:{dialect}"],
-            stdin=subprocess.DEVNULL, stderr=err, check=False))
+        await nursery.start(
+            functools.partial(
+                trio.run_process,
+                [sys.executable, "-m", "pfkeyd", "-s", f"{path}:{dialect}"],
+                stdin=subprocess.DEVNULL,
+                stderr=err,
+                check=False,
+            )
+        )
     # The daemon makes its PF_KEY socket, then its control socket: once the control
     # socket answers, both are ready.
     ctl = control_path(path)
@@ -93,8 +106,12 @@ async def start_daemon(nursery: trio.Nursery, path: str, dialect: str, log: Path
 
 async def lookup(path: str, src: str, dst: str) -> str:
     """``pfkeyd lookup -s PATH out SRC DST``: the daemon's decision for a packet."""
-    result = await trio.run_process([sys.executable, "-m", "pfkeyd", "lookup", "-s", path, "out", src, dst],
-                                    capture_stdout=True, capture_stderr=True, check=False)
+    result = await trio.run_process(
+        [sys.executable, "-m", "pfkeyd", "lookup", "-s", path, "out", src, dst],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
     if result.returncode != 0:
         msg = f"pfkeyd lookup failed: {result.stderr.decode().strip()}"
         raise RuntimeError(msg)
@@ -116,7 +133,8 @@ async def sad(conn: Connection) -> list[str]:
         lines.append(
             f"esp {src.addr} -> {dst.addr} spi {sa.spi:#010x} {SaState(sa.state).name.lower()}"
             f" enc {_alg_name(algorithms.Kind.ENCRYPT, sa.encrypt)} 0x{enc.data.hex() if enc else ''}"
-            f" auth {_alg_name(algorithms.Kind.AUTH, sa.auth)} 0x{auth.data.hex() if auth else ''}")
+            f" auth {_alg_name(algorithms.Kind.AUTH, sa.auth)} 0x{auth.data.hex() if auth else ''}"
+        )
     return sorted(lines)
 
 
@@ -137,8 +155,10 @@ async def run(dialect: str, workdir: str) -> bool:
                     print(f"$ pfkeyd lookup -s {path_a} out {HOST_A} {HOST_B}")
                     print(await lookup(path_a, HOST_A, HOST_B))
                     out, back = await keyed.receive()
-                    print(f"keymgr: keyed {out.src} -> {out.dst} spi {out.spi:#010x} "
-                          f"and {back.src} -> {back.dst} spi {back.spi:#010x} on both hosts\n")
+                    print(
+                        f"keymgr: keyed {out.src} -> {out.dst} spi {out.spi:#010x} "
+                        f"and {back.src} -> {back.dst} spi {back.spi:#010x} on both hosts\n"
+                    )
                     print(f"$ pfkeyd lookup -s {path_a} out {HOST_A} {HOST_B}")
                     print(await lookup(path_a, HOST_A, HOST_B))
                     sads = {}

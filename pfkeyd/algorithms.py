@@ -243,130 +243,300 @@ _NO_ALGORITHM = Support(keys=ANY_KEY, keyless=True, dump="none")
 
 _AUTH_ROWS: tuple[Algorithm, ...] = (
     Algorithm(
-        Kind.AUTH, AuthAlg.NONE, "no authentication", (), frozenset({SaType.ESP, SaType.X_IPCOMP}), None,
-        freebsd=_NO_ALGORITHM, linux=_NO_ALGORITHM,
+        Kind.AUTH,
+        AuthAlg.NONE,
+        "no authentication",
+        (),
+        frozenset({SaType.ESP, SaType.X_IPCOMP}),
+        None,
+        freebsd=_NO_ALGORITHM,
+        linux=_NO_ALGORITHM,
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.MD5HMAC, "HMAC-MD5-96", ("hmac-md5",), _AH_ESP, 2403, icv=12,
+        Kind.AUTH,
+        AuthAlg.MD5HMAC,
+        "HMAC-MD5-96",
+        ("hmac-md5",),
+        _AH_ESP,
+        2403,
+        icv=12,
         # FreeBSD <= 12 took keys up to 64 bytes.
         freebsd=_DEFINED,
-        linux=Support(register=Alg(AuthAlg.MD5HMAC, 0, 128, 128), keys=_NONEMPTY, keyless=True,
-                      setkey=_s("hmac-md5"), dump="hmac-md5"),
+        linux=Support(
+            register=Alg(AuthAlg.MD5HMAC, 0, 128, 128),
+            keys=_NONEMPTY,
+            keyless=True,
+            setkey=_s("hmac-md5"),
+            dump="hmac-md5",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.SHA1HMAC, "HMAC-SHA1-96", ("hmac-sha1",), _AH_ESP, 2404, icv=12,
-        freebsd=Support(register=Alg(AuthAlg.SHA1HMAC, 0, 160, 160), keys=_upto(64),
-                        setkey=_s("hmac-sha1"), dump="hmac-sha1"),
-        linux=Support(register=Alg(AuthAlg.SHA1HMAC, 0, 160, 160), keys=_NONEMPTY, keyless=True,
-                      setkey=_s("hmac-sha1"), dump="hmac-sha1"),
+        Kind.AUTH,
+        AuthAlg.SHA1HMAC,
+        "HMAC-SHA1-96",
+        ("hmac-sha1",),
+        _AH_ESP,
+        2404,
+        icv=12,
+        freebsd=Support(
+            register=Alg(AuthAlg.SHA1HMAC, 0, 160, 160), keys=_upto(64), setkey=_s("hmac-sha1"), dump="hmac-sha1"
+        ),
+        linux=Support(
+            register=Alg(AuthAlg.SHA1HMAC, 0, 160, 160),
+            keys=_NONEMPTY,
+            keyless=True,
+            setkey=_s("hmac-sha1"),
+            dump="hmac-sha1",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_SHA2_256, "HMAC-SHA2-256-128", ("hmac-sha2-256", "hmac-sha256"), _AH_ESP, 4868,
+        Kind.AUTH,
+        AuthAlg.X_SHA2_256,
+        "HMAC-SHA2-256-128",
+        ("hmac-sha2-256", "hmac-sha256"),
+        _AH_ESP,
+        4868,
         icv=16,
-        freebsd=Support(register=Alg(AuthAlg.X_SHA2_256, 0, 256, 256), keys=_upto(64),
-                        setkey=_s("hmac-sha2-256"), dump="hmac-sha2-256"),
-        linux=Support(register=Alg(AuthAlg.X_SHA2_256, 0, 256, 256), keys=_NONEMPTY, keyless=True,
-                      setkey=_s("hmac-sha256", "hmac-sha2-256"), dump="hmac-sha256"),
+        freebsd=Support(
+            register=Alg(AuthAlg.X_SHA2_256, 0, 256, 256),
+            keys=_upto(64),
+            setkey=_s("hmac-sha2-256"),
+            dump="hmac-sha2-256",
+        ),
+        linux=Support(
+            register=Alg(AuthAlg.X_SHA2_256, 0, 256, 256),
+            keys=_NONEMPTY,
+            keyless=True,
+            setkey=_s("hmac-sha256", "hmac-sha2-256"),
+            dump="hmac-sha256",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_SHA2_384, "HMAC-SHA2-384-192", ("hmac-sha2-384", "hmac-sha384"), _AH_ESP, 4868,
+        Kind.AUTH,
+        AuthAlg.X_SHA2_384,
+        "HMAC-SHA2-384-192",
+        ("hmac-sha2-384", "hmac-sha384"),
+        _AH_ESP,
+        4868,
         icv=24,
-        freebsd=Support(register=Alg(AuthAlg.X_SHA2_384, 0, 384, 384), keys=_upto(128),
-                        setkey=_s("hmac-sha2-384"), dump="hmac-sha2-384"),
-        linux=Support(register=Alg(AuthAlg.X_SHA2_384, 0, 384, 384), keys=_NONEMPTY, keyless=True,
-                      setkey=_s("hmac-sha384", "hmac-sha2-384"), dump="hmac-sha384"),
+        freebsd=Support(
+            register=Alg(AuthAlg.X_SHA2_384, 0, 384, 384),
+            keys=_upto(128),
+            setkey=_s("hmac-sha2-384"),
+            dump="hmac-sha2-384",
+        ),
+        linux=Support(
+            register=Alg(AuthAlg.X_SHA2_384, 0, 384, 384),
+            keys=_NONEMPTY,
+            keyless=True,
+            setkey=_s("hmac-sha384", "hmac-sha2-384"),
+            dump="hmac-sha384",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_SHA2_512, "HMAC-SHA2-512-256", ("hmac-sha2-512", "hmac-sha512"), _AH_ESP, 4868,
+        Kind.AUTH,
+        AuthAlg.X_SHA2_512,
+        "HMAC-SHA2-512-256",
+        ("hmac-sha2-512", "hmac-sha512"),
+        _AH_ESP,
+        4868,
         icv=32,
-        freebsd=Support(register=Alg(AuthAlg.X_SHA2_512, 0, 512, 512), keys=_upto(128),
-                        setkey=_s("hmac-sha2-512"), dump="hmac-sha2-512"),
-        linux=Support(register=Alg(AuthAlg.X_SHA2_512, 0, 512, 512), keys=_NONEMPTY, keyless=True,
-                      setkey=_s("hmac-sha512", "hmac-sha2-512"), dump="hmac-sha512"),
+        freebsd=Support(
+            register=Alg(AuthAlg.X_SHA2_512, 0, 512, 512),
+            keys=_upto(128),
+            setkey=_s("hmac-sha2-512"),
+            dump="hmac-sha2-512",
+        ),
+        linux=Support(
+            register=Alg(AuthAlg.X_SHA2_512, 0, 512, 512),
+            keys=_NONEMPTY,
+            keyless=True,
+            setkey=_s("hmac-sha512", "hmac-sha2-512"),
+            dump="hmac-sha512",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_RIPEMD160HMAC, "HMAC-RIPEMD-160-96", ("hmac-ripemd160",), _AH_ESP, 2857, icv=12,
+        Kind.AUTH,
+        AuthAlg.X_RIPEMD160HMAC,
+        "HMAC-RIPEMD-160-96",
+        ("hmac-ripemd160",),
+        _AH_ESP,
+        2857,
+        icv=12,
         freebsd=_DEFINED,  # FreeBSD <= 12: keys up to 64 bytes
         linux=Support(setkey=_s("hmac-ripemd160"), dump="hmac-ripemd160"),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_AES_XCBC_MAC, "AES-XCBC-MAC-96", ("aes-xcbc-mac",), _AH_ESP, 3566, icv=12,
+        Kind.AUTH,
+        AuthAlg.X_AES_XCBC_MAC,
+        "AES-XCBC-MAC-96",
+        ("aes-xcbc-mac",),
+        _AH_ESP,
+        3566,
+        icv=12,
         # FreeBSD's setkey still knows the name; its kernel no longer lists it.
         freebsd=Support(setkey=_s("aes-xcbc-mac"), dump="aes-xcbc-mac"),
-        linux=Support(register=Alg(AuthAlg.X_AES_XCBC_MAC, 0, 128, 128), keys=_bytes(16, 24, 32),
-                      setkey=_s("aes-xcbc-mac"), dump="aes-xcbc-mac"),
+        linux=Support(
+            register=Alg(AuthAlg.X_AES_XCBC_MAC, 0, 128, 128),
+            keys=_bytes(16, 24, 32),
+            setkey=_s("aes-xcbc-mac"),
+            dump="aes-xcbc-mac",
+        ),
     ),
     # AES-GMAC for AH (RFC 4543).  FreeBSD also sets these ids on AES-GCM SAs
     # itself (see implied_auth); no setkey has a name for them.  The kernel checks
     # only key <= AES key size, with no room for the RFC's 4-byte salt.
     Algorithm(
-        Kind.AUTH, AuthAlg.X_AES128GMAC, "AES-128-GMAC", (), _AH_ESP, 4543, iv=8, icv=16, salt=4,
+        Kind.AUTH,
+        AuthAlg.X_AES128GMAC,
+        "AES-128-GMAC",
+        (),
+        _AH_ESP,
+        4543,
+        iv=8,
+        icv=16,
+        salt=4,
         freebsd=Support(register=Alg(AuthAlg.X_AES128GMAC, 0, 128, 128), keys=_upto(16)),
         linux=_UNDEFINED,
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_AES192GMAC, "AES-192-GMAC", (), _AH_ESP, 4543, iv=8, icv=16, salt=4,
+        Kind.AUTH,
+        AuthAlg.X_AES192GMAC,
+        "AES-192-GMAC",
+        (),
+        _AH_ESP,
+        4543,
+        iv=8,
+        icv=16,
+        salt=4,
         freebsd=Support(register=Alg(AuthAlg.X_AES192GMAC, 0, 128, 128), keys=_upto(24)),
         linux=_UNDEFINED,
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_AES256GMAC, "AES-256-GMAC", (), _AH_ESP, 4543, iv=8, icv=16, salt=4,
+        Kind.AUTH,
+        AuthAlg.X_AES256GMAC,
+        "AES-256-GMAC",
+        (),
+        _AH_ESP,
+        4543,
+        iv=8,
+        icv=16,
+        salt=4,
         freebsd=Support(register=Alg(AuthAlg.X_AES256GMAC, 0, 128, 128), keys=_upto(32)),
         linux=_UNDEFINED,
     ),
     # The Poly1305 half of ChaCha20-Poly1305; FreeBSD sets it on ChaCha SAs.  The
     # key limit is the transform's key size (32), derived from ah_init0.
     Algorithm(
-        Kind.AUTH, AuthAlg.X_CHACHA20POLY1305, "Poly1305", ("chacha20-poly1305",), _AH_ESP, 7634, icv=16,
-        freebsd=Support(register=Alg(AuthAlg.X_CHACHA20POLY1305, 0, 128, 128), keys=_upto(32),
-                        setkey=_s("chacha20-poly1305"), dump="chacha20-poly1305"),
+        Kind.AUTH,
+        AuthAlg.X_CHACHA20POLY1305,
+        "Poly1305",
+        ("chacha20-poly1305",),
+        _AH_ESP,
+        7634,
+        icv=16,
+        freebsd=Support(
+            register=Alg(AuthAlg.X_CHACHA20POLY1305, 0, 128, 128),
+            keys=_upto(32),
+            setkey=_s("chacha20-poly1305"),
+            dump="chacha20-poly1305",
+        ),
         linux=_UNDEFINED,
     ),
     # ipsec-tools lexes keyed-md5/keyed-sha1 on every system and dumps them as
     # "md5"/"sha"; Linux has no number for them, so they end as "Not supported".
     Algorithm(
-        Kind.AUTH, AuthAlg.X_MD5, "keyed MD5", ("keyed-md5",), _AH_ESP, 1828, icv=16,
+        Kind.AUTH,
+        AuthAlg.X_MD5,
+        "keyed MD5",
+        ("keyed-md5",),
+        _AH_ESP,
+        1828,
+        icv=16,
         freebsd=_DEFINED,
         linux=Support(defined=False, setkey=_s("keyed-md5"), dump="md5"),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_SHA, "keyed SHA1", ("keyed-sha1",), _AH_ESP, 1852, icv=20,
+        Kind.AUTH,
+        AuthAlg.X_SHA,
+        "keyed SHA1",
+        ("keyed-sha1",),
+        _AH_ESP,
+        1852,
+        icv=20,
         freebsd=_DEFINED,
         linux=Support(defined=False, setkey=_s("keyed-sha1"), dump="sha"),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_NULL, "NULL authentication", ("null",), _AH_ESP, None,
+        Kind.AUTH,
+        AuthAlg.X_NULL,
+        "NULL authentication",
+        ("null",),
+        _AH_ESP,
+        None,
         # FreeBSD advertises 1..256 bytes but accepts any key, even an empty one;
         # it does need the extension ("no authentication key"), which setkey's
         # key-less "-A null" never sends.
-        freebsd=Support(register=Alg(AuthAlg.X_NULL, 0, 8, 2048), keys=ANY_KEY,
-                        setkey=_s("null", key=_NOKEY), dump="null"),
-        linux=Support(register=Alg(AuthAlg.X_NULL, 0, 0, 0), keys=ANY_KEY, keyless=True,
-                      setkey=_s("null", key=_NOKEY), dump="null"),
+        freebsd=Support(
+            register=Alg(AuthAlg.X_NULL, 0, 8, 2048), keys=ANY_KEY, setkey=_s("null", key=_NOKEY), dump="null"
+        ),
+        linux=Support(
+            register=Alg(AuthAlg.X_NULL, 0, 0, 0),
+            keys=ANY_KEY,
+            keyless=True,
+            setkey=_s("null", key=_NOKEY),
+            dump="null",
+        ),
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_TCP_MD5, "TCP-MD5", ("tcp-md5",), frozenset({SaType.X_TCPSIGNATURE}), 2385, icv=16,
+        Kind.AUTH,
+        AuthAlg.X_TCP_MD5,
+        "TCP-MD5",
+        ("tcp-md5",),
+        frozenset({SaType.X_TCPSIGNATURE}),
+        2385,
+        icv=16,
         # Accepted for TCP-MD5 SAs, never advertised (tcpsignature_init, 1..80 bytes).
         freebsd=Support(keys=_upto(80), setkey=_s("tcp-md5", key=KeyForm.TCP), dump="tcp-md5"),
         linux=_UNDEFINED,
     ),
     Algorithm(
-        Kind.AUTH, AuthAlg.X_SM3_256HMAC, "HMAC-SM3", (), _AH_ESP, None, icv=32,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.AUTH,
+        AuthAlg.X_SM3_256HMAC,
+        "HMAC-SM3",
+        (),
+        _AH_ESP,
+        None,
+        icv=32,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
 )
 
 _ENC_ROWS: tuple[Algorithm, ...] = (
     Algorithm(
-        Kind.ENCRYPT, EncAlg.NONE, "no encryption", (), frozenset({SaType.AH, SaType.X_TCPSIGNATURE}), None,
-        freebsd=_NO_ALGORITHM, linux=_NO_ALGORITHM,
+        Kind.ENCRYPT,
+        EncAlg.NONE,
+        "no encryption",
+        (),
+        frozenset({SaType.AH, SaType.X_TCPSIGNATURE}),
+        None,
+        freebsd=_NO_ALGORITHM,
+        linux=_NO_ALGORITHM,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.DESCBC, "DES-CBC", ("des-cbc", "des-deriv", "des-32iv"), _ESP, 2405,
-        iv=8, block=8,
+        Kind.ENCRYPT,
+        EncAlg.DESCBC,
+        "DES-CBC",
+        ("des-cbc", "des-deriv", "des-32iv"),
+        _ESP,
+        2405,
+        iv=8,
+        block=8,
         freebsd=_DEFINED,  # FreeBSD <= 12: 8-byte keys
         linux=Support(
-            register=Alg(EncAlg.DESCBC, 8, 64, 64), keys=_bytes(8),
+            register=Alg(EncAlg.DESCBC, 8, 64, 64),
+            keys=_bytes(8),
             setkey=(
                 Spelling("des-cbc"),
                 Spelling("des-deriv", flags=SaFlag.X_EXT_DERIV, old=False),
@@ -376,109 +546,304 @@ _ENC_ROWS: tuple[Algorithm, ...] = (
         ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.DES3CBC, "3DES-CBC", ("3des-cbc",), _ESP, 2451, iv=8, block=8,
+        Kind.ENCRYPT,
+        EncAlg.DES3CBC,
+        "3DES-CBC",
+        ("3des-cbc",),
+        _ESP,
+        2451,
+        iv=8,
+        block=8,
         freebsd=_DEFINED,  # FreeBSD <= 12: 24-byte keys
-        linux=Support(register=Alg(EncAlg.DES3CBC, 8, 192, 192), keys=_bytes(24),
-                      setkey=_s("3des-cbc"), dump="3des-cbc"),
+        linux=Support(
+            register=Alg(EncAlg.DES3CBC, 8, 192, 192), keys=_bytes(24), setkey=_s("3des-cbc"), dump="3des-cbc"
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_CAST128CBC, "CAST-128-CBC", ("cast128-cbc",), _ESP, 2451, iv=8, block=8,
+        Kind.ENCRYPT,
+        EncAlg.X_CAST128CBC,
+        "CAST-128-CBC",
+        ("cast128-cbc",),
+        _ESP,
+        2451,
+        iv=8,
+        block=8,
         freebsd=_DEFINED,  # FreeBSD <= 12: 5..16-byte keys
-        linux=Support(register=Alg(EncAlg.X_CAST128CBC, 8, 40, 128), keys=_upto(16, 5),
-                      setkey=_s("cast128-cbc"), dump="cast128-cbc"),
+        linux=Support(
+            register=Alg(EncAlg.X_CAST128CBC, 8, 40, 128),
+            keys=_upto(16, 5),
+            setkey=_s("cast128-cbc"),
+            dump="cast128-cbc",
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_BLOWFISHCBC, "Blowfish-CBC", ("blowfish-cbc",), _ESP, 2451, iv=8, block=8,
+        Kind.ENCRYPT,
+        EncAlg.X_BLOWFISHCBC,
+        "Blowfish-CBC",
+        ("blowfish-cbc",),
+        _ESP,
+        2451,
+        iv=8,
+        block=8,
         freebsd=_DEFINED,  # FreeBSD <= 12: 5..56-byte keys
         # Linux advertises 40 bits but its blowfish accepts keys from 4 bytes.
-        linux=Support(register=Alg(EncAlg.X_BLOWFISHCBC, 8, 40, 448), keys=_upto(56, 4),
-                      setkey=_s("blowfish-cbc"), dump="blowfish-cbc"),
+        linux=Support(
+            register=Alg(EncAlg.X_BLOWFISHCBC, 8, 40, 448),
+            keys=_upto(56, 4),
+            setkey=_s("blowfish-cbc"),
+            dump="blowfish-cbc",
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.NULL, "NULL encryption", ("null", "simple"), _ESP, 2410, block=1,
+        Kind.ENCRYPT,
+        EncAlg.NULL,
+        "NULL encryption",
+        ("null", "simple"),
+        _ESP,
+        2410,
+        block=1,
         # FreeBSD's setkey wants a key after "-E null" (may be ""); "simple" is the
         # key-less obsolete spelling everywhere.
-        freebsd=Support(register=Alg(EncAlg.NULL, 0, 0, 2048), keys=_upto(256, 0),
-                        setkey=(Spelling("null"), Spelling("simple", _NOKEY, obsolete=True)), dump="null"),
-        linux=Support(register=Alg(EncAlg.NULL, 0, 0, 0), keys=_bytes(0), keyless=True,
-                      setkey=(Spelling("null", _NOKEY), Spelling("simple", _NOKEY, obsolete=True)), dump="null"),
+        freebsd=Support(
+            register=Alg(EncAlg.NULL, 0, 0, 2048),
+            keys=_upto(256, 0),
+            setkey=(Spelling("null"), Spelling("simple", _NOKEY, obsolete=True)),
+            dump="null",
+        ),
+        linux=Support(
+            register=Alg(EncAlg.NULL, 0, 0, 0),
+            keys=_bytes(0),
+            keyless=True,
+            setkey=(Spelling("null", _NOKEY), Spelling("simple", _NOKEY, obsolete=True)),
+            dump="null",
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESCBC, "AES-CBC", ("aes-cbc", "rijndael-cbc"), _ESP, 3602, iv=16, block=16,
-        freebsd=Support(register=Alg(EncAlg.X_AESCBC, 16, 128, 256), keys=_bytes(16, 24, 32),
-                        setkey=_s("aes-cbc", "rijndael-cbc"), dump="aes-cbc"),
-        linux=Support(register=Alg(EncAlg.X_AESCBC, 8, 128, 256), keys=_bytes(16, 24, 32),
-                      setkey=_s("aes-cbc", "rijndael-cbc"), dump="aes-cbc"),
+        Kind.ENCRYPT,
+        EncAlg.X_AESCBC,
+        "AES-CBC",
+        ("aes-cbc", "rijndael-cbc"),
+        _ESP,
+        3602,
+        iv=16,
+        block=16,
+        freebsd=Support(
+            register=Alg(EncAlg.X_AESCBC, 16, 128, 256),
+            keys=_bytes(16, 24, 32),
+            setkey=_s("aes-cbc", "rijndael-cbc"),
+            dump="aes-cbc",
+        ),
+        linux=Support(
+            register=Alg(EncAlg.X_AESCBC, 8, 128, 256),
+            keys=_bytes(16, 24, 32),
+            setkey=_s("aes-cbc", "rijndael-cbc"),
+            dump="aes-cbc",
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESCTR, "AES-CTR", ("aes-ctr",), _ESP, 3686, iv=8, block=1, salt=4,
-        freebsd=Support(register=Alg(EncAlg.X_AESCTR, 16, 128, 256), keys=_bytes(20, 28, 36),
-                        setkey=_s("aes-ctr", key=_SALT), dump="aes-ctr"),
+        Kind.ENCRYPT,
+        EncAlg.X_AESCTR,
+        "AES-CTR",
+        ("aes-ctr",),
+        _ESP,
+        3686,
+        iv=8,
+        block=1,
+        salt=4,
+        freebsd=Support(
+            register=Alg(EncAlg.X_AESCTR, 16, 128, 256),
+            keys=_bytes(20, 28, 36),
+            setkey=_s("aes-ctr", key=_SALT),
+            dump="aes-ctr",
+        ),
         # Linux counts the nonce in the advertised bits, so ipsec-tools checks the
         # whole key against them.
-        linux=Support(register=Alg(EncAlg.X_AESCTR, 8, 160, 288), keys=_bytes(20, 28, 36),
-                      setkey=_s("aes-ctr"), dump="aes-ctr"),
+        linux=Support(
+            register=Alg(EncAlg.X_AESCTR, 8, 160, 288), keys=_bytes(20, 28, 36), setkey=_s("aes-ctr"), dump="aes-ctr"
+        ),
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_CHACHA20POLY1305, "ChaCha20-Poly1305", ("chacha20-poly1305",), _ESP, 7634,
-        iv=8, icv=16, block=1, salt=4, aead=True,
-        freebsd=Support(register=Alg(EncAlg.X_CHACHA20POLY1305, 12, 256, 256), keys=_bytes(36),
-                        setkey=_s("chacha20-poly1305", key=_SALT), dump="chacha20-poly1305"),
+        Kind.ENCRYPT,
+        EncAlg.X_CHACHA20POLY1305,
+        "ChaCha20-Poly1305",
+        ("chacha20-poly1305",),
+        _ESP,
+        7634,
+        iv=8,
+        icv=16,
+        block=1,
+        salt=4,
+        aead=True,
+        freebsd=Support(
+            register=Alg(EncAlg.X_CHACHA20POLY1305, 12, 256, 256),
+            keys=_bytes(36),
+            setkey=_s("chacha20-poly1305", key=_SALT),
+            dump="chacha20-poly1305",
+        ),
         linux=_UNDEFINED,  # Linux's 15 is AES-CCM-12
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESGCM8, "AES-GCM-8", (), _ESP, 4106, iv=8, icv=8, block=1, salt=4, aead=True,
-        freebsd=_DEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_AESGCM8,
+        "AES-GCM-8",
+        (),
+        _ESP,
+        4106,
+        iv=8,
+        icv=8,
+        block=1,
+        salt=4,
+        aead=True,
+        freebsd=_DEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESGCM12, "AES-GCM-12", (), _ESP, 4106, iv=8, icv=12, block=1, salt=4, aead=True,
-        freebsd=_DEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_AESGCM12,
+        "AES-GCM-12",
+        (),
+        _ESP,
+        4106,
+        iv=8,
+        icv=12,
+        block=1,
+        salt=4,
+        aead=True,
+        freebsd=_DEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESGCM16, "AES-GCM-16", ("aes-gcm-16",), _ESP, 4106,
-        iv=8, icv=16, block=1, salt=4, aead=True,
-        freebsd=Support(register=Alg(EncAlg.X_AESGCM16, 12, 128, 256), keys=_bytes(20, 28, 36),
-                        setkey=_s("aes-gcm-16", key=_SALT), dump="aes-gcm-16"),
+        Kind.ENCRYPT,
+        EncAlg.X_AESGCM16,
+        "AES-GCM-16",
+        ("aes-gcm-16",),
+        _ESP,
+        4106,
+        iv=8,
+        icv=16,
+        block=1,
+        salt=4,
+        aead=True,
+        freebsd=Support(
+            register=Alg(EncAlg.X_AESGCM16, 12, 128, 256),
+            keys=_bytes(20, 28, 36),
+            setkey=_s("aes-gcm-16", key=_SALT),
+            dump="aes-gcm-16",
+        ),
         linux=_DEFINED,  # not in ipsec-tools 0.8.2 either
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_CAMELLIACBC, "Camellia-CBC", ("camellia-cbc",), _ESP, 4312, iv=16, block=16,
+        Kind.ENCRYPT,
+        EncAlg.X_CAMELLIACBC,
+        "Camellia-CBC",
+        ("camellia-cbc",),
+        _ESP,
+        4312,
+        iv=16,
+        block=16,
         freebsd=_DEFINED,  # FreeBSD <= 12: 16..32-byte keys
-        linux=Support(register=Alg(EncAlg.X_CAMELLIACBC, 8, 128, 256), keys=_bytes(16, 24, 32),
-                      setkey=_s("camellia-cbc"), dump="camellia-cbc"),
+        linux=Support(
+            register=Alg(EncAlg.X_CAMELLIACBC, 8, 128, 256),
+            keys=_bytes(16, 24, 32),
+            setkey=_s("camellia-cbc"),
+            dump="camellia-cbc",
+        ),
     ),
     # ESP with AES-GMAC (integrity only).  FreeBSD's esp_init subtracts no salt for
     # it, so it takes a bare AES key; the name "aes-gmac" exists only in NetBSD.
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AESGMAC, "AES-GMAC", ("aes-gmac",), _ESP, 4543,
-        iv=8, icv=16, block=1, salt=4, aead=True,
+        Kind.ENCRYPT,
+        EncAlg.X_AESGMAC,
+        "AES-GMAC",
+        ("aes-gmac",),
+        _ESP,
+        4543,
+        iv=8,
+        icv=16,
+        block=1,
+        salt=4,
+        aead=True,
         freebsd=Support(register=Alg(EncAlg.X_AESGMAC, 12, 128, 256), keys=_bytes(16, 24, 32)),
         linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AES_CCM_ICV8, "AES-CCM-8", (), _ESP, 4309, iv=8, icv=8, block=1, salt=3, aead=True,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_AES_CCM_ICV8,
+        "AES-CCM-8",
+        (),
+        _ESP,
+        4309,
+        iv=8,
+        icv=8,
+        block=1,
+        salt=3,
+        aead=True,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AES_CCM_ICV12, "AES-CCM-12", (), _ESP, 4309,
-        iv=8, icv=12, block=1, salt=3, aead=True,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_AES_CCM_ICV12,
+        "AES-CCM-12",
+        (),
+        _ESP,
+        4309,
+        iv=8,
+        icv=12,
+        block=1,
+        salt=3,
+        aead=True,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_AES_CCM_ICV16, "AES-CCM-16", (), _ESP, 4309,
-        iv=8, icv=16, block=1, salt=3, aead=True,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_AES_CCM_ICV16,
+        "AES-CCM-16",
+        (),
+        _ESP,
+        4309,
+        iv=8,
+        icv=16,
+        block=1,
+        salt=3,
+        aead=True,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_SM4CBC, "SM4-CBC", (), _ESP, None, iv=16, block=16,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_SM4CBC,
+        "SM4-CBC",
+        (),
+        _ESP,
+        None,
+        iv=16,
+        block=16,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_SERPENTCBC, "Serpent-CBC", (), _ESP, None, iv=16, block=16,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.ENCRYPT,
+        EncAlg.X_SERPENTCBC,
+        "Serpent-CBC",
+        (),
+        _ESP,
+        None,
+        iv=16,
+        block=16,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
     Algorithm(
-        Kind.ENCRYPT, EncAlg.X_TWOFISHCBC, "Twofish-CBC", ("twofish-cbc",), _ESP, None, iv=16, block=16,
+        Kind.ENCRYPT,
+        EncAlg.X_TWOFISHCBC,
+        "Twofish-CBC",
+        ("twofish-cbc",),
+        _ESP,
+        None,
+        iv=16,
+        block=16,
         freebsd=_UNDEFINED,
         linux=Support(setkey=_s("twofish-cbc"), dump="twofish-cbc"),
     ),
@@ -486,16 +851,32 @@ _ENC_ROWS: tuple[Algorithm, ...] = (
 
 _COMP_ROWS: tuple[Algorithm, ...] = (
     Algorithm(
-        Kind.COMPRESS, CompAlg.NONE, "no compression", (), frozenset(), None,
-        freebsd=_NO_ALGORITHM, linux=_NO_ALGORITHM,
+        Kind.COMPRESS,
+        CompAlg.NONE,
+        "no compression",
+        (),
+        frozenset(),
+        None,
+        freebsd=_NO_ALGORITHM,
+        linux=_NO_ALGORITHM,
     ),
     Algorithm(
-        Kind.COMPRESS, CompAlg.OUI, "OUI", ("oui",), _IPCOMP, None,
+        Kind.COMPRESS,
+        CompAlg.OUI,
+        "OUI",
+        ("oui",),
+        _IPCOMP,
+        None,
         freebsd=Support(setkey=_s("oui", key=_NOKEY), dump="oui"),
         linux=Support(setkey=_s("oui", key=_NOKEY), dump="oui"),
     ),
     Algorithm(
-        Kind.COMPRESS, CompAlg.DEFLATE, "DEFLATE", ("deflate",), _IPCOMP, 2394,
+        Kind.COMPRESS,
+        CompAlg.DEFLATE,
+        "DEFLATE",
+        ("deflate",),
+        _IPCOMP,
+        2394,
         # FreeBSD: a KEY_ENCRYPT on an IPComp SA must be empty; af_key ignores it.
         freebsd=Support(keys=_bytes(0), keyless=True, setkey=_s("deflate", key=_NOKEY), dump="deflate"),
         linux=Support(keys=ANY_KEY, keyless=True, setkey=_s("deflate", key=_NOKEY), dump="deflate"),
@@ -503,13 +884,24 @@ _COMP_ROWS: tuple[Algorithm, ...] = (
     Algorithm(
         # Linux lists lzs and lzjh as pfkey_supported, but mainline has no crypto
         # module for them, so the lookup fails (ENOSYS).
-        Kind.COMPRESS, CompAlg.LZS, "LZS", ("lzs",), _IPCOMP, 2395,
+        Kind.COMPRESS,
+        CompAlg.LZS,
+        "LZS",
+        ("lzs",),
+        _IPCOMP,
+        2395,
         freebsd=Support(setkey=_s("lzs", key=_NOKEY), dump="lzs"),
         linux=Support(setkey=_s("lzs", key=_NOKEY), dump="lzs"),
     ),
     Algorithm(
-        Kind.COMPRESS, CompAlg.LZJH, "LZJH", (), _IPCOMP, 3051,
-        freebsd=_UNDEFINED, linux=_DEFINED,
+        Kind.COMPRESS,
+        CompAlg.LZJH,
+        "LZJH",
+        (),
+        _IPCOMP,
+        3051,
+        freebsd=_UNDEFINED,
+        linux=_DEFINED,
     ),
 )
 
@@ -699,7 +1091,12 @@ _CHECKED: set[tuple[int, int, int, int | None, int | None, int, Dialect]] = set(
 
 
 def _check_sa(
-    proto: int, auth: int, encrypt: int, key_auth: Key | None, key_enc: Key | None, flags: int,
+    proto: int,
+    auth: int,
+    encrypt: int,
+    key_auth: Key | None,
+    key_enc: Key | None,
+    flags: int,
     dialect: Dialect | str,
 ) -> None:
     satype = PROTO_SATYPE.get(proto)
@@ -740,28 +1137,32 @@ def implied_auth(enc_id: int, key_len: int) -> AuthAlg | None:
 #: The lifetimes of every proposed combination (FreeBSD key_getcomb_setlifetime).
 #: soft_addtime and hard_usetime are computed there as 80% of fields that are
 #: still zero, so they come out as 0; kept so, as the reference kernel sends them.
-COMB_LIFETIMES: Mapping[str, int] = MappingProxyType({
-    "soft_allocations": 1,
-    "hard_allocations": 1,
-    "soft_bytes": 0,
-    "hard_bytes": 0,
-    "soft_addtime": 0,
-    "hard_addtime": 86400,
-    "soft_usetime": 28800,
-    "hard_usetime": 0,
-})
+COMB_LIFETIMES: Mapping[str, int] = MappingProxyType(
+    {
+        "soft_allocations": 1,
+        "hard_allocations": 1,
+        "soft_bytes": 0,
+        "hard_bytes": 0,
+        "soft_addtime": 0,
+        "hard_addtime": 86400,
+        "soft_usetime": 28800,
+        "hard_usetime": 0,
+    }
+)
 
 #: key_getcomb_ah proposes only these ("we prefer HMAC algorithms"); of them the
 #: current FreeBSD kernel implements all but MD5.
-_AH_PROPOSED = frozenset({AuthAlg.MD5HMAC, AuthAlg.SHA1HMAC, AuthAlg.X_SHA2_256, AuthAlg.X_SHA2_384,
-                          AuthAlg.X_SHA2_512})
+_AH_PROPOSED = frozenset(
+    {AuthAlg.MD5HMAC, AuthAlg.SHA1HMAC, AuthAlg.X_SHA2_256, AuthAlg.X_SHA2_384, AuthAlg.X_SHA2_512}
+)
 
 
 def _ah_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int) -> tuple[Comb, ...]:
     # Ascending ids, each prepended to the list: the result is descending.
     algs = [a for a in supported(Kind.AUTH, dialect) if a.id in _AH_PROPOSED and a.minbits >= ah_keymin]
-    return tuple(Comb(auth=a.id, auth_minbits=a.minbits, auth_maxbits=a.maxbits, **COMB_LIFETIMES)
-                 for a in reversed(algs))
+    return tuple(
+        Comb(auth=a.id, auth_minbits=a.minbits, auth_maxbits=a.maxbits, **COMB_LIFETIMES) for a in reversed(algs)
+    )
 
 
 def _esp_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int) -> tuple[Comb, ...]:
@@ -776,8 +1177,9 @@ def _esp_combs(dialect: Dialect, esp_keymin: int, esp_auth: int, ah_keymin: int)
             continue
         if copies == 0:
             return ()
-        comb = Comb(encrypt=a.id, encrypt_minbits=max(esp_keymin, a.minbits), encrypt_maxbits=a.maxbits,
-                    **COMB_LIFETIMES)
+        comb = Comb(
+            encrypt=a.id, encrypt_minbits=max(esp_keymin, a.minbits), encrypt_maxbits=a.maxbits, **COMB_LIFETIMES
+        )
         combs.extend([comb] * copies)
     return tuple(combs)
 
@@ -836,5 +1238,6 @@ def proposal(proto: int, knobs: ProposalKnobs, dialect: Dialect | str = Dialect.
     satype = PROTO_SATYPE.get(proto)
     if satype is None:
         return ()
-    return acquire_proposal(satype, esp_keymin=knobs.esp_keymin, esp_auth=knobs.esp_auth,
-                            ah_keymin=knobs.ah_keymin, dialect=dialect)
+    return acquire_proposal(
+        satype, esp_keymin=knobs.esp_keymin, esp_auth=knobs.esp_auth, ah_keymin=knobs.ah_keymin, dialect=dialect
+    )

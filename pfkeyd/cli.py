@@ -130,33 +130,65 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _daemon_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="pfkeyd", usage=USAGE.removeprefix("usage: ").rstrip("\n"), add_help=False,
-                description="Run the PF_KEY v2 key engine daemon in the foreground.")
+    p = _Parser(
+        prog="pfkeyd",
+        usage=USAGE.removeprefix("usage: ").rstrip("\n"),
+        add_help=False,
+        description="Run the PF_KEY v2 key engine daemon in the foreground.",
+    )
     p.add_argument("-h", "--help", action="store_true", help="print this help and exit")
     p.add_argument("-d", "--debug", action="store_true", help="log every message (never key material)")
     p.add_argument("--syslog", action="store_true", help="log to syslog (facility daemon), not stderr")
     p.add_argument("-f", "--config", metavar="file", help="set knobs from name=value lines at start")
-    p.add_argument("-s", "--socket", metavar="path[:dialect]",
-                   help="the main socket (default /run/pfkeyd.sock for root, else "
-                        "$XDG_RUNTIME_DIR/pfkeyd.sock; dialect of the host)")
-    p.add_argument("-l", "--listen", metavar="path:dialect", action="append", default=[],
-                   help="one more socket, speaking freebsd or linux")
+    p.add_argument(
+        "-s",
+        "--socket",
+        metavar="path[:dialect]",
+        help="the main socket (default /run/pfkeyd.sock for root, else "
+        "$XDG_RUNTIME_DIR/pfkeyd.sock; dialect of the host)",
+    )
+    p.add_argument(
+        "-l",
+        "--listen",
+        metavar="path:dialect",
+        action="append",
+        default=[],
+        help="one more socket, speaking freebsd or linux",
+    )
     p.add_argument("--group", metavar="group", help="make the sockets mode 0660 and owned by this group")
-    p.add_argument("--allow-uid", metavar="uid", action="append", default=[],
-                   help="admit this user as well as root and the daemon's own")
-    p.add_argument("--dataplane", metavar="ifname", nargs="?", const="ipsec0", default=None,
-                   help="protect real traffic through a TUN interface (default ipsec0)")
-    p.add_argument("--no-routes", action="store_true",
-                   help="with --dataplane: leave the routes into the TUN to the user")
+    p.add_argument(
+        "--allow-uid",
+        metavar="uid",
+        action="append",
+        default=[],
+        help="admit this user as well as root and the daemon's own",
+    )
+    p.add_argument(
+        "--dataplane",
+        metavar="ifname",
+        nargs="?",
+        const="ipsec0",
+        default=None,
+        help="protect real traffic through a TUN interface (default ipsec0)",
+    )
+    p.add_argument(
+        "--no-routes", action="store_true", help="with --dataplane: leave the routes into the TUN to the user"
+    )
     p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
     p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
     p.add_argument("--mtu", metavar="bytes", type=int, default=1400, help="with --dataplane: the TUN's MTU")
-    p.add_argument("--state-dir", metavar="dir",
-                   help="keep the SAD, the SPD and run-time knob changes in this directory (keys included) "
-                        "so that they survive a restart or a crash; off by default")
-    p.add_argument("--metrics", metavar="[host:]port",
-                   help="serve the counters for Prometheus at http://host:port/metrics (host 127.0.0.1 "
-                        "if left out); off by default")
+    p.add_argument(
+        "--state-dir",
+        metavar="dir",
+        help="keep the SAD, the SPD and run-time knob changes in this directory (keys included) "
+        "so that they survive a restart or a crash; off by default",
+    )
+    p.add_argument(
+        "--metrics",
+        metavar="[host:]port",
+        help="serve the counters for Prometheus at http://host:port/metrics (host 127.0.0.1 "
+        "if left out); off by default",
+    )
     return p
 
 
@@ -232,7 +264,8 @@ def _setup_logging(use_syslog: bool, debug: bool) -> logging.Handler:
     if use_syslog:
         try:
             handler = logging.handlers.SysLogHandler(
-                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON
+            )
         except OSError as exc:
             msg = f"syslog: {exc.strerror or exc}"
             raise _StartError(msg) from None
@@ -279,6 +312,7 @@ def _daemon_command(argv: Sequence[str]) -> int:
         metrics_at = None
         if opts.metrics is not None:
             from pfkeyd.metrics_http import parse_address
+
             try:
                 metrics_at = parse_address(opts.metrics)
             except ValueError as exc:
@@ -301,8 +335,17 @@ def _daemon_command(argv: Sequence[str]) -> int:
         print(f"pfkeyd: {exc}", file=sys.stderr)
         return 1
     try:
-        return _run_daemon(sockets, knobs, group, allow, opts.config, dataplane, metrics_at,
-                           systemd.Notifier.from_environment(os.environ), opts.state_dir)
+        return _run_daemon(
+            sockets,
+            knobs,
+            group,
+            allow,
+            opts.config,
+            dataplane,
+            metrics_at,
+            systemd.Notifier.from_environment(os.environ),
+            opts.state_dir,
+        )
     finally:
         log.removeHandler(handler)
         handler.close()
@@ -333,8 +376,9 @@ def _dataplane_options(opts: argparse.Namespace) -> Any:
 
     try:
         check_ifname(opts.dataplane)
-        return DataplaneOptions(ifname=opts.dataplane, manage_routes=not opts.no_routes, enc=opts.enc,
-                                pcap=opts.pcap, mtu=opts.mtu)
+        return DataplaneOptions(
+            ifname=opts.dataplane, manage_routes=not opts.no_routes, enc=opts.enc, pcap=opts.pcap, mtu=opts.mtu
+        )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
 
@@ -395,6 +439,7 @@ async def _with_committer(durable: Any, body: Callable[[], Awaitable[None]]) -> 
     async with trio.open_nursery() as keeper:
         committer = trio.CancelScope()
         if durable is not None:
+
             async def commit(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
                 with committer:
                     await durable.run(task_status=task_status)
@@ -416,8 +461,13 @@ async def _start_server(nursery: Any, server: Any, failure: list[str]) -> bool:
     return True
 
 
-async def _start_metrics(nursery: Any, in_extras: Callable[..., Awaitable[None]], where: tuple[str, int],
-                         render: Callable[[], bytes], failure: list[str]) -> bool:
+async def _start_metrics(
+    nursery: Any,
+    in_extras: Callable[..., Awaitable[None]],
+    where: tuple[str, int],
+    render: Callable[[], bytes],
+    failure: list[str],
+) -> bool:
     """Start the --metrics listener beside the server; False (and the reason in ``failure``)
     if it cannot listen."""
     from pfkeyd.metrics_http import serve_metrics
@@ -430,8 +480,9 @@ async def _start_metrics(nursery: Any, in_extras: Callable[..., Awaitable[None]]
     return True
 
 
-async def _until_stopped(signals: AsyncIterator[int], reload: Callable[[], object], notifier: systemd.Notifier,
-                         status: str) -> None:
+async def _until_stopped(
+    signals: AsyncIterator[int], reload: Callable[[], object], notifier: systemd.Notifier, status: str
+) -> None:
     """Wait for SIGTERM or SIGINT; a SIGHUP meanwhile re-reads the configuration."""
     async for signum in signals:
         if signum == signal.SIGHUP:
@@ -443,10 +494,17 @@ async def _until_stopped(signals: AsyncIterator[int], reload: Callable[[], objec
         return
 
 
-def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | None,
-                allow: frozenset[int], config: str | None = None, dataplane_options: Any = None,
-                metrics_at: tuple[str, int] | None = None, notifier: systemd.Notifier | None = None,
-                state_dir: str | None = None) -> int:
+def _run_daemon(
+    sockets: Sequence[systemd.Planned],
+    knobs: Knobs,
+    group: int | None,
+    allow: frozenset[int],
+    config: str | None = None,
+    dataplane_options: Any = None,
+    metrics_at: tuple[str, int] | None = None,
+    notifier: systemd.Notifier | None = None,
+    state_dir: str | None = None,
+) -> int:
     import trio
 
     from pfkeyd import control, metrics
@@ -473,8 +531,9 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
 
     extras = trio.CancelScope()  # the tasks beside the server, ended with it
 
-    async def in_extras(fn: Callable[..., Awaitable[object]], *,
-                        task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED) -> None:
+    async def in_extras(
+        fn: Callable[..., Awaitable[object]], *, task_status: trio.TaskStatus[object] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         with extras:
             await fn(task_status=task_status)
 
@@ -503,15 +562,17 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
                     if not await _start_server(nursery, server, failure):
                         outer.cancel_scope.cancel()
                         return
-                    if metrics_at is not None and not await _start_metrics(nursery, in_extras, metrics_at,
-                                                                            render_metrics, failure):
+                    if metrics_at is not None and not await _start_metrics(
+                        nursery, in_extras, metrics_at, render_metrics, failure
+                    ):
                         server.stop()
                         outer.cancel_scope.cancel()
                         return
                     status = _status(endpoints, metrics_at) + restored
                     notifier.notify(READY=1, STATUS=status)
-                    await _until_stopped(signals, lambda: _reload(config, durable, server, daemon, notifier),
-                                         notifier, status)
+                    await _until_stopped(
+                        signals, lambda: _reload(config, durable, server, daemon, notifier), notifier, status
+                    )
                     extras.cancel()
                     server.stop()
                 # The server has shut down: the data plane removes its routes,
@@ -531,8 +592,15 @@ def _run_daemon(sockets: Sequence[systemd.Planned], knobs: Knobs, group: int | N
     return 0
 
 
-async def _start_dataplane(nursery: trio.Nursery, options: Any, engine: KeyEngine, server: Server,
-                           sockets: Sequence[systemd.Planned], allow: frozenset[int], failure: list[str]) -> Any:
+async def _start_dataplane(
+    nursery: trio.Nursery,
+    options: Any,
+    engine: KeyEngine,
+    server: Server,
+    sockets: Sequence[systemd.Planned],
+    allow: frozenset[int],
+    failure: list[str],
+) -> Any:
     """Open the data plane and start it and its socket-policy listeners in ``nursery``:
     the plane, or None (the failure noted) when it cannot be opened."""
     from pfkeyd.dataplane.daemon import open_dataplane
@@ -540,8 +608,9 @@ async def _start_dataplane(nursery: trio.Nursery, options: Any, engine: KeyEngin
     from pfkeyd.dataplane.sockpol import sockpol_path
 
     try:
-        plane, listeners = open_dataplane(options, EngineSeam(engine, server.emit),
-                                          [sockpol_path(s.path) for s in sockets], tuple(allow))
+        plane, listeners = open_dataplane(
+            options, EngineSeam(engine, server.emit), [sockpol_path(s.path) for s in sockets], tuple(allow)
+        )
     except OSError as exc:
         code = errno.errorcode.get(exc.errno or 0)
         failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
@@ -565,14 +634,21 @@ def _load_state(durable: Durable, knobs: Knobs, failure: list[str]) -> str | Non
         return None
     for problem in report.problems:
         log.warning("state: %s", problem)
-    log.info("state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
-             report.sas, report.policies, durable.store.path, report.records, report.seconds,
-             f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "")
+    log.info(
+        "state: restored %d SAs and %d policies from %s (%d journal records) in %.1f s%s",
+        report.sas,
+        report.policies,
+        durable.store.path,
+        report.records,
+        report.seconds,
+        f"; run-time knobs: {', '.join(f'{n}={v}' for n, v in report.knobs)}" if report.knobs else "",
+    )
     return f"; restored {report.sas} SAs and {report.policies} policies"
 
 
-def _reload(config: str | None, durable: Durable | None, server: Server, daemon: Daemon,
-            notifier: systemd.Notifier) -> None:
+def _reload(
+    config: str | None, durable: Durable | None, server: Server, daemon: Daemon, notifier: systemd.Notifier
+) -> None:
     """SIGHUP: the configuration file read again (the durable state rebased on it)."""
     notifier.notify(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000)
     if durable is not None and config is not None:
@@ -625,8 +701,11 @@ def _remote(command: str) -> Callable[[Sequence[str]], int]:
                     data = b""
             if not data:
                 # The daemon closes a peer whose credentials it refuses without a word.
-                print(f"pfkeyd {command}: {path}: the daemon closed the connection without an answer "
-                      "(is this user allowed to use it?)", file=sys.stderr)
+                print(
+                    f"pfkeyd {command}: {path}: the daemon closed the connection without an answer "
+                    "(is this user allowed to use it?)",
+                    file=sys.stderr,
+                )
                 return 1
             answer = json.loads(data)
         except OSError as exc:

@@ -39,9 +39,17 @@ __all__ = ["Outcome", "run", "COMMANDS", "NAMES", "format_decision", "parse_flow
 EX_USAGE = 64
 
 _DIRS: dict[str, int] = {DIRECTION_WORDS[d]: d for d in (Direction.INBOUND, Direction.OUTBOUND, Direction.FWD)}
-_PROTOS: dict[str, int] = {"any": IpProto.ANY, "tcp": IpProto.TCP, "udp": IpProto.UDP, "icmp": IpProto.ICMP,
-           "icmp6": IpProto.IPV6_ICMP, "ipv6-icmp": IpProto.IPV6_ICMP, "gre": IpProto.GRE,
-           "esp": IpProto.ESP, "ah": IpProto.AH}
+_PROTOS: dict[str, int] = {
+    "any": IpProto.ANY,
+    "tcp": IpProto.TCP,
+    "udp": IpProto.UDP,
+    "icmp": IpProto.ICMP,
+    "icmp6": IpProto.IPV6_ICMP,
+    "ipv6-icmp": IpProto.IPV6_ICMP,
+    "gre": IpProto.GRE,
+    "esp": IpProto.ESP,
+    "ah": IpProto.AH,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,23 +112,34 @@ _SYSCTL_USAGE = "usage: pfkeyd sysctl [-adn] [name[=value] ...]"
 
 def _stats(engine: KeyEngine, args: Sequence[str], now: Instant, dataplane: StatsSource | None = None) -> Outcome:
     if args == ["--prometheus"]:
-        return Outcome(0, metrics.render(engine.statistics(),
-                                         dataplane.statistics() if dataplane is not None else None).decode())
+        return Outcome(
+            0, metrics.render(engine.statistics(), dataplane.statistics() if dataplane is not None else None).decode()
+        )
     if args not in ([], ["--json"]):
         return Outcome(EX_USAGE, err="usage: pfkeyd stats [--json | --prometheus]\n")
     st = engine.statistics()
     if args:
         doc: dict[str, Any] = {
-            "pfkey": {"messages_in": dict(st.messages_in), "messages_out": dict(st.messages_out),
-                      "errors": dict(st.errors), "drops": dict(st.drops), "clients": st.clients, "sas": st.sas,
-                      "policies": st.policies},
+            "pfkey": {
+                "messages_in": dict(st.messages_in),
+                "messages_out": dict(st.messages_out),
+                "errors": dict(st.errors),
+                "drops": dict(st.drops),
+                "clients": st.clients,
+                "sas": st.sas,
+                "policies": st.policies,
+            },
             "packets": dict(st.packets),
             "dataplane": dataplane.statistics() if dataplane is not None else None,
         }
         return Outcome(0, json.dumps(doc, indent=1, sort_keys=True) + "\n")
     lines = ["pfkey:"]
-    for title, table in (("messages in", st.messages_in), ("messages out", st.messages_out),
-                         ("errors", st.errors), ("drops", st.drops)):
+    for title, table in (
+        ("messages in", st.messages_in),
+        ("messages out", st.messages_out),
+        ("errors", st.errors),
+        ("drops", st.drops),
+    ):
         total = sum(table.values())
         lines.append(f"\t{total} {title}")
         lines += [f"\t\t{count} {name}" for name, count in table.items()]
@@ -206,8 +225,10 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
         name = "discard" if decision.action == "discard" else "none"
         lines.append(f"no policy matches: default policy {name} (net.inet.ipsec.def_policy={knobs.def_policy})")
     else:
-        lines.append(f"policy {sp.id}: {DIRECTION_WORDS.get(sp.dir, sp.dir)} {POLICY_WORDS.get(sp.type, sp.type)}"
-                     f" priority {sp.priority:#x}")
+        lines.append(
+            f"policy {sp.id}: {DIRECTION_WORDS.get(sp.dir, sp.dir)} {POLICY_WORDS.get(sp.type, sp.type)}"
+            f" priority {sp.priority:#x}"
+        )
         for o in decision.requests:
             head = f"  {_request_text(o.request)} (level {LEVEL_WORDS.get(o.level, o.level)})"
             if not o.reached:
@@ -216,17 +237,23 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
                 state = SaState(o.sa.state).name.lower()
                 lines.append(f"{head}: SA spi {o.sa.spi:#010x} ({state})")
             elif o.acquire_seq:
-                to = (f"to {o.acquire_recipients} registered key manager{'s' * (o.acquire_recipients != 1)}"
-                      if o.acquire_recipients else "but no key manager is registered")
+                to = (
+                    f"to {o.acquire_recipients} registered key manager{'s' * (o.acquire_recipients != 1)}"
+                    if o.acquire_recipients
+                    else "but no key manager is registered"
+                )
                 lines.append(f"{head}: no SA: ACQUIRE sent (seq {o.acquire_seq}) {to}")
             else:
-                lines.append(f"{head}: no SA" + ("" if sp.dir == Direction.INBOUND else
-                                                 ": ACQUIRE already pending"))
-    outcome = {"ipsec": "ipsec (protected by the SAs above)", "pass": "pass (sent in the clear)",
-               "discard": "discard"}[decision.action]
+                lines.append(f"{head}: no SA" + ("" if sp.dir == Direction.INBOUND else ": ACQUIRE already pending"))
+    outcome = {"ipsec": "ipsec (protected by the SAs above)", "pass": "pass (sent in the clear)", "discard": "discard"}[
+        decision.action
+    ]
     if decision.held:
-        outcome = "discard (held back until an SA exists)" if sp is None or sp.dir != Direction.INBOUND else \
-            "discard (a clear packet where IPsec is required)"
+        outcome = (
+            "discard (held back until an SA exists)"
+            if sp is None or sp.dir != Direction.INBOUND
+            else "discard (a clear packet where IPsec is required)"
+        )
     elif decision.action == "ipsec" and any(o.sa is None for o in decision.requests):
         outcome = "ipsec where SAs exist; the rest passes in the clear (level use)"
     lines.append(f"decision: {outcome}")
@@ -265,8 +292,14 @@ class StatsSource(Protocol):
     def statistics_text(self) -> str: ...
 
 
-def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect | None = None, *,
-        dataplane: StatsSource | None = None) -> Outcome:
+def run(
+    engine: KeyEngine,
+    argv: Sequence[str],
+    now: Instant,
+    dialect: Dialect | None = None,
+    *,
+    dataplane: StatsSource | None = None,
+) -> Outcome:
     """Run one control command (``argv[0]`` names it) against ``engine``; ``dialect``
     is that of the PF_KEY socket beside the control socket that was asked;
     ``dataplane`` adds the data plane's counters to ``stats``."""
@@ -277,4 +310,3 @@ def run(engine: KeyEngine, argv: Sequence[str], now: Instant, dialect: Dialect |
     if not argv or argv[0] not in COMMANDS:
         return Outcome(EX_USAGE, err=f"unknown control command; one of: {', '.join(NAMES)}\n")
     return COMMANDS[argv[0]](engine, argv[1:], now)
-

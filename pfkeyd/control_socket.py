@@ -20,8 +20,16 @@ from pfkeyd.effects import Effect, Instant
 from pfkeyd.wire import Dialect
 
 __all__ = [
-    "CONTROL_REQUEST_MAX", "CONTROL_TIMEOUT", "ControlHook", "ControlRequestError", "EX_SOFTWARE", "EX_USAGE",
-    "clip", "control_answer", "parse_control_request", "serve_peer",
+    "CONTROL_REQUEST_MAX",
+    "CONTROL_TIMEOUT",
+    "ControlHook",
+    "ControlRequestError",
+    "EX_SOFTWARE",
+    "EX_USAGE",
+    "clip",
+    "control_answer",
+    "parse_control_request",
+    "serve_peer",
 ]
 
 log = logging.getLogger("pfkeyd.server")
@@ -83,8 +91,9 @@ def clip(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-async def serve_peer(sock: socket.socket, answer: Callable[[bytes], bytes],
-                     settle: Callable[[], Awaitable[None]] | None = None) -> None:
+async def serve_peer(
+    sock: socket.socket, answer: Callable[[bytes], bytes], settle: Callable[[], Awaitable[None]] | None = None
+) -> None:
     """Receive one request from a control peer, send ``answer(request)``, close.
     ``settle``, if given, is awaited between the answer and its sending (the
     durable state: until a knob change is on disk).  A peer that takes longer than

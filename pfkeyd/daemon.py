@@ -58,7 +58,13 @@ from pfkeyd.wire.framing import MAX_DATAGRAM, promisc_wrap
 from pfkeyd.wire.message import send_failure_reply
 
 __all__ = [
-    "Daemon", "EngineLike", "Reply", "Broadcast", "DumpStream", "Log", "Outgoing",
+    "Daemon",
+    "EngineLike",
+    "Reply",
+    "Broadcast",
+    "DumpStream",
+    "Log",
+    "Outgoing",
 ]
 
 #: The errno of a send() of a datagram of impossible size: FreeBSD's length check
@@ -259,8 +265,9 @@ class Daemon:
 
     # ------------------------------------------------------------- requests
 
-    def receive(self, client: ClientId, datagram: bytes, now: Instant, *, length: int | None = None,
-                trace: bool = False) -> list[Outgoing]:
+    def receive(
+        self, client: ClientId, datagram: bytes, now: Instant, *, length: int | None = None, trace: bool = False
+    ) -> list[Outgoing]:
         """Everything that must go out because ``client`` sent ``datagram``.
 
         ``length`` is the datagram's real length when the shell had to cut it
@@ -268,8 +275,13 @@ class Daemon:
         records (they are also made while net.inet.ipsec.debug is set).
         """
         try:
-            return self._receive(client, datagram, now, len(datagram) if length is None else length,
-                                 trace or bool(self.engine.knobs.debug))
+            return self._receive(
+                client,
+                datagram,
+                now,
+                len(datagram) if length is None else length,
+                trace or bool(self.engine.knobs.debug),
+            )
         except Exception as exc:  # the boundary: no input may end the daemon
             return self._internal_error(client, datagram, exc)
 
@@ -302,15 +314,33 @@ class Daemon:
             else:
                 out += self._send_fails(client, data, exc.errno, dialect)
             if trace:
-                out.insert(0, Log("trace", "client %d: malformed request (%s, errno %d%s)",
-                                  (client, exc, exc.errno, "" if exc.reply else ", where the kernel's send() fails")))
+                out.insert(
+                    0,
+                    Log(
+                        "trace",
+                        "client %d: malformed request (%s, errno %d%s)",
+                        (client, exc, exc.errno, "" if exc.reply else ", where the kernel's send() fails"),
+                    ),
+                )
             return out
         if trace:
             # The trace names the message and its extensions, never their contents:
             # no key material reaches a log.
-            out.append(Log("trace", "client %d: %s satype %d seq %d pid %d, %d bytes, extensions %s",
-                           (client, type_name(msg.type), msg.satype, msg.seq, msg.pid, len(data),
-                            ",".join(ext_name(e.exttype) for e in msg.exts) or "none")))
+            out.append(
+                Log(
+                    "trace",
+                    "client %d: %s satype %d seq %d pid %d, %d bytes, extensions %s",
+                    (
+                        client,
+                        type_name(msg.type),
+                        msg.satype,
+                        msg.seq,
+                        msg.pid,
+                        len(data),
+                        ",".join(ext_name(e.exttype) for e in msg.exts) or "none",
+                    ),
+                )
+            )
         effects = engine.handle(client, msg, now, raw=data)
         return self._route(effects, client, data, f"client {client}", trace, out)
 
@@ -328,12 +358,24 @@ class Daemon:
         stats = self.engine.stats
         stats.note_error(errno.EINVAL)
         stats.note_drop("internal_error")
-        out: list[Outgoing] = [Log("internal", "client %d: internal error handling a %d-byte request of type %s",
-                                   (client, len(data), type_name(data[1]) if len(data) > 1 else "?"), exc)]
+        out: list[Outgoing] = [
+            Log(
+                "internal",
+                "client %d: internal error handling a %d-byte request of type %s",
+                (client, len(data), type_name(data[1]) if len(data) > 1 else "?"),
+                exc,
+            )
+        ]
         dialect = self._dialects.get(client)
         if dialect is not None:
-            out.append(Reply((client,), error_reply(data, errno.EINVAL, dialect) if len(data) >= HEADER.size
-                             else send_failure_reply(data, errno.EINVAL, dialect)))
+            out.append(
+                Reply(
+                    (client,),
+                    error_reply(data, errno.EINVAL, dialect)
+                    if len(data) >= HEADER.size
+                    else send_failure_reply(data, errno.EINVAL, dialect),
+                )
+            )
         return out
 
     # ------------------------------------------------------------- time
@@ -345,8 +387,9 @@ class Daemon:
     def tick(self, now: Instant, limit: int | None = None, *, trace: bool = False) -> list[Outgoing]:
         """What is due by ``now`` (at most ``limit`` deadlines): EXPIRE, ACQUIRE
         retries, SPDEXPIRE."""
-        return self._route(self.engine.tick(now, limit=limit), None, None, "timer",
-                           trace or bool(self.engine.knobs.debug))
+        return self._route(
+            self.engine.tick(now, limit=limit), None, None, "timer", trace or bool(self.engine.knobs.debug)
+        )
 
     # ------------------------------------------------------------- control
 
@@ -363,15 +406,27 @@ class Daemon:
 
     # ------------------------------------------------------------- routing
 
-    def _route(self, effects: Sequence[Effect], requester: ClientId | None, request: bytes | None, origin: str,
-               trace: bool, out: list[Outgoing] | None = None) -> list[Outgoing]:
+    def _route(
+        self,
+        effects: Sequence[Effect],
+        requester: ClientId | None,
+        request: bytes | None,
+        origin: str,
+        trace: bool,
+        out: list[Outgoing] | None = None,
+    ) -> list[Outgoing]:
         if out is None:
             out = []
         for effect in effects:
             if isinstance(effect, SendEncoded):  # first: the hot path's, the common case
                 if trace:
-                    out.append(Log("trace", "%s: %s to %s", (origin, type_name(effect.msgtype),
-                                                             recipients((effect.requester, *effect.others)))))
+                    out.append(
+                        Log(
+                            "trace",
+                            "%s: %s to %s",
+                            (origin, type_name(effect.msgtype), recipients((effect.requester, *effect.others))),
+                        )
+                    )
                 out.append(Reply((effect.requester,), effect.data))
                 if effect.others:
                     out.append(Broadcast(effect.others, effect.data))
@@ -387,8 +442,7 @@ class Daemon:
                 assert_never(effect)
         return out
 
-    def _route_error(self, effect: Error, request: bytes | None, origin: str, trace: bool,
-                     out: list[Outgoing]) -> None:
+    def _route_error(self, effect: Error, request: bytes | None, origin: str, trace: bool, out: list[Outgoing]) -> None:
         if request is None:
             msg = f"the engine returned {effect!r} outside a request"
             raise RuntimeError(msg)
@@ -398,8 +452,7 @@ class Daemon:
         if dialect is not None:
             out.append(Reply((effect.to,), error_reply(request, effect.errno, dialect)))
 
-    def _route_dump(self, effect: Dump, request: bytes | None, origin: str, trace: bool,
-                    out: list[Outgoing]) -> None:
+    def _route_dump(self, effect: Dump, request: bytes | None, origin: str, trace: bool, out: list[Outgoing]) -> None:
         if request is None:
             msg = f"the engine returned a dump to client {effect.to} outside a request"
             raise RuntimeError(msg)
@@ -409,8 +462,7 @@ class Daemon:
         if dialect is not None:
             out.append(DumpStream(self, effect, dialect, request))
 
-    def _encode_send(self, send: Send, requester: ClientId | None, request: bytes | None,
-                     out: list[Outgoing]) -> None:
+    def _encode_send(self, send: Send, requester: ClientId | None, request: bytes | None, out: list[Outgoing]) -> None:
         """One Send as datagrams: one encoding per (dialect, keys kept, framed) variant."""
         dialects = self._dialects
         groups: dict[tuple[Dialect, bool, bool], list[ClientId]] = {}
@@ -441,8 +493,9 @@ class Daemon:
             return promisc_wrap(data) if wrap else data
         except EncodeError as exc:
             self.engine.stats.note_drop("unencodable")
-            out.append(Log("warning", "cannot send %s in the %s dialect: %s",
-                           (type_name(msg.type), dialect.value, exc)))
+            out.append(
+                Log("warning", "cannot send %s in the %s dialect: %s", (type_name(msg.type), dialect.value, exc))
+            )
             return None
 
 
@@ -460,6 +513,17 @@ def _trace_send(origin: str, send: Send) -> Log:
     extensions of a copy that is not a reply are not even named."""
     m = send.msg
     kind = "promiscuous copy of " if send.promisc else "" if send.reply else "broadcast "
-    return Log("trace", "%s: %s%s satype %d seq %d pid %d to %s, extensions %s",
-               (origin, kind, type_name(m.type), m.satype, m.seq, m.pid, recipients(send.to),
-                ",".join(ext_name(e.exttype) for e in m.exts if send.reply or e.exttype not in _KEY_EXTS) or "none"))
+    return Log(
+        "trace",
+        "%s: %s%s satype %d seq %d pid %d to %s, extensions %s",
+        (
+            origin,
+            kind,
+            type_name(m.type),
+            m.satype,
+            m.seq,
+            m.pid,
+            recipients(send.to),
+            ",".join(ext_name(e.exttype) for e in m.exts if send.reply or e.exttype not in _KEY_EXTS) or "none",
+        ),
+    )

@@ -12,8 +12,15 @@ from collections.abc import Mapping
 
 from pfkeyd.wire import Dialect
 
-__all__ = ["SOCKET_ENV", "ROOT_SOCKET", "SOCKET_NAME", "default_socket_path", "native_dialect", "control_path",
-           "connect_failure"]
+__all__ = [
+    "SOCKET_ENV",
+    "ROOT_SOCKET",
+    "SOCKET_NAME",
+    "default_socket_path",
+    "native_dialect",
+    "control_path",
+    "connect_failure",
+]
 
 #: The environment variable that names the daemon's socket for clients.
 SOCKET_ENV = "PFKEY_SOCKET"
@@ -57,8 +64,7 @@ def control_path(socket_path: str) -> str:
 _NOT_LISTENING = frozenset({errno.ENOENT, errno.ECONNREFUSED})
 
 
-def connect_failure(path: str, exc: OSError, *, option: str, origin: str = "",
-                    pfkey_path: str | None = None) -> str:
+def connect_failure(path: str, exc: OSError, *, option: str, origin: str = "", pfkey_path: str | None = None) -> str:
     """What to tell a user whose connect() to ``path`` failed with ``exc``.
 
     ``origin`` says where the path came from ("--socket", "PFKEY_SOCKET", "the
@@ -71,6 +77,8 @@ def connect_failure(path: str, exc: OSError, *, option: str, origin: str = "",
     source = f", from {origin}" if origin else ""
     text = f"{path}: {exc.strerror or exc}"
     if exc.errno in _NOT_LISTENING:
-        text += (f" (the {what}{source}): pfkeyd may not be running, or it listens on another socket: "
-                 f"choose that one with {option} or {SOCKET_ENV}")
+        text += (
+            f" (the {what}{source}): pfkeyd may not be running, or it listens on another socket: "
+            f"choose that one with {option} or {SOCKET_ENV}"
+        )
     return text

@@ -72,12 +72,16 @@ class _Snapshot(Collector):
     def collect(self) -> Iterator[Metric]:
         st = self._st
         yield _counter("pfkeyd_messages_received", "PF_KEY messages received, by type.", "type", st.messages_in)
-        yield _counter("pfkeyd_messages_sent", "PF_KEY messages sent (each copy of a broadcast), by type.",
-                       "type", st.messages_out)
+        yield _counter(
+            "pfkeyd_messages_sent", "PF_KEY messages sent (each copy of a broadcast), by type.", "type", st.messages_out
+        )
         yield _counter("pfkeyd_errors", "PF_KEY error replies, by errno.", "errno", st.errors)
         yield _counter("pfkeyd_drops", "Messages dropped or refused, by reason.", "reason", st.drops)
-        packets = CounterMetricFamily("pfkeyd_packets", "The packet path's counters, by protocol and name "
-                                      "(netstat -s -p esp's).", labels=["proto", "counter"])
+        packets = CounterMetricFamily(
+            "pfkeyd_packets",
+            "The packet path's counters, by protocol and name (netstat -s -p esp's).",
+            labels=["proto", "counter"],
+        )
         for key, value in st.packets.items():
             proto, _, name = key.partition(".")
             packets.add_metric([proto, name], value)
@@ -87,16 +91,21 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily("pfkeyd_policies", "Security policies in the SPD.", value=st.policies)
         dp = self._dataplane
         if dp is not None:
-            yield _counter("pfkeyd_dataplane_events", "The data plane's own counters, by name.", "counter",
-                           dp.get("counters", {}))
-            yield _counter("pfkeyd_dataplane_io", "The data plane's I/O counters, by socket and errno.", "counter",
-                           dp.get("io", {}))
-            yield GaugeMetricFamily("pfkeyd_dataplane_held_flows", "Flows held back until an SA exists.",
-                                    value=dp.get("held_flows", 0))
+            yield _counter(
+                "pfkeyd_dataplane_events", "The data plane's own counters, by name.", "counter", dp.get("counters", {})
+            )
+            yield _counter(
+                "pfkeyd_dataplane_io",
+                "The data plane's I/O counters, by socket and errno.",
+                "counter",
+                dp.get("io", {}),
+            )
+            yield GaugeMetricFamily(
+                "pfkeyd_dataplane_held_flows", "Flows held back until an SA exists.", value=dp.get("held_flows", 0)
+            )
             labels = ["spi", "proto", "mode", "src", "dst"]
             nbytes = CounterMetricFamily("pfkeyd_dataplane_sa_bytes", "Bytes an SA in use carried.", labels=labels)
-            packets = CounterMetricFamily("pfkeyd_dataplane_sa_packets", "Packets an SA in use carried.",
-                                          labels=labels)
+            packets = CounterMetricFamily("pfkeyd_dataplane_sa_packets", "Packets an SA in use carried.", labels=labels)
             for sa in dp.get("sas", ()):
                 values = [f"{sa['spi']:#010x}", sa["proto"], sa["mode"], sa["src"], sa["dst"]]
                 nbytes.add_metric(values, sa["bytes"])
@@ -113,10 +122,13 @@ def render(st: Statistics, dataplane: Mapping[str, Any] | None = None) -> bytes:
     return generate_latest(registry)
 
 
-def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
-              extra: str = "", *, head: bool = False) -> bytes:
-    headers = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
-               f"{extra}Connection: close\r\n\r\n")
+def _response(
+    status: str, body: bytes, content_type: str = "text/plain; charset=utf-8", extra: str = "", *, head: bool = False
+) -> bytes:
+    headers = (
+        f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+        f"{extra}Connection: close\r\n\r\n"
+    )
     return headers.encode("ascii") + (b"" if head else body)
 
 

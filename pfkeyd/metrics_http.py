@@ -77,8 +77,13 @@ async def _handle(stream: trio.SocketStream, render: Callable[[], bytes]) -> Non
         await stream.aclose()
 
 
-async def serve_metrics(host: str, port: int, render: Callable[[], bytes], *,
-                        task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_metrics(
+    host: str,
+    port: int,
+    render: Callable[[], bytes],
+    *,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``GET /metrics`` on ``host:port`` until cancelled; reports the
     listeners (port 0 picks a free port) once they listen.  OSError when the
     address cannot be bound."""

@@ -32,8 +32,21 @@ from types import MappingProxyType
 from pfkeyd.record import record
 from pfkeyd.wire import Key, Lifetime, SaState, SockAddr
 
-__all__ = ["CHANGE_DEL", "CHANGE_PUT", "CHANGE_SP_DEL", "CHANGE_SP_PUT",
-           "SaIndex", "NatT", "Usage", "SecAssoc", "SaHead", "Sad", "DEADLINE_LARVAL", "DEADLINE_SOFT", "DEADLINE_HARD"]
+__all__ = [
+    "CHANGE_DEL",
+    "CHANGE_PUT",
+    "CHANGE_SP_DEL",
+    "CHANGE_SP_PUT",
+    "SaIndex",
+    "NatT",
+    "Usage",
+    "SecAssoc",
+    "SaHead",
+    "Sad",
+    "DEADLINE_LARVAL",
+    "DEADLINE_SOFT",
+    "DEADLINE_HARD",
+]
 
 DEADLINE_LARVAL = 0
 DEADLINE_HARD = 1

@@ -77,7 +77,6 @@ that a peer can cause (refused peers, accept() failing under fd exhaustion) are
 rate-limited too.
 """
 
-
 from __future__ import annotations
 
 import errno
@@ -189,7 +188,6 @@ class _LogLimit:
         return suppressed
 
 
-
 @dataclass(frozen=True, slots=True)
 class ServerStatistics:
     """The shell's own figures (the engine counts messages; see ``engine.stats``)."""
@@ -206,14 +204,27 @@ class _ClientGone(Exception):
     """The peer went away; raised by :meth:`Server._send` to end the client's tasks."""
 
 
-
-
 class _Client:
     """One connected PF_KEY socket and its outbox."""
 
     __slots__ = (
-        "broken", "closing", "dialect", "drop_logged_at", "drops", "drops_unlogged", "dumps", "id", "outbox",
-        "path", "queued", "reader_scope", "reading", "room", "sock", "uid", "work",
+        "broken",
+        "closing",
+        "dialect",
+        "drop_logged_at",
+        "drops",
+        "drops_unlogged",
+        "dumps",
+        "id",
+        "outbox",
+        "path",
+        "queued",
+        "reader_scope",
+        "reading",
+        "room",
+        "sock",
+        "uid",
+        "work",
     )
 
     def __init__(self, cid: ClientId, sock: socket.socket, endpoint: Endpoint, uid: int) -> None:
@@ -412,8 +423,13 @@ class Server:
                 continue
             except OSError as exc:
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    self._log_limited(("accept", listener.endpoint.path), logging.WARNING,
-                                      "accept on %s: %s; pausing 100 ms", listener.endpoint.path, exc.strerror)
+                    self._log_limited(
+                        ("accept", listener.endpoint.path),
+                        logging.WARNING,
+                        "accept on %s: %s; pausing 100 ms",
+                        listener.endpoint.path,
+                        exc.strerror,
+                    )
                     await trio.sleep(ACCEPT_PAUSE)
                     continue
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
@@ -423,8 +439,9 @@ class Server:
             if control:
                 if self._credentials(sock, listener.endpoint) is not None:
                     dialect = listener.endpoint.dialect
-                    nursery.start_soon(partial(serve_peer, sock, partial(self._control_request, dialect=dialect),
-                                               settle=self._settle))
+                    nursery.start_soon(
+                        partial(serve_peer, sock, partial(self._control_request, dialect=dialect), settle=self._settle)
+                    )
             else:
                 client = self._admit(sock, listener.endpoint)
                 if client is not None:
@@ -451,8 +468,9 @@ class Server:
             argv = parse_control_request(data)
         except ControlRequestError as exc:
             daemon.dropped(None, "control_bad_request")
-            self._log_limited(("control", "bad"), logging.WARNING, "bad control request of %d bytes: %s",
-                              len(data), exc)
+            self._log_limited(
+                ("control", "bad"), logging.WARNING, "bad control request of %d bytes: %s", len(data), exc
+            )
             return control_answer(EX_USAGE, err=f"pfkeyd: bad control request: {exc}\n")
         try:
             status, out, err, effects = self._control(argv, self._now(), dialect)
@@ -461,13 +479,18 @@ class Server:
             return control_answer(status, out, err)
         except Exception:  # the boundary: the daemon and its other clients go on
             daemon.dropped(None, "control_failed")
-            self._log_limited(("control", "failed"), logging.ERROR, "control command %s failed",
-                              clip(repr(argv[:1])), exc_info=True)
-            return control_answer(EX_SOFTWARE, err="pfkeyd: the command failed inside the daemon "
-                                  "(an internal error; the daemon's log has the details)\n")
+            self._log_limited(
+                ("control", "failed"), logging.ERROR, "control command %s failed", clip(repr(argv[:1])), exc_info=True
+            )
+            return control_answer(
+                EX_SOFTWARE,
+                err="pfkeyd: the command failed inside the daemon "
+                "(an internal error; the daemon's log has the details)\n",
+            )
 
-    def _log_limited(self, key: tuple[str, str], level: int, fmt: str, *args: object,
-                     exc_info: bool | BaseException = False) -> None:
+    def _log_limited(
+        self, key: tuple[str, str], level: int, fmt: str, *args: object, exc_info: bool | BaseException = False
+    ) -> None:
         """Log at most once per DROP_LOG_INTERVAL seconds for ``key``, saying how many
         lines were suppressed since the last one."""
         limit = self._log_limits.get(key)
@@ -486,14 +509,25 @@ class Server:
         try:
             creds = peer_credentials(sock)
         except OSError as exc:
-            self._log_limited(("no credentials", endpoint.path), logging.WARNING,
-                              "refused a peer on %s: no credentials (%s)", endpoint.path, exc.strerror)
+            self._log_limited(
+                ("no credentials", endpoint.path),
+                logging.WARNING,
+                "refused a peer on %s: no credentials (%s)",
+                endpoint.path,
+                exc.strerror,
+            )
             creds = None
         if creds is None or not uid_allowed(creds[1], own_uid=self._own_uid, allow=self._allow):
             self._refused += 1
             if creds is not None:
-                self._log_limited(("refused", endpoint.path), logging.WARNING, "refused peer uid %d pid %d on %s",
-                                  creds[1], creds[0], endpoint.path)
+                self._log_limited(
+                    ("refused", endpoint.path),
+                    logging.WARNING,
+                    "refused peer uid %d pid %d on %s",
+                    creds[1],
+                    creds[0],
+                    endpoint.path,
+                )
             sock.close()
             return None
         return creds
@@ -677,8 +711,7 @@ class Server:
             elif item.kind == "trace":
                 log.log(level or self._trace_level() or logging.DEBUG, item.fmt, *item.args)
             elif item.kind == "internal":
-                self._log_limited(("internal", ""), logging.ERROR, item.fmt, *item.args,
-                                  exc_info=item.exc or False)
+                self._log_limited(("internal", ""), logging.ERROR, item.fmt, *item.args, exc_info=item.exc or False)
             else:
                 log.warning(item.fmt, *item.args)
 
@@ -708,8 +741,13 @@ class Server:
         client.drops_unlogged += 1
         now = trio.current_time()
         if now - client.drop_logged_at >= DROP_LOG_INTERVAL:
-            log.warning("client %d (%s): receive buffer full, %d broadcast(s) dropped (%d in all)",
-                        client.id, client.path, client.drops_unlogged, client.drops)
+            log.warning(
+                "client %d (%s): receive buffer full, %d broadcast(s) dropped (%d in all)",
+                client.id,
+                client.path,
+                client.drops_unlogged,
+                client.drops,
+            )
             client.drop_logged_at = now
             client.drops_unlogged = 0
 
@@ -779,8 +817,12 @@ class Server:
             else:
                 await self._send(client, data)
         if stream.skipped:
-            log.debug("client %d: %d dump entries cannot be carried by the %s dialect",
-                      client.id, stream.skipped, client.dialect.value)
+            log.debug(
+                "client %d: %d dump entries cannot be carried by the %s dialect",
+                client.id,
+                stream.skipped,
+                client.dialect.value,
+            )
 
     # ------------------------------------------------------------------ time
 

@@ -24,8 +24,15 @@ from dataclasses import dataclass
 from pfkeyd.wire import Dialect
 
 __all__ = [
-    "Endpoint", "Listener", "ServerError", "SUN_PATH_MAX", "close_listener", "listen", "peer_credentials",
-    "socket_acl", "uid_allowed",
+    "Endpoint",
+    "Listener",
+    "ServerError",
+    "SUN_PATH_MAX",
+    "close_listener",
+    "listen",
+    "peer_credentials",
+    "socket_acl",
+    "uid_allowed",
 ]
 
 log = logging.getLogger("pfkeyd.server")
@@ -141,7 +148,6 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int] | None:
     return (-1, uid) if version == 0 else None  # pragma: no cover
 
 
-
 def _check_directory(parent: str, st: os.stat_result) -> None:
     """Refuse a socket directory where another user could replace the socket file:
     writable by group or others without the sticky bit, or owned by a user other
@@ -150,9 +156,11 @@ def _check_directory(parent: str, st: os.stat_result) -> None:
         msg = f"{parent}: not a directory"
         raise ServerError(msg)
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
-        msg = (f"{parent}: other users may write to this directory (mode {stat.S_IMODE(st.st_mode):04o}, "
-               "no sticky bit) and could replace the socket; use a directory only its owner can write, "
-               "or one with the sticky bit")
+        msg = (
+            f"{parent}: other users may write to this directory (mode {stat.S_IMODE(st.st_mode):04o}, "
+            "no sticky bit) and could replace the socket; use a directory only its owner can write, "
+            "or one with the sticky bit"
+        )
         raise ServerError(msg)
     if st.st_uid not in (0, os.geteuid()):
         msg = f"{parent}: owned by uid {st.st_uid}, who could replace the socket; use a directory of your own"
@@ -179,13 +187,17 @@ def socket_acl(mode: int, uids: Sequence[int]) -> bytes:
     (0600 or 0660): the owner and the group keep their bits, nobody else gets any."""
     entries = [(_ACL_USER_OBJ, (mode >> 6) & 7, _ACL_NO_ID)]
     entries += [(_ACL_USER, _RW, uid) for uid in sorted(set(uids))]
-    entries += [(_ACL_GROUP_OBJ, (mode >> 3) & 7, _ACL_NO_ID), (_ACL_MASK, _RW, _ACL_NO_ID),
-                (_ACL_OTHER, 0, _ACL_NO_ID)]
+    entries += [
+        (_ACL_GROUP_OBJ, (mode >> 3) & 7, _ACL_NO_ID),
+        (_ACL_MASK, _RW, _ACL_NO_ID),
+        (_ACL_OTHER, 0, _ACL_NO_ID),
+    ]
     return _ACL_HEADER.pack(_ACL_VERSION) + b"".join(_ACL_ENTRY.pack(*e) for e in entries)
 
 
-def bind_privately(sock: socket.socket, path: str, *, mode: int, group: int | None,
-                    allow: Sequence[int]) -> tuple[tuple[int, int], int]:
+def bind_privately(
+    sock: socket.socket, path: str, *, mode: int, group: int | None, allow: Sequence[int]
+) -> tuple[tuple[int, int], int]:
     """Bind ``sock`` to ``path`` and listen, so that nothing done to the file can be redirected.
 
     The socket is bound inside a new directory of mode 0700 beside ``path``, which
@@ -214,8 +226,17 @@ def bind_privately(sock: socket.socket, path: str, *, mode: int, group: int | No
         try:
             dir_fd = os.open(private, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
             try:
-                ident = _setup_in(sock, dir_fd, os.path.join(parent, private, "s"), path, base, parent_fd,
-                                  mode=mode, group=group, allow=allow)
+                ident = _setup_in(
+                    sock,
+                    dir_fd,
+                    os.path.join(parent, private, "s"),
+                    path,
+                    base,
+                    parent_fd,
+                    mode=mode,
+                    group=group,
+                    allow=allow,
+                )
                 done = True
                 return ident, parent_fd
             finally:
@@ -229,8 +250,18 @@ def bind_privately(sock: socket.socket, path: str, *, mode: int, group: int | No
             os.close(parent_fd)
 
 
-def _setup_in(sock: socket.socket, dir_fd: int, bind_path: str, path: str, base: str, parent_fd: int, *,
-              mode: int, group: int | None, allow: Sequence[int]) -> tuple[int, int]:
+def _setup_in(
+    sock: socket.socket,
+    dir_fd: int,
+    bind_path: str,
+    path: str,
+    base: str,
+    parent_fd: int,
+    *,
+    mode: int,
+    group: int | None,
+    allow: Sequence[int],
+) -> tuple[int, int]:
     own = os.fstat(dir_fd)
     if own.st_uid != os.geteuid() or stat.S_IMODE(own.st_mode) & 0o077:
         msg = f"{path}: the private directory beside it was replaced while starting"
@@ -266,8 +297,10 @@ def _grant(path: str, dir_fd: int, mode: int, allow: Sequence[int]) -> None:
         # /proc/self/fd/N is our private directory itself, whatever its path now.
         setxattr(f"/proc/self/fd/{dir_fd}/s", _ACL_XATTR, socket_acl(mode, allow), follow_symlinks=False)
     except OSError as exc:
-        msg = (f"{path}: cannot let the --allow-uid users reach the socket: no POSIX ACL "
-               f"({exc.strerror}); use --group with a group of those users")
+        msg = (
+            f"{path}: cannot let the --allow-uid users reach the socket: no POSIX ACL "
+            f"({exc.strerror}); use --group with a group of those users"
+        )
         raise ServerError(msg) from exc
 
 

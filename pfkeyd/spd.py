@@ -212,8 +212,9 @@ class Spd:
                     break
         return best
 
-    def ordered(self, dirs: tuple[int, ...] = (Direction.INBOUND, Direction.OUTBOUND, Direction.FWD)) -> Iterator[
-            SecPolicy]:
+    def ordered(
+        self, dirs: tuple[int, ...] = (Direction.INBOUND, Direction.OUTBOUND, Direction.FWD)
+    ) -> Iterator[SecPolicy]:
         """Every policy, direction by direction, each in lookup order (SPDDUMP's order)."""
         for d in dirs:
             yield from sorted((p for p in self.by_id.values() if p.dir == d), key=lambda p: p.key)

@@ -81,9 +81,24 @@ from pfkeyd.wire import ExtType, IpsecRequest, Key, Lifetime, SockAddr
 from pfkeyd.wire.sockaddr import RawSockAddr
 
 __all__ = [
-    "FORMAT_VERSION", "HEADER", "JOURNAL_MAGIC", "SNAPSHOT_MAGIC", "StateError", "Recorder", "Scan",
-    "Codec", "frame", "header", "read_header", "scan", "apply_ops", "snapshot_records", "restore_snapshot",
-    "knob_overrides", "apply_knobs", "CHANGE_KNOBS",
+    "FORMAT_VERSION",
+    "HEADER",
+    "JOURNAL_MAGIC",
+    "SNAPSHOT_MAGIC",
+    "StateError",
+    "Recorder",
+    "Scan",
+    "Codec",
+    "frame",
+    "header",
+    "read_header",
+    "scan",
+    "apply_ops",
+    "snapshot_records",
+    "restore_snapshot",
+    "knob_overrides",
+    "apply_knobs",
+    "CHANGE_KNOBS",
 ]
 
 FORMAT_VERSION = 1
@@ -159,7 +174,7 @@ def scan(data: bytes | memoryview, start: int = HEADER.size) -> Scan:
         if length > RECORD_MAX or body + length > size:
             problem = f"a record of {length} bytes at byte {at} runs past the end ({size})"
             break
-        payload = bytes(view[body:body + length])
+        payload = bytes(view[body : body + length])
         if zlib.crc32(payload) != crc:
             problem = f"a record at byte {at} fails its CRC"
             break
@@ -226,14 +241,37 @@ class Codec:
         natt = sa.natt
         usage = sa.usage
         return (
-            sa.spi, int(sa.satype), int(idx.proto), int(idx.mode), idx.reqid, addr(idx.src), addr(idx.dst),
-            int(sa.state), int(sa.auth), int(sa.encrypt), int(sa.flags), sa.replay, sa.replay_window,
-            self._key(sa.key_auth), self._key(sa.key_encrypt), sa.seq, sa.pid, sa.created + self.offset,
-            sa.created_wall, self._lifetime(sa.hard), self._lifetime(sa.soft),
+            sa.spi,
+            int(sa.satype),
+            int(idx.proto),
+            int(idx.mode),
+            idx.reqid,
+            addr(idx.src),
+            addr(idx.dst),
+            int(sa.state),
+            int(sa.auth),
+            int(sa.encrypt),
+            int(sa.flags),
+            sa.replay,
+            sa.replay_window,
+            self._key(sa.key_auth),
+            self._key(sa.key_encrypt),
+            sa.seq,
+            sa.pid,
+            sa.created + self.offset,
+            sa.created_wall,
+            self._lifetime(sa.hard),
+            self._lifetime(sa.soft),
             None if natt is None else (int(natt.type), natt.sport, natt.dport, addr(natt.oai), addr(natt.oar)),
-            None if usage is None else (usage.bytes, usage.packets,
-                                        None if usage.first_used is None else usage.first_used + self.offset,
-                                        usage.first_used_wall, usage.replay_seq),
+            None
+            if usage is None
+            else (
+                usage.bytes,
+                usage.packets,
+                None if usage.first_used is None else usage.first_used + self.offset,
+                usage.first_used_wall,
+                usage.replay_seq,
+            ),
             sa.version,
         )
 
@@ -241,10 +279,17 @@ class Codec:
         addr = self.addr
         sel = sp.selector
         return (
-            sp.id, int(sp.dir), (addr(sel.src), sel.src_len, addr(sel.dst), sel.dst_len, int(sel.proto)),
+            sp.id,
+            int(sp.dir),
+            (addr(sel.src), sel.src_len, addr(sel.dst), sel.dst_len, int(sel.proto)),
             int(sp.type),
             tuple((int(r.proto), int(r.mode), int(r.level), r.reqid, addr(r.src), addr(r.dst)) for r in sp.requests),
-            sp.priority, sp.order, sp.created + self.offset, sp.created_wall, sp.lifetime, sp.validtime,
+            sp.priority,
+            sp.order,
+            sp.created + self.offset,
+            sp.created_wall,
+            sp.lifetime,
+            sp.validtime,
             int(sp.scope),
         )
 
@@ -272,23 +317,58 @@ class Codec:
         return None if t is None else Lifetime(_EXT[t[0]], t[1], t[2], t[3], t[4])
 
     def unsa(self, t: Sequence[Any]) -> SecAssoc:
-        (spi, satype, proto, mode, reqid, src, dst, state, auth, encrypt, flags, replay, replay_window,
-         key_auth, key_encrypt, seq, pid, created, created_wall, hard, soft, natt, usage, version) = t
+        (
+            spi,
+            satype,
+            proto,
+            mode,
+            reqid,
+            src,
+            dst,
+            state,
+            auth,
+            encrypt,
+            flags,
+            replay,
+            replay_window,
+            key_auth,
+            key_encrypt,
+            seq,
+            pid,
+            created,
+            created_wall,
+            hard,
+            soft,
+            natt,
+            usage,
+            version,
+        ) = t
         ikey = (proto, mode, reqid, src, dst)
         index = self._indexes.get(ikey)
         if index is None:
             index = self._indexes[ikey] = SaIndex(proto, mode, reqid, self.sockaddr(src), self.sockaddr(dst))
         sa: SecAssoc = _sa(
-            spi, satype, index, state, auth, encrypt, flags, replay, replay_window,
+            spi,
+            satype,
+            index,
+            state,
+            auth,
+            encrypt,
+            flags,
+            replay,
+            replay_window,
             None if key_auth is None else _key(_EXT[key_auth[0]], key_auth[1], key_auth[2]),
             None if key_encrypt is None else _key(_EXT[key_encrypt[0]], key_encrypt[1], key_encrypt[2]),
-            seq, pid, created - self.offset, created_wall,
+            seq,
+            pid,
+            created - self.offset,
+            created_wall,
             None if hard is None else self._unlifetime(hard),
             None if soft is None else self._unlifetime(soft),
-            None if natt is None else NatT(natt[0], natt[1], natt[2], self.sockaddr(natt[3]),
-                                           self.sockaddr(natt[4])),
-            None if usage is None else Usage(usage[0], usage[1], None if usage[2] is None else usage[2] - self.offset,
-                                             usage[3], usage[4]),
+            None if natt is None else NatT(natt[0], natt[1], natt[2], self.sockaddr(natt[3]), self.sockaddr(natt[4])),
+            None
+            if usage is None
+            else Usage(usage[0], usage[1], None if usage[2] is None else usage[2] - self.offset, usage[3], usage[4]),
             version,
         )
         return sa
@@ -297,9 +377,18 @@ class Codec:
         (pid, dir_, sel, type_, requests, priority, order, created, created_wall, lifetime, validtime, scope) = t
         addr = self.sockaddr
         return SecPolicy(
-            pid, dir_, Selector(addr(sel[0]), sel[1], addr(sel[2]), sel[3], sel[4]), type_,
+            pid,
+            dir_,
+            Selector(addr(sel[0]), sel[1], addr(sel[2]), sel[3], sel[4]),
+            type_,
             tuple(IpsecRequest(r[0], r[1], r[2], r[3], addr(r[4]), addr(r[5])) for r in requests),
-            priority, order, created - self.offset, created_wall, lifetime, validtime, scope,
+            priority,
+            order,
+            created - self.offset,
+            created_wall,
+            lifetime,
+            validtime,
+            scope,
         )
 
 
@@ -392,8 +481,9 @@ class Recorder:
         return frame(marshal.dumps((tuple(ops), self.counters()), 4))
 
 
-def apply_ops(sad: Sad, spd: Spd, payload: bytes, codec: Codec) -> tuple[tuple[int, int, int],
-                                                                           tuple[tuple[str, int], ...] | None]:
+def apply_ops(
+    sad: Sad, spd: Spd, payload: bytes, codec: Codec
+) -> tuple[tuple[int, int, int], tuple[tuple[str, int], ...] | None]:
     """Replay one journal record into the tables; returns its counters and the
     knob changes it carries (None if none)."""
     ops, counters = marshal.loads(payload)
@@ -432,17 +522,22 @@ def apply_ops(sad: Sad, spd: Spd, payload: bytes, codec: Codec) -> tuple[tuple[i
 # ---------------------------------------------------------------- snapshot
 
 
-def snapshot_records(sas: Sequence[SecAssoc], policies: Sequence[SecPolicy], counters: tuple[int, int, int],
-                     knobs: tuple[tuple[str, int], ...], offset: float) -> Iterator[bytes]:
+def snapshot_records(
+    sas: Sequence[SecAssoc],
+    policies: Sequence[SecPolicy],
+    counters: tuple[int, int, int],
+    knobs: tuple[tuple[str, int], ...],
+    offset: float,
+) -> Iterator[bytes]:
     """The framed records of a snapshot, for SAs and policies in table order."""
     codec = Codec(offset)
     yield frame(marshal.dumps(("meta", counters, knobs), 4))
     enc = codec.sa
     for i in range(0, len(sas), CHUNK):
-        yield frame(marshal.dumps(("sa", tuple(enc(sa) for sa in sas[i:i + CHUNK])), 4))
+        yield frame(marshal.dumps(("sa", tuple(enc(sa) for sa in sas[i : i + CHUNK])), 4))
     encp = codec.sp
     for i in range(0, len(policies), CHUNK):
-        yield frame(marshal.dumps(("sp", tuple(encp(sp) for sp in policies[i:i + CHUNK])), 4))
+        yield frame(marshal.dumps(("sp", tuple(encp(sp) for sp in policies[i : i + CHUNK])), 4))
     yield frame(marshal.dumps(("end", len(sas), len(policies)), 4))
 
 
@@ -456,8 +551,9 @@ def table_order(sad: Sad, spd: Spd) -> tuple[list[SecAssoc], list[SecPolicy]]:
     return sas, list(spd.by_id.values())
 
 
-def restore_snapshot(sad: Sad, spd: Spd, payloads: Sequence[bytes], codec: Codec,
-                     what: str) -> tuple[tuple[int, int, int], tuple[tuple[str, int], ...]]:
+def restore_snapshot(
+    sad: Sad, spd: Spd, payloads: Sequence[bytes], codec: Codec, what: str
+) -> tuple[tuple[int, int, int], tuple[tuple[str, int], ...]]:
     """Fill empty tables from a snapshot's records; returns the counters and the
     knob changes.  A snapshot without its meta or end record, or whose counts do
     not match, is refused."""

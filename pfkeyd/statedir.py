@@ -114,13 +114,16 @@ class StateDir:
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
             os.close(fd)
-            msg = (f"{self.path}: the state directory must belong to this user and be mode 0700 "
-                   f"(it is {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}): keys are stored in it")
+            msg = (
+                f"{self.path}: the state directory must belong to this user and be mode 0700 "
+                f"(it is {stat.S_IMODE(st.st_mode):04o}, owner {st.st_uid}): keys are stored in it"
+            )
             raise StateDirError(msg)
         self._dir_fd = fd
         try:
-            self._lock_fd = os.open("lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE,
-                                    dir_fd=fd)
+            self._lock_fd = os.open(
+                "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE, dir_fd=fd
+            )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self.close()
@@ -209,19 +212,24 @@ class StateDir:
             report.records += len(found.payloads)
             self.generation, self.journal_size = gen, found.end
             if found.problem:
-                report.problems.append(f"{what}: {found.problem}; cut at byte {found.end}, the end of the last "
-                                       f"whole record ({len(data[found.end:].rstrip(bytes(1)))} bytes dropped)")
+                report.problems.append(
+                    f"{what}: {found.problem}; cut at byte {found.end}, the end of the last "
+                    f"whole record ({len(data[found.end :].rstrip(bytes(1)))} bytes dropped)"
+                )
                 fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self._dir_fd)
                 try:
                     os.ftruncate(fd, found.end)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                for later in gens[i + 1:]:
-                    os.rename(f"journal.{later}", f"journal.{later}.damaged", src_dir_fd=self._dir_fd,
-                              dst_dir_fd=self._dir_fd)
-                    report.problems.append(f"{self.path}/journal.{later}: follows a damaged journal; "
-                                           f"renamed journal.{later}.damaged and not read")
+                for later in gens[i + 1 :]:
+                    os.rename(
+                        f"journal.{later}", f"journal.{later}.damaged", src_dir_fd=self._dir_fd, dst_dir_fd=self._dir_fd
+                    )
+                    report.problems.append(
+                        f"{self.path}/journal.{later}: follows a damaged journal; "
+                        f"renamed journal.{later}.damaged and not read"
+                    )
                 break
         engine_knobs, skipped = state.apply_knobs(baseline, knobs)
         report.problems += [f"saved knob change not applied: {s}" for s in skipped]
@@ -241,8 +249,9 @@ class StateDir:
         self._journal_fd = fd
 
     def _create(self, name: str, head: bytes) -> int:
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     _FILE_MODE, dir_fd=self._dir_fd)
+        fd = os.open(
+            name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE, dir_fd=self._dir_fd
+        )
         os.write(fd, head)
         self._allocated = len(head)
         self._reserve(fd, JOURNAL_RESERVE)
@@ -304,8 +313,9 @@ class StateDir:
         tmp = "snapshot.tmp"
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp, dir_fd=self._dir_fd)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE,
-                     dir_fd=self._dir_fd)
+        fd = os.open(
+            tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW, _FILE_MODE, dir_fd=self._dir_fd
+        )
         size = 0
         try:
             with os.fdopen(fd, "wb", buffering=1 << 20, closefd=False) as fh:
@@ -333,8 +343,14 @@ class Durable:
     highest sequence number that is on disk.
     """
 
-    def __init__(self, store: StateDir, engine: object, *,
-                 wall_clock: Callable[[], float] = time.time, compact_min: int = COMPACT_MIN) -> None:
+    def __init__(
+        self,
+        store: StateDir,
+        engine: object,
+        *,
+        wall_clock: Callable[[], float] = time.time,
+        compact_min: int = COMPACT_MIN,
+    ) -> None:
         self.store = store
         self.engine = engine
         self._recorder: state.Recorder | None = None
@@ -413,8 +429,11 @@ class Durable:
                         seen = self.appended
                         await trio.lowlevel.checkpoint()
                     await self._commit(syncs)
-                    if (not self._compacting and self.store.journal_size > self._compact_min
-                            and self.store.journal_size > self.store.snapshot_size):
+                    if (
+                        not self._compacting
+                        and self.store.journal_size > self._compact_min
+                        and self.store.journal_size > self.store.snapshot_size
+                    ):
                         await self._begin_compaction(syncs)
             finally:
                 with trio.CancelScope(shield=True):
@@ -480,8 +499,13 @@ class Durable:
         try:
             started = trio.current_time()
             size = await trio.to_thread.run_sync(self.store.write_snapshot, generation, records)
-            log.info("state compacted: snapshot of %d SAs and %d policies, %d bytes, in %.1f s", nsa, nsp, size,
-                     trio.current_time() - started)
+            log.info(
+                "state compacted: snapshot of %d SAs and %d policies, %d bytes, in %.1f s",
+                nsa,
+                nsp,
+                size,
+                trio.current_time() - started,
+            )
             self.compactions += 1
         finally:
             self._compacting = False

@@ -62,13 +62,16 @@ class Stats:
     def note_drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] += count
 
-    def snapshot(self, *, clients: int = 0, sas: int = 0, policies: int = 0,
-                 packets: Mapping[str, int] | None = None) -> Statistics:
+    def snapshot(
+        self, *, clients: int = 0, sas: int = 0, policies: int = 0, packets: Mapping[str, int] | None = None
+    ) -> Statistics:
         return Statistics(
             MappingProxyType({_type_name(t): n for t, n in sorted(self.messages_in.items())}),
             MappingProxyType({_type_name(t): n for t, n in sorted(self.messages_out.items())}),
             MappingProxyType({_errno.errorcode.get(e, str(e)): n for e, n in sorted(self.errors.items())}),
             MappingProxyType(dict(sorted(self.drops.items()))),
-            clients, sas, policies,
+            clients,
+            sas,
+            policies,
             MappingProxyType(dict(packets or {})),
         )

@@ -41,8 +41,17 @@ from dataclasses import dataclass
 from pfkeyd.defaults import control_path
 from pfkeyd.wire import Dialect
 
-__all__ = ["LISTEN_FDS_START", "ActivationError", "Notifier", "Passed", "Planned", "inspect", "listen_fds",
-           "plan_sockets", "take_listen_fds"]
+__all__ = [
+    "LISTEN_FDS_START",
+    "ActivationError",
+    "Notifier",
+    "Passed",
+    "Planned",
+    "inspect",
+    "listen_fds",
+    "plan_sockets",
+    "take_listen_fds",
+]
 
 log = logging.getLogger("pfkeyd.systemd")
 
@@ -111,8 +120,7 @@ def plan_sockets(passed: Sequence[Passed]) -> list[Planned]:
             msg = f"{what}: {p.usable}; expected a listening AF_UNIX SOCK_SEQPACKET socket"
             raise ActivationError(msg)
         if p.name not in dialects:
-            msg = (f"{what}: its name must be its dialect, freebsd or linux "
-                   "(FileDescriptorName= in the socket unit)")
+            msg = f"{what}: its name must be its dialect, freebsd or linux (FileDescriptorName= in the socket unit)"
             raise ActivationError(msg)
         if not p.path:
             msg = f"{what}: not bound to a path"
@@ -194,8 +202,7 @@ class Notifier:
                 sock.connect(self._address)
                 sock.sendall(text.encode())
         except OSError as exc:
-            log.warning("cannot notify the service manager at %s: %s", _shown(self._address),
-                        exc.strerror or exc)
+            log.warning("cannot notify the service manager at %s: %s", _shown(self._address), exc.strerror or exc)
             return False
         return True
 

@@ -31,16 +31,25 @@ __all__ = [
 MODE_WORDS: Final[Mapping[int, str]] = {Mode.ANY: "any", Mode.TRANSPORT: "transport", Mode.TUNNEL: "tunnel"}
 #: The level of an ipsecrequest.
 LEVEL_WORDS: Final[Mapping[int, str]] = {
-    Level.DEFAULT: "default", Level.USE: "use", Level.REQUIRE: "require", Level.UNIQUE: "unique",
+    Level.DEFAULT: "default",
+    Level.USE: "use",
+    Level.REQUIRE: "require",
+    Level.UNIQUE: "unique",
 }
 #: A policy's direction.
 DIRECTION_WORDS: Final[Mapping[int, str]] = {
-    Direction.ANY: "any", Direction.INBOUND: "in", Direction.OUTBOUND: "out", Direction.FWD: "fwd",
+    Direction.ANY: "any",
+    Direction.INBOUND: "in",
+    Direction.OUTBOUND: "out",
+    Direction.FWD: "fwd",
 }
 #: A policy's type (its action).
 POLICY_WORDS: Final[Mapping[int, str]] = {
-    PolicyType.DISCARD: "discard", PolicyType.NONE: "none", PolicyType.IPSEC: "ipsec",
-    PolicyType.ENTRUST: "entrust", PolicyType.BYPASS: "bypass",
+    PolicyType.DISCARD: "discard",
+    PolicyType.NONE: "none",
+    PolicyType.IPSEC: "ipsec",
+    PolicyType.ENTRUST: "entrust",
+    PolicyType.BYPASS: "bypass",
 }
 #: The protocol of an ipsecrequest.
 REQUEST_PROTO_WORDS: Final[Mapping[int, str]] = {IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPCOMP: "ipcomp"}

@@ -97,10 +97,16 @@ NATT_PORT = 4500
 _U8 = 0xFF
 
 _SA_TYPES: dict[type, MsgType] = {
-    Add: MsgType.ADD, Update: MsgType.UPDATE, GetSpi: MsgType.GETSPI, Get: MsgType.GET, Delete: MsgType.DELETE,
+    Add: MsgType.ADD,
+    Update: MsgType.UPDATE,
+    GetSpi: MsgType.GETSPI,
+    Get: MsgType.GET,
+    Delete: MsgType.DELETE,
 }
 _SPD_TYPES: dict[type, MsgType] = {
-    SpdAdd: MsgType.X_SPDADD, SpdUpdate: MsgType.X_SPDUPDATE, SpdDelete: MsgType.X_SPDDELETE,
+    SpdAdd: MsgType.X_SPDADD,
+    SpdUpdate: MsgType.X_SPDUPDATE,
+    SpdDelete: MsgType.X_SPDDELETE,
 }
 
 
@@ -212,10 +218,13 @@ def _keys(proto: Proto, algorithms: Algorithms | None, dialect: Dialect) -> list
     return out
 
 
-def _addresses(s: SockAddr, d: SockAddr, proto: int = 255, splen: int | None = None,
-               dplen: int | None = None) -> list[Extension]:
-    return [Address(ExtType.ADDRESS_SRC, s, _plen(s) if splen is None else splen, proto),
-            Address(ExtType.ADDRESS_DST, d, _plen(d) if dplen is None else dplen, proto)]
+def _addresses(
+    s: SockAddr, d: SockAddr, proto: int = 255, splen: int | None = None, dplen: int | None = None
+) -> list[Extension]:
+    return [
+        Address(ExtType.ADDRESS_SRC, s, _plen(s) if splen is None else splen, proto),
+        Address(ExtType.ADDRESS_DST, d, _plen(d) if dplen is None else dplen, proto),
+    ]
 
 
 def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
@@ -229,8 +238,9 @@ def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
     sa = Sa(cmd.spi, *sa_fields)
     if mtype in (MsgType.GET, MsgType.DELETE):
         # setkeymsg_addr: SA and X_SA2 (no algorithms), then the addresses
-        return [Message(mtype, satype, 0, pid, exts=(sa, *after, *_addresses(s, d)))
-                for s, d in _pairs(item.src, item.dst)]
+        return [
+            Message(mtype, satype, 0, pid, exts=(sa, *after, *_addresses(s, d))) for s, d in _pairs(item.src, item.dst)
+        ]
     # setkeymsg_add
     head = list(before)
     if mtype == MsgType.GETSPI and cmd.spi:
@@ -242,9 +252,13 @@ def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
         # FreeBSD -natt: the original addresses with proto 0 and port 0
         oai = SockAddr(item.natt_oa.ip, 0, item.natt_oa.flowinfo, item.natt_oa.scope_id)
         oar = SockAddr(item.natt_oar.ip, 0, item.natt_oar.flowinfo, item.natt_oar.scope_id)
-        head += [NatTTypeExt(NatTType.ESPINUDP),
-                 Address(ExtType.X_NAT_T_OAI, oai, _plen(oai), 0), NatTPort(ExtType.X_NAT_T_SPORT, opts.natt.sport),
-                 Address(ExtType.X_NAT_T_OAR, oar, _plen(oar), 0), NatTPort(ExtType.X_NAT_T_DPORT, opts.natt.dport)]
+        head += [
+            NatTTypeExt(NatTType.ESPINUDP),
+            Address(ExtType.X_NAT_T_OAI, oai, _plen(oai), 0),
+            NatTPort(ExtType.X_NAT_T_SPORT, opts.natt.sport),
+            Address(ExtType.X_NAT_T_OAR, oar, _plen(oar), 0),
+            NatTPort(ExtType.X_NAT_T_DPORT, opts.natt.dport),
+        ]
         if opts.natt_mtu is not None:
             head.append(NatTFrag(opts.natt_mtu))
     elif cmd.proto is Proto.ESP_UDP:
@@ -257,8 +271,10 @@ def _sa_messages(item: Resolved, dialect: Dialect, pid: int) -> list[Message]:
     for s, d in _pairs(item.src, item.dst):
         exts = [*head, *_addresses(s, d)]
         if udp:
-            exts += [NatTPort(ExtType.X_NAT_T_SPORT, s.port or NATT_PORT),
-                     NatTPort(ExtType.X_NAT_T_DPORT, d.port or NATT_PORT)]
+            exts += [
+                NatTPort(ExtType.X_NAT_T_SPORT, s.port or NATT_PORT),
+                NatTPort(ExtType.X_NAT_T_DPORT, d.port or NATT_PORT),
+            ]
         out.append(Message(mtype, satype, 0, pid, exts=tuple(exts)))
     return out
 
@@ -303,8 +319,10 @@ def _spd_messages(item: Resolved, dialect: Dialect, pid: int, fwd_copies: bool) 
     (s,), (d,) = item.src, item.dst
     tail = _sec_ctx(cmd.context, dialect)
     addresses = _addresses(s, d, cmd.upper, cmd.src.prefix, cmd.dst.prefix)
-    return [Message(mtype, 0, 0, pid, exts=(policy, *addresses, *tail))
-            for policy in _policies(cmd.policy, item.tunnels, dialect, fwd_copies)]
+    return [
+        Message(mtype, 0, 0, pid, exts=(policy, *addresses, *tail))
+        for policy in _policies(cmd.policy, item.tunnels, dialect, fwd_copies)
+    ]
 
 
 def needs_dump(cmd: object, dialect: Dialect | str) -> bool:
@@ -331,8 +349,9 @@ def build(item: Resolved, dialect: Dialect | str, pid: int = 0, *, fwd_copies: b
         satype = cmd.proto.satype
         if d is Dialect.LINUX:
             return [Message(MsgType.DUMP, satype, 0, pid)]
-        return [Message(MsgType.DELETE, satype, 0, pid, exts=tuple(_addresses(s, t)))
-                for s, t in _pairs(item.src, item.dst)]
+        return [
+            Message(MsgType.DELETE, satype, 0, pid, exts=tuple(_addresses(s, t))) for s, t in _pairs(item.src, item.dst)
+        ]
     if isinstance(cmd, Flush):
         return [Message(MsgType.FLUSH, cmd.proto.satype, 0, pid)]
     if isinstance(cmd, Dump):
@@ -362,6 +381,8 @@ def deleteall_deletes(item: Resolved, dump: Iterable[Message], dialect: Dialect 
             continue
         if encode_sockaddr(src.addr, spec) in srcs and encode_sockaddr(dst.addr, spec) in dsts:
             head = (Sa(sa.spi, 0, 0, 0, 0, flags), Sa2(0, 0, 0))
-            out += [Message(MsgType.DELETE, cmd.proto.satype, 0, pid, exts=(*head, *_addresses(s, t)))
-                    for s, t in _pairs(item.src, item.dst)]
+            out += [
+                Message(MsgType.DELETE, cmd.proto.satype, 0, pid, exts=(*head, *_addresses(s, t)))
+                for s, t in _pairs(item.src, item.dst)
+            ]
     return out

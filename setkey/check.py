@@ -94,8 +94,9 @@ def _command(cmd: Command, d: Dialect) -> _Problems:
     if isinstance(cmd, SpdStatement):
         return _spd(cmd, d)
     if isinstance(cmd, SpdTagged):
-        return ((_cannot(f'{cmd.keyword} tagged "{cmd.tag}" (a policy for a packet tag, SADB_X_EXT_TAG)', d),
-                 "tagged"),)
+        return (
+            (_cannot(f'{cmd.keyword} tagged "{cmd.tag}" (a policy for a packet tag, SADB_X_EXT_TAG)', d), "tagged"),
+        )
     return ()
 
 
@@ -115,8 +116,11 @@ def _sa_problems(proto: Proto, opts: SaOptions, algorithms: Algorithms | None, d
 def _sa(proto: Proto, opts: SaOptions, algs: Algorithms | None, d: Dialect) -> Iterator[tuple[str, str | None]]:
     yield from (_linux_sa_options(opts) if d is Dialect.LINUX else _freebsd_sa_options(opts))
     if algs is not None:
-        for kind, spec in ((alg.Kind.ENCRYPT, algs.encrypt), (alg.Kind.AUTH, algs.auth),
-                           (alg.Kind.COMPRESS, algs.compress)):
+        for kind, spec in (
+            (alg.Kind.ENCRYPT, algs.encrypt),
+            (alg.Kind.AUTH, algs.auth),
+            (alg.Kind.COMPRESS, algs.compress),
+        ):
             if spec is not None:
                 yield from _algorithm(kind, spec, proto, d)
 
@@ -132,16 +136,20 @@ def _linux_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
     if opts.hwif is not None:
         yield _cannot("-hwif (hardware offload)", d), "-hwif"
     if opts.replay > LINUX_REPLAY_MAX:
-        yield (f"replay window {opts.replay} is too large for the linux dialect "
-               f"(at most {LINUX_REPLAY_MAX} bytes)"), "-r"
+        yield (
+            (f"replay window {opts.replay} is too large for the linux dialect (at most {LINUX_REPLAY_MAX} bytes)"),
+            "-r",
+        )
 
 
 def _freebsd_sa_options(opts: SaOptions) -> Iterator[tuple[str, str | None]]:
     if opts.context is not None:
         yield _cannot("-ctx (a security context, SADB_X_EXT_SEC_CTX)", Dialect.FREEBSD), "-ctx"
     if opts.replay > FREEBSD_REPLAY_MAX:
-        yield (f"replay window {opts.replay} is too large for the freebsd dialect "
-               f"(at most {FREEBSD_REPLAY_MAX} bytes)"), "-r"
+        yield (
+            (f"replay window {opts.replay} is too large for the freebsd dialect (at most {FREEBSD_REPLAY_MAX} bytes)"),
+            "-r",
+        )
 
 
 def _algorithm(kind: alg.Kind, spec: AlgSpec, proto: Proto, d: Dialect) -> Iterator[tuple[str, str | None]]:
@@ -211,5 +219,10 @@ def _policy(policy: Policy, d: Dialect) -> Iterator[tuple[str, str | None]]:
         if request.proto == IpProto.TCP and d is Dialect.LINUX:
             yield _cannot("a tcp (TCP-MD5) request", d), "-P"
         if request.reqid > spec.reqid_max:
-            yield (f"reqid {request.reqid} of unique:{request.reqid} is too large for the {d.value} dialect "
-                   f"(at most {spec.reqid_max})"), "-P"
+            yield (
+                (
+                    f"reqid {request.reqid} of unique:{request.reqid} is too large for the {d.value} dialect "
+                    f"(at most {spec.reqid_max})"
+                ),
+                "-P",
+            )

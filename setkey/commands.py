@@ -388,6 +388,19 @@ class Exit:
 
 
 Command = (
-    Add | Update | GetSpi | Get | Delete | DeleteAll | Flush | Dump
-    | SpdAdd | SpdUpdate | SpdDelete | SpdTagged | SpdFlush | SpdDump | Exit
+    Add
+    | Update
+    | GetSpi
+    | Get
+    | Delete
+    | DeleteAll
+    | Flush
+    | Dump
+    | SpdAdd
+    | SpdUpdate
+    | SpdDelete
+    | SpdTagged
+    | SpdFlush
+    | SpdDump
+    | Exit
 )

@@ -88,7 +88,11 @@ class SetkeyError(Exception):
         if not isinstance(other, SetkeyError):
             return NotImplemented
         return (type(self), self.message, self.line, self.column) == (
-            type(other), other.message, other.line, other.column)
+            type(other),
+            other.message,
+            other.line,
+            other.column,
+        )
 
     def __hash__(self) -> int:
         return hash((type(self), self.message, self.line, self.column))

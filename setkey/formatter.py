@@ -101,8 +101,12 @@ def _options(opts: SaOptions) -> str:
     if opts.replay:
         parts.append(f"-r {opts.replay}")
     parts += _flag_options(opts)
-    for flag, value in (("-lh", opts.lifetime_hard), ("-ls", opts.lifetime_soft),
-                        ("-bh", opts.bytes_hard), ("-bs", opts.bytes_soft)):
+    for flag, value in (
+        ("-lh", opts.lifetime_hard),
+        ("-ls", opts.lifetime_soft),
+        ("-bh", opts.bytes_hard),
+        ("-bs", opts.bytes_soft),
+    ):
         if value:
             parts.append(f"{flag} {value}")
     parts.append(_context(opts.context))
@@ -197,16 +201,37 @@ def format(cmd: Command) -> str:
     """One statement in canonical text, with its ";"."""
     if isinstance(cmd, SaStatement):
         algs = _algorithms(cmd.algorithms) if isinstance(cmd, Add | Update) else ""
-        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa),
-                      f"{cmd.spi:#x}", _options(cmd.options), algs) + ";"
+        return (
+            _words(
+                cmd.keyword,
+                str(cmd.flags),
+                _host(cmd.src),
+                _host(cmd.dst),
+                _proto(cmd.proto, cmd.natt_oa),
+                f"{cmd.spi:#x}",
+                _options(cmd.options),
+                algs,
+            )
+            + ";"
+        )
     if isinstance(cmd, DeleteAll):
-        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst),
-                      _proto(cmd.proto, cmd.natt_oa)) + ";"
+        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _proto(cmd.proto, cmd.natt_oa)) + ";"
     if isinstance(cmd, Flush | Dump):
         return _words(cmd.keyword, cmd.proto.value) + ";"
     if isinstance(cmd, SpdStatement):
-        return _words(cmd.keyword, str(cmd.flags), _host(cmd.src), _host(cmd.dst), _upper(cmd),
-                      _context(cmd.context), "-P", format_policy(cmd.policy)) + ";"
+        return (
+            _words(
+                cmd.keyword,
+                str(cmd.flags),
+                _host(cmd.src),
+                _host(cmd.dst),
+                _upper(cmd),
+                _context(cmd.context),
+                "-P",
+                format_policy(cmd.policy),
+            )
+            + ";"
+        )
     if isinstance(cmd, SpdTagged):
         return _words(cmd.keyword, "tagged", _quoted(cmd.tag), "-P", format_policy(cmd.policy)) + ";"
     if isinstance(cmd, SpdFlush | SpdDump | Exit):

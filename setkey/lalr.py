@@ -191,10 +191,20 @@ class Fast:
 
     _TRACE_LIMIT = 4096
 
-    def __init__(self, lark: Lark, start: str, lexeme_re: re.Pattern[str], word_type: str, *,
-                 statement_end: str | None, raw_prefix: tuple[str, str] | None = None,
-                 option_fallback: tuple[str, re.Pattern[str]] | None = None, locate_statements: bool = True,
-                 uncommented_re: re.Pattern[str] | None = None, hex_re: re.Pattern[str] | None = None) -> None:
+    def __init__(
+        self,
+        lark: Lark,
+        start: str,
+        lexeme_re: re.Pattern[str],
+        word_type: str,
+        *,
+        statement_end: str | None,
+        raw_prefix: tuple[str, str] | None = None,
+        option_fallback: tuple[str, re.Pattern[str]] | None = None,
+        locate_statements: bool = True,
+        uncommented_re: re.Pattern[str] | None = None,
+        hex_re: re.Pattern[str] | None = None,
+    ) -> None:
         tables = _lalr_tables(lark, start)
         self.start_state = tables.start_state
         self.end_state = tables.end_state
@@ -295,7 +305,7 @@ class Fast:
             values += map(slots.__getitem__, kept)
             if accepts:
                 return values[-1]
-            del stack[len(stack) - popped:]
+            del stack[len(stack) - popped :]
             stack += pushed
             i = j
 
@@ -376,8 +386,7 @@ class Fast:
             # the next token (see the class).
             while stack[-1] in self.defaults:
                 reduce(*self.defaults[stack[-1]])
-        return _compile(raw_at, len(tokens), below - lowest, lowest, values, nodes, height - low, stack[low:],
-                        accepts)
+        return _compile(raw_at, len(tokens), below - lowest, lowest, values, nodes, height - low, stack[low:], accepts)
 
     def _split_raw(self, lexemes: list[str], marks: list[str]) -> tuple[int, list[str], list[str]]:
         """The statement's tokens and their marks, "-P" and the policy text after it
@@ -432,8 +441,17 @@ def _token_span(children: list[_Ref]) -> slice | None:
     return slice(start, start + len(indexes)) if indexes == list(range(start, start + len(indexes))) else None
 
 
-def _compile(raw_at: int, ntokens: int, consumed: int, lowest: int, values: list[_Ref], nodes: list[_Node],
-             popped: int, pushed: list[Any], accepts: bool) -> _Trace:
+def _compile(
+    raw_at: int,
+    ntokens: int,
+    consumed: int,
+    lowest: int,
+    values: list[_Ref],
+    nodes: list[_Node],
+    popped: int,
+    pushed: list[Any],
+    accepts: bool,
+) -> _Trace:
     """Number the slots of a statement's symbolic run (see :class:`_Trace`).
 
     A group of consecutive tokens is a slice of the tokens; the other
@@ -457,6 +475,13 @@ def _compile(raw_at: int, ntokens: int, consumed: int, lowest: int, values: list
             return consumed + n
         return slot_of_node[n]
 
-    return _Trace(raw_at, consumed, tuple(groups.values()),
-                  tuple((nodes[k][0], _getter([slot(c) for c in nodes[k][2]])) for k in calls),
-                  tuple(slot(v) for v in values[lowest:]), popped, tuple(pushed), accepts)
+    return _Trace(
+        raw_at,
+        consumed,
+        tuple(groups.values()),
+        tuple((nodes[k][0], _getter([slot(c) for c in nodes[k][2]])) for k in calls),
+        tuple(slot(v) for v in values[lowest:]),
+        popped,
+        tuple(pushed),
+        accepts,
+    )

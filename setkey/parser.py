@@ -52,8 +52,16 @@ from setkey.lalr import Fail, Fast
 from setkey.transformer import PolicyTransformer, Rejected, SetkeyTransformer
 
 __all__ = [
-    "parse", "parse_policy", "parse_with_recovery", "locate", "setkey_grammar", "policy_grammar", "describe_terminal",
-    "fast_setkey_parser", "fast_policy_parser", "setkey_lexemes",
+    "parse",
+    "parse_policy",
+    "parse_with_recovery",
+    "locate",
+    "setkey_grammar",
+    "policy_grammar",
+    "describe_terminal",
+    "fast_setkey_parser",
+    "fast_policy_parser",
+    "setkey_lexemes",
 ]
 
 GRAMMAR_PACKAGE = "setkey.grammar"
@@ -65,15 +73,28 @@ GRAMMAR_PACKAGE = "setkey.grammar"
 @functools.cache
 def policy_grammar() -> Lark:
     """The ipsec_set_policy(3) grammar with its transformer (built once)."""
-    return Lark.open_from_package(GRAMMAR_PACKAGE, "policy.lark", parser="lalr", lexer="contextual",
-                                  strict=True, start="policy", transformer=PolicyTransformer())
+    return Lark.open_from_package(
+        GRAMMAR_PACKAGE,
+        "policy.lark",
+        parser="lalr",
+        lexer="contextual",
+        strict=True,
+        start="policy",
+        transformer=PolicyTransformer(),
+    )
 
 
 @functools.cache
 def setkey_grammar() -> Lark:
     """The setkey grammar with its transformer (built once)."""
-    return Lark.open_from_package(GRAMMAR_PACKAGE, "setkey.lark", parser="lalr", lexer="contextual",
-                                  strict=True, transformer=SetkeyTransformer(_policy_at))
+    return Lark.open_from_package(
+        GRAMMAR_PACKAGE,
+        "setkey.lark",
+        parser="lalr",
+        lexer="contextual",
+        strict=True,
+        transformer=SetkeyTransformer(_policy_at),
+    )
 
 
 # ------------------------------------------------------------------ error texts
@@ -105,8 +126,10 @@ def describe_terminal(name: str, terminals: Mapping[str, TerminalDef] | None = N
 
 
 def _expected(names: set[str] | frozenset[str], terminals: Mapping[str, TerminalDef]) -> str:
-    words = sorted({describe_terminal(n, terminals) for n in names if n not in ("WS", "COMMENT")},
-                   key=lambda w: (not w.startswith('"'), w))
+    words = sorted(
+        {describe_terminal(n, terminals) for n in names if n not in ("WS", "COMMENT")},
+        key=lambda w: (not w.startswith('"'), w),
+    )
     if not words:
         return ""
     if len(words) == 1:
@@ -140,8 +163,11 @@ def _syntax_error(exc: UnexpectedInput, terminals: Mapping[str, TerminalDef]) ->
         return SetkeySyntaxError(f"syntax error: {what}{_expected(exc.expected, terminals)}", line, column)
     assert isinstance(exc, UnexpectedCharacters)
     char = exc.char
-    return SetkeySyntaxError(f"syntax error: unexpected character {_shown(char)}"
-                             f"{_expected(exc.allowed or set(), terminals)}", exc.line, exc.column)
+    return SetkeySyntaxError(
+        f"syntax error: unexpected character {_shown(char)}{_expected(exc.allowed or set(), terminals)}",
+        exc.line,
+        exc.column,
+    )
 
 
 # ------------------------------------------------------------------ the lexemes
@@ -207,37 +233,50 @@ def setkey_lexemes() -> _SetkeyLexemes:
         _OPTION_WORD,
         _symbols_re(lark, ("SEMI", "SLASH", "LSQB", "RSQB")),
     ]
-    return _SetkeyLexemes(_lexemes(_BLANKS_AND_COMMENTS, alternatives), _lexemes(_BLANKS, alternatives),
-                          re.compile(_terminal_re(lark, "AIFLAGS")), re.compile(_terminal_re(lark, "HEX")))
+    return _SetkeyLexemes(
+        _lexemes(_BLANKS_AND_COMMENTS, alternatives),
+        _lexemes(_BLANKS, alternatives),
+        re.compile(_terminal_re(lark, "AIFLAGS")),
+        re.compile(_terminal_re(lark, "HEX")),
+    )
 
 
 @functools.cache
 def _policy_lexemes() -> re.Pattern[str]:
     """The lexeme pattern of policy.lark: unique:N, an address or word, a symbol."""
     lark = policy_grammar()
-    return _lexemes(_BLANKS_AND_COMMENTS, [
-        _terminal_re(lark, "UNIQUE_ID"),
-        _terminal_re(lark, "ADDRESS"),
-        _symbols_re(lark, ("MINUS", "PLUS", "SLASH", "LSQB", "RSQB")),
-    ])
+    return _lexemes(
+        _BLANKS_AND_COMMENTS,
+        [
+            _terminal_re(lark, "UNIQUE_ID"),
+            _terminal_re(lark, "ADDRESS"),
+            _symbols_re(lark, ("MINUS", "PLUS", "SLASH", "LSQB", "RSQB")),
+        ],
+    )
 
 
 @functools.cache
 def fast_setkey_parser() -> Fast:
     lexemes = setkey_lexemes()
-    return Fast(setkey_grammar(), "start", lexemes.commented, "STRING", statement_end=";",
-                 raw_prefix=("-P", "POLICY"), option_fallback=("AIFLAGS", lexemes.aiflags),
-                 uncommented_re=lexemes.uncommented, hex_re=lexemes.hex)
+    return Fast(
+        setkey_grammar(),
+        "start",
+        lexemes.commented,
+        "STRING",
+        statement_end=";",
+        raw_prefix=("-P", "POLICY"),
+        option_fallback=("AIFLAGS", lexemes.aiflags),
+        uncommented_re=lexemes.uncommented,
+        hex_re=lexemes.hex,
+    )
 
 
 @functools.cache
 def fast_policy_parser() -> Fast:
-    return Fast(policy_grammar(), "policy", _policy_lexemes(), "ADDRESS", statement_end=None,
-                 locate_statements=False)
+    return Fast(policy_grammar(), "policy", _policy_lexemes(), "ADDRESS", statement_end=None, locate_statements=False)
 
 
-def _find(text: str, offset: int, pattern: re.Pattern[str], hint: str, nth: int, raw_prefix: str | None
-          ) -> int | None:
+def _find(text: str, offset: int, pattern: re.Pattern[str], hint: str, nth: int, raw_prefix: str | None) -> int | None:
     """The offset of the ``nth`` lexeme equal to ``hint`` from ``offset`` on, in the
     statement that starts there (up to its ";"), or None."""
     for m in pattern.finditer(text, offset):
@@ -350,7 +389,7 @@ def _statement_boundary(states: Mapping[Any, Mapping[str, Any]], parser_state: A
     stack = parser_state.state_stack
     while len(stack) > 1 and "ADD" not in states[stack[-1]]:
         stack.pop()
-    del parser_state.value_stack[len(stack) - 1:]
+    del parser_state.value_stack[len(stack) - 1 :]
 
 
 def _skip_statement(text: str, pos: int) -> int:
@@ -371,10 +410,26 @@ def _skip_statement(text: str, pos: int) -> int:
     return n
 
 
-_STATEMENT_KEYWORDS = frozenset({
-    "ADD", "UPDATE", "GETSPI", "GET", "DELETE", "DELETEALL", "FLUSH", "DUMP", "SPDADD", "SPDUPDATE",
-    "SPDDELETE", "SPDFLUSH", "SPDDUMP", "EXIT", "QUIT", "BYE",
-})
+_STATEMENT_KEYWORDS = frozenset(
+    {
+        "ADD",
+        "UPDATE",
+        "GETSPI",
+        "GET",
+        "DELETE",
+        "DELETEALL",
+        "FLUSH",
+        "DUMP",
+        "SPDADD",
+        "SPDUPDATE",
+        "SPDDELETE",
+        "SPDFLUSH",
+        "SPDDUMP",
+        "EXIT",
+        "QUIT",
+        "BYE",
+    }
+)
 
 
 def parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
@@ -410,7 +465,7 @@ def parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
         assert lexer_state is not None
         line_counter = lexer_state.line_ctr
         start = line_counter.char_pos
-        line_counter.feed(text[start:_skip_statement(text, start)])
+        line_counter.feed(text[start : _skip_statement(text, start)])
         return True
 
     result: Any
@@ -480,4 +535,3 @@ def parse(text: str, filename: str = "-") -> list[Command]:
     if errors:
         raise SetkeyErrors(Source(text, filename).locate(errors))
     return commands
-

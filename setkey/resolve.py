@@ -200,8 +200,7 @@ def _resolve_one(cmd: Command, r: Resolver) -> Resolved:
 
 def _same_family(cmd: SaStatement | DeleteAll, src: tuple[SockAddr, ...], dst: tuple[SockAddr, ...]) -> None:
     if not _pairs_exist(src, dst):
-        raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" have no addresses of the same family',
-                       cmd.src.name)
+        raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" have no addresses of the same family', cmd.src.name)
 
 
 def _resolve_sa(cmd: Command, r: Resolver) -> Resolved:
@@ -231,8 +230,11 @@ def _resolve_spd(cmd: Command, r: Resolver) -> Resolved:
         raise _Problem(f'"{cmd.src.name}" and "{cmd.dst.name}" are of different address families', cmd.src.name)
     for host, sa in ((cmd.src, s), (cmd.dst, d)):
         if host.prefix is not None and host.prefix > sa.max_prefix:
-            raise _Problem(f"prefix length /{host.prefix} is too long for the IPv{sa.version} address "
-                           f'"{host.name}" (at most {sa.max_prefix})', str(host.prefix))
+            raise _Problem(
+                f"prefix length /{host.prefix} is too long for the IPv{sa.version} address "
+                f'"{host.name}" (at most {sa.max_prefix})',
+                str(host.prefix),
+            )
     if cmd.upper_ports is not None:
         # icmp type,code and gre keys travel in the selector's port fields
         src = (SockAddr(s.ip, cmd.upper_ports[0], s.flowinfo, s.scope_id),)

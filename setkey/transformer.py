@@ -168,8 +168,9 @@ def _port(tok: str) -> int | str:
 @functools.lru_cache(maxsize=4096)
 def _host(name: str, prefix: str | None = None, port: str | None = None) -> Host:
     """A host from its tokens (memoised by their text: scripts repeat hosts)."""
-    return Host(str(name), 0 if port is None else _port(port),
-                None if prefix is None else _number(prefix, "prefix length", 128))
+    return Host(
+        str(name), 0 if port is None else _port(port), None if prefix is None else _number(prefix, "prefix length", 128)
+    )
 
 
 @functools.lru_cache(maxsize=4096)
@@ -196,24 +197,90 @@ _PROTO_WORDS = {p.value: p for p in Proto if p is not Proto.UNSPEC}
 #: machine.  Matching ignores case, as the aliases in /etc/protocols are
 #: upper-case spellings of the names.
 UPPER_PROTOCOLS: dict[str, int] = {
-    "ip": 0, "hopopt": 0, "icmp": 1, "igmp": 2, "ggp": 3, "ipencap": 4, "ipv4": 4, "ip4": 4,
-    "ip-encap": 4, "st": 5, "tcp": 6, "egp": 8, "igp": 9, "pup": 12, "udp": 17, "hmp": 20,
-    "xns-idp": 22, "rdp": 27, "iso-tp4": 29, "dccp": 33, "xtp": 36, "ddp": 37, "idpr-cmtp": 38,
-    "ipv6": 41, "ipv6-route": 43, "ipv6-frag": 44, "idrp": 45, "rsvp": 46, "gre": 47,
-    "esp": 50, "ipsec-esp": 50, "ah": 51, "ipsec-ah": 51, "skip": 57, "ipv6-icmp": 58,
-    "icmp6": 58, "icmpv6": 58, "ipv6-nonxt": 59, "ipv6-opts": 60, "rspf": 73, "vmtp": 81,
-    "eigrp": 88, "ospf": 89, "ospfigp": 89, "ax.25": 93, "ipip": 94, "etherip": 97, "encap": 98,
-    "pim": 103, "ipcomp": 108, "vrrp": 112, "carp": 112, "l2tp": 115, "isis": 124, "sctp": 132,
-    "fc": 133, "mobility-header": 135, "mh": 135, "udplite": 136, "mpls-in-ip": 137,
-    "manet": 138, "hip": 139, "shim6": 140, "wesp": 141, "rohc": 142, "ethernet": 143,
-    "pfsync": 240, "any": 255,
+    "ip": 0,
+    "hopopt": 0,
+    "icmp": 1,
+    "igmp": 2,
+    "ggp": 3,
+    "ipencap": 4,
+    "ipv4": 4,
+    "ip4": 4,
+    "ip-encap": 4,
+    "st": 5,
+    "tcp": 6,
+    "egp": 8,
+    "igp": 9,
+    "pup": 12,
+    "udp": 17,
+    "hmp": 20,
+    "xns-idp": 22,
+    "rdp": 27,
+    "iso-tp4": 29,
+    "dccp": 33,
+    "xtp": 36,
+    "ddp": 37,
+    "idpr-cmtp": 38,
+    "ipv6": 41,
+    "ipv6-route": 43,
+    "ipv6-frag": 44,
+    "idrp": 45,
+    "rsvp": 46,
+    "gre": 47,
+    "esp": 50,
+    "ipsec-esp": 50,
+    "ah": 51,
+    "ipsec-ah": 51,
+    "skip": 57,
+    "ipv6-icmp": 58,
+    "icmp6": 58,
+    "icmpv6": 58,
+    "ipv6-nonxt": 59,
+    "ipv6-opts": 60,
+    "rspf": 73,
+    "vmtp": 81,
+    "eigrp": 88,
+    "ospf": 89,
+    "ospfigp": 89,
+    "ax.25": 93,
+    "ipip": 94,
+    "etherip": 97,
+    "encap": 98,
+    "pim": 103,
+    "ipcomp": 108,
+    "vrrp": 112,
+    "carp": 112,
+    "l2tp": 115,
+    "isis": 124,
+    "sctp": 132,
+    "fc": 133,
+    "mobility-header": 135,
+    "mh": 135,
+    "udplite": 136,
+    "mpls-in-ip": 137,
+    "manet": 138,
+    "hip": 139,
+    "shim6": 140,
+    "wesp": 141,
+    "rohc": 142,
+    "ethernet": 143,
+    "pfsync": 240,
+    "any": 255,
 }
 
 #: The names the formatter writes (a number otherwise).
 UPPER_NAMES: dict[int, str] = {
-    IpProto.ICMP: "icmp", IpProto.TCP: "tcp", IpProto.UDP: "udp", IpProto.GRE: "gre",
-    IpProto.ESP: "esp", IpProto.AH: "ah", IpProto.IPV6_ICMP: "icmp6", IpProto.IPCOMP: "ipcomp",
-    135: "mh", 4: "ipv4", 41: "ipv6", 255: "any",
+    IpProto.ICMP: "icmp",
+    IpProto.TCP: "tcp",
+    IpProto.UDP: "udp",
+    IpProto.GRE: "gre",
+    IpProto.ESP: "esp",
+    IpProto.AH: "ah",
+    IpProto.IPV6_ICMP: "icmp6",
+    IpProto.IPCOMP: "ipcomp",
+    135: "mh",
+    4: "ipv4",
+    41: "ipv6",
+    255: "any",
 }
 
 _ICMP_LIKE = (IpProto.ICMP, IpProto.IPV6_ICMP, 135)
@@ -272,8 +339,12 @@ _PAD = {"random-pad": SaFlag.X_EXT_PRAND, "zero-pad": SaFlag.X_EXT_PZERO, "seq-p
 
 def _natt_option(opt: tuple[str, ...]) -> NatT:
     # -natt oai [sport] oar [dport]
-    return NatT(_host(opt[1]), _number(opt[3], "NAT-T source port", U16),
-                _host(opt[5]), _number(opt[7], "NAT-T destination port", U16))
+    return NatT(
+        _host(opt[1]),
+        _number(opt[3], "NAT-T source port", U16),
+        _host(opt[5]),
+        _number(opt[7], "NAT-T destination port", U16),
+    )
 
 
 def _hwif_option(opt: tuple[str, ...]) -> str:
@@ -312,8 +383,11 @@ def _options(opts: tuple[tuple[str, ...], ...], old: bool) -> SaOptions:
 
 def _context(toks: tuple[str, ...]) -> SecContext:
     # -ctx doi algorithm "label"
-    return SecContext(_number(toks[1], "security context DOI", U8),
-                      _number(toks[2], "security context algorithm", U8), _quoted(toks[3]))
+    return SecContext(
+        _number(toks[1], "security context DOI", U8),
+        _number(toks[2], "security context algorithm", U8),
+        _quoted(toks[3]),
+    )
 
 
 #: The options that set one field from their words: field name, reader.
@@ -356,7 +430,11 @@ def _algorithms(toks: tuple[str, ...]) -> Algorithms:
 # ------------------------------------------------------------------ the transformer
 
 _SA_CLASSES: dict[str, type[SaStatement]] = {
-    "add": Add, "update": Update, "getspi": GetSpi, "get": Get, "delete": Delete,
+    "add": Add,
+    "update": Update,
+    "getspi": GetSpi,
+    "get": Get,
+    "delete": Delete,
 }
 _SPD_CLASSES: dict[str, type[SpdStatement]] = {"spdadd": SpdAdd, "spdupdate": SpdUpdate, "spddelete": SpdDelete}
 
@@ -435,9 +513,17 @@ class SetkeyTransformer(Transformer[Any, Any]):
 
     # -- statements
 
-    def _sa(self, kw: str, flags: tuple[str, ...], src: tuple[str, ...], dst: tuple[str, ...],
-            proto: tuple[str, ...], spi: str, options: tuple[tuple[str, ...], ...],
-            algorithms: tuple[str, ...] | None) -> Any:
+    def _sa(
+        self,
+        kw: str,
+        flags: tuple[str, ...],
+        src: tuple[str, ...],
+        dst: tuple[str, ...],
+        proto: tuple[str, ...],
+        spi: str,
+        options: tuple[tuple[str, ...], ...],
+        algorithms: tuple[str, ...] | None,
+    ) -> Any:
         try:
             # (in the order of the statement, which decides the error reported)
             p, natt_oa = _protocol(proto)
@@ -447,16 +533,35 @@ class SetkeyTransformer(Transformer[Any, Any]):
             opts = _options(options, p.old) if options else DEFAULT_OPTIONS
             line, column = kw.line, kw.column  # type: ignore[attr-defined]
             if algorithms is None:
-                return cls(flags=how, src=src_host, dst=dst_host, proto=p, natt_oa=natt_oa, spi=spi_value,
-                           options=opts, line=line, column=column)
+                return cls(
+                    flags=how,
+                    src=src_host,
+                    dst=dst_host,
+                    proto=p,
+                    natt_oa=natt_oa,
+                    spi=spi_value,
+                    options=opts,
+                    line=line,
+                    column=column,
+                )
             return cls(  # type: ignore[call-arg]  # add or update
-                flags=how, src=src_host, dst=dst_host, proto=p, natt_oa=natt_oa, spi=spi_value, options=opts,
-                line=line, column=column, algorithms=_algorithms(algorithms))
+                flags=how,
+                src=src_host,
+                dst=dst_host,
+                proto=p,
+                natt_oa=natt_oa,
+                spi=spi_value,
+                options=opts,
+                line=line,
+                column=column,
+                algorithms=_algorithms(algorithms),
+            )
         except SetkeyError as exc:
             return _placed(exc, kw)
 
-    def add(self, kw: str, flags: Any, src: Any, dst: Any, proto: Any, spi: str, options: Any, algorithms: Any,
-            semi: str) -> Any:
+    def add(
+        self, kw: str, flags: Any, src: Any, dst: Any, proto: Any, spi: str, options: Any, algorithms: Any, semi: str
+    ) -> Any:
         return self._sa(kw, flags, src, dst, proto, spi, options, algorithms)
 
     update = add
@@ -470,27 +575,39 @@ class SetkeyTransformer(Transformer[Any, Any]):
     def deleteall(self, kw: str, flags: Any, src: str, dst: str, proto: tuple[str, ...], semi: str) -> Any:
         try:
             p, natt_oa = _protocol(proto)
-            return DeleteAll(flags=_aiflags(flags) if flags else NO_FLAGS, src=_host(src), dst=_host(dst),
-                             proto=p, natt_oa=natt_oa, line=kw.line, column=kw.column)  # type: ignore[attr-defined]
+            return DeleteAll(
+                flags=_aiflags(flags) if flags else NO_FLAGS,
+                src=_host(src),
+                dst=_host(dst),
+                proto=p,
+                natt_oa=natt_oa,
+                line=kw.line,  # type: ignore[attr-defined]
+                column=kw.column,  # type: ignore[attr-defined]
+            )
         except SetkeyError as exc:
             return _placed(exc, kw)
 
     def flush(self, kw: str, *rest: str) -> Flush:
-        return Flush(proto=_PROTO_WORDS[rest[0]] if len(rest) > 1 else Proto.UNSPEC,
-                     line=kw.line, column=kw.column)  # type: ignore[attr-defined]
+        return Flush(proto=_PROTO_WORDS[rest[0]] if len(rest) > 1 else Proto.UNSPEC, line=kw.line, column=kw.column)  # type: ignore[attr-defined]
 
     def dump(self, kw: str, *rest: str) -> Dump:
-        return Dump(proto=_PROTO_WORDS[rest[0]] if len(rest) > 1 else Proto.UNSPEC,
-                    line=kw.line, column=kw.column)  # type: ignore[attr-defined]
+        return Dump(proto=_PROTO_WORDS[rest[0]] if len(rest) > 1 else Proto.UNSPEC, line=kw.line, column=kw.column)  # type: ignore[attr-defined]
 
     def spdadd(self, kw: str, flags: Any, src: Any, dst: Any, upper: Any, *rest: Any) -> Any:
         # rest: [context] -P policy ;
         try:
             proto, ports = _upper(upper)
             return _SPD_CLASSES[kw](
-                flags=_aiflags(flags) if flags else NO_FLAGS, src=_spd_host(src), dst=_spd_host(dst),
-                upper=proto, upper_ports=ports, context=_context(rest[0]) if len(rest) == 4 else None,
-                policy=self._policy(rest[-2]), line=kw.line, column=kw.column)  # type: ignore[attr-defined]
+                flags=_aiflags(flags) if flags else NO_FLAGS,
+                src=_spd_host(src),
+                dst=_spd_host(dst),
+                upper=proto,
+                upper_ports=ports,
+                context=_context(rest[0]) if len(rest) == 4 else None,
+                policy=self._policy(rest[-2]),
+                line=kw.line,  # type: ignore[attr-defined]
+                column=kw.column,  # type: ignore[attr-defined]
+            )
         except SetkeyError as exc:
             return _placed(exc, kw)
 
@@ -499,8 +616,13 @@ class SetkeyTransformer(Transformer[Any, Any]):
 
     def spd_tagged(self, kw: str, tagged: str, tag: str, opt: str, policy: str, semi: str) -> Any:
         try:
-            return SpdTagged(keyword=str(kw), tag=_quoted(tag), policy=self._policy(policy),
-                             line=kw.line, column=kw.column)  # type: ignore[attr-defined]
+            return SpdTagged(
+                keyword=str(kw),
+                tag=_quoted(tag),
+                policy=self._policy(policy),
+                line=kw.line,  # type: ignore[attr-defined]
+                column=kw.column,  # type: ignore[attr-defined]
+            )
         except SetkeyError as exc:
             return _placed(exc, kw)
 
@@ -632,8 +754,11 @@ def _request(direction: Direction, action: PolicyType, raw: tuple[tuple[Any, ...
             anchor = f"{first}-{endpoints[2]}"
             wanted = Direction.OUTBOUND if anchor == "me-any" else Direction.INBOUND
             if direction != wanted:
-                raise _fail(f'"{anchor}" is only valid in an "{"out" if anchor == "me-any" else "in"}" policy',
-                            first, _nth(raw, index, first))
+                raise _fail(
+                    f'"{anchor}" is only valid in an "{"out" if anchor == "me-any" else "in"}" policy',
+                    first,
+                    _nth(raw, index, first),
+                )
         else:
             if len(endpoints) == 3:  # a - b
                 src_tok, dst_tok, sport, dport = endpoints[0], endpoints[2], 0, 0

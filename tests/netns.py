@@ -146,16 +146,22 @@ def snapshot() -> dict[str, Any]:
     comparable values (no counters, no kernel-chosen ids), for leftover checks."""
     with IPRoute() as ipr:
         links = sorted(((m.get("ifname"), m.get("flags") & 1) for m in ipr.get_links()), key=repr)
-        rules = sorted((
-            (m["family"], m.get("priority"), m.get("table"), m["flags"], m.get("fwmark"))
-            for fam in (socket.AF_INET, socket.AF_INET6)
-            for m in ipr.get_rules(family=fam)
-        ), key=repr)
-        routes = sorted((
-            (m["family"], m.get("table"), str(m.get("dst")), m["dst_len"], m.get("oif"))
-            for fam in (socket.AF_INET, socket.AF_INET6)
-            for m in ipr.route("dump", family=fam)
-        ), key=repr)
+        rules = sorted(
+            (
+                (m["family"], m.get("priority"), m.get("table"), m["flags"], m.get("fwmark"))
+                for fam in (socket.AF_INET, socket.AF_INET6)
+                for m in ipr.get_rules(family=fam)
+            ),
+            key=repr,
+        )
+        routes = sorted(
+            (
+                (m["family"], m.get("table"), str(m.get("dst")), m["dst_len"], m.get("oif"))
+                for fam in (socket.AF_INET, socket.AF_INET6)
+                for m in ipr.route("dump", family=fam)
+            ),
+            key=repr,
+        )
     return {"links": links, "rules": rules, "routes": routes}
 
 

@@ -100,7 +100,9 @@ def _tuples(algs: tuple[Alg, ...]) -> list[tuple[int, int, int, int]]:
         (Kind.ENCRYPT, LINUX, LINUX_ENC),
     ],
 )
-def test_supported_lists_exactly_the_reference_entries(kind: Kind, dialect: Dialect, expected: list[tuple[int, int, int, int]]) -> None:
+def test_supported_lists_exactly_the_reference_entries(
+    kind: Kind, dialect: Dialect, expected: list[tuple[int, int, int, int]]
+) -> None:
     assert _tuples(A.supported(kind, dialect)) == expected
 
 
@@ -221,10 +223,15 @@ def test_compression_ids_follow_the_headers(alg_id: int, freebsd_defined: bool) 
 
 def test_freebsd_12_algorithms_are_defined_but_neither_advertised_nor_accepted() -> None:
     legacy = [
-        (Kind.ENCRYPT, EncAlg.DESCBC), (Kind.ENCRYPT, EncAlg.DES3CBC), (Kind.ENCRYPT, EncAlg.X_BLOWFISHCBC),
-        (Kind.ENCRYPT, EncAlg.X_CAST128CBC), (Kind.ENCRYPT, EncAlg.X_CAMELLIACBC),
-        (Kind.AUTH, AuthAlg.MD5HMAC), (Kind.AUTH, AuthAlg.X_RIPEMD160HMAC),
-        (Kind.AUTH, AuthAlg.X_MD5), (Kind.AUTH, AuthAlg.X_SHA),
+        (Kind.ENCRYPT, EncAlg.DESCBC),
+        (Kind.ENCRYPT, EncAlg.DES3CBC),
+        (Kind.ENCRYPT, EncAlg.X_BLOWFISHCBC),
+        (Kind.ENCRYPT, EncAlg.X_CAST128CBC),
+        (Kind.ENCRYPT, EncAlg.X_CAMELLIACBC),
+        (Kind.AUTH, AuthAlg.MD5HMAC),
+        (Kind.AUTH, AuthAlg.X_RIPEMD160HMAC),
+        (Kind.AUTH, AuthAlg.X_MD5),
+        (Kind.AUTH, AuthAlg.X_SHA),
     ]
     for kind, alg_id in legacy:
         alg = A.by_id(kind, alg_id)
@@ -235,8 +242,12 @@ def test_freebsd_12_algorithms_are_defined_but_neither_advertised_nor_accepted()
 # ---------------------------------------------------------------- completeness
 
 
-@pytest.mark.parametrize(("kind", "enum_type"), [(Kind.AUTH, AuthAlg), (Kind.ENCRYPT, EncAlg), (Kind.COMPRESS, CompAlg)])
-def test_every_enum_member_has_exactly_one_row(kind: Kind, enum_type: type[AuthAlg] | type[EncAlg] | type[CompAlg]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "enum_type"), [(Kind.AUTH, AuthAlg), (Kind.ENCRYPT, EncAlg), (Kind.COMPRESS, CompAlg)]
+)
+def test_every_enum_member_has_exactly_one_row(
+    kind: Kind, enum_type: type[AuthAlg] | type[EncAlg] | type[CompAlg]
+) -> None:
     rows = A.algorithms(kind)
     assert sorted(int(a.id) for a in rows) == sorted(int(m) for m in enum_type)
     for member in enum_type:
@@ -292,7 +303,9 @@ def test_unknown_ids_have_no_row() -> None:
         (Kind.COMPRESS, CompAlg.DEFLATE, 2394, 0, 0, 0, 0, False),
     ],
 )
-def test_packet_sizes_and_rfcs(kind: Kind, alg_id: int, rfc: int, iv: int, icv: int, block: int, salt: int, aead: bool) -> None:
+def test_packet_sizes_and_rfcs(
+    kind: Kind, alg_id: int, rfc: int, iv: int, icv: int, block: int, salt: int, aead: bool
+) -> None:
     alg = A.by_id(kind, alg_id)
     assert alg is not None
     assert (alg.rfc, alg.iv, alg.icv, alg.block, alg.salt, alg.aead) == (rfc, iv, icv, block, salt, aead)
@@ -426,7 +439,9 @@ def test_dump_names(kind: Kind, alg_id: int, freebsd: bool | str, linux: bool | 
         (LINUX, Kind.COMPRESS, "deflate", KeyForm.NONE, 0, None, False),
     ],
 )
-def test_spellings_carry_key_form_and_flags(dialect: Dialect, kind: Kind, name: str, form: KeyForm, flags: int, old: bool | None, obsolete: bool) -> None:
+def test_spellings_carry_key_form_and_flags(
+    dialect: Dialect, kind: Kind, name: str, form: KeyForm, flags: int, old: bool | None, obsolete: bool
+) -> None:
     found = A.by_spelling(kind, name, dialect)
     assert found is not None
     spelling = found[1]
@@ -460,7 +475,9 @@ FREEBSD_KEYS = [
 
 
 @pytest.mark.parametrize(("satype", "kind", "alg_id", "good", "bad"), FREEBSD_KEYS)
-def test_freebsd_key_lengths(satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]) -> None:
+def test_freebsd_key_lengths(
+    satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]
+) -> None:
     for n in good:
         A.check_key(satype, kind, alg_id, n, FREEBSD)
     for n in bad:
@@ -470,8 +487,11 @@ def test_freebsd_key_lengths(satype: SaType, kind: Kind, alg_id: int, good: list
 
 
 def test_key_error_names_algorithm_and_sizes() -> None:
-    with pytest.raises(InvalidArgument, match=r"AES-CBC \(encryption algorithm 12\) takes a key of 16, 24 or 32 "
-                                             r"bytes, not 17 bytes"):
+    with pytest.raises(
+        InvalidArgument,
+        match=r"AES-CBC \(encryption algorithm 12\) takes a key of 16, 24 or 32 "
+        r"bytes, not 17 bytes",
+    ):
         A.check_key(ESP, Kind.ENCRYPT, EncAlg.X_AESCBC, 17)
     with pytest.raises(InvalidArgument, match=r"ChaCha20-Poly1305 .* exactly 36 bytes, not 32"):
         A.check_key(ESP, Kind.ENCRYPT, EncAlg.X_CHACHA20POLY1305, 32)
@@ -523,7 +543,9 @@ def test_linux_refuses_numbers_above_its_maximum_with_einval() -> None:
         (IPCOMP, Kind.COMPRESS, CompAlg.DEFLATE, [None, 0, 3], []),
     ],
 )
-def test_linux_key_lengths(satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]) -> None:
+def test_linux_key_lengths(
+    satype: SaType, kind: Kind, alg_id: int, good: list[int | None], bad: list[int | None]
+) -> None:
     for n in good:
         A.check_key(satype, kind, alg_id, n, LINUX)
     for n in bad:
@@ -674,8 +696,14 @@ def test_keyless_spellings() -> None:
 # ---------------------------------------------------------------- ACQUIRE proposals
 
 LIFETIMES = {
-    "soft_allocations": 1, "hard_allocations": 1, "soft_bytes": 0, "hard_bytes": 0,
-    "soft_addtime": 0, "hard_addtime": 86400, "soft_usetime": 28800, "hard_usetime": 0,
+    "soft_allocations": 1,
+    "hard_allocations": 1,
+    "soft_bytes": 0,
+    "hard_bytes": 0,
+    "soft_addtime": 0,
+    "hard_addtime": 86400,
+    "soft_usetime": 28800,
+    "hard_usetime": 0,
 }
 
 
@@ -714,7 +742,13 @@ def test_ipcomp_proposal_is_deflate_without_key_bits() -> None:
     assert len(combs) == 1
     (c,) = combs
     assert (c.auth, c.encrypt, c.auth_minbits, c.auth_maxbits, c.encrypt_minbits, c.encrypt_maxbits) == (
-        0, CompAlg.DEFLATE, 0, 0, 0, 0)
+        0,
+        CompAlg.DEFLATE,
+        0,
+        0,
+        0,
+        0,
+    )
     assert {k: getattr(c, k) for k in LIFETIMES} == LIFETIMES
 
 
@@ -726,10 +760,28 @@ def test_other_satypes_get_no_proposal() -> None:
 @pytest.mark.parametrize(
     ("esp_keymin", "expected"),
     [
-        (128, [(0, 11, 128, 2048), (0, 12, 128, 256), (0, 13, 128, 256), (0, 15, 256, 256),
-               (0, 20, 128, 256), (0, 23, 128, 256)]),
-        (0, [(0, 11, 0, 2048), (0, 12, 128, 256), (0, 13, 128, 256), (0, 15, 256, 256),
-             (0, 20, 128, 256), (0, 23, 128, 256)]),
+        (
+            128,
+            [
+                (0, 11, 128, 2048),
+                (0, 12, 128, 256),
+                (0, 13, 128, 256),
+                (0, 15, 256, 256),
+                (0, 20, 128, 256),
+                (0, 23, 128, 256),
+            ],
+        ),
+        (
+            0,
+            [
+                (0, 11, 0, 2048),
+                (0, 12, 128, 256),
+                (0, 13, 128, 256),
+                (0, 15, 256, 256),
+                (0, 20, 128, 256),
+                (0, 23, 128, 256),
+            ],
+        ),
         (257, [(0, 11, 257, 2048)]),
         (2048, [(0, 11, 2048, 2048)]),
         (2049, []),

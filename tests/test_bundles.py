@@ -56,7 +56,9 @@ def bundle_examples(page: str) -> list[Example]:
     for block in re.findall(r"^\.Bd -literal[^\n]*\n(.*?)^\.Ed$", examples, re.M | re.S):
         rules = tuple(re.findall(r"\b(?:esp|ah|ipcomp)/(?:transport|tunnel)/\S*/\w+(?::\d+)?", block))
         if len(rules) >= 2:
-            spis = tuple(int(spi, 0) for spi in re.findall(r"^add .*? (?:esp|ah|ipcomp) (0x[0-9a-f]+|\d+)", block, re.M))
+            spis = tuple(
+                int(spi, 0) for spi in re.findall(r"^add .*? (?:esp|ah|ipcomp) (0x[0-9a-f]+|\d+)", block, re.M)
+            )
             out.append(Example(block, spis, rules))
     return out
 
@@ -106,8 +108,9 @@ def thread_daemon() -> Iterator[ThreadDaemon]:
 
 @DIALECTS
 @pytest.mark.parametrize("example", EXAMPLES, ids=[e.name for e in EXAMPLES])
-def test_each_request_of_an_example_bundle_finds_its_sa(thread_daemon: ThreadDaemon, dialect: Dialect,
-                                                        example: Example) -> None:
+def test_each_request_of_an_example_bundle_finds_its_sa(
+    thread_daemon: ThreadDaemon, dialect: Dialect, example: Example
+) -> None:
     loaded = against(thread_daemon, dialect)(["-c"], stdin=example.text)
     assert (loaded.status, loaded.err) == (0, "")
     engine = thread_daemon.engine
@@ -126,14 +129,27 @@ def test_each_request_of_an_example_bundle_finds_its_sa(thread_daemon: ThreadDae
 
 
 def setkey_script(path: str, dialect: Dialect, script: str) -> None:
-    result = subprocess.run([sys.executable, "-m", "setkey", "--socket", path, "--dialect", dialect.value, "-c"],
-                            input=script, cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "setkey", "--socket", path, "--dialect", dialect.value, "-c"],
+        input=script,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert (result.returncode, result.stderr) == (0, ""), result.stdout
 
 
 def pfkeyd_lookup(path: str, src: str, dst: str) -> list[str]:
-    result = subprocess.run([sys.executable, "-m", "pfkeyd", "lookup", "-s", path, "out", src, dst], cwd=ROOT,
-                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pfkeyd", "lookup", "-s", path, "out", src, dst],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert (result.returncode, result.stderr) == (0, "")
     return result.stdout.splitlines()
 
@@ -181,8 +197,10 @@ def test_pfkeyd_lookup_names_the_sas_of_every_example_bundle(daemon: Daemon, dia
         src, dst = (inside(text) for text in policy.split()[1:3])
         lines = pfkeyd_lookup(path, src, dst)
         assert lines[1:] == [
-            *[f"  {rule} (level {rule.rsplit('/', 1)[1]}): SA spi {spi:#010x} (mature)"
-              for rule, spi in zip(e.rules, e.spis, strict=True)],
+            *[
+                f"  {rule} (level {rule.rsplit('/', 1)[1]}): SA spi {spi:#010x} (mature)"
+                for rule, spi in zip(e.rules, e.spis, strict=True)
+            ],
             "decision: ipsec (protected by the SAs above)",
         ], "\n".join(lines)
 
@@ -201,8 +219,11 @@ def test_a_missing_later_sa_is_acquired_between_the_tunnel_endpoints(daemon: Dae
         setkey_script(path, dialect, f"delete 192.0.2.1 192.0.2.2 esp {kame.spis[1]:#x};\n")
         lines = pfkeyd_lookup(path, "10.1.0.1", "10.2.0.1")
         assert lines[1] == f"  {kame.rules[0]} (level use): SA spi {kame.spis[0]:#010x} (mature)"
-        assert re.fullmatch(r"  esp/transport//require \(level require\): no SA: ACQUIRE sent \(seq \d+\) "
-                            r"to 1 registered key manager", lines[2]), lines
+        assert re.fullmatch(
+            r"  esp/transport//require \(level require\): no SA: ACQUIRE sent \(seq \d+\) "
+            r"to 1 registered key manager",
+            lines[2],
+        ), lines
         assert lines[3] == "decision: discard (held back until an SA exists)"
         acquire = km.next(MsgType.ACQUIRE)
         assert acquire.satype == SaType.ESP

@@ -86,12 +86,28 @@ def host(exttype: ExtType, text: str, port: int = 0, proto: int = IpProto.ANY) -
     return Address(exttype, sa, sa.max_prefix, proto)
 
 
-def spdadd(eng: KeyEngine, ptype: int, *, direction: int = Direction.OUTBOUND, src: str = "10.0.0.1",
-           dst: str = "10.0.0.2", requests: Sequence[IpsecRequest] = (), proto: int = IpProto.ANY) -> int:
+def spdadd(
+    eng: KeyEngine,
+    ptype: int,
+    *,
+    direction: int = Direction.OUTBOUND,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    requests: Sequence[IpsecRequest] = (),
+    proto: int = IpProto.ANY,
+) -> int:
     """Add a policy (from setkey's socket); its id."""
-    msg = Message(MsgType.X_SPDADD, SaType.UNSPEC, 1, PID, exts=(
-        Policy(ptype, direction, 0, 0, 0, tuple(requests)),
-        host(ExtType.ADDRESS_SRC, src, proto=proto), host(ExtType.ADDRESS_DST, dst, proto=proto)))
+    msg = Message(
+        MsgType.X_SPDADD,
+        SaType.UNSPEC,
+        1,
+        PID,
+        exts=(
+            Policy(ptype, direction, 0, 0, 0, tuple(requests)),
+            host(ExtType.ADDRESS_SRC, src, proto=proto),
+            host(ExtType.ADDRESS_DST, dst, proto=proto),
+        ),
+    )
     pol = ok(send(eng, SETKEY, msg)).policy
     assert pol is not None
     return pol.id
@@ -104,8 +120,10 @@ def esp_transport(level: int) -> IpsecRequest:
 def add_sa(eng: KeyEngine, spi: int, src: str = "10.0.0.1", dst: str = "10.0.0.2") -> None:
     exts: tuple[Extension, ...] = (
         Sa(spi, 0, 0, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC),
-        host(ExtType.ADDRESS_SRC, src), host(ExtType.ADDRESS_DST, dst),
-        Key(ExtType.KEY_AUTH, bytes(32)), Key(ExtType.KEY_ENCRYPT, bytes(16)),
+        host(ExtType.ADDRESS_SRC, src),
+        host(ExtType.ADDRESS_DST, dst),
+        Key(ExtType.KEY_AUTH, bytes(32)),
+        Key(ExtType.KEY_ENCRYPT, bytes(16)),
     )
     ok(send(eng, SETKEY, Message(MsgType.ADD, SaType.ESP, 2, PID, exts=exts)))
 
@@ -194,7 +212,10 @@ def test_sysctl_d_with_a_value_shows_the_description_and_changes_nothing(engine:
     # FreeBSD sysctl(8) only describes a name=value argument under -d.
     before = engine.knobs
     out = run(engine, "sysctl", "-d", "net.key.esp_auth=1")
-    assert (out.status, out.out) == (0, "net.key.esp_auth: Include authentication algorithms in ESP ACQUIRE proposals\n")
+    assert (out.status, out.out) == (
+        0,
+        "net.key.esp_auth: Include authentication algorithms in ESP ACQUIRE proposals\n",
+    )
     assert engine.knobs is before
 
 
@@ -213,8 +234,7 @@ def test_def_policy_set_by_sysctl_makes_the_next_unmatched_lookup_a_discard(engi
     assert before.out.endswith("decision: pass (sent in the clear)\n")
     assert run(engine, "sysctl", "net.inet.ipsec.def_policy=0").out == "net.inet.ipsec.def_policy: 1 -> 0\n"
     after = run(engine, "lookup", "out", "10.9.9.1", "10.9.9.2")
-    assert after.out == ("no policy matches: default policy discard (net.inet.ipsec.def_policy=0)\n"
-                         "decision: discard\n")
+    assert after.out == ("no policy matches: default policy discard (net.inet.ipsec.def_policy=0)\ndecision: discard\n")
 
 
 def test_the_ipv6_def_policy_node_is_the_same_variable(engine: KeyEngine) -> None:
@@ -256,17 +276,23 @@ def test_the_kame_spelling_prefered_oldsa_reads_and_sets_preferred_oldsa(engine:
     assert "prefered_oldsa" not in run(engine, "sysctl", "-a").out
 
 
-@pytest.mark.parametrize(("arg", "message"), [
-    ("net.key.nonesuch", "sysctl: unknown oid 'net.key.nonesuch'"),
-    ("net.key.nonesuch=1", "sysctl: unknown oid 'net.key.nonesuch'"),
-    ("net.key.spi_trycnt=lots", "sysctl: invalid integer 'lots'"),
-    ("net.key.spi_trycnt=", "sysctl: invalid integer ''"),
-    ("net.key.spi_trycnt=1.5", "sysctl: invalid integer '1.5'"),
-    ("net.key.spi_trycnt=0", "sysctl: net.key.spi_trycnt: 0 is out of range 1..1000000"),
-    ("net.inet.ipsec.def_policy=2", "sysctl: net.inet.ipsec.def_policy: 2 is out of range 0..1"),
-    ("net.key.spi_minval=0x10000000", "sysctl: net.key.spi_minval: net.key.spi_minval must not exceed net.key.spi_maxval"),
-    ("net.key.spdcache.maxentries=1", "sysctl: oid 'net.key.spdcache.maxentries' is read only"),
-])
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("net.key.nonesuch", "sysctl: unknown oid 'net.key.nonesuch'"),
+        ("net.key.nonesuch=1", "sysctl: unknown oid 'net.key.nonesuch'"),
+        ("net.key.spi_trycnt=lots", "sysctl: invalid integer 'lots'"),
+        ("net.key.spi_trycnt=", "sysctl: invalid integer ''"),
+        ("net.key.spi_trycnt=1.5", "sysctl: invalid integer '1.5'"),
+        ("net.key.spi_trycnt=0", "sysctl: net.key.spi_trycnt: 0 is out of range 1..1000000"),
+        ("net.inet.ipsec.def_policy=2", "sysctl: net.inet.ipsec.def_policy: 2 is out of range 0..1"),
+        (
+            "net.key.spi_minval=0x10000000",
+            "sysctl: net.key.spi_minval: net.key.spi_minval must not exceed net.key.spi_maxval",
+        ),
+        ("net.key.spdcache.maxentries=1", "sysctl: oid 'net.key.spdcache.maxentries' is read only"),
+    ],
+)
 def test_a_bad_name_or_value_is_refused_with_status_1_and_changes_nothing(
     engine: KeyEngine, arg: str, message: str
 ) -> None:
@@ -295,7 +321,7 @@ def stats_block(text: str, title: str) -> tuple[int, dict[str, int]]:
     (i,) = [n for n, line in enumerate(lines) if re.fullmatch(rf"\t\d+ {title}", line)]
     total = int(lines[i].split()[0])
     detail: dict[str, int] = {}
-    for line in lines[i + 1:]:
+    for line in lines[i + 1 :]:
         if not line.startswith("\t\t"):
             break
         count, name = line.split()
@@ -306,21 +332,24 @@ def stats_block(text: str, title: str) -> tuple[int, dict[str, int]]:
 def test_stats_of_a_fresh_engine_are_zero(engine: KeyEngine) -> None:
     out = run(engine, "stats")
     assert (out.status, out.err) == (0, "")
-    assert out.out == ("pfkey:\n\t0 messages in\n\t0 messages out\n\t0 errors\n\t0 drops\n"
-                       "\t3 clients\n\t0 SAs\n\t0 policies\n" + zero_packet_blocks())
+    assert out.out == (
+        "pfkey:\n\t0 messages in\n\t0 messages out\n\t0 errors\n\t0 drops\n"
+        "\t3 clients\n\t0 SAs\n\t0 policies\n" + zero_packet_blocks()
+    )
 
 
 def zero_packet_blocks() -> str:
     """The packet path's counters of a fresh daemon: every name of every protocol, at 0."""
-    return "".join(f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names))
-                   for proto, names in DESCRIPTIONS.items())
+    return "".join(
+        f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names)) for proto, names in DESCRIPTIONS.items()
+    )
 
 
 def packet_block(text: str, proto: str) -> dict[str, int]:
     lines = text.splitlines()
     i = lines.index(f"{proto}:")
     out: dict[str, int] = {}
-    for line in lines[i + 1:]:
+    for line in lines[i + 1 :]:
         if not line.startswith("\t"):
             break
         count, name = line.split()
@@ -344,13 +373,18 @@ def test_stats_show_the_packet_counters(engine: KeyEngine) -> None:
 
 
 def test_stats_count_messages_errors_drops_clients_sas_and_policies(engine: KeyEngine) -> None:
-    register(engine)                                            # REGISTER: reply to KM only
-    spdadd(engine, PolicyType.DISCARD)                          # X_SPDADD: to all 3
-    add_sa(engine, 0x1000)                                      # ADD: to all 3
-    get = Message(MsgType.GET, SaType.ESP, 6, PID, exts=(
-        Sa(0x9999), host(ExtType.ADDRESS_SRC, "10.0.0.1"), host(ExtType.ADDRESS_DST, "10.0.0.2")))
+    register(engine)  # REGISTER: reply to KM only
+    spdadd(engine, PolicyType.DISCARD)  # X_SPDADD: to all 3
+    add_sa(engine, 0x1000)  # ADD: to all 3
+    get = Message(
+        MsgType.GET,
+        SaType.ESP,
+        6,
+        PID,
+        exts=(Sa(0x9999), host(ExtType.ADDRESS_SRC, "10.0.0.1"), host(ExtType.ADDRESS_DST, "10.0.0.2")),
+    )
     assert [e.errno for e in send(engine, SETKEY, get) if isinstance(e, Error)] == [errno.ESRCH]
-    engine.stats.note_drop("broadcast_buffer_full", 2)         # as the shell counts them
+    engine.stats.note_drop("broadcast_buffer_full", 2)  # as the shell counts them
     engine.client_closed(BYSTANDER)
 
     text = run(engine, "stats").out
@@ -401,23 +435,26 @@ def test_an_unknown_control_command_is_a_usage_error(engine: KeyEngine) -> None:
 # ------------------------------------------------------------------ lookup: parsing
 
 
-@pytest.mark.parametrize(("argv", "status", "message"), [
-    (["out", "10.0.0.1"], 64, "usage: pfkeyd lookup DIR SRC DST [PROTO [SPORT DPORT]]"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "80"], 64, "usage: pfkeyd lookup"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "1", "2", "3"], 64, "usage: pfkeyd lookup"),
-    (["sideways", "10.0.0.1", "10.0.0.2"], 1, "pfkeyd lookup: bad direction 'sideways' (in, out or fwd)"),
-    (["out", "10.0.0.300", "10.0.0.2"], 1, "pfkeyd lookup: bad address '10.0.0.300'"),
-    (["out", "10.0.0.1", "host.example"], 1, "pfkeyd lookup: bad address 'host.example'"),
-    (["out", "10.0.0.1", "2001:db8::2"], 1, "pfkeyd lookup: source and destination must be of one address family"),
-    (["out", "10.0.0.1", "10.0.0.2", "nosuchproto"], 1, "pfkeyd lookup: bad protocol 'nosuchproto'"),
-    (["out", "10.0.0.1", "10.0.0.2", "256"], 1, "pfkeyd lookup: bad protocol '256'"),
-    (["out", "10.0.0.1", "10.0.0.2", "-1"], 1, "pfkeyd lookup: bad protocol '-1'"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "1", "65536"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "x", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "-1", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
-    (["out", "10.0.0.1", "10.0.0.2", "tcp", "\u00b2", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
-    (["out", "10.0.0.1", "10.0.0.2", "\u00b2"], 1, "pfkeyd lookup: bad protocol"),
-])
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["out", "10.0.0.1"], 64, "usage: pfkeyd lookup DIR SRC DST [PROTO [SPORT DPORT]]"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "80"], 64, "usage: pfkeyd lookup"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "1", "2", "3"], 64, "usage: pfkeyd lookup"),
+        (["sideways", "10.0.0.1", "10.0.0.2"], 1, "pfkeyd lookup: bad direction 'sideways' (in, out or fwd)"),
+        (["out", "10.0.0.300", "10.0.0.2"], 1, "pfkeyd lookup: bad address '10.0.0.300'"),
+        (["out", "10.0.0.1", "host.example"], 1, "pfkeyd lookup: bad address 'host.example'"),
+        (["out", "10.0.0.1", "2001:db8::2"], 1, "pfkeyd lookup: source and destination must be of one address family"),
+        (["out", "10.0.0.1", "10.0.0.2", "nosuchproto"], 1, "pfkeyd lookup: bad protocol 'nosuchproto'"),
+        (["out", "10.0.0.1", "10.0.0.2", "256"], 1, "pfkeyd lookup: bad protocol '256'"),
+        (["out", "10.0.0.1", "10.0.0.2", "-1"], 1, "pfkeyd lookup: bad protocol '-1'"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "1", "65536"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "x", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "-1", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
+        (["out", "10.0.0.1", "10.0.0.2", "tcp", "\u00b2", "22"], 1, "pfkeyd lookup: ports (or icmp type and code)"),
+        (["out", "10.0.0.1", "10.0.0.2", "\u00b2"], 1, "pfkeyd lookup: bad protocol"),
+    ],
+)
 def test_lookup_refuses_bad_arguments(engine: KeyEngine, argv: list[str], status: int, message: str) -> None:
     out = run(engine, "lookup", *argv)
     assert (out.status, out.out, out.effects) == (status, "", ())
@@ -443,12 +480,12 @@ def test_lookup_parses_protocol_names_numbers_and_ports() -> None:
 def test_lookup_without_a_policy_follows_def_policy(engine: KeyEngine) -> None:
     out = run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2", "tcp", "40000", "22")
     assert (out.status, out.err, out.effects) == (0, "", ())
-    assert out.out == ("no policy matches: default policy none (net.inet.ipsec.def_policy=1)\n"
-                       "decision: pass (sent in the clear)\n")
+    assert out.out == (
+        "no policy matches: default policy none (net.inet.ipsec.def_policy=1)\ndecision: pass (sent in the clear)\n"
+    )
     engine.set_knob("net.inet.ipsec.def_policy", 0)
     out = run(engine, "lookup", "in", "10.0.0.1", "10.0.0.2")
-    assert out.out == ("no policy matches: default policy discard (net.inet.ipsec.def_policy=0)\n"
-                       "decision: discard\n")
+    assert out.out == ("no policy matches: default policy discard (net.inet.ipsec.def_policy=0)\ndecision: discard\n")
 
 
 def test_lookup_of_a_discard_policy(engine: KeyEngine) -> None:
@@ -470,9 +507,11 @@ def test_lookup_of_an_ipsec_policy_with_an_sa_names_its_spi(engine: KeyEngine) -
     pid = spdadd(engine, PolicyType.IPSEC, requests=[esp_transport(Level.REQUIRE)])
     add_sa(engine, 0x12345)
     out = run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2", "tcp", "40000", "22")
-    assert out.out == (f"policy {pid}: out ipsec priority 0x0\n"
-                       "  esp/transport//require (level require): SA spi 0x00012345 (mature)\n"
-                       "decision: ipsec (protected by the SAs above)\n")
+    assert out.out == (
+        f"policy {pid}: out ipsec priority 0x0\n"
+        "  esp/transport//require (level require): SA spi 0x00012345 (mature)\n"
+        "decision: ipsec (protected by the SAs above)\n"
+    )
     assert out.effects == ()  # an SA exists: no ACQUIRE
 
 
@@ -482,10 +521,12 @@ def test_lookup_without_an_sa_sends_one_acquire_then_reports_it_pending(engine: 
     first = run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2", t=1)
     (acq,) = acquires(first.effects)
     assert acq.to == (KM,)  # the registered key manager only
-    assert first.out == (f"policy {pid}: out ipsec priority 0x0\n"
-                         f"  esp/transport//require (level require): no SA: ACQUIRE sent (seq {acq.msg.seq})"
-                         " to 1 registered key manager\n"
-                         "decision: discard (held back until an SA exists)\n")
+    assert first.out == (
+        f"policy {pid}: out ipsec priority 0x0\n"
+        f"  esp/transport//require (level require): no SA: ACQUIRE sent (seq {acq.msg.seq})"
+        " to 1 registered key manager\n"
+        "decision: discard (held back until an SA exists)\n"
+    )
     # Paced by net.key.blockacq_count: the next triggers send nothing.
     second = run(engine, "lookup", "out", "10.0.0.1", "10.0.0.2", t=2)
     assert second.effects == ()
@@ -521,18 +562,27 @@ def test_lookup_resolves_level_default_through_the_deflev_knob(engine: KeyEngine
 
 def test_lookup_of_an_inbound_require_policy_without_an_sa_discards_and_asks_nobody(engine: KeyEngine) -> None:
     register(engine)
-    pid = spdadd(engine, PolicyType.IPSEC, direction=Direction.INBOUND, src="10.0.0.2", dst="10.0.0.1",
-                 requests=[esp_transport(Level.REQUIRE)])
+    pid = spdadd(
+        engine,
+        PolicyType.IPSEC,
+        direction=Direction.INBOUND,
+        src="10.0.0.2",
+        dst="10.0.0.1",
+        requests=[esp_transport(Level.REQUIRE)],
+    )
     out = run(engine, "lookup", "in", "10.0.0.2", "10.0.0.1")
-    assert out.out == (f"policy {pid}: in ipsec priority 0x0\n"
-                       "  esp/transport//require (level require): no SA\n"
-                       "decision: discard (a clear packet where IPsec is required)\n")
+    assert out.out == (
+        f"policy {pid}: in ipsec priority 0x0\n"
+        "  esp/transport//require (level require): no SA\n"
+        "decision: discard (a clear packet where IPsec is required)\n"
+    )
     assert out.effects == ()  # inbound traffic never triggers an ACQUIRE
 
 
 def test_lookup_names_tunnel_endpoints(engine: KeyEngine) -> None:
-    tunnel = IpsecRequest(IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0,
-                          SockAddr.parse("192.0.2.1"), SockAddr.parse("192.0.2.2"))
+    tunnel = IpsecRequest(
+        IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0, SockAddr.parse("192.0.2.1"), SockAddr.parse("192.0.2.2")
+    )
     spdadd(engine, PolicyType.IPSEC, src="10.1.0.0", dst="10.2.0.0", requests=[tunnel])
     add_sa(engine, 0x7000, "192.0.2.1", "192.0.2.2")
     out = run(engine, "lookup", "out", "10.1.0.0", "10.2.0.0")
@@ -549,7 +599,8 @@ def test_dialect_answers_the_dialect_of_the_socket_asked() -> None:
     for dialect in Dialect:
         assert control.run(engine, ["dialect"], now, dialect) == Outcome(0, f"{dialect.value}\n")
     assert control.run(engine, ["dialect"], now) == Outcome(
-        1, err="dialect: this control socket belongs to no PF_KEY socket\n")
+        1, err="dialect: this control socket belongs to no PF_KEY socket\n"
+    )
     assert control.run(engine, ["dialect", "x"], now, Dialect.LINUX).status == 64
     unknown = control.run(engine, ["nope"], now, Dialect.LINUX)
     assert unknown.err == "unknown control command; one of: sysctl, stats, lookup, dialect\n"

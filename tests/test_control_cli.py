@@ -75,8 +75,15 @@ def sockdir() -> Iterator[str]:
 
 
 def pfkeyd_command(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "pfkeyd", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+        env=env,
+    )
 
 
 class Daemon:
@@ -88,9 +95,22 @@ class Daemon:
         self.config = f"{sockdir}/pfkeyd.conf"
         Path(self.config).write_text(config)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pfkeyd", "-s", f"{self.linux}:linux", "-l", f"{self.freebsd}:freebsd",
-             "-f", self.config, *extra],
-            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-m",
+                "pfkeyd",
+                "-s",
+                f"{self.linux}:linux",
+                "-l",
+                f"{self.freebsd}:freebsd",
+                "-f",
+                self.config,
+                *extra,
+            ],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         self.log: list[str] = []
         self.result: tuple[int, str, str] | None = None
@@ -178,11 +198,14 @@ def test_sysctl_sets_a_knob_for_every_socket_of_the_daemon(daemon: Daemon) -> No
     assert (result.returncode, result.stdout) == (0, "3\n")
 
 
-@pytest.mark.parametrize(("arg", "message"), [
-    ("net.key.nonesuch", "sysctl: unknown oid 'net.key.nonesuch'\n"),
-    ("net.key.spi_trycnt=lots", "sysctl: invalid integer 'lots'\n"),
-    ("net.key.spi_trycnt=0", "sysctl: net.key.spi_trycnt: 0 is out of range 1..1000000\n"),
-])
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("net.key.nonesuch", "sysctl: unknown oid 'net.key.nonesuch'\n"),
+        ("net.key.spi_trycnt=lots", "sysctl: invalid integer 'lots'\n"),
+        ("net.key.spi_trycnt=0", "sysctl: net.key.spi_trycnt: 0 is out of range 1..1000000\n"),
+    ],
+)
 def test_sysctl_refuses_a_bad_name_or_value_on_stderr_with_status_1(shared: Daemon, arg: str, message: str) -> None:
     result = pfkeyd_command("sysctl", "-s", shared.linux, arg)
     assert (result.returncode, result.stdout, result.stderr) == (1, "", message)
@@ -219,7 +242,8 @@ def test_a_command_without_a_daemon_fails_with_status_1_naming_the_control_socke
     assert result.stderr == (
         f"pfkeyd stats: {sockdir}/none.ctl: No such file or directory (the control socket (beside "
         f"{sockdir}/none.sock), from -s): pfkeyd may not be running, or it listens on another socket: "
-        "choose that one with -s or PFKEY_SOCKET\n")
+        "choose that one with -s or PFKEY_SOCKET\n"
+    )
     env = {**os.environ, "PFKEY_SOCKET": f"{sockdir}/other.sock"}
     for command in ("sysctl", "lookup"):
         result = pfkeyd_command(command, "-a" if command == "sysctl" else "in", env=env)
@@ -227,7 +251,8 @@ def test_a_command_without_a_daemon_fails_with_status_1_naming_the_control_socke
         assert result.stderr == (
             f"pfkeyd {command}: {sockdir}/other.ctl: No such file or directory (the control socket (beside "
             f"{sockdir}/other.sock), from PFKEY_SOCKET): pfkeyd may not be running, or it listens on another "
-            "socket: choose that one with -s or PFKEY_SOCKET\n")
+            "socket: choose that one with -s or PFKEY_SOCKET\n"
+        )
 
 
 def test_dialect_prints_the_dialect_of_each_socket(shared: Daemon) -> None:
@@ -256,15 +281,18 @@ def test_stats_counts_what_the_daemon_did(daemon: Daemon) -> None:
         assert lnx.recv(0xFFFF * 8)
         result = pfkeyd_command("stats", "-s", daemon.linux)
     assert (result.returncode, result.stderr) == (0, "")
-    assert result.stdout == ("pfkey:\n"
-                             "\t2 messages in\n\t\t1 FLUSH\n\t\t1 X_SPDDUMP\n"
-                             "\t2 messages out\n\t\t2 FLUSH\n"
-                             "\t1 errors\n\t\t1 ENOENT\n"
-                             "\t0 drops\n"
-                             "\t2 clients\n\t0 SAs\n\t0 policies\n"
-                             # the packet path's counters, all 0 until a data plane fills them
-                             + "".join(f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names))
-                                       for proto, names in DESCRIPTIONS.items()))
+    assert result.stdout == (
+        "pfkey:\n"
+        "\t2 messages in\n\t\t1 FLUSH\n\t\t1 X_SPDDUMP\n"
+        "\t2 messages out\n\t\t2 FLUSH\n"
+        "\t1 errors\n\t\t1 ENOENT\n"
+        "\t0 drops\n"
+        "\t2 clients\n\t0 SAs\n\t0 policies\n"
+        # the packet path's counters, all 0 until a data plane fills them
+        + "".join(
+            f"{proto}:\n" + "".join(f"\t0 {name}\n" for name in sorted(names)) for proto, names in DESCRIPTIONS.items()
+        )
+    )
     assert pfkeyd_command("stats", "-s", daemon.linux, "extra").returncode == 64
 
 
@@ -277,9 +305,15 @@ def spdadd_message(direction: int, src: str, dst: str, level: int) -> Message:
         return Address(exttype, sa, sa.max_prefix, IpProto.ANY)
 
     request = IpsecRequest(IpProto.ESP, Mode.TRANSPORT, level)
-    return Message(MsgType.X_SPDADD, SaType.UNSPEC, exts=(
-        Policy(PolicyType.IPSEC, direction, 0, 0, 0, (request,)),
-        address(ExtType.ADDRESS_SRC, src), address(ExtType.ADDRESS_DST, dst)))
+    return Message(
+        MsgType.X_SPDADD,
+        SaType.UNSPEC,
+        exts=(
+            Policy(PolicyType.IPSEC, direction, 0, 0, 0, (request,)),
+            address(ExtType.ADDRESS_SRC, src),
+            address(ExtType.ADDRESS_DST, dst),
+        ),
+    )
 
 
 async def pending_events(conn: pfkeyd.client.Connection) -> list[Message]:
@@ -294,21 +328,25 @@ async def pending_events(conn: pfkeyd.client.Connection) -> list[Message]:
 
 async def run_command(*args: str) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(TIMEOUT):
-        return await trio.run_process([sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, capture_stdout=True,
-                                      capture_stderr=True, check=False)
+        return await trio.run_process(
+            [sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, capture_stdout=True, capture_stderr=True, check=False
+        )
 
 
 async def test_lookup_sends_the_acquire_to_the_registered_key_manager_only(daemon: Daemon) -> None:
     with trio.fail_after(TIMEOUT):
-        async with pfkeyd.client.open(daemon.linux, "linux") as km, \
-                pfkeyd.client.open(daemon.freebsd, "freebsd") as bystander:
+        async with (
+            pfkeyd.client.open(daemon.linux, "linux") as km,
+            pfkeyd.client.open(daemon.freebsd, "freebsd") as bystander,
+        ):
             await km.register(SaType.ESP)
             added = await km.request(spdadd_message(Direction.OUTBOUND, "10.0.0.1", "10.0.0.2", Level.REQUIRE))
             assert added.policy is not None
             policy_id = added.policy.id
 
-            result = await run_command("lookup", "-s", daemon.linux, "out", "10.0.0.1", "10.0.0.2", "tcp", "40000",
-                                       "22")
+            result = await run_command(
+                "lookup", "-s", daemon.linux, "out", "10.0.0.1", "10.0.0.2", "tcp", "40000", "22"
+            )
             assert (result.returncode, result.stderr) == (0, b"")
             out = result.stdout.decode()
             lines = out.splitlines()
@@ -344,8 +382,9 @@ async def test_lookup_sends_the_acquire_to_the_registered_key_manager_only(daemo
 async def test_lookup_of_an_unmatched_flow_and_bad_arguments(shared: Daemon) -> None:
     result = await run_command("lookup", "-s", shared.linux, "in", "2001:db8::1", "2001:db8::2", "icmp6", "128", "0")
     assert (result.returncode, result.stderr) == (0, b"")
-    assert result.stdout == (b"no policy matches: default policy none (net.inet.ipsec.def_policy=1)\n"
-                             b"decision: pass (sent in the clear)\n")
+    assert result.stdout == (
+        b"no policy matches: default policy none (net.inet.ipsec.def_policy=1)\ndecision: pass (sent in the clear)\n"
+    )
     bad = await run_command("lookup", "-s", shared.linux, "sideways", "10.0.0.1", "10.0.0.2")
     assert (bad.returncode, bad.stdout) == (1, b"")
     assert bad.stderr == b"pfkeyd lookup: bad direction 'sideways' (in, out or fwd)\n"
@@ -427,8 +466,10 @@ async def test_a_peer_of_another_user_is_refused_on_the_control_socket(
         status = await trio.to_thread.run_sync(cli.main, ["sysctl", "-s", path, "net.inet.ipsec.def_policy=0"])
         out, err = capsys.readouterr()
         assert (status, out) == (1, "")
-        assert err == (f"pfkeyd sysctl: {sockdir}/p.ctl: the daemon closed the connection without an answer "
-                       "(is this user allowed to use it?)\n")
+        assert err == (
+            f"pfkeyd sysctl: {sockdir}/p.ctl: the daemon closed the connection without an answer "
+            "(is this user allowed to use it?)\n"
+        )
         assert engine.knobs.def_policy == 1
         assert server.statistics().refused_peers == 2
         server.stop()

@@ -117,8 +117,7 @@ async def daemon(nursery: trio.Nursery, sockdir: str) -> AsyncIterator[Daemon]:
         return outcome.status, outcome.out, outcome.err, outcome.effects
 
     paths = {Dialect.LINUX: f"{sockdir}/linux.sock", Dialect.FREEBSD: f"{sockdir}/bsd.sock"}
-    server = Server(engine, [Endpoint(p, d) for d, p in paths.items()], wall_clock=lambda: WALL,
-                    control=control_hook)
+    server = Server(engine, [Endpoint(p, d) for d, p in paths.items()], wall_clock=lambda: WALL, control=control_hook)
     await nursery.start(server.serve)
     yield Daemon(engine, paths)
     server.stop()
@@ -173,12 +172,25 @@ def parse_decision(text: str) -> Decision:
     sa = re.search(r": SA spi (0x[0-9a-f]+) \(", text)
     action = re.search(r"^decision: (\w+)", text, re.M)
     assert action is not None, text
-    return Decision(text, int(acquire[1]) if acquire else None, "ACQUIRE already pending" in text,
-                    int(sa[1], 16) if sa else None, action[1])
+    return Decision(
+        text,
+        int(acquire[1]) if acquire else None,
+        "ACQUIRE already pending" in text,
+        int(sa[1], 16) if sa else None,
+        action[1],
+    )
 
 
-def sa_request(msgtype: int, spi: int, src: str, dst: str, *, seq: int = 0, lifetimes: tuple[int, int] | None = None,
-               keys: bool = True) -> Message:
+def sa_request(
+    msgtype: int,
+    spi: int,
+    src: str,
+    dst: str,
+    *,
+    seq: int = 0,
+    lifetimes: tuple[int, int] | None = None,
+    keys: bool = True,
+) -> Message:
     """An UPDATE or ADD as an IKE daemon sends it (racoon's layout, §3.8 of real-clients.md)."""
     exts: list[Extension] = [
         Sa(spi, 4, SaState.MATURE, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC),
@@ -196,10 +208,17 @@ def sa_request(msgtype: int, spi: int, src: str, dst: str, *, seq: int = 0, life
 
 def esp_out_policy() -> Message:
     """``spdadd LOCAL PEER any -P out ipsec esp/transport//require;``"""
-    pol = Policy(PolicyType.IPSEC, Direction.OUTBOUND, priority=0x80000000,
-                 requests=(IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),))
-    return Message(MsgType.X_SPDADD, SaType.UNSPEC,
-                   exts=(pol, Address.host(ExtType.ADDRESS_SRC, LOCAL), Address.host(ExtType.ADDRESS_DST, PEER)))
+    pol = Policy(
+        PolicyType.IPSEC,
+        Direction.OUTBOUND,
+        priority=0x80000000,
+        requests=(IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),),
+    )
+    return Message(
+        MsgType.X_SPDADD,
+        SaType.UNSPEC,
+        exts=(pol, Address.host(ExtType.ADDRESS_SRC, LOCAL), Address.host(ExtType.ADDRESS_DST, PEER)),
+    )
 
 
 def spi_of(msg: Message) -> int:
@@ -245,7 +264,10 @@ async def test_acquire_getspi_update_add_expire_rekey(
         assert acquire.dst is not None and str(acquire.dst.addr) == PEER
         assert acquire.policy is not None
         assert (acquire.policy.id, acquire.policy.dir, acquire.policy.type) == (
-            policy_id, Direction.OUTBOUND, PolicyType.IPSEC)
+            policy_id,
+            Direction.OUTBOUND,
+            PolicyType.IPSEC,
+        )
         assert acquire.proposal is not None and acquire.proposal.combs
         assert any(c.encrypt == EncAlg.X_AESCBC for c in acquire.proposal.combs)
         assert await others.settled(MsgType.ACQUIRE) == []
@@ -265,8 +287,7 @@ async def test_acquire_getspi_update_add_expire_rekey(
 
         # 4. The answer: GETSPI with the ACQUIRE's seq -> LARVAL, UPDATE -> MATURE,
         # ADD of the outbound SA (the peer chose its SPI).
-        larval = await ike.getspi(SaType.ESP, PEER, LOCAL, mode=Mode.TRANSPORT, spirange=SPI_RANGE,
-                                  seq=acquire.seq)
+        larval = await ike.getspi(SaType.ESP, PEER, LOCAL, mode=Mode.TRANSPORT, spirange=SPI_RANGE, seq=acquire.seq)
         in_spi = spi_of(larval)
         assert larval.seq == acquire.seq
         assert SPI_RANGE[0] <= in_spi <= SPI_RANGE[1]
@@ -281,8 +302,9 @@ async def test_acquire_getspi_update_add_expire_rekey(
 
         # 5. The flow is protected now; no ACQUIRE.
         keyed = await lookup()
-        assert (keyed.action, keyed.spi, keyed.acquire_seq, keyed.pending) == ("ipsec", OUT_SPI, None, False), \
+        assert (keyed.action, keyed.spi, keyed.acquire_seq, keyed.pending) == ("ipsec", OUT_SPI, None, False), (
             keyed.text
+        )
         assert "(mature)" in keyed.text
         assert await events.settled(MsgType.ACQUIRE) == []
 
@@ -326,4 +348,3 @@ async def test_without_a_registered_key_manager_no_acquire_goes_out(
         # The packet is still held; the (paced) ACQUIRE record exists, but nobody hears it.
         assert decision.action == "discard" and decision.spi is None
         assert await events.settled(MsgType.ACQUIRE) == []
-

@@ -58,8 +58,12 @@ class Daemon:
         self.manager.settimeout(TIMEOUT)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pfkeyd", "-s", f"{self.sock}:linux", "--state-dir", self.state, *extra],
-            cwd=ROOT, env={**os.environ, "NOTIFY_SOCKET": notify}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+            cwd=ROOT,
+            env={**os.environ, "NOTIFY_SOCKET": notify},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.status = ""
         try:
             while True:
@@ -96,8 +100,9 @@ def connect(path: str) -> socket.socket:
     return s
 
 
-def pipeline(sock: socket.socket, requests: Sequence[bytes], window: int = 32,
-             on_reply: Callable[[int], None] | None = None) -> dict[int, Message]:
+def pipeline(
+    sock: socket.socket, requests: Sequence[bytes], window: int = 32, on_reply: Callable[[int], None] | None = None
+) -> dict[int, Message]:
     """Send ``requests`` (seq 1, 2, ...) keeping ``window`` unanswered; the replies
     received by seq, until all are answered or the daemon goes away.  ``on_reply``
     is called with the number of replies so far after each."""
@@ -158,8 +163,9 @@ def make_plan(rng: random.Random, n: int) -> Plan:
             plan.ops[seq] = ("spdadd", seq)
         else:
             spi = 0x10000 + seq
-            msg = sa_helpers.add(SaType.ESP, spi, seq=seq, d=_peer(spi),
-                                 ke=Key(ExtType.KEY_ENCRYPT, spi.to_bytes(4, "big") * 4))
+            msg = sa_helpers.add(
+                SaType.ESP, spi, seq=seq, d=_peer(spi), ke=Key(ExtType.KEY_ENCRYPT, spi.to_bytes(4, "big") * 4)
+            )
             added.append(spi)
             plan.ops[seq] = ("add", spi)
         plan.requests.append(encode(msg, LINUX))
@@ -174,10 +180,12 @@ def check(plan: Plan, replies: dict[int, Message], sas: list[Message], policies:
     """The SAD and SPD after a restart hold every acknowledged change and nothing
     that was never sent."""
     present = {m.sa.spi: m for m in sas if m.sa is not None}
-    dsts = {str(m.dst.addr.ip): m.policy.id for m in policies
-            if m.dst and isinstance(m.dst.addr, SockAddr) and m.policy}
-    deleted_acked = {spi for seq, (kind, spi) in plan.ops.items()
-                     if kind == "delete" and seq in replies and replies[seq].errno == 0}
+    dsts = {
+        str(m.dst.addr.ip): m.policy.id for m in policies if m.dst and isinstance(m.dst.addr, SockAddr) and m.policy
+    }
+    deleted_acked = {
+        spi for seq, (kind, spi) in plan.ops.items() if kind == "delete" and seq in replies and replies[seq].errno == 0
+    }
     deleted_unknown = {spi for seq, (kind, spi) in plan.ops.items() if kind == "delete" and seq not in replies}
     sent_adds = {spi for kind, spi in plan.ops.values() if kind == "add"}
     assert set(present) <= sent_adds, "an SA nobody added"
@@ -238,8 +246,9 @@ def test_kill_9_during_a_pipelined_fill_loses_nothing_acknowledged(tmp: str, see
 
 def setkey_dump(path: str, *args: str) -> str:
     out = io.StringIO()
-    rt = setkey_cli.Runtime(stdout=out, stderr=io.StringIO(), environ={"PFKEY_SOCKET": path},
-                            clock=lambda: 1_800_000_000.0)
+    rt = setkey_cli.Runtime(
+        stdout=out, stderr=io.StringIO(), environ={"PFKEY_SOCKET": path}, clock=lambda: 1_800_000_000.0
+    )
     assert setkey_cli.main([*args], rt) == 0
     return out.getvalue()
 
@@ -250,10 +259,18 @@ def test_a_clean_restart_keeps_100k_sas_byte_identical(tmp: str) -> None:
     requests = []
     for i in range(n):
         spi = 0x100000 + i
-        requests.append(encode(sa_helpers.add(SaType.ESP, spi, seq=i + 1, d=_peer(i),
-                                              hard_lt=sa_helpers.hard(addtime=86400) if i % 3 else None), LINUX))
-    policies = [encode(sp.spd_msg(MsgType.X_SPDADD, "10.1.0.1", f"10.3.{i >> 8}.{i & 255}", seq=i + 1), LINUX)
-                for i in range(1000)]
+        requests.append(
+            encode(
+                sa_helpers.add(
+                    SaType.ESP, spi, seq=i + 1, d=_peer(i), hard_lt=sa_helpers.hard(addtime=86400) if i % 3 else None
+                ),
+                LINUX,
+            )
+        )
+    policies = [
+        encode(sp.spd_msg(MsgType.X_SPDADD, "10.1.0.1", f"10.3.{i >> 8}.{i & 255}", seq=i + 1), LINUX)
+        for i in range(1000)
+    ]
     daemon = Daemon(tmp)
     try:
         with connect(daemon.sock) as client:
@@ -285,7 +302,7 @@ def test_a_corrupt_journal_tail_is_reported_and_cut_at_the_last_whole_record(tmp
     # Damage the last record's payload and write half a record after it.
     damaged = bytearray(data)
     damaged[end - 5] ^= 0xFF
-    damaged[end:end + 6] = b"\x40\x00\x00\x00\x12\x34"
+    damaged[end : end + 6] = b"\x40\x00\x00\x00\x12\x34"
     journal.write_bytes(bytes(damaged))
     daemon = Daemon(tmp)
     try:
@@ -308,16 +325,27 @@ def test_a_corrupt_journal_tail_is_reported_and_cut_at_the_last_whole_record(tmp
 def test_a_state_directory_others_may_enter_or_in_use_is_refused(tmp: str) -> None:
     os.mkdir(f"{tmp}/state", 0o755)
     os.chmod(f"{tmp}/state", 0o755)
-    result = subprocess.run([sys.executable, "-m", "pfkeyd", "-s", f"{tmp}/p.sock", "--state-dir", f"{tmp}/state"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pfkeyd", "-s", f"{tmp}/p.sock", "--state-dir", f"{tmp}/state"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 1
     assert "must belong to this user and be mode 0700" in result.stderr
     os.chmod(f"{tmp}/state", 0o700)
     daemon = Daemon(tmp)
     try:
-        result = subprocess.run([sys.executable, "-m", "pfkeyd", "-s", f"{tmp}/q.sock", "--state-dir",
-                                 f"{tmp}/state"], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT,
-                                check=False)
+        result = subprocess.run(
+            [sys.executable, "-m", "pfkeyd", "-s", f"{tmp}/q.sock", "--state-dir", f"{tmp}/state"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+        )
         assert result.returncode == 1
         assert "in use by another pfkeyd" in result.stderr
     finally:
@@ -325,8 +353,14 @@ def test_a_state_directory_others_may_enter_or_in_use_is_refused(tmp: str) -> No
 
 
 def sysctl(sock: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "pfkeyd", "sysctl", "-s", sock, *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pfkeyd", "sysctl", "-s", sock, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 

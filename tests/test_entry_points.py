@@ -63,7 +63,9 @@ def test_setkey_decodes_raw_message_files_and_reports_usage() -> None:
 def _two_flushes() -> bytes:
     from pfkeyd.wire import Message, MsgType, SaType, encode
 
-    return encode(Message(MsgType.FLUSH, SaType.ESP, 1, 2), "linux") + encode(Message(MsgType.X_SPDFLUSH, 0, 3, 4), "linux")
+    return encode(Message(MsgType.FLUSH, SaType.ESP, 1, 2), "linux") + encode(
+        Message(MsgType.X_SPDFLUSH, 0, 3, 4), "linux"
+    )
 
 
 def test_pfkeyd_decode_and_setkey_split_message_files_alike(tmp_path: Path) -> None:

@@ -35,8 +35,13 @@ def sads(output: str) -> dict[str, list[dict[str, str]]]:
 
 @pytest.mark.parametrize("dialect", ["linux", "freebsd"])
 def test_two_hosts_are_keyed_with_matching_sas_from_one_acquire(dialect: str) -> None:
-    result = subprocess.run([sys.executable, str(EXAMPLES / "two_hosts.py"), "--dialect", dialect],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLES / "two_hosts.py"), "--dialect", dialect],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     # The first lookup found no SA and sent the ACQUIRE; the second one is protected.
@@ -69,8 +74,9 @@ def test_the_main_job_runs_end_to_end(dialect: str) -> None:
     """examples/demo.py (what `python3 dev.py demo` runs): daemons, setkey -f, -D, -DP, the key
     manager, lookups, an ACQUIRE answered, stop."""
     demo = Path(__file__).resolve().parent.parent / "examples" / "demo.py"
-    result = subprocess.run([sys.executable, str(demo), "--dialect", dialect], capture_output=True, text=True,
-                            timeout=120, check=False)
+    result = subprocess.run(
+        [sys.executable, str(demo), "--dialect", dialect], capture_output=True, text=True, timeout=120, check=False
+    )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "demo: all steps succeeded" in out
@@ -81,8 +87,11 @@ def test_the_main_job_runs_end_to_end(dialect: str) -> None:
     assert "it sends an SADB_REGISTER: the reply lists the algorithms and key sizes the daemon" in out
     # the key manager registered before the lookups, so the ACQUIRE went to it ...
     assert "keymgr: registered on " in out
-    assert re.search(r"no SA: ACQUIRE sent \(seq 1\) to 1 registered key manager\n"
-                     r"decision: discard \(held back until an SA exists\)", out), out
+    assert re.search(
+        r"no SA: ACQUIRE sent \(seq 1\) to 1 registered key manager\n"
+        r"decision: discard \(held back until an SA exists\)",
+        out,
+    ), out
     # ... which answered it with an SA each way, installed on both hosts ...
     outbound = re.search(r"keymgr: 10\.0\.0\.1 -> 10\.0\.0\.4 spi (0x[0-9a-f]{8}) installed on both hosts", out)
     assert outbound is not None, out

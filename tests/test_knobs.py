@@ -147,29 +147,32 @@ def test_unknown_knob_raises_knob_error(name: str) -> None:
         Knobs().get(name)
 
 
-@pytest.mark.parametrize(("name", "value"), [
-    ("net.inet.ipsec.def_policy", 2),  # only DISCARD and NONE (EINVAL in FreeBSD)
-    ("net.inet.ipsec.def_policy", -1),
-    ("net.key.esp_auth", 2),
-    ("net.key.blockacq_count", -1),
-    ("net.key.spi_trycnt", 0),
-    ("net.key.spi_minval", 0x10000000),  # above spi_maxval
-    ("net.key.spi_maxval", 0xFF),  # below spi_minval
-    ("net.inet.ipsec.esp_trans_deflev", 2**31),
-    ("net.key.esp_keymin", "lots"),
-    ("net.key.esp_keymin", "1.5"),
-    # ASCII digits only: int() would read these as 123, 123, 1000, 7 and 7.
-    ("pfkeyd.max_sas", "\u0661\u0662\u0663"),
-    ("pfkeyd.max_sas", "\uff11\uff12\uff13"),
-    ("pfkeyd.max_sas", "1_000"),
-    ("pfkeyd.max_sas", " 7"),
-    ("pfkeyd.max_sas", "7\n"),
-    ("pfkeyd.max_sas", "9" * 5000),  # more digits than int() converts
-    ("pfkeyd.max_sas", "0x" + "f" * 5000),
-    ("pfkeyd.max_sas", ""),
-    ("pfkeyd.max_sas", "-"),
-    ("pfkeyd.max_sas", "0b11"),
-])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("net.inet.ipsec.def_policy", 2),  # only DISCARD and NONE (EINVAL in FreeBSD)
+        ("net.inet.ipsec.def_policy", -1),
+        ("net.key.esp_auth", 2),
+        ("net.key.blockacq_count", -1),
+        ("net.key.spi_trycnt", 0),
+        ("net.key.spi_minval", 0x10000000),  # above spi_maxval
+        ("net.key.spi_maxval", 0xFF),  # below spi_minval
+        ("net.inet.ipsec.esp_trans_deflev", 2**31),
+        ("net.key.esp_keymin", "lots"),
+        ("net.key.esp_keymin", "1.5"),
+        # ASCII digits only: int() would read these as 123, 123, 1000, 7 and 7.
+        ("pfkeyd.max_sas", "\u0661\u0662\u0663"),
+        ("pfkeyd.max_sas", "\uff11\uff12\uff13"),
+        ("pfkeyd.max_sas", "1_000"),
+        ("pfkeyd.max_sas", " 7"),
+        ("pfkeyd.max_sas", "7\n"),
+        ("pfkeyd.max_sas", "9" * 5000),  # more digits than int() converts
+        ("pfkeyd.max_sas", "0x" + "f" * 5000),
+        ("pfkeyd.max_sas", ""),
+        ("pfkeyd.max_sas", "-"),
+        ("pfkeyd.max_sas", "0b11"),
+    ],
+)
 def test_bad_value_raises_knob_error_and_changes_nothing(name: str, value: int | str) -> None:
     eng = make_engine(clients=ALONE)
     before = eng.knobs
@@ -198,8 +201,9 @@ def test_a_refused_value_is_quoted_short() -> None:
         Knobs().set("pfkeyd.max_sas", "9" * 100_000)
 
 
-@pytest.mark.parametrize(("text", "value"), [("0x200", 0x200), ("300", 300), ("0o777", 0o777), ("+5", 5),
-                                             ("0X1F", 0x1F), ("0", 0)])
+@pytest.mark.parametrize(
+    ("text", "value"), [("0x200", 0x200), ("300", 300), ("0o777", 0o777), ("+5", 5), ("0X1F", 0x1F), ("0", 0)]
+)
 def test_values_may_be_given_as_text_in_any_base(text: str, value: int) -> None:
     assert Knobs().set("net.key.spi_minval", text).spi_minval == value
 

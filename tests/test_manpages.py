@@ -29,8 +29,31 @@ PFKEY_4 = ROOT / "pfkeyd" / "man" / "pfkey.4"
 PAGE = PFKEYD_8.read_text()
 
 #: mdoc macros that may follow ``Fl`` on a line (an ``Fl`` before one is a bare dash).
-_MACROS = frozenset(["Ar", "Cm", "Dq", "Ev", "Fl", "Ic", "Li", "Nm", "Ns", "No", "Oc", "Oo", "Op", "Pa", "Pc", "Po",
-                     "Pq", "Ql", "Va", "Xc", "Xo"])
+_MACROS = frozenset(
+    [
+        "Ar",
+        "Cm",
+        "Dq",
+        "Ev",
+        "Fl",
+        "Ic",
+        "Li",
+        "Nm",
+        "Ns",
+        "No",
+        "Oc",
+        "Oo",
+        "Op",
+        "Pa",
+        "Pc",
+        "Po",
+        "Pq",
+        "Ql",
+        "Va",
+        "Xc",
+        "Xo",
+    ]
+)
 _PUNCT = frozenset(",.;:|()[]")
 
 
@@ -160,7 +183,8 @@ def test_the_knob_list_is_the_one_the_knob_table_generates() -> None:
     block = re.search(r'\.\\" BEGIN KNOBS\n(.*?)\.\\" END KNOBS\n', PAGE, re.S)
     assert block is not None, "pfkeyd/man/pfkeyd.8 lost its BEGIN KNOBS / END KNOBS markers"
     assert block.group(1) == mdoc_list(), (
-        "the knob list in pfkeyd/man/pfkeyd.8 is out of date: run `.venv/bin/python tools/update_man.py`")
+        "the knob list in pfkeyd/man/pfkeyd.8 is out of date: run `.venv/bin/python tools/update_man.py`"
+    )
 
 
 def test_every_knob_is_named_in_the_page_and_every_named_knob_exists() -> None:
@@ -280,13 +304,15 @@ def lint(page: Path) -> list[str]:
     mandoc, groff = shutil.which("mandoc"), shutil.which("groff")
     problems: list[str] = []
     if mandoc is not None:
-        result = subprocess.run([mandoc, "-T", "lint", "-W", "warning", str(page)], capture_output=True, text=True,
-                                timeout=30, check=False)
+        result = subprocess.run(
+            [mandoc, "-T", "lint", "-W", "warning", str(page)], capture_output=True, text=True, timeout=30, check=False
+        )
         # Only messages about the page itself: a stale mandoc.db is the system's business.
         problems += [line for line in (result.stdout + result.stderr).splitlines() if f"{page}:" in line]
     if groff is not None:
-        result = subprocess.run([groff, "-mdoc", "-ww", "-z", str(page)], capture_output=True, text=True,
-                                timeout=30, check=False)
+        result = subprocess.run(
+            [groff, "-mdoc", "-ww", "-z", str(page)], capture_output=True, text=True, timeout=30, check=False
+        )
         problems += result.stderr.splitlines()
         problems += [f"groff exit status {result.returncode}"] if result.returncode else []
     if mandoc is None and groff is None:
@@ -309,8 +335,9 @@ def rendered(page: Path) -> str:
     groff = shutil.which("groff")
     if groff is None:
         pytest.skip("groff is not installed: cannot render the page")
-    result = subprocess.run([groff, "-mdoc", "-Tascii", "-rLL=200n", str(page)], capture_output=True, text=True,
-                            timeout=30, check=False)
+    result = subprocess.run(
+        [groff, "-mdoc", "-Tascii", "-rLL=200n", str(page)], capture_output=True, text=True, timeout=30, check=False
+    )
     return re.sub(r".\x08", "", result.stdout)
 
 
@@ -349,8 +376,9 @@ def test_the_usage_text_is_the_synopsis_word_for_word() -> None:
     groff = shutil.which("groff")
     if groff is None:
         return
-    result = subprocess.run([groff, "-mdoc", "-Tascii", "-rLL=200n", str(PFKEYD_8)], capture_output=True, text=True,
-                            timeout=30, check=False)
+    result = subprocess.run(
+        [groff, "-mdoc", "-Tascii", "-rLL=200n", str(PFKEYD_8)], capture_output=True, text=True, timeout=30, check=False
+    )
     rendered = re.sub(r".\x08", "", result.stdout)
     body = rendered.split("\nSYNOPSIS\n", 1)[1].split("\nDESCRIPTION\n", 1)[0]
     assert usage_entries(body) == usage
@@ -378,7 +406,9 @@ def test_the_usage_reader_understands_usage_text() -> None:
     assert text_flags("pfkeyd exec [--socket path] -- command [arg ...]") == {"--socket", "--"}
     assert text_flags("pfkeyd lookup [-s path] dir src dst [proto [sport dport]]") == {"-s"}
     assert usage_entries("usage: pfkeyd [-d]\n              [-h]\n       pfkeyd stats [-s path]\n") == {
-        "": "pfkeyd [-d] [-h]", "stats": "pfkeyd stats [-s path]"}
+        "": "pfkeyd [-d] [-h]",
+        "stats": "pfkeyd stats [-s path]",
+    }
 
 
 def test_the_page_and_the_readme_say_that_state_lives_only_in_memory_without_a_state_directory() -> None:

@@ -43,8 +43,13 @@ def samples(text: str) -> Samples:
 
 
 STATS = Statistics(
-    messages_in={"ADD": 3, "X_SPDADD": 1}, messages_out={"ADD": 3, "ACQUIRE": 2, "EXPIRE": 5},
-    errors={"ENOENT": 1, "EEXIST": 4}, drops={"broadcast_buffer_full": 2}, clients=4, sas=5, policies=6,
+    messages_in={"ADD": 3, "X_SPDADD": 1},
+    messages_out={"ADD": 3, "ACQUIRE": 2, "EXPIRE": 5},
+    errors={"ENOENT": 1, "EEXIST": 4},
+    drops={"broadcast_buffer_full": 2},
+    clients=4,
+    sas=5,
+    policies=6,
     packets={"esp.input": 7, "esp.badauth": 1, "ah.hdrops": 0},
 )
 
@@ -71,16 +76,39 @@ def test_render_writes_every_counter_of_a_snapshot() -> None:
 
 def test_an_empty_snapshot_still_declares_every_family() -> None:
     names = {f.name for f in text_string_to_metric_families(metrics.render(Statistics()).decode())}
-    assert names == {"pfkeyd_messages_received", "pfkeyd_messages_sent", "pfkeyd_errors", "pfkeyd_drops",
-                     "pfkeyd_packets", "pfkeyd_clients", "pfkeyd_sas", "pfkeyd_policies"}
+    assert names == {
+        "pfkeyd_messages_received",
+        "pfkeyd_messages_sent",
+        "pfkeyd_errors",
+        "pfkeyd_drops",
+        "pfkeyd_packets",
+        "pfkeyd_clients",
+        "pfkeyd_sas",
+        "pfkeyd_policies",
+    }
 
 
 def test_the_data_plane_statistics_become_metrics_too() -> None:
     dataplane = {
-        "interface": "ipsec0", "counters": {"tun_in": 12, "held_dropped": 1}, "io": {"raw_esp.EAGAIN": 2},
-        "held_flows": 3, "routes": ["10.0.0.0/24"], "socket_policies": [],
-        "sas": [{"spi": 0x1000, "proto": "esp", "mode": "tunnel", "src": "192.0.2.1", "dst": "192.0.2.2",
-                 "bytes": 4200, "packets": 3, "seq": 3, "replay": 0}],
+        "interface": "ipsec0",
+        "counters": {"tun_in": 12, "held_dropped": 1},
+        "io": {"raw_esp.EAGAIN": 2},
+        "held_flows": 3,
+        "routes": ["10.0.0.0/24"],
+        "socket_policies": [],
+        "sas": [
+            {
+                "spi": 0x1000,
+                "proto": "esp",
+                "mode": "tunnel",
+                "src": "192.0.2.1",
+                "dst": "192.0.2.2",
+                "bytes": 4200,
+                "packets": 3,
+                "seq": 3,
+                "replay": 0,
+            }
+        ],
     }
     got = samples(metrics.render(STATS, dataplane).decode())
     sa = (("dst", "192.0.2.2"), ("mode", "tunnel"), ("proto", "esp"), ("spi", "0x00001000"), ("src", "192.0.2.1"))
@@ -105,17 +133,20 @@ def split(answer: bytes) -> tuple[str, dict[str, str], bytes]:
     return status, dict(line.split(": ", 1) for line in lines), rest
 
 
-@pytest.mark.parametrize(("request_head", "status", "content"), [
-    (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK", b"metrics\n"),
-    (b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK", b"metrics\n"),
-    (b"HEAD /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK", b""),
-    (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found", b"the metrics are at /metrics\n"),
-    (b"POST /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed", b"only GET and HEAD\n"),
-    (b"GET /metrics\r\n\r\n", "HTTP/1.1 400 Bad Request", b"bad request\n"),
-    (b"GET metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request", b"bad request\n"),
-    (b"\x00\xff garbage", "HTTP/1.1 400 Bad Request", b"bad request\n"),
-    (b"", "HTTP/1.1 400 Bad Request", b"bad request\n"),
-])
+@pytest.mark.parametrize(
+    ("request_head", "status", "content"),
+    [
+        (b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 200 OK", b"metrics\n"),
+        (b"GET /metrics?name[]=x HTTP/1.0\r\n\r\n", "HTTP/1.1 200 OK", b"metrics\n"),
+        (b"HEAD /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 200 OK", b""),
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found", b"the metrics are at /metrics\n"),
+        (b"POST /metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 405 Method Not Allowed", b"only GET and HEAD\n"),
+        (b"GET /metrics\r\n\r\n", "HTTP/1.1 400 Bad Request", b"bad request\n"),
+        (b"GET metrics HTTP/1.1\r\n\r\n", "HTTP/1.1 400 Bad Request", b"bad request\n"),
+        (b"\x00\xff garbage", "HTTP/1.1 400 Bad Request", b"bad request\n"),
+        (b"", "HTTP/1.1 400 Bad Request", b"bad request\n"),
+    ],
+)
 def test_http_answer(request_head: bytes, status: str, content: bytes) -> None:
     got_status, headers, got = split(metrics.http_answer(request_head, body))
     assert (got_status, got) == (status, content)
@@ -135,13 +166,16 @@ def test_http_answer_renders_only_for_the_metrics() -> None:
         metrics.http_answer(head, fail)
 
 
-@pytest.mark.parametrize(("text", "address"), [
-    ("9717", ("127.0.0.1", 9717)),
-    ("0.0.0.0:80", ("0.0.0.0", 80)),
-    ("[::1]:9717", ("::1", 9717)),
-    ("localhost:65535", ("localhost", 65535)),
-    ("127.0.0.1:0", ("127.0.0.1", 0)),
-])
+@pytest.mark.parametrize(
+    ("text", "address"),
+    [
+        ("9717", ("127.0.0.1", 9717)),
+        ("0.0.0.0:80", ("0.0.0.0", 80)),
+        ("[::1]:9717", ("::1", 9717)),
+        ("localhost:65535", ("localhost", 65535)),
+        ("127.0.0.1:0", ("127.0.0.1", 0)),
+    ],
+)
 def test_parse_address(text: str, address: tuple[str, int]) -> None:
     assert parse_address(text) == address
 
@@ -245,8 +279,12 @@ def text_stats(text: str) -> dict[str, int]:
 
 def from_samples(got: Samples) -> dict[str, int]:
     """The same keys from the metrics."""
-    titles = {"pfkeyd_messages_received_total": "messages in", "pfkeyd_messages_sent_total": "messages out",
-              "pfkeyd_errors_total": "errors", "pfkeyd_drops_total": "drops"}
+    titles = {
+        "pfkeyd_messages_received_total": "messages in",
+        "pfkeyd_messages_sent_total": "messages out",
+        "pfkeyd_errors_total": "errors",
+        "pfkeyd_drops_total": "drops",
+    }
     out: dict[str, int] = {}
     for (name, labels), value in got.items():
         assert value == int(value)
@@ -285,8 +323,9 @@ def test_a_daemon_gives_the_counters_of_stats_as_metrics_on_the_command_line_and
         assert (plain.returncode, prom.returncode, prom.stderr) == (0, 0, "")
         want = text_stats(plain.stdout)
         assert want["messages in.FLUSH"] == 1 and want["errors.ENOENT"] == 1 and want["clients"] == 2
-        assert len([k for k in want if "." in k and k.split(".")[0] in DESCRIPTIONS]) == \
-            sum(len(v) for v in DESCRIPTIONS.values())
+        assert len([k for k in want if "." in k and k.split(".")[0] in DESCRIPTIONS]) == sum(
+            len(v) for v in DESCRIPTIONS.values()
+        )
         assert from_samples(samples(prom.stdout)) == want
         assert from_samples(samples(http)) == want
         assert pfkeyd_command("stats", "-s", daemon.linux, "--prometheus", "x").returncode == 64

@@ -24,16 +24,27 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
-        check=True, cwd=tmp_path,
+        check=True,
+        cwd=tmp_path,
     )
     (wheel,) = wheels.glob("pfkeyd-*.whl")
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     bindir = env_dir / "bin"
     subprocess.run(
-        [str(bindir / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-         "-c", str(CONSTRAINTS), str(wheel)],
-        check=True, cwd=tmp_path,
+        [
+            str(bindir / "python"),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-c",
+            str(CONSTRAINTS),
+            str(wheel),
+        ],
+        check=True,
+        cwd=tmp_path,
     )
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -48,7 +59,8 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     assert "type ADD (3)" in run("pfkeyd", "decode", str(capture)).stdout
     assert run("setkey", "-V").stdout.startswith("setkey (pfkeyd)")
     probe = run(
-        str(bindir / "python"), "-c",
+        str(bindir / "python"),
+        "-c",
         "import importlib.resources as r, pfkeyd;"
         "print(pfkeyd.__file__);"
         "print(sorted(p.name for p in r.files('setkey.grammar').iterdir() if p.name.endswith('.lark')));"
@@ -62,7 +74,9 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
         for top in ("pfkeyd", "setkey")
         for init in (ROOT / top).rglob("__init__.py")
     )
-    imported = run(str(bindir / "python"), "-c", f"import importlib; [importlib.import_module(p) for p in {packages!r}]")
+    imported = run(
+        str(bindir / "python"), "-c", f"import importlib; [importlib.import_module(p) for p in {packages!r}]"
+    )
     assert imported.returncode == 0, imported.stderr
     assert str(env_dir) in location  # the installed copy, not the checkout
     shipped_grammars = sorted(p.name for p in (ROOT / "setkey" / "grammar").glob("*.lark"))
@@ -83,16 +97,24 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     no_manpath = {k: v for k, v in env.items() if k != "MANPATH"}
     for name, section in sections.items():
         topic, number = name.split(".")
-        found = subprocess.run([man, "-w", number, topic], capture_output=True, text=True, cwd=elsewhere,
-                               env=no_manpath, check=False)
+        found = subprocess.run(
+            [man, "-w", number, topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath, check=False
+        )
         assert found.returncode == 0, found.stderr
         assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / section / name).resolve()
-        page = subprocess.run([man, number, topic], capture_output=True, text=True, cwd=elsewhere,
-                              env={**no_manpath, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"}, check=False)
+        page = subprocess.run(
+            [man, number, topic],
+            capture_output=True,
+            text=True,
+            cwd=elsewhere,
+            env={**no_manpath, "MANPAGER": "cat", "PAGER": "cat", "MANWIDTH": "80"},
+            check=False,
+        )
         assert page.returncode == 0, page.stderr
         assert topic in page.stdout.splitlines()[0].lower()
     # without a section too, for the names no system page has
     for topic, name in (("pfkeyd", "man8/pfkeyd.8"), ("pfkey", "man4/pfkey.4")):
-        found = subprocess.run([man, "-w", topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath,
-                               check=False)
+        found = subprocess.run(
+            [man, "-w", topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath, check=False
+        )
         assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / name).resolve(), found

@@ -58,8 +58,11 @@ def named_algorithms(item: str) -> set[Algorithm]:
 
 def not_installable_on_linux() -> set[Algorithm]:
     """What the table says Linux defines but af_key cannot install (ids in range)."""
-    return {a for a in algorithms.ALGORITHMS
-            if a.linux.defined and not a.linux.installable and a.number <= LINUX_MAX[a.kind]}
+    return {
+        a
+        for a in algorithms.ALGORITHMS
+        if a.linux.defined and not a.linux.installable and a.number <= LINUX_MAX[a.kind]
+    }
 
 
 def _engine() -> KeyEngine:
@@ -130,7 +133,9 @@ def test_a_freebsd_socket_answers_einval_where_linux_answers_enosys() -> None:
     gcm8 = algorithms.by_id(Kind.ENCRYPT, EncAlg.X_AESGCM8)
     assert gcm8 is not None and not gcm8.freebsd.installable and not gcm8.linux.installable
     assert (_errno(Dialect.FREEBSD, Kind.ENCRYPT, gcm8.id), _errno(Dialect.LINUX, Kind.ENCRYPT, gcm8.id)) == (
-        errno.EINVAL, errno.ENOSYS)
+        errno.EINVAL,
+        errno.ENOSYS,
+    )
 
 
 def test_the_lifetime_item_says_what_each_dialect_does() -> None:

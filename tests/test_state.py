@@ -29,8 +29,15 @@ def tables(engine: KeyEngine) -> tuple[Any, ...]:
     sad, spd = engine.sad, engine.spd
     heads = tuple((idx, tuple(h.larval.items()), tuple(h.alive.items())) for idx, h in sad.heads.items())
     pairs = tuple((pair, tuple(h.index for h in group)) for pair, group in sad.by_pair.items())
-    return (dict(sad.by_spi), heads, pairs, tuple(spd.by_id.items()), tuple(p.id for p in spd.ordered()),
-            engine.allocators(), engine.knobs)
+    return (
+        dict(sad.by_spi),
+        heads,
+        pairs,
+        tuple(spd.by_id.items()),
+        tuple(p.id for p in spd.ordered()),
+        engine.allocators(),
+        engine.knobs,
+    )
 
 
 def fresh() -> KeyEngine:
@@ -51,17 +58,24 @@ def random_step(engine: KeyEngine, rng: random.Random, t: float) -> None:
         msg = sa_helpers.getspi(SaType.ESP, spirange=(spi, spi), d=peer)
     elif kind in (1, 2):
         hard = sa_helpers.hard(addtime=rng.choice([0, 5, 50])) if rng.random() < 0.5 else None
-        msg = sa_helpers.add(SaType.ESP, spi, d=peer, hard_lt=hard,
-                             soft_lt=sa_helpers.soft(addtime=3) if rng.random() < 0.3 else None)
+        msg = sa_helpers.add(
+            SaType.ESP, spi, d=peer, hard_lt=hard, soft_lt=sa_helpers.soft(addtime=3) if rng.random() < 0.3 else None
+        )
     elif kind == 3:
         msg = sa_helpers.update(SaType.ESP, spi, d=peer)
     elif kind == 4:
         msg = sa_helpers.delete(SaType.ESP, spi, d=peer)
     elif kind in (5, 6):
         requests = [sp.request(level=rng.choice([Level.REQUIRE, Level.UNIQUE]))]
-        msg = sp.spd_msg(rng.choice([MsgType.X_SPDADD, MsgType.X_SPDUPDATE]), "10.0.0.1", peer,
-                         dir=rng.choice([Direction.INBOUND, Direction.OUTBOUND]), requests=requests,
-                         priority=rng.randrange(3), hard=sp.hard_lifetime(rng.choice([0, 20])))
+        msg = sp.spd_msg(
+            rng.choice([MsgType.X_SPDADD, MsgType.X_SPDUPDATE]),
+            "10.0.0.1",
+            peer,
+            dir=rng.choice([Direction.INBOUND, Direction.OUTBOUND]),
+            requests=requests,
+            priority=rng.randrange(3),
+            hard=sp.hard_lifetime(rng.choice([0, 20])),
+        )
     elif kind == 7 and engine.spd.by_id:
         msg = sp.by_id_msg(MsgType.X_SPDDELETE2, rng.choice(list(engine.spd.by_id)))
     elif kind == 8:
@@ -206,11 +220,14 @@ def test_scan_stops_at_a_torn_or_corrupt_record() -> None:
     assert "data after the end of the records" in found.problem
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"short", "shorter than its header"),
-    (state.header(state.SNAPSHOT_MAGIC, 1), "not a pfkeyd state file"),
-    (state.HEADER.pack(state.JOURNAL_MAGIC, 2, 1), "format version 2; this pfkeyd reads version 1"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"short", "shorter than its header"),
+        (state.header(state.SNAPSHOT_MAGIC, 1), "not a pfkeyd state file"),
+        (state.HEADER.pack(state.JOURNAL_MAGIC, 2, 1), "format version 2; this pfkeyd reads version 1"),
+    ],
+)
 def test_a_file_not_of_this_format_is_refused(data: bytes, message: str) -> None:
     with pytest.raises(state.StateError, match=message):
         state.read_header(data, state.JOURNAL_MAGIC, "j")
@@ -231,11 +248,29 @@ def test_a_snapshot_without_its_end_or_with_wrong_counts_is_refused() -> None:
 
 def test_every_field_of_an_sa_and_a_policy_round_trips() -> None:
     engine = fresh()
-    sp.send(engine, CLIENT, sa_helpers.add(SaType.ESP, 0x1000, replay=32, hard_lt=sa_helpers.hard(addtime=9, nbytes=5),
-                                           soft_lt=sa_helpers.soft(usetime=4)), at(1))
+    sp.send(
+        engine,
+        CLIENT,
+        sa_helpers.add(
+            SaType.ESP,
+            0x1000,
+            replay=32,
+            hard_lt=sa_helpers.hard(addtime=9, nbytes=5),
+            soft_lt=sa_helpers.soft(usetime=4),
+        ),
+        at(1),
+    )
     engine.report_usage(0x1000, 100, 2, at(2), replay_seq=7)
-    sp.send(engine, CLIENT, sp.spd_msg(requests=[sp.request(IpProto.ESP, Mode.TUNNEL, Level.UNIQUE, 0,
-                                                           ("192.0.2.1", "192.0.2.2"))], ptype=PolicyType.IPSEC, priority=5), at(3))
+    sp.send(
+        engine,
+        CLIENT,
+        sp.spd_msg(
+            requests=[sp.request(IpProto.ESP, Mode.TUNNEL, Level.UNIQUE, 0, ("192.0.2.1", "192.0.2.2"))],
+            ptype=PolicyType.IPSEC,
+            priority=5,
+        ),
+        at(3),
+    )
     codec = state.Codec(OFFSET)
     for sa in engine.sad.by_spi.values():
         assert codec.unsa(marshal.loads(marshal.dumps(codec.sa(sa), 4))) == sa

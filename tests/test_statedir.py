@@ -114,12 +114,17 @@ def same(engine: KeyEngine) -> tuple[object, ...]:
     process) left out."""
     sad = engine.sad
     heads = [(idx, list(h.larval), list(h.alive)) for idx, h in sad.heads.items()]
-    return ({spi: replace(sa, created=0.0) for spi, sa in sad.by_spi.items()}, heads,
-            [replace(p, created=0.0) for p in engine.spd.by_id.values()], engine.allocators())
+    return (
+        {spi: replace(sa, created=0.0) for spi, sa in sad.by_spi.items()},
+        heads,
+        [replace(p, created=0.0) for p in engine.spd.by_id.values()],
+        engine.allocators(),
+    )
 
 
-async def test_changes_no_reply_waits_for_are_written_within_a_second(tmp: str,
-                                                                      autojump_clock: trio.testing.MockClock) -> None:
+async def test_changes_no_reply_waits_for_are_written_within_a_second(
+    tmp: str, autojump_clock: trio.testing.MockClock
+) -> None:
     """The data plane's usage reports change SAs without a request: the committer
     takes them itself, so the change log stays short and they reach the disk."""
     engine = KeyEngine(rng=random.Random(1))

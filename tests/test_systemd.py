@@ -58,21 +58,31 @@ def test_listen_fds_reads_the_environment_for_this_process_only() -> None:
 
 
 def test_plan_pairs_each_control_socket_with_its_pfkey_socket() -> None:
-    passed = [Passed(3, "linux", "/run/p.ctl", ""), Passed(4, "linux", "/run/p.sock", ""),
-              Passed(5, "freebsd", "/run/b.sock", "")]
-    assert plan_sockets(passed) == [Planned("/run/p.sock", Dialect.LINUX, 4, 3),
-                                    Planned("/run/b.sock", Dialect.FREEBSD, 5, None)]
+    passed = [
+        Passed(3, "linux", "/run/p.ctl", ""),
+        Passed(4, "linux", "/run/p.sock", ""),
+        Passed(5, "freebsd", "/run/b.sock", ""),
+    ]
+    assert plan_sockets(passed) == [
+        Planned("/run/p.sock", Dialect.LINUX, 4, 3),
+        Planned("/run/b.sock", Dialect.FREEBSD, 5, None),
+    ]
 
 
-@pytest.mark.parametrize(("passed", "message"), [
-    ([Passed(3, "pfkeyd.socket", "/run/p.sock", "")], "its name must be its dialect"),
-    ([Passed(3, "linux", "", "")], "not bound to a path"),
-    ([Passed(3, "linux", "/run/p.sock", "not listening")], "not listening; expected a listening"),
-    ([Passed(3, "linux", "/run/p.ctl", "")], "a control socket without its PF_KEY socket"),
-    ([Passed(3, "linux", "/run/p.sock", ""), Passed(4, "freebsd", "/run/p.ctl", "")],
-     "named freebsd, its PF_KEY socket linux"),
-    ([Passed(3, "linux", "/run/p.sock", ""), Passed(4, "linux", "/run/p.sock", "")], "passed twice"),
-])
+@pytest.mark.parametrize(
+    ("passed", "message"),
+    [
+        ([Passed(3, "pfkeyd.socket", "/run/p.sock", "")], "its name must be its dialect"),
+        ([Passed(3, "linux", "", "")], "not bound to a path"),
+        ([Passed(3, "linux", "/run/p.sock", "not listening")], "not listening; expected a listening"),
+        ([Passed(3, "linux", "/run/p.ctl", "")], "a control socket without its PF_KEY socket"),
+        (
+            [Passed(3, "linux", "/run/p.sock", ""), Passed(4, "freebsd", "/run/p.ctl", "")],
+            "named freebsd, its PF_KEY socket linux",
+        ),
+        ([Passed(3, "linux", "/run/p.sock", ""), Passed(4, "linux", "/run/p.sock", "")], "passed twice"),
+    ],
+)
 def test_plan_refuses_what_it_cannot_serve(passed: list[Passed], message: str) -> None:
     with pytest.raises(ActivationError, match=message):
         plan_sockets(passed)
@@ -94,8 +104,11 @@ def listening(path: str, kind: int = socket.SOCK_SEQPACKET) -> socket.socket:
 
 
 def test_inspect_tells_what_a_descriptor_is(tmp: str) -> None:
-    with listening(f"{tmp}/a.sock") as good, listening(f"{tmp}/b.sock", socket.SOCK_STREAM) as stream, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as unbound:
+    with (
+        listening(f"{tmp}/a.sock") as good,
+        listening(f"{tmp}/b.sock", socket.SOCK_STREAM) as stream,
+        socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as unbound,
+    ):
         unbound.bind(f"{tmp}/c.sock")
         assert systemd.inspect(good.fileno(), "linux") == Passed(good.fileno(), "linux", f"{tmp}/a.sock", "")
         assert "type SOCK_STREAM" in systemd.inspect(stream.fileno(), "linux").usable
@@ -126,8 +139,7 @@ def test_the_notifier_sends_key_value_lines(tmp: str, abstract: bool) -> None:
         assert receive(manager) == {"READY": "1", "STATUS": "serving"}
 
 
-def test_no_manager_no_notification_and_a_gone_one_is_only_logged(tmp: str,
-                                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_no_manager_no_notification_and_a_gone_one_is_only_logged(tmp: str, caplog: pytest.LogCaptureFixture) -> None:
     assert not Notifier(None).notify(READY=1)
     assert not Notifier(f"{tmp}/nobody").notify(READY=1)
     assert "cannot notify the service manager" in caplog.text
@@ -146,7 +158,13 @@ class Activated:
         env = {**os.environ, "NOTIFY_SOCKET": f"{tmp}/notify"}
         self.proc = subprocess.Popen(
             [sys.executable, "-c", LAUNCHER, ":".join(n for n, _ in passed), *map(str, fds), "--", *args],
-            cwd=ROOT, env=env, pass_fds=fds, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            cwd=ROOT,
+            env=env,
+            pass_fds=fds,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
 
     def notification(self) -> dict[str, str]:
         try:
@@ -168,8 +186,9 @@ class Activated:
 
 
 def pfkeyd(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=TIMEOUT, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT, check=False
+    )
 
 
 def test_an_activated_daemon_serves_the_passed_sockets_and_tells_the_manager(tmp: str) -> None:
@@ -214,10 +233,13 @@ def test_the_daemon_says_stopping_on_sigterm_and_reloads_on_sighup(tmp: str) -> 
             daemon.stop()
 
 
-@pytest.mark.parametrize(("name", "make", "message"), [
-    ("pfkeyd.socket", listening, "its name must be its dialect, freebsd or linux"),
-    ("linux", lambda p: listening(p, socket.SOCK_STREAM), "type SOCK_STREAM"),
-])
+@pytest.mark.parametrize(
+    ("name", "make", "message"),
+    [
+        ("pfkeyd.socket", listening, "its name must be its dialect, freebsd or linux"),
+        ("linux", lambda p: listening(p, socket.SOCK_STREAM), "type SOCK_STREAM"),
+    ],
+)
 def test_a_daemon_refuses_passed_sockets_it_cannot_serve(tmp: str, name: str, make: object, message: str) -> None:
     assert callable(make)
     with make(f"{tmp}/p.sock") as sock:
@@ -234,9 +256,23 @@ def test_systemd_socket_activate_starts_a_working_daemon(tmp: str) -> None:
     with listening(f"{tmp}/notify", socket.SOCK_DGRAM) as manager:
         manager.settimeout(TIMEOUT)
         proc = subprocess.Popen(
-            ["systemd-socket-activate", "--seqpacket", "-l", f"{tmp}/p.sock", "--fdname=freebsd",
-             "-E", f"NOTIFY_SOCKET={tmp}/notify", sys.executable, "-m", "pfkeyd"],
-            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            [
+                "systemd-socket-activate",
+                "--seqpacket",
+                "-l",
+                f"{tmp}/p.sock",
+                "--fdname=freebsd",
+                "-E",
+                f"NOTIFY_SOCKET={tmp}/notify",
+                sys.executable,
+                "-m",
+                "pfkeyd",
+            ],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert proc.stderr is not None
             assert "Listening on" in proc.stderr.readline()
@@ -281,6 +317,7 @@ def test_the_example_units_fit_the_daemon() -> None:
     # The socket unit's sockets are what the daemon plans from them.
     name, paths = sock["FileDescriptorName"], sock["ListenSequentialPacket"]
     plan = plan_sockets([Passed(3 + i, name[0], path, "") for i, path in enumerate(paths)])
-    assert plan == [Planned("/run/pfkeyd.sock", Dialect.LINUX, 4, 3)] or \
-        plan == [Planned("/run/pfkeyd.sock", Dialect.LINUX, 3, 4)]
+    assert plan == [Planned("/run/pfkeyd.sock", Dialect.LINUX, 4, 3)] or plan == [
+        Planned("/run/pfkeyd.sock", Dialect.LINUX, 3, 4)
+    ]
     assert sock["SocketMode"] == ["0600"]

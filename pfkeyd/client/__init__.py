@@ -133,8 +133,16 @@ from pfkeyd.client.connection import AddressLike, Connection, PfkeyReplyError, R
 from pfkeyd.defaults import SOCKET_ENV, control_path, default_socket_path, native_dialect
 from pfkeyd.wire import Dialect
 
-__all__ = ["open", "control", "socket_dialect", "Connection", "PfkeyReplyError", "ReplyTimeout", "RawReply",
-           "AddressLike"]
+__all__ = [
+    "open",
+    "control",
+    "socket_dialect",
+    "Connection",
+    "PfkeyReplyError",
+    "ReplyTimeout",
+    "RawReply",
+    "AddressLike",
+]
 
 log = logging.getLogger("pfkeyd.client")
 
@@ -163,8 +171,9 @@ def _deadline(timeout: float | None, path: str, waiting_for: str) -> Iterator[No
         raise ReplyTimeout(path, waiting_for, timeout)
 
 
-async def control(argv: Sequence[str], path: str | os.PathLike[str] | None = None, *,
-                  timeout: float | None = None) -> tuple[int, str, str]:
+async def control(
+    argv: Sequence[str], path: str | os.PathLike[str] | None = None, *, timeout: float | None = None
+) -> tuple[int, str, str]:
     """Run a control command (``["lookup", "out", "10.0.0.1", "10.0.0.2"]``,
     ``["sysctl", "net.key.spi_minval=4096"]``, ``["stats"]``) on the daemon whose
     PF_KEY socket is ``path``; returns (exit status, output, error text)."""
@@ -180,8 +189,9 @@ async def control(argv: Sequence[str], path: str | os.PathLike[str] | None = Non
     return int(answer.get("status", 1)), str(answer.get("out", "")), str(answer.get("err", ""))
 
 
-async def socket_dialect(path: str | os.PathLike[str] | None = None, *,
-                         timeout: float | None = DIALECT_TIMEOUT) -> Dialect | None:
+async def socket_dialect(
+    path: str | os.PathLike[str] | None = None, *, timeout: float | None = DIALECT_TIMEOUT
+) -> Dialect | None:
     """The dialect pfkeyd reports for its PF_KEY socket ``path``, or None when no
     pfkeyd control socket answers beside it; see the module docstring."""
     try:
@@ -225,8 +235,9 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
     except BaseException:
         sock.close()
         raise
-    conn = Connection(sock, raw, path, Dialect(dialect), os.getpid() if pid is None else pid, event_buffer,
-                      reply_timeout)
+    conn = Connection(
+        sock, raw, path, Dialect(dialect), os.getpid() if pid is None else pid, event_buffer, reply_timeout
+    )
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._receive_loop)

@@ -1,7 +1,6 @@
 """The connection of :mod:`pfkeyd.client`: one PF_KEY socket, its pipelined requests,
 dumps and events.  The package docstring is the API guide."""
 
-
 from __future__ import annotations
 
 import errno as E
@@ -140,8 +139,10 @@ class RawReply:
 
     def __repr__(self) -> str:
         name = MsgType(self.type).name if self.type in MsgType._value2member_map_ else str(self.type)
-        return (f"RawReply({name}, satype={self.satype}, seq={self.seq}, pid={self.pid}, errno={self.errno}, "
-                f"{len(self.data)} bytes)")
+        return (
+            f"RawReply({name}, satype={self.satype}, seq={self.seq}, pid={self.pid}, errno={self.errno}, "
+            f"{len(self.data)} bytes)"
+        )
 
 
 _Key = tuple[int, int, int]  # (type, seq, pid): what a reply echoes of its request
@@ -196,8 +197,16 @@ class _DumpState:
 class Connection:
     """One PF_KEY socket to pfkeyd; made by :func:`open`."""
 
-    def __init__(self, sock: trio.socket.SocketType, raw: socket.socket, path: str, dialect: Dialect, pid: int,
-                 event_buffer: int, reply_timeout: float | None = None) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        raw: socket.socket,
+        path: str,
+        dialect: Dialect,
+        pid: int,
+        event_buffer: int,
+        reply_timeout: float | None = None,
+    ) -> None:
         self._sock = sock
         self.reply_timeout = reply_timeout
         self._raw = raw  # the same socket, for sends and receives that need not wait
@@ -252,7 +261,7 @@ class Connection:
         if seq == 0 or pid == 0:
             seq = seq or self._next_seq()
             pid = pid or self.pid
-            data = b"".join((data[:_SEQ_OFFSET], _SEQ_PID.pack(seq, pid), data[HEADER.size:]))
+            data = b"".join((data[:_SEQ_OFFSET], _SEQ_PID.pack(seq, pid), data[HEADER.size :]))
         return data, (data[1], seq, pid)
 
     def _expect(self, key: _Key, slot: _Slot) -> None:
@@ -288,8 +297,9 @@ class Connection:
                 with trio.move_on_after(self.reply_timeout) as scope:
                     await trio.lowlevel.wait_writable(self._raw)
                 if scope.cancelled_caught:
-                    raise ReplyTimeout(self.path, f"room to send {_type_name(data[1])} (the daemon reads nothing)",
-                                       self.reply_timeout) from None
+                    raise ReplyTimeout(
+                        self.path, f"room to send {_type_name(data[1])} (the daemon reads nothing)", self.reply_timeout
+                    ) from None
             except OSError as exc:
                 msg = f"send to {self.path} failed: {exc.strerror}"
                 raise trio.BrokenResourceError(msg) from exc
@@ -641,38 +651,70 @@ class Connection:
         return await self.request(Message(MsgType.REGISTER, satype))
 
     async def getspi(
-        self, satype: int, src: AddressLike, dst: AddressLike, *, spirange: tuple[int, int] | None = None,
-        mode: int = Mode.ANY, reqid: int = 0, seq: int = 0,
+        self,
+        satype: int,
+        src: AddressLike,
+        dst: AddressLike,
+        *,
+        spirange: tuple[int, int] | None = None,
+        mode: int = Mode.ANY,
+        reqid: int = 0,
+        seq: int = 0,
     ) -> Message:
         """SADB_GETSPI: a LARVAL SA; the SPI is ``reply.sa.spi``."""
-        exts: list[Extension] = [Sa2(mode, 0, reqid), _address(ExtType.ADDRESS_SRC, src),
-                                 _address(ExtType.ADDRESS_DST, dst)]
+        exts: list[Extension] = [
+            Sa2(mode, 0, reqid),
+            _address(ExtType.ADDRESS_SRC, src),
+            _address(ExtType.ADDRESS_DST, dst),
+        ]
         if spirange is not None:
             exts.append(SpiRange(*spirange))
         return await self.request(Message(MsgType.GETSPI, satype, seq, 0, exts=tuple(exts)))
 
     async def add(
-        self, satype: int, src: AddressLike, dst: AddressLike, spi: int, *,
-        enc: tuple[int, bytes] | None = None, auth: tuple[int, bytes] | None = None,
-        mode: int = Mode.ANY, reqid: int = 0, replay: int = 0, flags: int = 0,
-        hard: Lifetime | None = None, soft: Lifetime | None = None, extra: Sequence[Extension] = (),
+        self,
+        satype: int,
+        src: AddressLike,
+        dst: AddressLike,
+        spi: int,
+        *,
+        enc: tuple[int, bytes] | None = None,
+        auth: tuple[int, bytes] | None = None,
+        mode: int = Mode.ANY,
+        reqid: int = 0,
+        replay: int = 0,
+        flags: int = 0,
+        hard: Lifetime | None = None,
+        soft: Lifetime | None = None,
+        extra: Sequence[Extension] = (),
         seq: int = 0,
     ) -> Message:
         """SADB_ADD of a complete SA."""
-        msg = _sa_request(MsgType.ADD, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft,
-                          extra)
+        msg = _sa_request(MsgType.ADD, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft, extra)
         return await self.request(msg.replace(seq=seq))
 
     async def update(
-        self, satype: int, src: AddressLike, dst: AddressLike, spi: int, *,
-        enc: tuple[int, bytes] | None = None, auth: tuple[int, bytes] | None = None,
-        mode: int = Mode.ANY, reqid: int = 0, replay: int = 0, flags: int = 0,
-        hard: Lifetime | None = None, soft: Lifetime | None = None, extra: Sequence[Extension] = (),
+        self,
+        satype: int,
+        src: AddressLike,
+        dst: AddressLike,
+        spi: int,
+        *,
+        enc: tuple[int, bytes] | None = None,
+        auth: tuple[int, bytes] | None = None,
+        mode: int = Mode.ANY,
+        reqid: int = 0,
+        replay: int = 0,
+        flags: int = 0,
+        hard: Lifetime | None = None,
+        soft: Lifetime | None = None,
+        extra: Sequence[Extension] = (),
         seq: int = 0,
     ) -> Message:
         """SADB_UPDATE: complete the LARVAL SA that GETSPI made (same pid), or change lifetimes."""
-        msg = _sa_request(MsgType.UPDATE, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft,
-                          extra)
+        msg = _sa_request(
+            MsgType.UPDATE, satype, src, dst, spi, enc, auth, mode, reqid, replay, flags, hard, soft, extra
+        )
         return await self.request(msg.replace(seq=seq))
 
     async def delete(self, satype: int, src: AddressLike, dst: AddressLike, spi: int) -> Message:
@@ -698,14 +740,24 @@ class Connection:
         return await self.request(Message(MsgType.X_PROMISC, 1 if on else 0))
 
     async def spdadd(
-        self, src: AddressLike, dst: AddressLike, direction: int, policy_type: int, *,
-        requests: Sequence[IpsecRequest] = (), proto: int = IpProto.ANY, priority: int = 0,
-        hard: Lifetime | None = None, update: bool = False,
+        self,
+        src: AddressLike,
+        dst: AddressLike,
+        direction: int,
+        policy_type: int,
+        *,
+        requests: Sequence[IpsecRequest] = (),
+        proto: int = IpProto.ANY,
+        priority: int = 0,
+        hard: Lifetime | None = None,
+        update: bool = False,
     ) -> Message:
         """SADB_X_SPDADD (SPDUPDATE with ``update``); the policy id is ``reply.policy.id``."""
-        exts: list[Extension] = [Policy(policy_type, direction, 0, priority, 0, tuple(requests)),
-                                 replace(_address(ExtType.ADDRESS_SRC, src), proto=proto),
-                                 replace(_address(ExtType.ADDRESS_DST, dst), proto=proto)]
+        exts: list[Extension] = [
+            Policy(policy_type, direction, 0, priority, 0, tuple(requests)),
+            replace(_address(ExtType.ADDRESS_SRC, src), proto=proto),
+            replace(_address(ExtType.ADDRESS_DST, dst), proto=proto),
+        ]
         if hard is not None:
             exts.append(replace(hard, exttype=ExtType.LIFETIME_HARD))
         return await self.request(Message(MsgType.X_SPDUPDATE if update else MsgType.X_SPDADD, exts=tuple(exts)))
@@ -739,9 +791,20 @@ def _address(exttype: ExtType, value: AddressLike) -> Address:
 
 
 def _sa_request(
-    msgtype: int, satype: int, src: AddressLike, dst: AddressLike, spi: int,
-    enc: tuple[int, bytes] | None, auth: tuple[int, bytes] | None, mode: int, reqid: int, replay: int,
-    flags: int, hard: Lifetime | None, soft: Lifetime | None, extra: Sequence[Extension],
+    msgtype: int,
+    satype: int,
+    src: AddressLike,
+    dst: AddressLike,
+    spi: int,
+    enc: tuple[int, bytes] | None,
+    auth: tuple[int, bytes] | None,
+    mode: int,
+    reqid: int,
+    replay: int,
+    flags: int,
+    hard: Lifetime | None,
+    soft: Lifetime | None,
+    extra: Sequence[Extension],
 ) -> Message:
     exts: list[Extension] = [
         Sa(spi, replay, 0, auth[0] if auth else 0, enc[0] if enc else 0, flags),

@@ -59,8 +59,9 @@ def local_addresses() -> list[Any]:
     return out
 
 
-def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_paths: Sequence[str] = (),
-                   allow_uids: Sequence[int] = ()) -> tuple[DataPlane, list[SocketPolicyListener]]:
+def open_dataplane(
+    opts: DataplaneOptions, seam: Seam, sockpol_paths: Sequence[str] = (), allow_uids: Sequence[int] = ()
+) -> tuple[DataPlane, list[SocketPolicyListener]]:
     """Check privileges and open everything (see the module doc); one socket-policy
     listener per path in ``sockpol_paths`` (one beside each PF_KEY socket), all
     feeding the plane's one table of per-socket policies."""
@@ -109,9 +110,19 @@ def open_dataplane(opts: DataplaneOptions, seam: Seam, sockpol_paths: Sequence[s
             stack.callback(listener.close)
             listeners.append(listener)
         plane = DataPlane(
-            seam, tun=tun, senders=senders, receivers=receivers, natt=natt, routing=routing, enc=tap,
-            socket_policies=policies, io_counters=io, hold_packets=opts.hold_packets, hold_time=opts.hold_time,
-            local_addresses=local_addresses, manage_routes=opts.manage_routes,
+            seam,
+            tun=tun,
+            senders=senders,
+            receivers=receivers,
+            natt=natt,
+            routing=routing,
+            enc=tap,
+            socket_policies=policies,
+            io_counters=io,
+            hold_packets=opts.hold_packets,
+            hold_time=opts.hold_time,
+            local_addresses=local_addresses,
+            manage_routes=opts.manage_routes,
         )
         stack.pop_all()
     return plane, listeners

@@ -348,8 +348,9 @@ class RawReceiver:
             raise OSError(errno.EPROTO, "IPv6 raw datagram without IPV6_PKTINFO")
         # Each extension's Next Header is inside it; the header's own points at the first.
         src = socket.inet_pton(socket.AF_INET6, addr[0].split("%", 1)[0])
-        return rebuild_ipv6(payload, self.proto, src, dst, hop_limit=hop_limit, flowinfo=flowinfo,
-                            extensions=tuple(extensions))
+        return rebuild_ipv6(
+            payload, self.proto, src, dst, hop_limit=hop_limit, flowinfo=flowinfo, extensions=tuple(extensions)
+        )
 
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more whole datagrams (at most ``limit``): waits only if none is ready."""
@@ -472,8 +473,11 @@ class UdpDatagram:
         length = 8 + len(self.payload)
         if self.family == socket.AF_INET:
             udp = struct.pack("!HHHH", self.sport, self.dport, length, 0)
-            ip = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, self.tos, 20 + length, 0, 0x4000, self.ttl, 17, 0,
-                                       self.src, self.dst))
+            ip = bytearray(
+                struct.pack(
+                    "!BBHHHBBH4s4s", 0x45, self.tos, 20 + length, 0, 0x4000, self.ttl, 17, 0, self.src, self.dst
+                )
+            )
             struct.pack_into("!H", ip, 10, ~_sum16(bytes(ip)) & 0xFFFF)
             return bytes(ip) + udp + self.payload
         pseudo = struct.pack("!16s16sIxxxB", self.src, self.dst, length, 17)
@@ -547,8 +551,17 @@ class NattSocket:
                 elif kind == socket.IPV6_HOPLIMIT:
                     ttl = _cmsg_int(data)
         src = socket.inet_pton(self.family, addr[0].split("%", 1)[0])
-        return UdpDatagram(kind=classify_udp(payload), payload=payload, family=self.family, src=src, sport=addr[1],
-                           dst=dst, dport=self.port, tos=tos, ttl=ttl)
+        return UdpDatagram(
+            kind=classify_udp(payload),
+            payload=payload,
+            family=self.family,
+            src=src,
+            sport=addr[1],
+            dst=dst,
+            dport=self.port,
+            tos=tos,
+            ttl=ttl,
+        )
 
     async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
         """One or more datagrams (at most ``limit``), classified and counted by kind."""

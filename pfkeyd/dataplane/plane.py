@@ -132,6 +132,8 @@ class RandomPool:
             self._buf, pos = os.urandom(max(4096, n)), 0
         self._pos = pos + n
         return self._buf[pos : pos + n]
+
+
 _CACHE_MAX = 65536
 
 _TCP, _UDP, _SCTP, _ICMP, _ICMP6 = 6, 17, 132, 1, 58
@@ -204,8 +206,9 @@ class Verdict:
         self.fast = kind == "protect" and fasttunnel.eligible(chain)
 
 
-def routes_for(policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
-               ) -> set[Route]:
+def routes_for(
+    policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
+) -> set[Route]:
     """The routes into the TUN the outbound ipsec ``policies`` need (pure): the
     destination selector, with the first local address inside the source selector as
     the preferred source."""
@@ -385,8 +388,11 @@ class DataPlane:
         if v.kind == Verdict.PROTECT:
             if self.enc is not None:
                 self._show_out(dg, v.chain)
-            got = fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters,
-                                     random=self._random) if v.fast else None
+            got = (
+                fasttunnel.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
+                if v.fast
+                else None
+            )
             if got is None:
                 got = bundle.protect(v.chain, dg, self._pk, self.seam.packet_counters, random=self._random)
             if isinstance(got, Drop):
@@ -452,8 +458,9 @@ class DataPlane:
     # ---------------------------------------------------------------- inbound
     def _lookup(self, peek: Peek) -> Bound | None:
         if peek.spi == 0:
-            sa = self.seam.sa_between(_IPCOMP, SockAddr(ipaddress.ip_address(peek.src)),
-                                      SockAddr(ipaddress.ip_address(peek.dst)))
+            sa = self.seam.sa_between(
+                _IPCOMP, SockAddr(ipaddress.ip_address(peek.src)), SockAddr(ipaddress.ip_address(peek.dst))
+            )
         else:
             sa = self.seam.sa(peek.spi)
             if sa is None or sa.index.proto != peek.proto or sa.index.dst.ip.packed != peek.dst:
@@ -476,8 +483,11 @@ class DataPlane:
         elif sp.type != PolicyType.IPSEC:
             need = frozenset()
         else:
-            need = frozenset(o.request.proto for o in decision.requests
-                             if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP)
+            need = frozenset(
+                o.request.proto
+                for o in decision.requests
+                if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP
+            )
         if len(self._in) < _CACHE_MAX:
             self._in[key] = need
         return need
@@ -503,8 +513,7 @@ class DataPlane:
             return None
         if self.enc is not None:
             first = got.applied[0].sa
-            flags = enc_flags(encrypts=bool(first.enc_id) or first.proto == _IPCOMP,
-                              authenticates=bool(first.auth_id))
+            flags = enc_flags(encrypts=bool(first.enc_id) or first.proto == _IPCOMP, authenticates=bool(first.auth_id))
             if self.enc.wants(EncDirection.IN, Point.BEFORE):
                 before = inner
                 if any(b.sa.tunnel for b in got.applied) and len(received) >= 20:
@@ -512,11 +521,15 @@ class DataPlane:
                     if sp is not None:
                         outer = ip.encapsulate(inner, sp.src, sp.dst, self._pk, 0)
                         before = outer if outer is not None else inner
-                self.enc(EncRecord(direction=EncDirection.IN, point=Point.BEFORE, datagram=before, spi=first.spi,
-                                   flags=flags))
+                self.enc(
+                    EncRecord(
+                        direction=EncDirection.IN, point=Point.BEFORE, datagram=before, spi=first.spi, flags=flags
+                    )
+                )
             if self.enc.wants(EncDirection.IN, Point.AFTER):
-                self.enc(EncRecord(direction=EncDirection.IN, point=Point.AFTER, datagram=inner, spi=first.spi,
-                                   flags=flags))
+                self.enc(
+                    EncRecord(direction=EncDirection.IN, point=Point.AFTER, datagram=inner, spi=first.spi, flags=flags)
+                )
         return inner
 
     def inbound(self, dg: bytes, now: Instant) -> bytes | None:
@@ -660,13 +673,19 @@ class DataPlane:
         sas = []
         for spi, (_c, b) in sorted(self._sas.items()):
             st = b.state
-            sas.append({
-                "spi": spi, "proto": {50: "esp", 51: "ah", 108: "ipcomp"}.get(b.sa.proto, str(b.sa.proto)),
-                "mode": "tunnel" if b.sa.tunnel else "transport",
-                "src": str(ipaddress.ip_address(b.sa.src)), "dst": str(ipaddress.ip_address(b.sa.dst)),
-                "bytes": st.bytes, "packets": st.packets, "seq": st.seq,
-                "replay": st.replay.count if st.replay is not None else 0,
-            })
+            sas.append(
+                {
+                    "spi": spi,
+                    "proto": {50: "esp", 51: "ah", 108: "ipcomp"}.get(b.sa.proto, str(b.sa.proto)),
+                    "mode": "tunnel" if b.sa.tunnel else "transport",
+                    "src": str(ipaddress.ip_address(b.sa.src)),
+                    "dst": str(ipaddress.ip_address(b.sa.dst)),
+                    "bytes": st.bytes,
+                    "packets": st.packets,
+                    "seq": st.seq,
+                    "replay": st.replay.count if st.replay is not None else 0,
+                }
+            )
         return {
             "interface": self.tun.name,
             "counters": dict(sorted(self.counters.items())),
@@ -686,8 +705,10 @@ class DataPlane:
         for r in st["routes"]:
             lines.append(f"\troute {r}")
         for sa in st["sas"]:
-            lines.append(f"\tsa {sa['proto']} spi {sa['spi']:#010x} {sa['mode']} {sa['src']}->{sa['dst']}:"
-                         f" {sa['bytes']} bytes {sa['packets']} packets")
+            lines.append(
+                f"\tsa {sa['proto']} spi {sa['spi']:#010x} {sa['mode']} {sa['src']}->{sa['dst']}:"
+                f" {sa['bytes']} bytes {sa['packets']} packets"
+            )
         for p in st["socket_policies"]:
             lines.append(f"\tsocket policy {p}")
         return "\n".join(lines) + "\n"

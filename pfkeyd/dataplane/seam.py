@@ -57,8 +57,9 @@ class Seam(Protocol):
 
     def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None: ...
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
-                     replay_seq: int | None = None) -> list[Effect]: ...
+    def report_usage(
+        self, spi: int, nbytes: int, packets: int, now: Instant, *, replay_seq: int | None = None
+    ) -> list[Effect]: ...
 
     def outbound_policies(self) -> Iterable[SecPolicy]: ...
 
@@ -95,8 +96,9 @@ class EngineSeam:
                 return sa
         return None
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
-                     replay_seq: int | None = None) -> list[Effect]:
+    def report_usage(
+        self, spi: int, nbytes: int, packets: int, now: Instant, *, replay_seq: int | None = None
+    ) -> list[Effect]:
         return self._engine.report_usage(spi, nbytes, packets, now, replay_seq=replay_seq)
 
     def outbound_policies(self) -> Iterable[SecPolicy]:

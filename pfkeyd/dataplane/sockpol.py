@@ -88,8 +88,9 @@ class SocketPolicy:
     def __str__(self) -> str:
         addr = ipaddress.ip_address(self.address)
         proto = {6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
-        return (f"{proto} {addr}[{self.port}] {_DIRS.get(self.dir, self.dir)} {_TYPES.get(self.type, self.type)}"
-                + (f" ({len(self.requests)} bytes of requests)" if self.requests else ""))
+        return f"{proto} {addr}[{self.port}] {_DIRS.get(self.dir, self.dir)} {_TYPES.get(self.type, self.type)}" + (
+            f" ({len(self.requests)} bytes of requests)" if self.requests else ""
+        )
 
 
 def parse_request(data: bytes, owner: int) -> SocketPolicy:
@@ -114,8 +115,16 @@ def parse_request(data: bytes, owner: int) -> SocketPolicy:
         raise OSError(errno.EINVAL, f"socket policy direction {pdir} (in or out only)")
     if ptype not in _TYPES:
         raise OSError(errno.EINVAL, f"socket policy type {ptype}")
-    return SocketPolicy(owner=owner, family=family, proto=proto, address=address, port=port, dir=pdir,
-                        type=ptype, requests=pol[_POLICY.size :])
+    return SocketPolicy(
+        owner=owner,
+        family=family,
+        proto=proto,
+        address=address,
+        port=port,
+        dir=pdir,
+        type=ptype,
+        requests=pol[_POLICY.size :],
+    )
 
 
 class SocketPolicies:

@@ -16,7 +16,6 @@ place:
 * **time**: ``schedule``, ``next_deadline``, ``tick``, ``report_usage``.
 """
 
-
 from __future__ import annotations
 
 import heapq
@@ -78,7 +77,6 @@ class Request:
     dialect: Dialect
 
 
-
 class EngineCore:
     """The SAD, the SPD, the registrations and the steps the handlers share."""
 
@@ -128,7 +126,6 @@ class EngineCore:
             return (client,)
         return (client, *[c for c in clients if c != client])
 
-
     @property
     def knobs(self) -> Knobs:
         return self._knobs
@@ -170,8 +167,12 @@ class EngineCore:
             self._schedule_policy(sp)
 
     def statistics(self) -> Statistics:
-        return self.stats.snapshot(clients=len(self.clients), sas=len(self.sad), policies=len(self.spd),
-                                   packets=self.packet_counters.snapshot())
+        return self.stats.snapshot(
+            clients=len(self.clients),
+            sas=len(self.sad),
+            policies=len(self.spd),
+            packets=self.packet_counters.snapshot(),
+        )
 
     def _count(self, effects: Sequence[Effect]) -> None:
         for eff in effects:
@@ -438,8 +439,9 @@ class EngineCore:
         assert sa.soft is not None
         return self.to_registered(expire_message(dying, sa.soft))
 
-    def report_usage(self, spi: int, nbytes: int, packets: int, now: Instant, *,
-                     replay_seq: int | None = None) -> list[Effect]:
+    def report_usage(
+        self, spi: int, nbytes: int, packets: int, now: Instant, *, replay_seq: int | None = None
+    ) -> list[Effect]:
         """Account traffic on an SA (the packet path calls this, through
         :mod:`pfkeyd.packet.usage`); enforces the byte and allocation limits and starts
         the use-time lifetimes on first use.  ``replay_seq`` is the SA's replay counter
@@ -448,9 +450,13 @@ class EngineCore:
         if sa is None or not sa.alive:
             return []
         first = sa.first_used is None
-        usage = Usage(sa.bytes + nbytes, sa.packets + packets,
-                      now.mono if first else sa.first_used, now.wall if first else sa.first_used_wall,
-                      sa.replay_seq if replay_seq is None else replay_seq)
+        usage = Usage(
+            sa.bytes + nbytes,
+            sa.packets + packets,
+            now.mono if first else sa.first_used,
+            now.wall if first else sa.first_used_wall,
+            sa.replay_seq if replay_seq is None else replay_seq,
+        )
         new = sa.evolve(usage=usage) if first else sa.counted(usage)
         self.sad.replace(sa, new)
         if first:

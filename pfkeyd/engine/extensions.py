@@ -70,6 +70,9 @@ def check_extensions(msg: Message) -> None:
         extra = [e.exttype for e in msg.exts if e.exttype not in allowed]
         if extra:
             names = ", ".join(ExtType(t).name if t in ExtType._value2member_map_ else str(t) for t in extra)
-            error = f"{MsgType(msg.type).name} takes no {names}" if allowed else \
-                f"{MsgType(msg.type).name} takes no extensions ({names})"
+            error = (
+                f"{MsgType(msg.type).name} takes no {names}"
+                if allowed
+                else f"{MsgType(msg.type).name} takes no extensions ({names})"
+            )
             raise InvalidArgument(error)

@@ -77,8 +77,18 @@ _KEYS = frozenset({ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT})
 #: (key_getmsgbuf_x1 for ADD; keys are never among them).  Other extensions
 #: (identities, NAT-T, SA_REPLAY, security contexts, ...) always take the generic
 #: path.  What a request must carry is the one table's (pfkeyd.engine.extensions).
-_SERVED = frozenset({ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH,
-                     ExtType.KEY_ENCRYPT, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT})
+_SERVED = frozenset(
+    {
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.KEY_AUTH,
+        ExtType.KEY_ENCRYPT,
+        ExtType.LIFETIME_HARD,
+        ExtType.LIFETIME_SOFT,
+    }
+)
 _HOT_SHAPES: dict[int, tuple[frozenset[ExtType], tuple[ExtType, ...]]] = {
     MsgType.ADD: (_SERVED, tuple(ExtType(t) for t in X1_EXTS if t in _SERVED and t not in _KEYS)),
     MsgType.X_SPDADD: (
@@ -107,8 +117,20 @@ class _Layout:
     extension header are among what it keeps, so a request whose fixed bytes equal a
     learned shape's has this layout."""
 
-    __slots__ = ("dst", "fixed", "keys", "kind", "policy_id_at", "reply", "reply_after", "seen", "size", "spi_at",
-                 "src", "templates")
+    __slots__ = (
+        "dst",
+        "fixed",
+        "keys",
+        "kind",
+        "policy_id_at",
+        "reply",
+        "reply_after",
+        "seen",
+        "size",
+        "spi_at",
+        "src",
+        "templates",
+    )
 
     def __init__(self, kind: int, size: int, fixed: list[slice], src: slice, dst: slice) -> None:
         self.kind = kind
@@ -265,8 +287,9 @@ class HotPath:
 
     # ------------------------------------------------------------------ serving
 
-    def serve(self, engine: EngineCore, client: ClientId, dialect: Dialect, data: bytes,
-              now: Instant) -> list[Effect] | None:
+    def serve(
+        self, engine: EngineCore, client: ClientId, dialect: Dialect, data: bytes, now: Instant
+    ) -> list[Effect] | None:
         """Answer a request of a known shape, or return None having changed nothing."""
         layouts = self._by_size.get((dialect, len(data)))
         if layouts is None:
@@ -306,8 +329,9 @@ class HotPath:
         engine.insert_sa(self._sa(t, layout, spi, engine, data, now))
         return _sa_reply(t, layout, data)
 
-    def _spdadd(self, engine: EngineCore, layout: _Layout, t: _PolicyTemplate, data: bytes,
-                now: Instant) -> bytes | None:
+    def _spdadd(
+        self, engine: EngineCore, layout: _Layout, t: _PolicyTemplate, data: bytes, now: Instant
+    ) -> bytes | None:
         spd = engine.spd
         selector = self._selector(t, layout, data)
         if spd.find(t.dir, selector) is not None:
@@ -321,29 +345,62 @@ class HotPath:
         engine.insert_policy(sp)
         return _policy_reply(t, layout, data, policy_id)
 
-    def _sa(self, t: _SaTemplate, layout: _Layout, spi: int, engine: EngineCore, data: bytes,
-            now: Instant) -> SecAssoc:
+    def _sa(self, t: _SaTemplate, layout: _Layout, spi: int, engine: EngineCore, data: bytes, now: Instant) -> SecAssoc:
         seq, pid = _SEQ_PID.unpack_from(data, 8)
         ka, ke = t.key_auth, t.key_encrypt
         return SecAssoc(
-            spi, t.satype,
-            SaIndex(t.proto, t.mode, t.reqid, self._address(data[layout.src], t.src_tail),
-                    self._address(data[layout.dst], t.dst_tail)),
-            SaState.MATURE, t.auth, t.encrypt, t.flags, t.replay, t.replay_window,
+            spi,
+            t.satype,
+            SaIndex(
+                t.proto,
+                t.mode,
+                t.reqid,
+                self._address(data[layout.src], t.src_tail),
+                self._address(data[layout.dst], t.dst_tail),
+            ),
+            SaState.MATURE,
+            t.auth,
+            t.encrypt,
+            t.flags,
+            t.replay,
+            t.replay_window,
             None if ka is None else Key(ExtType.KEY_AUTH, data[ka[0]], ka[1]),
             None if ke is None else Key(ExtType.KEY_ENCRYPT, data[ke[0]], ke[1]),
-            seq, engine.shared(pid), now.mono, engine.shared(now.wall), t.hard, t.soft,
+            seq,
+            engine.shared(pid),
+            now.mono,
+            engine.shared(now.wall),
+            t.hard,
+            t.soft,
         )
 
     @staticmethod
-    def _policy(t: _PolicyTemplate, selector: Selector, policy_id: int, order: int, mono: float,
-                wall: int) -> SecPolicy:
-        return SecPolicy(policy_id, t.dir, selector, t.type, t.requests, t.priority, order, mono, wall,
-                         t.lifetime, t.validtime, t.scope)
+    def _policy(
+        t: _PolicyTemplate, selector: Selector, policy_id: int, order: int, mono: float, wall: int
+    ) -> SecPolicy:
+        return SecPolicy(
+            policy_id,
+            t.dir,
+            selector,
+            t.type,
+            t.requests,
+            t.priority,
+            order,
+            mono,
+            wall,
+            t.lifetime,
+            t.validtime,
+            t.scope,
+        )
 
     def _selector(self, t: _PolicyTemplate, layout: _Layout, data: bytes) -> Selector:
-        return Selector(self._address(data[layout.src], t.src_tail), t.src_len,
-                        self._address(data[layout.dst], t.dst_tail), t.dst_len, t.proto)
+        return Selector(
+            self._address(data[layout.src], t.src_tail),
+            t.src_len,
+            self._address(data[layout.dst], t.dst_tail),
+            t.dst_len,
+            t.proto,
+        )
 
     def _address(self, packed: bytes, tail: Tail) -> SockAddr:
         """The SockAddr of an SA index or a selector; equal addresses share one value."""
@@ -372,8 +429,9 @@ class HotPath:
             self._by_size.setdefault((dialect, layout.size), []).append(layout)
         return layout
 
-    def learn(self, engine: EngineCore, dialect: Dialect, data: bytes, stored: SecAssoc | SecPolicy,
-              answer: Message) -> None:
+    def learn(
+        self, engine: EngineCore, dialect: Dialect, data: bytes, stored: SecAssoc | SecPolicy, answer: Message
+    ) -> None:
         """The generic path has just stored ``stored`` (an SA for an ADD, a policy for
         an SPDADD) for ``data`` and answered ``answer`` (keyless) to every socket: keep
         a template for the shape the second time it gets here, if the template gives
@@ -433,9 +491,24 @@ def _sa_template(layout: _Layout, sa: SecAssoc, reply: bytes) -> _SaTemplate | N
             # Key.decode's bytes: ceil(bits / 8), or what the extension holds.
             keys[exttype] = (slice(off + 8, off + 8 + min((key.bits + 7) // 8, length - 8)), key.bits)
     idx = sa.index
-    return _SaTemplate(reply[:8], sa.satype, idx.proto, idx.mode, idx.reqid, _tail(idx.src), _tail(idx.dst),
-                       sa.auth, sa.encrypt, sa.flags, sa.replay, sa.replay_window, keys.get(ExtType.KEY_AUTH),
-                       keys.get(ExtType.KEY_ENCRYPT), sa.hard, sa.soft)
+    return _SaTemplate(
+        reply[:8],
+        sa.satype,
+        idx.proto,
+        idx.mode,
+        idx.reqid,
+        _tail(idx.src),
+        _tail(idx.dst),
+        sa.auth,
+        sa.encrypt,
+        sa.flags,
+        sa.replay,
+        sa.replay_window,
+        keys.get(ExtType.KEY_AUTH),
+        keys.get(ExtType.KEY_ENCRYPT),
+        sa.hard,
+        sa.soft,
+    )
 
 
 def _sa_reply(t: _SaTemplate, layout: _Layout, data: bytes) -> bytes:
@@ -443,8 +516,16 @@ def _sa_reply(t: _SaTemplate, layout: _Layout, data: bytes) -> bytes:
 
 
 def _policy_reply(t: _PolicyTemplate, layout: _Layout, data: bytes, policy_id: int) -> bytes:
-    return b"".join([t.head, data[8:16], *[data[s] for s in layout.reply], t.scope_byte, _POLICY_ID.pack(policy_id),
-                     *[data[s] for s in layout.reply_after]])
+    return b"".join(
+        [
+            t.head,
+            data[8:16],
+            *[data[s] for s in layout.reply],
+            t.scope_byte,
+            _POLICY_ID.pack(policy_id),
+            *[data[s] for s in layout.reply_after],
+        ]
+    )
 
 
 def _policy_template(sp: SecPolicy, reply: bytes) -> _PolicyTemplate | None:
@@ -454,5 +535,19 @@ def _policy_template(sp: SecPolicy, reply: bytes) -> _PolicyTemplate | None:
         return None  # each such policy gets a reqid of its own: generic
     sel = sp.selector
     scope = reply[16 + _POLICY_ID_AT - 1 : 16 + _POLICY_ID_AT]
-    return _PolicyTemplate(reply[:8], scope, sp.dir, sp.type, sp.requests, sp.priority, sp.lifetime, sp.validtime,
-                           sp.scope, sel.src_len, sel.dst_len, sel.proto, _tail(sel.src), _tail(sel.dst))
+    return _PolicyTemplate(
+        reply[:8],
+        scope,
+        sp.dir,
+        sp.type,
+        sp.requests,
+        sp.priority,
+        sp.lifetime,
+        sp.validtime,
+        sp.scope,
+        sel.src_len,
+        sel.dst_len,
+        sel.proto,
+        _tail(sel.src),
+        _tail(sel.dst),
+    )

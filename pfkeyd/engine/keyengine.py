@@ -6,7 +6,6 @@ the policy handlers, the lookup and the hot path.  ``handle`` dispatches through
 :class:`~pfkeyd.errors.PfkeyError` into the error reply in one place.
 """
 
-
 from __future__ import annotations
 
 import errno as E

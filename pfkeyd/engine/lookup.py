@@ -1,7 +1,6 @@
 """The SPD lookup: the decision the packet path takes for a flow, and the ACQUIRE it
 triggers (reference §6.2, §6.4, §7.4)."""
 
-
 from __future__ import annotations
 
 from pfkeyd.effects import Effect, Instant, Send
@@ -53,7 +52,6 @@ class Decision:
     default: bool = False
     requests: tuple[RequestOutcome, ...] = ()
     held: bool = False
-
 
 
 class Lookup(SaHandlers):
@@ -135,10 +133,14 @@ class Lookup(SaHandlers):
         if cached is not None and cached[0] is k:
             return cached[1]
         table: dict[tuple[int, int, int], int] = {
-            (4, IpProto.ESP, Mode.TRANSPORT): k.esp_trans_deflev, (4, IpProto.ESP, Mode.TUNNEL): k.esp_net_deflev,
-            (4, IpProto.AH, Mode.TRANSPORT): k.ah_trans_deflev, (4, IpProto.AH, Mode.TUNNEL): k.ah_net_deflev,
-            (6, IpProto.ESP, Mode.TRANSPORT): k.esp6_trans_deflev, (6, IpProto.ESP, Mode.TUNNEL): k.esp6_net_deflev,
-            (6, IpProto.AH, Mode.TRANSPORT): k.ah6_trans_deflev, (6, IpProto.AH, Mode.TUNNEL): k.ah6_net_deflev,
+            (4, IpProto.ESP, Mode.TRANSPORT): k.esp_trans_deflev,
+            (4, IpProto.ESP, Mode.TUNNEL): k.esp_net_deflev,
+            (4, IpProto.AH, Mode.TRANSPORT): k.ah_trans_deflev,
+            (4, IpProto.AH, Mode.TUNNEL): k.ah_net_deflev,
+            (6, IpProto.ESP, Mode.TRANSPORT): k.esp6_trans_deflev,
+            (6, IpProto.ESP, Mode.TUNNEL): k.esp6_net_deflev,
+            (6, IpProto.AH, Mode.TRANSPORT): k.ah6_trans_deflev,
+            (6, IpProto.AH, Mode.TUNNEL): k.ah6_net_deflev,
         }
         self._deflev = (k, table)
         return table

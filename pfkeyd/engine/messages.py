@@ -6,7 +6,6 @@ index, lifetimes and NAT-T values, each checked as key.c checks them.  Nothing
 here holds state but two caches of encoded bytes.
 """
 
-
 from __future__ import annotations
 
 import struct
@@ -47,17 +46,39 @@ from pfkeyd.wire.dialect import DialectSpec
 
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
 #: Extensions a FreeBSD ADD/UPDATE reply copies from the request, in order (key_getmsgbuf_x1).
-X1_EXTS = tuple(int(t) for t in (
-    ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
-    ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT, ExtType.IDENTITY_SRC, ExtType.IDENTITY_DST,
-    ExtType.X_NAT_T_TYPE, ExtType.X_NAT_T_SPORT, ExtType.X_NAT_T_DPORT, ExtType.X_NAT_T_OAI,
-    ExtType.X_NAT_T_OAR, ExtType.X_NEW_ADDRESS_SRC, ExtType.X_NEW_ADDRESS_DST, ExtType.X_SEC_CTX,
-))
+X1_EXTS = tuple(
+    int(t)
+    for t in (
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.LIFETIME_HARD,
+        ExtType.LIFETIME_SOFT,
+        ExtType.IDENTITY_SRC,
+        ExtType.IDENTITY_DST,
+        ExtType.X_NAT_T_TYPE,
+        ExtType.X_NAT_T_SPORT,
+        ExtType.X_NAT_T_DPORT,
+        ExtType.X_NAT_T_OAI,
+        ExtType.X_NAT_T_OAR,
+        ExtType.X_NEW_ADDRESS_SRC,
+        ExtType.X_NEW_ADDRESS_DST,
+        ExtType.X_SEC_CTX,
+    )
+)
 
 #: Extensions that exist in only one dialect: left out of messages built for the other.
 DIALECT_ONLY = {
-    Dialect.LINUX: frozenset({ExtType.X_NAT_T_OAR, ExtType.X_NAT_T_FRAG, ExtType.X_SA_REPLAY,
-                              ExtType.X_NEW_ADDRESS_SRC, ExtType.X_NEW_ADDRESS_DST}),
+    Dialect.LINUX: frozenset(
+        {
+            ExtType.X_NAT_T_OAR,
+            ExtType.X_NAT_T_FRAG,
+            ExtType.X_SA_REPLAY,
+            ExtType.X_NEW_ADDRESS_SRC,
+            ExtType.X_NEW_ADDRESS_DST,
+        }
+    ),
     Dialect.FREEBSD: frozenset({ExtType.X_SEC_CTX, ExtType.X_KMADDRESS, ExtType.X_FILTER}),
 }
 
@@ -89,9 +110,7 @@ def _current(sa: SecAssoc) -> Lifetime:
     return Lifetime(ExtType.LIFETIME_CURRENT, sa.packets, sa.bytes, sa.created_wall, sa.first_used_wall)
 
 
-def sa_message(
-    sa: SecAssoc, msgtype: int, seq: int, pid: int, dialect: Dialect, *, keys: bool = True
-) -> Message:
+def sa_message(sa: SecAssoc, msgtype: int, seq: int, pid: int, dialect: Dialect, *, keys: bool = True) -> Message:
     """The full SA message of GET and DUMP (reference §8.2), in this order: SA, SA2,
     (SA_REPLAY), (HARD), (SOFT), CURRENT, SRC, DST, (keys), (NAT-T)."""
     idx = sa.index
@@ -114,8 +133,11 @@ def sa_message(
             exts.append(sa.key_encrypt)
     natt = sa.natt
     if natt is not None:
-        exts += [NatTTypeExt(natt.type), NatTPort(ExtType.X_NAT_T_SPORT, natt.sport),
-                 NatTPort(ExtType.X_NAT_T_DPORT, natt.dport)]
+        exts += [
+            NatTTypeExt(natt.type),
+            NatTPort(ExtType.X_NAT_T_SPORT, natt.sport),
+            NatTPort(ExtType.X_NAT_T_DPORT, natt.dport),
+        ]
         if natt.oai is not None:
             exts.append(host_ext(ExtType.X_NAT_T_OAI, natt.oai))
         if natt.oar is not None and dialect is Dialect.FREEBSD:
@@ -173,8 +195,9 @@ def render_sa_fast(sa: SecAssoc, dialect: Dialect, seq: int, pid: int) -> bytes 
     if auth is None or enc is None or mode is None or sa.spi > 0xFFFFFFFF:
         return None
     parts = [
-        _SA_EXT.pack(2, ExtType.SA, sa.spi.to_bytes(4, "big"), min(sa.replay, 255), sa.state, auth, enc,
-                     sa.flags & KEY_FLAGS_MAX),
+        _SA_EXT.pack(
+            2, ExtType.SA, sa.spi.to_bytes(4, "big"), min(sa.replay, 255), sa.state, auth, enc, sa.flags & KEY_FLAGS_MAX
+        ),
         _SA2_EXT.pack(2, ExtType.X_SA2, mode, 0, 0, sa.replay_seq & 0xFFFFFFFF, idx.reqid),
     ]
     if sa.hard is not None:
@@ -328,8 +351,10 @@ def with_port(sa: SockAddr, port: int) -> SockAddr:
 
 def _selector_exts(sp: SecPolicy) -> tuple[Address, Address]:
     sel = sp.selector
-    return (Address(ExtType.ADDRESS_SRC, sel.src, sel.src_len, sel.proto),
-            Address(ExtType.ADDRESS_DST, sel.dst, sel.dst_len, sel.proto))
+    return (
+        Address(ExtType.ADDRESS_SRC, sel.src, sel.src_len, sel.proto),
+        Address(ExtType.ADDRESS_DST, sel.dst, sel.dst_len, sel.proto),
+    )
 
 
 def _policy_ext(sp: SecPolicy) -> Policy:
@@ -341,8 +366,10 @@ def _sp_lifetimes(sp: SecPolicy, dialect: Dialect = Dialect.FREEBSD) -> tuple[Li
     # it; Linux's xfrm policy has no use time until a packet matches.
     never = sp.created_wall if dialect is Dialect.FREEBSD else 0
     last_used = sp.last_used_wall if sp.last_used is not None else never
-    return (Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, sp.created_wall, last_used),
-            Lifetime(ExtType.LIFETIME_HARD, 0, 0, sp.lifetime, sp.validtime))
+    return (
+        Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, sp.created_wall, last_used),
+        Lifetime(ExtType.LIFETIME_HARD, 0, 0, sp.lifetime, sp.validtime),
+    )
 
 
 def sp_message(sp: SecPolicy, msgtype: int, seq: int, pid: int, dialect: Dialect) -> Message:
@@ -376,8 +403,11 @@ def spdexpire_message(sp: SecPolicy) -> Callable[[Dialect], Message]:
     def build(dialect: Dialect) -> Message:
         src, dst = _selector_exts(sp)
         current, hard = _sp_lifetimes(sp)
-        pol = _policy_ext(sp) if dialect is Dialect.FREEBSD else Policy(sp.type, sp.dir, sp.id, sp.priority, 0,
-                                                                        sp.requests)
+        pol = (
+            _policy_ext(sp)
+            if dialect is Dialect.FREEBSD
+            else Policy(sp.type, sp.dir, sp.id, sp.priority, 0, sp.requests)
+        )
         return Message(MsgType.X_SPDEXPIRE, SaType.UNSPEC, 0, 0, 0, 0, (current, hard, src, dst, pol))
 
     return build

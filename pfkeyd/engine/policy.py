@@ -1,7 +1,6 @@
 """The SPD handlers: X_SPDADD, X_SPDUPDATE, X_SPDSETIDX, X_SPDDELETE, X_SPDDELETE2,
 X_SPDGET, X_SPDFLUSH, X_SPDDUMP (reference §3.12, §6) and Linux's X_MIGRATE."""
 
-
 from __future__ import annotations
 
 import errno as E
@@ -101,8 +100,7 @@ class PolicyHandlers(EngineCore):
             if r.mode == Mode.TUNNEL:
                 if r.src is None or r.dst is None:
                     raise InvalidArgument("a tunnel-mode request needs its endpoints")
-                if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr) or \
-                        r.src.version != r.dst.version:
+                if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr) or r.src.version != r.dst.version:
                     raise InvalidArgument("tunnel endpoints must be of one family")
             elif r.src is not None and (not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr)):
                 raise InvalidArgument("request endpoints must be IPv4 or IPv6")
@@ -124,16 +122,30 @@ class PolicyHandlers(EngineCore):
         requests = self._requests(req, pol) if pol.type == PolicyType.IPSEC else ()
         hard = msg.lifetime_hard
         sp = SecPolicy(
-            self.new_policy_id(pol.dir), pol.dir, sel, pol.type, requests, pol.priority,
-            self.spd.next_order(), req.now.mono, req.now.wall,
-            hard.addtime if hard is not None else 0, hard.usetime if hard is not None else 0,
+            self.new_policy_id(pol.dir),
+            pol.dir,
+            sel,
+            pol.type,
+            requests,
+            pol.priority,
+            self.spd.next_order(),
+            req.now.mono,
+            req.now.wall,
+            hard.addtime if hard is not None else 0,
+            hard.usetime if hard is not None else 0,
             PolicyScope.GLOBAL,
         )
         self.insert_policy(sp, old)
         # The reply carries the request's X_POLICY with the id filled in and the UNIQUE
         # reqids key_msg2sp rewrote; every other byte is echoed as sent (§3.12).
-        echoed = tuple(IpsecRequest(r.proto, r.mode, r.level, s.reqid, r.src, r.dst) if r.level == Level.UNIQUE
-                       else r for r, s in zip(pol.requests, requests)) if requests else pol.requests
+        echoed = (
+            tuple(
+                IpsecRequest(r.proto, r.mode, r.level, s.reqid, r.src, r.dst) if r.level == Level.UNIQUE else r
+                for r, s in zip(pol.requests, requests)
+            )
+            if requests
+            else pol.requests
+        )
         reply_pol = Policy(pol.type, pol.dir, sp.id, pol.priority, pol.scope, echoed)
         exts: list[Extension] = [reply_pol]
         if hard is not None:
@@ -211,10 +223,16 @@ class PolicyHandlers(EngineCore):
             assert isinstance(new.src, SockAddr) and isinstance(new.dst, SockAddr)
             for i, r in enumerate(requests):
                 if (r.proto, r.mode, r.src, r.dst) == (old.proto, old.mode, old.src, old.dst) and (
-                        not old.reqid or r.reqid == old.reqid):
+                    not old.reqid or r.reqid == old.reqid
+                ):
                     requests[i] = IpsecRequest(r.proto, r.mode, r.level, r.reqid, new.src, new.dst)
-            moves.append((SaIndex(old.proto, old.mode, old.reqid, old.src.without_port(), old.dst.without_port()),
-                          new.src.without_port(), new.dst.without_port()))
+            moves.append(
+                (
+                    SaIndex(old.proto, old.mode, old.reqid, old.src.without_port(), old.dst.without_port()),
+                    new.src.without_port(),
+                    new.dst.without_port(),
+                )
+            )
         self.spd.replace(sp, replace(sp, requests=tuple(requests)))
         for index, new_src, new_dst in moves:
             for head in self.sad.heads_for(index.proto, index.src, index.dst):
@@ -224,8 +242,9 @@ class PolicyHandlers(EngineCore):
                     moved = sa.evolve(index=SaIndex(sa.index.proto, sa.index.mode, sa.index.reqid, new_src, new_dst))
                     self.sad.replace(sa, moved)
                     self.schedule(moved)
-        note = Message(MsgType.X_MIGRATE, msg.satype, 0, 0, 0, 0,
-                       tuple(e for e in msg.exts if e.exttype in _MIGRATE_EXTS))
+        note = Message(
+            MsgType.X_MIGRATE, msg.satype, 0, 0, 0, 0, tuple(e for e in msg.exts if e.exttype in _MIGRATE_EXTS)
+        )
         return self.to_all(None, note)
 
 
@@ -246,7 +265,10 @@ def _migrate_request(msg: Message) -> tuple[Selector, int, list[tuple[IpsecReque
     for old, new in pairs:
         for r in (old, new):
             if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP) or r.mode not in (
-                    Mode.TRANSPORT, Mode.TUNNEL, Mode.BEET):
+                Mode.TRANSPORT,
+                Mode.TUNNEL,
+                Mode.BEET,
+            ):
                 raise InvalidArgument("an ipsecrequest of X_MIGRATE has a bad protocol or mode")
             if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr):
                 raise InvalidArgument("each ipsecrequest of X_MIGRATE carries its endpoints")

@@ -1,7 +1,6 @@
 """The SA handlers: GETSPI, UPDATE, ADD, DELETE, GET, ACQUIRE, REGISTER, FLUSH,
 DUMP and X_PROMISC, as FreeBSD's key.c serves them (reference §3, §7)."""
 
-
 from __future__ import annotations
 
 from typing import Any
@@ -94,10 +93,18 @@ class SaHandlers(EngineCore):
             # esp_init records the GMAC/Poly1305 id of a combined-mode SA.
             auth = algorithms.implied_auth(sa.encrypt, (key_enc.bits + 7) // 8) or auth
         return {
-            "auth": auth, "encrypt": sa.encrypt, "flags": flags, "replay": replay,
-            "replay_window": window, "key_auth": key_auth, "key_encrypt": key_enc,
-            "hard": hard, "soft": soft, "natt": natt_of(msg, proto),
-            "created": req.now.mono, "created_wall": self.shared(req.now.wall),
+            "auth": auth,
+            "encrypt": sa.encrypt,
+            "flags": flags,
+            "replay": replay,
+            "replay_window": window,
+            "key_auth": key_auth,
+            "key_encrypt": key_enc,
+            "hard": hard,
+            "soft": soft,
+            "natt": natt_of(msg, proto),
+            "created": req.now.mono,
+            "created_wall": self.shared(req.now.wall),
         }
 
     def _getspi(self, req: Request) -> list[Effect]:
@@ -109,8 +116,23 @@ class SaHandlers(EngineCore):
         lo, hi = (rng.min, rng.max) if rng is not None else (self.knobs.spi_minval, self.knobs.spi_maxval)
         self.check_sa_room()
         spi = self.new_spi(proto, lo, hi)
-        sa = SecAssoc(spi, msg.satype, index, SaState.LARVAL, 0, 0, 0, 0, 0, None, None, msg.seq,
-                      self.shared(msg.pid), req.now.mono, self.shared(req.now.wall))
+        sa = SecAssoc(
+            spi,
+            msg.satype,
+            index,
+            SaState.LARVAL,
+            0,
+            0,
+            0,
+            0,
+            0,
+            None,
+            None,
+            msg.seq,
+            self.shared(msg.pid),
+            req.now.mono,
+            self.shared(req.now.wall),
+        )
         self.insert_sa(sa)
         src, dst = addresses(msg)
         reply = Message(MsgType.GETSPI, msg.satype, msg.seq, msg.pid, 0, 0, (Sa(spi), src, dst))
@@ -182,9 +204,7 @@ class SaHandlers(EngineCore):
         assert sa_ext is not None  # required (pfkeyd.engine.extensions)
         addresses(msg)
         lifetimes(msg, req.dialect)
-        if (msg.satype == SaType.ESP and msg.key_encrypt is None) or (
-            msg.satype == SaType.AH and msg.key_auth is None
-        ):
+        if (msg.satype == SaType.ESP and msg.key_encrypt is None) or (msg.satype == SaType.AH and msg.key_auth is None):
             raise InvalidArgument("the SA needs its key")
         proto = proto_of(msg.satype)
         index = sa_index(msg, proto)
@@ -318,10 +338,18 @@ class SaHandlers(EngineCore):
             # The policy's TCP/UDP selector travels: its protocol, its port and prefix.
             sel = sp.selector
             proto = sel.proto
-            src_ext = Address(ExtType.ADDRESS_SRC, with_port(index.src, sel.src.port),
-                              sel.src_len if sel.src.port else index.src.max_prefix, proto)
-            dst_ext = Address(ExtType.ADDRESS_DST, with_port(index.dst, sel.dst.port),
-                              sel.dst_len if sel.dst.port else index.dst.max_prefix, proto)
+            src_ext = Address(
+                ExtType.ADDRESS_SRC,
+                with_port(index.src, sel.src.port),
+                sel.src_len if sel.src.port else index.src.max_prefix,
+                proto,
+            )
+            dst_ext = Address(
+                ExtType.ADDRESS_DST,
+                with_port(index.dst, sel.dst.port),
+                sel.dst_len if sel.dst.port else index.dst.max_prefix,
+                proto,
+            )
         head: list[Extension] = [src_ext, dst_ext]
         if sp is not None:
             # key_setsadbxpolicy fills type, direction, id and priority only: the scope

@@ -49,8 +49,18 @@ _NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPC
 
 #: Next headers after which an inbound datagram may still carry something of ours:
 #: ESP, AH, IPComp, IP-in-IP, and the IPv6 extension headers in front of them.
-_MAYBE_MORE = frozenset((ip.IPPROTO_ESP, ip.IPPROTO_AH, ip.IPPROTO_IPCOMP, ip.IPPROTO_IPV4, ip.IPPROTO_IPV6,
-                         ip.IPPROTO_HOPOPTS, ip.IPPROTO_ROUTING, ip.IPPROTO_DSTOPTS))
+_MAYBE_MORE = frozenset(
+    (
+        ip.IPPROTO_ESP,
+        ip.IPPROTO_AH,
+        ip.IPPROTO_IPCOMP,
+        ip.IPPROTO_IPV4,
+        ip.IPPROTO_IPV6,
+        ip.IPPROTO_HOPOPTS,
+        ip.IPPROTO_ROUTING,
+        ip.IPPROTO_DSTOPTS,
+    )
+)
 
 #: Most headers one datagram may shed on the way in (nested tunnels included);
 #: deeper nesting is dropped as ``hdrops`` of the protocol that would go next.
@@ -127,8 +137,14 @@ def _peek(datagram: bytes, sp: ip.Split) -> Peek | Drop | None:
     return Peek(proto, spi, sp.src, sp.dst)
 
 
-def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counters: Counters, *,
-            random: Callable[[int], bytes] = os.urandom) -> bytes | Drop:
+def protect(
+    chain: Sequence[Bound],
+    datagram: bytes,
+    knobs: PacketKnobs,
+    counters: Counters,
+    *,
+    random: Callable[[int], bytes] = os.urandom,
+) -> bytes | Drop:
     """Apply the bundle ``chain`` (the policy's request order, innermost first) to
     ``datagram``: the protected datagram, or the Drop that stopped it (counted)."""
     dg = datagram
@@ -185,8 +201,9 @@ def protect(chain: Sequence[Bound], datagram: bytes, knobs: PacketKnobs, counter
     return dg
 
 
-def _transform(bound: Bound, dg: bytes, counters: Counters,
-               random: Callable[[int], bytes]) -> tuple[bytes | Drop, bool]:
+def _transform(
+    bound: Bound, dg: bytes, counters: Counters, random: Callable[[int], bytes]
+) -> tuple[bytes | Drop, bool]:
     """One SA's transform of an outbound datagram, and whether FreeBSD counts it
     (output and obytes, counted before transforming)."""
     sa, state = bound.sa, bound.state
@@ -223,8 +240,9 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
         sp = ip.split(dg, inbound=True)
         if sp is None:
             guess = dg[9] if len(dg) >= 20 and dg[0] >> 4 == 4 else dg[6] if len(dg) >= 40 else 0
-            return counters.drop(Drop(_NAMES.get(guess, ESP) if not applied else _NAMES[applied[-1].sa.proto],
-                                      "hdrops"))
+            return counters.drop(
+                Drop(_NAMES.get(guess, ESP) if not applied else _NAMES[applied[-1].sa.proto], "hdrops")
+            )
         key = _peek(dg, sp)
         if key is None:
             return Accepted(dg, tuple(applied))
@@ -264,15 +282,19 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
     return counters.drop(Drop(_NAMES[applied[-1].sa.proto] if applied else ESP, "hdrops"))
 
 
-def _take_plain_ipip(dg: bytes, sp: ip.Split, key: Peek, lookup: Lookup,
-                     knobs: PacketKnobs) -> tuple[Bound, bytes] | Drop | None:
+def _take_plain_ipip(
+    dg: bytes, sp: ip.Split, key: Peek, lookup: Lookup, knobs: PacketKnobs
+) -> tuple[Bound, bytes] | Drop | None:
     """Plain IP-in-IP is ours only if an IPComp tunnel SA of these ends takes it (it
     was sent uncompressed): that SA and the inner datagram, a Drop, or None (not ours)."""
     if not knobs.ipcomp_enable:
         return None
     bound = lookup(key)
-    if bound is None or bound.sa.proto != ip.IPPROTO_IPCOMP or not ipcomp.accepts_plain(
-            bound.sa.tunnel, bound.sa.src, bound.sa.dst, sp):
+    if (
+        bound is None
+        or bound.sa.proto != ip.IPPROTO_IPCOMP
+        or not ipcomp.accepts_plain(bound.sa.tunnel, bound.sa.src, bound.sa.dst, sp)
+    ):
         return None
     inner = ip.decapsulate(dg, sp, knobs)
     if isinstance(inner, str):

@@ -48,43 +48,53 @@ _COMMON: dict[str, str] = {
 }
 
 #: Every counter name per protocol, with its description (the closed table).
-DESCRIPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType({
-    ESP: MappingProxyType({
-        **_COMMON,
-        "badilen": "bad length (alignment, payload not a multiple of the block, trailer)",
-        "wrap": "sequence number would wrap (outbound) or wrapped (inbound)",
-        "badenc": "bad encryption detected",
-        "badauth": "integrity check failed",
-        "replay": "replayed or too old",
-        "badpad": "last pad byte differs from the pad length",
-        "dummy": "dummy packet (next header 59) dropped",
-    }),
-    AH: MappingProxyType({
-        **_COMMON,
-        "badauth": "integrity check failed",
-        "badauthl": "AH length differs from the SA's",
-        "wrap": "sequence number would wrap (outbound) or wrapped (inbound)",
-        "replay": "replayed or too old",
-        "badopt": "bad IPv4 option or IPv6 extension header",
-    }),
-    IPCOMP: MappingProxyType({
-        **_COMMON,
-        "wrap": "sequence number would wrap",
-        "threshold": "packet at or below the 90-byte threshold sent uncompressed",
-        "uncompr": "compression did not shrink the packet: sent uncompressed",
-        "minlen": "packet too short to be compressed",
-        "recursive": "IPComp inside IPComp refused",
-        "badcomp": "payload does not decompress",
-    }),
-    NATT: MappingProxyType({
-        "keepalive": "NAT keepalives (0xFF) received",
-        "ike": "non-ESP-marked (IKE) datagrams received",
-        "hdrops": "datagram too short or malformed",
-        "badport": "UDP ports differ from the SA's NAT-T ports",
-        "input": "ESP-in-UDP datagrams in",
-        "output": "ESP-in-UDP datagrams out",
-    }),
-})
+DESCRIPTIONS: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        ESP: MappingProxyType(
+            {
+                **_COMMON,
+                "badilen": "bad length (alignment, payload not a multiple of the block, trailer)",
+                "wrap": "sequence number would wrap (outbound) or wrapped (inbound)",
+                "badenc": "bad encryption detected",
+                "badauth": "integrity check failed",
+                "replay": "replayed or too old",
+                "badpad": "last pad byte differs from the pad length",
+                "dummy": "dummy packet (next header 59) dropped",
+            }
+        ),
+        AH: MappingProxyType(
+            {
+                **_COMMON,
+                "badauth": "integrity check failed",
+                "badauthl": "AH length differs from the SA's",
+                "wrap": "sequence number would wrap (outbound) or wrapped (inbound)",
+                "replay": "replayed or too old",
+                "badopt": "bad IPv4 option or IPv6 extension header",
+            }
+        ),
+        IPCOMP: MappingProxyType(
+            {
+                **_COMMON,
+                "wrap": "sequence number would wrap",
+                "threshold": "packet at or below the 90-byte threshold sent uncompressed",
+                "uncompr": "compression did not shrink the packet: sent uncompressed",
+                "minlen": "packet too short to be compressed",
+                "recursive": "IPComp inside IPComp refused",
+                "badcomp": "payload does not decompress",
+            }
+        ),
+        NATT: MappingProxyType(
+            {
+                "keepalive": "NAT keepalives (0xFF) received",
+                "ike": "non-ESP-marked (IKE) datagrams received",
+                "hdrops": "datagram too short or malformed",
+                "badport": "UDP ports differ from the SA's NAT-T ports",
+                "input": "ESP-in-UDP datagrams in",
+                "output": "ESP-in-UDP datagrams out",
+            }
+        ),
+    }
+)
 
 #: name -> set of counter names, per protocol.
 COUNTERS: Mapping[str, frozenset[str]] = MappingProxyType({p: frozenset(d) for p, d in DESCRIPTIONS.items()})

@@ -181,9 +181,18 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
             state.iv_counter = (counter + 1) & U64
             trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
             total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
-            head = _V4_ESP.pack(vt, total, ident, ttl, IPPROTO_ESP,
-                                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF, addrs,
-                                plan.spi_int, seq & U32, counter)
+            head = _V4_ESP.pack(
+                vt,
+                total,
+                ident,
+                ttl,
+                IPPROTO_ESP,
+                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF,
+                addrs,
+                plan.spi_int,
+                seq & U32,
+                counter,
+            )
             aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
             return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
     c = sa.cipher
@@ -298,8 +307,9 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
     if nh == _IPPROTO_NONE:
         return _DUMMY
     total = 20 + n
-    return _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF,
-                    addrs) + plain[:n]
+    return (
+        _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF, addrs) + plain[:n]
+    )
 
 
 def _unprotect_general(sa: TransformSA, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop:

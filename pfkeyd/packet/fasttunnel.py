@@ -49,14 +49,26 @@ def eligible(chain: tuple[Bound, ...]) -> bool:
     if len(chain) != 1:
         return False
     sa = chain[0].sa
-    if sa.proto != ip.IPPROTO_ESP or not sa.tunnel or sa.natt is not None or len(sa.src) != 4 \
-            or len(sa.dst) != 4 or sa.cipher is None:
+    if (
+        sa.proto != ip.IPPROTO_ESP
+        or not sa.tunnel
+        or sa.natt is not None
+        or len(sa.src) != 4
+        or len(sa.dst) != 4
+        or sa.cipher is None
+    ):
         return False
     return bool(esp._plan(sa).fast)
 
 
-def protect(chain: tuple[Bound, ...], dg: bytes, knobs: PacketKnobs, counters: Counters, *,
-            random: Callable[[int], bytes] = os.urandom) -> bytes | Drop | None:
+def protect(
+    chain: tuple[Bound, ...],
+    dg: bytes,
+    knobs: PacketKnobs,
+    counters: Counters,
+    *,
+    random: Callable[[int], bytes] = os.urandom,
+) -> bytes | Drop | None:
     """The protected datagram, the Drop that stopped it (counted), or None when this
     datagram needs the general path.  ``chain`` must be :func:`eligible`."""
     n = len(dg)
@@ -94,8 +106,15 @@ def protect(chain: tuple[Bound, ...], dg: bytes, knobs: PacketKnobs, counters: C
         if len(_ADDR_SUMS) > 4096:
             _ADDR_SUMS.clear()
     s = (0x4500 + tos + total + ident + off + ttl_proto + addr) % 0xFFFF or 0xFFFF
-    out = b"".join((_OUTER.pack(0x45, tos, total, ident, off, ttl_proto >> 8, ip.IPPROTO_ESP, ~s & 0xFFFF, sa.src,
-                                sa.dst), plan.spi, lo, iv, ct))
+    out = b"".join(
+        (
+            _OUTER.pack(0x45, tos, total, ident, off, ttl_proto >> 8, ip.IPPROTO_ESP, ~s & 0xFFFF, sa.src, sa.dst),
+            plan.spi,
+            lo,
+            iv,
+            ct,
+        )
+    )
     counters.add(ESP, "output")
     counters.add(ESP, "obytes", n)
     state.bytes += total

@@ -129,10 +129,18 @@ class PacketKnobs:
 
     @classmethod
     def of(cls, knobs: Knobs) -> PacketKnobs:
-        return cls(dfbit=knobs.dfbit, ecn=knobs.ecn, ecn6=knobs.ecn6, ah_cleartos=knobs.ah_cleartos,
-                   ah_offsetmask=knobs.ah_offsetmask, esp_enable=knobs.esp_enable, ah_enable=knobs.ah_enable,
-                   ipcomp_enable=knobs.ipcomp_enable, ctr_compatibility=knobs.ctr_compatibility,
-                   natt_cksum_policy=knobs.natt_cksum_policy)
+        return cls(
+            dfbit=knobs.dfbit,
+            ecn=knobs.ecn,
+            ecn6=knobs.ecn6,
+            ah_cleartos=knobs.ah_cleartos,
+            ah_offsetmask=knobs.ah_offsetmask,
+            esp_enable=knobs.esp_enable,
+            ah_enable=knobs.ah_enable,
+            ipcomp_enable=knobs.ipcomp_enable,
+            ctr_compatibility=knobs.ctr_compatibility,
+            natt_cksum_policy=knobs.natt_cksum_policy,
+        )
 
 
 # --------------------------------------------------------------------- checksums

@@ -30,8 +30,18 @@ from pfkeyd.packet import ip
 from pfkeyd.packet.counters import IPCOMP, Drop
 from pfkeyd.record import record
 
-__all__ = ["THRESHOLD", "HEADER_LEN", "Uncompressed", "cpi_of", "spi_of_cpi", "compress", "decompress",
-           "protect", "unprotect", "accepts_plain"]
+__all__ = [
+    "THRESHOLD",
+    "HEADER_LEN",
+    "Uncompressed",
+    "cpi_of",
+    "spi_of_cpi",
+    "compress",
+    "decompress",
+    "protect",
+    "unprotect",
+    "accepts_plain",
+]
 
 #: ``comp_algo_deflate.minlen``: a whole datagram this long or shorter is not compressed.
 THRESHOLD = 90

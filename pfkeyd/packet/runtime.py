@@ -174,5 +174,10 @@ class SaRuntime:
 
     def snapshot(self) -> tuple[object, ...]:
         """Everything this state holds, for tests that check a drop changed nothing."""
-        return (self.seq, self.iv_counter, self.bytes, self.packets,
-                self.replay.snapshot() if self.replay is not None else None)
+        return (
+            self.seq,
+            self.iv_counter,
+            self.bytes,
+            self.packets,
+            self.replay.snapshot() if self.replay is not None else None,
+        )

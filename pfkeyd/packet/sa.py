@@ -120,8 +120,12 @@ class TransformSA:
 
     def with_knobs(self, knobs: Knobs) -> TransformSA:
         """A copy that follows ``knobs``; the keyed objects are shared."""
-        return replace(self, ctr_compatibility=bool(knobs.ctr_compatibility), ah_cleartos=bool(knobs.ah_cleartos),
-                       ah_offsetmask=knobs.ah_offsetmask)
+        return replace(
+            self,
+            ctr_compatibility=bool(knobs.ctr_compatibility),
+            ah_cleartos=bool(knobs.ah_cleartos),
+            ah_offsetmask=knobs.ah_offsetmask,
+        )
 
 
 def window_packets(sa: SecAssoc) -> int:
@@ -137,8 +141,9 @@ def _key(key: Key | None) -> bytes:
     return key.data if key is not None else b""
 
 
-def _build(proto: int, auth: int, encrypt: int, key_auth: bytes, key_enc: bytes, flags: int,
-           ctr_compatibility: bool) -> tuple[crypto.Cipher | None, crypto.Mac | None]:
+def _build(
+    proto: int, auth: int, encrypt: int, key_auth: bytes, key_enc: bytes, flags: int, ctr_compatibility: bool
+) -> tuple[crypto.Cipher | None, crypto.Mac | None]:
     """The keyed objects of an SA; raises :class:`crypto.Unavailable`."""
     if proto == _IPCOMP:
         return None, None
@@ -170,9 +175,22 @@ def from_sad(sa: SecAssoc, knobs: Knobs) -> TransformSA:
         raise InvalidArgument(str(e)) from e
     idx = sa.index
     return TransformSA(
-        proto, sa.spi, idx.mode, _raw(idx.src.ip), _raw(idx.dst.ip), sa.flags,
-        0 if sa.flags & X_EXT_OLD else window_packets(sa), int(sa.encrypt), int(sa.auth), c, m, sa.natt,
-        idx.reqid, ctr, bool(knobs.ah_cleartos), knobs.ah_offsetmask,
+        proto,
+        sa.spi,
+        idx.mode,
+        _raw(idx.src.ip),
+        _raw(idx.dst.ip),
+        sa.flags,
+        0 if sa.flags & X_EXT_OLD else window_packets(sa),
+        int(sa.encrypt),
+        int(sa.auth),
+        c,
+        m,
+        sa.natt,
+        idx.reqid,
+        ctr,
+        bool(knobs.ah_cleartos),
+        knobs.ah_offsetmask,
     )
 
 
@@ -210,4 +228,3 @@ def check(
     if len(_CHECKED) >= 4096:
         _CHECKED.clear()
     _CHECKED.add(memo)
-

@@ -71,8 +71,9 @@ def library_path(*, env: Mapping[str, str] | None = None) -> Path:
         c_file = Path(tmp) / "pfkey_preload.c"
         c_file.write_bytes(src)
         built = Path(tmp) / target.name
-        result = subprocess.run([*cc, *_FLAGS, "-o", str(built), str(c_file), *_LIBS],
-                                capture_output=True, text=True, check=False)
+        result = subprocess.run(
+            [*cc, *_FLAGS, "-o", str(built), str(c_file), *_LIBS], capture_output=True, text=True, check=False
+        )
         if result.returncode != 0:
             msg = f"building the PF_KEY bridge failed:\n{result.stderr.strip()}"
             raise PreloadError(msg)
@@ -80,9 +81,7 @@ def library_path(*, env: Mapping[str, str] | None = None) -> Path:
     return target
 
 
-def preload_environment(
-    socket_path: str | None = None, *, env: Mapping[str, str] | None = None
-) -> dict[str, str]:
+def preload_environment(socket_path: str | None = None, *, env: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment a program needs to reach pfkeyd through the bridge."""
     base = dict(os.environ if env is None else env)
     lib = str(library_path(env=base))

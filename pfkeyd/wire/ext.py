@@ -122,16 +122,23 @@ class Sa:
         auth = spec.auth.encode(self.auth)
         enc = self.encrypt if satype == SaType.X_IPCOMP else spec.enc.encode(self.encrypt)
         _check_range("encryption algorithm", enc, 8)
-        return self._S.pack(2, spec.ext.encode(ExtType.SA), self.spi.to_bytes(4, "big"),
-                            self.replay, self.state, auth, enc, self.flags)
+        return self._S.pack(
+            2, spec.ext.encode(ExtType.SA), self.spi.to_bytes(4, "big"), self.replay, self.state, auth, enc, self.flags
+        )
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Sa:
         _, _, spi, replay, state, auth, enc, flags = cls._S.unpack_from(buf, off)
         a = spec.auth.from_wire.get(auth)
         e = enc if satype == SaType.X_IPCOMP else spec.enc.from_wire.get(enc)
-        return cls(int.from_bytes(spi, "big"), replay, state,
-                   UNKNOWN | auth if a is None else a, UNKNOWN | enc if e is None else e, flags)
+        return cls(
+            int.from_bytes(spi, "big"),
+            replay,
+            state,
+            UNKNOWN | auth if a is None else a,
+            UNKNOWN | enc if e is None else e,
+            flags,
+        )
 
 
 # --------------------------------------------------------------------- lifetime
@@ -152,8 +159,7 @@ class Lifetime:
     _S: ClassVar[struct.Struct] = struct.Struct("=HHIQQQ")
 
     def encode(self, spec: DialectSpec, satype: int) -> builtins.bytes:
-        return self._S.pack(4, spec.ext.encode(self.exttype), self.allocations, self.bytes,
-                            self.addtime, self.usetime)
+        return self._S.pack(4, spec.ext.encode(self.exttype), self.allocations, self.bytes, self.addtime, self.usetime)
 
     @classmethod
     def decode(
@@ -334,8 +340,10 @@ class Sens:
     _S: ClassVar[struct.Struct] = struct.Struct("=HHIBBBBI")
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
-        body = self._S.pack(0, 0, self.dpd, self.sens_level, self.sens_len, self.integ_level,
-                            self.integ_len, 0)[4:] + self.bitmaps
+        body = (
+            self._S.pack(0, 0, self.dpd, self.sens_level, self.sens_len, self.integ_level, self.integ_len, 0)[4:]
+            + self.bitmaps
+        )
         return _ext(ExtType.SENSITIVITY, body, spec)
 
     @classmethod
@@ -371,11 +379,24 @@ class Comb:
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
         enc = self.encrypt if satype == SaType.X_IPCOMP else spec.enc.encode(self.encrypt)
-        return self._S.pack(spec.auth.encode(self.auth), enc, self.flags, self.auth_minbits,
-                            self.auth_maxbits, self.encrypt_minbits, self.encrypt_maxbits, 0,
-                            self.soft_allocations, self.hard_allocations, self.soft_bytes,
-                            self.hard_bytes, self.soft_addtime, self.hard_addtime,
-                            self.soft_usetime, self.hard_usetime)
+        return self._S.pack(
+            spec.auth.encode(self.auth),
+            enc,
+            self.flags,
+            self.auth_minbits,
+            self.auth_maxbits,
+            self.encrypt_minbits,
+            self.encrypt_maxbits,
+            0,
+            self.soft_allocations,
+            self.hard_allocations,
+            self.soft_bytes,
+            self.hard_bytes,
+            self.soft_addtime,
+            self.hard_addtime,
+            self.soft_usetime,
+            self.hard_usetime,
+        )
 
     @classmethod
     def decode_at(cls, buf: bytes, off: int, spec: DialectSpec, satype: int) -> Comb:
@@ -536,15 +557,20 @@ class Policy:
         if self.scope and not spec.policy_has_scope:
             msg = f"policy scope {self.scope} cannot be carried by the {spec.name} dialect"
             raise EncodeError(msg)
-        body = self._S.pack(0, 0, self.type, spec.direction.encode(self.dir), self.scope, self.id,
-                            self.priority)[4:]
+        body = self._S.pack(0, 0, self.type, spec.direction.encode(self.dir), self.scope, self.id, self.priority)[4:]
         return _ext(ExtType.X_POLICY, body + b"".join(r.encode(spec) for r in self.requests), spec)
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Policy:
         _, _, ptype, pdir, scope, pid, prio = cls._S.unpack_from(buf, off)
-        return cls(ptype, spec.direction.decode(pdir), pid, prio, scope if spec.policy_has_scope else 0,
-                   _decode_requests(buf, off + 16, off + length, spec))
+        return cls(
+            ptype,
+            spec.direction.decode(pdir),
+            pid,
+            prio,
+            scope if spec.policy_has_scope else 0,
+            _decode_requests(buf, off + 16, off + length, spec),
+        )
 
 
 def _decode_requests(buf: bytes, pos: int, end: int, spec: DialectSpec) -> tuple[IpsecRequest, ...]:
@@ -596,8 +622,9 @@ class Sa2:
     _S: ClassVar[struct.Struct] = struct.Struct("=HHBBHII")
 
     def encode(self, spec: DialectSpec, satype: int) -> bytes:
-        return self._S.pack(2, spec.ext.encode(ExtType.X_SA2), spec.mode.encode(self.mode), 0, 0,
-                            self.sequence, self.reqid)
+        return self._S.pack(
+            2, spec.ext.encode(ExtType.X_SA2), spec.mode.encode(self.mode), 0, 0, self.sequence, self.reqid
+        )
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Sa2:
@@ -741,8 +768,15 @@ class Filter:
         family = {4: spec.af_inet, 6: spec.af_inet6}.get(self.family, self.family & ~UNKNOWN)
         if self.family > 0xFFFF:
             family = self.family & 0xFFFF
-        return self._S.pack(5, spec.ext.encode(ExtType.X_FILTER), _packed16(self.saddr), _packed16(self.daddr),
-                            family, self.splen, self.dplen)
+        return self._S.pack(
+            5,
+            spec.ext.encode(ExtType.X_FILTER),
+            _packed16(self.saddr),
+            _packed16(self.daddr),
+            family,
+            self.splen,
+            self.dplen,
+        )
 
     @classmethod
     def decode(cls, exttype: ExtType, buf: bytes, off: int, length: int, spec: DialectSpec, satype: int) -> Filter:
@@ -777,14 +811,49 @@ class UnknownExt:
 
 
 Extension = (
-    Sa | Lifetime | Address | Key | Ident | Sens | Prop | Supported | SpiRange | KmPrivate | Policy | Sa2
-    | NatTType | NatTPort | NatTFrag | SaReplay | SecCtx | KmAddress | Filter | UnknownExt
+    Sa
+    | Lifetime
+    | Address
+    | Key
+    | Ident
+    | Sens
+    | Prop
+    | Supported
+    | SpiRange
+    | KmPrivate
+    | Policy
+    | Sa2
+    | NatTType
+    | NatTPort
+    | NatTFrag
+    | SaReplay
+    | SecCtx
+    | KmAddress
+    | Filter
+    | UnknownExt
 )
 
 #: extension type -> the class that decodes it.
 _Decodable = (
-    Sa | Lifetime | Address | Key | Ident | Sens | Prop | Supported | SpiRange | KmPrivate | Policy | Sa2
-    | NatTType | NatTPort | NatTFrag | SaReplay | SecCtx | KmAddress | Filter
+    Sa
+    | Lifetime
+    | Address
+    | Key
+    | Ident
+    | Sens
+    | Prop
+    | Supported
+    | SpiRange
+    | KmPrivate
+    | Policy
+    | Sa2
+    | NatTType
+    | NatTPort
+    | NatTFrag
+    | SaReplay
+    | SecCtx
+    | KmAddress
+    | Filter
 )
 DECODERS: dict[ExtType, type[_Decodable]] = {
     ExtType.SA: Sa,

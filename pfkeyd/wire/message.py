@@ -209,8 +209,15 @@ def _rules(spec: DialectSpec) -> dict[int, _ExtRule]:
             check = "addr" if et in ADDRESS_TYPES else "ident" if et in _IDENT_TYPES else ""
             max_len = FREEBSD_MAX_LEN.get(et, 0)
         else:
-            check = ("addr" if et in _LINUX_ADDR else "key" if et in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)
-                     else "secctx" if et == ExtType.X_SEC_CTX else "")
+            check = (
+                "addr"
+                if et in _LINUX_ADDR
+                else "key"
+                if et in (ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT)
+                else "secctx"
+                if et == ExtType.X_SEC_CTX
+                else ""
+            )
             max_len = 0
         rules[wire] = _ExtRule(et, MIN_LEN[et], max_len, DECODERS[et], check)
     return rules
@@ -369,8 +376,10 @@ class Message:
 
     def __repr__(self) -> str:
         name = MsgType(self.type).name if self.type in MsgType._value2member_map_ else str(self.type)
-        return (f"Message({name}, satype={self.satype}, seq={self.seq}, pid={self.pid}, "
-                f"errno={self.errno}, exts={list(self.exts)!r})")
+        return (
+            f"Message({name}, satype={self.satype}, seq={self.seq}, pid={self.pid}, "
+            f"errno={self.errno}, exts={list(self.exts)!r})"
+        )
 
 
 # ----------------------------------------------------------------------- encode
@@ -533,10 +542,20 @@ def _decode_freebsd(data: bytes, spec: DialectSpec, request: bool, max_size: int
     return msg
 
 
-_SA_MESSAGES = frozenset({MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET,
-                          MsgType.ACQUIRE, MsgType.EXPIRE})
-_SPD_MESSAGES = frozenset({MsgType.X_SPDADD, MsgType.X_SPDDELETE, MsgType.X_SPDGET, MsgType.X_SPDFLUSH,
-                           MsgType.X_SPDSETIDX, MsgType.X_SPDUPDATE, MsgType.X_SPDDELETE2})
+_SA_MESSAGES = frozenset(
+    {MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET, MsgType.ACQUIRE, MsgType.EXPIRE}
+)
+_SPD_MESSAGES = frozenset(
+    {
+        MsgType.X_SPDADD,
+        MsgType.X_SPDDELETE,
+        MsgType.X_SPDGET,
+        MsgType.X_SPDFLUSH,
+        MsgType.X_SPDSETIDX,
+        MsgType.X_SPDUPDATE,
+        MsgType.X_SPDDELETE2,
+    }
+)
 _SPDDUMP_SCOPES = frozenset({0, 1, 2, 4})
 
 

@@ -52,10 +52,15 @@ class Program:
         #: What the daemon said its socket speaks (None: not asked, or no answer).
         self.learned: Dialect | None = None
         self.dialect = opts.dialect or native_dialect()
-        self.dump_options = DumpOptions(dialect=self.dialect, show_dead=opts.show_dead,
-                                        short=opts.loop and opts.mode == "D" and not opts.policy,
-                                        ports=opts.ports, json=opts.json, localtime=rt.localtime,
-                                        ifname=rt.ifname)
+        self.dump_options = DumpOptions(
+            dialect=self.dialect,
+            show_dead=opts.show_dead,
+            short=opts.loop and opts.mode == "D" and not opts.policy,
+            ports=opts.ports,
+            json=opts.json,
+            localtime=rt.localtime,
+            ifname=rt.ifname,
+        )
 
     def out(self, text: str) -> None:
         if text:
@@ -120,8 +125,10 @@ class Program:
         try:
             self.learned = trio.run(ask, clock=self.rt.trio_clock)
         except ReplyTimeout as exc:
-            raise Fatal(f"{exc}: pfkeyd is stuck or overloaded, or this is not its control socket "
-                         f"(a longer --timeout than {exc.seconds:g} s may help)") from None
+            raise Fatal(
+                f"{exc}: pfkeyd is stuck or overloaded, or this is not its control socket "
+                f"(a longer --timeout than {exc.seconds:g} s may help)"
+            ) from None
         if self.learned is None:
             return
         given = self.opts.dialect
@@ -135,12 +142,14 @@ class Program:
         """``exc`` as setkey reports it: what it waited for, and the likely cause."""
         dialect = self.dialect.value
         if self.learned is self.dialect:
-            cause = (f"pfkeyd is stuck or overloaded (a longer --timeout than {exc.seconds:g} s may help)")
+            cause = f"pfkeyd is stuck or overloaded (a longer --timeout than {exc.seconds:g} s may help)"
         elif self.learned is not None:
             cause = f"pfkeyd says the socket speaks {self.learned.value}, not {dialect} as --dialect says"
         else:
-            cause = (f"the socket may not speak the {dialect} dialect (see --dialect), "
-                     "or the daemon is stuck or is not pfkeyd")
+            cause = (
+                f"the socket may not speak the {dialect} dialect (see --dialect), "
+                "or the daemon is stuck or is not pfkeyd"
+            )
         return Fatal(f"{exc}: {cause}")
 
     def socket_path(self) -> str:
@@ -270,8 +279,17 @@ class Program:
             now = self.rt.clock()
             sec = int(now)
             usec = round((now - sec) * 1_000_000) % 1_000_000
-            self.out(promisc_block(data, self.dialect, sec=sec, usec=usec, raw_time=self.opts.promisc > 1,
-                                   utcoffset=utcoffset, with_hex=self.opts.hex))
+            self.out(
+                promisc_block(
+                    data,
+                    self.dialect,
+                    sec=sec,
+                    usec=usec,
+                    raw_time=self.opts.promisc > 1,
+                    utcoffset=utcoffset,
+                    with_hex=self.opts.hex,
+                )
+            )
             self.rt.stdout.flush()
 
     # -------------------------------------------------------------- file ...
@@ -315,8 +333,9 @@ class Program:
         except UnicodeDecodeError as exc:
             raise Fatal(f"{path}: not UTF-8 text: {exc.reason}") from None
 
-    def prepare(self, text: str, filename: str, first_line: int = 1,
-                lines: Mapping[int, str] | None = None) -> list[Resolved] | None:
+    def prepare(
+        self, text: str, filename: str, first_line: int = 1, lines: Mapping[int, str] | None = None
+    ) -> list[Resolved] | None:
         """Parse, check and resolve ``text``; report every error and return None,
         or return the resolved statements.
 
@@ -345,8 +364,9 @@ class Program:
             return None
         return resolved
 
-    def report(self, errors: Iterable[SetkeyError], first_line: int = 1,
-               lines: Mapping[int, str] | None = None) -> None:
+    def report(
+        self, errors: Iterable[SetkeyError], first_line: int = 1, lines: Mapping[int, str] | None = None
+    ) -> None:
         for e in sorted(errors, key=lambda e: (e.line, e.column)):
             if e.line and (first_line != 1 or lines is not None):
                 # a statement of -c: its place and its line in the whole input
@@ -399,8 +419,9 @@ class Program:
             failed = True
         return 1 if failed else 0
 
-    async def _one_statement(self, session: Session | None, text: str, first_line: int,
-                             lines: Mapping[int, str]) -> tuple[bool, bool]:
+    async def _one_statement(
+        self, session: Session | None, text: str, first_line: int, lines: Mapping[int, str]
+    ) -> tuple[bool, bool]:
         """Run one statement of ``-c``: (no error before sending, exit was read)."""
         items = self.prepare(text, _STDIN_NAME, first_line, lines)
         self.rt.stdout.flush()
@@ -483,10 +504,10 @@ class StatementSplitter:
                     self._quoted = False
             elif c == '"':
                 self._quoted = True
-            elif c == "#" and text[max(0, i - 6):i] != "unique":
+            elif c == "#" and text[max(0, i - 6) : i] != "unique":
                 break  # a comment runs to the end of the line
             elif c == ";":
-                self._pending.append(text[begin:i + 1])
+                self._pending.append(text[begin : i + 1])
                 out.append(("".join(self._pending), self._start, self._lines))
                 self._pending = [" " * (i + 1)]
                 self._start = self._number

@@ -195,7 +195,15 @@ def _letter(o: Options, c: str, value: str | None, modes: list[str]) -> None:
     elif c in "rk":
         o.fwd_copies = c == "r"
     else:
-        attr = {"P": "policy", "a": "show_dead", "l": "loop", "g": "global_only", "t": "ifnet_only",
-                "v": "verbose", "n": "check_only", "p": "ports"}.get(c)
+        attr = {
+            "P": "policy",
+            "a": "show_dead",
+            "l": "loop",
+            "g": "global_only",
+            "t": "ifnet_only",
+            "v": "verbose",
+            "n": "check_only",
+            "p": "ports",
+        }.get(c)
         if attr is not None:
             setattr(o, attr, True)

@@ -44,10 +44,12 @@ class Host(Protocol):
 
     def now(self) -> int: ...
 
-    def report(self, errors: Iterable[SetkeyError], first_line: int = 1,
-               lines: Mapping[int, str] | None = None) -> None: ...
+    def report(
+        self, errors: Iterable[SetkeyError], first_line: int = 1, lines: Mapping[int, str] | None = None
+    ) -> None: ...
 
     def trace(self, sent: Message | None, received: Message | None) -> None: ...
+
 
 #: Requests in flight at once while a script is applied.
 WINDOW = 128
@@ -58,7 +60,8 @@ CHUNK = 4096
 def _needs_algorithms(command: Command) -> bool:
     """True for a statement whose keys setkey checks against the REGISTER lists."""
     return isinstance(command, Add | Update) and (
-        command.algorithms.encrypt is not None or command.algorithms.auth is not None)
+        command.algorithms.encrypt is not None or command.algorithms.auth is not None
+    )
 
 
 # ------------------------------------------------------------------ the session
@@ -81,8 +84,14 @@ class Session:
 
     # -- REGISTER
 
-    async def register(self, commands: Sequence[Command], text: str, filename: str, first_line: int = 1,
-                       lines: Mapping[int, str] | None = None) -> bool:
+    async def register(
+        self,
+        commands: Sequence[Command],
+        text: str,
+        filename: str,
+        first_line: int = 1,
+        lines: Mapping[int, str] | None = None,
+    ) -> bool:
         """SADB_REGISTER (satype 0) once, if a statement needs the algorithm lists,
         and hold the statements' algorithms and keys against them.  False: a
         statement does not fit (reported; nothing of ``commands`` may be sent)."""
@@ -95,8 +104,9 @@ class Session:
                 reply = await self.conn.request(request)
             except PfkeyReplyError as exc:
                 self.p.trace(request.replace(seq=exc.reply.seq), exc.reply)
-                self.p.err(f"cannot read the supported algorithms (SADB_REGISTER): "
-                           f"{error_text(exc.reply, self.dialect)}")
+                self.p.err(
+                    f"cannot read the supported algorithms (SADB_REGISTER): {error_text(exc.reply, self.dialect)}"
+                )
                 return False
             self.p.trace(request.replace(seq=reply.seq), reply)
             self.supported = reply
@@ -120,8 +130,11 @@ class Session:
                 await self.send(batch, line_offset)
                 batch = []
                 if isinstance(cmd, Dump | SpdDump):
-                    await self.dump(isinstance(cmd, SpdDump), cmd.proto.satype if isinstance(cmd, Dump) else 0,
-                                    cmd.line + line_offset)
+                    await self.dump(
+                        isinstance(cmd, SpdDump),
+                        cmd.proto.satype if isinstance(cmd, Dump) else 0,
+                        cmd.line + line_offset,
+                    )
                 else:
                     await self.deleteall(item, line_offset)
                 continue
@@ -183,8 +196,13 @@ class Session:
             # the dump prints; the client library numbers requests to
             # match the replies.  Print what setkey would.
             self.p.out(render_reply(result.message.replace(seq=0), now, self.p.dump_options))
-        elif (rtype == MsgType.X_SPDADD and not self.priority_checked and self.dialect is Dialect.LINUX
-              and sent.policy is not None and sent.policy.priority):
+        elif (
+            rtype == MsgType.X_SPDADD
+            and not self.priority_checked
+            and self.dialect is Dialect.LINUX
+            and sent.policy is not None
+            and sent.policy.priority
+        ):
             # ipsec-tools checks once per run that the kernel kept the priority
             self.priority_checked = True
             self.p.out(priority_warning(sent, result.message, self.p.dump_options))

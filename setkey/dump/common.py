@@ -38,14 +38,61 @@ def _no_ifname(index: int) -> str | None:
 #: file agree on these).  setkey prints the number for anything missing here.
 #: The CLI may pass the system's own file through :func:`parse_protocols`.
 PROTOCOLS: Mapping[int, str] = {
-    0: "ip", 1: "icmp", 2: "igmp", 3: "ggp", 4: "ipencap", 5: "st", 6: "tcp", 8: "egp", 9: "igp",
-    12: "pup", 17: "udp", 20: "hmp", 22: "xns-idp", 27: "rdp", 29: "iso-tp4", 33: "dccp", 36: "xtp",
-    37: "ddp", 38: "idpr-cmtp", 41: "ipv6", 43: "ipv6-route", 44: "ipv6-frag", 45: "idrp", 46: "rsvp",
-    47: "gre", 50: "esp", 51: "ah", 57: "skip", 58: "ipv6-icmp", 59: "ipv6-nonxt", 60: "ipv6-opts",
-    73: "rspf", 81: "vmtp", 88: "eigrp", 89: "ospf", 93: "ax.25", 94: "ipip", 97: "etherip",
-    98: "encap", 103: "pim", 108: "ipcomp", 112: "vrrp", 115: "l2tp", 124: "isis", 132: "sctp",
-    133: "fc", 135: "mobility-header", 136: "udplite", 137: "mpls-in-ip", 138: "manet", 139: "hip",
-    140: "shim6", 141: "wesp", 142: "rohc", 143: "ethernet",
+    0: "ip",
+    1: "icmp",
+    2: "igmp",
+    3: "ggp",
+    4: "ipencap",
+    5: "st",
+    6: "tcp",
+    8: "egp",
+    9: "igp",
+    12: "pup",
+    17: "udp",
+    20: "hmp",
+    22: "xns-idp",
+    27: "rdp",
+    29: "iso-tp4",
+    33: "dccp",
+    36: "xtp",
+    37: "ddp",
+    38: "idpr-cmtp",
+    41: "ipv6",
+    43: "ipv6-route",
+    44: "ipv6-frag",
+    45: "idrp",
+    46: "rsvp",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    57: "skip",
+    58: "ipv6-icmp",
+    59: "ipv6-nonxt",
+    60: "ipv6-opts",
+    73: "rspf",
+    81: "vmtp",
+    88: "eigrp",
+    89: "ospf",
+    93: "ax.25",
+    94: "ipip",
+    97: "etherip",
+    98: "encap",
+    103: "pim",
+    108: "ipcomp",
+    112: "vrrp",
+    115: "l2tp",
+    124: "isis",
+    132: "sctp",
+    133: "fc",
+    135: "mobility-header",
+    136: "udplite",
+    137: "mpls-in-ip",
+    138: "manet",
+    139: "hip",
+    140: "shim6",
+    141: "wesp",
+    142: "rohc",
+    143: "ethernet",
 }
 
 
@@ -123,8 +170,20 @@ class _Style:
 _ICMP, _ICMPV6, _GRE, _MH, _IPV4 = 1, 58, 47, 135, 4
 
 # libipsec's string tables (pfkey_dump.c); an index past the end prints the number.
-_SATYPE_WORDS = ("unspec", "unknown", "ah", "esp", "unknown", "rsvp", "ospfv2", "ripv2", "mip", "ipcomp",
-                 "policy", "tcp")
+_SATYPE_WORDS = (
+    "unspec",
+    "unknown",
+    "ah",
+    "esp",
+    "unknown",
+    "rsvp",
+    "ospfv2",
+    "ripv2",
+    "mip",
+    "ipcomp",
+    "policy",
+    "tcp",
+)
 _MODE_WORDS = word_list(MODE_WORDS)
 _STATE_WORDS = ("larval", "mature", "dying", "dead")
 _POLICY_WORDS = word_list(POLICY_WORDS)
@@ -135,9 +194,28 @@ _SCOPE_WORDS = {1: "global", 2: "ifnet", 4: "pcb"}
 # kdebug_sadb's dispatch (wire extension number -> printer name); the two
 # versions differ from 23 on, as the two headers do.
 _DEBUG_COMMON = {
-    1: "sa", 2: "lifetime", 3: "lifetime", 4: "lifetime", 5: "address", 6: "address", 7: "address",
-    8: "key", 9: "key", 10: "ident", 11: "ident", 12: "", 13: "prop", 14: "supported", 15: "supported",
-    16: "", 17: "", 18: "policy", 19: "sa2", 20: "natt_type", 21: "natt_port", 22: "natt_port",
+    1: "sa",
+    2: "lifetime",
+    3: "lifetime",
+    4: "lifetime",
+    5: "address",
+    6: "address",
+    7: "address",
+    8: "key",
+    9: "key",
+    10: "ident",
+    11: "ident",
+    12: "",
+    13: "prop",
+    14: "supported",
+    15: "supported",
+    16: "",
+    17: "",
+    18: "policy",
+    19: "sa2",
+    20: "natt_type",
+    21: "natt_port",
+    22: "natt_port",
     23: "address",
 }
 
@@ -306,8 +384,7 @@ def _satype_problem(satype: int, mtype: int, style: _Style) -> str | None:
     """pfkey_check()'s switch on the satype."""
     if satype == SaType.UNSPEC:
         return _EIPSEC_INVAL_SATYPE if mtype in _SA_TYPES else None
-    if satype in (SaType.ESP, SaType.AH, SaType.X_IPCOMP) or (
-            satype == SaType.X_TCPSIGNATURE and style.tcp_satype):
+    if satype in (SaType.ESP, SaType.AH, SaType.X_IPCOMP) or (satype == SaType.X_TCPSIGNATURE and style.tcp_satype):
         return _EIPSEC_INVAL_SATYPE if mtype in _SPD_TYPES else None
     if satype in (SaType.RSVP, SaType.OSPFV2, SaType.RIPV2, SaType.MIP):
         return _EIPSEC_NOT_SUPPORTED
@@ -316,10 +393,10 @@ def _satype_problem(satype: int, mtype: int, style: _Style) -> str | None:
     return None
 
 
-_SA_TYPES = frozenset({MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET,
-                       MsgType.ACQUIRE, MsgType.EXPIRE})
-_SPD_TYPES = frozenset({MsgType.X_SPDADD, MsgType.X_SPDDELETE, MsgType.X_SPDGET, MsgType.X_SPDDUMP,
-                        MsgType.X_SPDFLUSH})
+_SA_TYPES = frozenset(
+    {MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET, MsgType.ACQUIRE, MsgType.EXPIRE}
+)
+_SPD_TYPES = frozenset({MsgType.X_SPDADD, MsgType.X_SPDDELETE, MsgType.X_SPDGET, MsgType.X_SPDDUMP, MsgType.X_SPDFLUSH})
 
 
 def _family(sa: AnySockAddr) -> int:

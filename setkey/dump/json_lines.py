@@ -67,8 +67,7 @@ def _alg_json(kind: Kind, value: int, key: Key | None) -> dict[str, Any]:
     alg = algorithms.by_id(kind, value)
     if alg is None and value & UNKNOWN:
         alg = algorithms.by_id(kind, value & ~UNKNOWN)
-    out: dict[str, Any] = {"algorithm": alg.names[0] if alg is not None and alg.names else None,
-                           "id": _num(value)}
+    out: dict[str, Any] = {"algorithm": alg.names[0] if alg is not None and alg.names else None, "id": _num(value)}
     if key is not None:
         out["bits"] = key.bits
         out["key"] = key.data.hex()
@@ -127,8 +126,11 @@ def _sa_json(msg: Message, opts: DumpOptions) -> dict[str, Any]:
         "authentication": authentication,
         "compression": compression,
         "nat_t": natt,
-        "lifetime": {"current": _lifetime_json(msg.lifetime_current), "hard": _lifetime_json(msg.lifetime_hard),
-                     "soft": _lifetime_json(msg.lifetime_soft)},
+        "lifetime": {
+            "current": _lifetime_json(msg.lifetime_current),
+            "hard": _lifetime_json(msg.lifetime_hard),
+            "soft": _lifetime_json(msg.lifetime_soft),
+        },
         "sec_ctx": _sec_ctx_json(msg),
     }
 
@@ -136,12 +138,21 @@ def _sa_json(msg: Message, opts: DumpOptions) -> dict[str, Any]:
 def _policy_json(msg: Message, opts: DumpOptions) -> dict[str, Any]:
     pol = msg.policy
     src = msg.src
-    requests = [] if pol is None else [
-        {"proto": REQUEST_PROTO_WORDS.get(r.proto, r.proto), "mode": _name_or_number(_MODE_WORDS, _num(r.mode)),
-         "level": _name_or_number(_LEVEL_WORDS, r.level), "reqid": r.reqid,
-         "src": _sockaddr_json(r.src, opts), "dst": _sockaddr_json(r.dst, opts)}
-        for r in pol.requests
-    ]
+    requests = (
+        []
+        if pol is None
+        else [
+            {
+                "proto": REQUEST_PROTO_WORDS.get(r.proto, r.proto),
+                "mode": _name_or_number(_MODE_WORDS, _num(r.mode)),
+                "level": _name_or_number(_LEVEL_WORDS, r.level),
+                "reqid": r.reqid,
+                "src": _sockaddr_json(r.src, opts),
+                "dst": _sockaddr_json(r.dst, opts),
+            }
+            for r in pol.requests
+        ]
+    )
     scope: str | int | None = None
     if pol is not None and opts.dialect is Dialect.FREEBSD:
         scope = _SCOPE_WORDS.get(pol.scope, pol.scope)
@@ -177,8 +188,7 @@ def to_json(msg: Message, opts: DumpOptions) -> dict[str, Any] | None:
     if msg.errno:
         if msg.errno == E.ENOENT and msg.type in (MsgType.DUMP, MsgType.X_SPDDUMP):
             return None
-        return {"type": "error", "msg": _msg_json(msg), "errno": msg.errno,
-                "message": error_text(msg, opts.dialect)}
+        return {"type": "error", "msg": _msg_json(msg), "errno": msg.errno, "message": error_text(msg, opts.dialect)}
     build = _JSON_KINDS.get(msg.type)
     if build is None:
         return None

@@ -44,12 +44,35 @@ def timestamp(sec: int, usec: int, *, raw: bool = False, utcoffset: int = 0) -> 
 
 _MSG_NAMES = {m.value: m.name for m in MsgType if m.value <= MsgType.X_SPDDELETE2}
 _FREEBSD_EXT_NAMES = {
-    0: "RESERVED", 1: "SA", 2: "LIFETIME_CURRENT", 3: "LIFETIME_HARD", 4: "LIFETIME_SOFT", 5: "ADDRESS_SRC",
-    6: "ADDRESS_DST", 7: "ADDRESS_PROXY", 8: "KEY_AUTH", 9: "KEY_ENCRYPT", 10: "IDENTITY_SRC",
-    11: "IDENTITY_DST", 12: "SENSITIVITY", 13: "PROPOSAL", 14: "SUPPORTED_AUTH", 15: "SUPPORTED_ENCRYPT",
-    16: "SPIRANGE", 17: "KMPRIVATE", 18: "POLICY", 19: "SA2", 20: "NAT_T_TYPE", 21: "NAT_T_SPORT",
-    22: "NAT_T_DPORT", 23: "NAT_T_OAI", 24: "NAT_T_OAR", 25: "NAT_T_FRAG", 26: "SA_REPLAY",
-    27: "NEW_ADDRESS_SRC", 28: "NEW_ADDRESS_DST",
+    0: "RESERVED",
+    1: "SA",
+    2: "LIFETIME_CURRENT",
+    3: "LIFETIME_HARD",
+    4: "LIFETIME_SOFT",
+    5: "ADDRESS_SRC",
+    6: "ADDRESS_DST",
+    7: "ADDRESS_PROXY",
+    8: "KEY_AUTH",
+    9: "KEY_ENCRYPT",
+    10: "IDENTITY_SRC",
+    11: "IDENTITY_DST",
+    12: "SENSITIVITY",
+    13: "PROPOSAL",
+    14: "SUPPORTED_AUTH",
+    15: "SUPPORTED_ENCRYPT",
+    16: "SPIRANGE",
+    17: "KMPRIVATE",
+    18: "POLICY",
+    19: "SA2",
+    20: "NAT_T_TYPE",
+    21: "NAT_T_SPORT",
+    22: "NAT_T_DPORT",
+    23: "NAT_T_OAI",
+    24: "NAT_T_OAR",
+    25: "NAT_T_FRAG",
+    26: "SA_REPLAY",
+    27: "NEW_ADDRESS_SRC",
+    28: "NEW_ADDRESS_DST",
 }
 
 
@@ -117,13 +140,19 @@ class _Kdebug:
                 self.p("kdebug_sadb: invalid ext_len=0 was passed.\n")
                 break
             if elen > tlen:  # both compare units with bytes, as the reference does
-                self.p(f"kdebug_sadb: ext_len too big ({elen} > {tlen}).\n" if self.freebsd
-                       else "kdebug_sadb: ext_len exceeds end of buffer.\n")
+                self.p(
+                    f"kdebug_sadb: ext_len too big ({elen} > {tlen}).\n"
+                    if self.freebsd
+                    else "kdebug_sadb: ext_len exceeds end of buffer.\n"
+                )
                 break
             printer = self.style.debug_exts.get(etype)
             if printer is None:
-                self.p(f"kdebug_sadb: invalid ext_type {etype}\n" if self.freebsd
-                       else f"kdebug_sadb: invalid ext_type {etype} was passed.\n")
+                self.p(
+                    f"kdebug_sadb: invalid ext_type {etype}\n"
+                    if self.freebsd
+                    else f"kdebug_sadb: invalid ext_type {etype} was passed.\n"
+                )
                 break
             if printer:
                 getattr(self, "ext_" + printer)(off, elen * 8, etype)
@@ -145,8 +174,10 @@ class _Kdebug:
 
     def ext_address(self, off: int, length: int, etype: int) -> None:
         r = self.raw
-        self.p(f"sadb_address{{ proto={r.u8(off + 4)} prefixlen={r.u8(off + 5)} "
-               f"reserved=0x{r.u8(off + 6):02x}{r.u8(off + 7):02x} }}\n")
+        self.p(
+            f"sadb_address{{ proto={r.u8(off + 4)} prefixlen={r.u8(off + 5)} "
+            f"reserved=0x{r.u8(off + 6):02x}{r.u8(off + 7):02x} }}\n"
+        )
         self.sockaddr(off + 8)
 
     def ext_key(self, off: int, length: int, etype: int) -> None:
@@ -174,15 +205,23 @@ class _Kdebug:
         self.p(f"sadb_prop{{ replay={r.u8(off + 4)}\n")
         for i in range((length - 8) // 72):
             c = off + 8 + 72 * i
-            self.p(f"sadb_comb{{ auth={r.u8(c)} encrypt={r.u8(c + 1)} flags=0x{r.u16(c + 2):04x} "
-                   f"reserved=0x{r.u32(c + 12):08x}\n")
-            self.p(f"  auth_minbits={r.u16(c + 4)} auth_maxbits={r.u16(c + 6)} "
-                   f"encrypt_minbits={r.u16(c + 8)} encrypt_maxbits={r.u16(c + 10)}\n")
-            self.p(f"  soft_alloc={r.u32(c + 16)} hard_alloc={r.u32(c + 20)} "
-                   f"soft_bytes={r.u64(c + 24)} hard_bytes={r.u64(c + 32)}\n")
+            self.p(
+                f"sadb_comb{{ auth={r.u8(c)} encrypt={r.u8(c + 1)} flags=0x{r.u16(c + 2):04x} "
+                f"reserved=0x{r.u32(c + 12):08x}\n"
+            )
+            self.p(
+                f"  auth_minbits={r.u16(c + 4)} auth_maxbits={r.u16(c + 6)} "
+                f"encrypt_minbits={r.u16(c + 8)} encrypt_maxbits={r.u16(c + 10)}\n"
+            )
+            self.p(
+                f"  soft_alloc={r.u32(c + 16)} hard_alloc={r.u32(c + 20)} "
+                f"soft_bytes={r.u64(c + 24)} hard_bytes={r.u64(c + 32)}\n"
+            )
             # The reference labels the four time fields with the names above again.
-            self.p(f"  soft_alloc={r.u64(c + 40)} hard_alloc={r.u64(c + 48)} "
-                   f"soft_bytes={r.u64(c + 56)} hard_bytes={r.u64(c + 64)} }}\n")
+            self.p(
+                f"  soft_alloc={r.u64(c + 40)} hard_alloc={r.u64(c + 48)} "
+                f"soft_bytes={r.u64(c + 56)} hard_bytes={r.u64(c + 64)} }}\n"
+            )
         self.p("}\n")
 
     def ext_supported(self, off: int, length: int, etype: int) -> None:
@@ -219,8 +258,11 @@ class _Kdebug:
                 self.p("kdebug_sadb_x_policy: wrong policy struct.\n")
                 return
             if rlen > tlen:
-                self.p(f"kdebug_sadb_x_policy: invalid ipsec policy length ({rlen} > {tlen})\n" if self.freebsd
-                       else "invalid ipsec policy length\n")
+                self.p(
+                    f"kdebug_sadb_x_policy: invalid ipsec policy length ({rlen} > {tlen})\n"
+                    if self.freebsd
+                    else "invalid ipsec policy length\n"
+                )
                 return
             tlen -= rlen
             x += rlen
@@ -277,8 +319,10 @@ class _Kdebug:
         if family == inet:
             self.p(f" port={r.be16(off + 2)}\n" + _key_hex(r.take(off + 4, 4)))
         elif family == inet6:
-            self.p(f" port={r.be16(off + 2)}\n  flowinfo=0x{r.u32(off + 4):08x}, scope_id=0x{r.u32(off + 24):08x}\n"
-                   + _key_hex(r.take(off + 8, 16)))
+            self.p(
+                f" port={r.be16(off + 2)}\n  flowinfo=0x{r.u32(off + 4):08x}, scope_id=0x{r.u32(off + 24):08x}\n"
+                + _key_hex(r.take(off + 8, 16))
+            )
         self.p("  }\n")
 
 

@@ -34,8 +34,12 @@ _Renderer = Callable[[Message, int, DumpOptions], str]
 #: ignores SPDGET replies; ipsec-tools prints them like dump entries.
 _RENDERERS: dict[Dialect, dict[int, _Renderer]] = {
     Dialect.FREEBSD: {MsgType.GET: format_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy},
-    Dialect.LINUX: {MsgType.GET: format_sa, MsgType.DUMP: _dump_sa, MsgType.X_SPDDUMP: _policy,
-                    MsgType.X_SPDGET: _policy},
+    Dialect.LINUX: {
+        MsgType.GET: format_sa,
+        MsgType.DUMP: _dump_sa,
+        MsgType.X_SPDDUMP: _policy,
+        MsgType.X_SPDGET: _policy,
+    },
 }
 
 

@@ -14,9 +14,28 @@ SHORT_HEADER = "time p   s spi      ltime   src -> dst\n"
 
 _SHORT_SATYPE = {2: "ah", 3: "esp"}
 _SHORT_STATE = ("L", "M", "D", "d")
-_SHORT_PROTO = {0: "ip", 1: "icmp", 2: "igmp", 3: "ggp", 4: "ip4", 6: "tcp", 8: "egp", 17: "udp", 22: "idp",
-                29: "tp", 41: "ip6", 43: "rt6", 44: "frag6", 46: "rsvp", 47: "gre", 50: "esp", 51: "ah",
-                58: "icmp6", 59: "none", 60: "dst6"}
+_SHORT_PROTO = {
+    0: "ip",
+    1: "icmp",
+    2: "igmp",
+    3: "ggp",
+    4: "ip4",
+    6: "tcp",
+    8: "egp",
+    17: "udp",
+    22: "idp",
+    29: "tp",
+    41: "ip6",
+    43: "rt6",
+    44: "frag6",
+    46: "rsvp",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmp6",
+    59: "none",
+    60: "dst6",
+}
 
 
 def _short_addr(a: Address | None, opts: DumpOptions) -> str:

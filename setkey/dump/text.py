@@ -76,8 +76,9 @@ def format_sa(msg: Message, now: int, opts: DumpOptions) -> str:
     sa_replay = msg.sa_replay
     if not style.linux and sa_replay is not None:
         replay = sa_replay.replay >> 3  # FreeBSD: the window in packets, shown in bytes
-    out.append(f"\tseq=0x{sa2.sequence:08x} replay={replay} flags=0x{sa.flags:08x} "
-               f"state={_word(_STATE_WORDS, sa.state)}\n")
+    out.append(
+        f"\tseq=0x{sa2.sequence:08x} replay={replay} flags=0x{sa.flags:08x} state={_word(_STATE_WORDS, sa.state)}\n"
+    )
 
     current = msg.lifetime_current
     if current is not None:
@@ -181,8 +182,10 @@ def _sa_lifetimes(c: Lifetime, h: Lifetime | None, s: Lifetime | None, now: int,
 
 def _sec_ctx_lines(doi: int, alg: int, ctx: bytes) -> str:
     text = ctx.split(b"\0", 1)[0].decode("utf-8", "replace")
-    return (f"\tsecurity context doi: {doi}\n\tsecurity context algorithm: {alg}\n"
-            f"\tsecurity context length: {len(ctx)}\n\tsecurity context: {text}\n")
+    return (
+        f"\tsecurity context doi: {doi}\n\tsecurity context algorithm: {alg}\n"
+        f"\tsecurity context length: {len(ctx)}\n\tsecurity context: {text}\n"
+    )
 
 
 # ---------------------------------------------------------------- SPD dump
@@ -313,8 +316,10 @@ def format_policy(msg: Message, opts: DumpOptions) -> str:
 
     current, hard = msg.lifetime_current, msg.lifetime_hard
     if current is not None:
-        out.append(f"\tcreated: {ctime20(current.addtime, opts.localtime)}  "
-                   f"lastused: {ctime20(current.usetime, opts.localtime)}\n")
+        out.append(
+            f"\tcreated: {ctime20(current.addtime, opts.localtime)}  "
+            f"lastused: {ctime20(current.usetime, opts.localtime)}\n"
+        )
     if hard is not None:
         out.append(f"\tlifetime: {hard.addtime}(s) validtime: {hard.usetime}(s)\n")
     ctx = msg.sec_ctx

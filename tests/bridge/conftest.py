@@ -31,8 +31,13 @@ def cc() -> str:
 
 @pytest.fixture(scope="session")
 def linux_headers(cc: str) -> None:
-    probe = subprocess.run([cc, "-E", "-x", "c", "-"], input="#include <linux/pfkeyv2.h>\n#include <linux/ipsec.h>\n",
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        [cc, "-E", "-x", "c", "-"],
+        input="#include <linux/pfkeyv2.h>\n#include <linux/ipsec.h>\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip("<linux/pfkeyv2.h> or <linux/ipsec.h> not found (install linux-libc-dev)")
 
@@ -63,8 +68,13 @@ def client(cc: str, linux_headers: None, build_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def spy(cc: str, build_dir: Path) -> Path:
-    return compile_c(cc, HERE / "send_spy.c", build_dir / "send_spy.so",
-                     ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror"), ("-ldl",))
+    return compile_c(
+        cc,
+        HERE / "send_spy.c",
+        build_dir / "send_spy.so",
+        ("-shared", "-fPIC", "-O2", "-Wall", "-Wextra", "-Werror"),
+        ("-ldl",),
+    )
 
 
 @pytest.fixture
@@ -81,8 +91,13 @@ def pfkeyd(sockdir: Path) -> Iterator[DaemonProcess]:
     path = sockdir / "k.sock"
     log = sockdir / "pfkeyd.log"
     with log.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "pfkeyd", "-s", f"{path}:linux"], cwd=ROOT,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pfkeyd", "-s", f"{path}:linux"],
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         wait_listening(path, proc, log)
         yield DaemonProcess(proc, path, log)

@@ -28,8 +28,9 @@ def find_compiler() -> str | None:
 
 
 def compile_c(cc: str, source: Path, output: Path, flags: tuple[str, ...], libs: tuple[str, ...] = ()) -> Path:
-    result = subprocess.run([cc, *flags, "-o", str(output), str(source), *libs], capture_output=True, text=True,
-                            check=False)
+    result = subprocess.run(
+        [cc, *flags, "-o", str(output), str(source), *libs], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0, f"{source.name} does not compile cleanly:\n{result.stderr}"
     assert result.stderr == "", f"{source.name} compiles with warnings:\n{result.stderr}"
     return output

@@ -25,12 +25,40 @@ SESSION_TIMEOUT = 60.0
 
 #: The "ok" lines the session must print before READY, in this order.
 LIVE_STEPS = [
-    "socket", "register-peek", "register", "register-read", "register-recvfrom", "add", "get", "add-many", "dump", "spdadd", "ip-ipsec-policy",
-    "other-setsockopt", "udp", "pipe", "regular", "pfkey", "reused-pipe", "reused-udp",
+    "socket",
+    "register-peek",
+    "register",
+    "register-read",
+    "register-recvfrom",
+    "add",
+    "get",
+    "add-many",
+    "dump",
+    "spdadd",
+    "ip-ipsec-policy",
+    "other-setsockopt",
+    "udp",
+    "pipe",
+    "regular",
+    "pfkey",
+    "reused-pipe",
+    "reused-udp",
     "socket-flags",
 ]
-DEAD_STEPS = ["dead-send", "dead-write", "dead-sendmsg", "dead-sendto", "dead-drain", "dead-recv", "dead-peek",
-              "dead-recvfrom", "dead-read", "dead-recvmsg", "dead-recv-empty", "survived"]
+DEAD_STEPS = [
+    "dead-send",
+    "dead-write",
+    "dead-sendmsg",
+    "dead-sendto",
+    "dead-drain",
+    "dead-recv",
+    "dead-peek",
+    "dead-recvfrom",
+    "dead-read",
+    "dead-recvmsg",
+    "dead-recv-empty",
+    "survived",
+]
 
 
 @contextmanager
@@ -60,11 +88,16 @@ def test_unmodified_client_session_through_the_bridge(
 ) -> None:
     # The daemon answers in well under a millisecond; the generous wait only keeps a
     # loaded CI machine from failing the immediate reads.
-    env = dict(client_env, PFKEY_SOCKET=str(pfkeyd.path), LD_PRELOAD=f"{bridge} {spy}",
-               PFKEY_PRELOAD_WAIT_MS="5000")
+    env = dict(client_env, PFKEY_SOCKET=str(pfkeyd.path), LD_PRELOAD=f"{bridge} {spy}", PFKEY_PRELOAD_WAIT_MS="5000")
     scratch = sockdir / "plain-file"
-    proc = subprocess.Popen([str(client), "session", str(scratch)], env=env, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [str(client), "session", str(scratch)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdin is not None and proc.stdout is not None
     live: list[str] = []
     with watchdog(proc, SESSION_TIMEOUT):
@@ -74,8 +107,12 @@ def test_unmodified_client_session_through_the_bridge(
             live.append(line.rstrip("\n"))
         else:
             proc.wait()
-            raise AssertionError(f"the client stopped before READY (exit {proc.returncode}):\n"
-                                 + "\n".join(live) + "\n" + (proc.stderr.read() if proc.stderr else ""))
+            raise AssertionError(
+                f"the client stopped before READY (exit {proc.returncode}):\n"
+                + "\n".join(live)
+                + "\n"
+                + (proc.stderr.read() if proc.stderr else "")
+            )
         assert steps(live) == LIVE_STEPS, "\n".join(live)
 
         # Mid-session, the daemon dies; the client then tries to talk to it.
@@ -142,8 +179,9 @@ class SlowPeer:
 
 
 def run_peek(client: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(client), "peek"], env=env, capture_output=True, text=True, timeout=SESSION_TIMEOUT,
-                          check=False)
+    return subprocess.run(
+        [str(client), "peek"], env=env, capture_output=True, text=True, timeout=SESSION_TIMEOUT, check=False
+    )
 
 
 def test_nonblocking_peek_right_after_send_waits_for_a_slow_daemon(
@@ -176,8 +214,14 @@ def test_missing_daemon_socket_makes_socket_fail_with_enoent(
     client: Path, client_env: dict[str, str], sockdir: Path
 ) -> None:
     missing = sockdir / "nobody-here.sock"
-    result = subprocess.run([str(client), "open"], env=dict(client_env, PFKEY_SOCKET=str(missing)),
-                            capture_output=True, text=True, timeout=SESSION_TIMEOUT, check=False)
+    result = subprocess.run(
+        [str(client), "open"],
+        env=dict(client_env, PFKEY_SOCKET=str(missing)),
+        capture_output=True,
+        text=True,
+        timeout=SESSION_TIMEOUT,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"socket -1 {errno.errorcode[errno.ENOENT]}\n"
     assert f"pfkeyd preload: connect {missing}: No such file or directory" in result.stderr

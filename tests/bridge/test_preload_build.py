@@ -64,8 +64,13 @@ def test_the_bridge_compiles_without_warnings(cc: str, tmp_path: Path) -> None:
     source = tmp_path / "pfkey_preload.c"
     source.write_bytes(ORIGINAL_SOURCE)
     # Stricter than the build (which adds -Wno-unused-parameter), and fortified.
-    compile_c(cc, source, tmp_path / "bridge.so",
-              ("-shared", "-fPIC", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Wextra", "-Werror"), ("-ldl", "-lpthread"))
+    compile_c(
+        cc,
+        source,
+        tmp_path / "bridge.so",
+        ("-shared", "-fPIC", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Wextra", "-Werror"),
+        ("-ldl", "-lpthread"),
+    )
 
 
 def test_preload_environment_puts_the_bridge_first_and_names_the_socket(cc: str, tmp_path: Path) -> None:
@@ -82,11 +87,14 @@ def test_preload_environment_puts_the_bridge_first_and_names_the_socket(cc: str,
 
 def test_exec_under_bridge_runs_the_program_with_the_bridge_preloaded(cc: str, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    code = ("import pfkeyd.preload, sys; "
-            "pfkeyd.preload.exec_under_bridge(['sh', '-c', 'echo \"$LD_PRELOAD|$PFKEY_SOCKET\"'], '/tmp/x.sock')")
+    code = (
+        "import pfkeyd.preload, sys; "
+        "pfkeyd.preload.exec_under_bridge(['sh', '-c', 'echo \"$LD_PRELOAD|$PFKEY_SOCKET\"'], '/tmp/x.sock')"
+    )
     env = dict(os.environ, XDG_CACHE_HOME=str(cache))
     env.pop("LD_PRELOAD", None)
-    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True, timeout=60
+    )
     lib = str(library_path(env={"XDG_CACHE_HOME": str(cache)}))
     assert result.stdout == f"{lib}|/tmp/x.sock\n"

@@ -38,19 +38,49 @@ ENC = (EncAlg.X_AESCBC, bytes(range(16)))
 AUTH = (AuthAlg.X_SHA2_256, bytes(range(32)))
 
 PUBLIC_METHODS = {
-    "request", "send", "request_many", "request_many_raw", "dump", "spddump", "events", "aclose",
-    "register", "getspi", "add", "update", "delete", "get", "flush", "spdflush", "promisc",
-    "spdadd", "spdget", "spddelete2",
+    "request",
+    "send",
+    "request_many",
+    "request_many_raw",
+    "dump",
+    "spddump",
+    "events",
+    "aclose",
+    "register",
+    "getspi",
+    "add",
+    "update",
+    "delete",
+    "get",
+    "flush",
+    "spdflush",
+    "promisc",
+    "spdadd",
+    "spdget",
+    "spddelete2",
 }
 
 
 def test_the_public_api_is_pinned() -> None:
-    assert pfkeyd.client.__all__ == ["open", "control", "socket_dialect", "Connection", "PfkeyReplyError",
-                                     "ReplyTimeout", "RawReply", "AddressLike"]
+    assert pfkeyd.client.__all__ == [
+        "open",
+        "control",
+        "socket_dialect",
+        "Connection",
+        "PfkeyReplyError",
+        "ReplyTimeout",
+        "RawReply",
+        "AddressLike",
+    ]
     methods = {name for name, _ in inspect.getmembers(Connection, inspect.isfunction) if not name.startswith("_")}
     assert methods == PUBLIC_METHODS
-    assert list(inspect.signature(pfkeyd.client.open).parameters) == ["path", "dialect", "pid", "event_buffer",
-                                                                      "reply_timeout"]
+    assert list(inspect.signature(pfkeyd.client.open).parameters) == [
+        "path",
+        "dialect",
+        "pid",
+        "event_buffer",
+        "reply_timeout",
+    ]
     assert list(inspect.signature(pfkeyd.client.socket_dialect).parameters) == ["path", "timeout"]
     assert list(inspect.signature(pfkeyd.client.control).parameters) == ["argv", "path", "timeout"]
     assert list(inspect.signature(Connection.request).parameters) == ["self", "msg", "assign_seq"]
@@ -73,9 +103,16 @@ async def test_an_sa_lifecycle_through_the_helpers(daemon: Daemon, dialect: Dial
         spi = larval.sa.spi
         updated = await conn.update(SaType.ESP, "10.0.0.2", "10.0.0.1", spi, enc=ENC, auth=AUTH)
         assert updated.type == MsgType.UPDATE and not has_keys(updated)
-        await conn.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x1000, enc=ENC, auth=AUTH,
-                       hard=Lifetime(ExtType.LIFETIME_HARD, addtime=600),
-                       soft=Lifetime(ExtType.LIFETIME_SOFT, addtime=500))
+        await conn.add(
+            SaType.ESP,
+            "10.0.0.1",
+            "10.0.0.2",
+            0x1000,
+            enc=ENC,
+            auth=AUTH,
+            hard=Lifetime(ExtType.LIFETIME_HARD, addtime=600),
+            soft=Lifetime(ExtType.LIFETIME_SOFT, addtime=500),
+        )
         got = await conn.get(SaType.ESP, "10.0.0.2", "10.0.0.1", spi)
         assert got.sa is not None and got.sa.state == SaState.MATURE
         assert got.key_encrypt is not None and got.key_encrypt.data == ENC[1]
@@ -110,8 +147,10 @@ async def test_path_defaults_to_pfkey_socket(daemon: Daemon, monkeypatch: pytest
 
 
 async def test_broadcasts_for_others_become_events_not_replies(daemon: Daemon) -> None:
-    async with (pfkeyd.client.open(daemon.paths[LINUX], LINUX, pid=1) as me,
-                pfkeyd.client.open(daemon.paths[FREEBSD], FREEBSD, pid=2) as other):
+    async with (
+        pfkeyd.client.open(daemon.paths[LINUX], LINUX, pid=1) as me,
+        pfkeyd.client.open(daemon.paths[FREEBSD], FREEBSD, pid=2) as other,
+    ):
         # The other socket's ADD reaches us (as a broadcast) before our own reply.
         await other.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x2000, enc=ENC, auth=AUTH)
         mine = await me.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x2001, enc=ENC, auth=AUTH)
@@ -131,9 +170,16 @@ async def test_expire_and_acquire_style_messages_arrive_as_events(
 ) -> None:
     async with pfkeyd.client.open(daemon.paths[FREEBSD], FREEBSD) as ike:
         await ike.register(SaType.ESP)
-        await ike.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x3000, enc=ENC, auth=AUTH,
-                      hard=Lifetime(ExtType.LIFETIME_HARD, addtime=20),
-                      soft=Lifetime(ExtType.LIFETIME_SOFT, addtime=10))
+        await ike.add(
+            SaType.ESP,
+            "10.0.0.1",
+            "10.0.0.2",
+            0x3000,
+            enc=ENC,
+            auth=AUTH,
+            hard=Lifetime(ExtType.LIFETIME_HARD, addtime=20),
+            soft=Lifetime(ExtType.LIFETIME_SOFT, addtime=10),
+        )
         kinds = []
         async for event in ike.events():
             assert event.type == MsgType.EXPIRE
@@ -144,8 +190,10 @@ async def test_expire_and_acquire_style_messages_arrive_as_events(
 
 
 async def test_an_unread_event_buffer_drops_the_oldest(daemon: Daemon) -> None:
-    async with (pfkeyd.client.open(daemon.paths[LINUX], LINUX, event_buffer=3) as quiet,
-                pfkeyd.client.open(daemon.paths[LINUX], LINUX) as busy):
+    async with (
+        pfkeyd.client.open(daemon.paths[LINUX], LINUX, event_buffer=3) as quiet,
+        pfkeyd.client.open(daemon.paths[LINUX], LINUX) as busy,
+    ):
         for seq in range(1, 6):
             await busy.request(Message(MsgType.FLUSH, 0, seq))
         await quiet.flush()  # everything before our reply has been read
@@ -165,7 +213,8 @@ async def test_request_many_returns_replies_and_errors_in_order(daemon: Daemon) 
                 assert isinstance(result, Message)
                 assert result.sa is not None and result.sa.spi == 0x5000 + i
         assert [r.reply.seq if isinstance(r, PfkeyReplyError) else r.seq for r in results] == sorted(
-            r.reply.seq if isinstance(r, PfkeyReplyError) else r.seq for r in results)
+            r.reply.seq if isinstance(r, PfkeyReplyError) else r.seq for r in results
+        )
         with pytest.raises(ValueError, match="window"):
             await conn.request_many(msgs, window=0)
 
@@ -229,9 +278,16 @@ async def test_a_request_made_inside_a_dump_loop_does_not_deadlock(daemon: Daemo
 
 
 async def test_spddump_reads_policies_until_seq_0(nursery: trio.Nursery, sockdir: str) -> None:
-    policies = [Message(MsgType.X_SPDDUMP, 0, 0, 0, exts=(
-        addr(ExtType.ADDRESS_SRC, f"10.9.0.{i}"), addr(ExtType.ADDRESS_DST, "10.9.1.1"),
-        Policy(1, 2, i + 1))) for i in range(5)]
+    policies = [
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            0,
+            0,
+            exts=(addr(ExtType.ADDRESS_SRC, f"10.9.0.{i}"), addr(ExtType.ADDRESS_DST, "10.9.1.1"), Policy(1, 2, i + 1)),
+        )
+        for i in range(5)
+    ]
 
     def render(item: Message, dialect: Dialect, seq: int, pid: int) -> bytes:
         return encode(item.replace(seq=seq, pid=pid), dialect)
@@ -251,8 +307,10 @@ async def test_spddump_reads_policies_until_seq_0(nursery: trio.Nursery, sockdir
 
 @DIALECTS
 async def test_promiscuous_copies_arrive_as_unwrapped_events(daemon: Daemon, dialect: Dialect) -> None:
-    async with (pfkeyd.client.open(daemon.paths[dialect], dialect, pid=9) as watcher,
-                pfkeyd.client.open(daemon.paths[LINUX], LINUX, pid=10) as actor):
+    async with (
+        pfkeyd.client.open(daemon.paths[dialect], dialect, pid=9) as watcher,
+        pfkeyd.client.open(daemon.paths[LINUX], LINUX, pid=10) as actor,
+    ):
         await watcher.promisc()
         await actor.add(SaType.ESP, "10.0.0.1", "10.0.0.2", 0x7000, enc=ENC, auth=AUTH)
         await watcher.flush(SaType.AH)  # a round trip: everything before it has been read
@@ -357,8 +415,9 @@ async def test_policy_helpers_and_the_control_call(nursery: trio.Nursery, sockdi
     path = d.paths[dialect]
     async with pfkeyd.client.open(path, dialect) as conn:
         esp = IpsecRequest(50, Mode.TRANSPORT, Level.REQUIRE)
-        reply = await conn.spdadd("10.0.0.1", "10.0.0.2", Direction.OUTBOUND, PolicyType.IPSEC, requests=[esp],
-                                  priority=7)
+        reply = await conn.spdadd(
+            "10.0.0.1", "10.0.0.2", Direction.OUTBOUND, PolicyType.IPSEC, requests=[esp], priority=7
+        )
         assert reply.policy is not None and reply.policy.id and reply.policy.priority == 7
         got = await conn.spdget(reply.policy.id)
         assert got.policy is not None and got.policy.requests[0].level == Level.REQUIRE

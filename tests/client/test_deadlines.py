@@ -80,16 +80,18 @@ def hook(engine: KeyEngine) -> ControlHook:
 
 
 @DIALECTS
-async def test_the_daemon_reports_each_sockets_dialect(nursery: trio.Nursery, sockdir: str, engine: KeyEngine,
-                                                       dialect: Dialect) -> None:
+async def test_the_daemon_reports_each_sockets_dialect(
+    nursery: trio.Nursery, sockdir: str, engine: KeyEngine, dialect: Dialect
+) -> None:
     d = await start_daemon(nursery, sockdir, engine, control=hook(engine))
     assert await pfkeyd.client.socket_dialect(d.paths[dialect]) is dialect
     assert await pfkeyd.client.control(["dialect"], d.paths[dialect]) == (0, f"{dialect.value}\n", "")
     d.server.stop()
 
 
-async def test_a_socket_of_the_other_dialect_works_without_naming_it(nursery: trio.Nursery, sockdir: str,
-                                                                      engine: KeyEngine) -> None:
+async def test_a_socket_of_the_other_dialect_works_without_naming_it(
+    nursery: trio.Nursery, sockdir: str, engine: KeyEngine
+) -> None:
     # Before, a client on Linux spoke linux to the freebsd socket, and a
     # request could wait for ever for a reply it would not recognise.
     d = await start_daemon(nursery, sockdir, engine, control=hook(engine))
@@ -102,8 +104,9 @@ async def test_a_socket_of_the_other_dialect_works_without_naming_it(nursery: tr
     d.server.stop()
 
 
-async def test_without_a_control_socket_the_hosts_dialect_is_assumed(nursery: trio.Nursery, sockdir: str,
-                                                                     engine: KeyEngine) -> None:
+async def test_without_a_control_socket_the_hosts_dialect_is_assumed(
+    nursery: trio.Nursery, sockdir: str, engine: KeyEngine
+) -> None:
     d = await start_daemon(nursery, sockdir, engine)  # no control hook: no .ctl beside the sockets
     assert await pfkeyd.client.socket_dialect(d.paths[Dialect.FREEBSD]) is None
     async with pfkeyd.client.open(d.paths[native_dialect()]) as conn:
@@ -127,8 +130,9 @@ async def test_an_answer_that_is_not_a_dialect_is_no_dialect(nursery: trio.Nurse
 # ------------------------------------------------------------------ deadlines
 
 
-async def test_a_request_to_a_silent_daemon_times_out(nursery: trio.Nursery, sockdir: str,
-                                                      autojump_clock: trio.testing.MockClock) -> None:
+async def test_a_request_to_a_silent_daemon_times_out(
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     path = f"{sockdir}/silent.sock"
     await serve(nursery, path, silent)
     async with pfkeyd.client.open(path, Dialect.LINUX, reply_timeout=4) as conn:
@@ -146,7 +150,8 @@ async def test_a_request_to_a_silent_daemon_times_out(nursery: trio.Nursery, soc
 
 
 async def test_a_dump_from_a_silent_daemon_times_out_and_another_may_start(
-        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     path = f"{sockdir}/silent.sock"
     await serve(nursery, path, silent)
     async with pfkeyd.client.open(path, Dialect.FREEBSD, reply_timeout=2.5) as conn:
@@ -160,7 +165,8 @@ async def test_a_dump_from_a_silent_daemon_times_out_and_another_may_start(
 
 
 async def test_a_slow_daemon_that_keeps_answering_is_not_timed_out(
-        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     # The deadline is for a time without replies, not for the whole pipeline.
     path = f"{sockdir}/slow.sock"
     await serve(nursery, path, slow_echo(3))
@@ -172,7 +178,8 @@ async def test_a_slow_daemon_that_keeps_answering_is_not_timed_out(
 
 
 async def test_the_deadline_runs_from_the_last_reply(
-        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     # The first of two requests is answered after 3 s, the second never: the
     # wait ends 5 s after that reply (at 8 s), not at a multiple of 5 s.
     path = f"{sockdir}/half.sock"
@@ -196,7 +203,8 @@ async def test_the_deadline_runs_from_the_last_reply(
 
 
 async def test_a_control_socket_that_never_answers_times_out(
-        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     path = f"{sockdir}/stuck.sock"
     await serve(nursery, control_path(path), silent)
     start = trio.current_time()
@@ -208,7 +216,8 @@ async def test_a_control_socket_that_never_answers_times_out(
 
 
 async def test_a_daemon_that_reads_nothing_times_out_the_send(
-        nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock) -> None:
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
     path = f"{sockdir}/deaf.sock"
     listener = trio.socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     await listener.bind(path)

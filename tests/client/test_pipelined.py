@@ -59,9 +59,11 @@ async def test_replies_are_matched_out_of_order_among_broadcasts_and_promiscuous
         effects: list[Effect] = []
         for i in order:
             to, request = held[i]
-            effects += [Send((to,), request.replace(pid=OTHER_PID)),
-                        Send((to,), request, promisc=True),
-                        Send((to,), request, reply=True)]
+            effects += [
+                Send((to,), request.replace(pid=OTHER_PID)),
+                Send((to,), request, promisc=True),
+                Send((to,), request, reply=True),
+            ]
         return effects
 
     d = await start_daemon(nursery, sockdir, FakeEngine(handle))
@@ -238,13 +240,21 @@ async def test_a_cancelled_batch_has_its_late_replies_discarded(
         assert not conn._events and not conn._waiters
 
 
-@pytest.mark.parametrize(("interval", "per_tick", "limit"), [
-    (0.001, 1, 0.400 + 0.030),  # 1 000 answers/s: the reads are coalesced
-    (0.000025, 16, 0.003),  # 640 000 answers/s: a coalescing sleep would idle the daemon, so none
-], ids=["slow", "fast"])
+@pytest.mark.parametrize(
+    ("interval", "per_tick", "limit"),
+    [
+        (0.001, 1, 0.400 + 0.030),  # 1 000 answers/s: the reads are coalesced
+        (0.000025, 16, 0.003),  # 640 000 answers/s: a coalescing sleep would idle the daemon, so none
+    ],
+    ids=["slow", "fast"],
+)
 async def test_coalesced_reads_keep_the_window_full_and_the_daemon_busy(
-    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock,
-    interval: float, per_tick: int, limit: float,
+    nursery: trio.Nursery,
+    sockdir: str,
+    autojump_clock: trio.testing.MockClock,
+    interval: float,
+    per_tick: int,
+    limit: float,
 ) -> None:
     # Every `interval` the daemon answers the `per_tick` oldest requests.  The
     # receive task may sleep between reads (see Connection._receive_loop), but

@@ -40,7 +40,8 @@ def daemon_with_state() -> tuple[Daemon, KeyEngine]:
 
 @pytest.mark.parametrize("dialect", [Dialect.FREEBSD, Dialect.LINUX])
 def test_an_exception_in_a_handler_is_answered_einval_and_changes_nothing(
-        dialect: Dialect, monkeypatch: pytest.MonkeyPatch) -> None:
+    dialect: Dialect, monkeypatch: pytest.MonkeyPatch
+) -> None:
     daemon, engine = daemon_with_state()
     me = CLIENT_OF[dialect]
     monkeypatch.setitem(engine_module.HANDLERS, MsgType.GET, exploding)
@@ -55,8 +56,7 @@ def test_an_exception_in_a_handler_is_answered_einval_and_changes_nothing(
     answer = replies[0].data
     assert answer[1] == MsgType.GET and answer[2] == errno.EINVAL
     # FreeBSD echoes the request with errno set; Linux sends the header alone.
-    assert answer == (request[:2] + bytes((errno.EINVAL,)) + request[3:] if dialect is Dialect.FREEBSD
-                      else answer[:16])
+    assert answer == (request[:2] + bytes((errno.EINVAL,)) + request[3:] if dialect is Dialect.FREEBSD else answer[:16])
     logs = [o for o in out if isinstance(o, Log)]
     assert [o.kind for o in logs] == ["internal"]
     assert isinstance(logs[0].exc, Boom)
@@ -91,8 +91,11 @@ def test_an_exception_in_the_decoder_is_caught_too(monkeypatch: pytest.MonkeyPat
 
 
 async def test_a_request_that_hits_a_bug_does_not_end_the_daemon(
-        tmp_path: object, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-        autojump_clock: trio.testing.MockClock) -> None:
+    tmp_path: object,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     monkeypatch.setitem(engine_module.HANDLERS, MsgType.GET, exploding)
     caplog.set_level(logging.ERROR, logger="pfkeyd.server")
     async with trio.open_nursery() as nursery:

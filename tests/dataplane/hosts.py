@@ -42,7 +42,11 @@ class Host:
         self.env = env
         self.proc = subprocess.Popen(
             ns.argv(sys.executable, "-m", "pfkeyd", "-s", f"{self.sock}:freebsd", "--dataplane", *extra),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         # The daemon logs "listening on <control socket>" once it serves: wait for that
         # line (or the end of its output), copying everything to the log file.
         self._ready = threading.Event()
@@ -91,15 +95,27 @@ class Host:
         path = os.path.join(self.dir, "setkey.conf")
         with open(path, "w") as f:
             f.write(script)
-        r = subprocess.run([sys.executable, "-m", "setkey", "-f", path, *args], capture_output=True, text=True, check=False,
-                           env=dict(self.env, PFKEY_SOCKET=self.sock), timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "setkey", "-f", path, *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=dict(self.env, PFKEY_SOCKET=self.sock),
+            timeout=30,
+        )
         if r.returncode:
             raise RuntimeError(f"setkey -f failed ({r.returncode}): {r.stderr}{r.stdout}")
         return r.stdout
 
     def setkey_args(self, *args: str) -> str:
-        r = subprocess.run([sys.executable, "-m", "setkey", *args], capture_output=True, text=True, check=False,
-                           env=dict(self.env, PFKEY_SOCKET=self.sock), timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "setkey", *args],
+            capture_output=True,
+            text=True,
+            check=False,
+            env=dict(self.env, PFKEY_SOCKET=self.sock),
+            timeout=30,
+        )
         if r.returncode:
             raise RuntimeError(f"setkey {args} failed: {r.stderr}")
         return r.stdout
@@ -108,8 +124,9 @@ class Host:
         return self.ns.run(sys.executable, TRAFFIC, *argv, check=False, timeout=timeout)
 
     def popen(self, *argv: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(self.ns.argv(sys.executable, TRAFFIC, *argv), stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            self.ns.argv(sys.executable, TRAFFIC, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -124,8 +141,9 @@ class Host:
 
 
 @contextlib.contextmanager
-def hosts(pair: Pair, *extra: str, extra_a: tuple[str, ...] = (), extra_b: tuple[str, ...] = ()
-          ) -> Iterator[tuple[Host, Host]]:
+def hosts(
+    pair: Pair, *extra: str, extra_a: tuple[str, ...] = (), extra_b: tuple[str, ...] = ()
+) -> Iterator[tuple[Host, Host]]:
     """Start pfkeyd with the data plane in both namespaces (see the module doc)."""
     work = tempfile.mkdtemp(prefix="pfkeyd-dp-")
     started: list[Host] = []

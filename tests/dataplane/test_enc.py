@@ -59,7 +59,8 @@ def test_default_masks_show_outbound_twice_and_inbound_before_decapsulation() ->
 
 
 @pytest.mark.parametrize(
-    ("mask", "before", "after"), [(0, False, False), (1, True, False), (2, False, True), (3, True, True), (4, False, False), (7, True, True)]
+    ("mask", "before", "after"),
+    [(0, False, False), (1, True, False), (2, False, True), (3, True, True), (4, False, False), (7, True, True)],
 )
 def test_mask_bit_1_is_before_and_bit_2_after_other_bits_ignored(mask: int, before: bool, after: bool) -> None:
     assert shows(Point.BEFORE, mask) is before
@@ -117,7 +118,9 @@ def test_pcap_enc_file_carries_the_enc_header(tmp_path: Path) -> None:
 
 def test_pcap_snaplen_cuts_records_and_keeps_the_original_length(tmp_path: Path) -> None:
     f = io.BytesIO()
-    PcapWriter(f, LINKTYPE_RAW, snaplen=20).write(EncRecord(direction=Direction.OUT, point=Point.BEFORE, datagram=PLAIN4), 0.0)
+    PcapWriter(f, LINKTYPE_RAW, snaplen=20).write(
+        EncRecord(direction=Direction.OUT, point=Point.BEFORE, datagram=PLAIN4), 0.0
+    )
     raw = f.getvalue()
     incl, orig = struct.unpack("=II", raw[24 + 8 : 24 + 16])
     assert (incl, orig) == (20, len(PLAIN4))

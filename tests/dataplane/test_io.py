@@ -38,7 +38,9 @@ ESP_PAYLOAD = bytes.fromhex("0000c0de00000001") + bytes(range(64))  # SPI, seque
 
 
 def _esp4(proto: int = 50, payload: bytes = ESP_PAYLOAD) -> bytes:
-    return bytes(IP(src=Pair.V4[0], dst=Pair.V4[1], proto=proto, tos=0x2A, id=0x1234, flags="DF", ttl=64) / Raw(payload))
+    return bytes(
+        IP(src=Pair.V4[0], dst=Pair.V4[1], proto=proto, tos=0x2A, id=0x1234, flags="DF", ttl=64) / Raw(payload)
+    )
 
 
 def _esp6(proto: int = 50, payload: bytes = ESP_PAYLOAD) -> bytes:
@@ -146,9 +148,7 @@ async def test_raw_datagrams_arrive_whole(netpair: Pair, family: int, proto: int
 
 async def test_ipv6_extension_headers_before_esp_are_rebuilt_in_order(netpair: Pair) -> None:
     sent = bytes(
-        IPv6(src=Pair.V6[0], dst=Pair.V6[1], tc=4, hlim=9)
-        / IPv6ExtHdrDestOpt(nh=50, options=[])
-        / Raw(ESP_PAYLOAD)
+        IPv6(src=Pair.V6[0], dst=Pair.V6[1], tc=4, hlim=9) / IPv6ExtHdrDestOpt(nh=50, options=[]) / Raw(ESP_PAYLOAD)
     )
     with netpair.b.inside():
         rx = RawReceiver(V6, 50)
@@ -247,7 +247,7 @@ def test_classify_udp_tells_keepalive_ike_and_esp_apart() -> None:
 
 @pytest.mark.parametrize("family", [V4, V6])
 async def test_natt_datagrams_and_keepalives_are_told_apart(netpair: Pair, family: int) -> None:
-    src, dst = (Pair.V4 if family == V4 else Pair.V6)
+    src, dst = Pair.V4 if family == V4 else Pair.V6
     with netpair.b.inside():
         rx = NattSocket(family, DEFAULT_FWMARK)
     with netpair.a.inside():
@@ -291,10 +291,17 @@ async def test_natt_datagrams_and_keepalives_are_told_apart(netpair: Pair, famil
 
 @pytest.mark.parametrize("family", [V4, V6])
 async def test_esp_in_udp_sent_whole_on_the_raw_socket_reaches_the_natt_socket(netpair: Pair, family: int) -> None:
-    src, dst = (Pair.V4 if family == V4 else Pair.V6)
+    src, dst = Pair.V4 if family == V4 else Pair.V6
     sent = UdpDatagram(
-        kind=UdpKind.ESP, payload=ESP_PAYLOAD, family=family, src=socket.inet_pton(family, src), sport=4500,
-        dst=socket.inet_pton(family, dst), dport=4500, tos=0, ttl=64,
+        kind=UdpKind.ESP,
+        payload=ESP_PAYLOAD,
+        family=family,
+        src=socket.inet_pton(family, src),
+        sport=4500,
+        dst=socket.inet_pton(family, dst),
+        dport=4500,
+        tos=0,
+        ttl=64,
     ).whole()
     with netpair.b.inside():
         rx = NattSocket(family, DEFAULT_FWMARK)
@@ -397,8 +404,15 @@ async def test_fragmented_datagrams_arrive_reassembled(netpair: Pair, family: in
     else:
         whole = _esp6(payload=payload)
         pkt = IPv6(whole)
-        pieces = [bytes(f) for f in fragment6(IPv6(src=pkt.src, dst=pkt.dst, tc=pkt.tc, fl=pkt.fl, hlim=pkt.hlim)
-                                              / IPv6ExtHdrFragment(id=7, nh=50) / Raw(payload), 1280)]
+        pieces = [
+            bytes(f)
+            for f in fragment6(
+                IPv6(src=pkt.src, dst=pkt.dst, tc=pkt.tc, fl=pkt.fl, hlim=pkt.hlim)
+                / IPv6ExtHdrFragment(id=7, nh=50)
+                / Raw(payload),
+                1280,
+            )
+        ]
     assert len(pieces) > 2
     with netpair.b.inside():
         rx = RawReceiver(family, 50)

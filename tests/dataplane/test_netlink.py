@@ -29,11 +29,14 @@ from tests.netns import Namespace, Pair, snapshot
 
 def _table(family: int, table: int = DEFAULT_TABLE) -> list[tuple[str, int, str | None]]:
     with IPRoute() as ipr:
-        return sorted((
-            (m.get("dst"), m["dst_len"], m.get("prefsrc"))
-            for m in ipr.route("dump", family=family)
-            if m.get("table") == table
-        ), key=repr)
+        return sorted(
+            (
+                (m.get("dst"), m["dst_len"], m.get("prefsrc"))
+                for m in ipr.route("dump", family=family)
+                if m.get("table") == table
+            ),
+            key=repr,
+        )
 
 
 def _rules(family: int) -> list[tuple[int, int, int, int | None]]:
@@ -180,8 +183,13 @@ def test_a_route_the_kernel_refuses_raises_with_its_errno(routing: tuple[Namespa
 
 @pytest.mark.parametrize(
     "make",
-    [partial(RoutingConfig, mtu=10), partial(RoutingConfig, table=254), partial(RoutingConfig, table=0),
-     partial(RoutingConfig, fwmark=0), partial(RoutingConfig, priority=40000)],
+    [
+        partial(RoutingConfig, mtu=10),
+        partial(RoutingConfig, table=254),
+        partial(RoutingConfig, table=0),
+        partial(RoutingConfig, fwmark=0),
+        partial(RoutingConfig, priority=40000),
+    ],
     ids=["mtu=10", "table=254", "table=0", "fwmark=0", "priority=40000"],
 )
 def test_bad_configuration_is_refused(make: Callable[[], RoutingConfig]) -> None:

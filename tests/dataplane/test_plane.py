@@ -52,8 +52,21 @@ IA, IB = "10.1.0.1", "10.2.0.1"
 
 
 def v4(src: str, dst: str, proto: int = 17, payload: bytes = b"", *, tos: int = 0, flags: int = 0) -> bytes:
-    head = bytearray(struct.pack("!BBHHHBBH4s4s", 0x45, tos, 20 + len(payload), 7, flags, 64, proto, 0,
-                                 socket.inet_aton(src), socket.inet_aton(dst)))
+    head = bytearray(
+        struct.pack(
+            "!BBHHHBBH4s4s",
+            0x45,
+            tos,
+            20 + len(payload),
+            7,
+            flags,
+            64,
+            proto,
+            0,
+            socket.inet_aton(src),
+            socket.inet_aton(dst),
+        )
+    )
     head[10:12] = inet_checksum(bytes(head)).to_bytes(2, "big")
     return bytes(head) + payload
 
@@ -81,14 +94,34 @@ def plane(eng: KeyEngine) -> tuple[DataPlane, Emitted]:
     return dp, out
 
 
-def add_gcm(eng: KeyEngine, spi: int, src: str, dst: str, *, mode: int = TUNNEL, satype: int = SaType.ESP,
-            hard: Lifetime | None = None, soft: Lifetime | None = None, now: Instant = T0) -> None:
+def add_gcm(
+    eng: KeyEngine,
+    spi: int,
+    src: str,
+    dst: str,
+    *,
+    mode: int = TUNNEL,
+    satype: int = SaType.ESP,
+    hard: Lifetime | None = None,
+    soft: Lifetime | None = None,
+    now: Instant = T0,
+) -> None:
     if satype == SaType.AH:
-        exts: list[Extension] = [Sa(spi, 8, 1, 5, 0, 0), Sa2(mode, 0, 0), address(ExtType.ADDRESS_SRC, src),
-                address(ExtType.ADDRESS_DST, dst), Key(ExtType.KEY_AUTH, bytes(32))]
+        exts: list[Extension] = [
+            Sa(spi, 8, 1, 5, 0, 0),
+            Sa2(mode, 0, 0),
+            address(ExtType.ADDRESS_SRC, src),
+            address(ExtType.ADDRESS_DST, dst),
+            Key(ExtType.KEY_AUTH, bytes(32)),
+        ]
     else:
-        exts = [Sa(spi, 8, 1, 0, EncAlg.X_AESGCM16, 0), Sa2(mode, 0, 0), address(ExtType.ADDRESS_SRC, src),
-                address(ExtType.ADDRESS_DST, dst), Key(ExtType.KEY_ENCRYPT, bytes(range(20)))]
+        exts = [
+            Sa(spi, 8, 1, 0, EncAlg.X_AESGCM16, 0),
+            Sa2(mode, 0, 0),
+            address(ExtType.ADDRESS_SRC, src),
+            address(ExtType.ADDRESS_DST, dst),
+            Key(ExtType.KEY_ENCRYPT, bytes(range(20))),
+        ]
     if hard is not None or soft is not None:
         exts += [hard or Lifetime(ExtType.LIFETIME_HARD), soft or Lifetime(ExtType.LIFETIME_SOFT)]
     effects = send(eng, ME, Message(MsgType.ADD, satype, 0, PID, 0, 0, tuple(exts)), now)
@@ -121,8 +154,18 @@ def test_parse_flow_reads_addresses_protocol_ports_and_icmp_type() -> None:
     assert _flow(icmp)[2:] == (1, 8, 0)
     later_fragment = v4(IA, IB, 17, struct.pack("!HH", 1, 2) + bytes(4), flags=0x0010)
     assert _flow(later_fragment)[2:] == (17, 0, 0)
-    six = (bytes.fromhex("60000000") + (8 + 8).to_bytes(2, "big") + bytes((0, 64)) + bytes(15) + b"\x01"
-           + bytes(15) + b"\x02" + bytes((17, 0)) + bytes(6) + struct.pack("!HHHH", 500, 4500, 8, 0))
+    six = (
+        bytes.fromhex("60000000")
+        + (8 + 8).to_bytes(2, "big")
+        + bytes((0, 64))
+        + bytes(15)
+        + b"\x01"
+        + bytes(15)
+        + b"\x02"
+        + bytes((17, 0))
+        + bytes(6)
+        + struct.pack("!HHHH", 500, 4500, 8, 0)
+    )
     assert _flow(six)[2:] == (17, 500, 4500)  # behind a hop-by-hop header
     assert parse_flow(b"\x00" * 19) is None
     assert parse_flow(b"\x50" + bytes(30)) is None
@@ -162,8 +205,19 @@ def test_inbound_policy_check_refuses_what_the_policy_does_not_allow() -> None:
     ea, eb = tunnel_pair()
     pa, _ = plane(ea)
     # B wants AH as well for this flow: what arrives under ESP alone is rejected.
-    send(eb, ME, spd_msg(MsgType.X_SPDUPDATE, src="10.1.0.0", dst="10.2.0.0", splen=24, dplen=24, dir=IN,
-                         requests=[tunnel(A, B), request(AH, TRANSPORT)]))
+    send(
+        eb,
+        ME,
+        spd_msg(
+            MsgType.X_SPDUPDATE,
+            src="10.1.0.0",
+            dst="10.2.0.0",
+            splen=24,
+            dplen=24,
+            dir=IN,
+            requests=[tunnel(A, B), request(AH, TRANSPORT)],
+        ),
+    )
     pb, _ = plane(eb)
     (wire,) = pa.outbound(udp(IA, IB, 1, 2), T0)
     assert pb.inbound(wire, T0) is None
@@ -218,8 +272,15 @@ def test_traffic_drives_byte_lifetimes_to_soft_and_hard_expiry() -> None:
     eng = make_engine(clients=ALONE)
     eng.client_opened(KM, eng.clients[ME].dialect)
     send(eng, KM, Message(MsgType.REGISTER, SaType.ESP, 0, PID + 1, 0, 0, ()))
-    add_gcm(eng, 0x3001, A, B, mode=TRANSPORT, hard=Lifetime(ExtType.LIFETIME_HARD, 0, 1000, 0, 0),
-            soft=Lifetime(ExtType.LIFETIME_SOFT, 0, 300, 0, 0))
+    add_gcm(
+        eng,
+        0x3001,
+        A,
+        B,
+        mode=TRANSPORT,
+        hard=Lifetime(ExtType.LIFETIME_HARD, 0, 1000, 0, 0),
+        soft=Lifetime(ExtType.LIFETIME_SOFT, 0, 300, 0, 0),
+    )
     send(eng, ME, spd_msg(src=A, dst=B, dir=OUT))
     dp, emitted = plane(eng)
     kinds = []
@@ -227,8 +288,11 @@ def test_traffic_drives_byte_lifetimes_to_soft_and_hard_expiry() -> None:
         dp._refresh()
         dp.outbound(udp(A, B, 1, 2, b"z" * 60), at(i))
         dp.report(at(i))
-        kinds += [e.msg.get(ExtType.LIFETIME_HARD) is not None for e in emitted
-                  if isinstance(e, Send) and e.msg.type == MsgType.EXPIRE and KM in e.to]
+        kinds += [
+            e.msg.get(ExtType.LIFETIME_HARD) is not None
+            for e in emitted
+            if isinstance(e, Send) and e.msg.type == MsgType.EXPIRE and KM in e.to
+        ]
         emitted.clear()
     assert kinds == [False, True]  # soft, then hard
     assert eng.sad.get(0x3001) is None
@@ -252,10 +316,13 @@ def test_a_socket_bypass_policy_wins_over_a_require_policy() -> None:
 def test_socket_policy_requests_are_checked() -> None:
     good = HEAD.pack(1, socket.AF_INET, 17, 500, bytes(16)) + struct.pack("=HHHBBII", 2, 18, 4, 1, 0, 0, 0)
     assert parse_request(good, 1).type == PolicyType.BYPASS
-    for bad, code in ((good[:30], errno.EINVAL), (b"\x02" + good[1:], errno.EINVAL),
-                      (good[:1] + b"\x07" + good[2:], errno.EAFNOSUPPORT),
-                      (good[:24] + b"\x03" + good[25:], errno.EINVAL),  # length 24 bytes, 16 given
-                      (good[:30] + b"\x03" + good[31:], errno.EINVAL)):  # direction 3
+    for bad, code in (
+        (good[:30], errno.EINVAL),
+        (b"\x02" + good[1:], errno.EINVAL),
+        (good[:1] + b"\x07" + good[2:], errno.EAFNOSUPPORT),
+        (good[:24] + b"\x03" + good[25:], errno.EINVAL),  # length 24 bytes, 16 given
+        (good[:30] + b"\x03" + good[31:], errno.EINVAL),
+    ):  # direction 3
         with pytest.raises(OSError) as info:
             parse_request(bad, 1)
         assert info.value.errno == code
@@ -268,8 +335,9 @@ def test_socket_policy_requests_are_checked() -> None:
 def test_routes_follow_the_outbound_policies() -> None:
     ea, _ = tunnel_pair()
     send(ea, ME, spd_msg(src=A, dst=B, dir=OUT))
-    routes = routes_for(EngineSeam(ea, lambda e: None).outbound_policies(),
-                        [ipaddress.ip_address(IA), ipaddress.ip_address(A)])
+    routes = routes_for(
+        EngineSeam(ea, lambda e: None).outbound_policies(), [ipaddress.ip_address(IA), ipaddress.ip_address(A)]
+    )
     assert {(str(r.network), str(r.src)) for r in routes} == {("10.2.0.0/24", IA), (f"{B}/32", A)}
 
 

@@ -23,7 +23,9 @@ from pfkeyd.dataplane.privileges import (
 )
 from tests.caps import run_without
 
-STATUS = "Name:\tpfkeyd\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t{eff}\nCapBnd:\t000001ffffffffff\n"
+STATUS = (
+    "Name:\tpfkeyd\nCapInh:\t0000000000000000\nCapPrm:\t000001ffffffffff\nCapEff:\t{eff}\nCapBnd:\t000001ffffffffff\n"
+)
 
 
 def test_effective_set_is_read_from_capeff() -> None:

@@ -59,16 +59,17 @@ def sa_lines(proto: str, outer: tuple[str, str], algs: str, mode: str = "", repl
     a, b = outer
     m = f"-m {mode} " if mode else ""
     k2 = algs.replace(GCM, GCM2).replace(SHA256, SHA256B)
-    return (f"add {a} {b} {proto} 0x1001 {m}{replay}{algs};\n"
-            f"add {b} {a} {proto} 0x1002 {m}{replay}{k2};\n")
+    return f"add {a} {b} {proto} 0x1001 {m}{replay}{algs};\nadd {b} {a} {proto} 0x1002 {m}{replay}{k2};\n"
 
 
 def policies(inner: tuple[str, str], request: str, me: int, plen: str = "") -> str:
     """Out and in policies for host ``me`` (0 = a); ``{l}``/``{r}`` in ``request`` are
     replaced by the outer addresses in that direction."""
     mine, other = inner[me], inner[1 - me]
-    return (f"spdadd {mine}{plen} {other}{plen} any -P out ipsec {request.format(d='out')};\n"
-            f"spdadd {other}{plen} {mine}{plen} any -P in ipsec {request.format(d='in')};\n")
+    return (
+        f"spdadd {mine}{plen} {other}{plen} any -P out ipsec {request.format(d='out')};\n"
+        f"spdadd {other}{plen} {mine}{plen} any -P in ipsec {request.format(d='in')};\n"
+    )
 
 
 @dataclass
@@ -91,37 +92,87 @@ def _tunnel(outer: tuple[str, str], proto: str = "esp") -> tuple[tuple[str, str]
 
 
 SCENARIOS = [
-    Scenario("esp-transport", sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}"),
-             ("esp/transport//require",) * 2, ("esp/transport//require",) * 2, OUTER4, OUTER4),
-    Scenario("esp-tunnel-4in4", sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
-             *_tunnel(OUTER4), INNER4, ("10.1.0.0", "10.2.0.0"), "/24", True),
-    Scenario("esp-tunnel-6in6", sa_lines("esp", OUTER6, f"-E aes-cbc 0x{'55' * 16} -A hmac-sha2-256 {SHA256}",
-                                         "tunnel"),
-             *_tunnel(OUTER6), INNER6, ("fd00:1::", "fd00:2::"), "/64", True),
-    Scenario("esp-tunnel-6in4", sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
-             *_tunnel(OUTER4), INNER6, ("fd00:1::", "fd00:2::"), "/64", True),
-    Scenario("ah-transport", sa_lines("ah", OUTER4, f"-A hmac-sha2-256 {SHA256}"),
-             ("ah/transport//require",) * 2, ("ah/transport//require",) * 2, OUTER4, OUTER4),
-    Scenario("ipcomp-esp-tunnel",
-             f"add {OUTER4[0]} {OUTER4[1]} ipcomp 0x2001 -m tunnel -C deflate;\n"
-             f"add {OUTER4[1]} {OUTER4[0]} ipcomp 0x2002 -m tunnel -C deflate;\n"
-             + sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}"),
-             (f"ipcomp/tunnel/{OUTER4[0]}-{OUTER4[1]}/use esp/transport//require",
-              f"ipcomp/tunnel/{OUTER4[1]}-{OUTER4[0]}/use esp/transport//require"),
-             (f"ipcomp/tunnel/{OUTER4[1]}-{OUTER4[0]}/use esp/transport//require",
-              f"ipcomp/tunnel/{OUTER4[0]}-{OUTER4[1]}/use esp/transport//require"),
-             INNER4, ("10.1.0.0", "10.2.0.0"), "/24", True),
-    Scenario("esp-udp-natt", sa_lines("esp-udp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
-             *_tunnel(OUTER4), INNER4, ("10.1.0.0", "10.2.0.0"), "/24", True),
+    Scenario(
+        "esp-transport",
+        sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}"),
+        ("esp/transport//require",) * 2,
+        ("esp/transport//require",) * 2,
+        OUTER4,
+        OUTER4,
+    ),
+    Scenario(
+        "esp-tunnel-4in4",
+        sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
+        *_tunnel(OUTER4),
+        INNER4,
+        ("10.1.0.0", "10.2.0.0"),
+        "/24",
+        True,
+    ),
+    Scenario(
+        "esp-tunnel-6in6",
+        sa_lines("esp", OUTER6, f"-E aes-cbc 0x{'55' * 16} -A hmac-sha2-256 {SHA256}", "tunnel"),
+        *_tunnel(OUTER6),
+        INNER6,
+        ("fd00:1::", "fd00:2::"),
+        "/64",
+        True,
+    ),
+    Scenario(
+        "esp-tunnel-6in4",
+        sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
+        *_tunnel(OUTER4),
+        INNER6,
+        ("fd00:1::", "fd00:2::"),
+        "/64",
+        True,
+    ),
+    Scenario(
+        "ah-transport",
+        sa_lines("ah", OUTER4, f"-A hmac-sha2-256 {SHA256}"),
+        ("ah/transport//require",) * 2,
+        ("ah/transport//require",) * 2,
+        OUTER4,
+        OUTER4,
+    ),
+    Scenario(
+        "ipcomp-esp-tunnel",
+        f"add {OUTER4[0]} {OUTER4[1]} ipcomp 0x2001 -m tunnel -C deflate;\n"
+        f"add {OUTER4[1]} {OUTER4[0]} ipcomp 0x2002 -m tunnel -C deflate;\n"
+        + sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}"),
+        (
+            f"ipcomp/tunnel/{OUTER4[0]}-{OUTER4[1]}/use esp/transport//require",
+            f"ipcomp/tunnel/{OUTER4[1]}-{OUTER4[0]}/use esp/transport//require",
+        ),
+        (
+            f"ipcomp/tunnel/{OUTER4[1]}-{OUTER4[0]}/use esp/transport//require",
+            f"ipcomp/tunnel/{OUTER4[0]}-{OUTER4[1]}/use esp/transport//require",
+        ),
+        INNER4,
+        ("10.1.0.0", "10.2.0.0"),
+        "/24",
+        True,
+    ),
+    Scenario(
+        "esp-udp-natt",
+        sa_lines("esp-udp", OUTER4, f"-E aes-gcm-16 {GCM}", "tunnel"),
+        *_tunnel(OUTER4),
+        INNER4,
+        ("10.1.0.0", "10.2.0.0"),
+        "/24",
+        True,
+    ),
 ]
 
 
 def key(scn: Scenario, a: Host, b: Host) -> None:
     for me, h in enumerate((a, b)):
         mine, other = scn.selectors[me], scn.selectors[1 - me]
-        h.setkey(scn.sas
-                 + f"spdadd {mine}{scn.plen} {other}{scn.plen} any -P out ipsec {scn.request_out[me]};\n"
-                 + f"spdadd {other}{scn.plen} {mine}{scn.plen} any -P in ipsec {scn.request_in[me]};\n")
+        h.setkey(
+            scn.sas
+            + f"spdadd {mine}{scn.plen} {other}{scn.plen} any -P out ipsec {scn.request_out[me]};\n"
+            + f"spdadd {other}{scn.plen} {mine}{scn.plen} any -P in ipsec {scn.request_in[me]};\n"
+        )
 
 
 def transfer(a: Host, b: Host, src: str, dst: str, nbytes: int = MB, port: int = 5001) -> None:
@@ -244,8 +295,9 @@ def test_ah_cleartos_decides_whether_the_tos_byte_is_in_the_icv(netpair: Pair) -
     try:
         with hosts(netpair) as (a, b):
             for me, h in enumerate((a, b)):
-                h.setkey(sa_lines("ah", OUTER4, f"-A hmac-sha2-256 {SHA256}")
-                         + policies(OUTER4, "ah/transport//require", me))
+                h.setkey(
+                    sa_lines("ah", OUTER4, f"-A hmac-sha2-256 {SHA256}") + policies(OUTER4, "ah/transport//require", me)
+                )
             dump = {s.spi: s for s in sas_from_dump(a.setkey_args("-D"))}
             verdicts = {}
             for cleartos in (1, 0):
@@ -274,7 +326,9 @@ def test_enc0_and_the_pcap_file_show_the_plaintext(netpair: Pair, tmp_path: Path
         enc = Capture(netpair.a, "enc0")
         try:
             for me, h in enumerate((a, b)):
-                h.setkey(sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me))
+                h.setkey(
+                    sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me)
+                )
             ping(a, *OUTER4, count=2)
             shown = enc.ip()
         finally:
@@ -300,9 +354,13 @@ def test_first_packet_triggers_acquire_keymgr_keys_both_and_held_packet_is_deliv
     with hosts(netpair) as (a, b):
         for me, h in enumerate((a, b)):
             h.setkey(policies(OUTER4, "esp/transport//require", me))
-        km = subprocess.Popen([sys.executable, f"{ROOT}/examples/keymgr.py", a.sock, b.sock],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env=dict(a.env, PYTHONPATH=f"{ROOT}:{ROOT}/examples"))
+        km = subprocess.Popen(
+            [sys.executable, f"{ROOT}/examples/keymgr.py", a.sock, b.sock],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=dict(a.env, PYTHONPATH=f"{ROOT}:{ROOT}/examples"),
+        )
         try:
             assert km.stdout is not None and km.stdout.readline().startswith("keymgr: registered on")
             # One echo, sent once: its reply proves the held packet went out.
@@ -349,11 +407,24 @@ def test_socket_bypass_policy_lets_ike_through_in_the_clear_under_require(netpai
     try:
         with hosts(netpair) as (a, b):
             for me, h in enumerate((a, b)):
-                h.setkey(sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me))
+                h.setkey(
+                    sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me)
+                )
 
             def under_bridge(h: Host, *args: str) -> subprocess.Popen[str]:
-                argv = h.ns.argv(sys.executable, "-m", "pfkeyd", "exec", "--socket", h.sock, "--",
-                                 sys.executable, "-c", BYPASS_PROGRAM, *args)
+                argv = h.ns.argv(
+                    sys.executable,
+                    "-m",
+                    "pfkeyd",
+                    "exec",
+                    "--socket",
+                    h.sock,
+                    "--",
+                    sys.executable,
+                    "-c",
+                    BYPASS_PROGRAM,
+                    *args,
+                )
                 return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.env)
 
             echo = under_bridge(b, OUTER4[1], OUTER4[0], "echo")
@@ -396,11 +467,12 @@ trio.run(main)
 def test_lifetimes_from_traffic_expire_the_sa(netpair: Pair) -> None:
     with hosts(netpair) as (a, b):
         for me, h in enumerate((a, b)):
-            h.setkey(f"add {OUTER4[0]} {OUTER4[1]} esp 0x1001 -bh 4000 -bs 1000 -E aes-gcm-16 {GCM};\n"
-                     f"add {OUTER4[1]} {OUTER4[0]} esp 0x1002 -E aes-gcm-16 {GCM2};\n"
-                     + policies(OUTER4, "esp/transport//require", me))
-        km = subprocess.Popen([sys.executable, "-c", LISTENER, a.sock], stdout=subprocess.PIPE, text=True,
-                              env=a.env)
+            h.setkey(
+                f"add {OUTER4[0]} {OUTER4[1]} esp 0x1001 -bh 4000 -bs 1000 -E aes-gcm-16 {GCM};\n"
+                f"add {OUTER4[1]} {OUTER4[0]} esp 0x1002 -E aes-gcm-16 {GCM2};\n"
+                + policies(OUTER4, "esp/transport//require", me)
+            )
+        km = subprocess.Popen([sys.executable, "-c", LISTENER, a.sock], stdout=subprocess.PIPE, text=True, env=a.env)
         try:
             assert km.stdout is not None and km.stdout.readline().strip() == "ready"
             ping(a, *OUTER4, count=3)
@@ -422,8 +494,13 @@ def test_lifetimes_from_traffic_expire_the_sa(netpair: Pair) -> None:
 
 def test_the_protect_traffic_example_runs(netpair: Pair) -> None:
     # netpair only for its skip rule and leftover check; the example makes its own namespaces.
-    r = subprocess.run([sys.executable, f"{ROOT}/examples/protect_traffic.py"], capture_output=True, text=True,
-                       timeout=180, check=False)
+    r = subprocess.run(
+        [sys.executable, f"{ROOT}/examples/protect_traffic.py"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "receiver's sha256 matches" in r.stdout
     assert "on the veth: " in r.stdout and "clear" not in r.stdout.split("on the veth: ")[1].splitlines()[0]
@@ -436,7 +513,9 @@ def test_no_routes_leaves_routing_to_the_user(netpair: Pair) -> None:
     try:
         with hosts(netpair, "--no-routes") as (a, b):
             for me, h in enumerate((a, b)):
-                h.setkey(sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me))
+                h.setkey(
+                    sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me)
+                )
             assert a.stats()["dataplane"]["routes"] == []
             with netpair.a.inside(), IPRoute() as ipr:
                 assert not [r for r in ipr.route("dump", family=socket.AF_INET) if r.get("table") == 5050]
@@ -457,8 +536,12 @@ def test_no_routes_leaves_routing_to_the_user(netpair: Pair) -> None:
 
 def _table_5050(ns: Namespace) -> list[str]:
     with ns.inside(), IPRoute() as ipr:
-        return sorted(f"{r.get('dst')}/{r['dst_len']}" for fam in (socket.AF_INET, socket.AF_INET6)
-                      for r in ipr.route("dump", family=fam) if r.get("table") == 5050)
+        return sorted(
+            f"{r.get('dst')}/{r['dst_len']}"
+            for fam in (socket.AF_INET, socket.AF_INET6)
+            for r in ipr.route("dump", family=fam)
+            if r.get("table") == 5050
+        )
 
 
 def _until(check: Callable[[], bool], what: str) -> None:
@@ -470,9 +553,11 @@ def _until(check: Callable[[], bool], what: str) -> None:
 
 def test_routes_come_and_go_with_the_policies(netpair: Pair) -> None:
     with hosts(netpair) as (a, _b):
-        a.setkey(policies(OUTER4, "esp/transport//require", 0)
-                 + "spdadd 10.1.0.0/24 10.9.0.0/16 any -P out ipsec esp/tunnel/192.0.2.1-192.0.2.2/require;\n"
-                 + "spdadd 2001:db8::1 2001:db8::2 any -P out ipsec esp/transport//require;\n")
+        a.setkey(
+            policies(OUTER4, "esp/transport//require", 0)
+            + "spdadd 10.1.0.0/24 10.9.0.0/16 any -P out ipsec esp/tunnel/192.0.2.1-192.0.2.2/require;\n"
+            + "spdadd 2001:db8::1 2001:db8::2 any -P out ipsec esp/transport//require;\n"
+        )
         want = ["10.9.0.0/16", "192.0.2.2/32", "2001:db8::2/128"]
         _until(lambda: len(a.stats()["dataplane"]["routes"]) == 3, "routes added")
         assert _table_5050(netpair.a) == want

@@ -1,9 +1,9 @@
 """Traffic for the data-plane tests, run in a namespace as a child process.
 
-    traffic.py ping SRC DST COUNT [TOS]  ICMP/ICMPv6 echo; prints one RTT (ms) per reply
-    traffic.py serve ADDR PORT           accept one TCP connection; print "<bytes> <sha256>"
-    traffic.py send SRC DST PORT NBYTES  connect from SRC; send NBYTES of seeded data; print "<bytes> <sha256>"
-    traffic.py udp-echo ADDR PORT COUNT  answer COUNT datagrams on ADDR:PORT
+traffic.py ping SRC DST COUNT [TOS]  ICMP/ICMPv6 echo; prints one RTT (ms) per reply
+traffic.py serve ADDR PORT           accept one TCP connection; print "<bytes> <sha256>"
+traffic.py send SRC DST PORT NBYTES  connect from SRC; send NBYTES of seeded data; print "<bytes> <sha256>"
+traffic.py udp-echo ADDR PORT COUNT  answer COUNT datagrams on ADDR:PORT
 """
 
 from __future__ import annotations

@@ -61,8 +61,7 @@ def ip_proto(dg: bytes) -> int:
 
 def is_neighbour_discovery(dg: bytes) -> bool:
     # ICMPv6 router/neighbour solicitations and advertisements, MLD reports: link-local chatter.
-    return dg[0] >> 4 == 6 and dg[6] in (58, 0) and (dg[8:10] == b"\xfe\x80" or dg[24] == 0xFF
-                                                      or not any(dg[8:24]))
+    return dg[0] >> 4 == 6 and dg[6] in (58, 0) and (dg[8:10] == b"\xfe\x80" or dg[24] == 0xFF or not any(dg[8:24]))
 
 
 def protected(dg: bytes) -> bool:
@@ -72,8 +71,7 @@ def protected(dg: bytes) -> bool:
         return True
     if p == 17:
         off = (dg[0] & 0x0F) * 4 if dg[0] >> 4 == 4 else 40
-        return int.from_bytes(dg[off + 2 : off + 4], "big") == 4500 or \
-            int.from_bytes(dg[off : off + 2], "big") == 4500
+        return int.from_bytes(dg[off + 2 : off + 4], "big") == 4500 or int.from_bytes(dg[off : off + 2], "big") == 4500
     return False
 
 
@@ -127,9 +125,17 @@ def scapy_sa(sa: DumpedSA) -> SecurityAssociation:
     kw = {}
     if sa.proto == "esp-udp":
         from scapy.layers.inet import UDP
+
         kw["nat_t_header"] = UDP(sport=4500, dport=4500)
-    return SecurityAssociation(ESP, spi=sa.spi, crypt_algo=_CRYPT[sa.enc or "null"], crypt_key=sa.enc_key,
-                               auth_algo=_AUTH[sa.auth], auth_key=sa.auth_key, **kw)
+    return SecurityAssociation(
+        ESP,
+        spi=sa.spi,
+        crypt_algo=_CRYPT[sa.enc or "null"],
+        crypt_key=sa.enc_key,
+        auth_algo=_AUTH[sa.auth],
+        auth_key=sa.auth_key,
+        **kw,
+    )
 
 
 def parse(dg: bytes) -> IP | IPv6:

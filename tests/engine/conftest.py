@@ -70,8 +70,9 @@ T0 = at(0)
 # ----------------------------------------------------------------------------- engine
 
 
-def make_engine(seed: int = SEED, *, clients: Iterable[int] | Mapping[int, Dialect] = (FB, FB2, LX, LX2),
-                **knobs: int) -> KeyEngine:
+def make_engine(
+    seed: int = SEED, *, clients: Iterable[int] | Mapping[int, Dialect] = (FB, FB2, LX, LX2), **knobs: int
+) -> KeyEngine:
     """An engine with a seeded RNG, the given clients opened (ids of
     :data:`DIALECT_OF`, or a mapping of ids to dialects), and knobs set by attribute
     name (``larval_lifetime=5``)."""
@@ -128,7 +129,13 @@ _UNSET: Any = object()
 
 
 def _assemble(
-    mtype: int, satype: int, seq: int, pid: int, exts: Sequence[Extension | None], omit: Iterable[int], extra: Iterable[Extension]
+    mtype: int,
+    satype: int,
+    seq: int,
+    pid: int,
+    exts: Sequence[Extension | None],
+    omit: Iterable[int],
+    extra: Iterable[Extension],
 ) -> Message:
     drop = set(omit)
     body = [e for e in exts if e is not None and e.exttype not in drop]
@@ -218,9 +225,27 @@ def add(
     extra: Iterable[Extension] = (),
 ) -> Message:
     """SADB_ADD of a valid SA of ``satype`` unless told otherwise."""
-    return _sa_message(MsgType.ADD, satype, spi, seq=seq, pid=pid, s=s, d=d, auth=auth, enc=enc, ka=ka, ke=ke,
-                       flags=flags, replay=replay, state=state, sa2=sa2, hard_lt=hard_lt, soft_lt=soft_lt,
-                       omit=omit, extra=extra)
+    return _sa_message(
+        MsgType.ADD,
+        satype,
+        spi,
+        seq=seq,
+        pid=pid,
+        s=s,
+        d=d,
+        auth=auth,
+        enc=enc,
+        ka=ka,
+        ke=ke,
+        flags=flags,
+        replay=replay,
+        state=state,
+        sa2=sa2,
+        hard_lt=hard_lt,
+        soft_lt=soft_lt,
+        omit=omit,
+        extra=extra,
+    )
 
 
 def update(
@@ -246,9 +271,27 @@ def update(
 ) -> Message:
     """SADB_UPDATE completing a LARVAL SA of ``satype`` (keys included) unless told otherwise.
     KAME setkey and racoon send state LARVAL (0); the kernel ignores the field."""
-    return _sa_message(MsgType.UPDATE, satype, spi, seq=seq, pid=pid, s=s, d=d, auth=auth, enc=enc, ka=ka, ke=ke,
-                       flags=flags, replay=replay, state=state, sa2=sa2, hard_lt=hard_lt, soft_lt=soft_lt,
-                       omit=omit, extra=extra)
+    return _sa_message(
+        MsgType.UPDATE,
+        satype,
+        spi,
+        seq=seq,
+        pid=pid,
+        s=s,
+        d=d,
+        auth=auth,
+        enc=enc,
+        ka=ka,
+        ke=ke,
+        flags=flags,
+        replay=replay,
+        state=state,
+        sa2=sa2,
+        hard_lt=hard_lt,
+        soft_lt=soft_lt,
+        omit=omit,
+        extra=extra,
+    )
 
 
 def lifetimes_update(
@@ -265,8 +308,20 @@ def lifetimes_update(
     extra: Iterable[Extension] = (),
 ) -> Message:
     """SADB_UPDATE of a MATURE or DYING SA: no keys, only lifetimes."""
-    return update(satype, spi, seq=seq, pid=pid, s=s, d=d, ka=None, ke=None, sa2=sa2, hard_lt=hard_lt,
-                  soft_lt=soft_lt, extra=extra)
+    return update(
+        satype,
+        spi,
+        seq=seq,
+        pid=pid,
+        s=s,
+        d=d,
+        ka=None,
+        ke=None,
+        sa2=sa2,
+        hard_lt=hard_lt,
+        soft_lt=soft_lt,
+        extra=extra,
+    )
 
 
 def delete(
@@ -343,8 +398,13 @@ def acquire_request(
 def sends(effects: Iterable[Effect], msgtype: int | None = None, *, promisc: bool | None = None) -> list[Send]:
     """The Send effects (of ``msgtype``; with ``promisc`` False or True, only the
     ordinary or only the promiscuous ones)."""
-    return [e for e in effects if isinstance(e, Send) and (msgtype is None or e.msg.type == msgtype)
-            and (promisc is None or e.promisc is promisc)]
+    return [
+        e
+        for e in effects
+        if isinstance(e, Send)
+        and (msgtype is None or e.msg.type == msgtype)
+        and (promisc is None or e.promisc is promisc)
+    ]
 
 
 def error_of(effects: Sequence[Effect]) -> int | None:
@@ -408,16 +468,18 @@ def fails(engine: KeyEngine, client: int, msg: Message, now: Instant = T0) -> in
     return err
 
 
-def mature(engine: KeyEngine, client: int = FB, spi: int = 0x1000, satype: int = SaType.ESP, now: Instant = T0,
-           **kw: Any) -> Message:
+def mature(
+    engine: KeyEngine, client: int = FB, spi: int = 0x1000, satype: int = SaType.ESP, now: Instant = T0, **kw: Any
+) -> Message:
     """ADD an SA and return the request."""
     msg = add(satype, spi, **kw)
     ok(engine, client, msg, now)
     return msg
 
 
-def larval(engine: KeyEngine, client: int = FB, spi: int = 0x2000, satype: int = SaType.ESP, now: Instant = T0,
-           **kw: Any) -> int:
+def larval(
+    engine: KeyEngine, client: int = FB, spi: int = 0x2000, satype: int = SaType.ESP, now: Instant = T0, **kw: Any
+) -> int:
     """GETSPI an exact SPI; returns it."""
     ok(engine, client, getspi(satype, spirange=(spi, spi), **kw), now)
     return spi
@@ -435,8 +497,9 @@ def snapshot(engine: KeyEngine) -> tuple[object, ...]:
     heads = tuple((idx, tuple(h.larval.items()), tuple(h.alive.items())) for idx, h in sad.heads.items())
     pairs = tuple((pair, tuple(group)) for pair, group in sad.by_pair.items())
     spd = (tuple(sorted(engine.spd.by_id.items())), tuple(p.id for p in engine.spd.ordered()))
-    clients = tuple(sorted((c, s.dialect.value, tuple(sorted(s.registered)), s.promisc)
-                           for c, s in engine.clients.items()))
+    clients = tuple(
+        sorted((c, s.dialect.value, tuple(sorted(s.registered)), s.promisc) for c, s in engine.clients.items())
+    )
     acquires = tuple(sorted((r.seq, repr(r.index), r.created, r.count) for r in engine.acquires.by_index.values()))
     return dict(sad.by_spi), heads, pairs, spd, clients, acquires, engine.next_deadline()
 

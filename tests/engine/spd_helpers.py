@@ -65,14 +65,20 @@ def sockaddr(text: str, port: int = 0) -> SockAddr:
     return SockAddr.parse(text, port)
 
 
-def address(exttype: ExtType, text: str, prefixlen: int | None = None, *, proto: int = IpProto.ANY,
-            port: int = 0) -> Address:
+def address(
+    exttype: ExtType, text: str, prefixlen: int | None = None, *, proto: int = IpProto.ANY, port: int = 0
+) -> Address:
     sa = sockaddr(text, port)
     return Address(exttype, sa, sa.max_prefix if prefixlen is None else prefixlen, proto)
 
 
-def request(proto: int = ESP, mode: int = TRANSPORT, level: int = REQUIRE, reqid: int = 0,
-            endpoints: tuple[str, str] | None = None) -> IpsecRequest:
+def request(
+    proto: int = ESP,
+    mode: int = TRANSPORT,
+    level: int = REQUIRE,
+    reqid: int = 0,
+    endpoints: tuple[str, str] | None = None,
+) -> IpsecRequest:
     """One ipsecrequest; ``endpoints`` are the tunnel's (src, dst) addresses."""
     src = dst = None
     if endpoints is not None:
@@ -80,8 +86,9 @@ def request(proto: int = ESP, mode: int = TRANSPORT, level: int = REQUIRE, reqid
     return IpsecRequest(proto, mode, level, reqid, src, dst)
 
 
-def tunnel(src: str = "192.0.2.1", dst: str = "192.0.2.2", level: int = REQUIRE, proto: int = ESP,
-           reqid: int = 0) -> IpsecRequest:
+def tunnel(
+    src: str = "192.0.2.1", dst: str = "192.0.2.2", level: int = REQUIRE, proto: int = ESP, reqid: int = 0
+) -> IpsecRequest:
     return request(proto, TUNNEL, level, reqid, (src, dst))
 
 
@@ -190,14 +197,17 @@ def spd_state(eng: KeyEngine) -> tuple[object, ...]:
         dict(spd.by_id),
         list(spd.ordered()),
         dict(spd._by_identity),
-        {k: {s: {b: list(p) for b, p in shape.buckets.items()} for s, shape in v.items()}
-         for k, v in spd._shapes.items()},
+        {
+            k: {s: {b: list(p) for b, p in shape.buckets.items()} for s, shape in v.items()}
+            for k, v in spd._shapes.items()
+        },
         list(eng._policy_deadlines),
     )
 
 
-def flow(src: str = "10.0.0.1", dst: str = "10.0.0.2", proto: int = IpProto.ANY, sport: int = 0,
-         dport: int = 0) -> Flow:
+def flow(
+    src: str = "10.0.0.1", dst: str = "10.0.0.2", proto: int = IpProto.ANY, sport: int = 0, dport: int = 0
+) -> Flow:
     return Flow(sockaddr(src), sockaddr(dst), proto, sport, dport)
 
 
@@ -236,11 +246,27 @@ def add_sa(
     return reply(send(eng, client, Message(MsgType.ADD, SaType.ESP, seq, PID, 0, 0, tuple(exts)), now), client)
 
 
-def new_larval(eng: KeyEngine, src: str = "10.0.0.1", dst: str = "10.0.0.2", *, mode: int = TRANSPORT,
-           reqid: int = 0, seq: int = 0, now: Instant = T0, client: ClientId = ME) -> int:
+def new_larval(
+    eng: KeyEngine,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    *,
+    mode: int = TRANSPORT,
+    reqid: int = 0,
+    seq: int = 0,
+    now: Instant = T0,
+    client: ClientId = ME,
+) -> int:
     """SADB_GETSPI (a LARVAL SA) through the wire; returns the SPI."""
-    msg = Message(MsgType.GETSPI, SaType.ESP, seq, PID, 0, 0, (
-        Sa2(mode, 0, reqid), address(ExtType.ADDRESS_SRC, src), address(ExtType.ADDRESS_DST, dst)))
+    msg = Message(
+        MsgType.GETSPI,
+        SaType.ESP,
+        seq,
+        PID,
+        0,
+        0,
+        (Sa2(mode, 0, reqid), address(ExtType.ADDRESS_SRC, src), address(ExtType.ADDRESS_DST, dst)),
+    )
     sa = reply(send(eng, client, msg, now), client).sa
     assert sa is not None
     return sa.spi

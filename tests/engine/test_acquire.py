@@ -179,8 +179,14 @@ def test_acquire_for_a_request_after_a_tunnel_names_the_outer_addresses(km: Dial
     # key_acquire(saidx, sp): the SA index the request was looked up with, which
     # for a request after an applied tunnel holds the tunnel's endpoints.
     eng = _engine(km)
-    pid = add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16,
-                     requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    pid = add_policy(
+        eng,
+        src="10.3.0.0",
+        splen=16,
+        dst="10.4.0.0",
+        dplen=16,
+        requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)],
+    )
     add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
     decision, effects = eng.lookup(OUT, flow("10.3.1.1", "10.4.2.2"), at(1))
     msg = delivered(eng, effects)[KM]
@@ -200,12 +206,18 @@ def test_acquire_for_a_bypassed_tunnel_and_the_request_after_it(km: Dialect) -> 
     # SA between the endpoints and is bypassed; the ESP request then sees the
     # untunnelled packet and asks for an SA between the inner addresses.
     eng = _engine(km)
-    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
-               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.1.0.1",
+        dst="10.2.0.1",
+        requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)],
+    )
     _, effects = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
     acquires = [on_wire(s.msg, km) for s in sends(effects, MsgType.ACQUIRE, promisc=False)]  # as the KM reads them
     assert [(m.satype, str(m.src.addr), str(m.dst.addr)) for m in acquires if m.src and m.dst] == [
-        (SaType.X_IPCOMP, "192.0.2.1", "192.0.2.2"), (SaType.ESP, "10.1.0.1", "10.2.0.1")]
+        (SaType.X_IPCOMP, "192.0.2.1", "192.0.2.2"),
+        (SaType.ESP, "10.1.0.1", "10.2.0.1"),
+    ]
 
 
 def test_acquire_after_a_tunnel_keeps_freebsds_port_and_prefix_quirk() -> None:
@@ -213,8 +225,16 @@ def test_acquire_after_a_tunnel_keeps_freebsds_port_and_prefix_quirk() -> None:
     # policy's port and prefix length on the SA index's address, which for a
     # request after a tunnel is the outer one.
     eng = _engine()
-    add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16, proto=IpProto.TCP, dport=22,
-               requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.3.0.0",
+        splen=16,
+        dst="10.4.0.0",
+        dplen=16,
+        proto=IpProto.TCP,
+        dport=22,
+        requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)],
+    )
     add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
     msg = _trigger(eng, flow("10.3.1.1", "10.4.2.2", IpProto.TCP, 40000, 22))[0]
     assert msg.src == address(ExtType.ADDRESS_SRC, "192.0.2.1", 32, proto=IpProto.TCP)
@@ -239,7 +259,13 @@ def test_acquire_message_for_a_transport_policy(km: Dialect) -> None:
     pol = msg.policy
     assert pol is not None
     assert (pol.type, pol.dir, pol.id, pol.priority, pol.scope, pol.requests) == (
-        PolicyType.IPSEC, OUT, pid, 0x80000000, 0, ())
+        PolicyType.IPSEC,
+        OUT,
+        pid,
+        0x80000000,
+        0,
+        (),
+    )
     assert len(pol.encode(km.spec, SaType.ESP)) == 16
 
 
@@ -283,8 +309,13 @@ def test_acquire_carries_sa2_only_for_a_reqid() -> None:
     add_policy(eng, requests=[request(ESP, level=UNIQUE)])
     add_policy(eng, dst="10.0.0.3", requests=[tunnel(level=UNIQUE, reqid=77)])
     msg = _trigger(eng)[0]
-    assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_SA2,
-                              ExtType.PROPOSAL]
+    assert ext_types(msg) == [
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.X_POLICY,
+        ExtType.X_SA2,
+        ExtType.PROPOSAL,
+    ]
     assert msg.sa2 == Sa2(TRANSPORT, 0, 0x4001)
     msg = _trigger(eng, flow(dst="10.0.0.3"))[0]
     assert msg.sa2 == Sa2(TUNNEL, 0, 77)
@@ -298,9 +329,14 @@ def test_acquire_esp_proposal_on_freebsd() -> None:
     prop = _trigger(eng)[0].proposal
     assert prop is not None and prop.replay == 32
     got = [(c.encrypt, c.encrypt_minbits, c.encrypt_maxbits, c.auth) for c in prop.combs]
-    assert got == [(EncAlg.NULL, 256, 2048, 0), (EncAlg.X_AESCBC, 256, 256, 0), (EncAlg.X_AESCTR, 256, 256, 0),
-                   (EncAlg.X_CHACHA20POLY1305, 256, 256, 0), (EncAlg.X_AESGCM16, 256, 256, 0),
-                   (EncAlg.X_AESGMAC, 256, 256, 0)]
+    assert got == [
+        (EncAlg.NULL, 256, 2048, 0),
+        (EncAlg.X_AESCBC, 256, 256, 0),
+        (EncAlg.X_AESCTR, 256, 256, 0),
+        (EncAlg.X_CHACHA20POLY1305, 256, 256, 0),
+        (EncAlg.X_AESGCM16, 256, 256, 0),
+        (EncAlg.X_AESGMAC, 256, 256, 0),
+    ]
     c = prop.combs[0]
     assert (c.soft_allocations, c.hard_allocations, c.soft_bytes, c.hard_bytes) == (1, 1, 0, 0)
     assert (c.soft_addtime, c.hard_addtime, c.soft_usetime, c.hard_usetime) == (0, 86400, 28800, 0)
@@ -335,10 +371,16 @@ def test_acquire_proposal_is_built_for_each_recipients_dialect(proto: int) -> No
     assert seen[KM].proposal != seen[OTHER].proposal or proto == IPCOMP
 
 
-@pytest.mark.parametrize(("knob", "value", "proto"), [
-    ("net.key.esp_keymin", 128, ESP), ("net.key.esp_keymin", 512, ESP), ("net.key.esp_auth", 1, ESP),
-    ("net.key.ah_keymin", 300, AH), ("net.key.ah_keymin", 1024, AH),
-])
+@pytest.mark.parametrize(
+    ("knob", "value", "proto"),
+    [
+        ("net.key.esp_keymin", 128, ESP),
+        ("net.key.esp_keymin", 512, ESP),
+        ("net.key.esp_auth", 1, ESP),
+        ("net.key.ah_keymin", 300, AH),
+        ("net.key.ah_keymin", 1024, AH),
+    ],
+)
 def test_acquire_proposal_follows_the_knobs(knob: str, value: int, proto: int) -> None:
     eng = _engine()
     add_policy(eng, requests=[request(proto)])
@@ -462,8 +504,15 @@ def test_add_with_the_acquire_seq_completes_it() -> None:
     add_policy(eng)
     assert _seqs(eng, 1) == [1]
     add_sa(eng, 0x1001, seq=1, now=at(2), client=KM)
-    delete = Message(MsgType.DELETE, SaType.ESP, 0, PID, 0, 0, (
-        Sa(0x1001), address(ExtType.ADDRESS_SRC, "10.0.0.1"), address(ExtType.ADDRESS_DST, "10.0.0.2")))
+    delete = Message(
+        MsgType.DELETE,
+        SaType.ESP,
+        0,
+        PID,
+        0,
+        0,
+        (Sa(0x1001), address(ExtType.ADDRESS_SRC, "10.0.0.1"), address(ExtType.ADDRESS_DST, "10.0.0.2")),
+    )
     reply(send(eng, KM, delete, at(3)), KM)
     eng.tick(at(3))
     assert _seqs(eng, 1, now=4) == [2]

@@ -125,8 +125,16 @@ def _deliveries(out: Sequence[Outgoing]) -> list[Delivery]:
 # ------------------------------------------------------------------- requests
 
 
-def _addr(exttype: ExtType, ip: str, *, port: int = 0, prefix: int | None = None, flow: int = 0,
-          scope: int = 0, proto: int = 255) -> Address:
+def _addr(
+    exttype: ExtType,
+    ip: str,
+    *,
+    port: int = 0,
+    prefix: int | None = None,
+    flow: int = 0,
+    scope: int = 0,
+    proto: int = 255,
+) -> Address:
     sa = SockAddr.parse(ip, port)
     sa = SockAddr(sa.ip, port, flow, scope)
     return Address(exttype, sa, sa.max_prefix if prefix is None else prefix, proto)
@@ -136,10 +144,26 @@ TRANSPORT_ANY = Sa2()
 ESP_AES = (SaType.ESP, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, {ExtType.KEY_AUTH: 32, ExtType.KEY_ENCRYPT: 16})
 
 
-def add_bytes(dialect: Dialect, spi: int, src: str, dst: str, *, seq: int = 0, pid: int = 77,
-              alg: tuple[int, int, int, dict[ExtType, int]] = ESP_AES, key_seed: int = 0, sa2: Sa2 | None = TRANSPORT_ANY,
-              lifetimes: tuple[int | None, int | None] | None = None, flags: int = 0, replay: int = 0, order: int = 0,
-              port: int = 0, flow: int = 0, scope: int = 0, prefix: int | None = None) -> bytes:
+def add_bytes(
+    dialect: Dialect,
+    spi: int,
+    src: str,
+    dst: str,
+    *,
+    seq: int = 0,
+    pid: int = 77,
+    alg: tuple[int, int, int, dict[ExtType, int]] = ESP_AES,
+    key_seed: int = 0,
+    sa2: Sa2 | None = TRANSPORT_ANY,
+    lifetimes: tuple[int | None, int | None] | None = None,
+    flags: int = 0,
+    replay: int = 0,
+    order: int = 0,
+    port: int = 0,
+    flow: int = 0,
+    scope: int = 0,
+    prefix: int | None = None,
+) -> bytes:
     satype, auth, enc, keys = alg
     exts: list[Extension] = [
         Sa(spi, replay, 0, auth, enc, flags),
@@ -150,8 +174,11 @@ def add_bytes(dialect: Dialect, spi: int, src: str, dst: str, *, seq: int = 0, p
     if sa2 is not None:
         exts.append(sa2)
     if lifetimes is not None:  # (hard, soft) addtimes; None leaves that one out
-        exts += [Lifetime(t, addtime=a) for t, a in zip((ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT), lifetimes,
-                                                        strict=True) if a is not None]
+        exts += [
+            Lifetime(t, addtime=a)
+            for t, a in zip((ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT), lifetimes, strict=True)
+            if a is not None
+        ]
     random.Random(order).shuffle(exts)
     return encode(Message(MsgType.ADD, satype, seq, pid, 0, 0, tuple(exts)), dialect)
 
@@ -287,8 +314,9 @@ def test_one_lifetime_alone_from_the_hot_path_expires_on_time(lifetimes: tuple[i
 def test_one_lifetime_alone_stays_generic_on_freebsd() -> None:
     pair = Pair((FB,))
     for i in range(4):
-        got = pair.request(FB, add_bytes(Dialect.FREEBSD, 0xF00 + i, "10.0.0.1", f"10.8.0.{i}", lifetimes=(30, None)),
-                           at(i))
+        got = pair.request(
+            FB, add_bytes(Dialect.FREEBSD, 0xF00 + i, "10.0.0.1", f"10.8.0.{i}", lifetimes=(30, None)), at(i)
+        )
         assert got[0][1][2] == errno.EINVAL
     assert pair.hot.hot.served == 0 and len(pair.hot.sad) == 0
 
@@ -318,13 +346,24 @@ def _random_request(rng: random.Random, dialect: Dialect, spis: list[int]) -> by
     shape = dict(rng.choice(_SHAPES))
     v6 = shape.pop("v6", False)
     roll = rng.random()
-    spi = rng.randrange(0x100, 0x100000) if roll < 0.8 or not spis else (
-        rng.randrange(0, 300) if roll < 0.9 else rng.choice(spis[-3:]))
+    spi = (
+        rng.randrange(0x100, 0x100000)
+        if roll < 0.8 or not spis
+        else (rng.randrange(0, 300) if roll < 0.9 else rng.choice(spis[-3:]))
+    )
     spis.append(spi)
     a, b = rng.randrange(256), rng.randrange(256)
     src, dst = (f"2001:db8::{a:x}", f"2001:db8:1::{b:x}") if v6 else (f"10.1.{a}.1", f"10.2.{b}.2")
-    return add_bytes(dialect, spi, src, dst, seq=rng.choice([0, rng.randrange(1, 1 << 32)]),
-                     pid=rng.choice([77, 78]), key_seed=rng.randrange(256), **shape)
+    return add_bytes(
+        dialect,
+        spi,
+        src,
+        dst,
+        seq=rng.choice([0, rng.randrange(1, 1 << 32)]),
+        pid=rng.choice([77, 78]),
+        key_seed=rng.randrange(256),
+        **shape,
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -362,8 +401,9 @@ def test_the_hot_header_is_the_generic_header() -> None:
     pair = Pair((LX,))
     got = []
     for i in range(3):
-        got = pair.request(LX, add_bytes(Dialect.LINUX, 0xE00 + i, "10.0.0.1", f"10.7.0.{i}", seq=1000 + i,
-                                         pid=4321), at(i))
+        got = pair.request(
+            LX, add_bytes(Dialect.LINUX, 0xE00 + i, "10.0.0.1", f"10.7.0.{i}", seq=1000 + i, pid=4321), at(i)
+        )
     version, mtype, errno, satype, units, reserved, seq, pid = HEADER.unpack_from(got[0][1])
     assert (version, mtype, errno, satype, reserved, seq, pid) == (2, MsgType.ADD, 0, SaType.ESP, 0, 1002, 4321)
     assert units * 8 == len(got[0][1])
@@ -385,10 +425,24 @@ def test_the_hot_path_knob_turns_it_off_and_on() -> None:
 ESP_REQUIRE = (IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),)
 
 
-def spdadd_bytes(dialect: Dialect, src: str, dst: str, *, seq: int = 0, pid: int = 77, prefix: int | None = None,
-                 port: int = 0, proto: int = 255, direction: int = Direction.OUTBOUND, ptype: int = PolicyType.IPSEC,
-                 requests: tuple[IpsecRequest, ...] = ESP_REQUIRE, priority: int = 0x80000000,
-                 lifetime: int | None = None, order: int = 0, msgtype: int = MsgType.X_SPDADD) -> bytes:
+def spdadd_bytes(
+    dialect: Dialect,
+    src: str,
+    dst: str,
+    *,
+    seq: int = 0,
+    pid: int = 77,
+    prefix: int | None = None,
+    port: int = 0,
+    proto: int = 255,
+    direction: int = Direction.OUTBOUND,
+    ptype: int = PolicyType.IPSEC,
+    requests: tuple[IpsecRequest, ...] = ESP_REQUIRE,
+    priority: int = 0x80000000,
+    lifetime: int | None = None,
+    order: int = 0,
+    msgtype: int = MsgType.X_SPDADD,
+) -> bytes:
     exts: list[Extension] = [
         Policy(ptype, direction, 0, priority, 0, requests if ptype == PolicyType.IPSEC else ()),
         _addr(ExtType.ADDRESS_SRC, src, port=port, prefix=prefix, proto=proto),
@@ -454,9 +508,14 @@ _POLICY_SHAPES: list[dict[str, Any]] = [  # spdadd_bytes' keywords, and v6
     {"ptype": PolicyType.NONE, "priority": 100},
     {"lifetime": 40},
     {"order": 2},
-    {"requests": (IpsecRequest(IpProto.AH, Mode.TRANSPORT, Level.USE),
-                  IpsecRequest(IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0, SockAddr.parse("192.0.2.1"),
-                               SockAddr.parse("192.0.2.2")))},
+    {
+        "requests": (
+            IpsecRequest(IpProto.AH, Mode.TRANSPORT, Level.USE),
+            IpsecRequest(
+                IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0, SockAddr.parse("192.0.2.1"), SockAddr.parse("192.0.2.2")
+            ),
+        )
+    },
     {"requests": (IpsecRequest(IpProto.ESP, Mode.TRANSPORT, Level.UNIQUE, 7),)},
     {"v6": True},
     {"v6": True, "prefix": 64},
@@ -470,8 +529,7 @@ def _random_spdadd(rng: random.Random, dialect: Dialect) -> bytes:
         shape["direction"] = Direction.OUTBOUND  # FreeBSD has no forward policies
     a, b = rng.randrange(64), rng.randrange(64)
     src, dst = (f"2001:db8::{a:x}", f"2001:db8:1::{b:x}") if v6 else (f"10.1.{a}.0", f"10.2.{b}.0")
-    return spdadd_bytes(dialect, src, dst, seq=rng.randrange(1 << 32), pid=rng.choice([77, 78]),
-                        **shape)
+    return spdadd_bytes(dialect, src, dst, seq=rng.randrange(1 << 32), pid=rng.choice([77, 78]), **shape)
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -120,12 +120,15 @@ def test_direction_selects_the_list() -> None:
 # ------------------------------------------------------------------- selectors
 
 
-@pytest.mark.parametrize(("dst", "dplen", "hits"), [
-    ("10.0.0.0", 24, ["10.0.0.2", "10.0.0.255"]),
-    ("10.0.0.128", 25, ["10.0.0.200"]),
-    ("0.0.0.0", 0, ["10.0.0.2", "192.0.2.1"]),
-    ("10.0.0.2", 32, ["10.0.0.2"]),
-])
+@pytest.mark.parametrize(
+    ("dst", "dplen", "hits"),
+    [
+        ("10.0.0.0", 24, ["10.0.0.2", "10.0.0.255"]),
+        ("10.0.0.128", 25, ["10.0.0.200"]),
+        ("0.0.0.0", 0, ["10.0.0.2", "192.0.2.1"]),
+        ("10.0.0.2", 32, ["10.0.0.2"]),
+    ],
+)
 def test_ipv4_prefixes_select_networks(dst: str, dplen: int, hits: list[str]) -> None:
     eng = make_engine(clients=ALONE)
     pid = add_policy(eng, src="0.0.0.0", splen=0, dst=dst, dplen=dplen)
@@ -209,10 +212,16 @@ class _Net:
     prefixes: tuple[int, ...]
 
 
-_V4 = _Net(4, ("10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.130", "10.0.1.1", "10.1.0.1", "192.0.2.1"),
-           (0, 8, 16, 23, 24, 25, 31, 32))
-_V6 = _Net(6, ("2001:db8::", "2001:db8::1", "2001:db8::2", "2001:db8:0:1::1", "2001:db8:1::1", "fe80::1"),
-           (0, 16, 32, 48, 63, 64, 127, 128))
+_V4 = _Net(
+    4,
+    ("10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.130", "10.0.1.1", "10.1.0.1", "192.0.2.1"),
+    (0, 8, 16, 23, 24, 25, 31, 32),
+)
+_V6 = _Net(
+    6,
+    ("2001:db8::", "2001:db8::1", "2001:db8::2", "2001:db8:0:1::1", "2001:db8:1::1", "fe80::1"),
+    (0, 16, 32, 48, 63, 64, 127, 128),
+)
 _PROTOS = (IpProto.ANY, IpProto.TCP, IpProto.UDP, IpProto.ICMP, IpProto.IPV6_ICMP)
 _PORTS = (0, 0, 53, 80)
 _PRIORITIES = (0, 0, 1, 2, 0x80000000, 0xFFFFFFFF)
@@ -228,19 +237,27 @@ def _sockaddr(net: _Net, draw: st.DrawFn, *, port: int = 0) -> SockAddr:
 def _policy(draw: st.DrawFn, order: int) -> SecPolicy:
     net = draw(st.sampled_from((_V4, _V6)))
     sel = Selector(
-        _sockaddr(net, draw, port=draw(st.sampled_from(_PORTS))), draw(st.sampled_from(net.prefixes)),
-        _sockaddr(net, draw, port=draw(st.sampled_from(_PORTS))), draw(st.sampled_from(net.prefixes)),
+        _sockaddr(net, draw, port=draw(st.sampled_from(_PORTS))),
+        draw(st.sampled_from(net.prefixes)),
+        _sockaddr(net, draw, port=draw(st.sampled_from(_PORTS))),
+        draw(st.sampled_from(net.prefixes)),
         draw(st.sampled_from(_PROTOS)),
     )
-    return SecPolicy(order, draw(st.sampled_from(_DIRS)), sel, NONE, (), draw(st.sampled_from(_PRIORITIES)),
-                     order, 0.0, 0)
+    return SecPolicy(
+        order, draw(st.sampled_from(_DIRS)), sel, NONE, (), draw(st.sampled_from(_PRIORITIES)), order, 0.0, 0
+    )
 
 
 @st.composite
 def _flow(draw: st.DrawFn) -> Flow:
     net = draw(st.sampled_from((_V4, _V6)))
-    return Flow(_sockaddr(net, draw), _sockaddr(net, draw), draw(st.sampled_from(_PROTOS)),
-                draw(st.sampled_from(_PORTS)), draw(st.sampled_from(_PORTS)))
+    return Flow(
+        _sockaddr(net, draw),
+        _sockaddr(net, draw),
+        draw(st.sampled_from(_PROTOS)),
+        draw(st.sampled_from(_PORTS)),
+        draw(st.sampled_from(_PORTS)),
+    )
 
 
 def _naive_matches(sel: Selector, f: Flow) -> bool:
@@ -316,9 +333,19 @@ def test_engine_lookup_through_spdadd_equals_a_linear_scan(policies: list[SecPol
     for sp in policies:
         sel = sp.selector
         if eng.spd.find(sp.dir, sel) is None:
-            add_policy(eng, src=str(sel.src), dst=str(sel.dst), splen=sel.src_len, dplen=sel.dst_len,
-                       proto=sel.proto, sport=sel.src.port, dport=sel.dst.port, dir=sp.dir, priority=sp.priority,
-                       ptype=NONE)
+            add_policy(
+                eng,
+                src=str(sel.src),
+                dst=str(sel.dst),
+                splen=sel.src_len,
+                dplen=sel.dst_len,
+                proto=sel.proto,
+                sport=sel.src.port,
+                dport=sel.dst.port,
+                dir=sp.dir,
+                priority=sp.priority,
+                ptype=NONE,
+            )
     stored = list(eng.spd.by_id.values())
     for f in flows:
         for d in _DIRS:
@@ -498,7 +525,13 @@ def test_larval_sas_are_never_used() -> None:
 def test_dying_sas_are_used_like_mature_ones() -> None:
     eng = make_engine(clients=ALONE)
     add_policy(eng)
-    add_sa(eng, 0x1001, now=at(0), soft=Lifetime(ExtType.LIFETIME_SOFT, 0, 0, 5, 0), hard=Lifetime(ExtType.LIFETIME_HARD, 0, 0, 500, 0))
+    add_sa(
+        eng,
+        0x1001,
+        now=at(0),
+        soft=Lifetime(ExtType.LIFETIME_SOFT, 0, 0, 5, 0),
+        hard=Lifetime(ExtType.LIFETIME_HARD, 0, 0, 500, 0),
+    )
     add_sa(eng, 0x1002, now=at(1))
     eng.tick(at(6))
     assert eng.sad.by_spi[0x1001].state == SaState.DYING
@@ -513,8 +546,15 @@ def test_dead_sas_are_never_used() -> None:
     eng.tick(at(6))
     assert 0x1001 not in eng.sad.by_spi
     assert _sa_of(eng, now=7) == 0x1002
-    delete = Message(MsgType.DELETE, SaType.ESP, 0, PID, 0, 0, (
-        Sa(0x1002), address(ExtType.ADDRESS_SRC, "10.0.0.1"), address(ExtType.ADDRESS_DST, "10.0.0.2")))
+    delete = Message(
+        MsgType.DELETE,
+        SaType.ESP,
+        0,
+        PID,
+        0,
+        0,
+        (Sa(0x1002), address(ExtType.ADDRESS_SRC, "10.0.0.1"), address(ExtType.ADDRESS_DST, "10.0.0.2")),
+    )
     reply(send(eng, ME, delete))
     assert _sa_of(eng, now=8) is None
 
@@ -547,8 +587,7 @@ def test_sa_mode_must_be_the_requests_or_any() -> None:
 
 def test_tunnel_requests_use_sas_between_the_tunnel_endpoints() -> None:
     eng = make_engine(clients=ALONE)
-    add_policy(eng, src="10.1.0.0", splen=16, dst="10.2.0.0", dplen=16,
-               requests=[tunnel("192.0.2.1", "192.0.2.2")])
+    add_policy(eng, src="10.1.0.0", splen=16, dst="10.2.0.0", dplen=16, requests=[tunnel("192.0.2.1", "192.0.2.2")])
     add_sa(eng, 0x1001, "10.1.1.1", "10.2.2.2", mode=TUNNEL, now=at(0))  # inner addresses: not it
     f = flow("10.1.1.1", "10.2.2.2")
     assert _sa_of(eng, f) is None
@@ -607,9 +646,20 @@ def test_request_outcomes_list_every_request() -> None:
 
 
 def add_ipcomp_sa(eng: KeyEngine, cpi: int, src: str, dst: str, mode: int = TUNNEL) -> None:
-    msg = Message(MsgType.ADD, SaType.X_IPCOMP, 0, PID, 0, 0, (
-        Sa(cpi, 0, 0, 0, CompAlg.DEFLATE, 0), Sa2(mode, 0, 0),
-        address(ExtType.ADDRESS_SRC, src), address(ExtType.ADDRESS_DST, dst)))
+    msg = Message(
+        MsgType.ADD,
+        SaType.X_IPCOMP,
+        0,
+        PID,
+        0,
+        0,
+        (
+            Sa(cpi, 0, 0, 0, CompAlg.DEFLATE, 0),
+            Sa2(mode, 0, 0),
+            address(ExtType.ADDRESS_SRC, src),
+            address(ExtType.ADDRESS_DST, dst),
+        ),
+    )
     reply(send(eng, ME, msg))
 
 
@@ -621,8 +671,12 @@ def _spis(decision: Decision) -> list[int | None]:
 def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect: Dialect) -> None:
     # The KAME layout: ipcomp/tunnel/192.0.2.1-192.0.2.2/use esp/transport//require.
     eng = make_engine(clients={ME: dialect})
-    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
-               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.1.0.1",
+        dst="10.2.0.1",
+        requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)],
+    )
     add_ipcomp_sa(eng, 0x3001, "192.0.2.1", "192.0.2.2")
     add_sa(eng, 0x3002, "192.0.2.1", "192.0.2.2")
     add_sa(eng, 0x3009, "10.1.0.1", "10.2.0.1")  # between the inner addresses: not the one
@@ -634,8 +688,14 @@ def test_after_an_ipcomp_tunnel_esp_transport_uses_the_tunnel_endpoints(dialect:
 
 def test_esp_tunnel_then_ah_transport_over_the_tunnel_packet() -> None:
     eng = make_engine(clients=ALONE)
-    add_policy(eng, src="10.3.0.0", splen=16, dst="10.4.0.0", dplen=16,
-               requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.3.0.0",
+        splen=16,
+        dst="10.4.0.0",
+        dplen=16,
+        requests=[tunnel("192.0.2.1", "198.51.100.2"), request(AH, TRANSPORT, REQUIRE)],
+    )
     add_sa(eng, 0x3003, "192.0.2.1", "198.51.100.2", mode=TUNNEL)
     decision, _ = eng.lookup(OUT, flow("10.3.1.1", "10.4.2.2"), at(1))
     assert _spis(decision) == [0x3003, None]  # no AH SA yet
@@ -655,8 +715,12 @@ def test_a_bypassed_tunnel_leaves_the_inner_addresses() -> None:
     # No IPComp SA: at level use the packet goes on uncompressed and untunnelled, so
     # the ESP request finds the packet's own addresses.
     eng = make_engine(clients=ALONE)
-    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
-               requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.1.0.1",
+        dst="10.2.0.1",
+        requests=[tunnel("192.0.2.1", "192.0.2.2", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)],
+    )
     add_sa(eng, 0x3002, "192.0.2.1", "192.0.2.2")
     add_sa(eng, 0x3009, "10.1.0.1", "10.2.0.1")
     decision, _ = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
@@ -665,21 +729,36 @@ def test_a_bypassed_tunnel_leaves_the_inner_addresses() -> None:
 
 def test_a_tunnel_inside_a_tunnel_chains_the_endpoints() -> None:
     eng = make_engine(clients=ALONE)
-    add_policy(eng, src="10.1.0.1", dst="10.2.0.1",
-               requests=[tunnel("192.0.2.1", "192.0.2.2"), tunnel("198.51.100.1", "198.51.100.2"),
-                         request(AH, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        src="10.1.0.1",
+        dst="10.2.0.1",
+        requests=[
+            tunnel("192.0.2.1", "192.0.2.2"),
+            tunnel("198.51.100.1", "198.51.100.2"),
+            request(AH, TRANSPORT, REQUIRE),
+        ],
+    )
     add_sa(eng, 0x4001, "192.0.2.1", "192.0.2.2", mode=TUNNEL)
     add_sa(eng, 0x4002, "198.51.100.1", "198.51.100.2", mode=TUNNEL)
     decision, _ = eng.lookup(OUT, flow("10.1.0.1", "10.2.0.1"), at(1))
     assert [(str(o.index.src), str(o.index.dst)) for o in decision.requests] == [
-        ("192.0.2.1", "192.0.2.2"), ("198.51.100.1", "198.51.100.2"), ("198.51.100.1", "198.51.100.2")]
+        ("192.0.2.1", "192.0.2.2"),
+        ("198.51.100.1", "198.51.100.2"),
+        ("198.51.100.1", "198.51.100.2"),
+    ]
     assert _spis(decision) == [0x4001, 0x4002, None]
 
 
 def test_inbound_bundles_report_the_sa_between_the_tunnel_endpoints() -> None:
     eng = make_engine(clients=ALONE)
-    add_policy(eng, dir=IN, src="10.2.0.1", dst="10.1.0.1",
-               requests=[tunnel("192.0.2.2", "192.0.2.1", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)])
+    add_policy(
+        eng,
+        dir=IN,
+        src="10.2.0.1",
+        dst="10.1.0.1",
+        requests=[tunnel("192.0.2.2", "192.0.2.1", level=USE, proto=IPCOMP), request(ESP, TRANSPORT, REQUIRE)],
+    )
     add_ipcomp_sa(eng, 0x5001, "192.0.2.2", "192.0.2.1")
     add_sa(eng, 0x5002, "192.0.2.2", "192.0.2.1")
     decision, effects = eng.lookup(IN, flow("10.2.0.1", "10.1.0.1"), at(1))

@@ -257,12 +257,16 @@ def test_add_sa_replay_overrides_the_sa_replay_field(engine: KeyEngine) -> None:
     assert _replay_out(engine) == (8, None)
 
 
-@pytest.mark.parametrize(("packets", "expected"), [
-    (2040, (255, None)),  # 255 bytes: the SA field holds it
-    (2041, (255, SaReplay(2048))),  # 256 bytes: SA_REPLAY carries bytes x 8
-    (4096, (255, SaReplay(4096))),
-    (10_000, (255, SaReplay(10_000))),
-], ids=["255-bytes", "256-bytes", "512-bytes", "1250-bytes"])
+@pytest.mark.parametrize(
+    ("packets", "expected"),
+    [
+        (2040, (255, None)),  # 255 bytes: the SA field holds it
+        (2041, (255, SaReplay(2048))),  # 256 bytes: SA_REPLAY carries bytes x 8
+        (4096, (255, SaReplay(4096))),
+        (10_000, (255, SaReplay(10_000))),
+    ],
+    ids=["255-bytes", "256-bytes", "512-bytes", "1250-bytes"],
+)
 def test_add_sa_replay_is_reported_as_window_bytes_times_8_beyond_255_bytes(
     engine: KeyEngine, packets: int, expected: tuple[int, SaReplay | None]
 ) -> None:
@@ -323,24 +327,42 @@ def test_add_with_only_one_of_hard_and_soft_is_accepted_on_linux(engine: KeyEngi
 # ----------------------------------------------------------------------------- algorithms
 
 
-@pytest.mark.parametrize(("enc", "klen"), [
-    (EncAlg.X_AESCBC, 16), (EncAlg.X_AESCBC, 24), (EncAlg.X_AESCBC, 32),
-    (EncAlg.X_AESCTR, 20), (EncAlg.X_AESCTR, 36), (EncAlg.NULL, 0), (EncAlg.NULL, 256),
-])
+@pytest.mark.parametrize(
+    ("enc", "klen"),
+    [
+        (EncAlg.X_AESCBC, 16),
+        (EncAlg.X_AESCBC, 24),
+        (EncAlg.X_AESCBC, 32),
+        (EncAlg.X_AESCTR, 20),
+        (EncAlg.X_AESCTR, 36),
+        (EncAlg.NULL, 0),
+        (EncAlg.NULL, 256),
+    ],
+)
 def test_add_accepts_freebsd_encryption_key_lengths(engine: KeyEngine, enc: EncAlg, klen: int) -> None:
     ok(engine, FB, add(enc=enc, ke=key_enc(klen)))
 
 
-@pytest.mark.parametrize(("enc", "klen"), [
-    (EncAlg.X_AESCBC, 8), (EncAlg.X_AESCBC, 20), (EncAlg.X_AESCBC, 33),
-    (EncAlg.X_AESCTR, 16), (EncAlg.X_AESGCM16, 16), (EncAlg.X_AESGCM16, 32),
-    (EncAlg.X_CHACHA20POLY1305, 32), (EncAlg.NULL, 257),
-])
+@pytest.mark.parametrize(
+    ("enc", "klen"),
+    [
+        (EncAlg.X_AESCBC, 8),
+        (EncAlg.X_AESCBC, 20),
+        (EncAlg.X_AESCBC, 33),
+        (EncAlg.X_AESCTR, 16),
+        (EncAlg.X_AESGCM16, 16),
+        (EncAlg.X_AESGCM16, 32),
+        (EncAlg.X_CHACHA20POLY1305, 32),
+        (EncAlg.NULL, 257),
+    ],
+)
 def test_add_bad_encryption_key_length_replies_einval(engine: KeyEngine, enc: EncAlg, klen: int) -> None:
     assert fails(engine, FB, add(enc=enc, ke=key_enc(klen), auth=AuthAlg.NONE, ka=None)) == errno.EINVAL
 
 
-@pytest.mark.parametrize(("auth", "klen"), [(AuthAlg.X_SHA2_256, 65), (AuthAlg.X_SHA2_512, 129), (AuthAlg.SHA1HMAC, 65)])
+@pytest.mark.parametrize(
+    ("auth", "klen"), [(AuthAlg.X_SHA2_256, 65), (AuthAlg.X_SHA2_512, 129), (AuthAlg.SHA1HMAC, 65)]
+)
 def test_add_bad_authentication_key_length_replies_einval(engine: KeyEngine, auth: AuthAlg, klen: int) -> None:
     assert fails(engine, FB, add(auth=auth, ka=key_auth(klen))) == errno.EINVAL
 
@@ -360,9 +382,14 @@ def test_add_des_from_a_linux_socket_is_accepted(engine: KeyEngine) -> None:
     ok(engine, LX, add(enc=EncAlg.DES3CBC, ke=key_enc(24)))
 
 
-@pytest.mark.parametrize(("klen", "implied"), [
-    (20, AuthAlg.X_AES128GMAC), (28, AuthAlg.X_AES192GMAC), (36, AuthAlg.X_AES256GMAC),
-])
+@pytest.mark.parametrize(
+    ("klen", "implied"),
+    [
+        (20, AuthAlg.X_AES128GMAC),
+        (28, AuthAlg.X_AES192GMAC),
+        (36, AuthAlg.X_AES256GMAC),
+    ],
+)
 def test_add_aes_gcm_records_the_gmac_auth_id_of_its_key_size(engine: KeyEngine, klen: int, implied: AuthAlg) -> None:
     ok(engine, FB, add(enc=EncAlg.X_AESGCM16, ke=key_enc(klen), auth=AuthAlg.NONE, ka=None))
     sa = engine.sad.get(0x1000)
@@ -445,8 +472,12 @@ def test_add_nat_t_is_reported_by_get(engine: KeyEngine) -> None:
     oai = Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8")
     ok(engine, FB, add(extra=[*_natt(), oai]))
     msg = reply(ok(engine, FB, get(spi=0x1000)), FB)
-    assert ext_types(msg)[-4:] == [ExtType.X_NAT_T_TYPE, ExtType.X_NAT_T_SPORT, ExtType.X_NAT_T_DPORT,
-                                   ExtType.X_NAT_T_OAI]
+    assert ext_types(msg)[-4:] == [
+        ExtType.X_NAT_T_TYPE,
+        ExtType.X_NAT_T_SPORT,
+        ExtType.X_NAT_T_DPORT,
+        ExtType.X_NAT_T_OAI,
+    ]
 
 
 # ----------------------------------------------------------------------------- reply
@@ -454,22 +485,42 @@ def test_add_nat_t_is_reported_by_get(engine: KeyEngine) -> None:
 
 #: key_getmsgbuf_x1's order (§3.2).
 X1_ORDER = [
-    ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD,
-    ExtType.LIFETIME_SOFT, ExtType.IDENTITY_SRC, ExtType.IDENTITY_DST, ExtType.X_NAT_T_TYPE, ExtType.X_NAT_T_SPORT,
-    ExtType.X_NAT_T_DPORT, ExtType.X_NAT_T_OAI, ExtType.X_NAT_T_OAR,
+    ExtType.SA,
+    ExtType.X_SA2,
+    ExtType.ADDRESS_SRC,
+    ExtType.ADDRESS_DST,
+    ExtType.LIFETIME_HARD,
+    ExtType.LIFETIME_SOFT,
+    ExtType.IDENTITY_SRC,
+    ExtType.IDENTITY_DST,
+    ExtType.X_NAT_T_TYPE,
+    ExtType.X_NAT_T_SPORT,
+    ExtType.X_NAT_T_DPORT,
+    ExtType.X_NAT_T_OAI,
+    ExtType.X_NAT_T_OAR,
 ]
 
 
 def test_add_replies_to_all_without_keys_in_key_getmsgbuf_x1_order() -> None:
     engine = make_engine(clients=(FB, FB2))
     request = add(
-        spi=0x1000, seq=0x01020304, pid=PID, sa2=Sa2(Mode.TUNNEL, 0, 5), hard_lt=hard(addtime=100),
+        spi=0x1000,
+        seq=0x01020304,
+        pid=PID,
+        sa2=Sa2(Mode.TUNNEL, 0, 5),
+        hard_lt=hard(addtime=100),
         soft_lt=soft(addtime=80),
         extra=[
-            Lifetime(ExtType.LIFETIME_CURRENT), Address.host(ExtType.ADDRESS_PROXY, "10.7.7.7"),
-            _ident(ExtType.IDENTITY_SRC), _ident(ExtType.IDENTITY_DST), Sens(), *_natt(),
-            Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"), Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9"),
-            NatTFrag(1400), SaReplay(64),
+            Lifetime(ExtType.LIFETIME_CURRENT),
+            Address.host(ExtType.ADDRESS_PROXY, "10.7.7.7"),
+            _ident(ExtType.IDENTITY_SRC),
+            _ident(ExtType.IDENTITY_DST),
+            Sens(),
+            *_natt(),
+            Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"),
+            Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9"),
+            NatTFrag(1400),
+            SaReplay(64),
         ],
     )
     exts = list(request.exts)

@@ -68,8 +68,9 @@ def test_delete_of_unknown_spi_replies_esrch(engine: KeyEngine, me: int) -> None
 @pytest.mark.parametrize("change", ["src", "dst", "satype"])
 def test_delete_of_an_spi_with_another_sa_index_replies_esrch(engine: KeyEngine, me: int, change: str) -> None:
     mature(engine, me, 0x1000)
-    msg = {"src": delete(spi=0x1000, s=C), "dst": delete(spi=0x1000, d=C),
-           "satype": delete(SaType.AH, spi=0x1000)}[change]
+    msg = {"src": delete(spi=0x1000, s=C), "dst": delete(spi=0x1000, d=C), "satype": delete(SaType.AH, spi=0x1000)}[
+        change
+    ]
     assert fails(engine, me, msg) == errno.ESRCH
 
 
@@ -89,8 +90,13 @@ def test_delete_removes_a_larval_sa_by_spi(engine: KeyEngine) -> None:
 def test_delete_with_sa_replies_to_all_with_sa_src_dst_from_the_request(engine: KeyEngine, me: int) -> None:
     mature(engine, me, 0x1000)
     request = delete(spi=0x1000, seq=31, pid=PID + 3, sa2=Sa2(Mode.TRANSPORT)).replace(
-        exts=(Sa(0x1000, 0, 0, 0, 0, 0x40), Sa2(Mode.TRANSPORT), Address.host(ExtType.ADDRESS_SRC, A, port=500),
-              Address.host(ExtType.ADDRESS_DST, B)))
+        exts=(
+            Sa(0x1000, 0, 0, 0, 0, 0x40),
+            Sa2(Mode.TRANSPORT),
+            Address.host(ExtType.ADDRESS_SRC, A, port=500),
+            Address.host(ExtType.ADDRESS_DST, B),
+        )
+    )
     effects = ok(engine, me, request)
     msg = reply(effects, me)
     assert (msg.type, msg.satype, msg.seq, msg.pid, msg.errno) == (request.type, SaType.ESP, 31, PID + 3, 0)
@@ -188,17 +194,46 @@ def test_get_promiscuous_copy_has_no_keys(engine: KeyEngine) -> None:
 
 def test_get_reports_the_complete_sa_in_reference_order() -> None:
     engine = make_engine()
-    natt: list[Extension] = [NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 4501),
-            Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"), Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9")]
-    ok(engine, FB, add(spi=0x1000, seq=3, replay=4, flags=0x40, sa2=Sa2(Mode.TUNNEL, 0, 77),
-                       hard_lt=hard(addtime=100, nbytes=10**6), soft_lt=soft(addtime=80),
-                       extra=[*natt, SaReplay(4096), Address.host(ExtType.ADDRESS_SRC, A, port=500)]), at(2))
+    natt: list[Extension] = [
+        NatTTypeExt(2),
+        NatTPort(ExtType.X_NAT_T_SPORT, 4500),
+        NatTPort(ExtType.X_NAT_T_DPORT, 4501),
+        Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"),
+        Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9"),
+    ]
+    ok(
+        engine,
+        FB,
+        add(
+            spi=0x1000,
+            seq=3,
+            replay=4,
+            flags=0x40,
+            sa2=Sa2(Mode.TUNNEL, 0, 77),
+            hard_lt=hard(addtime=100, nbytes=10**6),
+            soft_lt=soft(addtime=80),
+            extra=[*natt, SaReplay(4096), Address.host(ExtType.ADDRESS_SRC, A, port=500)],
+        ),
+        at(2),
+    )
     engine.report_usage(0x1000, 1500, 3, at(4))
     msg = reply(ok(engine, FB, get(spi=0x1000, seq=9, pid=PID)), FB)
     assert ext_types(msg) == [
-        ExtType.SA, ExtType.X_SA2, ExtType.X_SA_REPLAY, ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT,
-        ExtType.LIFETIME_CURRENT, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT,
-        ExtType.X_NAT_T_TYPE, ExtType.X_NAT_T_SPORT, ExtType.X_NAT_T_DPORT, ExtType.X_NAT_T_OAI, ExtType.X_NAT_T_OAR,
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.X_SA_REPLAY,
+        ExtType.LIFETIME_HARD,
+        ExtType.LIFETIME_SOFT,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.KEY_AUTH,
+        ExtType.KEY_ENCRYPT,
+        ExtType.X_NAT_T_TYPE,
+        ExtType.X_NAT_T_SPORT,
+        ExtType.X_NAT_T_DPORT,
+        ExtType.X_NAT_T_OAI,
+        ExtType.X_NAT_T_OAR,
     ]
     assert msg.sa == Sa(0x1000, 255, SaState.MATURE, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, 0x40)
     assert msg.sa2 == Sa2(Mode.TUNNEL, 0, 77)
@@ -215,8 +250,15 @@ def test_get_reports_the_complete_sa_in_reference_order() -> None:
 def test_get_of_a_plain_sa_has_no_optional_extensions(engine: KeyEngine) -> None:
     mature(engine, FB, 0x1000)
     msg = reply(ok(engine, FB, get(spi=0x1000)), FB)
-    assert ext_types(msg) == [ExtType.SA, ExtType.X_SA2, ExtType.LIFETIME_CURRENT, ExtType.ADDRESS_SRC,
-                              ExtType.ADDRESS_DST, ExtType.KEY_AUTH, ExtType.KEY_ENCRYPT]
+    assert ext_types(msg) == [
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.KEY_AUTH,
+        ExtType.KEY_ENCRYPT,
+    ]
     assert msg.lifetime_current == Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, at(0).wall, 0)
 
 

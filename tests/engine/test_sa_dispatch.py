@@ -40,8 +40,11 @@ def test_handler_table_serves_exactly_the_user_to_kernel_types() -> None:
 
 
 @pytest.mark.parametrize("mtype", KERNEL_ONLY, ids=lambda t: t.name)
-@pytest.mark.parametrize(("dialect", "expected"), [(Dialect.FREEBSD, errno.EINVAL), (Dialect.LINUX, errno.EOPNOTSUPP)],
-                         ids=["freebsd", "linux"])
+@pytest.mark.parametrize(
+    ("dialect", "expected"),
+    [(Dialect.FREEBSD, errno.EINVAL), (Dialect.LINUX, errno.EOPNOTSUPP)],
+    ids=["freebsd", "linux"],
+)
 def test_kernel_only_type_is_refused_with_the_dialects_errno(mtype: MsgType, dialect: Dialect, expected: int) -> None:
     engine = make_engine()
     # An SA satype gets past key_parse's satype check (UNSPEC is refused for EXPIRE first).
@@ -98,16 +101,20 @@ def test_undefined_satypes_get_einval(satype: int) -> None:
     assert fails(make_engine(), FB, Message(MsgType.FLUSH, satype)) == errno.EINVAL
 
 
-@pytest.mark.parametrize("mtype", [MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET,
-                                   MsgType.ACQUIRE], ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "mtype",
+    [MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET, MsgType.ACQUIRE],
+    ids=lambda t: t.name,
+)
 def test_sa_message_with_satype_unspec_is_einval(mtype: MsgType) -> None:
     engine = make_engine()
     msg = add(SaType.ESP).replace(type=mtype, satype=SaType.UNSPEC)
     assert fails(engine, FB, msg) == errno.EINVAL
 
 
-@pytest.mark.parametrize("mtype", [MsgType.GETSPI, MsgType.ADD, MsgType.REGISTER, MsgType.FLUSH, MsgType.DUMP],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize(
+    "mtype", [MsgType.GETSPI, MsgType.ADD, MsgType.REGISTER, MsgType.FLUSH, MsgType.DUMP], ids=lambda t: t.name
+)
 def test_tcp_signature_satype_from_a_linux_socket_is_einval(mtype: MsgType) -> None:
     # Linux defines no satype 11: pfkey_satype2proto gives 0 and REGISTER refuses
     # satype > SADB_SATYPE_MAX (9), both EINVAL (§3.7, §5.1).  A freebsd socket may use it.

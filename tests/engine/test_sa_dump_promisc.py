@@ -218,8 +218,9 @@ def test_promisc_echoes_the_request_to_all(engine: KeyEngine, me: int) -> None:
     assert promisc_copies(effects, me) == [request]
 
 
-@pytest.mark.parametrize("satype", [SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE],
-                         ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "satype", [SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE], ids=lambda s: s.name
+)
 def test_promisc_with_another_satype_replies_einval(engine: KeyEngine, satype: SaType) -> None:
     assert fails(engine, FB, promisc(satype)) == errno.EINVAL
 
@@ -290,8 +291,7 @@ def test_acquire_request_with_no_registered_socket_sends_nothing(engine: KeyEngi
     assert ok(engine, FB, acquire_request()) == []
 
 
-@pytest.mark.parametrize("missing", [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.PROPOSAL],
-                         ids=lambda t: t.name)
+@pytest.mark.parametrize("missing", [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.PROPOSAL], ids=lambda t: t.name)
 def test_acquire_request_without_a_required_extension_replies_einval(engine: KeyEngine, missing: ExtType) -> None:
     ok(engine, FB2, register(SaType.ESP))
     assert fails(engine, FB, acquire_request(omit=[missing])) == errno.EINVAL

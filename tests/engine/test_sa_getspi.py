@@ -128,10 +128,13 @@ def test_getspi_creates_a_larval_sa_with_request_seq_pid_and_sa_index() -> None:
 
 
 def test_getspi_sa_index_ignores_ports(engine: KeyEngine) -> None:
-    msg = getspi(spirange=(0x9000, 0x9000)).replace(exts=(
-        Address.host(ExtType.ADDRESS_SRC, A, port=500), Address.host(ExtType.ADDRESS_DST, B, port=4500),
-        getspi(spirange=(0x9000, 0x9000)).spirange,
-    ))
+    msg = getspi(spirange=(0x9000, 0x9000)).replace(
+        exts=(
+            Address.host(ExtType.ADDRESS_SRC, A, port=500),
+            Address.host(ExtType.ADDRESS_DST, B, port=4500),
+            getspi(spirange=(0x9000, 0x9000)).spirange,
+        )
+    )
     ok(engine, FB, msg)
     sa = engine.sad.get(0x9000)
     assert sa is not None
@@ -145,8 +148,13 @@ def test_getspi_replies_to_the_requester_only_with_sa_spi_src_dst(client: int) -
     ok(engine, FB2, register(SaType.ESP))
     ok(engine, LX2, register(SaType.ESP))
     request = getspi(seq=0xFEEDF00D, pid=321, spirange=(0x9000, 0x9000), sa2=Sa2(Mode.TRANSPORT, 0, 0)).replace(
-        exts=(Address.host(ExtType.ADDRESS_SRC, A, port=500), Address.host(ExtType.ADDRESS_DST, B, port=500),
-              getspi(spirange=(0x9000, 0x9000)).spirange, Sa2(Mode.TRANSPORT, 0, 0)))
+        exts=(
+            Address.host(ExtType.ADDRESS_SRC, A, port=500),
+            Address.host(ExtType.ADDRESS_DST, B, port=500),
+            getspi(spirange=(0x9000, 0x9000)).spirange,
+            Sa2(Mode.TRANSPORT, 0, 0),
+        )
+    )
     effects = ok(engine, client, request)
     assert [(s.to, s.reply) for s in sends(effects)] == [((client,), True)]
     assert targets(effects, promisc=True) == set()
@@ -164,7 +172,9 @@ def test_getspi_without_an_address_replies_einval(engine: KeyEngine, missing: Ex
 
 
 def test_getspi_with_mixed_address_families_replies_einval(engine: KeyEngine) -> None:
-    msg = getspi().replace(exts=(Address.host(ExtType.ADDRESS_SRC, A), Address.host(ExtType.ADDRESS_DST, "2001:db8::2")))
+    msg = getspi().replace(
+        exts=(Address.host(ExtType.ADDRESS_SRC, A), Address.host(ExtType.ADDRESS_DST, "2001:db8::2"))
+    )
     assert fails(engine, FB, msg) == errno.EINVAL
 
 

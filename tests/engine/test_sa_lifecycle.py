@@ -158,8 +158,17 @@ def test_each_larval_sa_has_its_own_deadline(engine: KeyEngine) -> None:
 def test_soft_addtime_makes_the_sa_dying_and_sends_expire_soft_to_registered() -> None:
     engine = registered_engine()
     ok(engine, FB, promisc(1))
-    mature(engine, FB, 0x1000, seq=42, pid=7, sa2=Sa2(Mode.TUNNEL, 0, 3), hard_lt=hard(addtime=100),
-           soft_lt=soft(addtime=10), now=at(0))
+    mature(
+        engine,
+        FB,
+        0x1000,
+        seq=42,
+        pid=7,
+        sa2=Sa2(Mode.TUNNEL, 0, 3),
+        hard_lt=hard(addtime=100),
+        soft_lt=soft(addtime=10),
+        now=at(0),
+    )
     assert engine.next_deadline() == 10.0
     assert engine.tick(at(10 - EPS)) == []
     effects = engine.tick(at(10))
@@ -169,8 +178,14 @@ def test_soft_addtime_makes_the_sa_dying_and_sends_expire_soft_to_registered() -
     assert targets(effects) == {FB2, LX2}
     msg = the_expire(effects)
     assert (msg.type, msg.satype, msg.seq, msg.pid, msg.errno) == (MsgType.EXPIRE, SaType.ESP, 42, 0, 0)
-    assert ext_types(msg) == [ExtType.SA, ExtType.X_SA2, ExtType.LIFETIME_CURRENT, ExtType.LIFETIME_SOFT,
-                              ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST]
+    assert ext_types(msg) == [
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.LIFETIME_SOFT,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+    ]
     assert msg.sa == Sa(0x1000, 0, SaState.DYING, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC, 0)
     assert msg.sa2 == Sa2(Mode.TUNNEL, 0, 3)
     assert msg.lifetime_soft == soft(addtime=10)
@@ -203,8 +218,14 @@ def test_soft_then_hard_at_their_own_times() -> None:
     assert engine.next_deadline() == 20.0
     effects = engine.tick(at(20))
     msg = the_expire(effects)
-    assert ext_types(msg) == [ExtType.SA, ExtType.X_SA2, ExtType.LIFETIME_CURRENT, ExtType.LIFETIME_HARD,
-                              ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST]
+    assert ext_types(msg) == [
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.LIFETIME_HARD,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+    ]
     assert msg.lifetime_hard == hard(addtime=20)
     assert engine.sad.get(0x1000) is None
     assert engine.next_deadline() is None

@@ -98,8 +98,15 @@ SATYPES = (SaType.ESP, SaType.AH, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE, SaType
 PIDS = (PID, PID + 1)
 KEY_LENGTHS = (0, 16, 20, 32, 36, 81)
 AUTHS = (AuthAlg.NONE, AuthAlg.SHA1HMAC, AuthAlg.X_SHA2_256, AuthAlg.X_NULL, AuthAlg.X_TCP_MD5, AuthAlg.MD5HMAC)
-ENCS = (EncAlg.NONE, EncAlg.NULL, EncAlg.X_AESCBC, EncAlg.X_AESGCM16, EncAlg.X_CHACHA20POLY1305, EncAlg.DES3CBC,
-        CompAlg.DEFLATE)
+ENCS = (
+    EncAlg.NONE,
+    EncAlg.NULL,
+    EncAlg.X_AESCBC,
+    EncAlg.X_AESGCM16,
+    EncAlg.X_CHACHA20POLY1305,
+    EncAlg.DES3CBC,
+    CompAlg.DEFLATE,
+)
 FLAGS = (0, 0x40, 0x1, 0x20, 0x80, 0x1000)
 
 
@@ -107,17 +114,25 @@ def _templates() -> st.SearchStrategy[Message]:
     # Weighted towards ESP and the SPIs earlier steps tend to create, so that UPDATE,
     # GET and DELETE often find their SA.
     spi = st.sampled_from((*SPIS, 0x1000, 0x1000, 0x2000, 0x2000))
-    satype = st.sampled_from((SaType.ESP, SaType.ESP, SaType.ESP, SaType.AH, SaType.X_IPCOMP,
-                              SaType.X_TCPSIGNATURE))
+    satype = st.sampled_from((SaType.ESP, SaType.ESP, SaType.ESP, SaType.AH, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE))
     addr = st.sampled_from(ADDRS[:3])
-    lt = st.sampled_from([{}, {"hard_lt": hard(addtime=20), "soft_lt": soft(addtime=10)},
-                          {"hard_lt": hard(nbytes=3000), "soft_lt": soft(nbytes=1000)},
-                          {"hard_lt": hard(usetime=15), "soft_lt": soft(usetime=5)}])
+    lt = st.sampled_from(
+        [
+            {},
+            {"hard_lt": hard(addtime=20), "soft_lt": soft(addtime=10)},
+            {"hard_lt": hard(nbytes=3000), "soft_lt": soft(nbytes=1000)},
+            {"hard_lt": hard(usetime=15), "soft_lt": soft(usetime=5)},
+        ]
+    )
     seq = st.sampled_from((0, 1, 2, 0xFFFFFFFF))
     return st.one_of(
-        st.builds(lambda s, r, q, d: getspi(s, spirange=r, seq=q, d=d), satype,
-                  st.sampled_from([None, (0x2000, 0x2000), (0x1000, 0x1003), (1, 0xFF), (0x20000, 0x30000)]), seq,
-                  addr),
+        st.builds(
+            lambda s, r, q, d: getspi(s, spirange=r, seq=q, d=d),
+            satype,
+            st.sampled_from([None, (0x2000, 0x2000), (0x1000, 0x1003), (1, 0xFF), (0x20000, 0x30000)]),
+            seq,
+            addr,
+        ),
         st.builds(lambda t, i, l, q, d: add(t, i, seq=q, d=d, **l), satype, spi, lt, seq, addr),
         st.builds(lambda t, i, l: update(t, i, **l), satype, spi, lt),
         st.builds(lambda t, i, l: lifetimes_update(t, i, **l), satype, spi, lt),
@@ -129,19 +144,34 @@ def _templates() -> st.SearchStrategy[Message]:
         st.builds(promisc, st.sampled_from((0, 1, 2))),
         st.builds(acquire_error, seq, st.sampled_from((0, errno.ETIMEDOUT))),
         st.builds(lambda d, m: acquire_request(d=d, sa2=m), addr, st.sampled_from([None, Sa2(Mode.TUNNEL, 0, 3)])),
-        st.builds(lambda t: Message(t, SaType.ESP), st.sampled_from((MsgType.EXPIRE, MsgType.X_PCHANGE,
-                                                                     MsgType.X_SPDEXPIRE, MsgType.X_MIGRATE))),
+        st.builds(
+            lambda t: Message(t, SaType.ESP),
+            st.sampled_from((MsgType.EXPIRE, MsgType.X_PCHANGE, MsgType.X_SPDEXPIRE, MsgType.X_MIGRATE)),
+        ),
     )
 
 
 _EXTRA_EXTS: tuple[Extension, ...] = (
-    Sa2(Mode.TRANSPORT), Sa2(Mode.TUNNEL, 0, 3), hard(addtime=5), soft(addtime=3), SpiRange(0x1000, 0x1001),
-    Key(ExtType.KEY_AUTH, b"\xa5" * 20), Key(ExtType.KEY_ENCRYPT, b"\x5a" * 36), Key(ExtType.KEY_ENCRYPT, b""),
-    SaReplay(5000), NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 0),
-    Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"), Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9"),
-    Ident(ExtType.IDENTITY_SRC, IdentType.FQDN, b"a.example"), Ident(ExtType.IDENTITY_DST, IdentType.FQDN, b"b"),
-    Prop(32, (Comb(encrypt=EncAlg.X_AESCBC),)), Address.host(ExtType.ADDRESS_SRC, A6),
-    Address.host(ExtType.ADDRESS_DST, B, port=500), Address.host(ExtType.X_NEW_ADDRESS_DST, C),
+    Sa2(Mode.TRANSPORT),
+    Sa2(Mode.TUNNEL, 0, 3),
+    hard(addtime=5),
+    soft(addtime=3),
+    SpiRange(0x1000, 0x1001),
+    Key(ExtType.KEY_AUTH, b"\xa5" * 20),
+    Key(ExtType.KEY_ENCRYPT, b"\x5a" * 36),
+    Key(ExtType.KEY_ENCRYPT, b""),
+    SaReplay(5000),
+    NatTTypeExt(2),
+    NatTPort(ExtType.X_NAT_T_SPORT, 4500),
+    NatTPort(ExtType.X_NAT_T_DPORT, 0),
+    Address.host(ExtType.X_NAT_T_OAI, "10.8.8.8"),
+    Address.host(ExtType.X_NAT_T_OAR, "10.9.9.9"),
+    Ident(ExtType.IDENTITY_SRC, IdentType.FQDN, b"a.example"),
+    Ident(ExtType.IDENTITY_DST, IdentType.FQDN, b"b"),
+    Prop(32, (Comb(encrypt=EncAlg.X_AESCBC),)),
+    Address.host(ExtType.ADDRESS_SRC, A6),
+    Address.host(ExtType.ADDRESS_DST, B, port=500),
+    Address.host(ExtType.X_NEW_ADDRESS_DST, C),
     Filter(4, IPv4Address("10.0.0.0"), IPv4Address("10.0.0.0"), 8, 8),
 )
 
@@ -168,8 +198,7 @@ def requests(draw: st.DrawFn) -> Message:
             msg = msg.replace(pid=draw(st.sampled_from(PIDS)))
         elif kind == "keylen":
             n = draw(st.sampled_from(KEY_LENGTHS))
-            msg = msg.replace(exts=tuple(Key(e.exttype, e.data[:1] * n) if isinstance(e, Key) else e
-                                         for e in msg.exts))
+            msg = msg.replace(exts=tuple(Key(e.exttype, e.data[:1] * n) if isinstance(e, Key) else e for e in msg.exts))
     return msg
 
 
@@ -293,22 +322,30 @@ def test_random_sequences_return_effects_and_rejections_change_nothing(operation
 def test_key_material_reaches_only_the_requester(operations: list[Op]) -> None:
     # The same run, requests only, with a promiscuous socket of each dialect listening
     # and SAs in place for GET, DUMP, UPDATE and DELETE to find.
-    prefix: list[Op] = [Request(FB2, promisc(1)), Request(LX2, promisc(1)), Request(FB, register(SaType.ESP)),
-                        Request(LX, register(SaType.AH)), Request(FB, add(spi=0x1000)),
-                        Request(LX, add(SaType.AH, 0x1001)), Request(FB2, getspi(spirange=(0x2000, 0x2000)))]
+    prefix: list[Op] = [
+        Request(FB2, promisc(1)),
+        Request(LX2, promisc(1)),
+        Request(FB, register(SaType.ESP)),
+        Request(LX, register(SaType.AH)),
+        Request(FB, add(spi=0x1000)),
+        Request(LX, add(SaType.AH, 0x1001)),
+        Request(FB2, getspi(spirange=(0x2000, 0x2000))),
+    ]
     run(prefix + operations)
 
 
 def test_run_accepts_a_plain_lifecycle() -> None:
     # The checker itself on a known sequence: GETSPI, UPDATE, usage, expiry.
-    run([
-        Request(LX2, register(SaType.ESP)),
-        Request(FB, getspi(spirange=(0x2000, 0x2000))),
-        Request(FB, update(spi=0x2000, hard_lt=hard(addtime=20), soft_lt=soft(addtime=10))),
-        Request(FB2, get(spi=0x2000)),
-        Request(LX, dump()),
-        Usage(0x2000, 100, 1),
-        Tick(10),
-        Tick(10),
-        Request(FB, add(spi=0x2000)),
-    ])
+    run(
+        [
+            Request(LX2, register(SaType.ESP)),
+            Request(FB, getspi(spirange=(0x2000, 0x2000))),
+            Request(FB, update(spi=0x2000, hard_lt=hard(addtime=20), soft_lt=soft(addtime=10))),
+            Request(FB2, get(spi=0x2000)),
+            Request(LX, dump()),
+            Usage(0x2000, 100, 1),
+            Tick(10),
+            Tick(10),
+            Request(FB, add(spi=0x2000)),
+        ]
+    )

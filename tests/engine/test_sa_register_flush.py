@@ -106,7 +106,11 @@ def test_register_freebsd_lists_match_the_reference_kernel(engine: KeyEngine) ->
     assert auth is not None and enc is not None
     assert [a.id for a in auth.algs] == [3, 5, 6, 7, 11, 12, 13, 14, 251]
     assert [(a.id, a.ivlen, a.minbits, a.maxbits) for a in enc.algs] == [
-        (11, 0, 0, 2048), (12, 16, 128, 256), (13, 16, 128, 256), (15, 12, 256, 256), (20, 12, 128, 256),
+        (11, 0, 0, 2048),
+        (12, 16, 128, 256),
+        (13, 16, 128, 256),
+        (15, 12, 256, 256),
+        (20, 12, 128, 256),
         (23, 12, 128, 256),
     ]
     assert len(encode(msg, Dialect.FREEBSD)) == 152  # §5.6

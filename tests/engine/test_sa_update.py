@@ -76,8 +76,11 @@ def test_update_from_another_socket_with_the_same_pid_is_accepted(engine: KeyEng
 @pytest.mark.parametrize("change", ["dst", "src", "satype"])
 def test_update_with_another_sa_index_replies_esrch(engine: KeyEngine, me: int, change: str) -> None:
     larval(engine, me, 0x2000)
-    msg = {"dst": update(spi=0x2000, d="10.0.0.9"), "src": update(spi=0x2000, s="10.0.0.9"),
-           "satype": update(SaType.AH, spi=0x2000)}[change]
+    msg = {
+        "dst": update(spi=0x2000, d="10.0.0.9"),
+        "src": update(spi=0x2000, s="10.0.0.9"),
+        "satype": update(SaType.AH, spi=0x2000),
+    }[change]
     assert fails(engine, me, msg) == errno.ESRCH
 
 
@@ -124,8 +127,12 @@ def test_update_of_larval_with_a_bad_key_length_replies_einval_and_keeps_it_larv
 
 def test_update_of_larval_makes_it_mature_with_the_new_values(engine: KeyEngine, me: int) -> None:
     larval(engine, me, 0x2000, seq=9, pid=PID, now=at(3))
-    ok(engine, me, update(spi=0x2000, seq=55, flags=0x40, replay=4, hard_lt=hard(addtime=100),
-                          soft_lt=soft(addtime=80)), at(7))
+    ok(
+        engine,
+        me,
+        update(spi=0x2000, seq=55, flags=0x40, replay=4, hard_lt=hard(addtime=100), soft_lt=soft(addtime=80)),
+        at(7),
+    )
     sa = engine.sad.get(0x2000)
     assert sa is not None
     assert sa.state == SaState.MATURE
@@ -250,13 +257,26 @@ def test_update_replies_to_all_without_keys_in_key_getmsgbuf_x1_order(dialect: D
     engine = make_engine()
     me = CLIENT_OF[dialect]
     larval(engine, me, 0x2000, seq=3)
-    request = update(spi=0x2000, seq=0xABCDEF01, pid=PID, state=SaState.LARVAL, sa2=Sa2(Mode.TRANSPORT),
-                     hard_lt=hard(addtime=100), soft_lt=soft(addtime=80))
+    request = update(
+        spi=0x2000,
+        seq=0xABCDEF01,
+        pid=PID,
+        state=SaState.LARVAL,
+        sa2=Sa2(Mode.TRANSPORT),
+        hard_lt=hard(addtime=100),
+        soft_lt=soft(addtime=80),
+    )
     effects = ok(engine, me, request)
     msg = reply(effects, me)
     assert (msg.type, msg.satype, msg.seq, msg.pid, msg.errno) == (request.type, SaType.ESP, 0xABCDEF01, PID, 0)
-    assert ext_types(msg) == [ExtType.SA, ExtType.X_SA2, ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST,
-                              ExtType.LIFETIME_HARD, ExtType.LIFETIME_SOFT]
+    assert ext_types(msg) == [
+        ExtType.SA,
+        ExtType.X_SA2,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.LIFETIME_HARD,
+        ExtType.LIFETIME_SOFT,
+    ]
     # The echoed SA extension is the caller's, state field included.
     assert msg.sa == request.sa and msg.sa is not None and msg.sa.state == SaState.LARVAL
     for other in {FB, FB2, LX, LX2} - {me}:
@@ -298,8 +318,13 @@ def test_update_gets_a_new_sa_from_getspi_in_the_racoon_sequence(engine: KeyEngi
     got = reply(effects, LX).sa
     assert got is not None
     spi = got.spi
-    ok(engine, LX, update(spi=spi, seq=1, replay=4, sa2=Sa2(Mode.TRANSPORT), hard_lt=hard(addtime=1800),
-                          soft_lt=soft(addtime=1440)))
+    ok(
+        engine,
+        LX,
+        update(
+            spi=spi, seq=1, replay=4, sa2=Sa2(Mode.TRANSPORT), hard_lt=hard(addtime=1800), soft_lt=soft(addtime=1440)
+        ),
+    )
     sa = engine.sad.get(spi)
     assert sa is not None and sa.state == SaState.MATURE
     assert engine.next_deadline() == 1440.0

@@ -135,8 +135,13 @@ def test_spdadd_reply_does_not_echo_a_soft_lifetime() -> None:
 
 def test_spdadd_reply_echoes_selector_addresses_as_sent() -> None:
     eng = make_engine(clients=ALONE)
-    msg = reply(send(eng, ME, spd_msg(src="10.1.2.0", dst="10.9.0.0", splen=24, dplen=16, proto=IpProto.TCP,
-                                      sport=1234, dport=443)))
+    msg = reply(
+        send(
+            eng,
+            ME,
+            spd_msg(src="10.1.2.0", dst="10.9.0.0", splen=24, dplen=16, proto=IpProto.TCP, sport=1234, dport=443),
+        )
+    )
     assert msg.src is not None and msg.dst is not None
     src, dst = msg.src.addr, msg.dst.addr
     assert isinstance(src, SockAddr) and isinstance(dst, SockAddr)
@@ -146,8 +151,9 @@ def test_spdadd_reply_echoes_selector_addresses_as_sent() -> None:
 
 def test_linux_setkey_spdadd_capture_gets_priority_echoed() -> None:
     # real-clients.md §0 item 5, §3.2: setkey compares the priority it sent with the reply's.
-    data = bytes.fromhex("".join(line.split("#")[0] for line in CAPTURE.read_text().splitlines()
-                                 if not line.startswith("#")))
+    data = bytes.fromhex(
+        "".join(line.split("#")[0] for line in CAPTURE.read_text().splitlines() if not line.startswith("#"))
+    )
     assert len(data) == 96
     eng = make_engine(clients={ME: LINUX, OTHER: LINUX})
     effects = eng.handle(ME, decode(data, LINUX), T0)
@@ -164,13 +170,30 @@ def test_linux_setkey_spdadd_capture_gets_priority_echoed() -> None:
 def test_spdadd_stores_the_policy_as_sent(mtype: int) -> None:
     eng = make_engine(clients=ALONE)
     reqs = (request(ESP, TRANSPORT, REQUIRE), tunnel("192.0.2.1", "192.0.2.2", USE, proto=AH))
-    pid = add_policy(eng, mtype=mtype, src="10.0.0.0", splen=8, dst="10.1.0.0", dplen=16, proto=IpProto.UDP,
-                     dport=53, priority=7, requests=reqs, dir=IN)
+    pid = add_policy(
+        eng,
+        mtype=mtype,
+        src="10.0.0.0",
+        splen=8,
+        dst="10.1.0.0",
+        dplen=16,
+        proto=IpProto.UDP,
+        dport=53,
+        priority=7,
+        requests=reqs,
+        dir=IN,
+    )
     sp = eng.spd.by_id[pid]
     assert (sp.dir, sp.type, sp.priority, sp.requests) == (IN, PolicyType.IPSEC, 7, reqs)
     sel = sp.selector
     assert (str(sel.src.ip), sel.src_len, str(sel.dst.ip), sel.dst_len, sel.proto, sel.dst.port) == (
-        "10.0.0.0", 8, "10.1.0.0", 16, 17, 53)
+        "10.0.0.0",
+        8,
+        "10.1.0.0",
+        16,
+        17,
+        53,
+    )
     assert sp.scope == PolicyScope.GLOBAL
 
 
@@ -276,9 +299,16 @@ def test_spdadd_accepts_esp_ah_and_ipcomp_requests(proto: int) -> None:
     assert eng.spd.by_id[pid].requests[0].proto == proto
 
 
-@pytest.mark.parametrize(("dialect", "mode"), [
-    (FREEBSD, 0), (FREEBSD, 3), (FREEBSD, UNKNOWN | 9), (LINUX, 0), (LINUX, UNKNOWN | 9),
-])
+@pytest.mark.parametrize(
+    ("dialect", "mode"),
+    [
+        (FREEBSD, 0),
+        (FREEBSD, 3),
+        (FREEBSD, UNKNOWN | 9),
+        (LINUX, 0),
+        (LINUX, UNKNOWN | 9),
+    ],
+)
 def test_spdadd_request_with_a_bad_mode_replies_einval(dialect: Dialect, mode: int) -> None:
     eng = _populated(dialect)
     assert_refused(eng, spd_msg(requests=[request(mode=mode)]), errno.EINVAL)
@@ -356,10 +386,10 @@ def test_spdadd_address_family_check_precedes_every_handler_check() -> None:
 def test_spdadd_requests_are_parsed_in_order_proto_then_mode() -> None:
     eng = _populated(FREEBSD)
     assert_refused(eng, spd_msg(src="10.7.0.1", requests=[request(IpProto.TCP, mode=0)]), errno.EPROTONOSUPPORT)
-    assert_refused(eng, spd_msg(src="10.7.0.1", requests=[request(ESP, mode=0), request(IpProto.TCP)]),
-                   errno.EINVAL)
-    assert_refused(eng, spd_msg(src="10.7.0.1", requests=[request(ESP), request(IpProto.TCP, mode=0)]),
-                   errno.EPROTONOSUPPORT)
+    assert_refused(eng, spd_msg(src="10.7.0.1", requests=[request(ESP, mode=0), request(IpProto.TCP)]), errno.EINVAL)
+    assert_refused(
+        eng, spd_msg(src="10.7.0.1", requests=[request(ESP), request(IpProto.TCP, mode=0)]), errno.EPROTONOSUPPORT
+    )
 
 
 def test_spdadd_counts_requests_as_it_parses_them_on_freebsd() -> None:
@@ -394,10 +424,18 @@ def test_spdadd_same_selector_with_another_type_replies_eexist() -> None:
     assert_refused(eng, spd_msg(dst=TAKEN, ptype=PolicyType.DISCARD), errno.EEXIST)
 
 
-@pytest.mark.parametrize("change", [
-    {"dir": IN}, {"splen": 24}, {"dplen": 31}, {"proto": IpProto.TCP}, {"sport": 1}, {"dport": 80},
-    {"src": "10.0.0.3"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dir": IN},
+        {"splen": 24},
+        {"dplen": 31},
+        {"proto": IpProto.TCP},
+        {"sport": 1},
+        {"dport": 80},
+        {"src": "10.0.0.3"},
+    ],
+)
 def test_spdadd_selectors_differing_in_one_identity_field_coexist(change: dict[str, Any]) -> None:
     eng = make_engine(clients=ALONE)
     first = add_policy(eng)
@@ -452,8 +490,9 @@ def test_spdupdate_of_an_unknown_selector_adds_it() -> None:
 
 def test_spdupdate_refused_keeps_the_old_policy() -> None:
     eng = _populated(FREEBSD)
-    assert_refused(eng, spd_msg(MsgType.X_SPDUPDATE, dst=TAKEN, priority=5, requests=[request(IpProto.TCP)]),
-                   errno.EPROTONOSUPPORT)
+    assert_refused(
+        eng, spd_msg(MsgType.X_SPDUPDATE, dst=TAKEN, priority=5, requests=[request(IpProto.TCP)]), errno.EPROTONOSUPPORT
+    )
 
 
 def test_spdsetidx_is_handled_exactly_like_spdadd() -> None:
@@ -487,7 +526,9 @@ def test_unique_reqid_above_manual_range_is_replaced(dialect: Dialect) -> None:
 
 def test_unique_manual_reqid_is_kept() -> None:
     eng = make_engine(clients=ALONE)
-    out = reply(send(eng, ME, spd_msg(requests=[request(level=UNIQUE, reqid=0x3FFF), request(AH, level=UNIQUE, reqid=1)])))
+    out = reply(
+        send(eng, ME, spd_msg(requests=[request(level=UNIQUE, reqid=0x3FFF), request(AH, level=UNIQUE, reqid=1)]))
+    )
     assert out.policy is not None and [r.reqid for r in out.policy.requests] == [0x3FFF, 1]
     assert eng.spd.by_id[out.policy.id].requests[0].reqid == 0x3FFF
 

@@ -39,8 +39,17 @@ from tests.engine.spd_helpers import (
 
 _ADDRS4 = ("10.0.0.1", "10.0.0.2")
 _ADDRS6 = ("2001:db8::1", "2001:db8::2")
-_SPD_TYPES = (MsgType.X_SPDADD, MsgType.X_SPDADD, MsgType.X_SPDUPDATE, MsgType.X_SPDSETIDX, MsgType.X_SPDDELETE,
-              MsgType.X_SPDDELETE2, MsgType.X_SPDGET, MsgType.X_SPDDUMP, MsgType.X_SPDFLUSH)
+_SPD_TYPES = (
+    MsgType.X_SPDADD,
+    MsgType.X_SPDADD,
+    MsgType.X_SPDUPDATE,
+    MsgType.X_SPDSETIDX,
+    MsgType.X_SPDDELETE,
+    MsgType.X_SPDDELETE2,
+    MsgType.X_SPDGET,
+    MsgType.X_SPDDUMP,
+    MsgType.X_SPDFLUSH,
+)
 
 
 @st.composite
@@ -50,7 +59,9 @@ def _ipsecrequest(draw: st.DrawFn) -> IpsecRequest:
     if mode == TUNNEL and draw(st.integers(0, 4)):
         ends = draw(st.sampled_from((("192.0.2.1", "192.0.2.2"), ("2001:db8:f::1", "2001:db8:f::2"))))
     return IpsecRequest(
-        draw(st.sampled_from((ESP, ESP, AH, IPCOMP, IpProto.TCP))), mode, draw(st.integers(0, 4)),
+        draw(st.sampled_from((ESP, ESP, AH, IPCOMP, IpProto.TCP))),
+        mode,
+        draw(st.integers(0, 4)),
         draw(st.sampled_from((0, 0, 5, 0x4000))),
         *((None, None) if ends is None else (sockaddr(ends[0]), sockaddr(ends[1]))),
     )
@@ -79,19 +90,37 @@ def _spd_request(draw: st.DrawFn, dialect: Dialect, ids: list[int]) -> Message:
     direction = draw(st.sampled_from((IN, OUT, OUT, OUT, FWD, 0, UNKNOWN | 4)))
     if direction == FWD and dialect is FREEBSD:
         direction = UNKNOWN | 3  # what wire 3 decodes to in the freebsd dialect
-    ptype = draw(st.sampled_from((PolicyType.IPSEC, PolicyType.IPSEC, PolicyType.DISCARD, PolicyType.NONE,
-                                  PolicyType.ENTRUST, PolicyType.BYPASS)))
-    requests = draw(st.lists(_ipsecrequest(), max_size=draw(st.sampled_from((1, 2, 7))))) \
-        if ptype == PolicyType.IPSEC else []
+    ptype = draw(
+        st.sampled_from(
+            (
+                PolicyType.IPSEC,
+                PolicyType.IPSEC,
+                PolicyType.DISCARD,
+                PolicyType.NONE,
+                PolicyType.ENTRUST,
+                PolicyType.BYPASS,
+            )
+        )
+    )
+    requests = (
+        draw(st.lists(_ipsecrequest(), max_size=draw(st.sampled_from((1, 2, 7))))) if ptype == PolicyType.IPSEC else []
+    )
     maxp = 128 if v6 else 32
     hard = draw(st.sampled_from((None, None, hard_lifetime(5), hard_lifetime(0, 3), hard_lifetime(4, 2))))
     return spd_msg(
-        mtype, src, dst, dir=direction, ptype=ptype, requests=requests,
+        mtype,
+        src,
+        dst,
+        dir=direction,
+        ptype=ptype,
+        requests=requests,
         priority=draw(st.sampled_from((0, 1, 0x80000000))),
         proto=draw(st.sampled_from((IpProto.ANY, IpProto.ANY, IpProto.ANY, IpProto.TCP))),
         dport=draw(st.sampled_from((0, 0, 0, 80))),
-        splen=draw(st.sampled_from((None, None, None, 24, maxp + 1))), dplen=draw(st.sampled_from((None, None, 0))),
-        hard=hard, seq=seq,
+        splen=draw(st.sampled_from((None, None, None, 24, maxp + 1))),
+        dplen=draw(st.sampled_from((None, None, 0))),
+        hard=hard,
+        seq=seq,
     )
 
 
@@ -126,9 +155,14 @@ def test_refused_requests_change_nothing_and_accepted_ones_change_what_they_say(
         else:
             grown = len(eng.spd) - count
             expected = {
-                MsgType.X_SPDADD: {1}, MsgType.X_SPDSETIDX: {1}, MsgType.X_SPDUPDATE: {0, 1},
-                MsgType.X_SPDDELETE: {-1}, MsgType.X_SPDDELETE2: {-1}, MsgType.X_SPDGET: {0},
-                MsgType.X_SPDDUMP: {0}, MsgType.X_SPDFLUSH: {-count},
+                MsgType.X_SPDADD: {1},
+                MsgType.X_SPDSETIDX: {1},
+                MsgType.X_SPDUPDATE: {0, 1},
+                MsgType.X_SPDDELETE: {-1},
+                MsgType.X_SPDDELETE2: {-1},
+                MsgType.X_SPDGET: {0},
+                MsgType.X_SPDDUMP: {0},
+                MsgType.X_SPDFLUSH: {-count},
             }[MsgType(msg.type)]
             assert grown in expected, (msg, grown)
             if msg.type in (MsgType.X_SPDGET, MsgType.X_SPDDUMP):

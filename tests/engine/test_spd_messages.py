@@ -95,10 +95,18 @@ def test_spddelete_ignores_type_priority_and_requests() -> None:
     assert len(eng.spd) == 0
 
 
-@pytest.mark.parametrize("change", [
-    {"dir": IN}, {"splen": 31}, {"dplen": 0}, {"proto": IpProto.UDP}, {"sport": 500}, {"dport": 500},
-    {"src": "10.0.0.9"},
-])
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"dir": IN},
+        {"splen": 31},
+        {"dplen": 0},
+        {"proto": IpProto.UDP},
+        {"sport": 500},
+        {"dport": 500},
+        {"src": "10.0.0.9"},
+    ],
+)
 def test_spddelete_of_a_near_miss_replies_einval_and_deletes_nothing(change: dict[str, object]) -> None:
     # FreeBSD answers EINVAL for a missing policy (Linux: ENOENT), §3.13.
     eng = make_engine(clients=ALONE)
@@ -182,8 +190,9 @@ def test_spdget_of_an_unknown_id_replies_enoent() -> None:
 def test_spdget_freebsd_message_is_src_dst_policy_with_global_scope() -> None:
     eng = make_engine(clients=ALONE)
     reqs = [request(ESP, level=UNIQUE), tunnel("192.0.2.1", "192.0.2.2", proto=AH)]
-    pid = add_policy(eng, src="10.1.0.0", splen=16, dst="10.2.0.9", proto=IpProto.UDP, dport=53, priority=11,
-                     requests=reqs)
+    pid = add_policy(
+        eng, src="10.1.0.0", splen=16, dst="10.2.0.9", proto=IpProto.UDP, dport=53, priority=11, requests=reqs
+    )
     msg = on_wire(reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid))), FREEBSD)
     assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY]
     assert msg.src is not None and msg.dst is not None and msg.policy is not None
@@ -192,10 +201,8 @@ def test_spdget_freebsd_message_is_src_dst_policy_with_global_scope() -> None:
     assert (str(src.ip), msg.src.prefixlen, msg.src.proto, src.port) == ("10.1.0.0", 16, 17, 0)
     assert (str(dst.ip), msg.dst.prefixlen, msg.dst.proto, dst.port) == ("10.2.0.9", 32, 17, 53)
     pol = msg.policy
-    assert (pol.type, pol.dir, pol.id, pol.priority, pol.scope) == (PolicyType.IPSEC, OUT, pid, 11,
-                                                                   PolicyScope.GLOBAL)
-    assert [(r.proto, r.mode, r.level, r.reqid) for r in pol.requests] == [
-        (ESP, 1, UNIQUE, 0x4001), (AH, 2, 2, 0)]
+    assert (pol.type, pol.dir, pol.id, pol.priority, pol.scope) == (PolicyType.IPSEC, OUT, pid, 11, PolicyScope.GLOBAL)
+    assert [(r.proto, r.mode, r.level, r.reqid) for r in pol.requests] == [(ESP, 1, UNIQUE, 0x4001), (AH, 2, 2, 0)]
     assert pol.requests[1].src is not None and str(pol.requests[1].src) == "192.0.2.1"
 
 
@@ -203,8 +210,14 @@ def test_spdget_linux_message_always_carries_lifetimes_before_the_policy() -> No
     eng = make_engine(clients={ME: LINUX})
     pid = add_policy(eng, dir=FWD)
     msg = on_wire(reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, pid))), LINUX)
-    assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.LIFETIME_HARD,
-                              ExtType.LIFETIME_SOFT, ExtType.LIFETIME_CURRENT, ExtType.X_POLICY]
+    assert ext_types(msg) == [
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.LIFETIME_HARD,
+        ExtType.LIFETIME_SOFT,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.X_POLICY,
+    ]
     assert msg.policy is not None and (msg.policy.dir, msg.policy.id, msg.policy.scope) == (FWD, pid, 0)
 
 
@@ -215,8 +228,13 @@ def test_spdget_freebsd_shows_lifetimes_only_for_a_policy_with_a_lifetime() -> N
     only_validtime = add_policy(eng, dst="10.0.0.3", hard=hard_lifetime(0, 60))
     none = add_policy(eng, dst="10.0.0.4")
     msg = reply(send(eng, ME, by_id_msg(MsgType.X_SPDGET, with_lifetime)))
-    assert ext_types(msg) == [ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY,
-                              ExtType.LIFETIME_CURRENT, ExtType.LIFETIME_HARD]
+    assert ext_types(msg) == [
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.X_POLICY,
+        ExtType.LIFETIME_CURRENT,
+        ExtType.LIFETIME_HARD,
+    ]
     assert msg.lifetime_hard == Lifetime(ExtType.LIFETIME_HARD, 0, 0, 3600, 60)
     assert msg.lifetime_current is not None and msg.lifetime_current.addtime == at(5).wall
     for pid in (only_validtime, none):
@@ -287,8 +305,16 @@ def test_spddump_of_an_empty_spd_replies_enoent() -> None:
 def test_spddump_lists_inbound_outbound_then_forward_each_by_priority_then_age() -> None:
     eng = make_engine(clients={ME: LINUX})
     spec = [  # (name, dir, priority) in insertion order
-        ("o-p5-a", OUT, 5), ("i-p9", IN, 9), ("f-p1", FWD, 1), ("o-p1", OUT, 1), ("i-p0", IN, 0),
-        ("o-p5-b", OUT, 5), ("i-p9-b", IN, 9), ("o-hi", OUT, 0xFFFFFFFF), ("o-p0", OUT, 0), ("f-p0", FWD, 0),
+        ("o-p5-a", OUT, 5),
+        ("i-p9", IN, 9),
+        ("f-p1", FWD, 1),
+        ("o-p1", OUT, 1),
+        ("i-p0", IN, 0),
+        ("o-p5-b", OUT, 5),
+        ("i-p9-b", IN, 9),
+        ("o-hi", OUT, 0xFFFFFFFF),
+        ("o-p0", OUT, 0),
+        ("f-p0", FWD, 0),
     ]
     ids = {}
     for n, (name, d, prio) in enumerate(spec):
@@ -325,8 +351,7 @@ def test_spddump_scope_2_and_4_find_nothing() -> None:
 def test_spddump_render_produces_decodable_spddump_messages(dialect: Dialect) -> None:
     eng = make_engine(clients={ME: dialect})
     add_policy(eng, requests=[request(ESP, level=UNIQUE), tunnel()], hard=hard_lifetime(100, 10), priority=3)
-    add_policy(eng, src="2001:db8::", splen=64, dst="2001:db8:1::1", dir=IN,
-               ptype=PolicyType.DISCARD)
+    add_policy(eng, src="2001:db8::", splen=64, dst="2001:db8:1::1", dir=IN, ptype=PolicyType.DISCARD)
     add_policy(eng, proto=IpProto.ICMP, sport=8, dst="10.0.0.8", ptype=PolicyType.NONE)
     dump = _dump(eng, pid=777)
     n = len(dump.items)
@@ -393,14 +418,28 @@ def test_spdexpire_message_contents(dialect: Dialect) -> None:
     eng = make_engine(clients={KM: dialect, ME: FREEBSD})
     register_km(eng, KM)
     reqs = [request(ESP, level=UNIQUE), tunnel(proto=AH)]
-    pid = add_policy(eng, hard=hard_lifetime(30, 20), requests=reqs, priority=4, now=at(2), src="10.3.0.0",
-                     splen=16, proto=IpProto.TCP, dport=25)
+    pid = add_policy(
+        eng,
+        hard=hard_lifetime(30, 20),
+        requests=reqs,
+        priority=4,
+        now=at(2),
+        src="10.3.0.0",
+        splen=16,
+        proto=IpProto.TCP,
+        dport=25,
+    )
     eng.lookup(OUT, flow("10.3.1.1", "10.0.0.2", IpProto.TCP, 4000, 25), at(12))
     effects = eng.tick(at(33))
     msg = delivered(eng, effects)[KM]
     assert (msg.type, msg.satype, msg.seq, msg.pid, msg.errno, msg.reserved) == (MsgType.X_SPDEXPIRE, 0, 0, 0, 0, 0)
-    assert ext_types(msg) == [ExtType.LIFETIME_CURRENT, ExtType.LIFETIME_HARD, ExtType.ADDRESS_SRC,
-                              ExtType.ADDRESS_DST, ExtType.X_POLICY]
+    assert ext_types(msg) == [
+        ExtType.LIFETIME_CURRENT,
+        ExtType.LIFETIME_HARD,
+        ExtType.ADDRESS_SRC,
+        ExtType.ADDRESS_DST,
+        ExtType.X_POLICY,
+    ]
     cur, hard = msg.lifetime_current, msg.lifetime_hard
     assert cur is not None and (cur.addtime, cur.usetime) == (at(2).wall, at(12).wall)
     assert hard is not None and (hard.addtime, hard.usetime) == (30, 20)

@@ -24,8 +24,9 @@ def storm_engine() -> KeyEngine:
     for i in range(40):
         ok(engine, FB, getspi(spirange=(0x2000 + i, 0x2000 + i), d=f"10.1.0.{i}"))
     for i in range(20):
-        mature(engine, FB, 0x3000 + i, d=f"10.2.0.{i}", hard_lt=hard(addtime=20 + i % 3),
-               soft_lt=soft(addtime=10 + i % 5))
+        mature(
+            engine, FB, 0x3000 + i, d=f"10.2.0.{i}", hard_lt=hard(addtime=20 + i % 3), soft_lt=soft(addtime=10 + i % 5)
+        )
     for i in range(15):
         ok(engine, FB, spd_msg(dst=f"10.3.0.{i}", hard=hard_lifetime(25 + i % 4)))
     return engine

@@ -27,17 +27,38 @@ def v4(proto: int, payload: bytes, src: bytes = SRC4, dst: bytes = DST4, tos: in
 
 def v6(proto: int, payload: bytes, src: bytes = SRC6, dst: bytes = DST6) -> bytes:
     """A well-formed IPv6 datagram without extension headers."""
-    return (bytes.fromhex("60000000") + len(payload).to_bytes(2, "big") + bytes((proto, 64)) + src + dst
-            + payload)
+    return bytes.fromhex("60000000") + len(payload).to_bytes(2, "big") + bytes((proto, 64)) + src + dst + payload
 
 
-def esp_sa(enc: int, key: bytes, auth: int = 0, akey: bytes = b"", *, spi: int = 0x1000, flags: int = 0,
-           window: int = 64, mode: int = Mode.TRANSPORT, ctr_compatibility: bool = True) -> TransformSA:
+def esp_sa(
+    enc: int,
+    key: bytes,
+    auth: int = 0,
+    akey: bytes = b"",
+    *,
+    spi: int = 0x1000,
+    flags: int = 0,
+    window: int = 64,
+    mode: int = Mode.TRANSPORT,
+    ctr_compatibility: bool = True,
+) -> TransformSA:
     """An ESP TransformSA built directly (not through the SAD)."""
     cipher = crypto.cipher(enc, key, iv4b=bool(flags & SaFlag.X_EXT_IV4B))
     mac = None if cipher.aead or auth == 0 else crypto.mac(auth, akey)
-    return TransformSA(int(IpProto.ESP), spi, int(mode), SRC4, DST4, flags, window, enc, auth, cipher, mac,
-                       ctr_compatibility=ctr_compatibility)
+    return TransformSA(
+        int(IpProto.ESP),
+        spi,
+        int(mode),
+        SRC4,
+        DST4,
+        flags,
+        window,
+        enc,
+        auth,
+        cipher,
+        mac,
+        ctr_compatibility=ctr_compatibility,
+    )
 
 
 def runtime(sa: TransformSA) -> SaRuntime:

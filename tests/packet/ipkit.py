@@ -47,12 +47,32 @@ def key(n: int, seed: int = 1) -> bytes:
     return bytes((seed * 31 + i * 7) & 0xFF for i in range(n))
 
 
-def ah_sa(auth: int, *, mode: int = Mode.TRANSPORT, v6: bool = False, window: int = 64, flags: int = 0,
-          spi: int = 0x1234, cleartos: bool = True, offsetmask: int = 0) -> TransformSA:
+def ah_sa(
+    auth: int,
+    *,
+    mode: int = Mode.TRANSPORT,
+    v6: bool = False,
+    window: int = 64,
+    flags: int = 0,
+    spi: int = 0x1234,
+    cleartos: bool = True,
+    offsetmask: int = 0,
+) -> TransformSA:
     src, dst = OUTER6 if v6 else OUTER4
     klen = SCAPY_AUTH[auth][1] if auth in SCAPY_AUTH else 16
-    return TransformSA(AH, spi, mode, src, dst, flags=flags, window=window, auth_id=auth,
-                       mac=crypto.mac(auth, key(klen)), ah_cleartos=cleartos, ah_offsetmask=offsetmask)
+    return TransformSA(
+        AH,
+        spi,
+        mode,
+        src,
+        dst,
+        flags=flags,
+        window=window,
+        auth_id=auth,
+        mac=crypto.mac(auth, key(klen)),
+        ah_cleartos=cleartos,
+        ah_offsetmask=offsetmask,
+    )
 
 
 def runtime(sa: TransformSA) -> SaRuntime:
@@ -63,8 +83,9 @@ def esn_flag() -> int:
     return int(SaFlag.X_ESN)
 
 
-def udp4(payload: bytes = b"hello over ipsec" * 4, tos: int = 0, src: str = "192.0.2.1",
-         dst: str = "192.0.2.2") -> bytes:
+def udp4(
+    payload: bytes = b"hello over ipsec" * 4, tos: int = 0, src: str = "192.0.2.1", dst: str = "192.0.2.2"
+) -> bytes:
     return bytes(IP(src=src, dst=dst, tos=tos, id=0x4242, flags="DF") / UDP(sport=1000, dport=2000) / Raw(payload))
 
 

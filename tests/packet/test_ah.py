@@ -83,8 +83,9 @@ def test_ipv4_options_mutable_zeroed_immutable_kept() -> None:
 
 def test_lsrr_destination_is_the_final_hop_in_the_output_icv() -> None:
     route = b"\x83\x07\x04" + bytes([198, 51, 100, 9]) + b"\x00"  # LSRR to 198.51.100.9, then EOL
-    mass = ah.massage_ipv4(bytes(IP(src="192.0.2.1", dst="192.0.2.2", options=route))[:28],
-                           cleartos=True, offsetmask=0, out=True)
+    mass = ah.massage_ipv4(
+        bytes(IP(src="192.0.2.1", dst="192.0.2.2", options=route))[:28], cleartos=True, offsetmask=0, out=True
+    )
     assert mass is not None
     assert mass[16:20] == bytes([198, 51, 100, 9]) and mass[20:27] == bytes(7)
     assert ah.massage_ipv4(b"\x47" + bytes(19) + b"\x44\x01\x00\x00", cleartos=True, offsetmask=0, out=False) is None
@@ -92,9 +93,13 @@ def test_lsrr_destination_is_the_final_hop_in_the_output_icv() -> None:
 
 def test_ipv6_mutable_option_zeroed_whole_routing_header_included() -> None:
     sa = ah_sa(AuthAlg.SHA1HMAC, v6=True)
-    dg = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") /
-               IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=0x3E, optdata=b"\x01\x02\x03\x04")]) /
-               IPv6ExtHdrRouting(addresses=["2001:db8::9"], segleft=0) / UDP() / Raw(b"r" * 30))
+    dg = bytes(
+        IPv6(src="2001:db8::1", dst="2001:db8::2")
+        / IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=0x3E, optdata=b"\x01\x02\x03\x04")])
+        / IPv6ExtHdrRouting(addresses=["2001:db8::9"], segleft=0)
+        / UDP()
+        / Raw(b"r" * 30)
+    )
     prot = ah.protect(sa, runtime(sa), dg)
     assert isinstance(prot, bytes)
     assert prot[40] == 43 and prot[48] == 51  # HBH -> routing header -> AH

@@ -19,14 +19,30 @@ from tests.packet.ipkit import AH, ESP, IPCOMP, OUTER4, OUTER6, inner4, inner6, 
 
 
 def esp_bound(spi: int = 0x100, *, tunnel: bool = False, ends: tuple[bytes, bytes] = OUTER4) -> Bound:
-    sa = TransformSA(ESP, spi, Mode.TUNNEL if tunnel else Mode.TRANSPORT, ends[0], ends[1], window=32,
-                     enc_id=EncAlg.X_AESGCM16, cipher=crypto.cipher(EncAlg.X_AESGCM16, key(20)))
+    sa = TransformSA(
+        ESP,
+        spi,
+        Mode.TUNNEL if tunnel else Mode.TRANSPORT,
+        ends[0],
+        ends[1],
+        window=32,
+        enc_id=EncAlg.X_AESGCM16,
+        cipher=crypto.cipher(EncAlg.X_AESGCM16, key(20)),
+    )
     return Bound(sa, SaRuntime.for_sa(32))
 
 
 def ah_bound(spi: int = 0x200, *, tunnel: bool = False, ends: tuple[bytes, bytes] = OUTER4) -> Bound:
-    sa = TransformSA(AH, spi, Mode.TUNNEL if tunnel else Mode.TRANSPORT, ends[0], ends[1], window=32,
-                     auth_id=AuthAlg.X_SHA2_256, mac=crypto.mac(AuthAlg.X_SHA2_256, key(32)))
+    sa = TransformSA(
+        AH,
+        spi,
+        Mode.TUNNEL if tunnel else Mode.TRANSPORT,
+        ends[0],
+        ends[1],
+        window=32,
+        auth_id=AuthAlg.X_SHA2_256,
+        mac=crypto.mac(AuthAlg.X_SHA2_256, key(32)),
+    )
     return Bound(sa, SaRuntime.for_sa(32))
 
 
@@ -81,15 +97,18 @@ def test_small_packets_of_an_ipcomp_tunnel_sa_travel_as_plain_ip_in_ip() -> None
     got = bundle.unprotect(wire, table(comp), PacketKnobs(), Counters())
     assert isinstance(got, Accepted) and got.datagram == dg and got.applied == (comp,)
     # ... but not from other ends, and not for a transport-mode IPComp SA
-    other = bundle.unprotect(wire, table(comp_bound(ends=(OUTER4[1], OUTER4[0]), tunnel=True)), PacketKnobs(),
-                             Counters())
+    other = bundle.unprotect(
+        wire, table(comp_bound(ends=(OUTER4[1], OUTER4[0]), tunnel=True)), PacketKnobs(), Counters()
+    )
     assert isinstance(other, Accepted) and other.applied == () and other.datagram == wire
     transport = bundle.unprotect(wire, table(comp_bound()), PacketKnobs(), Counters())
     assert isinstance(transport, Accepted) and transport.applied == ()
 
 
-@pytest.mark.parametrize(("knob", "make", "name"), [
-    ("esp_enable", esp_bound, "esp"), ("ah_enable", ah_bound, "ah"), ("ipcomp_enable", comp_bound, "ipcomp")])
+@pytest.mark.parametrize(
+    ("knob", "make", "name"),
+    [("esp_enable", esp_bound, "esp"), ("ah_enable", ah_bound, "ah"), ("ipcomp_enable", comp_bound, "ipcomp")],
+)
 def test_a_disabled_protocol_drops_and_counts(knob: str, make: Callable[[], Bound], name: str) -> None:
     b = make()
     off = PacketKnobs(**{knob: 0})
@@ -163,8 +182,9 @@ def test_not_ipsec_comes_back_unchanged_and_peek_reads_each_protocol() -> None:
     for b in (esp_bound(0x11223344), ah_bound(0x55667788), comp_bound(0xABCD)):
         wire = bundle.protect([b], udp4(b"q" * 300), PacketKnobs(), Counters())
         assert isinstance(wire, bytes)
-        assert bundle.peek(wire) == Peek(b.sa.proto, b.sa.spi & (0xFFFF if b.sa.proto == IPCOMP else 0xFFFFFFFF),
-                                         OUTER4[0], OUTER4[1])
+        assert bundle.peek(wire) == Peek(
+            b.sa.proto, b.sa.spi & (0xFFFF if b.sa.proto == IPCOMP else 0xFFFFFFFF), OUTER4[0], OUTER4[1]
+        )
     assert bundle.peek(b"\x45" + bytes(5)) is None
 
 
@@ -175,8 +195,12 @@ def test_nested_tunnels_are_bounded() -> None:
     counters = Counters()
     got = bundle.unprotect(wire, table(*[twin(b) for b in sas]), PacketKnobs(), counters)
     assert got == Drop("esp", "hdrops")
-    ok = bundle.unprotect(sent(bundle.protect(sas[:3], inner6(), PacketKnobs(), Counters())),
-                          table(*[twin(b) for b in sas]), PacketKnobs(), Counters())
+    ok = bundle.unprotect(
+        sent(bundle.protect(sas[:3], inner6(), PacketKnobs(), Counters())),
+        table(*[twin(b) for b in sas]),
+        PacketKnobs(),
+        Counters(),
+    )
     assert isinstance(ok, Accepted) and ok.datagram == inner6()
 
 

@@ -32,11 +32,20 @@ def protected(sa: TransformSA, payload: bytes = b"x" * 21, proto: int = 17, tx: 
 # ------------------------------------------------------------------ output
 
 
-@pytest.mark.parametrize(("enc", "key", "blks"), [
-    (EncAlg.X_AESCBC, b"c" * 16, 16), (EncAlg.DES3CBC, b"d" * 24, 8), (EncAlg.X_BLOWFISHCBC, b"b" * 16, 8),
-    (EncAlg.X_CAST128CBC, b"k" * 16, 8), (EncAlg.X_CAMELLIACBC, b"m" * 16, 16), (EncAlg.DESCBC, b"e" * 8, 8),
-    (EncAlg.NULL, b"", 4), (EncAlg.X_AESGCM16, b"g" * 20, 4), (EncAlg.X_CHACHA20POLY1305, b"h" * 36, 4),
-])
+@pytest.mark.parametrize(
+    ("enc", "key", "blks"),
+    [
+        (EncAlg.X_AESCBC, b"c" * 16, 16),
+        (EncAlg.DES3CBC, b"d" * 24, 8),
+        (EncAlg.X_BLOWFISHCBC, b"b" * 16, 8),
+        (EncAlg.X_CAST128CBC, b"k" * 16, 8),
+        (EncAlg.X_CAMELLIACBC, b"m" * 16, 16),
+        (EncAlg.DESCBC, b"e" * 8, 8),
+        (EncAlg.NULL, b"", 4),
+        (EncAlg.X_AESGCM16, b"g" * 20, 4),
+        (EncAlg.X_CHACHA20POLY1305, b"h" * 36, 4),
+    ],
+)
 @pytest.mark.parametrize("n", [0, 1, 2, 13, 14, 15, 16, 17])
 def test_padding_follows_freebsd_rule_with_bytes_1_2_3(enc: int, key: bytes, blks: int, n: int) -> None:
     sa = esp_sa(enc, key)
@@ -58,8 +67,9 @@ def test_ctr_compatibility_pads_ctr_to_16_and_0_to_4() -> None:
     assert esp.unprotect(on, runtime(on), protected(off)) == v4(17, b"x" * 21)
 
 
-@pytest.mark.parametrize(("flag", "pad"), [(0, b"\x01\x02\x03"), (SaFlag.X_EXT_PRAND, b"RND"),
-                                           (SaFlag.X_EXT_PZERO, bytes(3))])
+@pytest.mark.parametrize(
+    ("flag", "pad"), [(0, b"\x01\x02\x03"), (SaFlag.X_EXT_PRAND, b"RND"), (SaFlag.X_EXT_PZERO, bytes(3))]
+)
 def test_pad_contents_follow_pseq_prand_and_pzero(flag: int, pad: bytes) -> None:
     sa = esp_sa(EncAlg.NULL, b"", *SHA, flags=flag)
     source = FixedRandom(b"RND")
@@ -250,11 +260,18 @@ def test_peek_gives_the_lookup_key() -> None:
 # ------------------------------------------------------------------ properties
 
 SUITES = [
-    (EncAlg.X_AESCBC, 16, AuthAlg.X_SHA2_256, 32), (EncAlg.X_AESCBC, 32, AuthAlg.X_SHA2_512, 64),
-    (EncAlg.X_AESCTR, 28, AuthAlg.SHA1HMAC, 20), (EncAlg.X_AESGCM16, 36, 0, 0), (EncAlg.X_AESGCM8, 20, 0, 0),
-    (EncAlg.X_AESGCM12, 28, 0, 0), (EncAlg.X_CHACHA20POLY1305, 36, 0, 0), (EncAlg.X_AESGMAC, 20, 0, 0),
-    (EncAlg.NULL, 0, AuthAlg.X_AES_XCBC_MAC, 16), (EncAlg.DES3CBC, 24, AuthAlg.MD5HMAC, 16),
-    (EncAlg.X_CAMELLIACBC, 24, AuthAlg.X_SHA2_384, 48), (EncAlg.X_BLOWFISHCBC, 7, AuthAlg.SHA1HMAC, 20),
+    (EncAlg.X_AESCBC, 16, AuthAlg.X_SHA2_256, 32),
+    (EncAlg.X_AESCBC, 32, AuthAlg.X_SHA2_512, 64),
+    (EncAlg.X_AESCTR, 28, AuthAlg.SHA1HMAC, 20),
+    (EncAlg.X_AESGCM16, 36, 0, 0),
+    (EncAlg.X_AESGCM8, 20, 0, 0),
+    (EncAlg.X_AESGCM12, 28, 0, 0),
+    (EncAlg.X_CHACHA20POLY1305, 36, 0, 0),
+    (EncAlg.X_AESGMAC, 20, 0, 0),
+    (EncAlg.NULL, 0, AuthAlg.X_AES_XCBC_MAC, 16),
+    (EncAlg.DES3CBC, 24, AuthAlg.MD5HMAC, 16),
+    (EncAlg.X_CAMELLIACBC, 24, AuthAlg.X_SHA2_384, 48),
+    (EncAlg.X_BLOWFISHCBC, 7, AuthAlg.SHA1HMAC, 20),
     (EncAlg.X_CAST128CBC, 10, AuthAlg.X_SHA2_256, 32),
 ]
 FLAGS = st.sampled_from([0, SaFlag.X_ESN, SaFlag.X_EXT_PRAND, SaFlag.X_ESN | SaFlag.X_EXT_CYCSEQ])
@@ -265,8 +282,16 @@ def sas(draw: st.DrawFn) -> TransformSA:
     enc, klen, auth, aklen = draw(st.sampled_from(SUITES))
     key = draw(st.binary(min_size=klen, max_size=klen))
     akey = draw(st.binary(min_size=aklen, max_size=aklen))
-    return esp_sa(enc, key, auth, akey, spi=draw(st.integers(256, U32)), flags=draw(FLAGS),
-                  window=draw(st.sampled_from([32, 64, 128])), ctr_compatibility=draw(st.booleans()))
+    return esp_sa(
+        enc,
+        key,
+        auth,
+        akey,
+        spi=draw(st.integers(256, U32)),
+        flags=draw(FLAGS),
+        window=draw(st.sampled_from([32, 64, 128])),
+        ctr_compatibility=draw(st.booleans()),
+    )
 
 
 def datagrams() -> st.SearchStrategy[bytes]:
@@ -290,8 +315,9 @@ def test_decrypting_what_was_encrypted_returns_the_datagram(sa: TransformSA, dat
 
 @settings(max_examples=150, deadline=None)
 @given(sas(), datagrams(), st.data())
-def test_a_flipped_bit_in_esp_is_dropped_and_changes_nothing(sa: TransformSA, datagram: bytes,
-                                                             data: st.DataObject) -> None:
+def test_a_flipped_bit_in_esp_is_dropped_and_changes_nothing(
+    sa: TransformSA, datagram: bytes, data: st.DataObject
+) -> None:
     tx, rx = runtime(sa), runtime(sa)
     out = esp.protect(sa, tx, datagram)
     assert isinstance(out, bytes)
@@ -315,8 +341,7 @@ def test_a_flipped_bit_in_esp_is_dropped_and_changes_nothing(sa: TransformSA, da
 @given(sas(), st.binary(max_size=200), st.binary(max_size=120))
 def test_arbitrary_bytes_never_raise(sa: TransformSA, junk: bytes, esp_bytes: bytes) -> None:
     rx = runtime(sa)
-    for candidate in (junk, v4(50, esp_bytes), v6(50, esp_bytes),
-                      v4(50, sa.spi.to_bytes(4, "big") + esp_bytes)):
+    for candidate in (junk, v4(50, esp_bytes), v6(50, esp_bytes), v4(50, sa.spi.to_bytes(4, "big") + esp_bytes)):
         result = esp.unprotect(sa, rx, candidate)
         assert isinstance(result, (bytes, Drop))
         peeked = esp.peek(candidate)
@@ -326,10 +351,12 @@ def test_arbitrary_bytes_never_raise(sa: TransformSA, junk: bytes, esp_bytes: by
 
 @st.composite
 def aead_sas(draw: st.DrawFn) -> TransformSA:
-    enc, klen = draw(st.sampled_from([(EncAlg.X_AESGCM16, 20), (EncAlg.X_AESGCM16, 36),
-                                      (EncAlg.X_CHACHA20POLY1305, 36)]))
-    flags = draw(st.sampled_from([0, SaFlag.X_ESN, SaFlag.X_EXT_PZERO, SaFlag.X_ESN | SaFlag.X_EXT_CYCSEQ,
-                                  SaFlag.X_EXT_CYCSEQ]))
+    enc, klen = draw(
+        st.sampled_from([(EncAlg.X_AESGCM16, 20), (EncAlg.X_AESGCM16, 36), (EncAlg.X_CHACHA20POLY1305, 36)])
+    )
+    flags = draw(
+        st.sampled_from([0, SaFlag.X_ESN, SaFlag.X_EXT_PZERO, SaFlag.X_ESN | SaFlag.X_EXT_CYCSEQ, SaFlag.X_EXT_CYCSEQ])
+    )
     window = draw(st.sampled_from([64, 1, 32, 128, 0]))
     return esp_sa(enc, draw(st.binary(min_size=klen, max_size=klen)), flags=flags, window=window)
 
@@ -346,15 +373,27 @@ def _general(sa: TransformSA) -> TransformSA:
 
 #: Outbound counters: anywhere, at the edges, and just below a 2^32 boundary (where
 #: the receiver's window can sit at the bottom of the next subspace).
-_SEQS = (st.integers(0, U64) | st.sampled_from([0, 1, U32 - 1, U32, U64 - 1, U64])
-         | st.integers(U32 - 130, U32) | st.integers(U32 - 130, U32).map(lambda s: s + (5 << 32)))
+_SEQS = (
+    st.integers(0, U64)
+    | st.sampled_from([0, 1, U32 - 1, U32, U64 - 1, U64])
+    | st.integers(U32 - 130, U32)
+    | st.integers(U32 - 130, U32).map(lambda s: s + (5 << 32))
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(aead_sas(), st.binary(max_size=200), st.integers(0, 255), st.binary(min_size=9, max_size=9),
-       _SEQS, st.integers(0, U64) | st.sampled_from([U64, U64 - 1]), st.data())
-def test_ipv4_fast_paths_equal_the_general_path(sa: TransformSA, payload: bytes, proto: int, junk: bytes,
-                                                seq: int, counter: int, data: st.DataObject) -> None:
+@given(
+    aead_sas(),
+    st.binary(max_size=200),
+    st.integers(0, 255),
+    st.binary(min_size=9, max_size=9),
+    _SEQS,
+    st.integers(0, U64) | st.sampled_from([U64, U64 - 1]),
+    st.data(),
+)
+def test_ipv4_fast_paths_equal_the_general_path(
+    sa: TransformSA, payload: bytes, proto: int, junk: bytes, seq: int, counter: int, data: st.DataObject
+) -> None:
     # Any IPv4 header fields (TOS, ID, flags, TTL, even a wrong checksum): the fast
     # path's checksum must equal the general path's full recomputation.
     dg = bytearray(v4(proto, payload))
@@ -380,8 +419,11 @@ def test_ipv4_fast_paths_equal_the_general_path(sa: TransformSA, payload: bytes,
         # The window just below the packet (in order), around it, or a 2^32 subspace
         # away, up to its boundary cases (check()'s ``bl``).
         size = rx_fast.replay.size
-        offset = data.draw(st.integers(-300, 300) | st.integers(size - 1, size + 1).map(lambda k: k - 2**32)
-                           | st.sampled_from([2**32, -(2**32)]))
+        offset = data.draw(
+            st.integers(-300, 300)
+            | st.integers(size - 1, size + 1).map(lambda k: k - 2**32)
+            | st.sampled_from([2**32, -(2**32)])
+        )
         last = min(max(tx_fast.seq - 1 + offset, 0), U64)
         bits = data.draw(st.integers(0, rx_fast.replay.mask)) if last else 0
         rx_fast.replay.last = rx_slow.replay.last = last

@@ -53,13 +53,16 @@ def test_check_names_the_algorithm_and_uses_the_dialects_errno() -> None:
     assert lx.value.errno == errno.ENOSYS
 
 
-@pytest.mark.parametrize(("enc", "klen", "auth", "aklen"), [
-    (EncAlg.X_AESCBC, 16, AuthAlg.X_SHA2_256, 32),
-    (EncAlg.X_AESGCM16, 20, AuthAlg.NONE, 0),
-    (EncAlg.X_AESCTR, 20, AuthAlg.SHA1HMAC, 20),
-    (EncAlg.X_CHACHA20POLY1305, 36, AuthAlg.NONE, 0),
-    (EncAlg.NULL, 0, AuthAlg.X_SHA2_512, 64),
-])
+@pytest.mark.parametrize(
+    ("enc", "klen", "auth", "aklen"),
+    [
+        (EncAlg.X_AESCBC, 16, AuthAlg.X_SHA2_256, 32),
+        (EncAlg.X_AESGCM16, 20, AuthAlg.NONE, 0),
+        (EncAlg.X_AESCTR, 20, AuthAlg.SHA1HMAC, 20),
+        (EncAlg.X_CHACHA20POLY1305, 36, AuthAlg.NONE, 0),
+        (EncAlg.NULL, 0, AuthAlg.X_SHA2_512, 64),
+    ],
+)
 def test_add_of_a_runnable_sa_is_accepted_and_its_transform_works(enc: int, klen: int, auth: int, aklen: int) -> None:
     engine = make_engine()
     ok(engine, FB, add(enc=enc, ke=key_enc(klen), auth=auth, ka=key_auth(aklen) if aklen else None, replay=8))
@@ -91,8 +94,9 @@ def test_add_refused_when_cryptography_lacks_the_cipher() -> None:
     """)
     env = dict(os.environ, CRYPTOGRAPHY_OPENSSL_NO_LEGACY="1")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True,
-                         check=True, timeout=60).stdout.split("\n")
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=root, capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split("\n")
     assert out[0] == f"{errno.ENOSYS} False"
     assert out[1] == "0 True"
     # Without the setting, this cryptography has Blowfish and the same ADD succeeds.

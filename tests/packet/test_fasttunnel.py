@@ -19,8 +19,9 @@ from tests.packet.esp_helpers import FixedRandom, esp_sa, runtime, v4, v6
 
 @st.composite
 def tunnel_sas(draw: st.DrawFn) -> TransformSA:
-    enc, klen = draw(st.sampled_from([(EncAlg.X_AESGCM16, 20), (EncAlg.X_AESGCM16, 36),
-                                      (EncAlg.X_CHACHA20POLY1305, 36)]))
+    enc, klen = draw(
+        st.sampled_from([(EncAlg.X_AESGCM16, 20), (EncAlg.X_AESGCM16, 36), (EncAlg.X_CHACHA20POLY1305, 36)])
+    )
     flags = draw(st.sampled_from([0, SaFlag.X_ESN, SaFlag.X_EXT_PZERO, SaFlag.X_ESN | SaFlag.X_EXT_CYCSEQ]))
     return esp_sa(enc, draw(st.binary(min_size=klen, max_size=klen)), flags=flags, mode=Mode.TUNNEL)
 
@@ -33,12 +34,30 @@ def _fix(dg: bytearray) -> bytes:
 
 
 @settings(max_examples=300, deadline=None)
-@given(tunnel_sas(), st.binary(max_size=300), st.integers(0, 255), st.binary(min_size=6, max_size=6),
-       st.integers(0, 2), st.sampled_from([-1, 0, 1]), st.integers(0, 1), st.sampled_from([0, U32 - 1, U32, U64]),
-       st.booleans(), st.binary(min_size=2, max_size=2))
-def test_the_fast_tunnel_path_equals_the_general_path(sa: TransformSA, payload: bytes, proto: int, fields: bytes,
-                                                      dfbit: int, ecn: int, esp_enable: int, seq: int,
-                                                      good_checksum: bool, ident: bytes) -> None:
+@given(
+    tunnel_sas(),
+    st.binary(max_size=300),
+    st.integers(0, 255),
+    st.binary(min_size=6, max_size=6),
+    st.integers(0, 2),
+    st.sampled_from([-1, 0, 1]),
+    st.integers(0, 1),
+    st.sampled_from([0, U32 - 1, U32, U64]),
+    st.booleans(),
+    st.binary(min_size=2, max_size=2),
+)
+def test_the_fast_tunnel_path_equals_the_general_path(
+    sa: TransformSA,
+    payload: bytes,
+    proto: int,
+    fields: bytes,
+    dfbit: int,
+    ecn: int,
+    esp_enable: int,
+    seq: int,
+    good_checksum: bool,
+    ident: bytes,
+) -> None:
     dg = bytearray(v4(proto, payload))
     dg[1] = fields[0]  # any TOS, ECN bits included
     dg[4:8] = fields[1:5]  # ID, flags (DF) and offset

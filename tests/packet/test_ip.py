@@ -73,8 +73,15 @@ def test_split_refuses_a_length_that_disagrees() -> None:
 
 
 def test_split_ipv6_outbound_keeps_hop_by_hop_and_routing_in_front() -> None:
-    pkt = bytes(IPv6(src="fd00::1", dst="fd00::2") / IPv6ExtHdrHopByHop() / IPv6ExtHdrDestOpt()
-                / IPv6ExtHdrRouting(addresses=["fd00::3"]) / IPv6ExtHdrDestOpt() / UDP() / Raw(b"z"))
+    pkt = bytes(
+        IPv6(src="fd00::1", dst="fd00::2")
+        / IPv6ExtHdrHopByHop()
+        / IPv6ExtHdrDestOpt()
+        / IPv6ExtHdrRouting(addresses=["fd00::3"])
+        / IPv6ExtHdrDestOpt()
+        / UDP()
+        / Raw(b"z")
+    )
     sp = ip.split(pkt)
     assert sp is not None
     # IPv6 (40) + HBH (8) + DST before routing (8) + routing with one address (24) stay in front;
@@ -119,31 +126,49 @@ def test_split_never_raises(data: bytes, inbound: bool) -> None:
 NOT_ECT, ECT1, ECT0, CE = 0, 1, 2, 3
 
 
-@pytest.mark.parametrize(("mode", "inner", "outer"), [
-    # FORBIDDEN: DSCP copied, ECN cleared
-    (ip.ECN_FORBIDDEN, 0xB8 | NOT_ECT, 0xB8), (ip.ECN_FORBIDDEN, 0xB8 | ECT0, 0xB8),
-    (ip.ECN_FORBIDDEN, 0xB8 | ECT1, 0xB8), (ip.ECN_FORBIDDEN, 0xB8 | CE, 0xB8),
-    # ALLOWED (RFC 6040 normal mode): copied, CE becomes ECT(0)
-    (ip.ECN_ALLOWED, 0x28 | NOT_ECT, 0x28), (ip.ECN_ALLOWED, 0x28 | ECT0, 0x28 | ECT0),
-    (ip.ECN_ALLOWED, 0x28 | ECT1, 0x28 | ECT1), (ip.ECN_ALLOWED, 0x28 | CE, 0x28 | ECT0),
-    # NOCARE: copied as it is, CE included
-    (ip.ECN_NOCARE, 0x28 | CE, 0x28 | CE), (ip.ECN_NOCARE, 0x28 | ECT1, 0x28 | ECT1),
-])
+@pytest.mark.parametrize(
+    ("mode", "inner", "outer"),
+    [
+        # FORBIDDEN: DSCP copied, ECN cleared
+        (ip.ECN_FORBIDDEN, 0xB8 | NOT_ECT, 0xB8),
+        (ip.ECN_FORBIDDEN, 0xB8 | ECT0, 0xB8),
+        (ip.ECN_FORBIDDEN, 0xB8 | ECT1, 0xB8),
+        (ip.ECN_FORBIDDEN, 0xB8 | CE, 0xB8),
+        # ALLOWED (RFC 6040 normal mode): copied, CE becomes ECT(0)
+        (ip.ECN_ALLOWED, 0x28 | NOT_ECT, 0x28),
+        (ip.ECN_ALLOWED, 0x28 | ECT0, 0x28 | ECT0),
+        (ip.ECN_ALLOWED, 0x28 | ECT1, 0x28 | ECT1),
+        (ip.ECN_ALLOWED, 0x28 | CE, 0x28 | ECT0),
+        # NOCARE: copied as it is, CE included
+        (ip.ECN_NOCARE, 0x28 | CE, 0x28 | CE),
+        (ip.ECN_NOCARE, 0x28 | ECT1, 0x28 | ECT1),
+    ],
+)
 def test_ecn_ingress(mode: int, inner: int, outer: int) -> None:
     assert ip.ecn_ingress(mode, inner) == outer
 
 
-@pytest.mark.parametrize(("mode", "outer", "inner", "result"), [
-    # ALLOWED, RFC 6040 §4.2 table
-    (ip.ECN_ALLOWED, CE, NOT_ECT, None), (ip.ECN_ALLOWED, CE, ECT0, CE), (ip.ECN_ALLOWED, CE, ECT1, CE),
-    (ip.ECN_ALLOWED, CE, CE, CE), (ip.ECN_ALLOWED, ECT1, ECT0, ECT1), (ip.ECN_ALLOWED, ECT0, ECT1, ECT1),
-    (ip.ECN_ALLOWED, ECT0, NOT_ECT, NOT_ECT), (ip.ECN_ALLOWED, NOT_ECT, ECT0, ECT0),
-    # FORBIDDEN: a CE mark the inner could not have had -> drop
-    (ip.ECN_FORBIDDEN, CE, ECT0, None), (ip.ECN_FORBIDDEN, NOT_ECT, ECT0, ECT0),
-    (ip.ECN_FORBIDDEN, ECT1, ECT0, ECT0),
-    # NOCARE: nothing
-    (ip.ECN_NOCARE, CE, NOT_ECT, NOT_ECT), (ip.ECN_NOCARE, CE, ECT0, ECT0),
-])
+@pytest.mark.parametrize(
+    ("mode", "outer", "inner", "result"),
+    [
+        # ALLOWED, RFC 6040 §4.2 table
+        (ip.ECN_ALLOWED, CE, NOT_ECT, None),
+        (ip.ECN_ALLOWED, CE, ECT0, CE),
+        (ip.ECN_ALLOWED, CE, ECT1, CE),
+        (ip.ECN_ALLOWED, CE, CE, CE),
+        (ip.ECN_ALLOWED, ECT1, ECT0, ECT1),
+        (ip.ECN_ALLOWED, ECT0, ECT1, ECT1),
+        (ip.ECN_ALLOWED, ECT0, NOT_ECT, NOT_ECT),
+        (ip.ECN_ALLOWED, NOT_ECT, ECT0, ECT0),
+        # FORBIDDEN: a CE mark the inner could not have had -> drop
+        (ip.ECN_FORBIDDEN, CE, ECT0, None),
+        (ip.ECN_FORBIDDEN, NOT_ECT, ECT0, ECT0),
+        (ip.ECN_FORBIDDEN, ECT1, ECT0, ECT0),
+        # NOCARE: nothing
+        (ip.ECN_NOCARE, CE, NOT_ECT, NOT_ECT),
+        (ip.ECN_NOCARE, CE, ECT0, ECT0),
+    ],
+)
 def test_ecn_egress(mode: int, outer: int, inner: int, result: int | None) -> None:
     dscp = 0xB8
     got = ip.ecn_egress(mode, 0x20 | outer, dscp | inner)
@@ -164,21 +189,43 @@ def test_encapsulate_and_decapsulate_every_family_pair(inner_v: int, outer_v: in
     nh = 4 if inner_v == 4 else 41
     if outer_v == 4:
         o = IP(outer)
-        assert (o.src, o.dst, o.proto, o.ttl, o.id, o.len, o.tos) == ("192.0.2.1", "192.0.2.2", nh, 64, 0x1234,
-                                                                        len(outer), 0x28 | ECT0)
+        assert (o.src, o.dst, o.proto, o.ttl, o.id, o.len, o.tos) == (
+            "192.0.2.1",
+            "192.0.2.2",
+            nh,
+            64,
+            0x1234,
+            len(outer),
+            0x28 | ECT0,
+        )
         assert ip.ipv4_checksum(outer[:20]) == o.chksum
     else:
         o6 = IPv6(outer)
-        assert (o6.src, o6.dst, o6.nh, o6.hlim, o6.fl, o6.plen, o6.tc) == ("2001:db8::1", "2001:db8::2", nh, 64, 0,
-                                                                             len(inner), 0x28 | ECT0)
+        assert (o6.src, o6.dst, o6.nh, o6.hlim, o6.fl, o6.plen, o6.tc) == (
+            "2001:db8::1",
+            "2001:db8::2",
+            nh,
+            64,
+            0,
+            len(inner),
+            0x28 | ECT0,
+        )
     sp = ip.split(outer, inbound=True)
     assert sp is not None
     assert ip.decapsulate(outer, sp, knobs) == inner
 
 
-@pytest.mark.parametrize(("dfbit", "inner_df", "outer_df"), [
-    (0, False, False), (0, True, False), (1, False, True), (1, True, True), (2, False, False), (2, True, True),
-])
+@pytest.mark.parametrize(
+    ("dfbit", "inner_df", "outer_df"),
+    [
+        (0, False, False),
+        (0, True, False),
+        (1, False, True),
+        (1, True, True),
+        (2, False, False),
+        (2, True, True),
+    ],
+)
 def test_outer_df_follows_dfbit(dfbit: int, inner_df: bool, outer_df: bool) -> None:
     inner = v4(flags="DF" if inner_df else "")
     outer = ip.encapsulate(inner, A4, B4, PacketKnobs(dfbit=dfbit))
@@ -249,8 +296,9 @@ def test_decapsulate_cuts_tfc_padding_and_refuses_a_bad_inner() -> None:
 
 
 def test_packet_knobs_view_of_knobs() -> None:
-    knobs = Knobs().set("net.inet.ipsec.dfbit", "2").set("net.inet6.ipsec6.ecn", "1").set(
-        "net.inet.ah.ah_cleartos", "0")
+    knobs = (
+        Knobs().set("net.inet.ipsec.dfbit", "2").set("net.inet6.ipsec6.ecn", "1").set("net.inet.ah.ah_cleartos", "0")
+    )
     view = PacketKnobs.of(knobs)
     assert (view.dfbit, view.ecn, view.ecn6, view.ah_cleartos) == (2, 0, 1, 0)
 

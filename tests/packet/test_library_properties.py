@@ -28,14 +28,27 @@ from tests.packet.ipkit import AH, ESP, IPCOMP, OUTER4, OUTER6
 
 #: encryption id -> key lengths (salt included)
 ENC_KEYS: dict[int, tuple[int, ...]] = {
-    EncAlg.NULL: (0,), EncAlg.DESCBC: (8,), EncAlg.DES3CBC: (24,), EncAlg.X_CAST128CBC: (16,),
-    EncAlg.X_BLOWFISHCBC: (16,), EncAlg.X_CAMELLIACBC: (16, 32), EncAlg.X_AESCBC: (16, 24, 32),
-    EncAlg.X_AESCTR: (20, 28, 36), EncAlg.X_AESGCM8: (20,), EncAlg.X_AESGCM12: (28,),
-    EncAlg.X_AESGCM16: (20, 36), EncAlg.X_CHACHA20POLY1305: (36,), EncAlg.X_AESGMAC: (20, 36),
+    EncAlg.NULL: (0,),
+    EncAlg.DESCBC: (8,),
+    EncAlg.DES3CBC: (24,),
+    EncAlg.X_CAST128CBC: (16,),
+    EncAlg.X_BLOWFISHCBC: (16,),
+    EncAlg.X_CAMELLIACBC: (16, 32),
+    EncAlg.X_AESCBC: (16, 24, 32),
+    EncAlg.X_AESCTR: (20, 28, 36),
+    EncAlg.X_AESGCM8: (20,),
+    EncAlg.X_AESGCM12: (28,),
+    EncAlg.X_AESGCM16: (20, 36),
+    EncAlg.X_CHACHA20POLY1305: (36,),
+    EncAlg.X_AESGMAC: (20, 36),
 }
 AUTH_KEYS: dict[int, int] = {
-    AuthAlg.MD5HMAC: 16, AuthAlg.SHA1HMAC: 20, AuthAlg.X_SHA2_256: 32, AuthAlg.X_SHA2_384: 48,
-    AuthAlg.X_SHA2_512: 64, AuthAlg.X_AES_XCBC_MAC: 16,
+    AuthAlg.MD5HMAC: 16,
+    AuthAlg.SHA1HMAC: 20,
+    AuthAlg.X_SHA2_256: 32,
+    AuthAlg.X_SHA2_384: 48,
+    AuthAlg.X_SHA2_512: 64,
+    AuthAlg.X_AES_XCBC_MAC: 16,
 }
 
 
@@ -53,8 +66,9 @@ ENCS = [(e, k) for e, ks in ENC_KEYS.items() for k in ks if _available(e, k)]
 
 
 @st.composite
-def transform_sas(draw: st.DrawFn, *, integrity: bool = False, protos: tuple[int, ...] = (ESP, AH, IPCOMP),
-                  spi: int | None = None) -> TransformSA:
+def transform_sas(
+    draw: st.DrawFn, *, integrity: bool = False, protos: tuple[int, ...] = (ESP, AH, IPCOMP), spi: int | None = None
+) -> TransformSA:
     proto = draw(st.sampled_from(protos))
     v6 = draw(st.booleans())
     src, dst = OUTER6 if v6 else OUTER4
@@ -69,8 +83,17 @@ def transform_sas(draw: st.DrawFn, *, integrity: bool = False, protos: tuple[int
     kb = draw(st.binary(min_size=64, max_size=64))
     if proto == AH:
         auth = draw(st.sampled_from(sorted(AUTH_KEYS)))
-        return TransformSA(AH, the_spi, mode, src, dst, flags=flags, window=window, auth_id=auth,
-                           mac=crypto.mac(auth, kb[: AUTH_KEYS[auth]]))
+        return TransformSA(
+            AH,
+            the_spi,
+            mode,
+            src,
+            dst,
+            flags=flags,
+            window=window,
+            auth_id=auth,
+            mac=crypto.mac(auth, kb[: AUTH_KEYS[auth]]),
+        )
     enc, klen = draw(st.sampled_from(ENCS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -82,14 +105,17 @@ def transform_sas(draw: st.DrawFn, *, integrity: bool = False, protos: tuple[int
         auth = draw(st.sampled_from(choices))
         if auth != AuthAlg.NONE:
             mac = crypto.mac(auth, kb[::-1][: AUTH_KEYS[auth]])
-    return TransformSA(ESP, the_spi, mode, src, dst, flags=flags, window=window, enc_id=enc, auth_id=auth,
-                       cipher=cipher, mac=mac)
+    return TransformSA(
+        ESP, the_spi, mode, src, dst, flags=flags, window=window, enc_id=enc, auth_id=auth, cipher=cipher, mac=mac
+    )
 
 
 @st.composite
 def datagrams(draw: st.DrawFn, sa: TransformSA | None = None) -> bytes:
-    payload = draw(st.binary(max_size=1400) | st.builds(lambda n, b: b * n, st.integers(0, 600),
-                                                         st.sampled_from([b"a", b"ab", b"\0"])))
+    payload = draw(
+        st.binary(max_size=1400)
+        | st.builds(lambda n, b: b * n, st.integers(0, 600), st.sampled_from([b"a", b"ab", b"\0"]))
+    )
     v6 = draw(st.booleans())
     if sa is not None and not sa.tunnel:
         # transport mode: the datagram is between the SA's ends
@@ -142,8 +168,11 @@ def test_unprotect_of_protect_is_the_identity(data: st.DataObject) -> None:
     sa = data.draw(transform_sas())
     dg = data.draw(datagrams(sa))
     tx, rx = _bound(sa), _bound(sa)
-    knobs = PacketKnobs(ecn=data.draw(st.sampled_from([-1, 0, 1])), ecn6=data.draw(st.sampled_from([-1, 0, 1])),
-                        dfbit=data.draw(st.sampled_from([0, 1, 2])))
+    knobs = PacketKnobs(
+        ecn=data.draw(st.sampled_from([-1, 0, 1])),
+        ecn6=data.draw(st.sampled_from([-1, 0, 1])),
+        dfbit=data.draw(st.sampled_from([0, 1, 2])),
+    )
     for _ in range(2):
         wire = bundle.protect([tx], dg, knobs, Counters())
         assert isinstance(wire, bytes)
@@ -251,7 +280,8 @@ def test_a_replayed_packet_is_dropped(data: st.DataObject) -> None:
     before = rx.state.snapshot()
     counters = Counters()
     assert bundle.unprotect(again, _lookup(rx), PacketKnobs(), counters) == Drop(
-        "esp" if sa.proto == ESP else "ah", "replay")
+        "esp" if sa.proto == ESP else "ah", "replay"
+    )
     assert rx.state.snapshot() == before
 
 
@@ -282,8 +312,9 @@ def test_mangled_packets_never_raise(data: st.DataObject) -> None:
     assert isinstance(wire, bytes)
     cut = data.draw(st.integers(0, len(wire)))
     junk = data.draw(st.binary(max_size=40))
-    mangled = data.draw(st.sampled_from([wire[:cut], wire[:cut] + junk, junk + wire[cut:],
-                                         wire[:cut] + junk + wire[cut + len(junk):]]))
+    mangled = data.draw(
+        st.sampled_from([wire[:cut], wire[:cut] + junk, junk + wire[cut:], wire[:cut] + junk + wire[cut + len(junk) :]])
+    )
     got = bundle.unprotect(mangled, _lookup(_bound(sa)), PacketKnobs(), Counters())
     assert isinstance(got, (Accepted, Drop))
 

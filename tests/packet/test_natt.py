@@ -38,7 +38,9 @@ def test_encapsulate_puts_udp_with_the_sas_ports_and_a_zero_ipv4_checksum() -> N
     pkt = IP(out)
     assert pkt.proto == 17 and pkt[UDP].sport == 4500 and pkt[UDP].dport == 4501
     assert pkt[UDP].chksum == 0 and pkt[UDP].len == 8 + len(protected) - 20
-    assert IP(ip.join(out, ip.split(out) or pytest.fail("not IP"), 17, out[20:])).chksum == pkt.chksum  # header checksum right
+    assert (
+        IP(ip.join(out, ip.split(out) or pytest.fail("not IP"), 17, out[20:])).chksum == pkt.chksum
+    )  # header checksum right
     assert bytes(pkt[UDP].payload) == protected[20:]
 
 

@@ -56,8 +56,9 @@ def _pairs() -> list[tuple[int, int]]:
     return pairs
 
 
-def _ours(proto: int, enc: int, auth: int, *, tunnel: bool, v6: bool, flags: int = 0,
-          ctr_compatibility: bool = True) -> Bound:
+def _ours(
+    proto: int, enc: int, auth: int, *, tunnel: bool, v6: bool, flags: int = 0, ctr_compatibility: bool = True
+) -> Bound:
     src, dst = OUTER6 if v6 else OUTER4
     cipher = mac = None
     if proto == ESP:
@@ -67,8 +68,20 @@ def _ours(proto: int, enc: int, auth: int, *, tunnel: bool, v6: bool, flags: int
             pytest.skip(str(e))
     if auth != AuthAlg.NONE:
         mac = crypto.mac(auth, key(SCAPY_AUTH[auth][1], 3))
-    sa = TransformSA(proto, SPI, Mode.TUNNEL if tunnel else Mode.TRANSPORT, src, dst, flags=flags, window=64,
-                     enc_id=enc, auth_id=auth, cipher=cipher, mac=mac, ctr_compatibility=ctr_compatibility)
+    sa = TransformSA(
+        proto,
+        SPI,
+        Mode.TUNNEL if tunnel else Mode.TRANSPORT,
+        src,
+        dst,
+        flags=flags,
+        window=64,
+        enc_id=enc,
+        auth_id=auth,
+        cipher=cipher,
+        mac=mac,
+        ctr_compatibility=ctr_compatibility,
+    )
     return Bound(sa, SaRuntime.for_sa(64, esn=sa.esn, cycseq=sa.cycseq))
 
 
@@ -81,8 +94,7 @@ def _theirs(proto: int, enc: int, auth: int, *, tunnel: bool, v6: bool) -> Secur
         kw["auth_algo"] = SCAPY_AUTH[auth][0]
         kw["auth_key"] = key(SCAPY_AUTH[auth][1], 3)
     if tunnel:
-        kw["tunnel_header"] = IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="192.0.2.1",
-                                                                                         dst="192.0.2.2")
+        kw["tunnel_header"] = IPv6(src="2001:db8::1", dst="2001:db8::2") if v6 else IP(src="192.0.2.1", dst="192.0.2.2")
     return SecurityAssociation(ScapyESP if proto == ESP else ScapyAH, spi=SPI, **kw)
 
 
@@ -165,8 +177,9 @@ def test_ah_both_ways(auth: int, tunnel: bool, v6: bool) -> None:
 
 
 @pytest.mark.parametrize(("outer_v6", "inner_v6"), [(False, True), (True, False)], ids=["6-in-4", "4-in-6"])
-@pytest.mark.parametrize("pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256)],
-                         ids=_case_id)
+@pytest.mark.parametrize(
+    "pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256)], ids=_case_id
+)
 def test_esp_mixed_family_tunnels(pair: tuple[int, int], outer_v6: bool, inner_v6: bool) -> None:
     enc, auth = pair
     ours = _ours(ESP, enc, auth, tunnel=True, v6=outer_v6)
@@ -175,15 +188,26 @@ def test_esp_mixed_family_tunnels(pair: tuple[int, int], outer_v6: bool, inner_v
     wire = bundle.protect([ours], dg, PacketKnobs(), Counters())
     assert isinstance(wire, bytes)
     assert bytes(theirs.decrypt(_scapy_ip(wire))) == dg
-    back = bundle.unprotect(bytes(theirs.encrypt(_scapy_ip(dg))), _lookup(_ours(ESP, enc, auth, tunnel=True,
-                                                                                  v6=outer_v6)),
-                            PacketKnobs(), Counters())
+    back = bundle.unprotect(
+        bytes(theirs.encrypt(_scapy_ip(dg))),
+        _lookup(_ours(ESP, enc, auth, tunnel=True, v6=outer_v6)),
+        PacketKnobs(),
+        Counters(),
+    )
     assert isinstance(back, bundle.Accepted) and back.datagram == dg
 
 
-@pytest.mark.parametrize("pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_CHACHA20POLY1305, AuthAlg.NONE),
-                                  (EncAlg.X_AESGMAC, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256),
-                                  (0, AuthAlg.SHA1HMAC)], ids=_case_id)
+@pytest.mark.parametrize(
+    "pair",
+    [
+        (EncAlg.X_AESGCM16, AuthAlg.NONE),
+        (EncAlg.X_CHACHA20POLY1305, AuthAlg.NONE),
+        (EncAlg.X_AESGMAC, AuthAlg.NONE),
+        (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256),
+        (0, AuthAlg.SHA1HMAC),
+    ],
+    ids=_case_id,
+)
 def test_esn_high_bits_agree_with_scapy(pair: tuple[int, int]) -> None:
     enc, auth = pair
     proto = AH if enc == 0 else ESP
@@ -214,8 +238,12 @@ def test_difference_ctr_padding_freebsd_pads_to_16_scapy_to_4() -> None:
     theirs = _theirs(ESP, *pair, tunnel=False, v6=False)
     scapy_len = len(bytes(theirs.encrypt(IP(dg))))
     compat = bundle.protect([_ours(ESP, *pair, tunnel=False, v6=False)], dg, PacketKnobs(), Counters())
-    plain = bundle.protect([_ours(ESP, *pair, tunnel=False, v6=False, ctr_compatibility=False)], dg,
-                           PacketKnobs(ctr_compatibility=0), Counters())
+    plain = bundle.protect(
+        [_ours(ESP, *pair, tunnel=False, v6=False, ctr_compatibility=False)],
+        dg,
+        PacketKnobs(ctr_compatibility=0),
+        Counters(),
+    )
     assert isinstance(compat, bytes) and isinstance(plain, bytes)
     assert len(plain) == scapy_len
     assert len(compat) > scapy_len and (len(compat) - 20 - 8 - 8 - 12) % 16 == 0
@@ -243,9 +271,11 @@ def test_difference_ah_ipv6_mutable_option_freebsd_zeroes_type_and_length_too() 
     zeroes the whole option (type, length, data); scapy (and RFC 4302 §3.3.3.1.2.1)
     zero only its data.  With such an option the two ICVs differ; without one they
     agree (test_ah_both_ways)."""
-    dg = bytes(IPv6(src="2001:db8::1", dst="2001:db8::2") /
-               IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=0x3E, optdata=b"\x01\x02\x03\x04")]) /
-               Raw(b"p" * 40))
+    dg = bytes(
+        IPv6(src="2001:db8::1", dst="2001:db8::2")
+        / IPv6ExtHdrHopByHop(options=[HBHOptUnknown(otype=0x3E, optdata=b"\x01\x02\x03\x04")])
+        / Raw(b"p" * 40)
+    )
     dg = ip.join(dg, ip.split(dg) or pytest.fail(), 59, dg[48:])
     ours = _ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
     theirs = _theirs(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
@@ -255,14 +285,16 @@ def test_difference_ah_ipv6_mutable_option_freebsd_zeroes_type_and_length_too() 
     assert isinstance(wire, bytes)
     assert len(wire) == len(theirs_wire) and wire != theirs_wire  # only the ICV differs
     assert [i for i in range(len(wire)) if wire[i] != theirs_wire[i]] == list(range(48 + 12, 48 + 24))
-    got = bundle.unprotect(theirs_wire, _lookup(_ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)),
-                           PacketKnobs(), Counters())
+    got = bundle.unprotect(
+        theirs_wire, _lookup(_ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)), PacketKnobs(), Counters()
+    )
     assert got == Drop("ah", "badauth")
 
 
 @pytest.mark.parametrize("tunnel", [False, True], ids=["transport", "tunnel"])
-@pytest.mark.parametrize("pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256)],
-                         ids=_case_id)
+@pytest.mark.parametrize(
+    "pair", [(EncAlg.X_AESGCM16, AuthAlg.NONE), (EncAlg.X_AESCBC, AuthAlg.X_SHA2_256)], ids=_case_id
+)
 def test_esp_in_udp_both_ways(pair: tuple[int, int], tunnel: bool) -> None:
     from dataclasses import replace
 
@@ -273,11 +305,16 @@ def test_esp_in_udp_both_ways(pair: tuple[int, int], tunnel: bool) -> None:
     enc, auth = pair
     out = _ours(ESP, enc, auth, tunnel=tunnel, v6=False)
     out = Bound(replace(out.sa, natt=NatT(2, 4500, 4500)), out.state)
-    theirs = SecurityAssociation(ScapyESP, spi=SPI, crypt_algo=SCAPY_ENC[enc][0], crypt_key=key(SCAPY_ENC[enc][1], 2),
-                                 auth_algo=SCAPY_AUTH[auth][0] if auth else None,
-                                 auth_key=key(SCAPY_AUTH[auth][1], 3) if auth else None,
-                                 tunnel_header=IP(src="192.0.2.1", dst="192.0.2.2") if tunnel else None,
-                                 nat_t_header=UDP(sport=4500, dport=4500))
+    theirs = SecurityAssociation(
+        ScapyESP,
+        spi=SPI,
+        crypt_algo=SCAPY_ENC[enc][0],
+        crypt_key=key(SCAPY_ENC[enc][1], 2),
+        auth_algo=SCAPY_AUTH[auth][0] if auth else None,
+        auth_key=key(SCAPY_AUTH[auth][1], 3) if auth else None,
+        tunnel_header=IP(src="192.0.2.1", dst="192.0.2.2") if tunnel else None,
+        nat_t_header=UDP(sport=4500, dport=4500),
+    )
     dg = _datagram(tunnel, False)
     counters = Counters()
     wire = bundle.protect([out], dg, PacketKnobs(), counters)
@@ -313,8 +350,9 @@ def test_ah_ipv4_options_agree_with_scapy() -> None:
     changed[10:12] = b"\0\0"
     changed[10:12] = ip.ipv4_checksum(bytes(changed[:32])).to_bytes(2, "big")
     assert bytes(theirs.decrypt(IP(bytes(changed))))
-    got = bundle.unprotect(bytes(changed), _lookup(_ours(AH, 0, AuthAlg.X_SHA2_256, tunnel=False, v6=False)),
-                           PacketKnobs(), Counters())
+    got = bundle.unprotect(
+        bytes(changed), _lookup(_ours(AH, 0, AuthAlg.X_SHA2_256, tunnel=False, v6=False)), PacketKnobs(), Counters()
+    )
     assert isinstance(got, bundle.Accepted)
 
 
@@ -325,7 +363,8 @@ def test_ah_esn_bytes_equal_scapy(v6: bool) -> None:
     theirs = _theirs(AH, 0, AuthAlg.X_SHA2_512, tunnel=False, v6=v6)
     dg = _datagram(False, v6)
     assert bundle.protect([ours], dg, PacketKnobs(), Counters()) == bytes(
-        theirs.encrypt(_scapy_ip(dg), seq_num=100, esn_en=True, esn=3))
+        theirs.encrypt(_scapy_ip(dg), seq_num=100, esn_en=True, esn=3)
+    )
 
 
 def test_difference_ah_ipv6_routing_header_freebsd_does_not_reorder_on_output() -> None:
@@ -335,11 +374,19 @@ def test_difference_ah_ipv6_routing_header_freebsd_does_not_reorder_on_output() 
     from scapy.layers.inet import UDP
     from scapy.layers.inet6 import IPv6ExtHdrRouting
 
-    dg = bytes(IPv6(src="2001:db8::1", dst="2001:db8::7") /
-               IPv6ExtHdrRouting(addresses=["2001:db8::2"], segleft=1) / UDP(sport=1, dport=2) / Raw(b"r" * 30))
+    dg = bytes(
+        IPv6(src="2001:db8::1", dst="2001:db8::7")
+        / IPv6ExtHdrRouting(addresses=["2001:db8::2"], segleft=1)
+        / UDP(sport=1, dport=2)
+        / Raw(b"r" * 30)
+    )
     ours = _ours(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
-    ours = Bound(TransformSA(AH, SPI, Mode.TRANSPORT, OUTER6[0], bytes(16), window=64, auth_id=AuthAlg.SHA1HMAC,
-                             mac=ours.sa.mac), ours.state)  # destination unspecified: no proxy encapsulation
+    ours = Bound(
+        TransformSA(
+            AH, SPI, Mode.TRANSPORT, OUTER6[0], bytes(16), window=64, auth_id=AuthAlg.SHA1HMAC, mac=ours.sa.mac
+        ),
+        ours.state,
+    )  # destination unspecified: no proxy encapsulation
     ours.state.seq = 1
     theirs = _theirs(AH, 0, AuthAlg.SHA1HMAC, tunnel=False, v6=True)
     wire = bundle.protect([ours], dg, PacketKnobs(), Counters())
@@ -363,8 +410,12 @@ def test_difference_scapy_sends_16_byte_gcm_tags_whatever_crypt_icv_size(enc: in
     assert len(bytes(theirs.encrypt(IP(dg)))) == len(sent(bundle.protect([full], dg, PacketKnobs(), Counters())))
     full = _ours(ESP, EncAlg.X_AESGCM16, AuthAlg.NONE, tunnel=False, v6=False)
     short = _ours(ESP, EncAlg.X_AESGCM16, AuthAlg.NONE, tunnel=False, v6=False)
-    short = Bound(TransformSA(ESP, SPI, Mode.TRANSPORT, OUTER4[0], OUTER4[1], window=64, enc_id=enc,
-                              cipher=crypto.cipher(enc, key(20, 2))), short.state)
+    short = Bound(
+        TransformSA(
+            ESP, SPI, Mode.TRANSPORT, OUTER4[0], OUTER4[1], window=64, enc_id=enc, cipher=crypto.cipher(enc, key(20, 2))
+        ),
+        short.state,
+    )
     long_wire = bundle.protect([full], dg, PacketKnobs(), Counters())
     short_wire = bundle.protect([short], dg, PacketKnobs(), Counters())
     assert isinstance(long_wire, bytes) and isinstance(short_wire, bytes)

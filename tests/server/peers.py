@@ -132,8 +132,9 @@ async def start_daemon(nursery: trio.Nursery, sockdir: str, engine: Any, **kwarg
 class FakeEngine:
     """An engine whose answers a test scripts: ``on_handle(client, msg) -> effects``."""
 
-    def __init__(self, on_handle: Callable[[ClientId, Message], list[Effect]] | None = None,
-                 knobs: Knobs | None = None) -> None:
+    def __init__(
+        self, on_handle: Callable[[ClientId, Message], list[Effect]] | None = None, knobs: Knobs | None = None
+    ) -> None:
         self.knobs = knobs or Knobs()
         self.stats = Stats()
         self.clients: dict[ClientId, Dialect] = {}
@@ -174,8 +175,16 @@ def addr(exttype: ExtType, text: str) -> Address:
     return Address(exttype, sa, sa.max_prefix, IpProto.ANY)
 
 
-def add_msg(spi: int, *, src: str = "10.0.0.1", dst: str = "10.0.0.2", seq: int = 0,
-            hard: int = 0, soft: int = 0, msgtype: int = MsgType.ADD) -> Message:
+def add_msg(
+    spi: int,
+    *,
+    src: str = "10.0.0.1",
+    dst: str = "10.0.0.2",
+    seq: int = 0,
+    hard: int = 0,
+    soft: int = 0,
+    msgtype: int = MsgType.ADD,
+) -> Message:
     exts: list[Any] = [
         Sa(spi, 0, 0, AuthAlg.X_SHA2_256, EncAlg.X_AESCBC),
         Sa2(),
@@ -190,8 +199,7 @@ def add_msg(spi: int, *, src: str = "10.0.0.1", dst: str = "10.0.0.2", seq: int 
 
 
 def sa_msg(msgtype: int, spi: int, *, src: str = "10.0.0.1", dst: str = "10.0.0.2") -> Message:
-    return Message(msgtype, SaType.ESP, exts=(Sa(spi), addr(ExtType.ADDRESS_SRC, src),
-                                              addr(ExtType.ADDRESS_DST, dst)))
+    return Message(msgtype, SaType.ESP, exts=(Sa(spi), addr(ExtType.ADDRESS_SRC, src), addr(ExtType.ADDRESS_DST, dst)))
 
 
 def has_keys(msg: Message) -> bool:

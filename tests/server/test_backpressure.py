@@ -127,7 +127,8 @@ async def test_a_full_buffer_drops_broadcasts_only_never_replies_or_dump_entries
     broadcasts = [m for m in got if m.pid == 600]
     assert len(broadcasts) + dropped == 3 + flushes
     assert [m.seq for m in broadcasts if m.type == MsgType.FLUSH] == sorted(
-        m.seq for m in broadcasts if m.type == MsgType.FLUSH)
+        m.seq for m in broadcasts if m.type == MsgType.FLUSH
+    )
     mine = [m for m in got if m.pid == 500]
     assert (mine[0].type, mine[0].seq, mine[0].errno) == (MsgType.GET, 77, 0)
     assert [m.seq for m in mine[1:]] == [2, 1, 0]

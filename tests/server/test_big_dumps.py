@@ -48,8 +48,9 @@ def filled_sad(n: int) -> KeyEngine:
     ka, ke = Key(ExtType.KEY_AUTH, bytes(32)), Key(ExtType.KEY_ENCRYPT, bytes(16))
     for i in range(n):
         index = SaIndex(IpProto.ESP, Mode.TRANSPORT, 0, SockAddr(IPv4Address(0x0A000000 + i // 16)), dst)
-        eng.sad.insert(SecAssoc(0x1000 + i, SaType.ESP, index, SaState.MATURE, 5, 12, 0, 4, 0, ka, ke, 0, 1,
-                                1.0, 1_700_000_000))
+        eng.sad.insert(
+            SecAssoc(0x1000 + i, SaType.ESP, index, SaState.MATURE, 5, 12, 0, 4, 0, ka, ke, 0, 1, 1.0, 1_700_000_000)
+        )
     return eng
 
 
@@ -59,8 +60,19 @@ def filled_spd(n: int) -> KeyEngine:
     for i in range(n):
         dir_ = Direction.OUTBOUND if i % 2 else Direction.INBOUND
         sel = Selector(SockAddr(IPv4Address(0x0A000000 + i)), 32, SockAddr(IPv4Address(0xC0000201)), 32)
-        eng.spd.insert(SecPolicy(8 * (i + 1) + dir_ - 1, dir_, sel, PolicyType.IPSEC, esp, 0x80000000,
-                                 eng.spd.next_order(), 1.0, 1_700_000_000))
+        eng.spd.insert(
+            SecPolicy(
+                8 * (i + 1) + dir_ - 1,
+                dir_,
+                sel,
+                PolicyType.IPSEC,
+                esp,
+                0x80000000,
+                eng.spd.next_order(),
+                1.0,
+                1_700_000_000,
+            )
+        )
     return eng
 
 

@@ -110,8 +110,7 @@ async def _throw(payloads: list[bytes]) -> None:
                 assert isinstance(answer["status"], int)
                 assert isinstance(answer["out"], str) and isinstance(answer["err"], str)
                 if len(payload) > CONTROL_REQUEST_MAX:
-                    assert answer == {"status": 64, "out": "",
-                                      "err": "pfkeyd: bad control request: request too long\n"}
+                    assert answer == {"status": 64, "out": "", "err": "pfkeyd: bad control request: request too long\n"}
                 elif not well_formed(payload):
                     assert answer["status"] == 64
                     assert str(answer["err"]).startswith("pfkeyd: bad control request: ")
@@ -120,8 +119,11 @@ async def _throw(payloads: list[bytes]) -> None:
                     # inside the daemon whatever its arguments.
                     assert answer["status"] != 70, (payload[:200], answer)
                 # Both sockets still answer.
-                assert await control_request(ctl, argv_request("sysctl", "-n", "net.key.esp_auth")) == \
-                    {"status": 0, "out": f"{engine.knobs.esp_auth}\n", "err": ""}
+                assert await control_request(ctl, argv_request("sysctl", "-n", "net.key.esp_auth")) == {
+                    "status": 0,
+                    "out": f"{engine.knobs.esp_auth}\n",
+                    "err": "",
+                }
                 assert await pfkey_answers(path)
             assert engine.stats.drops.get("control_failed", 0) == 0
             server.stop()
@@ -129,27 +131,77 @@ async def _throw(payloads: list[bytes]) -> None:
         shutil.rmtree(sockdir, ignore_errors=True)
 
 
-_WORDS = st.sampled_from([
-    "sysctl", "stats", "lookup", "-a", "-d", "-n", "-adn", "-x", "-", "--", "in", "out", "fwd",
-    "10.0.0.1", "10.0.0.2", "::1", "fe80::1%lo", "fe80::1%999999", "10.0.0.0/8", "256.1.1.1", "tcp", "udp",
-    "icmp", "icmp6", "any", "dialect", "255", "256", "-1", "65535", "65536", "0x10", "\u0661\u0662",
-    "pfkeyd.max_sas=", "pfkeyd.max_sas=\u0661\u0662\u0663", "net.key.esp_auth=1", "net.key.spi_minval=0x" + "f" * 40,
-    "net.inet.ipsec.def_policy=0", "net.key.debug=" + "9" * 5000, "=", "net.key=1", "\ud800", "a\x00b",
-])
+_WORDS = st.sampled_from(
+    [
+        "sysctl",
+        "stats",
+        "lookup",
+        "-a",
+        "-d",
+        "-n",
+        "-adn",
+        "-x",
+        "-",
+        "--",
+        "in",
+        "out",
+        "fwd",
+        "10.0.0.1",
+        "10.0.0.2",
+        "::1",
+        "fe80::1%lo",
+        "fe80::1%999999",
+        "10.0.0.0/8",
+        "256.1.1.1",
+        "tcp",
+        "udp",
+        "icmp",
+        "icmp6",
+        "any",
+        "dialect",
+        "255",
+        "256",
+        "-1",
+        "65535",
+        "65536",
+        "0x10",
+        "\u0661\u0662",
+        "pfkeyd.max_sas=",
+        "pfkeyd.max_sas=\u0661\u0662\u0663",
+        "net.key.esp_auth=1",
+        "net.key.spi_minval=0x" + "f" * 40,
+        "net.inet.ipsec.def_policy=0",
+        "net.key.debug=" + "9" * 5000,
+        "=",
+        "net.key=1",
+        "\ud800",
+        "a\x00b",
+    ]
+)
 _TEXT = st.one_of(_WORDS, st.text(max_size=30))
 
 payloads = st.one_of(
     st.binary(max_size=300),
-    st.integers(1, 200_000).map(lambda n: b"[" * n),                        # deep nesting
+    st.integers(1, 200_000).map(lambda n: b"[" * n),  # deep nesting
     st.integers(1, 200_000).map(lambda n: b'{"argv": ' + b"[" * n),
     st.integers(1, 60_000).map(lambda n: b'{"argv": [' + b"9" * n + b"]}"),  # huge numbers
     st.integers(1, 60_000).map(lambda n: b'{"argv": ["stats"], "n": 1e' + b"9" * n + b"}"),
     st.binary(max_size=40).map(lambda b: b'{"argv": ["stats", "' + b + b'\xff\xfe"]}'),  # invalid UTF-8
-    st.sampled_from([b'{"argv": ["stats\x00"]}', b'{"argv": ["stats\\u0000"]}', b"\x00" * 100,
-                     b'{"argv": ["\\ud800"]}', b"\xfe\xff\x00{", b'{"argv": null}', b'{"argv": [[]]}']),
+    st.sampled_from(
+        [
+            b'{"argv": ["stats\x00"]}',
+            b'{"argv": ["stats\\u0000"]}',
+            b"\x00" * 100,
+            b'{"argv": ["\\ud800"]}',
+            b"\xfe\xff\x00{",
+            b'{"argv": null}',
+            b'{"argv": [[]]}',
+        ]
+    ),
     st.sampled_from([CONTROL_REQUEST_MAX, CONTROL_REQUEST_MAX + 1, MIB]).map(lambda n: b"x" * n),  # long lines
     st.sampled_from([CONTROL_REQUEST_MAX - 40, CONTROL_REQUEST_MAX + 1, MIB]).map(
-        lambda n: argv_request("sysctl", "x" * n)),
+        lambda n: argv_request("sysctl", "x" * n)
+    ),
     st.lists(_TEXT, max_size=8).map(lambda a: json.dumps({"argv": a}).encode()),
     st.lists(_WORDS, max_size=7).map(lambda a: json.dumps({"argv": ["lookup", *a]}).encode()),
     st.lists(_WORDS, max_size=5).map(lambda a: json.dumps({"argv": ["sysctl", *a]}).encode()),
@@ -167,15 +219,18 @@ def test_the_issue_reproducer_gets_an_answer() -> None:
     trio.run(_throw, [b"[" * 1000, b"[" * 100_000, b'{"argv": ["sysctl", "-n", "net.key.debug"]}'])
 
 
-@pytest.mark.parametrize(("payload", "problem"), [
-    (b"[" * 50_000, "not JSON: nested too deeply"),
-    (b'{"argv": [' + b"9" * 5000 + b"]}", "not JSON: "),
-    (b'{"argv": ["\xff"]}', "not UTF-8"),
-    (b'{"argv": ["a\\u0000"]}', "an argument holds a NUL character"),
-    (b'{"argv": ["\\udc80"]}', "an argument is not text"),
-    (b'{"argv": "stats"}', 'expected {"argv": [string, ...]}'),
-    (b"x" * (CONTROL_REQUEST_MAX + 1), "request too long"),
-])
+@pytest.mark.parametrize(
+    ("payload", "problem"),
+    [
+        (b"[" * 50_000, "not JSON: nested too deeply"),
+        (b'{"argv": [' + b"9" * 5000 + b"]}", "not JSON: "),
+        (b'{"argv": ["\xff"]}', "not UTF-8"),
+        (b'{"argv": ["a\\u0000"]}', "an argument holds a NUL character"),
+        (b'{"argv": ["\\udc80"]}', "an argument is not text"),
+        (b'{"argv": "stats"}', 'expected {"argv": [string, ...]}'),
+        (b"x" * (CONTROL_REQUEST_MAX + 1), "request too long"),
+    ],
+)
 def test_parse_control_request_names_the_problem(payload: bytes, problem: str) -> None:
     with pytest.raises(ControlRequestError, match="^" + problem.replace("[", r"\[").replace("{", r"\{")):
         parse_control_request(payload)

@@ -25,8 +25,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class Running:
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pfkeyd", *args], cwd=ROOT, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-m", "pfkeyd", *args],
+            cwd=ROOT,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         # A hung daemon must fail the test, not hang it.
         self.watchdog = threading.Timer(30, self.proc.kill)
@@ -80,8 +83,9 @@ def test_a_signal_stops_the_daemon_with_status_0_and_removes_its_sockets(
     assert (reply.type, reply.seq, reply.pid, reply.errno) == (MsgType.FLUSH, 8, 99, 0)
 
     # A second daemon on the same socket refuses to start and leaves the first alone.
-    second = subprocess.run([sys.executable, "-m", "pfkeyd", "-s", main], cwd=ROOT, capture_output=True,
-                            text=True, timeout=30, check=False)
+    second = subprocess.run(
+        [sys.executable, "-m", "pfkeyd", "-s", main], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
     assert second.returncode == 1
     assert "another daemon is listening" in second.stderr
     assert os.path.exists(main)
@@ -116,10 +120,12 @@ def test_the_config_file_sets_knobs_and_reports_bad_lines(tmp_path: Path) -> Non
     knobs = cli.load_config(str(good), Knobs())
     assert knobs.spi_minval == 0x1000 and knobs.client_buffer == 65536
 
-    for text, problem in [("net.key.spi_minval\n", "expected name=value"),
-                          ("net.key.nonesuch=1\n", "unknown oid"),
-                          ("net.key.spi_trycnt=0\n", "out of range"),
-                          ("net.key.spi_trycnt=lots\n", "invalid integer")]:
+    for text, problem in [
+        ("net.key.spi_minval\n", "expected name=value"),
+        ("net.key.nonesuch=1\n", "unknown oid"),
+        ("net.key.spi_trycnt=0\n", "out of range"),
+        ("net.key.spi_trycnt=lots\n", "invalid integer"),
+    ]:
         bad = tmp_path / "bad.conf"
         bad.write_text("# first line\n" + text)
         with pytest.raises(ValueError, match=rf"^{bad}:2: .*{problem}"):
@@ -137,19 +143,22 @@ def test_a_bad_config_file_exits_1_naming_file_and_line(tmp_path: Path, capsys: 
     assert "missing.conf" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args", [
-    ["-l", "/tmp/x.sock"],                 # no dialect
-    ["-l", "/tmp/x.sock:netbsd"],          # no such dialect
-    ["-l", "/tmp/x.sock:Linux"],           # dialect names are lower case
-    ["-s", "/tmp/x.sock:openbsd"],         # not a socket named "x.sock:openbsd"
-    ["-s", "/tmp/x.sock:Linux"],
-    ["-s", "x.sock:"],
-    ["--group", "no-such-group-here"],
-    ["--allow-uid", "no-such-user-here"],
-    ["-s", "/tmp/a.sock", "-l", "/tmp/a.sock:linux"],
-    ["--frobnicate"],
-    ["stray"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-l", "/tmp/x.sock"],  # no dialect
+        ["-l", "/tmp/x.sock:netbsd"],  # no such dialect
+        ["-l", "/tmp/x.sock:Linux"],  # dialect names are lower case
+        ["-s", "/tmp/x.sock:openbsd"],  # not a socket named "x.sock:openbsd"
+        ["-s", "/tmp/x.sock:Linux"],
+        ["-s", "x.sock:"],
+        ["--group", "no-such-group-here"],
+        ["--allow-uid", "no-such-user-here"],
+        ["-s", "/tmp/a.sock", "-l", "/tmp/a.sock:linux"],
+        ["--frobnicate"],
+        ["stray"],
+    ],
+)
 def test_usage_errors_exit_64_with_the_usage_on_stderr(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(args) == 64
     out, err = capsys.readouterr()
@@ -232,10 +241,10 @@ def test_sighup_rereads_the_config_file_logs_the_changes_and_keeps_serving_and_s
     conf.write_text("# tuned\nnet.key.esp_auth=1\npfkeyd.max_sas=1000\nnet.key.blockacq_count = 3\n")
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.wait_for("SIGHUP received")
-    assert daemon.log[-1].rstrip().endswith(
-        f"re-read {conf}: net.key.blockacq_count 10 -> 3, net.key.esp_auth 0 -> 1")
-    answer = control(path, "sysctl", "-n", "net.key.esp_auth", "net.key.blockacq_count", "net.key.spi_trycnt",
-                     "pfkeyd.max_sas")
+    assert daemon.log[-1].rstrip().endswith(f"re-read {conf}: net.key.blockacq_count 10 -> 3, net.key.esp_auth 0 -> 1")
+    answer = control(
+        path, "sysctl", "-n", "net.key.esp_auth", "net.key.blockacq_count", "net.key.spi_trycnt", "pfkeyd.max_sas"
+    )
     assert answer["out"] == "1\n3\n7\n1000\n"  # the file over the current values
     # Still serving, with its state: the SA added before the signal is there.
     assert ask(path, Dialect.LINUX, sa_msg(MsgType.GET, 0x7001)).errno == 0

@@ -23,8 +23,13 @@ BOTH = pytest.mark.parametrize(("mine", "other"), [(LINUX, FREEBSD), (FREEBSD, L
 
 
 def getspi_msg(seq: int) -> Message:
-    return Message(MsgType.GETSPI, SaType.ESP, seq, 0,
-                   exts=(addr(ExtType.ADDRESS_SRC, "10.0.0.1"), addr(ExtType.ADDRESS_DST, "10.0.0.2")))
+    return Message(
+        MsgType.GETSPI,
+        SaType.ESP,
+        seq,
+        0,
+        exts=(addr(ExtType.ADDRESS_SRC, "10.0.0.1"), addr(ExtType.ADDRESS_DST, "10.0.0.2")),
+    )
 
 
 @BOTH
@@ -120,9 +125,7 @@ async def test_a_request_that_brings_a_deadline_forward_wakes_the_timer(
 
 
 @pytest.mark.parametrize("dialect", [LINUX, FREEBSD])
-async def test_promiscuous_copies_are_wrapped_for_freebsd_and_bare_for_linux(
-    daemon: Daemon, dialect: Dialect
-) -> None:
+async def test_promiscuous_copies_are_wrapped_for_freebsd_and_bare_for_linux(daemon: Daemon, dialect: Dialect) -> None:
     watcher = await daemon.connect(dialect, pid=55)
     actor = await daemon.connect(LINUX)
     await watcher.send(Message(MsgType.X_PROMISC, 1))

@@ -40,11 +40,30 @@ SEED = 4711
 
 def tables(engine: KeyEngine) -> tuple[Any, ...]:
     """What a request may change, without the clock readings that differ."""
-    sas = sorted((sa.spi, sa.satype, sa.index, sa.state, sa.auth, sa.encrypt, sa.flags, sa.replay,
-                  sa.key_auth, sa.key_encrypt, sa.seq, sa.pid, sa.hard, sa.soft, sa.natt)
-                 for sa in engine.sad.by_spi.values())
-    sps = sorted((sp.id, sp.dir, sp.selector, sp.type, sp.requests, sp.priority, sp.lifetime, sp.validtime)
-                 for sp in engine.spd.by_id.values())
+    sas = sorted(
+        (
+            sa.spi,
+            sa.satype,
+            sa.index,
+            sa.state,
+            sa.auth,
+            sa.encrypt,
+            sa.flags,
+            sa.replay,
+            sa.key_auth,
+            sa.key_encrypt,
+            sa.seq,
+            sa.pid,
+            sa.hard,
+            sa.soft,
+            sa.natt,
+        )
+        for sa in engine.sad.by_spi.values()
+    )
+    sps = sorted(
+        (sp.id, sp.dir, sp.selector, sp.type, sp.requests, sp.priority, sp.lifetime, sp.validtime)
+        for sp in engine.spd.by_id.values()
+    )
     clients = sorted((c, tuple(sorted(s.registered)), s.promisc) for c, s in engine.clients.items())
     return (tuple(sas), tuple(sps), tuple(clients))
 
@@ -69,9 +88,14 @@ def expected_answer(shadow: Daemon, data: bytes) -> tuple[bytes | None, bool]:
 def valid_requests(dialect: Dialect) -> st.SearchStrategy[Message]:
     spi = st.sampled_from([0x1000, 0x1001, 0x2000])
     return st.one_of(
-        st.builds(lambda s: add(spi=s), spi), st.builds(lambda s: delete(spi=s), spi),
-        st.builds(lambda s: get(spi=s), spi), st.builds(lambda: getspi(spirange=(0x3000, 0x3003))),
-        st.just(register()), st.just(flush()), st.just(dump()), st.just(promisc(1)),
+        st.builds(lambda s: add(spi=s), spi),
+        st.builds(lambda s: delete(spi=s), spi),
+        st.builds(lambda s: get(spi=s), spi),
+        st.builds(lambda: getspi(spirange=(0x3000, 0x3003))),
+        st.just(register()),
+        st.just(flush()),
+        st.just(dump()),
+        st.just(promisc(1)),
     )
 
 
@@ -82,7 +106,7 @@ def mutated(data: bytes, rng: random.Random) -> bytes:
         if choice < 0.5 and raw:
             raw[rng.randrange(len(raw))] ^= 1 << rng.randrange(8)
         elif choice < 0.7:
-            del raw[rng.randrange(len(raw) + 1):]
+            del raw[rng.randrange(len(raw) + 1) :]
         elif choice < 0.85:
             raw += bytes(rng.randrange(1, 17))
         elif len(raw) >= 6:
@@ -95,7 +119,8 @@ def inputs(dialect: Dialect) -> st.SearchStrategy[list[bytes]]:
         valid_requests(dialect).map(lambda m: encode(m, dialect)),
         requests(dialect.value).map(lambda m: encode(m, dialect)),
         st.tuples(valid_requests(dialect), st.integers(0, 2**32 - 1)).map(
-            lambda t: mutated(encode(t[0], dialect), random.Random(t[1]))),
+            lambda t: mutated(encode(t[0], dialect), random.Random(t[1]))
+        ),
         st.binary(max_size=64),
     )
     return st.lists(one, min_size=1, max_size=10)
@@ -144,16 +169,18 @@ async def _drive(dialect: Dialect, datagrams: list[bytes]) -> None:
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(dialect=st.sampled_from(list(Dialect)), data=st.data())
-def test_the_daemon_answers_generated_and_mutated_datagrams_as_the_reference(dialect: Dialect,
-                                                                            data: st.DataObject) -> None:
+def test_the_daemon_answers_generated_and_mutated_datagrams_as_the_reference(
+    dialect: Dialect, data: st.DataObject
+) -> None:
     datagrams = data.draw(inputs(dialect))
     trio.run(_drive, dialect, datagrams)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(dialect=st.sampled_from(list(Dialect)), data=st.data())
-def test_the_daemon_layer_answers_every_datagram_without_an_internal_error(dialect: Dialect,
-                                                                           data: st.DataObject) -> None:
+def test_the_daemon_layer_answers_every_datagram_without_an_internal_error(
+    dialect: Dialect, data: st.DataObject
+) -> None:
     engine = KeyEngine(rng=random.Random(SEED))
     daemon = Daemon(engine)
     daemon.opened(1, dialect)

@@ -31,8 +31,10 @@ async def test_an_idle_client_costs_the_daemon_at_most_16_kib_and_nothing_once_g
     tracemalloc.start()
     try:
         before = traced()
-        peers = [Peer(daemon.paths[Dialect.LINUX if i % 2 else Dialect.FREEBSD],
-                      Dialect.LINUX if i % 2 else Dialect.FREEBSD) for i in range(CLIENTS)]
+        peers = [
+            Peer(daemon.paths[Dialect.LINUX if i % 2 else Dialect.FREEBSD], Dialect.LINUX if i % 2 else Dialect.FREEBSD)
+            for i in range(CLIENTS)
+        ]
         await trio.testing.wait_all_tasks_blocked()
         assert daemon.server.statistics().clients == CLIENTS + 1
         with_clients = traced()

@@ -27,7 +27,10 @@ def warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 
 async def test_refused_peers_are_logged_once_per_interval_with_the_count_suppressed(
-    nursery: trio.Nursery, sockdir: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    nursery: trio.Nursery,
+    sockdir: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pfkeyd.server")
@@ -54,7 +57,10 @@ def _lowest_free_fd() -> int:
 
 
 async def test_accept_errors_under_fd_exhaustion_are_logged_once_per_interval(
-    nursery: trio.Nursery, sockdir: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    sockdir: str,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     caplog.set_level(logging.WARNING, logger="pfkeyd.server")
     d = await start_daemon(nursery, sockdir, FakeEngine(echo))

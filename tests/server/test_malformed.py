@@ -27,12 +27,20 @@ def flush(dialect: Dialect) -> bytes:
 
 
 def getspi(dialect: Dialect, satype: int = SaType.ESP) -> bytes:
-    return encode(Message(MsgType.GETSPI, satype, 5, PID, exts=(
-        addr(ExtType.ADDRESS_SRC, "10.0.0.1"), addr(ExtType.ADDRESS_DST, "10.0.0.2"))), dialect)
+    return encode(
+        Message(
+            MsgType.GETSPI,
+            satype,
+            5,
+            PID,
+            exts=(addr(ExtType.ADDRESS_SRC, "10.0.0.1"), addr(ExtType.ADDRESS_DST, "10.0.0.2")),
+        ),
+        dialect,
+    )
 
 
 def patched(data: bytes, offset: int, value: bytes) -> bytes:
-    return data[:offset] + value + data[offset + len(value):]
+    return data[:offset] + value + data[offset + len(value) :]
 
 
 def oversized(dialect: Dialect) -> bytes:
@@ -53,10 +61,14 @@ CASES: list[Case] = [
     ("bsd-kmprivate-ext", FREEBSD, lambda d: patched(getspi(d), 18, struct.pack("=H", 17)), "send-fails", errno.EINVAL),
     ("bsd-oversized", FREEBSD, oversized, "send-fails", errno.ENOBUFS),
     # setkey --socket x-bsd.sock with the linux dialect (the hang): sockaddrs without sa_len.
-    ("bsd-gets-linux-add", FREEBSD, lambda d: encode(add_msg(0x1000).replace(pid=PID), LINUX), "send-fails",
-     errno.EINVAL),
-    ("linux-gets-bsd-add", LINUX, lambda d: encode(add_msg(0x1000).replace(pid=PID), FREEBSD), "header",
-     errno.EINVAL),
+    (
+        "bsd-gets-linux-add",
+        FREEBSD,
+        lambda d: encode(add_msg(0x1000).replace(pid=PID), LINUX),
+        "send-fails",
+        errno.EINVAL,
+    ),
+    ("linux-gets-bsd-add", LINUX, lambda d: encode(add_msg(0x1000).replace(pid=PID), FREEBSD), "header", errno.EINVAL),
     ("linux-bad-type", LINUX, lambda d: patched(flush(d), 1, b"\x19"), "send-fails", errno.EINVAL),
     ("linux-type-0", LINUX, lambda d: patched(flush(d), 1, b"\x00"), "send-fails", errno.EINVAL),
     ("linux-short", LINUX, lambda d: flush(d)[:8], "send-fails", errno.EMSGSIZE),
@@ -82,7 +94,12 @@ def assert_send_failure_reply(reply: bytes, data: bytes, err: int, dialect: Dial
 
 @pytest.mark.parametrize(("name", "dialect", "make", "answer", "err"), CASES, ids=[c[0] for c in CASES])
 async def test_malformed_datagram_is_answered_as_the_kernel_would_and_the_socket_stays_usable(
-    daemon: Daemon, name: str, dialect: Dialect, make: Callable[[Dialect], bytes], answer: str, err: int,
+    daemon: Daemon,
+    name: str,
+    dialect: Dialect,
+    make: Callable[[Dialect], bytes],
+    answer: str,
+    err: int,
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     peer = await daemon.connect(dialect, pid=PID)

@@ -19,7 +19,8 @@ LINUX, FREEBSD = Dialect.LINUX, Dialect.FREEBSD
 
 
 @pytest.mark.parametrize(
-    ("new", "adder"), [(LINUX, LINUX), (FREEBSD, FREEBSD), (LINUX, FREEBSD), (FREEBSD, LINUX)],
+    ("new", "adder"),
+    [(LINUX, LINUX), (FREEBSD, FREEBSD), (LINUX, FREEBSD), (FREEBSD, LINUX)],
     ids=["linux", "freebsd", "linux-from-freebsd", "freebsd-from-linux"],
 )
 async def test_a_socket_gets_every_broadcast_sent_after_its_connect_returned(

@@ -22,15 +22,18 @@ KEYED = add_msg(0x1234).replace(seq=1)
 async def test_keys_reach_only_the_requester_in_its_reply(nursery: trio.Nursery, sockdir: str) -> None:
     engine = FakeEngine()
     d = await start_daemon(nursery, sockdir, engine)
-    a, b, c, p = (await d.connect(LINUX), await d.connect(FREEBSD), await d.connect(LINUX),
-                  await d.connect(FREEBSD))
+    a, b, c, p = (await d.connect(LINUX), await d.connect(FREEBSD), await d.connect(LINUX), await d.connect(FREEBSD))
     ids = sorted(engine.clients)
 
     def handle(client: ClientId, msg: Message) -> list[Effect]:
         # An engine that forgot to strip keys everywhere: the shell must not forward them.
         others = tuple(i for i in ids if i != client)
-        return [Send((client,), KEYED, reply=True), Send(others[:1], KEYED), Send(others[1:2], KEYED, reply=True),
-                Send(others[2:], KEYED, promisc=True)]
+        return [
+            Send((client,), KEYED, reply=True),
+            Send(others[:1], KEYED),
+            Send(others[1:2], KEYED, reply=True),
+            Send(others[2:], KEYED, promisc=True),
+        ]
 
     engine.on_handle = handle
     await a.send(Message(MsgType.GET, SaType.ESP))
@@ -47,8 +50,13 @@ async def test_each_dialect_gets_its_own_encoding_and_promisc_wrapping(nursery: 
     d = await start_daemon(nursery, sockdir, engine)
     peers = [await d.connect(LINUX), await d.connect(FREEBSD)]
     everyone = tuple(engine.clients)
-    msg = Message(MsgType.ADD, SaType.ESP, 3, 9, exts=(Sa(0x4000), addr(ExtType.ADDRESS_SRC, "fe80::1"),
-                                                         addr(ExtType.ADDRESS_DST, "fe80::2")))
+    msg = Message(
+        MsgType.ADD,
+        SaType.ESP,
+        3,
+        9,
+        exts=(Sa(0x4000), addr(ExtType.ADDRESS_SRC, "fe80::1"), addr(ExtType.ADDRESS_DST, "fe80::2")),
+    )
     engine.on_handle = lambda client, m: [Send(everyone, msg, promisc=True)]
     await peers[0].send(Message(MsgType.FLUSH))
     assert await peers[0].recv_raw() == encode(msg, LINUX)
@@ -108,8 +116,14 @@ class Table(Sequence[int]):
 
 def make_render(bad: frozenset[int] = frozenset()) -> DumpRender:
     templates = {
-        dialect: encode(Message(MsgType.DUMP, SaType.ESP, exts=(
-            Sa(0x100), addr(ExtType.ADDRESS_SRC, "10.1.0.1"), addr(ExtType.ADDRESS_DST, "10.1.0.2"))), dialect)
+        dialect: encode(
+            Message(
+                MsgType.DUMP,
+                SaType.ESP,
+                exts=(Sa(0x100), addr(ExtType.ADDRESS_SRC, "10.1.0.1"), addr(ExtType.ADDRESS_DST, "10.1.0.2")),
+            ),
+            dialect,
+        )
         for dialect in Dialect
     }
 
@@ -152,9 +166,7 @@ async def test_dump_skips_entries_the_dialect_cannot_carry_and_still_ends_at_seq
     assert engine.stats.drops["dump_unencodable"] == len(bad)
 
 
-async def test_a_dump_with_nothing_the_client_can_read_is_answered_enoent(
-    nursery: trio.Nursery, sockdir: str
-) -> None:
+async def test_a_dump_with_nothing_the_client_can_read_is_answered_enoent(nursery: trio.Nursery, sockdir: str) -> None:
     engine = dump_engine(Table(3), make_render(frozenset({0, 1, 2})))
     d = await start_daemon(nursery, sockdir, engine)
     peer = await d.connect(LINUX)

@@ -129,8 +129,11 @@ def test_a_racing_renamer_cannot_redirect_the_setup_to_another_file(sockdir: str
             key = "served" if error is None else error.split(": ", 1)[1][:40]
             outcomes[key] = outcomes.get(key, 0) + 1
             after = os.lstat(victim)
-            assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == \
-                (stat.S_IMODE(before.st_mode), before.st_uid, before.st_gid), outcomes
+            assert (stat.S_IMODE(after.st_mode), after.st_uid, after.st_gid) == (
+                stat.S_IMODE(before.st_mode),
+                before.st_uid,
+                before.st_gid,
+            ), outcomes
             with pytest.raises(OSError):
                 os.getxattr(victim, "system.posix_acl_access")
     finally:
@@ -166,8 +169,9 @@ print("reply", len(reply), reply[8] if reply else None)
 
 
 async def _as_user(uid: int, path: str) -> str:
-    result = await trio.run_process(["/usr/bin/python3", "-c", _CLIENT, path], user=uid, group=uid,
-                                    capture_stdout=True, capture_stderr=True)
+    result = await trio.run_process(
+        ["/usr/bin/python3", "-c", _CLIENT, path], user=uid, group=uid, capture_stdout=True, capture_stderr=True
+    )
     return result.stdout.decode().strip()
 
 
@@ -181,8 +185,7 @@ async def test_allow_uid_makes_the_socket_reachable_by_exactly_those_users(sockd
         await nursery.start(server.serve)
         st = os.lstat(path)
         assert stat.S_IMODE(st.st_mode) == (0o600 if group is None else 0o660) | 0o060  # group bits: the mask
-        assert os.getxattr(path, "system.posix_acl_access") == socket_acl(0o600 if group is None else 0o660,
-                                                                          [4343])
+        assert os.getxattr(path, "system.posix_acl_access") == socket_acl(0o600 if group is None else 0o660, [4343])
         assert await _as_user(4343, path) == "reply 16 5"  # reaches the socket and is admitted
         assert await _as_user(4444, path) == "connect 13"  # EACCES: the file refuses everyone else
         assert server.statistics().refused_peers == 0
@@ -204,13 +207,19 @@ async def test_without_allow_uid_other_users_cannot_even_connect(sockdir: str) -
 
 def test_the_acl_names_the_allowed_users_in_order_and_nobody_else() -> None:
     acl = socket_acl(0o600, [4343, 1000, 4343])
-    version, = struct.unpack_from("<I", acl)
+    (version,) = struct.unpack_from("<I", acl)
     entries = [struct.unpack_from("<HHI", acl, 4 + 8 * i) for i in range((len(acl) - 4) // 8)]
     none = 0xFFFFFFFF
     assert version == 2
-    assert entries == [(0x01, 6, none), (0x02, 6, 1000), (0x02, 6, 4343), (0x04, 0, none), (0x10, 6, none),
-                       (0x20, 0, none)]
-    assert socket_acl(0o660, [7])[4 + 16:4 + 24] == struct.pack("<HHI", 0x04, 6, none)
+    assert entries == [
+        (0x01, 6, none),
+        (0x02, 6, 1000),
+        (0x02, 6, 4343),
+        (0x04, 0, none),
+        (0x10, 6, none),
+        (0x20, 0, none),
+    ]
+    assert socket_acl(0o660, [7])[4 + 16 : 4 + 24] == struct.pack("<HHI", 0x04, 6, none)
 
 
 @pytest.mark.skipif(not hasattr(os, "setxattr"), reason="POSIX ACLs are Linux's")
@@ -223,6 +232,8 @@ async def test_a_file_system_without_acls_makes_allow_uid_a_clear_start_error(
     monkeypatch.setattr(os, "setxattr", no_acls)
     path = f"{sockdir}/p.sock"
     error = await _start_and_stop(path, allow_uids=[4343])
-    assert error == (f"{path}: cannot let the --allow-uid users reach the socket: no POSIX ACL "
-                     f"({os.strerror(errno.EOPNOTSUPP)}); use --group with a group of those users")
+    assert error == (
+        f"{path}: cannot let the --allow-uid users reach the socket: no POSIX ACL "
+        f"({os.strerror(errno.EOPNOTSUPP)}); use --group with a group of those users"
+    )
     assert os.listdir(sockdir) == []

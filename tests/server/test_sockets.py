@@ -110,9 +110,7 @@ async def test_a_peer_of_another_user_is_refused_and_logged(
     assert any("refused peer uid 4242 pid 31337" in r.getMessage() for r in caplog.records)
 
 
-async def test_an_allowed_uid_is_admitted(
-    nursery: trio.Nursery, sockdir: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_an_allowed_uid_is_admitted(nursery: trio.Nursery, sockdir: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pfkeyd.server, "peer_credentials", lambda sock: (31337, 4242))
     d = await start_daemon(nursery, sockdir, FakeEngine(echo), allow_uids=[4242])
     peer = await d.connect(LINUX)

@@ -38,11 +38,17 @@ class WatchedEngine(KeyEngine):
 
 
 def getspi(i: int) -> Message:
-    return Message(MsgType.GETSPI, SaType.ESP, i, 99, exts=(
-        Address.host(ExtType.ADDRESS_SRC, "10.0.0.1"),
-        Address.host(ExtType.ADDRESS_DST, f"10.1.{i // 256}.{i % 256}"),
-        SpiRange(0x10000 + i, 0x10000 + i),
-    ))
+    return Message(
+        MsgType.GETSPI,
+        SaType.ESP,
+        i,
+        99,
+        exts=(
+            Address.host(ExtType.ADDRESS_SRC, "10.0.0.1"),
+            Address.host(ExtType.ADDRESS_DST, f"10.1.{i // 256}.{i % 256}"),
+            SpiRange(0x10000 + i, 0x10000 + i),
+        ),
+    )
 
 
 async def test_a_request_made_during_an_expiry_storm_is_answered_before_the_storm_ends(

@@ -22,7 +22,10 @@ from tests.server.test_control_socket import argv_request, control_request, hook
 
 @pytest.mark.parametrize("dialect", list(Dialect))
 async def test_the_debug_trace_shows_the_messages_the_daemon_originates_without_keys(
-    nursery: trio.Nursery, sockdir: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    sockdir: str,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
     dialect: Dialect,
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="pfkeyd.server")
@@ -35,8 +38,9 @@ async def test_the_debug_trace_shows_the_messages_the_daemon_originates_without_
     await setkey.request(spd_msg(src="10.1.0.1", dst="10.2.0.1", hard=hard_lifetime(60), seq=2, pid=200))
 
     # A lookup without an SA: the ACQUIRE goes to the key manager, caused by a control command.
-    answer = await control_request(control_path(d.paths[dialect]),
-                                   argv_request("lookup", "out", "10.1.0.1", "10.2.0.1"))
+    answer = await control_request(
+        control_path(d.paths[dialect]), argv_request("lookup", "out", "10.1.0.1", "10.2.0.1")
+    )
     assert answer is not None and "ACQUIRE sent" in str(answer["out"])
 
     # An SA with keys and lifetimes: its ADD is broadcast, then the timer expires it
@@ -52,8 +56,9 @@ async def test_the_debug_trace_shows_the_messages_the_daemon_originates_without_
     lines = [r.getMessage() for r in caplog.records]
     text = "\n".join(lines)
     kid = 1  # the key manager's client id
-    assert any(line.startswith("control: broadcast ACQUIRE satype 3") and f"to client {kid}," in line
-               for line in lines), text
+    assert any(
+        line.startswith("control: broadcast ACQUIRE satype 3") and f"to client {kid}," in line for line in lines
+    ), text
     assert f"client 2: broadcast ADD satype 3 seq 3 pid 200 to client {kid}, extensions SA," in text
     expires = [line for line in lines if line.startswith("timer: broadcast EXPIRE satype 3")]
     assert len(expires) == 2 and all(f"to client {kid}," in e for e in expires), text
@@ -69,7 +74,10 @@ async def test_the_debug_trace_shows_the_messages_the_daemon_originates_without_
 
 
 async def test_the_data_planes_effects_go_out_through_the_daemon_layer_and_are_traced(
-    nursery: trio.Nursery, sockdir: str, caplog: pytest.LogCaptureFixture, autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    sockdir: str,
+    caplog: pytest.LogCaptureFixture,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     # Server.emit is the data plane's seam to the sockets: its ACQUIREs and EXPIREs are
     # encoded by the daemon layer for each recipient's dialect, counted, and traced.
@@ -85,8 +93,9 @@ async def test_the_data_planes_effects_go_out_through_the_daemon_layer_and_are_t
         while not await km.quiet():
             await km.recv()
 
-    _, effects = engine.lookup(Direction.OUTBOUND, flow("10.1.0.1", "10.2.0.1"),
-                               Instant(trio.current_time(), 1_700_000_000))
+    _, effects = engine.lookup(
+        Direction.OUTBOUND, flow("10.1.0.1", "10.2.0.1"), Instant(trio.current_time(), 1_700_000_000)
+    )
     d.server.emit(effects)
     for km in keymgrs:
         assert (await km.recv()).type == MsgType.ACQUIRE

@@ -43,8 +43,12 @@ class ThreadDaemon:
     def __init__(self, sockdir: str, *, control: bool = False) -> None:
         self.paths = {Dialect.LINUX: f"{sockdir}/linux.sock", Dialect.FREEBSD: f"{sockdir}/freebsd.sock"}
         self.engine = KeyEngine(rng=random.Random(2367))
-        self.server = Server(self.engine, [Endpoint(p, d) for d, p in self.paths.items()], wall_clock=lambda: WALL,
-                             control=self._control if control else None)
+        self.server = Server(
+            self.engine,
+            [Endpoint(p, d) for d, p in self.paths.items()],
+            wall_clock=lambda: WALL,
+            control=self._control if control else None,
+        )
         self._token: trio.lowlevel.TrioToken | None = None
         self._ready = threading.Event()
         self._failure: BaseException | None = None
@@ -101,8 +105,9 @@ class Result:
     err: str
 
 
-def run(argv: Sequence[str], *, stdin: str = "", dialect: Dialect | None = None, socket: str | None = None,
-        **runtime: Any) -> Result:
+def run(
+    argv: Sequence[str], *, stdin: str = "", dialect: Dialect | None = None, socket: str | None = None, **runtime: Any
+) -> Result:
     """``setkey argv`` in this process, with TZ=UTC and the clock at :data:`NOW`;
     ``--dialect`` and ``--socket`` are added when given."""
     args = list(argv)
@@ -111,8 +116,7 @@ def run(argv: Sequence[str], *, stdin: str = "", dialect: Dialect | None = None,
     if socket is not None:
         args = ["--socket", socket, *args]
     out, err = io.StringIO(), io.StringIO()
-    settings: dict[str, Any] = {"clock": lambda: float(NOW), "localtime": time.gmtime, "environ": {},
-                                "interval": 0.0}
+    settings: dict[str, Any] = {"clock": lambda: float(NOW), "localtime": time.gmtime, "environ": {}, "interval": 0.0}
     settings.update(runtime)
     rt = cli.Runtime(stdin=io.StringIO(stdin), stdout=out, stderr=err, **settings)
     status = cli.main(args, rt)

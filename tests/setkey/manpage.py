@@ -37,7 +37,7 @@ def sections(text: str) -> dict[str, list[str]]:
     for line in text.splitlines():
         if line.startswith(".Sh "):
             current = out.setdefault(line[4:].strip().strip('"'), [])
-        elif current is not None and not line.startswith(".\\\""):
+        elif current is not None and not line.startswith('.\\"'):
             current.append(line)
     return out
 

@@ -36,7 +36,7 @@ def test_no_arguments_is_a_usage_error_with_the_synopsis_on_stderr() -> None:
     assert r.status == EX_USAGE == 64
     assert r.out == ""
     assert r.err.startswith(USAGE)
-    assert r.err[len(USAGE):] == "setkey: nothing to do: give -c, -D, -e, -F, -f, -x or files\n"
+    assert r.err[len(USAGE) :] == "setkey: nothing to do: give -c, -D, -e, -F, -f, -x or files\n"
 
 
 def test_the_usage_text_is_the_man_page_synopsis() -> None:
@@ -46,30 +46,33 @@ def test_the_usage_text_is_the_man_page_synopsis() -> None:
     assert manpage.synopsis_lines(manpage.source()) == manpage.usage_lines(usage)
 
 
-@pytest.mark.parametrize(("argv", "reason"), [
-    (["-Z"], "unknown option -Z"),
-    (["-Dq"], "unknown option -q"),
-    (["--help"], "unknown option --help"),
-    (["--js", "-D"], "unknown option --js"),  # no abbreviations
-    (["-f"], "option -f needs an argument"),
-    (["-D", "--socket"], "option --socket needs an argument"),
-    (["--json=yes", "-D"], "option --json takes no argument"),
-    (["--dialect", "openbsd", "-D"], "unknown dialect 'openbsd' (freebsd or linux)"),
-    (["--socket=", "-D"], "--socket needs a path"),
-    (["--timeout", "0", "-D"], "--timeout needs a number of seconds above 0, not '0'"),
-    (["--timeout=-1", "-D"], "--timeout needs a number of seconds above 0, not '-1'"),
-    (["--timeout=soon", "-D"], "--timeout needs a number of seconds above 0, not 'soon'"),
-    (["--timeout=inf", "-D"], "--timeout needs a number of seconds above 0, not 'inf'"),
-    (["--timeout=nan", "-D"], "--timeout needs a number of seconds above 0, not 'nan'"),
-    (["--timeout=\u0665", "-D"], "--timeout needs a number of seconds above 0, not '\u0665'"),
-    (["-D", "--timeout"], "option --timeout needs an argument"),
-    (["-D", "-F"], "-D and -F cannot be combined"),
-    (["-f", "a", "-e", "b"], "-f and -e cannot be combined"),
-    (["-f", "a", "-f", "b"], "-f may be given only once"),
-    (["-c", "-x"], "-c and -x cannot be combined"),
-    (["-D", "file.bin"], "file arguments cannot be combined with -c, -D, -e, -F, -f or -x"),
-    (["-P"], "nothing to do: give -c, -D, -e, -F, -f, -x or files"),
-])
+@pytest.mark.parametrize(
+    ("argv", "reason"),
+    [
+        (["-Z"], "unknown option -Z"),
+        (["-Dq"], "unknown option -q"),
+        (["--help"], "unknown option --help"),
+        (["--js", "-D"], "unknown option --js"),  # no abbreviations
+        (["-f"], "option -f needs an argument"),
+        (["-D", "--socket"], "option --socket needs an argument"),
+        (["--json=yes", "-D"], "option --json takes no argument"),
+        (["--dialect", "openbsd", "-D"], "unknown dialect 'openbsd' (freebsd or linux)"),
+        (["--socket=", "-D"], "--socket needs a path"),
+        (["--timeout", "0", "-D"], "--timeout needs a number of seconds above 0, not '0'"),
+        (["--timeout=-1", "-D"], "--timeout needs a number of seconds above 0, not '-1'"),
+        (["--timeout=soon", "-D"], "--timeout needs a number of seconds above 0, not 'soon'"),
+        (["--timeout=inf", "-D"], "--timeout needs a number of seconds above 0, not 'inf'"),
+        (["--timeout=nan", "-D"], "--timeout needs a number of seconds above 0, not 'nan'"),
+        (["--timeout=\u0665", "-D"], "--timeout needs a number of seconds above 0, not '\u0665'"),
+        (["-D", "--timeout"], "option --timeout needs an argument"),
+        (["-D", "-F"], "-D and -F cannot be combined"),
+        (["-f", "a", "-e", "b"], "-f and -e cannot be combined"),
+        (["-f", "a", "-f", "b"], "-f may be given only once"),
+        (["-c", "-x"], "-c and -x cannot be combined"),
+        (["-D", "file.bin"], "file arguments cannot be combined with -c, -D, -e, -F, -f or -x"),
+        (["-P"], "nothing to do: give -c, -D, -e, -F, -f, -x or files"),
+    ],
+)
 def test_usage_errors_exit_64_and_say_why(argv: list[str], reason: str) -> None:
     r = run(argv)
     assert (r.status, r.out) == (EX_USAGE, "")
@@ -92,7 +95,17 @@ def test_the_parser_accepts_the_man_page_options_and_refuses_every_other() -> No
     documented = manpage.option_flags(manpage.source())
     letters = {f"-{c}" for c in string.ascii_letters + string.digits}
     assert {o for o in letters if _accepted(o)} == {o for o in documented if len(o) == 2}
-    longs = {"--json", "--socket=x", "--dialect=linux", "--timeout=1", "--help", "--version", "--verbose", "--sock=x", "--jsonx"}
+    longs = {
+        "--json",
+        "--socket=x",
+        "--dialect=linux",
+        "--timeout=1",
+        "--help",
+        "--version",
+        "--verbose",
+        "--sock=x",
+        "--jsonx",
+    }
     assert {o.split("=")[0] for o in longs if _accepted(o)} == {o for o in documented if o.startswith("--")}
 
 
@@ -148,12 +161,15 @@ def test_syntax_and_semantic_errors_are_all_reported_with_file_line_column(tmp_p
     assert rest == []
 
 
-@pytest.mark.parametrize(("statement", "column", "message"), [
-    ("add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc 0x0011;", 37, "invalid key length"),
-    (f"add -n host.example 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};", 8, "not a numeric address"),
-    ("spdadd 10.0.0.1 fec0::1 any -P out none;", 8, "different address families"),
-    ("spdadd 10.0.0.1/33 10.0.0.2 any -P out none;", 17, "prefix length /33"),
-])
+@pytest.mark.parametrize(
+    ("statement", "column", "message"),
+    [
+        ("add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc 0x0011;", 37, "invalid key length"),
+        (f"add -n host.example 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};", 8, "not a numeric address"),
+        ("spdadd 10.0.0.1 fec0::1 any -P out none;", 8, "different address families"),
+        ("spdadd 10.0.0.1/33 10.0.0.2 any -P out none;", 17, "prefix length /33"),
+    ],
+)
 def test_semantic_errors_point_at_the_value(statement: str, column: int, message: str) -> None:
     r = run(["-e", f"flush;\n{statement}\n"], socket=NOWHERE)
     assert r.status == 1
@@ -176,20 +192,25 @@ def test_check_only_contacts_no_daemon() -> None:
 def test_an_unreadable_script_or_a_missing_daemon_exits_1(tmp_path: Path) -> None:
     r = run(["-f", str(tmp_path / "missing.conf")])
     assert (r.status, r.err) == (1, f"setkey: {tmp_path}/missing.conf: No such file or directory\n")
-    hint = ("pfkeyd may not be running, or it listens on another socket: "
-            "choose that one with --socket or PFKEY_SOCKET")
+    hint = "pfkeyd may not be running, or it listens on another socket: choose that one with --socket or PFKEY_SOCKET"
     r = run(["-e", "flush;"], socket=NOWHERE)
     assert (r.status, r.err) == (
-        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from --socket): {hint}\n")
+        1,
+        f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from --socket): {hint}\n",
+    )
     r = run(["-D"], environ={"PFKEY_SOCKET": NOWHERE})
     assert (r.status, r.err) == (
-        1, f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from PFKEY_SOCKET): {hint}\n")
+        1,
+        f"setkey: {NOWHERE}: No such file or directory (the PF_KEY socket, from PFKEY_SOCKET): {hint}\n",
+    )
     environ = {"XDG_RUNTIME_DIR": str(tmp_path)}
     default = default_socket_path(environ)  # /run/pfkeyd.sock for root
     if default is not None and not os.path.exists(default):
         r = run(["-x"], environ=environ)
         assert (r.status, r.err) == (
-            1, f"setkey: {default}: No such file or directory (the PF_KEY socket, from the default): {hint}\n")
+            1,
+            f"setkey: {default}: No such file or directory (the PF_KEY socket, from the default): {hint}\n",
+        )
 
 
 def test_a_socket_file_nobody_listens_on_says_pfkeyd_may_not_be_running(tmp_path: Path) -> None:
@@ -199,8 +220,10 @@ def test_a_socket_file_nobody_listens_on_says_pfkeyd_may_not_be_running(tmp_path
         s.bind(stale)
     r = run(["-D"], socket=stale)
     assert r.status == 1
-    assert r.err == (f"setkey: {stale}: Connection refused (the PF_KEY socket, from --socket): pfkeyd may not be "
-                     "running, or it listens on another socket: choose that one with --socket or PFKEY_SOCKET\n")
+    assert r.err == (
+        f"setkey: {stale}: Connection refused (the PF_KEY socket, from --socket): pfkeyd may not be "
+        "running, or it listens on another socket: choose that one with --socket or PFKEY_SOCKET\n"
+    )
 
 
 def test_a_script_that_sends_nothing_needs_no_daemon() -> None:
@@ -231,12 +254,19 @@ def test_an_unexpected_exception_is_one_line_not_a_traceback(monkeypatch: pytest
 
 def test_splitter_cuts_statements_at_their_semicolons() -> None:
     s = StatementSplitter()
-    assert s.feed("flush; spdflush;\n") == [("flush;", 1, {1: "flush; spdflush;"}),
-                                            ("       spdflush;", 1, {1: "flush; spdflush;"})]
+    assert s.feed("flush; spdflush;\n") == [
+        ("flush;", 1, {1: "flush; spdflush;"}),
+        ("       spdflush;", 1, {1: "flush; spdflush;"}),
+    ]
     assert s.feed("add 10.0.0.1\n") == []
     out = s.feed("  10.0.0.2 esp 0x1000 -A null; # done\n")
-    assert out == [("add 10.0.0.1\n  10.0.0.2 esp 0x1000 -A null;", 2,
-                    {2: "add 10.0.0.1", 3: "  10.0.0.2 esp 0x1000 -A null; # done"})]
+    assert out == [
+        (
+            "add 10.0.0.1\n  10.0.0.2 esp 0x1000 -A null;",
+            2,
+            {2: "add 10.0.0.1", 3: "  10.0.0.2 esp 0x1000 -A null; # done"},
+        )
+    ]
     assert s.feed("\n") == []
     assert s.finish() == []
 
@@ -261,10 +291,12 @@ def test_splitter_hands_over_an_unfinished_statement_at_the_end() -> None:
 
 
 def test_interactive_check_only_reports_each_statement_and_goes_on() -> None:
-    stdin = (f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16}; foo;\n"
-             "add 10.0.0.1\n 10.0.0.2 esp 0x1001 -E aes-cbc 0x0011; # short key\n"
-             f"add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc {KEY16};\n"
-             "exit; this is never read;\n")
+    stdin = (
+        f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16}; foo;\n"
+        "add 10.0.0.1\n 10.0.0.2 esp 0x1001 -E aes-cbc 0x0011; # short key\n"
+        f"add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc {KEY16};\n"
+        "exit; this is never read;\n"
+    )
     r = run(["-n", "-c"], stdin=stdin, socket=NOWHERE)
     assert r.status == 1
     first = stdin.splitlines()[0]
@@ -289,15 +321,21 @@ def test_split_messages_reads_raw_bytes_and_hex_text() -> None:
 
 
 def _dump_entry(dialect: Dialect) -> bytes:
-    msg = Message(MsgType.DUMP, SaType.ESP, 0, 4242, exts=(
-        Sa(0x1001, 4, 1, 3, 12, 0x40),
-        Sa2(1, 0, 5),
-        Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, WALL, 0),
-        Address.host(ExtType.ADDRESS_SRC, "192.0.2.1"),
-        Address.host(ExtType.ADDRESS_DST, "198.51.100.2"),
-        Key(ExtType.KEY_ENCRYPT, bytes(range(16))),
-        Key(ExtType.KEY_AUTH, bytes(range(20))),
-    ))
+    msg = Message(
+        MsgType.DUMP,
+        SaType.ESP,
+        0,
+        4242,
+        exts=(
+            Sa(0x1001, 4, 1, 3, 12, 0x40),
+            Sa2(1, 0, 5),
+            Lifetime(ExtType.LIFETIME_CURRENT, 0, 0, WALL, 0),
+            Address.host(ExtType.ADDRESS_SRC, "192.0.2.1"),
+            Address.host(ExtType.ADDRESS_DST, "198.51.100.2"),
+            Key(ExtType.KEY_ENCRYPT, bytes(range(16))),
+            Key(ExtType.KEY_AUTH, bytes(range(20))),
+        ),
+    )
     return encode(msg, dialect)
 
 

@@ -115,14 +115,18 @@ def _twenty_lines(last: str) -> str:
 
 
 @DIALECTS
-@pytest.mark.parametrize(("last", "where"), [
-    ("spdadd 10.0.0.1 10.0.0.2 any -P out ipsec esp/transport//require", ":20:"),  # no ";": syntax
-    ("spdadd 10.0.0.1 10.0.0.2 any -P out ipsec esp/transport//requir;", ":20:"),  # bad level
-    ("add 10.0.0.1 10.0.0.2 esp 0x2000 -E aes-cbc 0x0011;", ":20:37:"),  # key length
-    ("add -n gw.example 10.0.0.2 esp 0x2000 -E aes-cbc 0x0011223344556677;", ":20:"),  # -n, not numeric
-])
-def test_a_mistake_on_line_20_applies_nothing(tmp_path: Path, daemon: ThreadDaemon, dialect: Dialect,
-                                              last: str, where: str) -> None:
+@pytest.mark.parametrize(
+    ("last", "where"),
+    [
+        ("spdadd 10.0.0.1 10.0.0.2 any -P out ipsec esp/transport//require", ":20:"),  # no ";": syntax
+        ("spdadd 10.0.0.1 10.0.0.2 any -P out ipsec esp/transport//requir;", ":20:"),  # bad level
+        ("add 10.0.0.1 10.0.0.2 esp 0x2000 -E aes-cbc 0x0011;", ":20:37:"),  # key length
+        ("add -n gw.example 10.0.0.2 esp 0x2000 -E aes-cbc 0x0011223344556677;", ":20:"),  # -n, not numeric
+    ],
+)
+def test_a_mistake_on_line_20_applies_nothing(
+    tmp_path: Path, daemon: ThreadDaemon, dialect: Dialect, last: str, where: str
+) -> None:
     script = tmp_path / "load.conf"
     script.write_text(_twenty_lines(last))
     r = against(daemon, dialect)(["-f", str(script)])
@@ -133,13 +137,16 @@ def test_a_mistake_on_line_20_applies_nothing(tmp_path: Path, daemon: ThreadDaem
 
 
 @DIALECTS
-def test_a_refused_command_is_reported_by_line_and_the_rest_applied(tmp_path: Path, daemon: ThreadDaemon,
-                                                                   dialect: Dialect) -> None:
+def test_a_refused_command_is_reported_by_line_and_the_rest_applied(
+    tmp_path: Path, daemon: ThreadDaemon, dialect: Dialect
+) -> None:
     script = tmp_path / "twice.conf"
-    script.write_text(f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\n"
-                      f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\n"
-                      "get 10.0.0.1 10.0.0.2 esp 0x1001;\n"
-                      f"add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc {KEY16};\n")
+    script.write_text(
+        f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\n"
+        f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\n"
+        "get 10.0.0.1 10.0.0.2 esp 0x1001;\n"
+        f"add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc {KEY16};\n"
+    )
     r = against(daemon, dialect)(["-f", str(script)])
     assert r.status == 1
     # (pfkeyd answers a GET of a missing SA with ESRCH, as FreeBSD's key_get does)
@@ -167,14 +174,16 @@ def test_a_script_on_stdin(daemon: ThreadDaemon, dialect: Dialect) -> None:
 
 @DIALECTS
 def test_interactive_statements_each_on_their_own(daemon: ThreadDaemon, dialect: Dialect) -> None:
-    stdin = (f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16}; add 10.0.0.1 10.0.0.2 ah\n"
-             " 0x1001 -A hmac-sha1 0x00112233445566778899aabbccddeeff00112233;\n"
-             "add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc 0x00;\n"  # key length: reported, skipped
-             "deleteall 10.0.0.1 10.0.0.2 ipcomp; dump ah;\n"
-             "add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc 0x00112233445566778899aabbccddeeff;\n"  # exists
-             "spdadd 10.0.0.0/8 10.0.0.0/8 any -P out none;\n"
-             "quit;\n"
-             "spdflush;\n")
+    stdin = (
+        f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16}; add 10.0.0.1 10.0.0.2 ah\n"
+        " 0x1001 -A hmac-sha1 0x00112233445566778899aabbccddeeff00112233;\n"
+        "add 10.0.0.1 10.0.0.2 esp 0x1002 -E aes-cbc 0x00;\n"  # key length: reported, skipped
+        "deleteall 10.0.0.1 10.0.0.2 ipcomp; dump ah;\n"
+        "add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc 0x00112233445566778899aabbccddeeff;\n"  # exists
+        "spdadd 10.0.0.0/8 10.0.0.0/8 any -P out none;\n"
+        "quit;\n"
+        "spdflush;\n"
+    )
     r = against(daemon, dialect)(["-c"], stdin=stdin)
     assert r.status == 1
     err = r.err.splitlines()
@@ -196,21 +205,38 @@ def test_json_dumps_parse_back(daemon: ThreadDaemon, dialect: Dialect) -> None:
     sas = [json.loads(line) for line in setkey(["--json", "-D"]).out.splitlines()]
     assert {sa["type"] for sa in sas} == {"sa"}
     assert sorted((sa["satype"], sa["spi"]) for sa in sas) == [
-        ("ah", 0x1001), ("esp", 0x1000), ("esp", 0x2000), ("esp", 0x3003), ("ipcomp", 0x2002)]
+        ("ah", 0x1001),
+        ("esp", 0x1000),
+        ("esp", 0x2000),
+        ("esp", 0x3003),
+        ("ipcomp", 0x2002),
+    ]
     first = next(sa for sa in sas if sa["spi"] == 0x1000)
-    assert first["encryption"] == {"algorithm": "aes-cbc", "id": 12, "bits": 128,
-                                   "key": "00112233445566778899aabbccddeeff"}
+    assert first["encryption"] == {
+        "algorithm": "aes-cbc",
+        "id": 12,
+        "bits": 128,
+        "key": "00112233445566778899aabbccddeeff",
+    }
     assert (first["mode"], first["reqid"], first["replay"], first["src"]["address"]) == ("transport", 7, 4, "10.0.0.1")
     assert first["lifetime"]["hard"]["addtime"] == 3600
     policies = [json.loads(line) for line in setkey(["--json", "-DP"]).out.splitlines()]
     dirs = sorted(p["dir"] for p in policies)
     assert dirs == (["fwd", "in", "out", "out"] if dialect is Dialect.LINUX else ["in", "out", "out"])
     tunnel = next(p for p in policies if p["upper"] == 6)
-    assert tunnel["requests"] == [{"proto": "esp", "mode": "tunnel", "level": "require", "reqid": 0,
-                                   "src": {"address": "192.0.2.1", "port": 0},
-                                   "dst": {"address": "198.51.100.2", "port": 0}}]
-    script_json = [json.loads(line) for line in setkey(["--json", "-e", "get 10.0.0.1 10.0.0.2 esp 0x1000;"]).out
-                   .splitlines()]
+    assert tunnel["requests"] == [
+        {
+            "proto": "esp",
+            "mode": "tunnel",
+            "level": "require",
+            "reqid": 0,
+            "src": {"address": "192.0.2.1", "port": 0},
+            "dst": {"address": "198.51.100.2", "port": 0},
+        }
+    ]
+    script_json = [
+        json.loads(line) for line in setkey(["--json", "-e", "get 10.0.0.1 10.0.0.2 esp 0x1000;"]).out.splitlines()
+    ]
     assert [(s["type"], s["spi"]) for s in script_json] == [("sa", 0x1000)]
 
 
@@ -220,11 +246,13 @@ def test_loop_prints_the_short_format_every_round(daemon: ThreadDaemon, dialect:
     assert setkey(["-f", str(SCRIPT)]).status == 0
     r = setkey(["-Dl"], loops=2, interval=0.0)
     assert r.status == 0
-    rows = ["1327 esp M 00003003 ???/??? #255 10.0.0.5 -> #255 10.0.0.4",
-            "1327 esp M 00002000 ???/??? #255 10.0.0.2 -> #255 10.0.0.1",
-            "1327 #9  M 00002002 ???/??? #255 10.0.0.1 -> #255 10.0.0.2",
-            "1327 ah  M 00001001 ???/??? #255 fec0::1 -> #255 fec0::2",
-            "1327 esp M 00001000   7/big #255 10.0.0.1 -> #255 10.0.0.2"]
+    rows = [
+        "1327 esp M 00003003 ???/??? #255 10.0.0.5 -> #255 10.0.0.4",
+        "1327 esp M 00002000 ???/??? #255 10.0.0.2 -> #255 10.0.0.1",
+        "1327 #9  M 00002002 ???/??? #255 10.0.0.1 -> #255 10.0.0.2",
+        "1327 ah  M 00001001 ???/??? #255 fec0::1 -> #255 fec0::2",
+        "1327 esp M 00001000   7/big #255 10.0.0.1 -> #255 10.0.0.2",
+    ]
     assert r.out.splitlines() == [SHORT_HEADER.rstrip("\n"), *rows, *rows]
 
 
@@ -252,14 +280,17 @@ def test_the_socket_comes_from_PFKEY_SOCKET_and_the_dialect_is_the_hosts(daemon:
     assert r.out.startswith("10.0.0.1[any] 10.0.0.2[any] any\n\tout none\n")
 
 
-SCOPED = (f"add fe80::1%lo fe80::2%lo esp 0x5001 -m tunnel -E aes-cbc {KEY16};\n"
-          "spdadd fe80::1%lo fe80::2%lo any -P out ipsec esp/tunnel/fe80::1%lo-fe80::2%lo/require;\n"
-          "spdadd fe80::/64 fe80::2%lo any -P in ipsec esp/tunnel/fe80::2%lo-fe80::1%lo/require;\n")
+SCOPED = (
+    f"add fe80::1%lo fe80::2%lo esp 0x5001 -m tunnel -E aes-cbc {KEY16};\n"
+    "spdadd fe80::1%lo fe80::2%lo any -P out ipsec esp/tunnel/fe80::1%lo-fe80::2%lo/require;\n"
+    "spdadd fe80::/64 fe80::2%lo any -P in ipsec esp/tunnel/fe80::2%lo-fe80::1%lo/require;\n"
+)
 
 
 @DIALECTS
-def test_scoped_addresses_print_the_interface_name_as_the_reference_does(daemon: ThreadDaemon,
-                                                                         dialect: Dialect) -> None:
+def test_scoped_addresses_print_the_interface_name_as_the_reference_does(
+    daemon: ThreadDaemon, dialect: Dialect
+) -> None:
     # getnameinfo(NI_NUMERICHOST) writes the zone of a scoped address as the
     # interface's name (fe80::1%lo), in the SA lines and in the policy text.
     setkey = against(daemon, dialect)
@@ -315,20 +346,22 @@ def daemon_with_control() -> Iterator[ThreadDaemon]:
 
 
 @DIALECTS
-def test_setkey_learns_the_sockets_dialect_from_the_daemon(daemon_with_control: ThreadDaemon,
-                                                           dialect: Dialect) -> None:
+def test_setkey_learns_the_sockets_dialect_from_the_daemon(daemon_with_control: ThreadDaemon, dialect: Dialect) -> None:
     # The case that hung: a freebsd socket used from Linux without --dialect.
     path = daemon_with_control.paths[dialect]
-    r = run(["-e", f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\nspdadd 10.0.0.1 10.0.0.2 any -P out none;"],
-            socket=path)
+    r = run(
+        ["-e", f"add 10.0.0.1 10.0.0.2 esp 0x1000 -E aes-cbc {KEY16};\nspdadd 10.0.0.1 10.0.0.2 any -P out none;"],
+        socket=path,
+    )
     assert r == Result(0, "", "")
     assert daemon_with_control.counts() == (1, 1)
     d = run(["-D"], socket=path)
     assert (d.status, d.err) == (0, "")
     # the dump is in the format of the socket's reference tool
     assert d.out.splitlines()[0] == ("10.0.0.1 10.0.0.2" if dialect is Dialect.FREEBSD else "10.0.0.1 10.0.0.2 ")
-    assert run(["-DP"], socket=path).out.splitlines()[1] == ("\tout none" if dialect is Dialect.FREEBSD
-                                                              else "\tout prio def none")
+    assert run(["-DP"], socket=path).out.splitlines()[1] == (
+        "\tout none" if dialect is Dialect.FREEBSD else "\tout prio def none"
+    )
 
 
 def test_a_dialect_given_against_the_daemons_word_is_used_with_a_warning(daemon_with_control: ThreadDaemon) -> None:
@@ -346,8 +379,9 @@ def _never_answering(path: str) -> socket.socket:
     return s
 
 
-@pytest.mark.parametrize("argv", [["-e", "flush;"], ["-D"], ["-FP"], ["-f", "-"]],
-                         ids=["script", "dump", "flush", "stdin"])
+@pytest.mark.parametrize(
+    "argv", [["-e", "flush;"], ["-D"], ["-FP"], ["-f", "-"]], ids=["script", "dump", "flush", "stdin"]
+)
 def test_a_daemon_that_never_answers_gets_the_timeout_message(tmp_path: Path, argv: list[str]) -> None:
     sockdir = tempfile.mkdtemp(prefix="pfk", dir="/tmp")
     path = f"{sockdir}/silent.sock"
@@ -358,12 +392,18 @@ def test_a_daemon_that_never_answers_gets_the_timeout_message(tmp_path: Path, ar
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
     assert (r.status, r.out) == (1, "")
-    waited = {"-e": "the reply to SADB_FLUSH", "-D": "SADB_DUMP", "-FP": "the reply to SADB_X_SPDFLUSH",
-              "-f": "the reply to SADB_X_SPDFLUSH"}[argv[0]]
+    waited = {
+        "-e": "the reply to SADB_FLUSH",
+        "-D": "SADB_DUMP",
+        "-FP": "the reply to SADB_X_SPDFLUSH",
+        "-f": "the reply to SADB_X_SPDFLUSH",
+    }[argv[0]]
     assert re.fullmatch(
         f"setkey: {re.escape(path)}: nothing from the daemon for 5 s while waiting for {waited} \\(seq \\d+\\)"
         "(: its first entry)?: the socket may not speak the linux dialect \\(see --dialect\\), "
-        "or the daemon is stuck or is not pfkeyd\n", r.err), r.err
+        "or the daemon is stuck or is not pfkeyd\n",
+        r.err,
+    ), r.err
     assert clock.current_time() == pytest.approx(5)
 
 
@@ -376,10 +416,15 @@ def test_timeout_sets_the_deadline_and_a_stuck_control_socket_is_reported(tmp_pa
             r = run(["--timeout", "2.5", "-D"], socket=path, trio_clock=clock)
     finally:
         shutil.rmtree(sockdir, ignore_errors=True)
-    assert r == Result(1, "", (
-        f"setkey: {sockdir}/stuck.ctl: nothing from the daemon for 2.5 s while waiting for the answer to the dialect "
-        "command: pfkeyd is stuck or overloaded, or this is not its control socket (a longer --timeout than 2.5 s "
-        "may help)\n"))
+    assert r == Result(
+        1,
+        "",
+        (
+            f"setkey: {sockdir}/stuck.ctl: nothing from the daemon for 2.5 s while waiting for the answer to the dialect "
+            "command: pfkeyd is stuck or overloaded, or this is not its control socket (a longer --timeout than 2.5 s "
+            "may help)\n"
+        ),
+    )
     assert clock.current_time() == pytest.approx(2.5)
 
 
@@ -419,8 +464,15 @@ ENV = {**os.environ, "TZ": "UTC"}
 
 
 def setkey_process(*args: str, stdin: int | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "setkey", *args], stdin=stdin, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    return subprocess.Popen(
+        [sys.executable, "-m", "setkey", *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=ENV,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -429,9 +481,20 @@ def pfkeyd() -> Iterator[dict[Dialect, str]]:
     sockdir = tempfile.mkdtemp(prefix="pfk", dir="/tmp")
     paths = {Dialect.LINUX: f"{sockdir}/linux.sock", Dialect.FREEBSD: f"{sockdir}/freebsd.sock"}
     with open(f"{sockdir}/log", "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pfkeyd", "-s", f"{paths[Dialect.LINUX]}:linux",
-                                 "-l", f"{paths[Dialect.FREEBSD]}:freebsd"], stdout=subprocess.DEVNULL,
-                                stderr=log, cwd=ROOT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pfkeyd",
+                "-s",
+                f"{paths[Dialect.LINUX]}:linux",
+                "-l",
+                f"{paths[Dialect.FREEBSD]}:freebsd",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            cwd=ROOT,
+        )
     try:
         deadline = time.monotonic() + 30
         while not all(_listening(p) for p in paths.values()):  # bounded polling for the sockets

@@ -74,8 +74,9 @@ def sockdir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def setkey_against(kernel_answer: Answer, expect: int, script: str, dialect: Dialect, sockdir: str,
-                   name: str = "k") -> Result:
+def setkey_against(
+    kernel_answer: Answer, expect: int, script: str, dialect: Dialect, sockdir: str, name: str = "k"
+) -> Result:
     path = f"{sockdir}/{name}.sock"
     kernel = FakeKernel(path, expect, kernel_answer)
     conf = Path(sockdir) / f"{name}.conf"
@@ -125,8 +126,7 @@ def answers(dialect: Dialect, *, shuffled: bool) -> Answer:
 
 
 @DIALECTS
-def test_output_and_errors_follow_the_script_whatever_the_order_of_the_replies(sockdir: str,
-                                                                               dialect: Dialect) -> None:
+def test_output_and_errors_follow_the_script_whatever_the_order_of_the_replies(sockdir: str, dialect: Dialect) -> None:
     in_order = setkey_against(answers(dialect, shuffled=False), 5, SCRIPT, dialect, sockdir, "a")
     shuffled = setkey_against(answers(dialect, shuffled=True), 5, SCRIPT, dialect, sockdir, "a")
     assert shuffled == in_order
@@ -167,12 +167,15 @@ def test_the_linux_priority_check_warns_once(sockdir: str) -> None:
         for data in requests:
             msg = decode(data, Dialect.LINUX)
             assert msg.policy is not None
-            out.append(encode(msg.replace(exts=tuple(replace(e, priority=0) if e is msg.policy else e
-                                                     for e in msg.exts)), Dialect.LINUX))
+            out.append(
+                encode(
+                    msg.replace(exts=tuple(replace(e, priority=0) if e is msg.policy else e for e in msg.exts)),
+                    Dialect.LINUX,
+                )
+            )
         return out
 
-    script = ("spdadd 10.0.0.1 10.0.0.2 any -P out prio 7 none;\n"
-              "spdadd 10.0.0.3 10.0.0.4 any -P out prio 9 none;\n")
+    script = "spdadd 10.0.0.1 10.0.0.2 any -P out prio 7 none;\nspdadd 10.0.0.3 10.0.0.4 any -P out prio 9 none;\n"
     r = setkey_against(answer, 2, script, Dialect.LINUX, sockdir)
     assert (r.status, r.err) == (0, "")
     assert r.out == "WARNING: Kernel does not support policy priorities\n"

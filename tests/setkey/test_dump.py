@@ -92,54 +92,100 @@ def current(addtime: int, usetime: int = 0, nbytes: int = 0, allocations: int = 
 def sa_1(dialect: str) -> list[Message]:
     # FreeBSD records the GMAC id of an AES-GCM SA in sadb_sa_auth; Linux cannot carry it.
     auth = AuthAlg.X_AES128GMAC if dialect == "freebsd" else AuthAlg.NONE
-    return [Message(MsgType.DUMP, SaType.ESP, seq=1, pid=4242, reserved=1, exts=(
-        Sa(10000, 0, SaState.MATURE, auth, EncAlg.X_AESGCM16, 0x40),
-        Sa2(Mode.ANY, 0, 0),
-        current(MAR5),
-        src("20.1.1.1"), dst("10.1.1.1"),
-        Key(ExtType.KEY_ENCRYPT, bytes.fromhex("1122334455667788990011223344556677889900")),
-    ))]
+    return [
+        Message(
+            MsgType.DUMP,
+            SaType.ESP,
+            seq=1,
+            pid=4242,
+            reserved=1,
+            exts=(
+                Sa(10000, 0, SaState.MATURE, auth, EncAlg.X_AESGCM16, 0x40),
+                Sa2(Mode.ANY, 0, 0),
+                current(MAR5),
+                src("20.1.1.1"),
+                dst("10.1.1.1"),
+                Key(ExtType.KEY_ENCRYPT, bytes.fromhex("1122334455667788990011223344556677889900")),
+            ),
+        )
+    ]
 
 
 def sa_2(dialect: str) -> list[Message]:
-    return [Message(MsgType.DUMP, SaType.ESP, seq=1, pid=4242, reserved=0, exts=(
-        Sa(0x8A12C43D, 0, SaState.MATURE, AuthAlg.NONE, EncAlg.X_AESCBC, 0x40),
-        Sa2(Mode.TRANSPORT, 1, 16386),
-        current(MAR5, MAR5 + 8, 140, 1),
-        src("192.1.2.23"), dst("192.1.2.45"),
-        Key(ExtType.KEY_ENCRYPT, bytes.fromhex("0123456789abcdef0123456789abcdef")),
-    ))]
+    return [
+        Message(
+            MsgType.DUMP,
+            SaType.ESP,
+            seq=1,
+            pid=4242,
+            reserved=0,
+            exts=(
+                Sa(0x8A12C43D, 0, SaState.MATURE, AuthAlg.NONE, EncAlg.X_AESCBC, 0x40),
+                Sa2(Mode.TRANSPORT, 1, 16386),
+                current(MAR5, MAR5 + 8, 140, 1),
+                src("192.1.2.23"),
+                dst("192.1.2.45"),
+                Key(ExtType.KEY_ENCRYPT, bytes.fromhex("0123456789abcdef0123456789abcdef")),
+            ),
+        )
+    ]
 
 
 def sa_3(dialect: str) -> list[Message]:
-    return [Message(MsgType.DUMP, SaType.ESP, seq=0, pid=2301, reserved=1, exts=(
-        Sa(0x1001, 4, SaState.MATURE, AuthAlg.X_SHA2_512, EncAlg.X_AESCBC, 0x40),
-        Sa2(Mode.TRANSPORT, 0, 5),
-        Lifetime(ExtType.LIFETIME_HARD, addtime=3600),
-        Lifetime(ExtType.LIFETIME_SOFT, addtime=2880),
-        current(MAR5),
-        src("192.0.2.1"), dst("198.51.100.2"),
-        Key(ExtType.KEY_AUTH, bytes(range(64))),
-        Key(ExtType.KEY_ENCRYPT, bytes.fromhex("00112233445566778899aabbccddeeff")),
-    ))]
+    return [
+        Message(
+            MsgType.DUMP,
+            SaType.ESP,
+            seq=0,
+            pid=2301,
+            reserved=1,
+            exts=(
+                Sa(0x1001, 4, SaState.MATURE, AuthAlg.X_SHA2_512, EncAlg.X_AESCBC, 0x40),
+                Sa2(Mode.TRANSPORT, 0, 5),
+                Lifetime(ExtType.LIFETIME_HARD, addtime=3600),
+                Lifetime(ExtType.LIFETIME_SOFT, addtime=2880),
+                current(MAR5),
+                src("192.0.2.1"),
+                dst("198.51.100.2"),
+                Key(ExtType.KEY_AUTH, bytes(range(64))),
+                Key(ExtType.KEY_ENCRYPT, bytes.fromhex("00112233445566778899aabbccddeeff")),
+            ),
+        )
+    ]
 
 
 def sa_4(dialect: str) -> list[Message]:
-    ipcomp = Message(MsgType.DUMP, SaType.X_IPCOMP, seq=1, pid=4711, exts=(
-        Sa(30001, 0, SaState.MATURE, 0, CompAlg.DEFLATE, 0),
-        Sa2(Mode.TUNNEL, 0, 0),
-        current(FEB29),
-        src("10.0.0.1"), dst("10.0.0.2"),
-    ))
-    natt = Message(MsgType.DUMP, SaType.ESP, seq=0, pid=4711, exts=(
-        Sa(10000, 0, SaState.MATURE, AuthAlg.SHA1HMAC, EncAlg.DES3CBC, 0),
-        Sa2(Mode.TRANSPORT, 0, 0),
-        current(FEB29),
-        src("10.0.1.2"), dst("20.0.0.2"),
-        Key(ExtType.KEY_AUTH, b"this is the test key"),
-        Key(ExtType.KEY_ENCRYPT, b"kamekame12341234kame1234"),
-        NatTTypeExt(2), NatTPort(ExtType.X_NAT_T_SPORT, 4500), NatTPort(ExtType.X_NAT_T_DPORT, 4500),
-    ))
+    ipcomp = Message(
+        MsgType.DUMP,
+        SaType.X_IPCOMP,
+        seq=1,
+        pid=4711,
+        exts=(
+            Sa(30001, 0, SaState.MATURE, 0, CompAlg.DEFLATE, 0),
+            Sa2(Mode.TUNNEL, 0, 0),
+            current(FEB29),
+            src("10.0.0.1"),
+            dst("10.0.0.2"),
+        ),
+    )
+    natt = Message(
+        MsgType.DUMP,
+        SaType.ESP,
+        seq=0,
+        pid=4711,
+        exts=(
+            Sa(10000, 0, SaState.MATURE, AuthAlg.SHA1HMAC, EncAlg.DES3CBC, 0),
+            Sa2(Mode.TRANSPORT, 0, 0),
+            current(FEB29),
+            src("10.0.1.2"),
+            dst("20.0.0.2"),
+            Key(ExtType.KEY_AUTH, b"this is the test key"),
+            Key(ExtType.KEY_ENCRYPT, b"kamekame12341234kame1234"),
+            NatTTypeExt(2),
+            NatTPort(ExtType.X_NAT_T_SPORT, 4500),
+            NatTPort(ExtType.X_NAT_T_DPORT, 4500),
+        ),
+    )
     return [ipcomp, natt]
 
 
@@ -149,57 +195,126 @@ def policy(dialect: str, pol: Policy) -> Policy:
 
 
 def sp_1(dialect: str) -> list[Message]:
-    return [Message(MsgType.X_SPDDUMP, 0, seq=0, pid=4242, reserved=1, exts=(
-        src("10.1.1.1"), dst("20.1.1.1"),
-        policy(dialect, Policy(PolicyType.IPSEC, Direction.OUTBOUND, 1, 0, 0, (
-            IpsecRequest(ESP, Mode.TRANSPORT, Level.USE),))),
-    ))]
+    return [
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=0,
+            pid=4242,
+            reserved=1,
+            exts=(
+                src("10.1.1.1"),
+                dst("20.1.1.1"),
+                policy(
+                    dialect,
+                    Policy(
+                        PolicyType.IPSEC, Direction.OUTBOUND, 1, 0, 0, (IpsecRequest(ESP, Mode.TRANSPORT, Level.USE),)
+                    ),
+                ),
+            ),
+        )
+    ]
 
 
 def sp_2(dialect: str) -> list[Message]:
     # Linux encodes the direction in the low 3 bits of a policy id (in: 0).
     ids = (1, 3) if dialect == "freebsd" else (8, 16)
     return [
-        Message(MsgType.X_SPDDUMP, 0, seq=3, pid=4242, exts=(
-            selector(ExtType.ADDRESS_SRC, "192.1.2.45", 32, proto=4),
-            selector(ExtType.ADDRESS_DST, "192.1.2.23", 32, proto=4),
-            policy(dialect, Policy(PolicyType.IPSEC, Direction.INBOUND, ids[0], 0, 0, (
-                IpsecRequest(ESP, Mode.TRANSPORT, Level.UNIQUE, 16385),))),
-        )),
-        Message(MsgType.X_SPDDUMP, 0, seq=2, pid=4242, exts=(
-            selector(ExtType.ADDRESS_SRC, "192.1.2.45", 32, proto=41),
-            selector(ExtType.ADDRESS_DST, "192.1.2.23", 32, proto=41),
-            policy(dialect, Policy(PolicyType.DISCARD, Direction.INBOUND, ids[1])),
-        )),
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=3,
+            pid=4242,
+            exts=(
+                selector(ExtType.ADDRESS_SRC, "192.1.2.45", 32, proto=4),
+                selector(ExtType.ADDRESS_DST, "192.1.2.23", 32, proto=4),
+                policy(
+                    dialect,
+                    Policy(
+                        PolicyType.IPSEC,
+                        Direction.INBOUND,
+                        ids[0],
+                        0,
+                        0,
+                        (IpsecRequest(ESP, Mode.TRANSPORT, Level.UNIQUE, 16385),),
+                    ),
+                ),
+            ),
+        ),
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=2,
+            pid=4242,
+            exts=(
+                selector(ExtType.ADDRESS_SRC, "192.1.2.45", 32, proto=41),
+                selector(ExtType.ADDRESS_DST, "192.1.2.23", 32, proto=41),
+                policy(dialect, Policy(PolicyType.DISCARD, Direction.INBOUND, ids[1])),
+            ),
+        ),
     ]
 
 
 def sp_3(dialect: str) -> list[Message]:
     # ICMPv6 type 135 travels in the source port, code 0 in the destination port.
-    return [Message(MsgType.X_SPDDUMP, 0, seq=1, pid=872, reserved=1, exts=(
-        selector(ExtType.ADDRESS_SRC, "::", 0, 135, proto=58),
-        selector(ExtType.ADDRESS_DST, "::", 0, 0, proto=58),
-        policy(dialect, Policy(PolicyType.NONE, Direction.OUTBOUND, 5 if dialect == "freebsd" else 9)),
-    ))]
+    return [
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=1,
+            pid=872,
+            reserved=1,
+            exts=(
+                selector(ExtType.ADDRESS_SRC, "::", 0, 135, proto=58),
+                selector(ExtType.ADDRESS_DST, "::", 0, 0, proto=58),
+                policy(dialect, Policy(PolicyType.NONE, Direction.OUTBOUND, 5 if dialect == "freebsd" else 9)),
+            ),
+        )
+    ]
 
 
 def sp_4(dialect: str) -> list[Message]:
     lifetimes = (Lifetime(ExtType.LIFETIME_HARD), Lifetime(ExtType.LIFETIME_SOFT), current(MAR5))
-    tunnel = IpsecRequest(ESP, Mode.TUNNEL, Level.REQUIRE, 0, SockAddr.parse("192.0.2.1"),
-                          SockAddr.parse("198.51.100.2"))
+    tunnel = IpsecRequest(
+        ESP, Mode.TUNNEL, Level.REQUIRE, 0, SockAddr.parse("192.0.2.1"), SockAddr.parse("198.51.100.2")
+    )
     return [
-        Message(MsgType.X_SPDDUMP, 0, seq=2, pid=2301, reserved=1, exts=(
-            selector(ExtType.ADDRESS_SRC, "10.1.0.0", 16), selector(ExtType.ADDRESS_DST, "10.2.0.0", 16),
-            *lifetimes,
-            policy(dialect, Policy(PolicyType.IPSEC, Direction.OUTBOUND, 1, 0x80000000, 0, (tunnel,))),
-        )),
-        Message(MsgType.X_SPDDUMP, 0, seq=1, pid=2301, reserved=1, exts=(
-            selector(ExtType.ADDRESS_SRC, "0.0.0.0", 0, 1701, proto=17),
-            selector(ExtType.ADDRESS_DST, "0.0.0.0", 0, 0, proto=17),
-            *lifetimes,
-            policy(dialect, Policy(PolicyType.IPSEC, Direction.INBOUND, 8, 0x80000000 - 10, 0, (
-                IpsecRequest(ESP, Mode.TRANSPORT, Level.UNIQUE, 7),))),
-        )),
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=2,
+            pid=2301,
+            reserved=1,
+            exts=(
+                selector(ExtType.ADDRESS_SRC, "10.1.0.0", 16),
+                selector(ExtType.ADDRESS_DST, "10.2.0.0", 16),
+                *lifetimes,
+                policy(dialect, Policy(PolicyType.IPSEC, Direction.OUTBOUND, 1, 0x80000000, 0, (tunnel,))),
+            ),
+        ),
+        Message(
+            MsgType.X_SPDDUMP,
+            0,
+            seq=1,
+            pid=2301,
+            reserved=1,
+            exts=(
+                selector(ExtType.ADDRESS_SRC, "0.0.0.0", 0, 1701, proto=17),
+                selector(ExtType.ADDRESS_DST, "0.0.0.0", 0, 0, proto=17),
+                *lifetimes,
+                policy(
+                    dialect,
+                    Policy(
+                        PolicyType.IPSEC,
+                        Direction.INBOUND,
+                        8,
+                        0x80000000 - 10,
+                        0,
+                        (IpsecRequest(ESP, Mode.TRANSPORT, Level.UNIQUE, 7),),
+                    ),
+                ),
+            ),
+        ),
     ]
 
 
@@ -339,18 +454,30 @@ def test_dead_sas_are_shown_only_with_a(dialect: str) -> None:
 def test_short_format() -> None:
     now = 1709632800 + 15 * 60 + 7  # minute 15, second 07
     base = sa_3("freebsd")[0]
-    sa3 = base.replace(exts=tuple(current(now - 55) if e.exttype == ExtType.LIFETIME_CURRENT else e
-                                  for e in base.exts))
-    dying_ah = Message(MsgType.DUMP, SaType.AH, exts=(
-        Sa(0x200, 0, SaState.DYING, AuthAlg.SHA1HMAC), Sa2(),
-        selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, proto=0), selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, proto=0),
-    ))
-    larval_ipcomp = Message(MsgType.DUMP, SaType.X_IPCOMP, exts=(
-        Sa(30001, 0, SaState.LARVAL, 0, CompAlg.DEFLATE), Sa2(),
-        Lifetime(ExtType.LIFETIME_HARD, addtime=7), Lifetime(ExtType.LIFETIME_SOFT, addtime=5), current(0),
-        selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, 500, proto=17),
-        selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, 4500, proto=17),
-    ))
+    sa3 = base.replace(exts=tuple(current(now - 55) if e.exttype == ExtType.LIFETIME_CURRENT else e for e in base.exts))
+    dying_ah = Message(
+        MsgType.DUMP,
+        SaType.AH,
+        exts=(
+            Sa(0x200, 0, SaState.DYING, AuthAlg.SHA1HMAC),
+            Sa2(),
+            selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, proto=0),
+            selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, proto=0),
+        ),
+    )
+    larval_ipcomp = Message(
+        MsgType.DUMP,
+        SaType.X_IPCOMP,
+        exts=(
+            Sa(30001, 0, SaState.LARVAL, 0, CompAlg.DEFLATE),
+            Sa2(),
+            Lifetime(ExtType.LIFETIME_HARD, addtime=7),
+            Lifetime(ExtType.LIFETIME_SOFT, addtime=5),
+            current(0),
+            selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, 500, proto=17),
+            selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, 4500, proto=17),
+        ),
+    )
     no_sa = Message(MsgType.DUMP, SaType.ESP)
     for dialect in DIALECTS:
         o = opts(dialect, short=True)
@@ -363,18 +490,19 @@ def test_ports_option_changes_only_the_linux_format() -> None:
     build, now = EXAMPLES["sa-3"]
     m = build("linux")[0]
     with_ports = render_reply(m, now, opts("linux", ports=True))
-    assert with_ports == golden("sa-3.linux.txt").replace("192.0.2.1 198.51.100.2 \n",
-                                                          "192.0.2.1[0] 198.51.100.2[0] \n")
+    assert with_ports == golden("sa-3.linux.txt").replace(
+        "192.0.2.1 198.51.100.2 \n", "192.0.2.1[0] 198.51.100.2[0] \n"
+    )
     assert render_reply(m, now, opts("freebsd", ports=True)) == golden("sa-3.freebsd.txt")
     # NAT-T: the sockaddr port, then the NAT-T port, as ipsec-tools prints them
     natt = sa_4("linux")[1]
-    natt = natt.replace(exts=tuple(src("10.0.1.2", 4500) if e.exttype == ExtType.ADDRESS_SRC else e
-                                   for e in natt.exts))
+    natt = natt.replace(exts=tuple(src("10.0.1.2", 4500) if e.exttype == ExtType.ADDRESS_SRC else e for e in natt.exts))
     first = render_reply(natt, FEB29 + 5, opts("linux", ports=True)).splitlines()[0]
     assert first == "10.0.1.2[4500][4500] 20.0.0.2[0][4500] "
     spd = render(sp_4("linux"), MAR5, opts("linux", ports=True))
-    assert spd == golden("sp-4.linux.txt").replace("esp/tunnel/192.0.2.1-198.51.100.2/require",
-                                                   "esp/tunnel/192.0.2.1[0]-198.51.100.2[0]/require")
+    assert spd == golden("sp-4.linux.txt").replace(
+        "esp/tunnel/192.0.2.1-198.51.100.2/require", "esp/tunnel/192.0.2.1[0]-198.51.100.2[0]/require"
+    )
     assert render(sp_4("freebsd"), MAR5, opts("freebsd", ports=True)) == golden("sp-4.freebsd.txt")
 
 
@@ -414,10 +542,16 @@ def test_large_replay_windows_come_from_the_sa_replay_extension() -> None:
 
 
 def test_ipv6_addresses_print_as_getnameinfo_does() -> None:
-    m = Message(MsgType.DUMP, SaType.ESP, exts=(
-        Sa(0x1000, 0, SaState.MATURE), Sa2(),
-        Address.host(ExtType.ADDRESS_SRC, "fe80::1%3"), Address.host(ExtType.ADDRESS_DST, "::ffff:192.0.2.1"),
-    ))
+    m = Message(
+        MsgType.DUMP,
+        SaType.ESP,
+        exts=(
+            Sa(0x1000, 0, SaState.MATURE),
+            Sa2(),
+            Address.host(ExtType.ADDRESS_SRC, "fe80::1%3"),
+            Address.host(ExtType.ADDRESS_DST, "::ffff:192.0.2.1"),
+        ),
+    )
     first = render_reply(m, 0, DumpOptions(dialect=Dialect.FREEBSD, ifname={3: "em0"}.get)).splitlines()[0]
     assert first == "fe80::1%em0 ::ffff:192.0.2.1"
     first = render_reply(m, 0, opts("freebsd")).splitlines()[0]
@@ -426,17 +560,27 @@ def test_ipv6_addresses_print_as_getnameinfo_does() -> None:
     assert render_reply(m, 0, opts("linux")).splitlines()[0] == "2001:db8::1:0:0:1 ::192.0.2.1 "
 
 
-@pytest.mark.parametrize(("address", "freebsd", "linux"), [
-    ("fe80::1%3", "fe80::1%em0", "fe80::1%em0"),  # link-local: the interface's name
-    ("ff02::1%3", "ff02::1%em0", "ff02::1%em0"),  # link-local multicast
-    ("ff01::1%3", "ff01::1%em0", "ff01::1%3"),  # interface-local multicast: only FreeBSD names it
-    ("fec0::1%3", "fec0::1%3", "fec0::1%3"),  # other scoped addresses: the number
-    ("fe80::1%9", "fe80::1%9", "fe80::1%9"),  # no interface has that index
-])
+@pytest.mark.parametrize(
+    ("address", "freebsd", "linux"),
+    [
+        ("fe80::1%3", "fe80::1%em0", "fe80::1%em0"),  # link-local: the interface's name
+        ("ff02::1%3", "ff02::1%em0", "ff02::1%em0"),  # link-local multicast
+        ("ff01::1%3", "ff01::1%em0", "ff01::1%3"),  # interface-local multicast: only FreeBSD names it
+        ("fec0::1%3", "fec0::1%3", "fec0::1%3"),  # other scoped addresses: the number
+        ("fe80::1%9", "fe80::1%9", "fe80::1%9"),  # no interface has that index
+    ],
+)
 def test_a_zone_prints_as_getnameinfo_prints_it(address: str, freebsd: str, linux: str) -> None:
-    m = Message(MsgType.DUMP, SaType.ESP, exts=(
-        Sa(0x1000, 0, SaState.MATURE), Sa2(), Address.host(ExtType.ADDRESS_SRC, address),
-        Address.host(ExtType.ADDRESS_DST, "fe80::2%3")))
+    m = Message(
+        MsgType.DUMP,
+        SaType.ESP,
+        exts=(
+            Sa(0x1000, 0, SaState.MATURE),
+            Sa2(),
+            Address.host(ExtType.ADDRESS_SRC, address),
+            Address.host(ExtType.ADDRESS_DST, "fe80::2%3"),
+        ),
+    )
     for dialect, expected in ((Dialect.FREEBSD, freebsd), (Dialect.LINUX, linux)):
         first = render_reply(m, 0, DumpOptions(dialect=dialect, ifname={3: "em0"}.get)).splitlines()[0]
         assert first.split()[0] == expected, dialect
@@ -463,21 +607,33 @@ def test_policy_oddities() -> None:
     assert render_reply(sock, 0, opts("linux")).startswith("(per-socket policy) \n\tout ipsec\n")
     bare = sp1.replace(exts=(replace(pol, scope=1),))
     assert render_reply(bare, 0, opts("freebsd")).startswith(
-        "(no selector, probably per-socket policy) \n\tout ipsec\n")
+        "(no selector, probably per-socket policy) \n\tout ipsec\n"
+    )
     bad = sp1.replace(exts=(*sp1.exts[:2], replace(pol, requests=(IpsecRequest(6, Mode.TRANSPORT, Level.USE),))))
     assert render_reply(bad, 0, opts("linux")).splitlines()[1] == "\tPolicy:[Invalid ipsec protocol]"
     assert bad.policy is not None
-    assert render_reply(bad.replace(exts=(*bad.exts[:2], replace(bad.policy, scope=1))), 0,
-                        opts("freebsd")).splitlines()[1] == "\t(null)"
+    assert (
+        render_reply(bad.replace(exts=(*bad.exts[:2], replace(bad.policy, scope=1))), 0, opts("freebsd")).splitlines()[
+            1
+        ]
+        == "\t(null)"
+    )
     fwd = sp1.replace(exts=(*sp1.exts[:2], replace(pol, dir=Direction.FWD, priority=0xC0000000 + 5)))
     assert render_reply(fwd, 0, opts("linux")).splitlines()[1] == "\tfwd prio low - 5 ipsec"
     high = sp1.replace(exts=(*sp1.exts[:2], replace(pol, priority=0x40000000)))
     assert render_reply(high, 0, opts("linux")).splitlines()[1] == "\tout prio high ipsec"
-    gre = sp1.replace(exts=(selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, 0, 47),
-                            selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, 1234, 47), pol))
+    gre = sp1.replace(
+        exts=(
+            selector(ExtType.ADDRESS_SRC, "10.0.0.1", 32, 0, 47),
+            selector(ExtType.ADDRESS_DST, "10.0.0.2", 32, 1234, 47),
+            pol,
+        )
+    )
     assert render_reply(gre, 0, opts("linux")).splitlines()[0] == "10.0.0.1 10.0.0.2 gre 1234"
-    assert render_reply(gre.replace(exts=(*gre.exts[:2], replace(pol, scope=1))), 0,
-                        opts("freebsd")).splitlines()[0] == "10.0.0.1[any] 10.0.0.2[1234] gre"
+    assert (
+        render_reply(gre.replace(exts=(*gre.exts[:2], replace(pol, scope=1))), 0, opts("freebsd")).splitlines()[0]
+        == "10.0.0.1[any] 10.0.0.2[1234] gre"
+    )
 
 
 def test_times_ctime_cannot_convert() -> None:
@@ -500,8 +656,12 @@ def test_json_lines_parse_back(dialect: str) -> None:
     assert sa["satype"] == "esp" and sa["spi"] == 0x1001 and sa["mode"] == "transport" and sa["reqid"] == 5
     assert sa["state"] == "mature" and sa["replay"] == 4 and sa["flags"] == 0x40
     assert sa["src"] == {"address": "192.0.2.1", "port": 0, "prefixlen": 32, "proto": 255}
-    assert sa["encryption"] == {"algorithm": "aes-cbc", "id": 12, "bits": 128,
-                                "key": "00112233445566778899aabbccddeeff"}
+    assert sa["encryption"] == {
+        "algorithm": "aes-cbc",
+        "id": 12,
+        "bits": 128,
+        "key": "00112233445566778899aabbccddeeff",
+    }
     assert sa["authentication"]["algorithm"] == "hmac-sha2-512"  # one name for both dialects
     assert bytes.fromhex(sa["authentication"]["key"]) == bytes(range(64))
     assert sa["compression"] is None and sa["nat_t"] is None and sa["sec_ctx"] is None
@@ -518,9 +678,16 @@ def test_json_lines_parse_back(dialect: str) -> None:
     assert out["type"] == "policy" and out["dir"] == "out" and out["action"] == "ipsec"
     assert out["priority"] == 0x80000000 and out["upper"] == 255
     assert out["src"] == {"address": "10.1.0.0", "port": 0, "prefixlen": 16, "proto": 255}
-    assert out["requests"] == [{"proto": "esp", "mode": "tunnel", "level": "require", "reqid": 0,
-                                "src": {"address": "192.0.2.1", "port": 0},
-                                "dst": {"address": "198.51.100.2", "port": 0}}]
+    assert out["requests"] == [
+        {
+            "proto": "esp",
+            "mode": "tunnel",
+            "level": "require",
+            "reqid": 0,
+            "src": {"address": "192.0.2.1", "port": 0},
+            "dst": {"address": "198.51.100.2", "port": 0},
+        }
+    ]
     assert into["requests"][0]["level"] == "unique" and into["requests"][0]["reqid"] == 7
     assert into["src"]["port"] == 1701 and into["upper"] == 17
     assert out["scope"] == ("global" if dialect == "freebsd" else None)
@@ -529,19 +696,53 @@ def test_json_lines_parse_back(dialect: str) -> None:
 
 def test_json_error_replies_and_schema_keys() -> None:
     err = json.loads(render_reply(Message(MsgType.ADD, 3, errno=errno.EEXIST, pid=9), 0, opts("linux", json=True)))
-    assert err == {"type": "error", "msg": {"type": "ADD", "satype": 3, "seq": 0, "pid": 9, "refcnt": 0},
-                   "errno": errno.EEXIST, "message": "File exists"}
+    assert err == {
+        "type": "error",
+        "msg": {"type": "ADD", "satype": 3, "seq": 0, "pid": 9, "refcnt": 0},
+        "errno": errno.EEXIST,
+        "message": "File exists",
+    }
     sa = dump.to_json(sa_1("freebsd")[0], opts("freebsd"))
     assert sa is not None
-    assert list(sa) == ["type", "msg", "satype", "src", "dst", "spi", "mode", "reqid", "sequence", "replay",
-                        "state", "flags", "encryption", "authentication", "compression", "nat_t", "lifetime",
-                        "sec_ctx"]
+    assert list(sa) == [
+        "type",
+        "msg",
+        "satype",
+        "src",
+        "dst",
+        "spi",
+        "mode",
+        "reqid",
+        "sequence",
+        "replay",
+        "state",
+        "flags",
+        "encryption",
+        "authentication",
+        "compression",
+        "nat_t",
+        "lifetime",
+        "sec_ctx",
+    ]
     # AES-GCM's implied GMAC id has no setkey name and no key
     assert sa["authentication"] == {"algorithm": None, "id": 11}
     pol = dump.to_json(sp_1("freebsd")[0], opts("freebsd"))
     assert pol is not None
-    assert list(pol) == ["type", "msg", "id", "src", "dst", "upper", "dir", "action", "priority", "scope",
-                         "requests", "lifetime", "sec_ctx"]
+    assert list(pol) == [
+        "type",
+        "msg",
+        "id",
+        "src",
+        "dst",
+        "upper",
+        "dir",
+        "action",
+        "priority",
+        "scope",
+        "requests",
+        "lifetime",
+        "sec_ctx",
+    ]
     assert dump.to_json(Message(MsgType.X_SPDADD), opts("freebsd")) is None
 
 
@@ -557,8 +758,8 @@ def test_hexdump() -> None:
     data = capture("linux-setkey-spdadd.hex")
     assert_golden(dump.hexdump(data), "hexdump-spdadd.txt")
     assert dump.hexdump(data[:24]) == (
-        "00000000: 02 0e 00 00 0c 00 00 00 00 00 00 00 55 34 00 00 \n"
-        "00000010: 04 00 12 00 02 00 02 00 \n")
+        "00000000: 02 0e 00 00 0c 00 00 00 00 00 00 00 55 34 00 00 \n00000010: 04 00 12 00 02 00 02 00 \n"
+    )
     assert dump.hexdump(b"") == ""
 
 
@@ -581,7 +782,8 @@ def test_kdebug_stops_at_what_kdebug_sadb_cannot_print() -> None:
     bogus = bytearray(encode(sp_1("freebsd")[0], "freebsd"))
     bogus[16 + 2] = 25  # ADDRESS_SRC relabelled NAT_T_FRAG, which kdebug_sadb does not print
     assert dump.kdebug(bytes(bogus), "freebsd").endswith(
-        "sadb_ext{ len=3 type=25(NAT_T_FRAG) }\nkdebug_sadb: invalid ext_type 25\n")
+        "sadb_ext{ len=3 type=25(NAT_T_FRAG) }\nkdebug_sadb: invalid ext_type 25\n"
+    )
 
 
 def test_promiscuous_blocks() -> None:
@@ -596,10 +798,10 @@ def test_promiscuous_blocks() -> None:
     odd = wrapper[:4] + (3).to_bytes(2, "little") + wrapper[6:] + bytes(8)
     block = dump.promisc_block(odd, "freebsd", sec=MAR5, usec=42)
     assert block.startswith("10:15:02.000042 \nsadb_msg{ version=2 type=11(X_PROMISC) ")
-    block = dump.promisc_block(capture("linux-setkey-spdadd.hex"), "linux", sec=MAR5, usec=7,
-                               utcoffset=3600, with_hex=True)
-    assert block == ("11:15:02.000007 \n" + golden("hexdump-spdadd.txt") + golden("kdebug-spdadd.linux.txt")
-                     + "\n")
+    block = dump.promisc_block(
+        capture("linux-setkey-spdadd.hex"), "linux", sec=MAR5, usec=7, utcoffset=3600, with_hex=True
+    )
+    assert block == ("11:15:02.000007 \n" + golden("hexdump-spdadd.txt") + golden("kdebug-spdadd.linux.txt") + "\n")
 
 
 def test_protocols_file_parser() -> None:

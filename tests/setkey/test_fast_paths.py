@@ -44,8 +44,11 @@ def _same_ip(text: str) -> None:
     assert found == expected and str(found) == str(expected), text
 
 
-octets = st.one_of(st.integers(0, 255).map(str), st.integers(0, 999).map(lambda n: f"{n:03d}"),
-                   st.sampled_from(["", "256", "1000", "-1", "+1", "0x1", " 1", "1 ", "\u0661", "1_0", "01", "00"]))
+octets = st.one_of(
+    st.integers(0, 255).map(str),
+    st.integers(0, 999).map(lambda n: f"{n:03d}"),
+    st.sampled_from(["", "256", "1000", "-1", "+1", "0x1", " 1", "1 ", "\u0661", "1_0", "01", "00"]),
+)
 
 
 @settings(max_examples=2000)
@@ -60,23 +63,72 @@ def test_any_text_reads_as_ipaddress_reads_it(text: str) -> None:
     _same_ip(text)
 
 
-@pytest.mark.parametrize("text", [
-    "0.0.0.0", "255.255.255.255", "10.0.0.1", "192.0.2.1\n", "1.2.3", "1.2.3.4.5", "1.2.3.04", "::1",
-    "fe80::1%em0", "::ffff:10.0.0.1", "10.0.0.1%em0", "", "unique", "1.2.3.4 ",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0.0.0.0",
+        "255.255.255.255",
+        "10.0.0.1",
+        "192.0.2.1\n",
+        "1.2.3",
+        "1.2.3.4.5",
+        "1.2.3.04",
+        "::1",
+        "fe80::1%em0",
+        "::ffff:10.0.0.1",
+        "10.0.0.1%em0",
+        "",
+        "unique",
+        "1.2.3.4 ",
+    ],
+)
 def test_edge_addresses_read_as_ipaddress_reads_them(text: str) -> None:
     _same_ip(text)
 
 
 # ------------------------------------------------------------------ the lexer
 
-_FRAGMENTS = [" ", "\t", "\n", "# c ", "#", '"', '"a;b"', "-P", "-Pout", " in ", "unique#3", "unique:4", ";", "/",
-              "[", "]", "add", "10.0.0.1", "0x1f", "1,2", ",", "-m", "-4n", "!", "+", ".", "_", "%", "::1", "x"]
+_FRAGMENTS = [
+    " ",
+    "\t",
+    "\n",
+    "# c ",
+    "#",
+    '"',
+    '"a;b"',
+    "-P",
+    "-Pout",
+    " in ",
+    "unique#3",
+    "unique:4",
+    ";",
+    "/",
+    "[",
+    "]",
+    "add",
+    "10.0.0.1",
+    "0x1f",
+    "1,2",
+    ",",
+    "-m",
+    "-4n",
+    "!",
+    "+",
+    ".",
+    "_",
+    "%",
+    "::1",
+    "x",
+]
 
 
 @settings(max_examples=1500)
-@given(st.one_of(st.lists(st.sampled_from(_FRAGMENTS), max_size=16).map("".join),
-                 st.text(alphabet=' \t\n#"-P;/[]aeu0123x,:%.+_!', max_size=40)))
+@given(
+    st.one_of(
+        st.lists(st.sampled_from(_FRAGMENTS), max_size=16).map("".join),
+        st.text(alphabet=' \t\n#"-P;/[]aeu0123x,:%.+_!', max_size=40),
+    )
+)
 def test_lexer_cuts_text_as_the_plain_one(text: str) -> None:
     # the possessive blanks change no cut: the same pattern with plain quantifiers agrees
     lexeme = setkey_lexemes().commented
@@ -86,8 +138,12 @@ def test_lexer_cuts_text_as_the_plain_one(text: str) -> None:
 
 
 @settings(max_examples=1500)
-@given(st.one_of(st.lists(st.sampled_from([f for f in _FRAGMENTS if "#" not in f]), max_size=16).map("".join),
-                 st.text(alphabet=' \t\n"-P;/[]aeu0123x,:%.+_!', max_size=40)))
+@given(
+    st.one_of(
+        st.lists(st.sampled_from([f for f in _FRAGMENTS if "#" not in f]), max_size=16).map("".join),
+        st.text(alphabet=' \t\n"-P;/[]aeu0123x,:%.+_!', max_size=40),
+    )
+)
 def test_lexer_for_texts_without_comments_cuts_them_as_the_plain_one(text: str) -> None:
     assert setkey_lexemes().uncommented.split(text) == setkey_lexemes().commented.split(text)
 
@@ -95,7 +151,8 @@ def test_lexer_for_texts_without_comments_cuts_them_as_the_plain_one(text: str) 
 @settings(max_examples=300)
 @given(st.lists(commands, min_size=1, max_size=6), st.sampled_from([" ", "\n", "\n\n\t "]))
 def test_statements_of_a_text_without_quotes_and_comments_are_placed_as_in_any_text(
-        cmds: list[Command], joint: str) -> None:
+    cmds: list[Command], joint: str
+) -> None:
     text = joint.join(format(c) for c in cmds)
     found = fast_setkey_parser().parse(text)
     # a comment at the end: the statements are found and placed the general way
@@ -114,8 +171,10 @@ def _sa(text: str) -> SockAddr:
 _ADDRESSES = [_sa("10.0.0.1"), _sa("10.0.0.2"), _sa("2001:db8::1"), _sa("2001:db8::2")]
 
 
-@given(st.lists(st.sampled_from(_ADDRESSES), min_size=1, max_size=3),
-       st.lists(st.sampled_from(_ADDRESSES), min_size=1, max_size=3))
+@given(
+    st.lists(st.sampled_from(_ADDRESSES), min_size=1, max_size=3),
+    st.lists(st.sampled_from(_ADDRESSES), min_size=1, max_size=3),
+)
 def test_one_address_shortcuts_agree_with_the_loops(src: list[SockAddr], dst: list[SockAddr]) -> None:
     pairs = [(s, d) for s in src for d in dst if s.version == d.version]
     assert build_module._pairs(tuple(src), tuple(dst)) == pairs
@@ -166,8 +225,13 @@ def _run(dialect: Dialect) -> tuple[list[str], list[bytes | str]]:
 @pytest.mark.parametrize("dialect", list(Dialect))
 def test_memoised_parts_give_what_the_functions_give(dialect: Dialect, monkeypatch: pytest.MonkeyPatch) -> None:
     memoised = _run(dialect)
-    for module, name in [(build_module, "_sa_parts"), (build_module, "_policies"), (check_module, "_sa_problems"),
-                         (check_module, "_policy_problems"), (check_module, "_proto_problems")]:
+    for module, name in [
+        (build_module, "_sa_parts"),
+        (build_module, "_policies"),
+        (check_module, "_sa_problems"),
+        (check_module, "_policy_problems"),
+        (check_module, "_proto_problems"),
+    ]:
         monkeypatch.setattr(module, name, getattr(module, name).__wrapped__)
     assert _run(dialect) == memoised
     assert len([d for d in memoised[1] if isinstance(d, bytes)]) >= 18 and memoised[0]

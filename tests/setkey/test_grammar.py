@@ -68,8 +68,7 @@ def one(text: str) -> object:
 @pytest.mark.parametrize("name", ["setkey.lark", "policy.lark"])
 def test_grammar_builds_lalr_contextual_strict_from_the_package(name: str) -> None:
     start = "policy" if name == "policy.lark" else "start"
-    lark = Lark.open_from_package("setkey.grammar", name, parser="lalr", lexer="contextual", strict=True,
-                                  start=start)
+    lark = Lark.open_from_package("setkey.grammar", name, parser="lalr", lexer="contextual", strict=True, start=start)
     assert lark.options.parser == "lalr"
     assert lark.options.lexer == "contextual"
     assert lark.options.strict
@@ -100,27 +99,52 @@ def test_cached_grammars_carry_their_transformers() -> None:
 def test_add_with_every_option() -> None:
     text = (
         "add -4n 10.0.0.1 10.0.0.2 esp 0x1000 -m tunnel -u 7 -r 4 -f random-pad -f nocyclic-seq\n"
-        "  -lh 3600 -ls 2880 -bh 100000 -bs 90000 -ctx 1 2 \"user_u:role_r:type_t\"\n"
-        f"  -natt 10.0.0.1 [4500] 10.0.0.2[4501] -natt_mtu 1200 -esn -hwif em0 -E aes-cbc {KEY16} -A hmac-sha1 \"01234567890123456789\";"
+        '  -lh 3600 -ls 2880 -bh 100000 -bs 90000 -ctx 1 2 "user_u:role_r:type_t"\n'
+        f'  -natt 10.0.0.1 [4500] 10.0.0.2[4501] -natt_mtu 1200 -esn -hwif em0 -E aes-cbc {KEY16} -A hmac-sha1 "01234567890123456789";'
     )
     cmd = one(text)
     assert cmd == Add(
-        flags=AddrFlags(4, True), src=Host("10.0.0.1"), dst=Host("10.0.0.2"), proto=Proto.ESP, spi=0x1000,
-        options=SaOptions(mode=Mode.TUNNEL, reqid=7, replay=4, pad=SaFlag.X_EXT_PRAND, cyclic_seq=False,
-                          lifetime_hard=3600, lifetime_soft=2880, bytes_hard=100000, bytes_soft=90000,
-                          context=SecContext(1, 2, "user_u:role_r:type_t"),
-                          natt=NatT(Host("10.0.0.1"), 4500, Host("10.0.0.2"), 4501), natt_mtu=1200, esn=True,
-                          hwif="em0"),
-        algorithms=Algorithms(encrypt=AlgSpec("aes-cbc", bytes.fromhex(KEY16[2:])),
-                              auth=AlgSpec("hmac-sha1", b"01234567890123456789")),
+        flags=AddrFlags(4, True),
+        src=Host("10.0.0.1"),
+        dst=Host("10.0.0.2"),
+        proto=Proto.ESP,
+        spi=0x1000,
+        options=SaOptions(
+            mode=Mode.TUNNEL,
+            reqid=7,
+            replay=4,
+            pad=SaFlag.X_EXT_PRAND,
+            cyclic_seq=False,
+            lifetime_hard=3600,
+            lifetime_soft=2880,
+            bytes_hard=100000,
+            bytes_soft=90000,
+            context=SecContext(1, 2, "user_u:role_r:type_t"),
+            natt=NatT(Host("10.0.0.1"), 4500, Host("10.0.0.2"), 4501),
+            natt_mtu=1200,
+            esn=True,
+            hwif="em0",
+        ),
+        algorithms=Algorithms(
+            encrypt=AlgSpec("aes-cbc", bytes.fromhex(KEY16[2:])), auth=AlgSpec("hmac-sha1", b"01234567890123456789")
+        ),
     )
     assert (cmd.line, cmd.column) == (1, 1)
 
 
-@pytest.mark.parametrize(("word", "proto"), [
-    ("esp", Proto.ESP), ("esp-old", Proto.ESP_OLD), ("ah", Proto.AH), ("ah-old", Proto.AH_OLD),
-    ("ipcomp", Proto.IPCOMP), ("tcp", Proto.TCP), ("esp-udp", Proto.ESP_UDP), ("", Proto.UNSPEC),
-])
+@pytest.mark.parametrize(
+    ("word", "proto"),
+    [
+        ("esp", Proto.ESP),
+        ("esp-old", Proto.ESP_OLD),
+        ("ah", Proto.AH),
+        ("ah-old", Proto.AH_OLD),
+        ("ipcomp", Proto.IPCOMP),
+        ("tcp", Proto.TCP),
+        ("esp-udp", Proto.ESP_UDP),
+        ("", Proto.UNSPEC),
+    ],
+)
 def test_every_protocol_word(word: str, proto: Proto) -> None:
     cmd = one(f"get 10.0.0.1 10.0.0.2 {word} 4096;")
     assert isinstance(cmd, Get)
@@ -155,8 +179,20 @@ def test_update_getspi_get_delete_deleteall_flush_dump_exit() -> None:
         exit; quit; bye;
     """
     # (parse stops at the first exit; the grammar knows all three spellings)
-    assert [type(c) for c in fast_setkey_parser().parse(text)] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush,
-                                                             Dump, Dump, Exit, Exit, Exit]
+    assert [type(c) for c in fast_setkey_parser().parse(text)] == [
+        Update,
+        GetSpi,
+        Get,
+        Delete,
+        DeleteAll,
+        Flush,
+        Flush,
+        Dump,
+        Dump,
+        Exit,
+        Exit,
+        Exit,
+    ]
     commands = parse(text)
     assert [type(c) for c in commands] == [Update, GetSpi, Get, Delete, DeleteAll, Flush, Flush, Dump, Dump, Exit]
     deleteall = commands[4]
@@ -165,21 +201,28 @@ def test_update_getspi_get_delete_deleteall_flush_dump_exit() -> None:
     assert commands[8] == Dump(proto=Proto.IPCOMP)
 
 
-@pytest.mark.parametrize(("text", "algorithms"), [
-    (f"-E aes-cbc {KEY16}", Algorithms(encrypt=AlgSpec("aes-cbc", bytes.fromhex(KEY16[2:])))),
-    ("-E null", Algorithms(encrypt=AlgSpec("null"))),
-    ('-E null ""', Algorithms(encrypt=AlgSpec("null", b""))),
-    ("-E simple", Algorithms(encrypt=AlgSpec("simple"))),
-    ("-E des-deriv 0x123", Algorithms(encrypt=AlgSpec("des-deriv", b"\x01\x23"))),
-    (f"-E 3des-cbc {KEY16}{KEY16[2:18]} -A hmac-md5 {KEY16}",
-     Algorithms(encrypt=AlgSpec("3des-cbc", bytes.fromhex(KEY16[2:] + KEY16[2:18])),
-                auth=AlgSpec("hmac-md5", bytes.fromhex(KEY16[2:])))),
-    ("-A null", Algorithms(auth=AlgSpec("null"))),
-    ('-A tcp-md5 "TCP-MD5 BGP secret"', Algorithms(auth=AlgSpec("tcp-md5", b"TCP-MD5 BGP secret"))),
-    ("-C deflate", Algorithms(compress=AlgSpec("deflate"))),
-    ("-C oui -R", Algorithms(compress=AlgSpec("oui"), rawcpi=True)),
-    ("-C lzs", Algorithms(compress=AlgSpec("lzs"))),
-])
+@pytest.mark.parametrize(
+    ("text", "algorithms"),
+    [
+        (f"-E aes-cbc {KEY16}", Algorithms(encrypt=AlgSpec("aes-cbc", bytes.fromhex(KEY16[2:])))),
+        ("-E null", Algorithms(encrypt=AlgSpec("null"))),
+        ('-E null ""', Algorithms(encrypt=AlgSpec("null", b""))),
+        ("-E simple", Algorithms(encrypt=AlgSpec("simple"))),
+        ("-E des-deriv 0x123", Algorithms(encrypt=AlgSpec("des-deriv", b"\x01\x23"))),
+        (
+            f"-E 3des-cbc {KEY16}{KEY16[2:18]} -A hmac-md5 {KEY16}",
+            Algorithms(
+                encrypt=AlgSpec("3des-cbc", bytes.fromhex(KEY16[2:] + KEY16[2:18])),
+                auth=AlgSpec("hmac-md5", bytes.fromhex(KEY16[2:])),
+            ),
+        ),
+        ("-A null", Algorithms(auth=AlgSpec("null"))),
+        ('-A tcp-md5 "TCP-MD5 BGP secret"', Algorithms(auth=AlgSpec("tcp-md5", b"TCP-MD5 BGP secret"))),
+        ("-C deflate", Algorithms(compress=AlgSpec("deflate"))),
+        ("-C oui -R", Algorithms(compress=AlgSpec("oui"), rawcpi=True)),
+        ("-C lzs", Algorithms(compress=AlgSpec("lzs"))),
+    ],
+)
 def test_algorithm_specifications(text: str, algorithms: Algorithms) -> None:
     cmd = one(f"add 10.0.0.1 10.0.0.2 esp 0x1000 {text};")
     assert isinstance(cmd, Add)
@@ -192,10 +235,18 @@ def test_flags_fold_as_setkey_folds_them() -> None:
     assert cmd.options == SaOptions(mode=Mode.ANY, reqid=2, pad=SaFlag.X_EXT_PZERO | SaFlag.X_EXT_PRAND)
 
 
-@pytest.mark.parametrize(("flags", "value"), [
-    ("-4", AddrFlags(4)), ("-6", AddrFlags(6)), ("-n", AddrFlags(0, True)), ("-4n", AddrFlags(4, True)),
-    ("-6 -4", AddrFlags(4)), ("-46n", AddrFlags(6, True)), ("", NO_FLAGS),
-])
+@pytest.mark.parametrize(
+    ("flags", "value"),
+    [
+        ("-4", AddrFlags(4)),
+        ("-6", AddrFlags(6)),
+        ("-n", AddrFlags(0, True)),
+        ("-4n", AddrFlags(4, True)),
+        ("-6 -4", AddrFlags(4)),
+        ("-46n", AddrFlags(6, True)),
+        ("", NO_FLAGS),
+    ],
+)
 def test_address_flags(flags: str, value: AddrFlags) -> None:
     cmd = one(f"spdadd {flags} 10.0.0.1 10.0.0.2 any -P out none;")
     assert isinstance(cmd, SpdAdd)
@@ -206,22 +257,53 @@ def test_address_flags(flags: str, value: AddrFlags) -> None:
 
 
 def test_spdadd_selectors_upper_layer_and_policy() -> None:
-    cmd = one("spdadd 10.0.11.41/32[21] 10.0.11.33/32[any] tcp -P out ipsec esp/tunnel/192.168.0.1-192.168.1.2/require;")
+    cmd = one(
+        "spdadd 10.0.11.41/32[21] 10.0.11.33/32[any] tcp -P out ipsec esp/tunnel/192.168.0.1-192.168.1.2/require;"
+    )
     assert cmd == SpdAdd(
-        src=Host("10.0.11.41", 21, 32), dst=Host("10.0.11.33", 0, 32), upper=IpProto.TCP,
-        policy=Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (
-            Request(IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0,
-                    Endpoints(ip_address("192.168.0.1"), ip_address("192.168.1.2"))),)),
+        src=Host("10.0.11.41", 21, 32),
+        dst=Host("10.0.11.33", 0, 32),
+        upper=IpProto.TCP,
+        policy=Policy(
+            Direction.OUTBOUND,
+            PolicyType.IPSEC,
+            None,
+            (
+                Request(
+                    IpProto.ESP,
+                    Mode.TUNNEL,
+                    Level.REQUIRE,
+                    0,
+                    Endpoints(ip_address("192.168.0.1"), ip_address("192.168.1.2")),
+                ),
+            ),
+        ),
     )
 
 
-@pytest.mark.parametrize(("upper", "number", "ports"), [
-    ("any", 255, None), ("6", 6, None), ("udp", 17, None), ("icmp", 1, None), ("icmp6", 58, None),
-    ("ipv6-icmp", 58, None), ("ip4", 4, None), ("gre", 47, None), ("esp", 50, None), ("ah", 51, None),
-    ("icmp6 135,0", 58, (135, 0)), ("icmp6 135", 58, (135, 0)), ("icmp 8,0", 1, (8, 0)),
-    ("mh 5,1", 135, (5, 1)), ("gre 0.0.4.210", 47, (0, 1234)), ("gre 1234", 47, (0, 1234)),
-    ("gre 65537", 47, (1, 1)), ("UDP", 17, None),
-])
+@pytest.mark.parametrize(
+    ("upper", "number", "ports"),
+    [
+        ("any", 255, None),
+        ("6", 6, None),
+        ("udp", 17, None),
+        ("icmp", 1, None),
+        ("icmp6", 58, None),
+        ("ipv6-icmp", 58, None),
+        ("ip4", 4, None),
+        ("gre", 47, None),
+        ("esp", 50, None),
+        ("ah", 51, None),
+        ("icmp6 135,0", 58, (135, 0)),
+        ("icmp6 135", 58, (135, 0)),
+        ("icmp 8,0", 1, (8, 0)),
+        ("mh 5,1", 135, (5, 1)),
+        ("gre 0.0.4.210", 47, (0, 1234)),
+        ("gre 1234", 47, (0, 1234)),
+        ("gre 65537", 47, (1, 1)),
+        ("UDP", 17, None),
+    ],
+)
 def test_upper_layer_protocols(upper: str, number: int, ports: tuple[int, int] | None) -> None:
     cmd = one(f"spdadd ::/0 ::/0 {upper} -P in none;")
     assert isinstance(cmd, SpdAdd)
@@ -238,13 +320,17 @@ def test_spdupdate_spddelete_tagged_flush_dump() -> None:
     """)
     assert [type(c) for c in commands] == [SpdUpdate, SpdDelete, SpdTagged, SpdTagged, SpdFlush, SpdDump]
     assert isinstance(commands[1], SpdUpdate | SpdDelete) and commands[1].policy == Policy(Direction.OUTBOUND)
-    assert commands[2] == SpdTagged(keyword="spdadd", tag="web", policy=parse_policy("out ipsec esp/transport//require"))
+    assert commands[2] == SpdTagged(
+        keyword="spdadd", tag="web", policy=parse_policy("out ipsec esp/transport//require")
+    )
     assert commands[3] == SpdTagged(keyword="spdupdate", tag="web", policy=Policy(Direction.OUTBOUND, PolicyType.NONE))
 
 
 def test_spd_context() -> None:
-    cmd = one('spdadd 10.0.11.41 10.0.11.33 any -ctx 1 1 "system_u:system_r:unconfined_t:SystemLow-SystemHigh"'
-              " -P out ipsec esp/transport//require;")
+    cmd = one(
+        'spdadd 10.0.11.41 10.0.11.33 any -ctx 1 1 "system_u:system_r:unconfined_t:SystemLow-SystemHigh"'
+        " -P out ipsec esp/transport//require;"
+    )
     assert isinstance(cmd, SpdAdd)
     assert cmd.context == SecContext(1, 1, "system_u:system_r:unconfined_t:SystemLow-SystemHigh")
 
@@ -252,54 +338,160 @@ def test_spd_context() -> None:
 # ------------------------------------------------------------------ policies
 
 
-@pytest.mark.parametrize(("text", "policy"), [
-    ("out", Policy(Direction.OUTBOUND)),
-    ("in discard", Policy(Direction.INBOUND, PolicyType.DISCARD)),
-    ("out none", Policy(Direction.OUTBOUND, PolicyType.NONE)),
-    ("out entrust", Policy(Direction.OUTBOUND, PolicyType.ENTRUST)),
-    ("out bypass", Policy(Direction.OUTBOUND, PolicyType.BYPASS)),
-    ("fwd ipsec esp/transport", Policy(Direction.FWD, PolicyType.IPSEC, None,
-                                       (Request(IpProto.ESP, Mode.TRANSPORT),))),
-    ("out ipsec esp/transport/", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                        (Request(IpProto.ESP, Mode.TRANSPORT),))),
-    ("out ipsec esp/transport//use", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                            (Request(IpProto.ESP, Mode.TRANSPORT, Level.USE),))),
-    ("out ipsec ah/transport//default", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                               (Request(IpProto.AH, Mode.TRANSPORT),))),
-    ("out ipsec ipcomp/transport//unique", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                                  (Request(IpProto.IPCOMP, Mode.TRANSPORT, Level.UNIQUE),))),
-    ("out ipsec tcp/transport//unique:9", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                                 (Request(IpProto.TCP, Mode.TRANSPORT, Level.UNIQUE, 9),))),
-    ("out ipsec esp/transport//unique#16385", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None,
-                                                     (Request(IpProto.ESP, Mode.TRANSPORT, Level.UNIQUE, 16385),))),
-    ("out ipsec esp/tunnel/10.0.0.1-10.0.0.2", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (
-        Request(IpProto.ESP, Mode.TUNNEL, endpoints=Endpoints(ip_address("10.0.0.1"), ip_address("10.0.0.2"))),))),
-    ("out ipsec esp/tunnel/10.0.0.1-10.0.0.2/", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (
-        Request(IpProto.ESP, Mode.TUNNEL, endpoints=Endpoints(ip_address("10.0.0.1"), ip_address("10.0.0.2"))),))),
-    ("out ipsec esp/tunnel/192.168.0.1[4500]-192.168.1.2[30000]/require", Policy(
-        Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0, Endpoints(
-            ip_address("192.168.0.1"), ip_address("192.168.1.2"), 4500, 30000)),))),
-    ("out ipsec esp/tunnel/fe80::1%em0-fe80::2%em0/require", Policy(
-        Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TUNNEL, Level.REQUIRE, 0, Endpoints(
-            ip_address("fe80::1%em0"), ip_address("fe80::2%em0"))),))),
-    ("out ipsec esp/transport/me-any/require", Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (
-        Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE, anchor="me-any"),))),
-    ("in ipsec esp/transport/any-me/require", Policy(Direction.INBOUND, PolicyType.IPSEC, None, (
-        Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE, anchor="any-me"),))),
-    ("out ipsec esp/transport//require ah/transport//require", Policy(
-        Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),
-                                                     Request(IpProto.AH, Mode.TRANSPORT, Level.REQUIRE)))),
-])
+@pytest.mark.parametrize(
+    ("text", "policy"),
+    [
+        ("out", Policy(Direction.OUTBOUND)),
+        ("in discard", Policy(Direction.INBOUND, PolicyType.DISCARD)),
+        ("out none", Policy(Direction.OUTBOUND, PolicyType.NONE)),
+        ("out entrust", Policy(Direction.OUTBOUND, PolicyType.ENTRUST)),
+        ("out bypass", Policy(Direction.OUTBOUND, PolicyType.BYPASS)),
+        (
+            "fwd ipsec esp/transport",
+            Policy(Direction.FWD, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TRANSPORT),)),
+        ),
+        (
+            "out ipsec esp/transport/",
+            Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TRANSPORT),)),
+        ),
+        (
+            "out ipsec esp/transport//use",
+            Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TRANSPORT, Level.USE),)),
+        ),
+        (
+            "out ipsec ah/transport//default",
+            Policy(Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.AH, Mode.TRANSPORT),)),
+        ),
+        (
+            "out ipsec ipcomp/transport//unique",
+            Policy(
+                Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.IPCOMP, Mode.TRANSPORT, Level.UNIQUE),)
+            ),
+        ),
+        (
+            "out ipsec tcp/transport//unique:9",
+            Policy(
+                Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.TCP, Mode.TRANSPORT, Level.UNIQUE, 9),)
+            ),
+        ),
+        (
+            "out ipsec esp/transport//unique#16385",
+            Policy(
+                Direction.OUTBOUND, PolicyType.IPSEC, None, (Request(IpProto.ESP, Mode.TRANSPORT, Level.UNIQUE, 16385),)
+            ),
+        ),
+        (
+            "out ipsec esp/tunnel/10.0.0.1-10.0.0.2",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (
+                    Request(
+                        IpProto.ESP, Mode.TUNNEL, endpoints=Endpoints(ip_address("10.0.0.1"), ip_address("10.0.0.2"))
+                    ),
+                ),
+            ),
+        ),
+        (
+            "out ipsec esp/tunnel/10.0.0.1-10.0.0.2/",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (
+                    Request(
+                        IpProto.ESP, Mode.TUNNEL, endpoints=Endpoints(ip_address("10.0.0.1"), ip_address("10.0.0.2"))
+                    ),
+                ),
+            ),
+        ),
+        (
+            "out ipsec esp/tunnel/192.168.0.1[4500]-192.168.1.2[30000]/require",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (
+                    Request(
+                        IpProto.ESP,
+                        Mode.TUNNEL,
+                        Level.REQUIRE,
+                        0,
+                        Endpoints(ip_address("192.168.0.1"), ip_address("192.168.1.2"), 4500, 30000),
+                    ),
+                ),
+            ),
+        ),
+        (
+            "out ipsec esp/tunnel/fe80::1%em0-fe80::2%em0/require",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (
+                    Request(
+                        IpProto.ESP,
+                        Mode.TUNNEL,
+                        Level.REQUIRE,
+                        0,
+                        Endpoints(ip_address("fe80::1%em0"), ip_address("fe80::2%em0")),
+                    ),
+                ),
+            ),
+        ),
+        (
+            "out ipsec esp/transport/me-any/require",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE, anchor="me-any"),),
+            ),
+        ),
+        (
+            "in ipsec esp/transport/any-me/require",
+            Policy(
+                Direction.INBOUND,
+                PolicyType.IPSEC,
+                None,
+                (Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE, anchor="any-me"),),
+            ),
+        ),
+        (
+            "out ipsec esp/transport//require ah/transport//require",
+            Policy(
+                Direction.OUTBOUND,
+                PolicyType.IPSEC,
+                None,
+                (
+                    Request(IpProto.ESP, Mode.TRANSPORT, Level.REQUIRE),
+                    Request(IpProto.AH, Mode.TRANSPORT, Level.REQUIRE),
+                ),
+            ),
+        ),
+    ],
+)
 def test_policy_forms(text: str, policy: Policy) -> None:
     assert parse_policy(text) == policy
 
 
-@pytest.mark.parametrize(("text", "priority"), [
-    ("prio def", 0x80000000), ("priority def", 0x80000000), ("prio high", 0x40000000), ("prio low", 0xC0000000),
-    ("prio 10", 0x80000000 - 10), ("prio -10", 0x80000000 + 10), ("prio 2147483648", 0),
-    ("prio def + 10", 0x80000000 - 10), ("prio def - 10", 0x80000000 + 10),
-    ("prio low - 1073741823", 0xFFFFFFFF), ("prio high + 1073741824", 0),
-])
+@pytest.mark.parametrize(
+    ("text", "priority"),
+    [
+        ("prio def", 0x80000000),
+        ("priority def", 0x80000000),
+        ("prio high", 0x40000000),
+        ("prio low", 0xC0000000),
+        ("prio 10", 0x80000000 - 10),
+        ("prio -10", 0x80000000 + 10),
+        ("prio 2147483648", 0),
+        ("prio def + 10", 0x80000000 - 10),
+        ("prio def - 10", 0x80000000 + 10),
+        ("prio low - 1073741823", 0xFFFFFFFF),
+        ("prio high + 1073741824", 0),
+    ],
+)
 def test_policy_priorities(text: str, priority: int) -> None:
     assert parse_policy(f"out {text} none").priority == priority
 
@@ -318,8 +510,14 @@ def test_multi_line_policy_with_comments_and_bundle() -> None:
 # ------------------------------------------------------------------ lexical matters
 
 #: Every word that is a keyword somewhere in setkey.lark or policy.lark.
-KEYWORDS = sorted({t.pattern.value for g in (setkey_grammar, policy_grammar) for t in g().terminals
-                   if isinstance(t.pattern, PatternStr) and t.pattern.value[0].isalpha()})
+KEYWORDS = sorted(
+    {
+        t.pattern.value
+        for g in (setkey_grammar, policy_grammar)
+        for t in g().terminals
+        if isinstance(t.pattern, PatternStr) and t.pattern.value[0].isalpha()
+    }
+)
 
 
 @pytest.mark.parametrize("word", KEYWORDS)
@@ -351,8 +549,12 @@ def test_hosts_and_addresses_of_every_shape() -> None:
     """)
     adds = [c for c in commands if isinstance(c, SpdAdd)]
     assert len(adds) == len(commands)
-    assert [c.src for c in adds] == [Host("fe80::1%em0", 500, 64), Host("0.0.0.0", "l2tp", 0),
-                                     Host("host.example.org"), Host("10.0.0.0", 0, 8)]
+    assert [c.src for c in adds] == [
+        Host("fe80::1%em0", 500, 64),
+        Host("0.0.0.0", "l2tp", 0),
+        Host("host.example.org"),
+        Host("10.0.0.0", 0, 8),
+    ]
     assert adds[1].dst == Host("0.0.0.0", 0, 0)
 
 
@@ -440,8 +642,7 @@ def test_man_page_examples_against_each_dialect() -> None:
 
 
 def test_fast_driver_and_lark_parser_give_the_same_commands() -> None:
-    text = MAN_EXAMPLES + "\n".join(
-        f"add {w} {w} esp 1 -E null; spdadd -n {w} {w} any -P out none;" for w in KEYWORDS)
+    text = MAN_EXAMPLES + "\n".join(f"add {w} {w} esp 1 -E null; spdadd -n {w} {w} any -P out none;" for w in KEYWORDS)
     fast = fast_setkey_parser().parse(text)
     slow, errors = parse_with_recovery(text)
     assert errors == []
@@ -471,12 +672,15 @@ def test_exit_stops_the_script_on_both_drivers() -> None:
     assert fast == slow
 
 
-@pytest.mark.parametrize("text", [
-    'add 10.0.0.1 10.0.0.2 tcp 0x1000 -A tcp-md5 "exit;";\nspdflush;',  # a quoted string
-    "flush; # exit;\nspdflush;",  # a comment
-    "flush;\nexitx;\n",  # another word (a syntax error)
-    "flush\nexit;\nspdflush;",  # the statement before lacks its ";": "flush exit" is one statement
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        'add 10.0.0.1 10.0.0.2 tcp 0x1000 -A tcp-md5 "exit;";\nspdflush;',  # a quoted string
+        "flush; # exit;\nspdflush;",  # a comment
+        "flush;\nexitx;\n",  # another word (a syntax error)
+        "flush\nexit;\nspdflush;",  # the statement before lacks its ";": "flush exit" is one statement
+    ],
+)
 def test_exit_inside_quotes_comments_or_other_statements_does_not_stop_the_script(text: str) -> None:
     try:
         commands = parse(text)

@@ -36,7 +36,8 @@ def test_the_installed_lark_is_one_of_them() -> None:
     assert low <= installed < high, (
         f"lark {lark.__version__} is installed, but setkey.parser reads lark's internals and was checked with "
         f"lark >= {'.'.join(map(str, low))}, < {'.'.join(map(str, high))} only: check _lalr_tables and "
-        "parse_with_recovery (setkey/lalr.py, setkey/parser.py) against this lark, then widen the range in pyproject.toml")
+        "parse_with_recovery (setkey/lalr.py, setkey/parser.py) against this lark, then widen the range in pyproject.toml"
+    )
 
 
 def test_a_version_outside_the_range_is_refused() -> None:

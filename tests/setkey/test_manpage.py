@@ -48,8 +48,30 @@ def synopsis_options(usage: str) -> set[str]:
 def test_every_option_of_the_synopsis_is_described(text: str) -> None:
     assert manpage.option_flags(text) == synopsis_options(USAGE)
     # FreeBSD's letters and the ipsec-tools ones that do not clash with them
-    wanted = {"-c", "-f", "-e", "-D", "-P", "-F", "-a", "-l", "-g", "-t", "-v", "-x", "-h",
-              "-n", "-p", "-H", "-V", "-r", "-k", "--json", "--socket", "--dialect"}
+    wanted = {
+        "-c",
+        "-f",
+        "-e",
+        "-D",
+        "-P",
+        "-F",
+        "-a",
+        "-l",
+        "-g",
+        "-t",
+        "-v",
+        "-x",
+        "-h",
+        "-n",
+        "-p",
+        "-H",
+        "-V",
+        "-r",
+        "-k",
+        "--json",
+        "--socket",
+        "--dialect",
+    }
     assert wanted <= manpage.option_flags(text)
 
 
@@ -76,8 +98,17 @@ def test_algorithm_table_check_can_fail(text: str) -> None:
 
 def test_sections_and_facts(text: str) -> None:
     sections = manpage.sections(text)
-    for name in ("NAME", "SYNOPSIS", "DESCRIPTION", "ALGORITHMS", "ENVIRONMENT", "EXIT STATUS", "EXAMPLES",
-                 "SEE ALSO", "BUGS"):
+    for name in (
+        "NAME",
+        "SYNOPSIS",
+        "DESCRIPTION",
+        "ALGORITHMS",
+        "ENVIRONMENT",
+        "EXIT STATUS",
+        "EXAMPLES",
+        "SEE ALSO",
+        "BUGS",
+    ):
         assert name in sections, name
     environment = "\n".join(sections["ENVIRONMENT"])
     assert SOCKET_ENV in environment and "XDG_RUNTIME_DIR" in environment
@@ -88,7 +119,8 @@ def test_sections_and_facts(text: str) -> None:
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed")
 def test_groff_formats_the_page_without_warnings() -> None:
-    result = subprocess.run(["groff", "-mdoc", "-ww", "-z", str(manpage.MANPAGE)],
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        ["groff", "-mdoc", "-ww", "-z", str(manpage.MANPAGE)], capture_output=True, text=True, check=False
+    )
     assert result.returncode == 0
     assert result.stderr == ""

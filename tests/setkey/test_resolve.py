@@ -24,8 +24,11 @@ def fake_getaddrinfo(host: str, port: object, family: int = 0, *args: object) ->
 
 
 def resolver() -> Resolver:
-    return Resolver(getaddrinfo=fake_getaddrinfo, if_nametoindex=lambda name: 4,
-                    getservbyname=lambda name, proto: {"ntp": 123, "l2tp": 1701}[name])
+    return Resolver(
+        getaddrinfo=fake_getaddrinfo,
+        if_nametoindex=lambda name: 4,
+        getservbyname=lambda name, proto: {"ntp": 123, "l2tp": 1701}[name],
+    )
 
 
 def sa(text: str, port: int = 0, scope: int = 0) -> SockAddr:
@@ -33,8 +36,10 @@ def sa(text: str, port: int = 0, scope: int = 0) -> SockAddr:
 
 
 def test_numeric_addresses_ports_and_scopes() -> None:
-    (v4, v6) = resolve(parse("add 10.0.0.1[4500] 10.0.0.2 esp 1 -E null; add fe80::1%em0 fe80::2%7 esp 1 -E null;"),
-                       resolver=resolver())
+    (v4, v6) = resolve(
+        parse("add 10.0.0.1[4500] 10.0.0.2 esp 1 -E null; add fe80::1%em0 fe80::2%7 esp 1 -E null;"),
+        resolver=resolver(),
+    )
     assert (v4.src, v4.dst) == ((sa("10.0.0.1", 4500),), (sa("10.0.0.2"),))
     assert (v6.src, v6.dst) == ((sa("fe80::1", 0, 4),), (sa("fe80::2", 0, 7),))
 
@@ -48,21 +53,27 @@ def test_names_give_every_address_and_the_flags_pick_the_family() -> None:
 
 
 def test_selectors_service_ports_and_upper_layer_ports() -> None:
-    items = resolve(parse("""
+    items = resolve(
+        parse("""
         spdadd 0.0.0.0/0[l2tp] v4.example[ntp] udp -P in none;
         spdadd ::/0 ::/0 icmp6 135,0 -P in none;
         spdadd 10.0.0.0/24 10.0.1.0/24 any -P out ipsec esp/tunnel/fe80::1%em0[500]-fe80::2[4500]/require;
-    """), resolver=resolver())
+    """),
+        resolver=resolver(),
+    )
     assert (items[0].src, items[0].dst) == ((sa("0.0.0.0", 1701),), (sa("192.0.2.7", 123),))
     assert (items[1].src, items[1].dst) == ((sa("::", 135),), (sa("::", 0),))
     assert items[2].tunnels == ((sa("fe80::1", 500, 4), sa("fe80::2", 4500)),)
 
 
 def test_natt_original_addresses() -> None:
-    (udp, natt) = resolve(parse("""
+    (udp, natt) = resolve(
+        parse("""
         add 10.0.0.1 10.0.0.2 esp-udp gw.example 1 -E null;
         add 10.0.0.1 10.0.0.2 esp 1 -natt 10.0.0.1[4500] v4.example[4500] -E null "";
-    """), resolver=resolver())
+    """),
+        resolver=resolver(),
+    )
     assert udp.natt_oa == sa("192.0.2.1")
     assert (natt.natt_oa, natt.natt_oar) == (sa("10.0.0.1"), sa("192.0.2.7"))
 

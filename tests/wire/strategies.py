@@ -113,10 +113,20 @@ EXTENSION_CLASSES: Final = frozenset(get_args(Extension))
 _LINUX_EXT_MAX = 26
 
 #: Message types whose satype FreeBSD's key_parse checks (reference §1.3 step 5).
-_SA_MESSAGES = frozenset({MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET,
-                          MsgType.ACQUIRE, MsgType.EXPIRE})
-_SPD_MESSAGES = frozenset({MsgType.X_SPDADD, MsgType.X_SPDDELETE, MsgType.X_SPDGET, MsgType.X_SPDFLUSH,
-                           MsgType.X_SPDSETIDX, MsgType.X_SPDUPDATE, MsgType.X_SPDDELETE2})
+_SA_MESSAGES = frozenset(
+    {MsgType.GETSPI, MsgType.UPDATE, MsgType.ADD, MsgType.DELETE, MsgType.GET, MsgType.ACQUIRE, MsgType.EXPIRE}
+)
+_SPD_MESSAGES = frozenset(
+    {
+        MsgType.X_SPDADD,
+        MsgType.X_SPDDELETE,
+        MsgType.X_SPDGET,
+        MsgType.X_SPDFLUSH,
+        MsgType.X_SPDSETIDX,
+        MsgType.X_SPDUPDATE,
+        MsgType.X_SPDDELETE2,
+    }
+)
 _SA_SATYPES = (SaType.AH, SaType.ESP, SaType.X_IPCOMP, SaType.X_TCPSIGNATURE)
 
 
@@ -420,8 +430,9 @@ def _kind_lists(dialect: str, max_exts: int) -> SearchStrategy[list[ExtKind]]:
 
 
 @st.composite
-def _extension_set(draw: st.DrawFn, dialect: str, satype: int, require: ExtKind | None, max_exts: int
-                   ) -> tuple[Extension, ...]:
+def _extension_set(
+    draw: st.DrawFn, dialect: str, satype: int, require: ExtKind | None, max_exts: int
+) -> tuple[Extension, ...]:
     kinds = draw(_kind_lists(dialect, max_exts))
     if require is not None and require not in kinds:
         kinds.insert(draw(st.integers(0, len(kinds))), require)
@@ -473,8 +484,10 @@ def _request_endpoints(draw: st.DrawFn) -> tuple[Address, Address]:
     proto = draw(_PROTO)
     src, dst = draw(_sockaddr(version)), draw(_sockaddr(version))
     top = 32 if version == 4 else 128
-    return (Address(ExtType.ADDRESS_SRC, src, draw(st.integers(0, top)), proto),
-            Address(ExtType.ADDRESS_DST, dst, draw(st.integers(0, top)), proto))
+    return (
+        Address(ExtType.ADDRESS_SRC, src, draw(st.integers(0, top)), proto),
+        Address(ExtType.ADDRESS_DST, dst, draw(st.integers(0, top)), proto),
+    )
 
 
 _ENDPOINTS = _request_endpoints()

@@ -233,8 +233,7 @@ class Seed:
         return cls(dialect, data, data[:16], tuple(exts))
 
 
-_BYTES = (0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 16, 17, 18, 19, 22, 23, 24, 25, 26, 27, 28, 29, 31, 32, 40, 64, 127, 128,
-          255)
+_BYTES = (0, 1, 2, 3, 4, 7, 8, 9, 10, 11, 16, 17, 18, 19, 22, 23, 24, 25, 26, 27, 28, 29, 31, 32, 40, 64, 127, 128, 255)
 _WORDS = (0, 1, 2, 3, 4, 5, 8, 9, 15, 16, 17, 24, 28, 32, 40, 255, 256, 0x7FFF, 0x8000, 0xFFFF)
 _LONGS = (*_WORDS, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF)
 
@@ -354,8 +353,14 @@ def _collect(strategy: st.SearchStrategy[Message], dialect: str, n: int) -> list
     corpus is the same on every machine whatever the hypothesis profile."""
     out: list[bytes] = []
 
-    @settings(max_examples=n, derandomize=True, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @given(strategy)
     def collect(msg: Message) -> None:
         out.append(encode(msg, dialect))
@@ -469,8 +474,9 @@ def faulty_endpoints(draw: st.DrawFn, dialect: str) -> tuple[tuple[Address, ...]
         kind = draw(st.sampled_from([src_t, dst_t]))
         lone = Address(kind, draw(anything), draw(st.integers(0, 255)), proto)
         return (lone,), False, SEMANTIC_ERRNOS
-    pair = tuple(Address(k, draw(anything), draw(st.integers(0, 255)), draw(st.integers(0, 255)))
-                 for k in (src_t, dst_t))
+    pair = tuple(
+        Address(k, draw(anything), draw(st.integers(0, 255)), draw(st.integers(0, 255))) for k in (src_t, dst_t)
+    )
     return pair, False, SEMANTIC_ERRNOS
 
 
