@@ -69,7 +69,9 @@ import os
 import socket
 import struct
 from collections import Counter
+from collections.abc import Callable
 from enum import Enum
+from typing import Any, TypeVar
 
 import trio
 
@@ -136,6 +138,24 @@ DROP_ERRNOS = frozenset(
         errno.EIO,  # the TUN is down
     }
 )
+
+
+_Item = TypeVar("_Item")
+
+
+async def _drain(one: Callable[[], _Item], fd: Any, limit: int) -> list[_Item]:
+    """Everything ``one()`` can read without blocking, at most ``limit`` items; waits for
+    ``fd`` to become readable only while there is nothing at all."""
+    out: list[_Item] = []
+    while True:
+        try:
+            while len(out) < limit:
+                out.append(one())
+        except BlockingIOError:
+            pass
+        if out:
+            return out
+        await trio.lowlevel.wait_readable(fd)
 
 
 class IoCounters:
@@ -213,17 +233,9 @@ class TunDevice:
 
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more datagrams (at most ``limit``): waits only if none is ready."""
-        out: list[bytes] = []
-        while True:
-            try:
-                while len(out) < limit:
-                    out.append(os.read(self.fd, MAX_DATAGRAM))
-            except BlockingIOError:
-                pass
-            if out:
-                self.counters.add("tun.read", len(out))
-                return out
-            await trio.lowlevel.wait_readable(self.fd)
+        out = await _drain(lambda: os.read(self.fd, MAX_DATAGRAM), self.fd, limit)
+        self.counters.add("tun.read", len(out))
+        return out
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
@@ -354,17 +366,9 @@ class RawReceiver:
 
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more whole datagrams (at most ``limit``): waits only if none is ready."""
-        out: list[bytes] = []
-        while True:
-            try:
-                while len(out) < limit:
-                    out.append(self._one())
-            except BlockingIOError:
-                pass
-            if out:
-                self.counters.add(f"{self._name}.receive", len(out))
-                return out
-            await trio.lowlevel.wait_readable(self.sock)
+        out = await _drain(self._one, self.sock, limit)
+        self.counters.add(f"{self._name}.receive", len(out))
+        return out
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
@@ -565,18 +569,10 @@ class NattSocket:
 
     async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
         """One or more datagrams (at most ``limit``), classified and counted by kind."""
-        out: list[UdpDatagram] = []
-        while True:
-            try:
-                while len(out) < limit:
-                    out.append(self._one())
-            except BlockingIOError:
-                pass
-            if out:
-                for d in out:
-                    self.counters.add(f"{self._name}.{d.kind.value}")
-                return out
-            await trio.lowlevel.wait_readable(self.sock)
+        out = await _drain(self._one, self.sock, limit)
+        for d in out:
+            self.counters.add(f"{self._name}.{d.kind.value}")
+        return out
 
     async def receive(self) -> UdpDatagram:
         return (await self.receive_batch(1))[0]
