@@ -92,7 +92,7 @@ from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
 from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
 from pfkeyd.dataplane.netlink import Route, Routing
 from pfkeyd.dataplane.seam import Seam
-from pfkeyd.dataplane.sockpol import SocketPolicies
+from pfkeyd.dataplane.sockpol import SocketPolicies, SocketPolicy
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision
 from pfkeyd.packet import bundle, fasttunnel, ip, usage
@@ -140,6 +140,11 @@ _TCP, _UDP, _SCTP, _ICMP, _ICMP6 = 6, 17, 132, 1, 58
 _PORTED = frozenset((_TCP, _UDP, _SCTP, 136))  # 136: UDP-Lite
 _V6_EXT = frozenset((0, 43, 60, 51))
 _IPCOMP = int(IpProto.IPCOMP)
+#: the counter of the packets each type of per-socket policy decided
+_SOCKET_COUNTERS: dict[int, str] = {
+    PolicyType.DISCARD: "policy.socket_discard",
+    PolicyType.IPSEC: "policy.socket_ipsec",
+}
 
 #: (src bytes, dst bytes, proto, sport, dport): a flow as the SPD sees it.
 FlowKey = tuple[bytes, bytes, int, int, int]
@@ -265,9 +270,12 @@ class DataPlane:
         self._local = local_addresses
         self.manage_routes = manage_routes
         self._gen = -1
+        self._sgen = -1
         self._knobs_obj: object = None
         self._pk = PacketKnobs()
         self._out: dict[FlowKey, Verdict] = {}
+        # verdicts of ipsec socket policies, per flow and policy
+        self._sock: dict[tuple[FlowKey, SocketPolicy], Verdict] = {}
         self._in: dict[FlowKey, frozenset[int] | None] = {}
         # spi -> (created, TransformSA, SaRuntime): the runtime outlives knob changes
         self._sas: dict[int, tuple[float, Bound]] = {}
@@ -282,12 +290,15 @@ class DataPlane:
         return Instant(trio.current_time(), int(self._wall()))
 
     def _refresh(self) -> bool:
-        """Forget the caches when the engine's generation moved; True if it did."""
+        """Forget the caches when the engine's generation or the socket policies
+        moved; True if either did."""
         gen = self.seam.generation()
-        if gen == self._gen:
+        sgen = self.socket_policies.generation
+        if gen == self._gen and sgen == self._sgen:
             return False
-        self._gen = gen
+        self._gen, self._sgen = gen, sgen
         self._out.clear()
+        self._sock.clear()
         self._in.clear()
         knobs = self.seam.knobs
         if knobs is not self._knobs_obj:
@@ -321,21 +332,40 @@ class DataPlane:
     def _verdict(self, key: FlowKey, now: Instant) -> Verdict:
         sock = self.socket_policies.match(key)
         if sock is not None:
-            if sock == PolicyType.DISCARD:
-                self.counters["policy.socket_discard"] += 1
-                return Verdict(Verdict.DROP, reason="socket")
-            if sock in (PolicyType.BYPASS, PolicyType.NONE):
-                self.counters["policy.socket_bypass"] += 1
-                return Verdict(Verdict.CLEAR)
+            self.counters[_SOCKET_COUNTERS.get(sock.type, "policy.socket_bypass")] += 1
+            if sock.type == PolicyType.IPSEC:
+                hit = self._sock.get((key, sock))
+                if hit is not None:
+                    return hit
+                verdict, cacheable = self._decide(key, now, sock)
+                if cacheable and len(self._sock) < _CACHE_MAX:
+                    self._sock[(key, sock)] = verdict
+                return verdict
+            return self._decide(key, now, sock)[0]
         hit = self._out.get(key)
         if hit is not None:
             return hit
-        decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
-        self.seam.emit(effects)
-        verdict, cacheable = self._from_decision(decision)
+        verdict, cacheable = self._decide(key, now, None)
         if cacheable and len(self._out) < _CACHE_MAX:
             self._out[key] = verdict
         return verdict
+
+    def _decide(self, key: FlowKey, now: Instant, sock: SocketPolicy | None) -> tuple[Verdict, bool]:
+        """An outbound flow's verdict, uncached, and whether it may be cached: the
+        socket policy ``sock`` of its sending socket if there is one
+        (``ipsec_getpolicybysock``: bypass and none clear, discard drops, ipsec has
+        the engine resolve the socket's own requests), else the SPD."""
+        flow = flow_of(key)
+        if sock is None:
+            decision, effects = self.seam.decide(Direction.OUTBOUND, flow, now)
+        elif sock.type == PolicyType.DISCARD:
+            return Verdict(Verdict.DROP, reason="socket"), True
+        elif sock.type != PolicyType.IPSEC:
+            return Verdict(Verdict.CLEAR), True
+        else:
+            decision, effects = self.seam.resolve(Direction.OUTBOUND, flow, sock.policy_for(flow), now)
+        self.seam.emit(effects)
+        return self._from_decision(decision)
 
     def _from_decision(self, d: Decision) -> tuple[Verdict, bool]:
         if d.held:
@@ -425,9 +455,8 @@ class DataPlane:
         protected, in order; timed-out flows are dropped and counted."""
         out: list[bytes] = []
         for key, (deadline, packets) in list(self._held.items()):
-            decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
-            self.seam.emit(effects)
-            v, _ = self._from_decision(decision)
+            # Decided as the first packet was: a socket policy first, then the SPD.
+            v, _ = self._decide(key, now, self.socket_policies.match(key))
             if v.kind == Verdict.HOLD:
                 if now.mono >= deadline:
                     del self._held[key]
@@ -470,10 +499,28 @@ class DataPlane:
         return self._bound(sa)
 
     def _required(self, key: FlowKey, now: Instant) -> frozenset[int] | None:
-        """The protocols an inbound flow's policy requires; None when it is discarded."""
+        """The protocols an inbound flow's policy requires; None when it is discarded.
+        The receiving socket's inbound policy comes first (bypass and none: nothing,
+        discard: refused, ipsec: its own requests), then the SPD's."""
         if key in self._in:
             return self._in[key]
-        decision, _ = self.seam.decide(Direction.INBOUND, flow_of(key), now)
+        need: frozenset[int] | None
+        sock = self.socket_policies.match_in(key)
+        if sock is not None and sock.type != PolicyType.IPSEC:
+            need = None if sock.type == PolicyType.DISCARD else frozenset()
+        else:
+            flow = flow_of(key)
+            if sock is None:
+                decision, _ = self.seam.decide(Direction.INBOUND, flow, now)
+            else:
+                decision, _ = self.seam.resolve(Direction.INBOUND, flow, sock.policy_for(flow), now)
+            need = self._need(decision)
+        if len(self._in) < _CACHE_MAX:
+            self._in[key] = need
+        return need
+
+    def _need(self, decision: Decision) -> frozenset[int] | None:
+        """What an inbound decision requires of a packet's applied SAs (ipsec_in_reject)."""
         sp = decision.policy
         need: frozenset[int] | None
         if sp is None:
@@ -488,8 +535,6 @@ class DataPlane:
                 for o in decision.requests
                 if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP
             )
-        if len(self._in) < _CACHE_MAX:
-            self._in[key] = need
         return need
 
     def accept(self, got: bundle.Accepted | Drop, received: bytes, now: Instant) -> bytes | None:

@@ -8,6 +8,8 @@ it needs:
 
 * ``decide(dir, flow, now)``: the SPD decision that ``pfkeyd lookup`` shows (policy,
   levels, the SA per request, ACQUIREs with their pacing) and the effects it caused;
+  ``resolve(dir, flow, policy, now)`` the same for a policy found elsewhere (a
+  per-socket policy, applied before the SPD);
 * ``sa(spi)`` and ``sa_between(proto, src, dst)``: the SA an inbound packet names
   (FreeBSD looks up by destination, protocol and SPI; plain IP-in-IP finds the
   IPComp tunnel SA of its two ends);
@@ -53,6 +55,8 @@ class Seam(Protocol):
 
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]: ...
 
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]: ...
+
     def sa(self, spi: int) -> SecAssoc | None: ...
 
     def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None: ...
@@ -86,6 +90,9 @@ class EngineSeam:
 
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
         return self._engine.lookup(dir_, flow, now)
+
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
+        return self._engine.resolve(dir_, flow, sp, now)
 
     def sa(self, spi: int) -> SecAssoc | None:
         return self._engine.sad.get(spi)

@@ -68,6 +68,14 @@ class Lookup(SaHandlers):
         if sp is None:
             action = "discard" if self.knobs.def_policy == 0 else "pass"
             return Decision(action, None, default=True), []
+        return self.resolve(dir_, flow, sp, now)
+
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
+        """The decision of policy ``sp`` for ``flow``: the SA of each request, the
+        ACQUIREs (paced) for those without one.  :meth:`lookup` calls it with the
+        SPD's match; the data plane with a per-socket policy, which FreeBSD's
+        ``ipsec_getpolicybysock`` consults before the SPD and whose requests are then
+        resolved exactly as an SPD policy's (``ipsec4_allocsa``)."""
         sp.touch(now.mono, now.wall)
         if sp.type != PolicyType.IPSEC:
             return Decision("discard" if sp.type == PolicyType.DISCARD else "pass", sp), []
