@@ -12,7 +12,7 @@ import pytest
 from pfkeyd.dataplane.sockpol import HEAD, SocketPolicy, parse_request
 from pfkeyd.effects import Send
 from pfkeyd.engine import KeyEngine
-from pfkeyd.wire import Dialect, ExtType, IpsecRequest, Level, Message, MsgType, Policy, PolicyType, SaType, SockAddr
+from pfkeyd.wire import Dialect, IpsecRequest, Level, Message, MsgType, Policy, PolicyType, SaType, SockAddr
 from tests.dataplane.test_plane import IA, IB, A, B, add_gcm, plane, tunnel_pair, udp
 from tests.engine.conftest import PID, T0, at, make_engine
 from tests.engine.spd_helpers import AH, ALONE, ESP, IN, KM, ME, OUT, TRANSPORT, TUNNEL, request, send, spd_msg
@@ -117,8 +117,10 @@ def test_a_missing_sa_sends_a_paced_acquire_naming_the_socket_and_holds_the_pack
     acquires = [e for e in emitted if isinstance(e, Send) and e.msg.type == MsgType.ACQUIRE and KM in e.to]
     assert len(acquires) == 1  # the second packet found the ACQUIRE pending (blockacq)
     msg = acquires[0].msg
-    src, dst = msg.get(ExtType.ADDRESS_SRC), msg.get(ExtType.ADDRESS_DST)
-    assert (str(src.addr.ip), src.addr.port, str(dst.addr.ip), dst.addr.port) == (A, 5000, B, 9)
+    assert msg.src is not None and msg.dst is not None
+    src, dst = msg.src.addr, msg.dst.addr
+    assert isinstance(src, SockAddr) and isinstance(dst, SockAddr)
+    assert (str(src.ip), src.port, str(dst.ip), dst.port) == (A, 5000, B, 9)
     assert dp.counters["hold.queued"] == 2
     add_gcm(eng, 0x2001, A, B, mode=TRANSPORT, now=at(1))
     dp._refresh()
