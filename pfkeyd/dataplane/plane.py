@@ -91,6 +91,8 @@ from pfkeyd.dataplane.enc import Direction as EncDirection
 from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
 from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
 from pfkeyd.dataplane.netlink import Route, Routing
+from pfkeyd.dataplane.nft import Firewall
+from pfkeyd.dataplane.nft import rules as firewall_rules
 from pfkeyd.dataplane.seam import Seam
 from pfkeyd.dataplane.sockpol import SocketPolicies, SocketPolicy
 from pfkeyd.effects import Effect, Instant
@@ -252,6 +254,7 @@ class DataPlane:
         wall_clock: Callable[[], float] = time.time,
         local_addresses: Callable[[], Sequence[Any]] | None = None,
         manage_routes: bool = True,
+        firewall: Firewall | None = None,
     ) -> None:
         self.seam = seam
         self.tun = tun
@@ -269,6 +272,7 @@ class DataPlane:
         self._wall = wall_clock
         self._local = local_addresses
         self.manage_routes = manage_routes
+        self.firewall = firewall
         self._gen = -1
         self._sgen = -1
         self._knobs_obj: object = None
@@ -616,6 +620,22 @@ class DataPlane:
                 want.discard(r)
         self._routes = want
 
+    # --------------------------------------------------------------- firewall
+    def sync_firewall(self) -> None:
+        """Bring the nftables table in step with the inbound SPD, the inbound socket
+        policies and def_policy (:mod:`.nft`); a refusal keeps the old rules, logged
+        and counted."""
+        if self.firewall is None:
+            return
+        chain = firewall_rules(
+            self.firewall.config, self.seam.inbound_policies(), self.socket_policies.inbound(), self.seam.knobs
+        )
+        try:
+            self.firewall.apply(chain)
+        except OSError as e:
+            self.counters["firewall.error"] += 1
+            log.warning("updating the firewall table: %s", e.strerror or e)
+
     # --------------------------------------------------------------- the shell
     async def _send(self, datagrams: Iterable[bytes]) -> None:
         for out in datagrams:
@@ -664,6 +684,7 @@ class DataPlane:
         while True:
             if self._refresh():
                 self.sync_routes()
+                self.sync_firewall()
                 if self._held:
                     await self._send(self.release_held(self._now()))
                 self.changed.set()
@@ -680,6 +701,7 @@ class DataPlane:
         try:
             self._refresh()
             self.sync_routes()
+            self.sync_firewall()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._outbound_loop)
                 for rx in self.receivers:
@@ -692,7 +714,14 @@ class DataPlane:
             self.close()
 
     def close(self) -> None:
-        """Close everything (idempotent): routes, rules, TUN, sockets, enc0, pcap."""
+        """Close everything (idempotent): firewall table, routes, rules, TUN, sockets,
+        enc0, pcap."""
+        if self.firewall is not None:
+            try:
+                self.firewall.close()
+            except OSError as e:
+                log.warning("removing the firewall table: %s", e.strerror or e)
+            self.firewall = None
         if self.routing is not None:
             try:
                 self.routing.close()
@@ -731,9 +760,20 @@ class DataPlane:
                     "replay": st.replay.count if st.replay is not None else 0,
                 }
             )
+        counters = dict(self.counters)
+        clear = 0
+        if self.firewall is not None:
+            try:
+                clear = counters["policy.in_clear_reject"] = self.firewall.dropped()
+            except OSError as e:
+                log.warning("reading the firewall's counter: %s", e.strerror or e)
+        # FreeBSD's ips_in_polvio: every inbound packet the policy refused, decrypted or not.
+        polvio = counters.get("policy.in_reject", 0) + clear
+        if polvio or self.firewall is not None:
+            counters["policy.in_polvio"] = polvio
         return {
             "interface": self.tun.name,
-            "counters": dict(sorted(self.counters.items())),
+            "counters": dict(sorted(counters.items())),
             "io": dict(sorted(self.io.snapshot().items())),
             "held_flows": len(self._held),
             "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),

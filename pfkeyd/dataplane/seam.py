@@ -16,7 +16,8 @@ it needs:
 * ``report_usage``: the traffic an SA carried (lifetimes by bytes and allocations);
 * ``knobs``, ``generation`` (a number that changes whenever the SPD, the SAD or the
   knobs may have changed, so that caches know when to forget), ``outbound_policies``
-  (for the routes), ``packet_counters`` (the engine's per-protocol table that
+  (for the routes), ``inbound_policies`` (all of them, in lookup order, for the
+  firewall table of :mod:`pfkeyd.dataplane.nft`), ``packet_counters`` (the engine's per-protocol table that
   ``pfkeyd stats`` prints);
 * ``emit(effects)``: hand effects (ACQUIRE, EXPIRE) to the server, which has the
   daemon layer (:class:`pfkeyd.daemon.Daemon`) encode them as it encodes those of a
@@ -67,6 +68,8 @@ class Seam(Protocol):
 
     def outbound_policies(self) -> Iterable[SecPolicy]: ...
 
+    def inbound_policies(self) -> Iterable[SecPolicy]: ...
+
     def emit(self, effects: Sequence[Effect]) -> None: ...
 
 
@@ -110,6 +113,9 @@ class EngineSeam:
 
     def outbound_policies(self) -> Iterable[SecPolicy]:
         return [sp for sp in self._engine.spd.ordered((Direction.OUTBOUND,)) if sp.type == PolicyType.IPSEC]
+
+    def inbound_policies(self) -> Iterable[SecPolicy]:
+        return list(self._engine.spd.ordered((Direction.INBOUND,)))
 
     def emit(self, effects: Sequence[Effect]) -> None:
         if effects:
