@@ -134,5 +134,8 @@ def open_dataplane(
             manage_routes=opts.manage_routes,
             firewall=firewall,
         )
+        for listener in listeners:
+            listener.on_change = plane.sync_kernel
+            listener.drained = plane.drained
         stack.pop_all()
     return plane, listeners

@@ -78,6 +78,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -90,7 +91,7 @@ import trio
 from pfkeyd.dataplane.enc import Direction as EncDirection
 from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
 from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
-from pfkeyd.dataplane.netlink import Route, Routing
+from pfkeyd.dataplane.netlink import Route, Routing, SocketRoute
 from pfkeyd.dataplane.nft import Firewall
 from pfkeyd.dataplane.nft import rules as firewall_rules
 from pfkeyd.dataplane.seam import Seam
@@ -116,6 +117,8 @@ HOLD_FLOWS = 256
 HOLD_TIME = 5.0
 #: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
 WATCH_INTERVAL = 0.02
+#: How often :meth:`DataPlane.drained` looks at the TUN queue again.
+DRAIN_POLL = 0.002
 
 
 class RandomPool:
@@ -619,6 +622,51 @@ class DataPlane:
                 log.warning("adding route %s: %s", r.network, e)
                 want.discard(r)
         self._routes = want
+        self._sync_socket_routes()
+
+    def _sync_socket_routes(self) -> None:
+        """The packets of sockets with an outbound ipsec policy go into the TUN
+        whatever their destination (:class:`~.netlink.SocketRoute`)."""
+        assert self.routing is not None
+        want = {
+            SocketRoute(
+                4 if len(p.address) == 4 else 6,
+                p.proto,
+                p.port,
+                ipaddress.ip_address(p.address) if any(p.address) else None,
+            )
+            for p in self.socket_policies.outbound_ipsec()
+        }
+        have = self.routing.socket_routes()
+        for sr in have - want:
+            try:
+                self.routing.remove_socket_route(sr)
+            except OSError as e:
+                self.counters["route.error"] += 1
+                log.warning("removing a socket rule: %s", e)
+        for sr in want - have:
+            try:
+                self.routing.add_socket_route(sr)
+            except OSError as e:
+                self.counters["route.error"] += 1
+                log.warning("adding a socket rule: %s", e)
+
+    async def drained(self) -> None:
+        """Return once the TUN holds no packet the plane has not decided: the outbound
+        path decides each batch as soon as it has read it, without yielding, so an
+        empty TUN queue means every packet sent before now has met its policy."""
+        fd = self.tun.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while poller.poll(0):
+            await trio.sleep(DRAIN_POLL)
+
+    def sync_kernel(self) -> None:
+        """Routes, socket rules and the firewall table in step with the policies now
+        (the socket-policy listener calls it before it answers setsockopt, so that a
+        program's next packet already meets its policy)."""
+        self.sync_routes()
+        self.sync_firewall()
 
     # --------------------------------------------------------------- firewall
     def sync_firewall(self) -> None:

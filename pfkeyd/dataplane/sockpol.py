@@ -20,7 +20,10 @@ application and the policy must reach pfkeyd:
 * pfkeyd keeps the policy as a policy **of that connection** (:class:`SocketPolicies`),
   one per direction, and removes every policy of a connection when it closes: the
   bridge closes it when the application closes the socket (or exits: the kernel
-  closes every descriptor), so a policy never outlives its socket.
+  closes every descriptor), so a policy never outlives its socket.  Its packets
+  still queued in the TUN when it closes were sent under its policy, which
+  FreeBSD applies at send time: the policies go once the data plane has read the
+  TUN empty (at most :data:`DRAIN_TIMEOUT` later).
 * The ``sadb_x_policy`` is the program's, built with the headers of the host it
   runs on: Linux's layout (16-byte ipsecrequests, sockaddrs without a length
   byte), which :func:`parse_request` decodes with the codec's linux dialect and
@@ -55,7 +58,7 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
@@ -80,6 +83,8 @@ _TYPES = {0: "discard", 1: "none", 2: "ipsec", 3: "entrust", 4: "bypass"}
 _LINUX_AF_INET6 = socket.AF_INET6
 MAX_REQUEST = 4096
 MAX_PER_CONNECTION = 8
+#: The longest a closed socket's policies wait for its queued packets to be decided.
+DRAIN_TIMEOUT = 0.25
 #: Linux's parse_ipsecrequests stops at XFRM_MAX_DEPTH requests (ELOOP beyond).
 MAX_REQUESTS = 6
 
@@ -220,6 +225,9 @@ class SocketPolicies:
         if not lst:
             index.pop((pol.proto, pol.port), None)
 
+    def owners(self) -> set[int]:
+        return set(self._by_owner)
+
     def remove_owner(self, owner: int) -> int:
         """Forget every policy of connection ``owner``; how many there were."""
         mine = self._by_owner.pop(owner, {})
@@ -246,6 +254,10 @@ class SocketPolicies:
         _src, dst, proto, _sport, dport = key
         return _decides(self._in.get((proto, dport), ()), dst)
 
+    def outbound_ipsec(self) -> list[SocketPolicy]:
+        """The outbound policies of type ipsec (their sockets' packets go to the TUN)."""
+        return [p for d in self._by_owner.values() for p in d.values() if p.dir == 2 and p.type == PolicyType.IPSEC]
+
     def inbound(self) -> list[SocketPolicy]:
         """The inbound policies that decide something (entrust does not), oldest first."""
         return [p for d in self._by_owner.values() for p in d.values() if p.dir == 1 and p.type != _ENTRUST]
@@ -271,9 +283,22 @@ def _decides(candidates: Iterable[SocketPolicy], local: bytes) -> SocketPolicy |
 class SocketPolicyListener:
     """The socket-policy socket (SEQPACKET): one connection per application socket."""
 
-    def __init__(self, path: str, policies: SocketPolicies, *, allow_uids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        path: str,
+        policies: SocketPolicies,
+        *,
+        allow_uids: Iterable[int] = (),
+        on_change: Callable[[], None] | None = None,
+        drained: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.path = path
         self.policies = policies
+        #: called after a policy is set or removed, before setsockopt is answered
+        self.on_change = on_change
+        #: awaited before a closed socket's policies go: until the packets it sent
+        #: before closing, still queued for the data plane, have been decided
+        self.drained = drained
         self._allow = frozenset(allow_uids) | {0, os.geteuid()}
         self._next = 1
         if os.path.exists(path):
@@ -335,6 +360,8 @@ class SocketPolicyListener:
                 except OSError as e:
                     err = e.errno or errno.EINVAL
                     log.info("socket policy refused: %s", e.strerror)
+                else:
+                    self._changed()
                 try:
                     conn.send(struct.pack("=i", err))
                 except BlockingIOError:
@@ -343,11 +370,20 @@ class SocketPolicyListener:
         except OSError as e:
             log.debug("socket policy connection: %s", e.strerror)
         finally:
+            if self.drained is not None and owner in self.policies.owners():
+                # Shielded: at shutdown too the socket's last packets keep its policy.
+                with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT):
+                    await self.drained()
             n = self.policies.remove_owner(owner)
             if n:
                 log.info("socket closed: %d socket polic%s removed", n, "y" if n == 1 else "ies")
+                self._changed()
             trio.lowlevel.notify_closing(conn)
             conn.close()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:
