@@ -520,7 +520,10 @@ def test_no_routes_leaves_routing_to_the_user(netpair: Pair) -> None:
             with netpair.a.inside(), IPRoute() as ipr:
                 assert not [r for r in ipr.route("dump", family=socket.AF_INET) if r.get("table") == 5050]
             r = a.traffic("ping", *OUTER4, "1")
-            assert r.returncode == 0  # not routed into the TUN: the echo goes in the clear
+            # Not routed into the TUN, the echo goes in the clear, where b's inbound
+            # require policy refuses it (the firewall table is not routing).
+            assert r.returncode == 1
+            assert b.stats()["dataplane"]["counters"]["policy.in_clear_reject"] == 1
             # The user's own routes into the TUN (B's too, for the replies).
             for ns, peer in ((netpair.a, OUTER4[1]), (netpair.b, OUTER4[0])):
                 with ns.inside(), IPRoute() as ipr:
