@@ -8,7 +8,7 @@ import errno
 import json
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -172,3 +172,54 @@ def test_the_table_is_made_kept_in_step_counted_and_removed(ns: Namespace) -> No
     ns.call(fw.close)
     ns.call(fw.close)  # idempotent
     assert "pfkeyd" not in tables(ns)
+
+
+# ------------------------------------------------------------ the plane keeps it in step
+
+
+class Recorder:
+    """An ``nft`` that records the scripts it is given, and refuses on request."""
+
+    def __init__(self) -> None:
+        self.scripts: list[str] = []
+        self.refuse = False
+
+    def __call__(self, argv: Sequence[str], stdin: str) -> str:
+        if self.refuse:
+            raise FirewallError(errno.EINVAL, "nft refused the ruleset: test")
+        self.scripts.append(stdin)
+        return '{"nftables": [{"counter": {"packets": 5}}]}'
+
+
+def test_the_plane_rewrites_the_chain_when_policies_or_socket_policies_change_and_survives_a_refusal() -> None:
+    from tests.dataplane.test_plane import plane
+    from tests.engine.conftest import make_engine
+    from tests.engine.spd_helpers import ALONE, IN, ME, send, spd_msg
+
+    eng = make_engine(clients=ALONE)
+    dp, _ = plane(eng)
+    nft = Recorder()
+    dp.firewall = Firewall(FirewallConfig(), nft="nft", run=nft)
+    dp.firewall.setup()
+    dp.sync_firewall()
+    assert nft.scripts[-1] == "flush chain inet pfkeyd spd_in\n" + "".join(
+        f"add rule inet pfkeyd spd_in {r}\n" for r in HEAD_RULES
+    )
+    n = len(nft.scripts)
+    dp.sync_firewall()
+    assert len(nft.scripts) == n  # nothing changed: nothing sent
+    send(eng, ME, spd_msg(src="192.0.2.2", dst="192.0.2.1", dir=IN))
+    dp.sync_firewall()
+    assert f"ip saddr 192.0.2.2/32 ip daddr 192.0.2.1/32 {DROP}" in nft.scripts[-1]
+    dp.socket_policies.add(sock("0.0.0.0", 500, PolicyType.BYPASS))
+    dp.sync_firewall()
+    assert "meta nfproto ipv4 meta l4proto 17 th dport 500 accept" in nft.scripts[-1]
+    nft.refuse = True
+    dp.socket_policies.remove_owner(1)
+    dp.sync_firewall()  # logged and counted, never raised
+    assert dp.counters["firewall.error"] == 1
+    nft.refuse = False
+    counters = dp.statistics()["counters"]
+    assert counters["policy.in_clear_reject"] == 5 and counters["policy.in_polvio"] == 5
+    dp.firewall.close()  # as DataPlane.close does first
+    assert nft.scripts[-1] == "add table inet pfkeyd\ndelete table inet pfkeyd\n"
