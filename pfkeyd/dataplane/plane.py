@@ -639,17 +639,17 @@ class DataPlane:
         }
         have = self.routing.socket_routes()
         for sr in have - want:
-            try:
-                self.routing.remove_socket_route(sr)
-            except OSError as e:
-                self.counters["route.error"] += 1
-                log.warning("removing a socket rule: %s", e)
+            self._routing_step(self.routing.remove_socket_route, sr, "removing a socket rule")
         for sr in want - have:
-            try:
-                self.routing.add_socket_route(sr)
-            except OSError as e:
-                self.counters["route.error"] += 1
-                log.warning("adding a socket rule: %s", e)
+            self._routing_step(self.routing.add_socket_route, sr, "adding a socket rule")
+
+    def _routing_step(self, step: Callable[[SocketRoute], object], sr: SocketRoute, what: str) -> None:
+        """One netlink step of :meth:`_sync_socket_routes`; a refusal is logged and counted."""
+        try:
+            step(sr)
+        except OSError as e:
+            self.counters["route.error"] += 1
+            log.warning("%s: %s", what, e)
 
     async def drained(self) -> None:
         """Return once the TUN holds no packet the plane has not decided: the outbound

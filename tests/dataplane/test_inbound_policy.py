@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import tempfile
 
 import pytest
@@ -155,20 +153,10 @@ def test_an_ipsec_socket_policy_protects_a_programs_traffic_where_the_spd_sends_
             for h in (a, b):
                 h.setkey(SAS)  # keys, and no policy at all: the SPD sends everything in the clear
 
-            def under_bridge(h: Host, *args: str) -> subprocess.Popen[str]:
-                argv = h.ns.argv(sys.executable, "-m", "pfkeyd", "exec", "--socket", h.sock, "--", sys.executable, "-c")
-                return subprocess.Popen(
-                    [*argv, SOCKPOL_PROGRAM, *args],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    text=True,
-                    env=h.env,
-                )
-
-            echo = under_bridge(b, B4, A4, "echo")
+            echo = b.under_bridge(SOCKPOL_PROGRAM, B4, A4, "echo")
             assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
             assert f"udp {B4}[6000] in ipsec esp/transport//require" in b.control("stats")
-            client = under_bridge(a, A4, B4, "send")
+            client = a.under_bridge(SOCKPOL_PROGRAM, A4, B4, "send")
             out, err = client.communicate(timeout=30)
             assert client.returncode == 0 and out.strip() == "done", err
             _, err = echo.communicate(timeout=30)

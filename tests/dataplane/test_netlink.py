@@ -132,6 +132,7 @@ def test_setup_removes_what_a_killed_run_left(netpair: Pair) -> None:
         first = Routing(RoutingConfig())
         first.setup()
         first.add_route(tunnel_route("10.9.0.0/16"))
+        first.add_socket_route(SocketRoute(6, socket.IPPROTO_UDP, 500, None))
         # SIGKILL: no close(); the TUN goes with its descriptor, the rules stay
         os.close(fd)
         first._ipr.close()
@@ -144,6 +145,8 @@ def test_setup_removes_what_a_killed_run_left(netpair: Pair) -> None:
             (5050, 254, 0, DEFAULT_FWMARK),
             (5051, DEFAULT_TABLE, 2, DEFAULT_FWMARK),
         ]
+        # and no socket rule of the killed run
+        assert not [x for x in _rules(socket.AF_INET6) if x[0] == 5052]
         second.close()
         os.close(fd)
     assert ns.snapshot() == clean
@@ -271,23 +274,3 @@ def test_a_socket_rule_routes_that_sockets_packets_into_the_tun_and_goes_at_clos
         with IPRoute() as ipr:
             assert not [m for m in ipr.get_rules(family=socket.AF_INET) if m.get("priority") == 5052]
         r.add_socket_route(sock_route)  # left for close() to remove (the fixture checks)
-
-
-def test_setup_removes_socket_rules_a_killed_run_left(netpair: Pair) -> None:
-    ns = netpair.a
-    clean = ns.snapshot()
-    with ns.inside():
-        fd = open_tun("ipsec0")
-        first = Routing(RoutingConfig())
-        first.setup()
-        first.add_socket_route(SocketRoute(6, socket.IPPROTO_UDP, 500, None))
-        first._ipr.close()  # killed: nothing removed
-        os.close(fd)
-        fd = open_tun("ipsec0")
-        second = Routing(RoutingConfig())
-        second.setup()
-        with IPRoute() as ipr:
-            assert not [m for m in ipr.get_rules(family=socket.AF_INET6) if m.get("priority") == 5052]
-        second.close()
-        os.close(fd)
-    assert ns.snapshot() == clean

@@ -411,26 +411,10 @@ def test_socket_bypass_policy_lets_ike_through_in_the_clear_under_require(netpai
                     sa_lines("esp", OUTER4, f"-E aes-gcm-16 {GCM}") + policies(OUTER4, "esp/transport//require", me)
                 )
 
-            def under_bridge(h: Host, *args: str) -> subprocess.Popen[str]:
-                argv = h.ns.argv(
-                    sys.executable,
-                    "-m",
-                    "pfkeyd",
-                    "exec",
-                    "--socket",
-                    h.sock,
-                    "--",
-                    sys.executable,
-                    "-c",
-                    BYPASS_PROGRAM,
-                    *args,
-                )
-                return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=h.env)
-
-            echo = under_bridge(b, OUTER4[1], OUTER4[0], "echo")
+            echo = b.under_bridge(BYPASS_PROGRAM, OUTER4[1], OUTER4[0], "echo")
             assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
             assert "udp 192.0.2.2[500] out bypass" in b.control("stats")
-            client = under_bridge(a, OUTER4[0], OUTER4[1], "send")
+            client = a.under_bridge(BYPASS_PROGRAM, OUTER4[0], OUTER4[1], "send")
             out, err = client.communicate(timeout=30)
             assert client.returncode == 0 and out.strip() == "done", err
             echo.communicate(timeout=30)
