@@ -47,9 +47,10 @@ must each have been satisfied by an applied SA of their protocol (IPComp is
 always "use"), a discard policy (or def_policy 0 with no policy) drops it; a drop
 is counted as ``policy.in_reject``.  Accepted datagrams are written to the TUN,
 from which the kernel delivers or forwards them.  Cleartext that arrives on the
-outer interface never passes through the daemon (the kernel delivers it itself);
-where ``require`` must hold against such packets, a firewall rule in front of the
-protected prefixes is needed (documented in pfkeyd.8).
+outer interface never passes through the daemon (the kernel delivers it itself):
+the same check is made on it by an nftables table the plane keeps in step with
+the inbound policies (:mod:`.nft`, :meth:`DataPlane.sync_firewall`).  The
+receiving socket's inbound per-socket policy comes first, both ways.
 
 **Lifetimes.**  The bundle counts each SA's bytes and packets into its
 :class:`~pfkeyd.packet.runtime.SaRuntime`; after every batch the differences go to
@@ -58,9 +59,11 @@ hard limits send EXPIRE to the registered key managers and remove the SA.
 
 **Routes** follow the outbound ipsec policies (tunnel mode: the remote selector;
 transport mode: the peer's host route, both from the destination selector) with
-the local address inside the source selector as preferred source; they are kept
-in step when the SPD changes, and removed at exit (:mod:`.netlink`), unless
-routing is left to the user.
+the local address inside the source selector as preferred source; a socket with
+an outbound ipsec socket policy gets a rule that sends its packets into the TUN
+whatever their destination.  They are kept in step when the SPD or the socket
+policies change, and removed at exit (:mod:`.netlink`), unless routing is left
+to the user.
 
 **The one-step tunnel path.**  A bundle of one ESP tunnel SA over IPv4 with a
 combined-mode cipher (the common site-to-site case) goes through
