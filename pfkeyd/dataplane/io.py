@@ -33,8 +33,12 @@ these objects and never sees a socket.
   which implies ``IP_HDRINCL`` (``IPV6_HDRINCL`` is set explicitly): the datagram goes
   out exactly as the transforms built it (the kernel fills an IPv4 checksum and a
   zero ID).  The kernel never fragments such a datagram: one larger than the path
-  MTU fails with EMSGSIZE, counted.  ESP-in-UDP goes out here too, since the
-  transforms return it with its UDP header.
+  MTU fails with EMSGSIZE.  Then, if its header allows fragmentation, it goes out
+  again on a socket of its protocol without the header-included option, with the
+  header's fields as control messages, and the kernel fragments it
+  (:func:`fragmentable`, :class:`RawSender`); otherwise the drop is counted.
+  ESP-in-UDP goes out here too, since the transforms return it with its UDP
+  header.
 * :class:`NattSocket`: the UDP socket bound to 4500 (RFC 3948), without ``UDP_ENCAP``
   (which would hand ESP to the kernel's XFRM).  Each datagram is classified
   (:func:`classify_udp`): a single 0xFF byte is a NAT keepalive, four zero bytes
@@ -64,6 +68,7 @@ per burst instead of per packet; see the reference digest §4.6).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import socket
@@ -81,6 +86,8 @@ from pfkeyd.record import record
 
 __all__ = [
     "drop_name",
+    "Fragmentable",
+    "fragmentable",
     "IPPROTO_AH",
     "IPPROTO_COMP",
     "IPPROTO_ESP",
@@ -103,6 +110,9 @@ IPPROTO_AH = 51
 IPPROTO_COMP = 108
 IPSEC_PROTOCOLS = (IPPROTO_ESP, IPPROTO_AH, IPPROTO_COMP)
 NATT_PORT = 4500
+#: The protocols an oversized datagram may carry to be fragmented by the kernel (ESP,
+#: AH, IPComp, and UDP for ESP in UDP): RawSender keeps a socket for each.
+FRAGMENTED_PROTOCOLS = (*IPSEC_PROTOCOLS, socket.IPPROTO_UDP)
 MAX_DATAGRAM = 65535
 BATCH = 64  # packets per burst before yielding to other tasks
 
@@ -114,6 +124,9 @@ IP_TTL = socket.IP_TTL  # the cmsg types equal the option numbers
 IP_TOS = socket.IP_TOS
 IPV6_FLOWINFO = 11
 IPV6_HDRINCL = 36
+IP_MTU_DISCOVER = 10
+IPV6_AUTOFLOWLABEL = 70
+IP_PMTUDISC_DONT = 0
 SO_NO_CHECK = 11
 SO_RCVBUFFORCE = 33
 # The receive sockets' buffer: the bound on what waits in the kernel while the
@@ -378,14 +391,94 @@ class RawReceiver:
         self.sock.close()
 
 
+@record(kw_only=True)
+class Fragmentable:
+    """What the kernel needs to build and fragment a datagram's header itself: the
+    datagram's protocol, source, TOS or traffic class, TTL or hop limit, and where
+    its payload starts (:func:`fragmentable`)."""
+
+    proto: int
+    src: bytes
+    tos: int
+    ttl: int
+    offset: int
+
+
+_IPV4_DF = 0x4000
+_IPV4_MF_OFFSET = 0x3FFF
+_IPV6_EXTENSIONS = frozenset({0, 43, 44, 60})  # hop-by-hop, routing, fragment, destination options
+
+
+def fragmentable(datagram: bytes) -> Fragmentable | None:
+    """Whether the kernel may fragment ``datagram`` for us, rebuilding its header from
+    this description without losing anything the header says (pure): an IPv4
+    datagram without options, DF clear, not itself a fragment; an IPv6 datagram
+    whose next header is not an extension header and whose flow label is zero
+    (a socket can set a flow label only under a lease).  None otherwise."""
+    if len(datagram) >= 20 and datagram[0] == 0x45:
+        total, frag = struct.unpack_from("!H2xH", datagram, 2)
+        if total != len(datagram) or frag & (_IPV4_DF | _IPV4_MF_OFFSET):
+            return None
+        return Fragmentable(proto=datagram[9], src=datagram[12:16], tos=datagram[1], ttl=datagram[8], offset=20)
+    if len(datagram) >= 40 and datagram[0] >> 4 == 6:
+        (first,) = struct.unpack_from("!I", datagram)
+        if first & 0xFFFFF or datagram[6] in _IPV6_EXTENSIONS:
+            return None
+        if struct.unpack_from("!H", datagram, 4)[0] != len(datagram) - 40:
+            return None
+        return Fragmentable(proto=datagram[6], src=datagram[8:24], tos=(first >> 20) & 0xFF, ttl=datagram[7], offset=40)
+    return None
+
+
+def _ancillary(family: int, f: Fragmentable) -> list[tuple[int, int, bytes]]:
+    """The control messages that make the kernel's header say what ours said."""
+    if family == socket.AF_INET:
+        return [
+            (socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, f.src, bytes(4))),
+            (socket.IPPROTO_IP, IP_TOS, struct.pack("=i", f.tos)),
+            (socket.IPPROTO_IP, IP_TTL, struct.pack("=i", f.ttl)),
+        ]
+    return [
+        (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, f.src + struct.pack("=i", 0)),
+        (socket.IPPROTO_IPV6, socket.IPV6_TCLASS, struct.pack("=i", f.tos)),
+        (socket.IPPROTO_IPV6, socket.IPV6_HOPLIMIT, struct.pack("=i", f.ttl)),
+    ]
+
+
+# A classic BPF program of one instruction, "return 0": the socket keeps nothing.
+_BPF_RET_K = 0x06
+SO_ATTACH_FILTER = 26
+
+
+def _receive_nothing(sock: socket.socket) -> None:
+    """Attach a filter that drops every datagram the kernel would queue on ``sock`` (a
+    raw socket opened only to send would otherwise get a copy of all its protocol)."""
+    program = ctypes.create_string_buffer(struct.pack("=HBBI", _BPF_RET_K, 0, 0, 0))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", 1, ctypes.addressof(program)))
+
+
 class RawSender:
     """Sends whole datagrams of one family exactly as built (IP_HDRINCL / IPV6_HDRINCL),
-    marked with ``fwmark`` so they bypass the TUN."""
+    marked with ``fwmark`` so they bypass the TUN.
+
+    A datagram larger than the path MTU cannot go out that way (the kernel never
+    fragments a datagram whose header it did not build).  When the header allows
+    fragmentation (:func:`fragmentable`: IPv4 with DF clear, as ``dfbit=0`` leaves
+    tunnel headers; IPv6, where the source may always fragment) it goes out on a
+    socket of its protocol without IP_HDRINCL instead, with its source, TOS and
+    TTL passed as control messages, and the kernel builds the same header (but for
+    the IPv4 identification, its own) and fragments the datagram (counted
+    ``raw4.fragmented``); the receiver's kernel
+    reassembles it before its raw socket sees it.  That is what lets the TUN's MTU
+    exceed the wire's (``--mtu``), as FreeBSD fragments after IPsec.  Otherwise it
+    is dropped with EMSGSIZE, counted."""
 
     def __init__(self, family: int, fwmark: int, counters: IoCounters | None = None) -> None:
         self.family = family
         self.counters = counters if counters is not None else IoCounters()
         self._name = f"raw{4 if family == socket.AF_INET else 6}"
+        self._fwmark = fwmark
+        self._by_proto: dict[int, socket.socket] = {}
         sock = socket.socket(family, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, socket.IPPROTO_RAW)
         try:
             _mark(sock, fwmark)
@@ -393,37 +486,74 @@ class RawSender:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+            # Opened now, in the caller's namespace and with its privileges.
+            for proto in FRAGMENTED_PROTOCOLS:
+                self._by_proto[proto] = self._open_fragmenting(proto)
         except BaseException:
-            sock.close()
+            for s in (sock, *self._by_proto.values()):
+                s.close()
             raise
         self.sock = sock
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    async def send(self, datagram: bytes) -> bool:
-        """Send ``datagram`` (a whole IP datagram of this family) to its destination;
-        False if it was dropped (counted under ``raw4.drop.<errno>`` / ``raw6...``)."""
+    def _open_fragmenting(self, proto: int) -> socket.socket:
+        sock = socket.socket(self.family, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, proto)
+        try:
+            _mark(sock, self._fwmark)
+            _receive_nothing(sock)
+            if self.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DONT)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 0)
+                sock.setsockopt(socket.IPPROTO_IPV6, IPV6_AUTOFLOWLABEL, 0)  # keep the header's zero label
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def try_send(self, datagram: bytes) -> bool | socket.socket:
+        """Send ``datagram`` (a whole IP datagram of this family) now: True if sent,
+        False if dropped (counted under ``raw4.drop.<errno>`` / ``raw6...``), or the
+        socket to wait on, writable, before trying again (it was full)."""
         family, dst = destination_of(datagram)
         if family != self.family:
             raise ValueError(f"an IPv{4 if family == socket.AF_INET else 6} datagram on the {self._name} sender")
-        while True:
+        sock = self.sock
+        try:
             try:
-                self.sock.sendto(datagram, (dst, 0))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
+                sock.sendto(datagram, (dst, 0))
             except OSError as e:
-                if e.errno not in DROP_ERRNOS:
+                how = fragmentable(datagram) if e.errno == errno.EMSGSIZE else None
+                if how is None or how.proto not in self._by_proto:
                     raise
-                self.counters.add(drop_name(self._name, e))
-                return False
-            self.counters.add(f"{self._name}.send")
-            return True
+                sock = self._by_proto[how.proto]
+                sock.sendmsg([memoryview(datagram)[how.offset :]], _ancillary(family, how), 0, (dst, 0))
+                self.counters.add(f"{self._name}.fragmented")
+        except BlockingIOError:
+            return sock
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:
+                raise
+            self.counters.add(drop_name(self._name, e))
+            return False
+        self.counters.add(f"{self._name}.send")
+        return True
+
+    async def send(self, datagram: bytes) -> bool:
+        """:meth:`try_send`, waiting while the socket is full."""
+        while True:
+            got = self.try_send(datagram)
+            if isinstance(got, bool):
+                return got
+            await trio.lowlevel.wait_writable(got)
 
     def close(self) -> None:
-        _notify_closing(self.sock)
-        self.sock.close()
+        for sock in (self.sock, *self._by_proto.values()):
+            _notify_closing(sock)
+            sock.close()
+        self._by_proto = {}
 
 
 # ------------------------------------------------------------------------ NAT-T

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 import trio
 from scapy.layers.inet import IP, UDP
-from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment
 from scapy.packet import Raw
 
 from pfkeyd.dataplane.io import (
@@ -28,9 +28,11 @@ from pfkeyd.dataplane.io import (
     UdpKind,
     classify_udp,
     destination_of,
+    fragmentable,
     rebuild_ipv6,
 )
 from pfkeyd.dataplane.netlink import DEFAULT_FWMARK, Routing, RoutingConfig, transport_route, tunnel_route
+from tests.dataplane.wire import Capture, is_neighbour_discovery
 from tests.netns import Pair
 
 V4, V6 = socket.AF_INET, socket.AF_INET6
@@ -184,15 +186,64 @@ async def test_bursts_are_drained_in_batches_bounded_by_the_limit(netpair: Pair)
     assert rx.counters["raw4.50.receive"] == 10
 
 
-async def test_a_datagram_over_the_mtu_is_dropped_and_counted_with_emsgsize(netpair: Pair) -> None:
+async def test_a_datagram_over_the_mtu_with_df_set_is_dropped_and_counted_with_emsgsize(netpair: Pair) -> None:
     counters = IoCounters()
     with netpair.a.inside():
         tx = RawSender(V4, DEFAULT_FWMARK, counters)
     try:
-        assert await tx.send(_esp4(payload=bytes(2000))) is False
+        assert await tx.send(_esp4(payload=bytes(2000))) is False  # _esp4 sets DF
     finally:
         tx.close()
     assert counters.snapshot() == {"raw4.drop.EMSGSIZE": 1}
+
+
+def _fields(dg: bytes) -> dict[str, object]:
+    """What a header must keep through the kernel's fragmentation and reassembly."""
+    if dg[0] >> 4 == 4:
+        p = IP(dg)
+        return {"src": p.src, "dst": p.dst, "proto": p.proto, "tos": p.tos, "ttl": p.ttl, "flags": int(p.flags)}
+    q = IPv6(dg)
+    return {"src": q.src, "dst": q.dst, "nh": q.nh, "tc": q.tc, "hlim": q.hlim, "fl": q.fl}
+
+
+@pytest.mark.parametrize("proto", [50, 17])
+@pytest.mark.parametrize("family", [V4, V6])
+async def test_a_fragmentable_datagram_over_the_mtu_is_fragmented_by_the_kernel_and_arrives_whole(
+    netpair: Pair, family: int, proto: int
+) -> None:
+    payload = bytes(range(256)) * 20  # 5120 bytes: four fragments on the 1500-byte veth
+    if family == V4:
+        sent = bytes(IP(src=Pair.V4[0], dst=Pair.V4[1], proto=proto, tos=0x2A, id=7, ttl=33) / Raw(payload))
+    else:
+        sent = bytes(IPv6(src=Pair.V6[0], dst=Pair.V6[1], nh=proto, tc=0x2A, hlim=33) / Raw(payload))
+    counters = IoCounters()
+    with netpair.b.inside():
+        rx = RawReceiver(family, 50) if proto == 50 else socket.socket(family, socket.SOCK_RAW, proto)
+    with netpair.a.inside():
+        tx = RawSender(family, DEFAULT_FWMARK, counters)
+    cap = Capture(netpair.a)
+    try:
+        assert await tx.send(sent) is True, counters.snapshot()
+        if isinstance(rx, RawReceiver):
+            got = await rx.receive()
+        else:
+            with trio.fail_after(10):
+                await trio.lowlevel.wait_readable(rx)
+            got = rx.recv(65535)
+            if family == V6:  # an IPv6 raw socket gives the payload alone
+                got = sent[:40] + got
+        wire = [dg for dg in cap.ip(outgoing_only=True) if not is_neighbour_discovery(dg)]
+    finally:
+        cap.close()
+        rx.close()
+        tx.close()
+    name = "raw4" if family == V4 else "raw6"
+    assert counters.snapshot() == {f"{name}.fragmented": 1, f"{name}.send": 1}, counters.snapshot()
+    assert got[-len(payload) :] == payload
+    assert _fields(got) == _fields(sent)
+    # the wire carried fragments, each at most the veth's MTU
+    frags = [dg for dg in wire if (IP(dg).frag or IP(dg).flags.MF if family == V4 else IPv6ExtHdrFragment in IPv6(dg))]
+    assert len(frags) >= 4 and max(map(len, frags)) <= 1500
 
 
 def test_a_datagram_of_the_other_family_is_refused(netpair: Pair) -> None:
@@ -432,3 +483,23 @@ async def test_fragmented_datagrams_arrive_reassembled(netpair: Pair, family: in
         assert IP(got).len == len(whole) and got[20:] == whole[20:] and IP(got).flags == IP(whole).flags
     else:
         assert got == whole  # no fragment header left, payload length of the whole
+
+
+def test_fragmentable_takes_only_headers_the_kernel_can_rebuild_whole() -> None:
+    v4 = _esp4(payload=bytes(100))  # DF set
+    clear = bytes(IP(src=Pair.V4[0], dst=Pair.V4[1], proto=50, tos=0x2A, ttl=9) / Raw(bytes(100)))
+    got = fragmentable(clear)
+    assert got is not None
+    assert (got.proto, got.src, got.tos, got.ttl, got.offset) == (50, socket.inet_aton(Pair.V4[0]), 0x2A, 9, 20)
+    assert fragmentable(v4) is None  # DF
+    assert fragmentable(bytes(IP(src="1.2.3.4", dst="5.6.7.8", proto=50, frag=3) / Raw(bytes(8)))) is None
+    assert fragmentable(bytes(IP(src="1.2.3.4", dst="5.6.7.8", proto=50, flags="MF") / Raw(bytes(8)))) is None
+    assert fragmentable(bytes(IP(src="1.2.3.4", dst="5.6.7.8", proto=50, options=b"\x01" * 4) / Raw(bytes(8)))) is None
+    assert fragmentable(clear[:-1]) is None  # the total length disagrees
+    v6 = bytes(IPv6(src=Pair.V6[0], dst=Pair.V6[1], nh=50, tc=0x2A, hlim=7) / Raw(bytes(100)))
+    got6 = fragmentable(v6)
+    assert got6 is not None and (got6.proto, got6.tos, got6.ttl, got6.offset) == (50, 0x2A, 7, 40)
+    assert fragmentable(_esp6()) is None  # a flow label
+    with_ext = bytes(IPv6(src=Pair.V6[0], dst=Pair.V6[1]) / IPv6ExtHdrDestOpt(nh=50) / Raw(bytes(8)))
+    assert fragmentable(with_ext) is None
+    assert fragmentable(b"") is None and fragmentable(b"\x45" + bytes(10)) is None
