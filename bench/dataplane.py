@@ -251,7 +251,7 @@ def control(sock: str, *argv: str) -> str:
 
 
 def start_daemons(
-    p: Pair, work: str, profile: str | None, mtu: int = 1400
+    p: Pair, work: str, profile: str | None, mtu: int = 1400, extra: tuple[str, ...] = ()
 ) -> dict[str, tuple[subprocess.Popen[bytes], str]]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     daemons = {}
@@ -264,7 +264,7 @@ def start_daemons(
         )
         with open(os.path.join(work, f"{name}.log"), "wb") as log:
             proc = subprocess.Popen(
-                ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane", "--mtu", str(mtu)),
+                ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane", "--mtu", str(mtu), *extra),
                 env=env,
                 stdout=subprocess.DEVNULL,
                 stderr=log,
@@ -317,6 +317,11 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--mtu", type=int, default=1400, help="the TUN MTU of the first tunnel (pfkeyd --mtu)")
     ap.add_argument("--big-mtu", type=int, default=65000, help="the TUN MTU of the second TCP stream (0: skip it)")
+    ap.add_argument(
+        "--no-firewall",
+        action="store_true",
+        help="start pfkeyd with --no-firewall (to compare the nftables table's cost)",
+    )
     args = ap.parse_args()
     reason = skip_reason()
     if reason:
@@ -334,7 +339,8 @@ def main() -> int:
             limit, limit_per_cpu = limit_loop(p, s)
             floor_rtt = forwarder_rtt(p)
             prof = os.path.join(work, "a.prof") if args.profile else None
-            daemons = start_daemons(p, work, prof, args.mtu)
+            extra = ("--no-firewall",) if args.no_firewall else ()
+            daemons = start_daemons(p, work, prof, args.mtu, extra)
             try:
                 ping(p, *INNER, count=3)  # routes in place, caches warm
                 # Host B's daemon is stopped during the blast, so that host A's works
@@ -358,7 +364,7 @@ def main() -> int:
                 stop_daemons(daemons, prof)
             big_tcp = 0.0
             if args.big_mtu:
-                daemons = start_daemons(p, work, None, args.big_mtu)
+                daemons = start_daemons(p, work, None, args.big_mtu, extra)
                 try:
                     ping(p, *INNER, count=3)
                     big_tcp = tcp(p, *INNER, s)

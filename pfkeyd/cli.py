@@ -2,8 +2,8 @@
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-           [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
-           [--metrics [host:]port]
+           [--no-routes] [--no-firewall] [--enc] [--pcap file] [--mtu bytes]
+           [--state-dir dir] [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
         the -f file.  With --dataplane it also protects the host's traffic
         (pfkeyd.dataplane).
@@ -102,8 +102,8 @@ def _decode_command(argv: Sequence[str]) -> int:
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-              [--no-routes] [--enc] [--pcap file] [--mtu bytes] [--state-dir dir]
-              [--metrics [host:]port]
+              [--no-routes] [--no-firewall] [--enc] [--pcap file] [--mtu bytes]
+              [--state-dir dir] [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path] [--json | --prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
@@ -173,6 +173,11 @@ def _daemon_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-routes", action="store_true", help="with --dataplane: leave the routes into the TUN to the user"
+    )
+    p.add_argument(
+        "--no-firewall",
+        action="store_true",
+        help="with --dataplane: leave cleartext under inbound require policies to the user's firewall",
     )
     p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
     p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
@@ -367,8 +372,8 @@ GC_YOUNG_THRESHOLD = 100_000
 
 def _dataplane_options(opts: argparse.Namespace) -> Any:
     if opts.dataplane is None:
-        if opts.no_routes or opts.enc or opts.pcap is not None:
-            msg = "--no-routes, --enc and --pcap need --dataplane"
+        if opts.no_routes or opts.no_firewall or opts.enc or opts.pcap is not None:
+            msg = "--no-routes, --no-firewall, --enc and --pcap need --dataplane"
             raise _UsageError(msg)
         return None
     from pfkeyd.dataplane.daemon import DataplaneOptions
@@ -377,7 +382,12 @@ def _dataplane_options(opts: argparse.Namespace) -> Any:
     try:
         check_ifname(opts.dataplane)
         return DataplaneOptions(
-            ifname=opts.dataplane, manage_routes=not opts.no_routes, enc=opts.enc, pcap=opts.pcap, mtu=opts.mtu
+            ifname=opts.dataplane,
+            manage_routes=not opts.no_routes,
+            firewall=not opts.no_firewall,
+            enc=opts.enc,
+            pcap=opts.pcap,
+            mtu=opts.mtu,
         )
     except ValueError as exc:
         raise _UsageError(str(exc)) from None

@@ -31,8 +31,8 @@ from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.knobs import KnobError, Knobs
 from pfkeyd.spd import Flow
-from pfkeyd.wire import Dialect, Direction, IpProto, IpsecRequest, SaState, SockAddr
-from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, MODE_WORDS, POLICY_WORDS, REQUEST_PROTO_WORDS
+from pfkeyd.wire import Dialect, Direction, IpProto, SaState, SockAddr
+from pfkeyd.words import DIRECTION_WORDS, LEVEL_WORDS, POLICY_WORDS, request_text
 
 __all__ = ["Outcome", "run", "COMMANDS", "NAMES", "format_decision", "parse_flow"]
 
@@ -209,14 +209,6 @@ def parse_flow(args: Sequence[str]) -> tuple[int, Flow]:
     return dir_, Flow(src, dst, proto, sport, dport)
 
 
-def _request_text(r: IpsecRequest) -> str:
-    """A request as setkey writes it: proto/mode/src-dst/level[:reqid]."""
-    proto = REQUEST_PROTO_WORDS.get(r.proto, str(r.proto))
-    ends = f"{r.src}-{r.dst}" if r.src is not None else ""
-    level = LEVEL_WORDS.get(r.level, str(r.level))
-    return f"{proto}/{MODE_WORDS.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")
-
-
 def format_decision(decision: Decision, knobs: Knobs) -> str:
     """The lookup answer, one line per fact, the last line being the decision."""
     lines: list[str] = []
@@ -230,7 +222,7 @@ def format_decision(decision: Decision, knobs: Knobs) -> str:
             f" priority {sp.priority:#x}"
         )
         for o in decision.requests:
-            head = f"  {_request_text(o.request)} (level {LEVEL_WORDS.get(o.level, o.level)})"
+            head = f"  {request_text(o.request)} (level {LEVEL_WORDS.get(o.level, o.level)})"
             if not o.reached:
                 lines.append(f"{head}: not reached (the packet is dropped at an earlier request)")
             elif o.sa is not None:

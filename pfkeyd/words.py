@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Final
 
 from pfkeyd.wire.constants import Direction, IpProto, Level, Mode, PolicyType
+from pfkeyd.wire.ext import IpsecRequest
 
 __all__ = [
     "MODE_WORDS",
@@ -24,6 +25,7 @@ __all__ = [
     "DIRECTION_BY_WORD",
     "POLICY_BY_WORD",
     "REQUEST_PROTO_BY_WORD",
+    "request_text",
     "word_list",
 ]
 
@@ -69,3 +71,11 @@ def word_list(table: Mapping[int, str]) -> tuple[str, ...]:
         msg = "a word list needs the values 0 .. n-1"
         raise ValueError(msg)
     return words
+
+
+def request_text(r: IpsecRequest) -> str:
+    """A request as setkey writes it: proto/mode/src-dst/level[:reqid]."""
+    proto = REQUEST_PROTO_WORDS.get(r.proto, str(r.proto))
+    ends = f"{r.src}-{r.dst}" if r.src is not None else ""
+    level = LEVEL_WORDS.get(r.level, str(r.level))
+    return f"{proto}/{MODE_WORDS.get(r.mode, '?')}/{ends}/{level}" + (f":{r.reqid}" if r.reqid else "")

@@ -26,6 +26,8 @@ finalizer whatever the test did; removing the namespace removes every link, rout
 and rule in it, which ``assert_clean`` lets a test check *before* removal for what
 the code under test is meant to remove itself.
 
+A snapshot lists the links, rules, routes and nftables tables of a namespace.
+
 ``skip_reason()`` says why namespaces or TUN cannot be used here (not root, no
 /dev/net/tun, unshare refused), so tests skip cleanly only there.
 """
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -142,8 +146,9 @@ class Namespace:
 
 
 def snapshot() -> dict[str, Any]:
-    """Links, rules and routes of every table of the calling thread's namespace, as
-    comparable values (no counters, no kernel-chosen ids), for leftover checks."""
+    """Links, rules and routes of every table, and the nftables tables, of the
+    calling thread's namespace, as comparable values (no counters, no kernel-chosen
+    ids), for leftover checks."""
     with IPRoute() as ipr:
         links = sorted(((m.get("ifname"), m.get("flags") & 1) for m in ipr.get_links()), key=repr)
         rules = sorted(
@@ -162,12 +167,24 @@ def snapshot() -> dict[str, Any]:
             ),
             key=repr,
         )
-    return {"links": links, "rules": rules, "routes": routes}
+    return {"links": links, "rules": rules, "routes": routes, "nft": nft_tables()}
+
+
+def nft_tables() -> list[tuple[str, str]]:
+    """The nftables tables (family, name) of the calling thread's namespace; none
+    where nft(8) is not installed (then nothing can have made one)."""
+    nft = shutil.which("nft", path=os.environ.get("PATH", "") + os.pathsep + "/usr/sbin:/sbin")
+    if nft is None:
+        return []
+    # A child forked from this thread starts in its namespace.
+    out = subprocess.run([nft, "-j", "list", "tables"], check=True, capture_output=True, text=True).stdout
+    return sorted((t["table"]["family"], t["table"]["name"]) for t in json.loads(out)["nftables"] if "table" in t)
 
 
 OUR_LINKS = ("ipsec0", "enc0", "o0")
 OUR_TABLE = 5050  # pfkeyd.dataplane.netlink's defaults, which the tests use
 OUR_MARK = 0x5050
+OUR_NFT_TABLE = "pfkeyd"  # pfkeyd.dataplane.nft.TABLE
 
 
 def root_snapshot() -> dict[str, Any]:
@@ -181,8 +198,13 @@ def root_snapshot() -> dict[str, Any]:
         names = []
     return {
         "links": [link for link in snap["links"] if link[0] in OUR_LINKS or str(link[0]).startswith("pfk")],
-        "rules": [r for r in snap["rules"] if r[2] == OUR_TABLE or r[4] == OUR_MARK or r[1] in (5050, 5051)],
-        "routes": [r for r in snap["routes"] if r[1] == OUR_TABLE],
+        "rules": [
+            r
+            for r in snap["rules"]
+            if r[2] in (OUR_TABLE, OUR_TABLE + 1) or r[4] == OUR_MARK or r[1] in (5050, 5051, 5052)
+        ],
+        "routes": [r for r in snap["routes"] if r[1] in (OUR_TABLE, OUR_TABLE + 1)],
+        "nft": [t for t in snap["nft"] if t[1] == OUR_NFT_TABLE],
         "namespaces": names,
     }
 

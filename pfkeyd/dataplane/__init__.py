@@ -21,6 +21,8 @@ policies or SAs:
   queueing;
 * ``enc`` shows plaintext on ``enc0`` and in pcap files, following FreeBSD's
   ``net.enc.{in,out}.ipsec_bpf_mask``;
+* ``nft`` keeps an nftables table that drops cleartext under inbound require
+  policies, which the kernel would otherwise deliver without the daemon;
 * ``privileges`` refuses to start without CAP_NET_ADMIN and CAP_NET_RAW.
 """
 

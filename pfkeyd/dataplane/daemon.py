@@ -5,8 +5,10 @@ network namespace: it checks CAP_NET_ADMIN and CAP_NET_RAW first (a clear
 :class:`~pfkeyd.dataplane.privileges.PrivilegeError` otherwise), then creates the TUN,
 configures it and the fwmark rules (:class:`~.netlink.Routing`), opens the raw
 sockets (ESP, AH, IPComp receive for IPv4 and IPv6; one IP_HDRINCL sender per
-family), the NAT-T sockets, enc0 and the pcap file if asked, and the per-socket
-policy listener.  Anything that fails closes what was opened before it.
+family), the NAT-T sockets, enc0 and the pcap file if asked, the per-socket
+policy listener, and the firewall table that drops cleartext under inbound
+require policies (:mod:`.nft`; a clear error if ``nft`` is missing, unless
+``firewall`` is off).  Anything that fails closes what was opened before it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pyroute2 import IPRoute
 from pfkeyd.dataplane.enc import EncInterface, EncTap, PcapWriter
 from pfkeyd.dataplane.io import IPSEC_PROTOCOLS, IoCounters, NattSocket, RawReceiver, RawSender, TunDevice
 from pfkeyd.dataplane.netlink import DEFAULT_FWMARK, DEFAULT_TABLE, Routing, RoutingConfig
+from pfkeyd.dataplane.nft import Firewall, FirewallConfig
 from pfkeyd.dataplane.plane import HOLD_PACKETS, HOLD_TIME, DataPlane
 from pfkeyd.dataplane.privileges import require_capabilities
 from pfkeyd.dataplane.seam import Seam
@@ -38,6 +41,7 @@ class DataplaneOptions:
     ifname: str = "ipsec0"
     mtu: int = 1400
     manage_routes: bool = True
+    firewall: bool = True
     enc: bool = False
     pcap: str | None = None
     natt_port: int = 4500
@@ -68,6 +72,11 @@ def open_dataplane(
     require_capabilities()
     io = IoCounters()
     with ExitStack() as stack:
+        firewall = None
+        if opts.firewall:
+            firewall = Firewall(FirewallConfig(ifname=opts.ifname, natt_port=opts.natt_port))
+            firewall.setup()
+            stack.callback(firewall.close)
         tun = TunDevice.open(opts.ifname, io)
         stack.callback(tun.close)
         routing = Routing(RoutingConfig(ifname=opts.ifname, mtu=opts.mtu, table=opts.table, fwmark=opts.fwmark))
@@ -123,6 +132,10 @@ def open_dataplane(
             hold_time=opts.hold_time,
             local_addresses=local_addresses,
             manage_routes=opts.manage_routes,
+            firewall=firewall,
         )
+        for listener in listeners:
+            listener.on_change = plane.sync_kernel
+            listener.drained = plane.drained
         stack.pop_all()
     return plane, listeners

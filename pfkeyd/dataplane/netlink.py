@@ -24,6 +24,12 @@ P + 1      ``not fwmark M lookup T``                   everything else consults 
 32766      ``lookup main``                             (kernel default) the rest
 =========  =========================================  ==================================
 
+Per-socket ipsec policies (:mod:`.sockpol`) cover a socket's packets whatever
+their destination, which no route can name.  For each such socket a third kind of
+rule sends its packets into the TUN by their source: at priority P + 2,
+``from ADDR ipproto PROTO sport PORT lookup S``, where table S (default T + 1)
+holds one default route per family into the TUN (:class:`SocketRoute`).
+
 With only the first rule, a marked packet for which main has no route would fall
 through to T and into the TUN; the ``not`` on the second makes the bypass hold
 whatever main contains.  Table T before main is what makes a policy win over a more
@@ -65,6 +71,7 @@ __all__ = [
     "NetlinkFailure",
     "Route",
     "Routing",
+    "SocketRoute",
     "RoutingConfig",
     "transport_route",
     "tunnel_route",
@@ -108,6 +115,18 @@ class Route:
             raise ValueError(f"route {self.network} with a source of the other family ({self.src})")
 
 
+@record
+class SocketRoute:
+    """The packets of one socket with an outbound ipsec policy, routed into the TUN
+    by their source: IP version, protocol, local port, and the bound local address
+    (None: any)."""
+
+    version: int
+    proto: int
+    port: int
+    address: Address | None = None
+
+
 def tunnel_route(remote: str | Network, local: str | Address | None = None) -> Route:
     """Tunnel mode: the remote selector into the TUN, sourced from ``local`` if given."""
     net = ipaddress.ip_network(remote, strict=True) if isinstance(remote, str) else remote
@@ -133,6 +152,12 @@ class RoutingConfig:
     table: int = DEFAULT_TABLE
     fwmark: int = DEFAULT_FWMARK
     priority: int = DEFAULT_RULE_PRIORITY
+    #: the table of the default routes into the TUN that socket rules use (0: table + 1)
+    socket_table: int = 0
+
+    @property
+    def sockets(self) -> int:
+        return self.socket_table or self.table + 1
 
     def __post_init__(self) -> None:
         if not 68 <= self.mtu <= 65535:
@@ -141,8 +166,10 @@ class RoutingConfig:
             raise ValueError(f"routing table {self.table} is reserved or out of range")
         if not 1 <= self.fwmark < 2**32:
             raise ValueError(f"fwmark {self.fwmark:#x} out of range 1..0xffffffff")
-        if not 1 <= self.priority < 32765:
-            raise ValueError(f"rule priority {self.priority} out of range 1..32764")
+        if not 1 <= self.priority < 32764:
+            raise ValueError(f"rule priority {self.priority} out of range 1..32763")
+        if not 1 <= self.sockets < 2**32 or self.sockets in (0, 253, 254, 255, self.table):
+            raise ValueError(f"socket routing table {self.sockets} is reserved, out of range or the table itself")
 
 
 def _write_sysctl(path: str, value: str) -> None:
@@ -161,6 +188,7 @@ class Routing:
         self.config = config
         self._ipr: Any = ipr if ipr is not None else IPRoute()
         self._routes: dict[Route, int] = {}
+        self._sockets: set[SocketRoute] = set()
         self._index: int | None = None
 
     # -- the TUN link ----------------------------------------------------------
@@ -200,8 +228,13 @@ class Routing:
         with _asking(f"setting {cfg.ifname} up"):
             self._ipr.link("set", index=self._index, state="up")
         self._remove_rules(strict=False)
-        self._flush_table()
+        self._remove_socket_rules()
+        self._flush_table(cfg.table)
+        self._flush_table(cfg.sockets)
         self._install_rules()
+        for family in _FAMILIES:
+            with _asking(f"adding the default route into {cfg.ifname} to table {cfg.sockets}"):
+                self._ipr.route("add", family=family, dst_len=0, table=cfg.sockets, oif=self._index)
 
     # -- rules -----------------------------------------------------------------
     def _rule_args(self, family: int) -> list[dict[str, Any]]:
@@ -227,19 +260,75 @@ class Routing:
                     if strict and e.code != errno.ENOENT:
                         raise NetlinkFailure(e.code, f"removing rule {args}") from e
 
-    def _flush_table(self) -> None:
+    def _remove_socket_rules(self) -> None:
+        """Remove every rule at the socket rules' priority (a killed run's leftovers)."""
+        prio = self.config.priority + 2
         for family in _FAMILIES:
-            with _asking(f"listing table {self.config.table}"):
-                stale = list(self._ipr.route("dump", family=family, table=self.config.table))
+            with _asking("listing rules"):
+                stale = [m for m in self._ipr.get_rules(family=family) if m.get("priority") == prio]
             for msg in stale:
-                if msg.get("table") != self.config.table:
+                args = {"family": family, "priority": prio, "table": msg.get("table")}
+                for name in ("ip_proto", "FRA_SPORT_RANGE", "src"):
+                    if msg.get(name) is not None:
+                        args[name] = msg.get(name)
+                if msg.get("src") is not None:
+                    args["src_len"] = msg["src_len"]
+                try:
+                    self._ipr.rule("del", **args)
+                except NetlinkError as e:
+                    if e.code != errno.ENOENT:
+                        raise NetlinkFailure(e.code, f"removing a stale socket rule {args}") from e
+
+    def _flush_table(self, table: int) -> None:
+        for family in _FAMILIES:
+            with _asking(f"listing table {table}"):
+                stale = list(self._ipr.route("dump", family=family, table=table))
+            for msg in stale:
+                if msg.get("table") != table:
                     continue
                 dst = msg.get("dst") or ("0.0.0.0" if family == socket.AF_INET else "::")
                 try:
-                    self._ipr.route("del", family=family, table=self.config.table, dst=dst, dst_len=msg["dst_len"])
+                    self._ipr.route("del", family=family, table=table, dst=dst, dst_len=msg["dst_len"])
                 except NetlinkError as e:
                     if e.code not in (errno.ESRCH, errno.ENOENT):
-                        raise NetlinkFailure(e.code, f"removing a stale route from table {self.config.table}") from e
+                        raise NetlinkFailure(e.code, f"removing a stale route from table {table}") from e
+
+    # -- socket rules ------------------------------------------------------------
+    def _socket_rule_args(self, sr: SocketRoute) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "family": socket.AF_INET if sr.version == 4 else socket.AF_INET6,
+            "priority": self.config.priority + 2,
+            "table": self.config.sockets,
+            "ip_proto": sr.proto,
+        }
+        if sr.port:
+            args["FRA_SPORT_RANGE"] = f"{sr.port}:{sr.port}"
+        if sr.address is not None:
+            args["src"] = str(sr.address)
+            args["src_len"] = sr.address.max_prefixlen
+        return args
+
+    def add_socket_route(self, sr: SocketRoute) -> None:
+        """Route the packets of socket ``sr`` into the TUN (idempotent)."""
+        if sr in self._sockets:
+            return
+        with _asking(f"adding the socket rule {self._socket_rule_args(sr)}"):
+            self._ipr.rule("add", **self._socket_rule_args(sr))
+        self._sockets.add(sr)
+
+    def remove_socket_route(self, sr: SocketRoute) -> None:
+        """Stop routing socket ``sr``'s packets into the TUN (idempotent)."""
+        if sr not in self._sockets:
+            return
+        self._sockets.discard(sr)
+        try:
+            self._ipr.rule("del", **self._socket_rule_args(sr))
+        except NetlinkError as e:
+            if e.code != errno.ENOENT:
+                raise NetlinkFailure(e.code, f"removing the socket rule {self._socket_rule_args(sr)}") from e
+
+    def socket_routes(self) -> set[SocketRoute]:
+        return set(self._sockets)
 
     # -- routes ----------------------------------------------------------------
     def _route_args(self, route: Route) -> dict[str, Any]:
@@ -286,7 +375,8 @@ class Routing:
 
     # -- the end ---------------------------------------------------------------
     def close(self) -> None:
-        """Remove every route, both rules and the TUN link; close the netlink socket.
+        """Remove every route, the rules and the TUN link (its routes in the socket
+        table go with it); close the netlink socket.
         Idempotent.  Routes the kernel already dropped (closed TUN) are not an error."""
         if self._ipr is None:
             return
@@ -294,6 +384,8 @@ class Routing:
             for route in list(self._routes):
                 self._routes[route] = 1
                 self.remove_route(route)
+            for sr in list(self._sockets):
+                self.remove_socket_route(sr)
             self._remove_rules(strict=True)
             if self._index is not None:
                 try:

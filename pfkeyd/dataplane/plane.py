@@ -47,9 +47,10 @@ must each have been satisfied by an applied SA of their protocol (IPComp is
 always "use"), a discard policy (or def_policy 0 with no policy) drops it; a drop
 is counted as ``policy.in_reject``.  Accepted datagrams are written to the TUN,
 from which the kernel delivers or forwards them.  Cleartext that arrives on the
-outer interface never passes through the daemon (the kernel delivers it itself);
-where ``require`` must hold against such packets, a firewall rule in front of the
-protected prefixes is needed (documented in pfkeyd.8).
+outer interface never passes through the daemon (the kernel delivers it itself):
+the same check is made on it by an nftables table the plane keeps in step with
+the inbound policies (:mod:`.nft`, :meth:`DataPlane.sync_firewall`).  The
+receiving socket's inbound per-socket policy comes first, both ways.
 
 **Lifetimes.**  The bundle counts each SA's bytes and packets into its
 :class:`~pfkeyd.packet.runtime.SaRuntime`; after every batch the differences go to
@@ -58,9 +59,11 @@ hard limits send EXPIRE to the registered key managers and remove the SA.
 
 **Routes** follow the outbound ipsec policies (tunnel mode: the remote selector;
 transport mode: the peer's host route, both from the destination selector) with
-the local address inside the source selector as preferred source; they are kept
-in step when the SPD changes, and removed at exit (:mod:`.netlink`), unless
-routing is left to the user.
+the local address inside the source selector as preferred source; a socket with
+an outbound ipsec socket policy gets a rule that sends its packets into the TUN
+whatever their destination.  They are kept in step when the SPD or the socket
+policies change, and removed at exit (:mod:`.netlink`), unless routing is left
+to the user.
 
 **The one-step tunnel path.**  A bundle of one ESP tunnel SA over IPv4 with a
 combined-mode cipher (the common site-to-site case) goes through
@@ -78,6 +81,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import select
 import socket
 import struct
 import time
@@ -90,9 +94,11 @@ import trio
 from pfkeyd.dataplane.enc import Direction as EncDirection
 from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
 from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
-from pfkeyd.dataplane.netlink import Route, Routing
+from pfkeyd.dataplane.netlink import Route, Routing, SocketRoute
+from pfkeyd.dataplane.nft import Firewall
+from pfkeyd.dataplane.nft import rules as firewall_rules
 from pfkeyd.dataplane.seam import Seam
-from pfkeyd.dataplane.sockpol import SocketPolicies
+from pfkeyd.dataplane.sockpol import SocketPolicies, SocketPolicy
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision
 from pfkeyd.packet import bundle, fasttunnel, ip, usage
@@ -114,6 +120,8 @@ HOLD_FLOWS = 256
 HOLD_TIME = 5.0
 #: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
 WATCH_INTERVAL = 0.02
+#: How often :meth:`DataPlane.drained` looks at the TUN queue again.
+DRAIN_POLL = 0.002
 
 
 class RandomPool:
@@ -140,6 +148,11 @@ _TCP, _UDP, _SCTP, _ICMP, _ICMP6 = 6, 17, 132, 1, 58
 _PORTED = frozenset((_TCP, _UDP, _SCTP, 136))  # 136: UDP-Lite
 _V6_EXT = frozenset((0, 43, 60, 51))
 _IPCOMP = int(IpProto.IPCOMP)
+#: the counter of the packets each type of per-socket policy decided
+_SOCKET_COUNTERS: dict[int, str] = {
+    PolicyType.DISCARD: "policy.socket_discard",
+    PolicyType.IPSEC: "policy.socket_ipsec",
+}
 
 #: (src bytes, dst bytes, proto, sport, dport): a flow as the SPD sees it.
 FlowKey = tuple[bytes, bytes, int, int, int]
@@ -247,6 +260,7 @@ class DataPlane:
         wall_clock: Callable[[], float] = time.time,
         local_addresses: Callable[[], Sequence[Any]] | None = None,
         manage_routes: bool = True,
+        firewall: Firewall | None = None,
     ) -> None:
         self.seam = seam
         self.tun = tun
@@ -264,10 +278,14 @@ class DataPlane:
         self._wall = wall_clock
         self._local = local_addresses
         self.manage_routes = manage_routes
+        self.firewall = firewall
         self._gen = -1
+        self._sgen = -1
         self._knobs_obj: object = None
         self._pk = PacketKnobs()
         self._out: dict[FlowKey, Verdict] = {}
+        # verdicts of ipsec socket policies, per flow and policy
+        self._sock: dict[tuple[FlowKey, SocketPolicy], Verdict] = {}
         self._in: dict[FlowKey, frozenset[int] | None] = {}
         # spi -> (created, TransformSA, SaRuntime): the runtime outlives knob changes
         self._sas: dict[int, tuple[float, Bound]] = {}
@@ -282,12 +300,15 @@ class DataPlane:
         return Instant(trio.current_time(), int(self._wall()))
 
     def _refresh(self) -> bool:
-        """Forget the caches when the engine's generation moved; True if it did."""
+        """Forget the caches when the engine's generation or the socket policies
+        moved; True if either did."""
         gen = self.seam.generation()
-        if gen == self._gen:
+        sgen = self.socket_policies.generation
+        if gen == self._gen and sgen == self._sgen:
             return False
-        self._gen = gen
+        self._gen, self._sgen = gen, sgen
         self._out.clear()
+        self._sock.clear()
         self._in.clear()
         knobs = self.seam.knobs
         if knobs is not self._knobs_obj:
@@ -321,21 +342,40 @@ class DataPlane:
     def _verdict(self, key: FlowKey, now: Instant) -> Verdict:
         sock = self.socket_policies.match(key)
         if sock is not None:
-            if sock == PolicyType.DISCARD:
-                self.counters["policy.socket_discard"] += 1
-                return Verdict(Verdict.DROP, reason="socket")
-            if sock in (PolicyType.BYPASS, PolicyType.NONE):
-                self.counters["policy.socket_bypass"] += 1
-                return Verdict(Verdict.CLEAR)
+            self.counters[_SOCKET_COUNTERS.get(sock.type, "policy.socket_bypass")] += 1
+            if sock.type == PolicyType.IPSEC:
+                hit = self._sock.get((key, sock))
+                if hit is not None:
+                    return hit
+                verdict, cacheable = self._decide(key, now, sock)
+                if cacheable and len(self._sock) < _CACHE_MAX:
+                    self._sock[(key, sock)] = verdict
+                return verdict
+            return self._decide(key, now, sock)[0]
         hit = self._out.get(key)
         if hit is not None:
             return hit
-        decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
-        self.seam.emit(effects)
-        verdict, cacheable = self._from_decision(decision)
+        verdict, cacheable = self._decide(key, now, None)
         if cacheable and len(self._out) < _CACHE_MAX:
             self._out[key] = verdict
         return verdict
+
+    def _decide(self, key: FlowKey, now: Instant, sock: SocketPolicy | None) -> tuple[Verdict, bool]:
+        """An outbound flow's verdict, uncached, and whether it may be cached: the
+        socket policy ``sock`` of its sending socket if there is one
+        (``ipsec_getpolicybysock``: bypass and none clear, discard drops, ipsec has
+        the engine resolve the socket's own requests), else the SPD."""
+        flow = flow_of(key)
+        if sock is None:
+            decision, effects = self.seam.decide(Direction.OUTBOUND, flow, now)
+        elif sock.type == PolicyType.DISCARD:
+            return Verdict(Verdict.DROP, reason="socket"), True
+        elif sock.type != PolicyType.IPSEC:
+            return Verdict(Verdict.CLEAR), True
+        else:
+            decision, effects = self.seam.resolve(Direction.OUTBOUND, flow, sock.policy_for(flow), now)
+        self.seam.emit(effects)
+        return self._from_decision(decision)
 
     def _from_decision(self, d: Decision) -> tuple[Verdict, bool]:
         if d.held:
@@ -425,9 +465,8 @@ class DataPlane:
         protected, in order; timed-out flows are dropped and counted."""
         out: list[bytes] = []
         for key, (deadline, packets) in list(self._held.items()):
-            decision, effects = self.seam.decide(Direction.OUTBOUND, flow_of(key), now)
-            self.seam.emit(effects)
-            v, _ = self._from_decision(decision)
+            # Decided as the first packet was: a socket policy first, then the SPD.
+            v, _ = self._decide(key, now, self.socket_policies.match(key))
             if v.kind == Verdict.HOLD:
                 if now.mono >= deadline:
                     del self._held[key]
@@ -470,10 +509,28 @@ class DataPlane:
         return self._bound(sa)
 
     def _required(self, key: FlowKey, now: Instant) -> frozenset[int] | None:
-        """The protocols an inbound flow's policy requires; None when it is discarded."""
+        """The protocols an inbound flow's policy requires; None when it is discarded.
+        The receiving socket's inbound policy comes first (bypass and none: nothing,
+        discard: refused, ipsec: its own requests), then the SPD's."""
         if key in self._in:
             return self._in[key]
-        decision, _ = self.seam.decide(Direction.INBOUND, flow_of(key), now)
+        need: frozenset[int] | None
+        sock = self.socket_policies.match_in(key)
+        if sock is not None and sock.type != PolicyType.IPSEC:
+            need = None if sock.type == PolicyType.DISCARD else frozenset()
+        else:
+            flow = flow_of(key)
+            if sock is None:
+                decision, _ = self.seam.decide(Direction.INBOUND, flow, now)
+            else:
+                decision, _ = self.seam.resolve(Direction.INBOUND, flow, sock.policy_for(flow), now)
+            need = self._need(decision)
+        if len(self._in) < _CACHE_MAX:
+            self._in[key] = need
+        return need
+
+    def _need(self, decision: Decision) -> frozenset[int] | None:
+        """What an inbound decision requires of a packet's applied SAs (ipsec_in_reject)."""
         sp = decision.policy
         need: frozenset[int] | None
         if sp is None:
@@ -488,8 +545,6 @@ class DataPlane:
                 for o in decision.requests
                 if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP
             )
-        if len(self._in) < _CACHE_MAX:
-            self._in[key] = need
         return need
 
     def accept(self, got: bundle.Accepted | Drop, received: bytes, now: Instant) -> bytes | None:
@@ -570,6 +625,67 @@ class DataPlane:
                 log.warning("adding route %s: %s", r.network, e)
                 want.discard(r)
         self._routes = want
+        self._sync_socket_routes()
+
+    def _sync_socket_routes(self) -> None:
+        """The packets of sockets with an outbound ipsec policy go into the TUN
+        whatever their destination (:class:`~.netlink.SocketRoute`)."""
+        assert self.routing is not None
+        want = {
+            SocketRoute(
+                4 if len(p.address) == 4 else 6,
+                p.proto,
+                p.port,
+                ipaddress.ip_address(p.address) if any(p.address) else None,
+            )
+            for p in self.socket_policies.outbound_ipsec()
+        }
+        have = self.routing.socket_routes()
+        for sr in have - want:
+            self._routing_step(self.routing.remove_socket_route, sr, "removing a socket rule")
+        for sr in want - have:
+            self._routing_step(self.routing.add_socket_route, sr, "adding a socket rule")
+
+    def _routing_step(self, step: Callable[[SocketRoute], object], sr: SocketRoute, what: str) -> None:
+        """One netlink step of :meth:`_sync_socket_routes`; a refusal is logged and counted."""
+        try:
+            step(sr)
+        except OSError as e:
+            self.counters["route.error"] += 1
+            log.warning("%s: %s", what, e)
+
+    async def drained(self) -> None:
+        """Return once the TUN holds no packet the plane has not decided: the outbound
+        path decides each batch as soon as it has read it, without yielding, so an
+        empty TUN queue means every packet sent before now has met its policy."""
+        fd = self.tun.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while poller.poll(0):
+            await trio.sleep(DRAIN_POLL)
+
+    def sync_kernel(self) -> None:
+        """Routes, socket rules and the firewall table in step with the policies now
+        (the socket-policy listener calls it before it answers setsockopt, so that a
+        program's next packet already meets its policy)."""
+        self.sync_routes()
+        self.sync_firewall()
+
+    # --------------------------------------------------------------- firewall
+    def sync_firewall(self) -> None:
+        """Bring the nftables table in step with the inbound SPD, the inbound socket
+        policies and def_policy (:mod:`.nft`); a refusal keeps the old rules, logged
+        and counted."""
+        if self.firewall is None:
+            return
+        chain = firewall_rules(
+            self.firewall.config, self.seam.inbound_policies(), self.socket_policies.inbound(), self.seam.knobs
+        )
+        try:
+            self.firewall.apply(chain)
+        except OSError as e:
+            self.counters["firewall.error"] += 1
+            log.warning("updating the firewall table: %s", e.strerror or e)
 
     # --------------------------------------------------------------- the shell
     async def _send(self, datagrams: Iterable[bytes]) -> None:
@@ -619,6 +735,7 @@ class DataPlane:
         while True:
             if self._refresh():
                 self.sync_routes()
+                self.sync_firewall()
                 if self._held:
                     await self._send(self.release_held(self._now()))
                 self.changed.set()
@@ -635,6 +752,7 @@ class DataPlane:
         try:
             self._refresh()
             self.sync_routes()
+            self.sync_firewall()
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._outbound_loop)
                 for rx in self.receivers:
@@ -647,7 +765,14 @@ class DataPlane:
             self.close()
 
     def close(self) -> None:
-        """Close everything (idempotent): routes, rules, TUN, sockets, enc0, pcap."""
+        """Close everything (idempotent): firewall table, routes, rules, TUN, sockets,
+        enc0, pcap."""
+        if self.firewall is not None:
+            try:
+                self.firewall.close()
+            except OSError as e:
+                log.warning("removing the firewall table: %s", e.strerror or e)
+            self.firewall = None
         if self.routing is not None:
             try:
                 self.routing.close()
@@ -686,9 +811,20 @@ class DataPlane:
                     "replay": st.replay.count if st.replay is not None else 0,
                 }
             )
+        counters = dict(self.counters)
+        clear = 0
+        if self.firewall is not None:
+            try:
+                clear = counters["policy.in_clear_reject"] = self.firewall.dropped()
+            except OSError as e:
+                log.warning("reading the firewall's counter: %s", e.strerror or e)
+        # FreeBSD's ips_in_polvio: every inbound packet the policy refused, decrypted or not.
+        polvio = counters.get("policy.in_reject", 0) + clear
+        if polvio or self.firewall is not None:
+            counters["policy.in_polvio"] = polvio
         return {
             "interface": self.tun.name,
-            "counters": dict(sorted(self.counters.items())),
+            "counters": dict(sorted(counters.items())),
             "io": dict(sorted(self.io.snapshot().items())),
             "held_flows": len(self._held),
             "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),

@@ -8,13 +8,16 @@ it needs:
 
 * ``decide(dir, flow, now)``: the SPD decision that ``pfkeyd lookup`` shows (policy,
   levels, the SA per request, ACQUIREs with their pacing) and the effects it caused;
+  ``resolve(dir, flow, policy, now)`` the same for a policy found elsewhere (a
+  per-socket policy, applied before the SPD);
 * ``sa(spi)`` and ``sa_between(proto, src, dst)``: the SA an inbound packet names
   (FreeBSD looks up by destination, protocol and SPI; plain IP-in-IP finds the
   IPComp tunnel SA of its two ends);
 * ``report_usage``: the traffic an SA carried (lifetimes by bytes and allocations);
 * ``knobs``, ``generation`` (a number that changes whenever the SPD, the SAD or the
   knobs may have changed, so that caches know when to forget), ``outbound_policies``
-  (for the routes), ``packet_counters`` (the engine's per-protocol table that
+  (for the routes), ``inbound_policies`` (all of them, in lookup order, for the
+  firewall table of :mod:`pfkeyd.dataplane.nft`), ``packet_counters`` (the engine's per-protocol table that
   ``pfkeyd stats`` prints);
 * ``emit(effects)``: hand effects (ACQUIRE, EXPIRE) to the server, which has the
   daemon layer (:class:`pfkeyd.daemon.Daemon`) encode them as it encodes those of a
@@ -53,6 +56,8 @@ class Seam(Protocol):
 
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]: ...
 
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]: ...
+
     def sa(self, spi: int) -> SecAssoc | None: ...
 
     def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None: ...
@@ -62,6 +67,8 @@ class Seam(Protocol):
     ) -> list[Effect]: ...
 
     def outbound_policies(self) -> Iterable[SecPolicy]: ...
+
+    def inbound_policies(self) -> Iterable[SecPolicy]: ...
 
     def emit(self, effects: Sequence[Effect]) -> None: ...
 
@@ -87,6 +94,9 @@ class EngineSeam:
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
         return self._engine.lookup(dir_, flow, now)
 
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
+        return self._engine.resolve(dir_, flow, sp, now)
+
     def sa(self, spi: int) -> SecAssoc | None:
         return self._engine.sad.get(spi)
 
@@ -103,6 +113,9 @@ class EngineSeam:
 
     def outbound_policies(self) -> Iterable[SecPolicy]:
         return [sp for sp in self._engine.spd.ordered((Direction.OUTBOUND,)) if sp.type == PolicyType.IPSEC]
+
+    def inbound_policies(self) -> Iterable[SecPolicy]:
+        return list(self._engine.spd.ordered((Direction.INBOUND,)))
 
     def emit(self, effects: Sequence[Effect]) -> None:
         if effects:

@@ -20,14 +20,29 @@ application and the policy must reach pfkeyd:
 * pfkeyd keeps the policy as a policy **of that connection** (:class:`SocketPolicies`),
   one per direction, and removes every policy of a connection when it closes: the
   bridge closes it when the application closes the socket (or exits: the kernel
-  closes every descriptor), so a policy never outlives its socket.
+  closes every descriptor), so a policy never outlives its socket.  Its packets
+  still queued in the TUN when it closes were sent under its policy, which
+  FreeBSD applies at send time: the policies go once the data plane has read the
+  TUN empty (at most :data:`DRAIN_TIMEOUT` later).
+* The ``sadb_x_policy`` is the program's, built with the headers of the host it
+  runs on: Linux's layout (16-byte ipsecrequests, sockaddrs without a length
+  byte), which :func:`parse_request` decodes with the codec's linux dialect and
+  checks as SPDADD checks its requests (:func:`pfkeyd.engine.policy.check_request`,
+  at most 6 requests as Linux's ``parse_ipsecrequests``).
 * Outbound, the data plane matches a packet's protocol, source address and source
   port against these policies before the SPD (an unbound address matches any).
   ``bypass`` and ``none`` send it in the clear, ``discard`` drops it, ``entrust``
-  leaves it to the SPD; an ``ipsec`` socket policy is kept and shown but the SPD
-  decides its packets (its requests are not applied; documented in pfkeyd.8).
-  Inbound, cleartext IKE never passes through the daemon (the kernel delivers it),
-  so an inbound bypass needs nothing more.
+  leaves it to the SPD, and ``ipsec`` applies the socket's own requests: the engine
+  resolves them to SAs for the packet (:meth:`pfkeyd.engine.Lookup.resolve`, the
+  very step that serves SPD policies: protocol, mode, level, reqid, tunnel
+  endpoints or the packet's addresses, ACQUIRE with its pacing, the hold queue).
+  The policy's selector is the packet's flow, as FreeBSD's
+  ``ipsec_setspidx_inpcb`` makes it, so an ACQUIRE names the socket's ports.
+* Inbound, the protocol, destination address and destination port of a datagram
+  are matched the same way against the inbound policies: for decrypted packets in
+  the data plane's policy check, for cleartext in the firewall table
+  (:mod:`pfkeyd.dataplane.nft`: bypass and none let the socket's traffic in, an
+  ipsec policy with a request at level require or unique drops cleartext to it).
 
 ``pfkeyd stats`` lists them.  The socket must be bound when the policy is set (IKE
 daemons bind first); the connection's peer credentials must be root's or the
@@ -43,12 +58,17 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import trio
 
+from pfkeyd.engine.policy import check_request
+from pfkeyd.errors import PfkeyError
 from pfkeyd.record import record
-from pfkeyd.wire import PolicyType
+from pfkeyd.spd import Flow, SecPolicy, Selector
+from pfkeyd.wire import Dialect, Direction, ExtType, IpsecRequest, Policy, PolicyScope, PolicyType, SockAddr
+from pfkeyd.wire.ext import DeferredError
+from pfkeyd.words import request_text
 
 __all__ = ["HEAD", "SocketPolicies", "SocketPolicy", "SocketPolicyListener", "parse_request", "sockpol_path"]
 
@@ -63,6 +83,10 @@ _TYPES = {0: "discard", 1: "none", 2: "ipsec", 3: "entrust", 4: "bypass"}
 _LINUX_AF_INET6 = socket.AF_INET6
 MAX_REQUEST = 4096
 MAX_PER_CONNECTION = 8
+#: The longest a closed socket's policies wait for its queued packets to be decided.
+DRAIN_TIMEOUT = 0.25
+#: Linux's parse_ipsecrequests stops at XFRM_MAX_DEPTH requests (ELOOP beyond).
+MAX_REQUESTS = 6
 
 
 def sockpol_path(socket_path: str) -> str:
@@ -83,14 +107,28 @@ class SocketPolicy:
     port: int
     dir: int
     type: int
-    requests: bytes = b""
+    priority: int = 0
+    requests: tuple[IpsecRequest, ...] = ()
 
     def __str__(self) -> str:
         addr = ipaddress.ip_address(self.address)
         proto = {6: "tcp", 17: "udp"}.get(self.proto, str(self.proto))
-        return f"{proto} {addr}[{self.port}] {_DIRS.get(self.dir, self.dir)} {_TYPES.get(self.type, self.type)}" + (
-            f" ({len(self.requests)} bytes of requests)" if self.requests else ""
+        head = f"{proto} {addr}[{self.port}] {_DIRS.get(self.dir, self.dir)} {_TYPES.get(self.type, self.type)}"
+        return " ".join([head, *(request_text(r) for r in self.requests)])
+
+    def policy_for(self, flow: Flow) -> SecPolicy:
+        """This policy as the key engine resolves it for one packet's ``flow``: an
+        SPD-shaped policy (id 0, never in the SPD) whose selector is the flow itself,
+        as ``ipsec_setspidx_inpcb`` fills a socket policy's index from the packet."""
+        src, dst = flow.src, flow.dst
+        sel = Selector(
+            SockAddr(src.ip, flow.sport),
+            src.ip.max_prefixlen,
+            SockAddr(dst.ip, flow.dport),
+            dst.ip.max_prefixlen,
+            flow.proto,
         )
+        return SecPolicy(0, self.dir, sel, self.type, self.requests, self.priority, 0, 0.0, 0, scope=PolicyScope.GLOBAL)
 
 
 def parse_request(data: bytes, owner: int) -> SocketPolicy:
@@ -108,13 +146,16 @@ def parse_request(data: bytes, owner: int) -> SocketPolicy:
     else:
         raise OSError(errno.EAFNOSUPPORT, f"socket policy for address family {family}")
     pol = data[HEAD.size :]
-    plen, _ext, ptype, pdir, _res, _id, _prio = _POLICY.unpack_from(pol)
+    plen, _ext, ptype, pdir, _res, _id, prio = _POLICY.unpack_from(pol)
     if plen * 8 != len(pol) or plen * 8 < _POLICY.size:
         raise OSError(errno.EINVAL, f"sadb_x_policy length {plen * 8} differs from the {len(pol)} bytes given")
     if pdir not in _DIRS:
         raise OSError(errno.EINVAL, f"socket policy direction {pdir} (in or out only)")
     if ptype not in _TYPES:
         raise OSError(errno.EINVAL, f"socket policy type {ptype}")
+    requests: tuple[IpsecRequest, ...] = ()
+    if ptype == PolicyType.IPSEC:
+        requests = _requests(pol)
     return SocketPolicy(
         owner=owner,
         family=family,
@@ -123,8 +164,27 @@ def parse_request(data: bytes, owner: int) -> SocketPolicy:
         port=port,
         dir=pdir,
         type=ptype,
-        requests=pol[_POLICY.size :],
+        priority=prio,
+        requests=requests,
     )
+
+
+def _requests(pol: bytes) -> tuple[IpsecRequest, ...]:
+    """The ipsecrequests of an ipsec socket policy (Linux layout), checked as SPDADD's."""
+    try:
+        requests = Policy.decode(ExtType.X_POLICY, pol, 0, len(pol), Dialect.LINUX.spec, 0).requests
+    except DeferredError as e:
+        raise OSError(e.errno, str(e)) from None
+    if not requests:
+        raise OSError(errno.EINVAL, "an ipsec socket policy needs at least one request")
+    if len(requests) > MAX_REQUESTS:
+        raise OSError(errno.ELOOP, f"more than {MAX_REQUESTS} ipsecrequests")
+    for r in requests:
+        try:
+            check_request(r)
+        except PfkeyError as e:
+            raise OSError(e.errno, e.message) from None
+    return requests
 
 
 class SocketPolicies:
@@ -132,8 +192,15 @@ class SocketPolicies:
 
     def __init__(self) -> None:
         self._by_owner: dict[int, dict[int, SocketPolicy]] = {}
-        # (proto, port) -> policies of that protocol and port, outbound only
-        self._out: dict[tuple[int, int], list[SocketPolicy]] = {}
+        # direction -> (proto, port) -> policies of that protocol and local port
+        self._index: dict[int, dict[tuple[int, int], list[SocketPolicy]]] = {
+            Direction.INBOUND: {},
+            Direction.OUTBOUND: {},
+        }
+        self._out = self._index[Direction.OUTBOUND]
+        self._in = self._index[Direction.INBOUND]
+        #: moves whenever a policy is set or removed (caches and the firewall follow it)
+        self.generation = 0
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_owner.values())
@@ -147,34 +214,53 @@ class SocketPolicies:
         if old is not None:
             self._unindex(old)
         mine[pol.dir] = pol
-        if pol.dir == 2:
-            self._out.setdefault((pol.proto, pol.port), []).append(pol)
+        self._index[pol.dir].setdefault((pol.proto, pol.port), []).append(pol)
+        self.generation += 1
 
     def _unindex(self, pol: SocketPolicy) -> None:
-        if pol.dir == 2:
-            lst = self._out.get((pol.proto, pol.port), [])
-            if pol in lst:
-                lst.remove(pol)
-            if not lst:
-                self._out.pop((pol.proto, pol.port), None)
+        index = self._index[pol.dir]
+        lst = index.get((pol.proto, pol.port), [])
+        if pol in lst:
+            lst.remove(pol)
+        if not lst:
+            index.pop((pol.proto, pol.port), None)
+
+    def owners(self) -> set[int]:
+        return set(self._by_owner)
 
     def remove_owner(self, owner: int) -> int:
         """Forget every policy of connection ``owner``; how many there were."""
         mine = self._by_owner.pop(owner, {})
         for pol in mine.values():
             self._unindex(pol)
+        if mine:
+            self.generation += 1
         return len(mine)
 
-    def match(self, key: tuple[bytes, bytes, int, int, int]) -> int | None:
-        """The outbound policy type for a packet's flow (src, dst, proto, sport,
-        dport), or None when no socket policy decides it (entrust counts as none)."""
+    def match(self, key: tuple[bytes, bytes, int, int, int]) -> SocketPolicy | None:
+        """The outbound policy of the socket that sent a packet of flow ``key`` (src,
+        dst, proto, sport, dport): by protocol, source port and source address; None
+        when no socket policy decides it (entrust leaves it to the SPD)."""
         if not self._out:
             return None
         src, _dst, proto, sport, _dport = key
-        for pol in self._out.get((proto, sport), ()):
-            if len(pol.address) == len(src) and (pol.address == src or not any(pol.address)):
-                return None if pol.type in (3, PolicyType.IPSEC) else pol.type
-        return None
+        return _decides(self._out.get((proto, sport), ()), src)
+
+    def match_in(self, key: tuple[bytes, bytes, int, int, int]) -> SocketPolicy | None:
+        """The inbound policy of the socket a datagram of flow ``key`` is for: by
+        protocol, destination port and destination address (see :meth:`match`)."""
+        if not self._in:
+            return None
+        _src, dst, proto, _sport, dport = key
+        return _decides(self._in.get((proto, dport), ()), dst)
+
+    def outbound_ipsec(self) -> list[SocketPolicy]:
+        """The outbound policies of type ipsec (their sockets' packets go to the TUN)."""
+        return [p for d in self._by_owner.values() for p in d.values() if p.dir == 2 and p.type == PolicyType.IPSEC]
+
+    def inbound(self) -> list[SocketPolicy]:
+        """The inbound policies that decide something (entrust does not), oldest first."""
+        return [p for d in self._by_owner.values() for p in d.values() if p.dir == 1 and p.type != _ENTRUST]
 
     def describe(self) -> list[str]:
         return [str(p) for d in self._by_owner.values() for p in d.values()]
@@ -184,12 +270,35 @@ class SocketPolicies:
             yield from d.values()
 
 
+_ENTRUST = 3
+
+
+def _decides(candidates: Iterable[SocketPolicy], local: bytes) -> SocketPolicy | None:
+    for pol in candidates:
+        if len(pol.address) == len(local) and (pol.address == local or not any(pol.address)):
+            return None if pol.type == _ENTRUST else pol
+    return None
+
+
 class SocketPolicyListener:
     """The socket-policy socket (SEQPACKET): one connection per application socket."""
 
-    def __init__(self, path: str, policies: SocketPolicies, *, allow_uids: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        path: str,
+        policies: SocketPolicies,
+        *,
+        allow_uids: Iterable[int] = (),
+        on_change: Callable[[], None] | None = None,
+        drained: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.path = path
         self.policies = policies
+        #: called after a policy is set or removed, before setsockopt is answered
+        self.on_change = on_change
+        #: awaited before a closed socket's policies go: until the packets it sent
+        #: before closing, still queued for the data plane, have been decided
+        self.drained = drained
         self._allow = frozenset(allow_uids) | {0, os.geteuid()}
         self._next = 1
         if os.path.exists(path):
@@ -251,6 +360,8 @@ class SocketPolicyListener:
                 except OSError as e:
                     err = e.errno or errno.EINVAL
                     log.info("socket policy refused: %s", e.strerror)
+                else:
+                    self._changed()
                 try:
                     conn.send(struct.pack("=i", err))
                 except BlockingIOError:
@@ -259,11 +370,20 @@ class SocketPolicyListener:
         except OSError as e:
             log.debug("socket policy connection: %s", e.strerror)
         finally:
+            if self.drained is not None and owner in self.policies.owners():
+                # Shielded: at shutdown too the socket's last packets keep its policy.
+                with trio.CancelScope(shield=True), trio.move_on_after(DRAIN_TIMEOUT):
+                    await self.drained()
             n = self.policies.remove_owner(owner)
             if n:
                 log.info("socket closed: %d socket polic%s removed", n, "y" if n == 1 else "ies")
+                self._changed()
             trio.lowlevel.notify_closing(conn)
             conn.close()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def close(self) -> None:
         if self.sock.fileno() >= 0:

@@ -8,6 +8,7 @@ from pfkeyd.engine.messages import (
     index_matches,
 )
 from pfkeyd.engine.sa import SaHandlers
+from pfkeyd.knobs import Knobs
 from pfkeyd.record import record
 from pfkeyd.sad import (
     SaIndex,
@@ -25,7 +26,7 @@ from pfkeyd.wire import (
 )
 from pfkeyd.wire.constants import PROTO_SATYPE
 
-__all__ = ["Decision", "Lookup", "RequestOutcome"]
+__all__ = ["Decision", "DeflevTable", "Lookup", "RequestOutcome", "deflev_table", "request_level"]
 
 
 @record
@@ -68,6 +69,14 @@ class Lookup(SaHandlers):
         if sp is None:
             action = "discard" if self.knobs.def_policy == 0 else "pass"
             return Decision(action, None, default=True), []
+        return self.resolve(dir_, flow, sp, now)
+
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
+        """The decision of policy ``sp`` for ``flow``: the SA of each request, the
+        ACQUIREs (paced) for those without one.  :meth:`lookup` calls it with the
+        SPD's match; the data plane with a per-socket policy, which FreeBSD's
+        ``ipsec_getpolicybysock`` consults before the SPD and whose requests are then
+        resolved exactly as an SPD policy's (``ipsec4_allocsa``)."""
         sp.touch(now.mono, now.wall)
         if sp.type != PolicyType.IPSEC:
             return Decision("discard" if sp.type == PolicyType.DISCARD else "pass", sp), []
@@ -116,32 +125,15 @@ class Lookup(SaHandlers):
         return Decision(action, sp, requests=tuple(outcomes), held=held), effects
 
     def _level(self, r: IpsecRequest, version: int) -> int:
-        """ipsec_get_reqlevel: DEFAULT resolves through the *_deflev knobs; a knob
-        outside 1..3 means REQUIRE; IPComp is always USE."""
-        if r.proto == IpProto.IPCOMP:
-            return Level.USE
-        if r.level != Level.DEFAULT:
-            return r.level
-        table = self._deflev_table()
-        level = table.get((version, r.proto, r.mode), Level.REQUIRE)
-        return level if level in (Level.USE, Level.REQUIRE, Level.UNIQUE) else Level.REQUIRE
+        return request_level(r, version, self._deflev_table())
 
-    def _deflev_table(self) -> dict[tuple[int, int, int], int]:
-        """(IP version, protocol, mode) -> the *_deflev knob's level, per knobs value."""
+    def _deflev_table(self) -> DeflevTable:
+        """:func:`deflev_table` of the current knobs, kept while they do not change."""
         k = self.knobs
         cached = self._deflev
         if cached is not None and cached[0] is k:
             return cached[1]
-        table: dict[tuple[int, int, int], int] = {
-            (4, IpProto.ESP, Mode.TRANSPORT): k.esp_trans_deflev,
-            (4, IpProto.ESP, Mode.TUNNEL): k.esp_net_deflev,
-            (4, IpProto.AH, Mode.TRANSPORT): k.ah_trans_deflev,
-            (4, IpProto.AH, Mode.TUNNEL): k.ah_net_deflev,
-            (6, IpProto.ESP, Mode.TRANSPORT): k.esp6_trans_deflev,
-            (6, IpProto.ESP, Mode.TUNNEL): k.esp6_net_deflev,
-            (6, IpProto.AH, Mode.TRANSPORT): k.ah6_trans_deflev,
-            (6, IpProto.AH, Mode.TUNNEL): k.ah6_net_deflev,
-        }
+        table = deflev_table(k)
         self._deflev = (k, table)
         return table
 
@@ -158,6 +150,35 @@ class Lookup(SaHandlers):
             if best is None or (sa.created < best.created if oldest else sa.created > best.created):
                 best = sa
         return best
+
+
+#: (IP version, protocol, mode) -> the level a request at level default takes.
+DeflevTable = dict[tuple[int, int, int], int]
+
+
+def deflev_table(k: Knobs) -> DeflevTable:
+    """(IP version, protocol, mode) -> the *_deflev knob's level (pure)."""
+    return {
+        (4, IpProto.ESP, Mode.TRANSPORT): k.esp_trans_deflev,
+        (4, IpProto.ESP, Mode.TUNNEL): k.esp_net_deflev,
+        (4, IpProto.AH, Mode.TRANSPORT): k.ah_trans_deflev,
+        (4, IpProto.AH, Mode.TUNNEL): k.ah_net_deflev,
+        (6, IpProto.ESP, Mode.TRANSPORT): k.esp6_trans_deflev,
+        (6, IpProto.ESP, Mode.TUNNEL): k.esp6_net_deflev,
+        (6, IpProto.AH, Mode.TRANSPORT): k.ah6_trans_deflev,
+        (6, IpProto.AH, Mode.TUNNEL): k.ah6_net_deflev,
+    }
+
+
+def request_level(r: IpsecRequest, version: int, table: DeflevTable) -> int:
+    """ipsec_get_reqlevel: DEFAULT resolves through the *_deflev knobs (``table``);
+    a knob outside 1..3 means REQUIRE; IPComp is always USE (pure)."""
+    if r.proto == IpProto.IPCOMP:
+        return Level.USE
+    if r.level != Level.DEFAULT:
+        return r.level
+    level = table.get((version, r.proto, r.mode), Level.REQUIRE)
+    return level if level in (Level.USE, Level.REQUIRE, Level.UNIQUE) else Level.REQUIRE
 
 
 def _request_index(r: IpsecRequest, src: SockAddr, dst: SockAddr) -> SaIndex:

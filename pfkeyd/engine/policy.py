@@ -42,7 +42,7 @@ from pfkeyd.wire import (
 )
 from pfkeyd.wire.constants import IPSEC_MANUAL_REQID_MAX
 
-__all__ = ["PolicyHandlers"]
+__all__ = ["PolicyHandlers", "check_request"]
 
 #: What an X_MIGRATE notification carries (pfkey_send_migrate).
 _MIGRATE_EXTS = frozenset({ExtType.ADDRESS_SRC, ExtType.ADDRESS_DST, ExtType.X_POLICY, ExtType.X_KMADDRESS})
@@ -91,19 +91,7 @@ class PolicyHandlers(EngineCore):
             # before the one past the limit are checked first.
             if i >= limit[0]:
                 raise PfkeyError(f"more than {limit[0]} ipsecrequests", errno=limit[1])
-            if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP):
-                raise ProtocolNotSupported(f"ipsecrequest protocol {r.proto}")
-            if r.mode not in (Mode.TRANSPORT, Mode.TUNNEL):
-                raise InvalidArgument(f"ipsecrequest mode {r.mode & 0xFF} is invalid")
-            if r.level not in _LEVELS:
-                raise InvalidArgument(f"ipsecrequest level {r.level} is invalid")
-            if r.mode == Mode.TUNNEL:
-                if r.src is None or r.dst is None:
-                    raise InvalidArgument("a tunnel-mode request needs its endpoints")
-                if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr) or r.src.version != r.dst.version:
-                    raise InvalidArgument("tunnel endpoints must be of one family")
-            elif r.src is not None and (not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr)):
-                raise InvalidArgument("request endpoints must be IPv4 or IPv6")
+            check_request(r)
             reqid = 0
             if r.level == Level.UNIQUE:
                 reqid = r.reqid if 0 < r.reqid <= IPSEC_MANUAL_REQID_MAX else self.new_reqid()
@@ -275,3 +263,23 @@ def _migrate_request(msg: Message) -> tuple[Selector, int, list[tuple[IpsecReque
         if old.proto != new.proto or old.mode != new.mode:
             raise InvalidArgument("an old and a new ipsecrequest must agree on protocol and mode")
     return Selector(s, src.prefixlen, d, dst.prefixlen, src.proto), pol.dir, pairs
+
+
+def check_request(r: IpsecRequest) -> None:
+    """One ipsecrequest's own checks (key_msg2sp, reference §6.3): protocol, mode,
+    level, tunnel endpoints.  SPDADD runs them, and so does a per-socket policy
+    (:mod:`pfkeyd.dataplane.sockpol`), as FreeBSD's ``ipsec_set_pcbpolicy`` passes
+    the socket's policy through the same ``key_msg2sp``."""
+    if r.proto not in (IpProto.ESP, IpProto.AH, IpProto.IPCOMP):
+        raise ProtocolNotSupported(f"ipsecrequest protocol {r.proto}")
+    if r.mode not in (Mode.TRANSPORT, Mode.TUNNEL):
+        raise InvalidArgument(f"ipsecrequest mode {r.mode & 0xFF} is invalid")
+    if r.level not in _LEVELS:
+        raise InvalidArgument(f"ipsecrequest level {r.level} is invalid")
+    if r.mode == Mode.TUNNEL:
+        if r.src is None or r.dst is None:
+            raise InvalidArgument("a tunnel-mode request needs its endpoints")
+        if not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr) or r.src.version != r.dst.version:
+            raise InvalidArgument("tunnel endpoints must be of one family")
+    elif r.src is not None and (not isinstance(r.src, SockAddr) or not isinstance(r.dst, SockAddr)):
+        raise InvalidArgument("request endpoints must be IPv4 or IPv6")

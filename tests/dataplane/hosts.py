@@ -128,6 +128,15 @@ class Host:
             self.ns.argv(sys.executable, TRAFFIC, *argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
 
+    def under_bridge(self, program: str, *args: str) -> subprocess.Popen[str]:
+        """Python ``program`` (with ``args``) run in the namespace under the PF_KEY
+        bridge (``pfkeyd exec``) against this daemon: its IP_IPSEC_POLICY calls reach
+        the daemon."""
+        argv = self.ns.argv(
+            sys.executable, "-m", "pfkeyd", "exec", "--socket", self.sock, "--", sys.executable, "-c", program, *args
+        )
+        return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env)
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

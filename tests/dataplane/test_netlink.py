@@ -20,6 +20,7 @@ from pfkeyd.dataplane.netlink import (
     Route,
     Routing,
     RoutingConfig,
+    SocketRoute,
     transport_route,
     tunnel_route,
 )
@@ -131,6 +132,7 @@ def test_setup_removes_what_a_killed_run_left(netpair: Pair) -> None:
         first = Routing(RoutingConfig())
         first.setup()
         first.add_route(tunnel_route("10.9.0.0/16"))
+        first.add_socket_route(SocketRoute(6, socket.IPPROTO_UDP, 500, None))
         # SIGKILL: no close(); the TUN goes with its descriptor, the rules stay
         os.close(fd)
         first._ipr.close()
@@ -143,6 +145,8 @@ def test_setup_removes_what_a_killed_run_left(netpair: Pair) -> None:
             (5050, 254, 0, DEFAULT_FWMARK),
             (5051, DEFAULT_TABLE, 2, DEFAULT_FWMARK),
         ]
+        # and no socket rule of the killed run
+        assert not [x for x in _rules(socket.AF_INET6) if x[0] == 5052]
         second.close()
         os.close(fd)
     assert ns.snapshot() == clean
@@ -233,3 +237,40 @@ def test_setup_flushes_routes_left_in_the_table_including_a_default_route(netpai
         second.close()
         os.close(fd)
     assert ns.snapshot() == clean
+
+
+def test_a_socket_rule_routes_that_sockets_packets_into_the_tun_and_goes_at_close(
+    routing: tuple[Namespace, Routing, int],
+) -> None:
+    ns, r, fd = routing
+    sock_route = SocketRoute(4, socket.IPPROTO_UDP, 6000, ipaddress.ip_address("192.0.2.1"))
+    with ns.inside():
+        r.add_socket_route(sock_route)
+        r.add_socket_route(sock_route)  # idempotent
+        default = _table(socket.AF_INET, DEFAULT_TABLE + 1)  # the default route into the TUN
+        assert [(d[0] or None, d[1]) for d in default] == [(None, 0)]
+        with IPRoute() as ipr:
+            got = [
+                (m.get("priority"), m.get("ip_proto"), m.get("FRA_SPORT_RANGE"), m.get("src"))
+                for m in ipr.get_rules(family=socket.AF_INET)
+                if m.get("priority") == 5052
+            ]
+        assert got == [(5052, 17, "6000:6000", "192.0.2.1")]
+        # The socket's datagrams, to any destination, arrive in the TUN; other ports' do not.
+        for port, dst in ((6000, "198.51.100.7"), (6001, "192.0.2.2")):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.bind(("192.0.2.1", port))
+                s.sendto(b"x", (dst, 9))
+        got_dgs = []
+        while True:
+            try:
+                got_dgs.append(os.read(fd, 2048))
+            except BlockingIOError:
+                break
+        assert [(d[16:20], int.from_bytes(d[20:22], "big")) for d in got_dgs if d[9] == 17] == [
+            (socket.inet_aton("198.51.100.7"), 6000)
+        ]
+        r.remove_socket_route(sock_route)
+        with IPRoute() as ipr:
+            assert not [m for m in ipr.get_rules(family=socket.AF_INET) if m.get("priority") == 5052]
+        r.add_socket_route(sock_route)  # left for close() to remove (the fixture checks)
