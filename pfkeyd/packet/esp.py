@@ -33,7 +33,15 @@ replay window there is nothing to infer Seq_hi from: an ESN SA then takes it as 
 For IPv4 datagrams without options and the combined-mode ciphers (AES-GCM-16,
 ChaCha20-Poly1305) both directions take a fast path that does the same steps in
 the same order with less parsing; a property test holds it equal to the general
-path, drops and state included.
+path, drops and state included.  Where the compiled module
+``pfkeyd.packet._espfast`` was built (setup.py, over OpenSSL's libcrypto), that
+fast path hands the bytes and the crypto of a packet to it in one call
+(:class:`~pfkeyd.packet._espfast.EspV4`: header, IV, pad, trailer, AAD, seal or
+open, the inner header rebuilt), while this module keeps every decision: which
+packets go there, the sequence and IV counters and the wrap rule, the replay
+check before the ICV and the update after it, and which Drop a failure is.
+Without the module the pure-Python fast path does the same; it is the reference a
+property test holds the compiled one to (tests/packet/test_espfast.py).
 
 Nothing here raises on packet bytes.
 """
@@ -50,7 +58,7 @@ from cryptography.exceptions import InvalidTag
 
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
-from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher
+from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, _espfast
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
@@ -89,6 +97,10 @@ class _Plan:
     is what the fast paths would otherwise look up per packet: the SPI as bytes and
     as a number (for the header pack), ESN, the salt and the bound AEAD methods.
 
+    ``native`` is the compiled module's :class:`~pfkeyd.packet._espfast.EspV4` for a
+    ``fast`` plan whose cipher has its compiled twin (None otherwise, or when built
+    with ``native=False``: the tests' pure reference).
+
     The sequence number and the counter IV stay two counters (in
     :class:`SaRuntime`), as FreeBSD keeps ``replay->count`` and ``sav->cntr``: here
     both advance once per packet of an AEAD SA, so the IV is ``seq - 1`` until
@@ -96,9 +108,21 @@ class _Plan:
     from the other.
     """
 
-    __slots__ = ("blks", "decrypt", "encrypt", "esn", "fast", "salt", "spi", "spi_int", "trailers", "wrap_mask")
+    __slots__ = (
+        "blks",
+        "decrypt",
+        "encrypt",
+        "esn",
+        "fast",
+        "native",
+        "salt",
+        "spi",
+        "spi_int",
+        "trailers",
+        "wrap_mask",
+    )
 
-    def __init__(self, sa: TransformSA) -> None:
+    def __init__(self, sa: TransformSA, *, native: bool = True) -> None:
         c = sa.cipher
         block = c.block if c is not None else 4
         if sa.ctr_compatibility and isinstance(c, CtrCipher):
@@ -114,8 +138,11 @@ class _Plan:
         self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.decrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.salt = b""
+        self.native: _espfast.EspV4 | None = None
         if isinstance(c, AeadCipher):
             self.encrypt, self.decrypt, self.salt = c.primitive.encrypt, c.primitive.decrypt, c.salt
+            if native and self.fast and c.native is not None:
+                self.native = _espfast.EspV4(c.native, self.spi_int, self.esn, sa.pad_kind == PadKind.ZERO)
 
 
 def _not_fast(nonce: bytes, data: bytes, aad: bytes) -> bytes:
@@ -161,6 +188,19 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     would exceed 65535 bytes; ``noxform``: not an ESP SA).  Takes a sequence number
     (and a counter IV) only when the packet goes out."""
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    native = plan.native
+    if native is not None:
+        # The compiled fast path: the counters are taken only if it takes the packet
+        # (an IPv4 datagram without options); a counter at its end goes on below.
+        seq = state.seq
+        mask = plan.wrap_mask
+        if not mask or seq & mask != mask:
+            counter = state.iv_counter
+            out = native.protect(datagram, (seq + 1) & U64, counter)
+            if out is not None:
+                state.seq = (seq + 1) & U64
+                state.iv_counter = (counter + 1) & U64
+                return out
     total = len(datagram)
     if plan.fast and 20 <= total <= 65000:
         vt, length, ident, ttl, proto, _, addrs = _V4.unpack_from(datagram)
@@ -256,6 +296,11 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     ``sa`` must be the SA :func:`peek`'s SPI found (a mismatched SPI is ``notdb``).
     """
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    native = plan.native
+    if native is not None:
+        seq = native.peek(datagram)
+        if seq is not None:
+            return _unprotect_native(native, state, datagram, seq)
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
         out = _unprotect_fast(plan, state, datagram, total)
@@ -310,6 +355,41 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
     return (
         _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF, addrs) + plain[:n]
     )
+
+
+#: What ``EspV4.open`` returns instead of a datagram, as Drops (index: its code).
+_OPEN_DROPS: tuple[Drop, ...] = (_BADAUTH, _BADAUTH, _BADILEN, _BADPAD, _DUMMY)
+
+
+def _unprotect_native(native: _espfast.EspV4, state: SaRuntime, datagram: bytes, seq: int) -> bytes | Drop:
+    """:func:`_unprotect_fast` with the bytes and the crypto in the compiled module:
+    ``seq`` is what :meth:`EspV4.peek` read (-1: another SPI).  The same checks in
+    the same order: SPI, replay (with Seq_hi inferred), ICV, replay update, trailer."""
+    if seq < 0:
+        return _NOTDB
+    replay = state.replay
+    seq64 = seq
+    ahead = False
+    if replay is not None:
+        last = replay.last
+        low = last & U32
+        if low < seq < low + 0x100000001 - replay.size:
+            seq64, ahead = last - low + seq, True  # above the window: see _unprotect_fast
+        else:
+            checked = replay.check(seq)
+            if checked is None:
+                return _WRAP if replay.wrapped(seq) else _REPLAY
+            seq64 = checked
+    out = native.open(datagram, seq64 >> 32)
+    if isinstance(out, int) and out == _espfast.OPEN_BADAUTH:
+        return _BADAUTH
+    if ahead:
+        replay.advance(seq64)  # type: ignore[union-attr]  # what update() does for it
+    elif replay is not None and not replay.update(seq):
+        return _REPLAY
+    if isinstance(out, int):  # the trailer's verdict, after the window moved as FreeBSD's does
+        return _OPEN_DROPS[out]
+    return out
 
 
 def _unprotect_general(sa: TransformSA, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop:
