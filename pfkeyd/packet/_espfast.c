@@ -29,6 +29,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -328,7 +329,9 @@ Esp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 Esp_repr(EspObject *self)
 {
-    return PyUnicode_FromFormat("<_espfast.EspV4 spi=0x%08lx esn=%d>", (unsigned long)self->spi, self->esn);
+    char spi[11];
+    snprintf(spi, sizeof spi, "0x%08lx", (unsigned long)self->spi);
+    return PyUnicode_FromFormat("<_espfast.EspV4 spi=%s esn=%d>", spi, self->esn);
 }
 
 /* The AAD of sequence number seq (64 bits) into aad; its length. */
