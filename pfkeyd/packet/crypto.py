@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from pfkeyd.wire.constants import AuthAlg, EncAlg
 
 try:
-    from pfkeyd.packet import _espfast
+    from pfkeyd.packet import _espfast as _espfast  # noqa: PLC0414 - re-exported to esp.py and fasttunnel.py
 except ImportError:  # not compiled (no libssl-dev at install): the pure-Python path alone
     _espfast = None  # type: ignore[assignment]
 

@@ -201,40 +201,14 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
                 state.seq = (seq + 1) & U64
                 state.iv_counter = (counter + 1) & U64
                 return out
-    total = len(datagram)
-    if plan.fast and 20 <= total <= 65000:
-        vt, length, ident, ttl, proto, _, addrs = _V4.unpack_from(datagram)
-        if vt >> 8 == 0x45 and length == total:
-            # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the common
-            # case, the same steps as below without the general parsing.  The header
-            # is packed whole from the fields read above; its checksum is summed afresh
-            # (any input checksum, even a wrong one, gives the general path's bytes):
-            # the one's-complement sum is the number the words spell modulo 0xFFFF,
-            # which is the sum of the fields as numbers since 2**16 = 1 (mod 0xFFFF),
-            # and ``-sum % 0xFFFF`` is ``~sum`` with 0 for a sum of 0xFFFF.
-            seq = state.seq
-            mask = plan.wrap_mask
-            if seq & mask == mask and mask:
-                return _WRAP
-            seq = state.seq = (seq + 1) & U64
-            counter = state.iv_counter
-            state.iv_counter = (counter + 1) & U64
-            trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
-            total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
-            head = _V4_ESP.pack(
-                vt,
-                total,
-                ident,
-                ttl,
-                IPPROTO_ESP,
-                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF,
-                addrs,
-                plan.spi_int,
-                seq & U32,
-                counter,
-            )
-            aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
-            return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
+    if plan.fast:
+        done = _protect_fast(plan, state, datagram)
+        if done is not None:
+            return done
+    return _protect_general(sa, plan, state, datagram, random)
+
+
+def _protect_general(sa: TransformSA, plan: _Plan, state: SaRuntime, datagram: bytes, random: Random) -> bytes | Drop:
     c = sa.cipher
     if c is None:  # a fast plan has a cipher
         return _NOXFORM
@@ -281,6 +255,45 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     return ip.join(datagram, sp, IPPROTO_ESP, body)
 
 
+def _protect_fast(plan: _Plan, state: SaRuntime, datagram: bytes) -> bytes | Drop | None:
+    """IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305 in pure Python:
+    the steps of the general path without its parsing.  None: not such a datagram."""
+    total = len(datagram)
+    if 20 <= total <= 65000:
+        vt, length, ident, ttl, proto, _, addrs = _V4.unpack_from(datagram)
+        if vt >> 8 == 0x45 and length == total:
+            # The header is packed whole from the fields read above; its checksum is
+            # summed afresh (any input checksum, even a wrong one, gives the general
+            # path's bytes): the one's-complement sum is the number the words spell
+            # modulo 0xFFFF, which is the sum of the fields as numbers since
+            # 2**16 = 1 (mod 0xFFFF), and ``-sum % 0xFFFF`` is ``~sum`` with 0 for a
+            # sum of 0xFFFF.
+            seq = state.seq
+            mask = plan.wrap_mask
+            if seq & mask == mask and mask:
+                return _WRAP
+            seq = state.seq = (seq + 1) & U64
+            counter = state.iv_counter
+            state.iv_counter = (counter + 1) & U64
+            trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
+            total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
+            head = _V4_ESP.pack(
+                vt,
+                total,
+                ident,
+                ttl,
+                IPPROTO_ESP,
+                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF,
+                addrs,
+                plan.spi_int,
+                seq & U32,
+                counter,
+            )
+            aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
+            return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
+    return None
+
+
 def peek(datagram: bytes) -> tuple[int, int, bytes] | Drop:
     """What the SAD lookup needs from an inbound ESP datagram: (50, SPI, destination
     address bytes), or ``hdrops`` (malformed, not ESP, or fewer than 8 bytes of ESP)."""
@@ -308,28 +321,28 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
                 return _NOTDB
             replay = state.replay
             if replay is None:
-                out = native.open(datagram, 0)
+                opened = native.open(datagram, 0)
             else:
                 last = replay.last
                 low = last & U32
                 if low < seq < low + 0x100000001 - replay.size:
                     # Above the window, in its 2^32 subspace: see _unprotect_fast.
                     seq64 = last - low + seq
-                    out = native.open(datagram, seq64 >> 32)
-                    if isinstance(out, int) and out == _espfast.OPEN_BADAUTH:
+                    opened = native.open(datagram, seq64 >> 32)
+                    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
                         return _BADAUTH
                     replay.advance(seq64)
                 else:
                     checked = replay.check(seq)
                     if checked is None:
                         return _WRAP if replay.wrapped(seq) else _REPLAY
-                    out = native.open(datagram, checked >> 32)
-                    if isinstance(out, int) and out == _espfast.OPEN_BADAUTH:
+                    opened = native.open(datagram, checked >> 32)
+                    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
                         return _BADAUTH
                     if not replay.update(seq):
                         return _REPLAY
             # The trailer's verdict comes after the window moved, as in FreeBSD.
-            return _OPEN_DROPS[out] if isinstance(out, int) else out
+            return _OPEN_DROPS[opened] if isinstance(opened, int) else opened
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
         out = _unprotect_fast(plan, state, datagram, total)
