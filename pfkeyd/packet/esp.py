@@ -59,7 +59,7 @@ from cryptography.exceptions import InvalidTag
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
 from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, _espfast
-from pfkeyd.packet.runtime import U32, U64, SaRuntime
+from pfkeyd.packet.runtime import U32, U64, ReplayWindow, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
 __all__ = ["protect", "unprotect", "peek", "pad_length", "IPPROTO_ESP", "Random"]
@@ -195,11 +195,12 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
         seq = state.seq
         mask = plan.wrap_mask
         if not mask or seq & mask != mask:
+            seq = (seq + 1) & 0xFFFFFFFFFFFFFFFF
             counter = state.iv_counter
-            out = native.protect(datagram, (seq + 1) & U64, counter)
+            out = native.protect(datagram, seq, counter)
             if out is not None:
-                state.seq = (seq + 1) & U64
-                state.iv_counter = (counter + 1) & U64
+                state.seq = seq
+                state.iv_counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
                 return out
     if plan.fast:
         done = _protect_fast(plan, state, datagram)
@@ -322,27 +323,26 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
             replay = state.replay
             if replay is None:
                 opened = native.open(datagram, 0)
-            else:
-                last = replay.last
-                low = last & U32
-                if low < seq < low + 0x100000001 - replay.size:
-                    # Above the window, in its 2^32 subspace: see _unprotect_fast.
-                    seq64 = last - low + seq
-                    opened = native.open(datagram, seq64 >> 32)
-                    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
-                        return _BADAUTH
-                    replay.advance(seq64)
-                else:
-                    checked = replay.check(seq)
-                    if checked is None:
-                        return _WRAP if replay.wrapped(seq) else _REPLAY
-                    opened = native.open(datagram, checked >> 32)
-                    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
-                        return _BADAUTH
-                    if not replay.update(seq):
-                        return _REPLAY
-            # The trailer's verdict comes after the window moved, as in FreeBSD.
-            return _OPEN_DROPS[opened] if isinstance(opened, int) else opened
+                return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
+            last = replay.last
+            low = last & 0xFFFFFFFF
+            size = replay.size
+            if not low < seq < low + 0x100000001 - size:
+                return _unprotect_native_window(native, replay, datagram, seq)
+            # Above the window, in its 2^32 subspace (the common case): see
+            # _unprotect_fast.  The ICV, then what replay.advance does, inline.
+            seq64 = last - low + seq
+            opened = native.open(datagram, seq64 >> 32)
+            if not isinstance(opened, bytes):
+                if opened == _espfast.OPEN_BADAUTH:
+                    return _BADAUTH
+                replay.advance(seq64)
+                return _OPEN_DROPS[opened]  # the trailer's verdict, after the window moved
+            shift = seq - low
+            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+            replay.last = seq64
+            replay.count += 1
+            return opened
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
         out = _unprotect_fast(plan, state, datagram, total)
@@ -401,6 +401,20 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
 
 #: What ``EspV4.open`` returns instead of a datagram, as Drops (index: its code).
 _OPEN_DROPS: tuple[Drop, ...] = (_BADAUTH, _BADAUTH, _BADILEN, _BADPAD, _DUMMY)
+
+
+def _unprotect_native_window(native: _espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:
+    """The compiled path for a sequence number inside the window or in another 2^32
+    subspace: replay check (Seq_hi inferred), ICV, replay update, trailer."""
+    checked = replay.check(seq)
+    if checked is None:
+        return _WRAP if replay.wrapped(seq) else _REPLAY
+    opened = native.open(datagram, checked >> 32)
+    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
+        return _BADAUTH
+    if not replay.update(seq):
+        return _REPLAY
+    return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
 
 
 def _unprotect_general(sa: TransformSA, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop:
