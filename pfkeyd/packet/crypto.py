@@ -401,10 +401,15 @@ _KIND_AES_GCM, _KIND_CHACHA20_POLY1305 = 0, 1
 
 
 def _native(kind: int, key: bytes, salt: bytes) -> _espfast.Aead | None:
-    """The compiled twin of an AEAD (``kind`` 0 AES-GCM, 1 ChaCha20-Poly1305), or None without the module."""
+    """The compiled twin of an AEAD (``kind`` 0 AES-GCM, 1 ChaCha20-Poly1305), or None
+    without the module, or when this libcrypto refuses the cipher (a FIPS-only
+    provider without ChaCha20, say): the ``cryptography`` object then serves alone."""
     if _espfast is None:
         return None
-    return _espfast.Aead(kind, key, salt)
+    try:
+        return _espfast.Aead(kind, key, salt)
+    except RuntimeError:
+        return None
 
 
 def _chacha(key: bytes, ctr_compat: bool, iv4b: bool) -> Cipher:

@@ -191,7 +191,8 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     native = plan.native
     if native is not None:
         # The compiled fast path: the counters are taken only if it takes the packet
-        # (an IPv4 datagram without options); a counter at its end goes on below.
+        # (an IPv4 datagram without options).  A counter at its end goes on to the
+        # paths below, which drop the packet (``wrap``).
         seq = state.seq
         mask = plan.wrap_mask
         if not mask or seq & mask != mask:
@@ -399,8 +400,17 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
     )
 
 
-#: What ``EspV4.open`` returns instead of a datagram, as Drops (index: its code).
-_OPEN_DROPS: tuple[Drop, ...] = (_BADAUTH, _BADAUTH, _BADILEN, _BADPAD, _DUMMY)
+#: What ``EspV4.open`` returns instead of a datagram, as Drops.
+_OPEN_DROPS: dict[int, Drop] = (
+    {
+        _espfast.OPEN_BADAUTH: _BADAUTH,
+        _espfast.OPEN_BADILEN: _BADILEN,
+        _espfast.OPEN_BADPAD: _BADPAD,
+        _espfast.OPEN_DUMMY: _DUMMY,
+    }
+    if _espfast is not None
+    else {}
+)
 
 
 def _unprotect_native_window(native: _espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:

@@ -57,6 +57,23 @@ def test_the_compiled_path_serves_exactly_the_fast_sas() -> None:
     assert esp._Plan(esp_sa(EncAlg.X_AESGCM16, bytes(20)), native=False).native is None
 
 
+def test_a_libcrypto_that_refuses_the_cipher_leaves_the_sa_to_pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = _espfast()
+    assert (m.AES_GCM, m.CHACHA20_POLY1305) == (crypto._KIND_AES_GCM, crypto._KIND_CHACHA20_POLY1305)
+
+    class Refusing:
+        def Aead(self, kind: int, key: bytes, salt: bytes) -> None:
+            raise RuntimeError("libcrypto could not set up the AEAD context")
+
+    monkeypatch.setattr(crypto, "_espfast", Refusing())
+    sa = esp_sa(EncAlg.X_CHACHA20POLY1305, bytes(36))
+    assert isinstance(sa.cipher, crypto.AeadCipher) and sa.cipher.native is None
+    assert esp._plan(sa).native is None
+    dg = v4(17, b"still protected")
+    wire = esp.protect(sa, runtime(sa), dg)
+    assert isinstance(wire, bytes) and esp.unprotect(sa, runtime(sa), wire) == dg
+
+
 # ------------------------------------------------------------------ the property
 
 
