@@ -11,8 +11,8 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "pfkeyd.packet._espfast",
-            sources=["pfkeyd/packet/_espfast.c"],
+            "pfkeyd.packet.espfast",
+            sources=["pfkeyd/packet/espfast.c"],
             libraries=["crypto"],
             extra_compile_args=["-Wall", "-Wextra", "-O2"],
             optional=True,

@@ -15,7 +15,7 @@ datagrams of 64, 512 and 1400 bytes, prints packets per second for
 and each transform figure as a fraction of its bare figure.  The issue's target:
 at 1400 bytes with AES-GCM, at least 0.5 of the bare AEAD rate.
 
-The AES-GCM SA takes ESP's compiled fast path (``pfkeyd.packet._espfast``, one
+The AES-GCM SA takes ESP's compiled fast path (``pfkeyd.packet.espfast``, one
 call per packet for the bytes and the crypto, libcrypto's EVP underneath) when it
 is built, as an installed pfkeyd does; the rows marked "pure" run the same SA on
 the pure-Python fast path, the reference and fallback.  A last line measures the
@@ -208,7 +208,7 @@ def steady(size: int, rounds: int = 300, batch: int = 256) -> dict[str, float]:
     pure = _sa(EncAlg.X_AESGCM16, os.urandom(20), native=False)
     native = esp._plan(compiled).native
     if native is None:
-        raise SystemExit("--steady needs the compiled module (pfkeyd.packet._espfast)")
+        raise SystemExit("--steady needs the compiled module (pfkeyd.packet.espfast)")
     dg = _datagram(size)
     wires = []
     for sa in (compiled, pure):
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> int:
         return 0
     gcm = _sa(EncAlg.X_AESGCM16, os.urandom(20))
     if esp._plan(gcm).native is None:
-        print("note: ESP's compiled fast path is not built (pfkeyd.packet._espfast): pure Python only")
+        print("note: ESP's compiled fast path is not built (pfkeyd.packet.espfast): pure Python only")
     suites = [
         ("AES-GCM-128", gcm, _bare_gcm),
         ("AES-GCM-128 pure", _sa(EncAlg.X_AESGCM16, os.urandom(20), native=False), _bare_gcm),

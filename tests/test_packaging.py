@@ -87,9 +87,9 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     compiled = run(
         str(bindir / "python"),
         "-c",
-        "import importlib.resources as r; from pfkeyd.packet import _espfast, crypto;"
-        "print(_espfast.__file__);"
-        "print(r.files('pfkeyd.packet').joinpath('_espfast.pyi').is_file());"
+        "import importlib.resources as r; from pfkeyd.packet import espfast, crypto;"
+        "print(espfast.__file__);"
+        "print(r.files('pfkeyd.packet').joinpath('espfast.pyi').is_file());"
         "print(type(crypto.cipher(20, bytes(20)).native).__name__)",
     )
     assert compiled.returncode == 0, compiled.stderr
@@ -161,7 +161,7 @@ def test_without_a_compiler_the_wheel_builds_and_runs_pure(tmp_path: Path) -> No
     (wheel,) = wheels.glob("pfkeyd-*.whl")
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(wheel) as z:
-        assert not [n for n in z.namelist() if "_espfast" in n and not n.endswith(".pyi")]
+        assert not [n for n in z.namelist() if "espfast" in n and not n.endswith(".pyi")]
         z.extractall(unpacked)
     # The unpacked wheel first on the path, this environment's dependencies after it.
     probe = subprocess.run(
@@ -171,7 +171,7 @@ def test_without_a_compiler_the_wheel_builds_and_runs_pure(tmp_path: Path) -> No
             "from pfkeyd.packet import crypto, esp\n"
             "from pfkeyd.packet.runtime import SaRuntime\n"
             "from pfkeyd.packet.sa import TransformSA\n"
-            "assert crypto._espfast is None\n"
+            "assert crypto.espfast is None\n"
             "c = crypto.cipher(20, bytes(20))\n"
             "assert c.native is None\n"
             "sa = TransformSA(50, 0x1000, 1, bytes(4), bytes(4), 0, 64, 20, 0, c, None)\n"

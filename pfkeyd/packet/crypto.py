@@ -20,7 +20,7 @@ AES-XCBC-MAC (RFC 3566) is not in ``cryptography``; :class:`XcbcMac` builds it f
 AES-ECB as the RFC's §4 describes.
 
 AES-GCM-16 and ChaCha20-Poly1305 are also keyed, once per SA, in the compiled module
-``pfkeyd.packet._espfast`` (libcrypto's EVP interface) when it was built:
+``pfkeyd.packet.espfast`` (libcrypto's EVP interface) when it was built:
 :attr:`AeadCipher.native` holds that object, which ``esp.py``'s IPv4 fast path
 calls for a whole packet at once.  ``native`` is None when the module is missing
 (built without OpenSSL's headers); the ``cryptography`` objects then serve alone,
@@ -41,9 +41,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from pfkeyd.wire.constants import AuthAlg, EncAlg
 
 try:
-    from pfkeyd.packet import _espfast as _espfast  # noqa: PLC0414 - re-exported to esp.py and fasttunnel.py
+    from pfkeyd.packet import espfast as espfast  # noqa: PLC0414 - re-exported to esp.py and fasttunnel.py
 except ImportError:  # not compiled (no libssl-dev at install): the pure-Python path alone
-    _espfast = None  # type: ignore[assignment]
+    espfast = None  # type: ignore[assignment]
 
 __all__ = [
     "Unavailable",
@@ -189,7 +189,7 @@ class AeadCipher(Cipher):
     aead = True
     counter_iv = True
 
-    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes, native: _espfast.Aead | None = None) -> None:
+    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes, native: espfast.Aead | None = None) -> None:
         self.primitive = aead  # public: esp.py's fast path calls it directly
         self.salt = salt
         #: The same key in the compiled module (None without it): esp.py's one-call path.
@@ -396,18 +396,18 @@ def _gcm(icv: int) -> Callable[[bytes, bool, bool], Cipher]:
     return build
 
 
-#: The kinds of ``_espfast.Aead`` (its AES_GCM and CHACHA20_POLY1305, named here for a build without it).
+#: The kinds of ``espfast.Aead`` (its AES_GCM and CHACHA20_POLY1305, named here for a build without it).
 _KIND_AES_GCM, _KIND_CHACHA20_POLY1305 = 0, 1
 
 
-def _native(kind: int, key: bytes, salt: bytes) -> _espfast.Aead | None:
+def _native(kind: int, key: bytes, salt: bytes) -> espfast.Aead | None:
     """The compiled twin of an AEAD (``kind`` 0 AES-GCM, 1 ChaCha20-Poly1305), or None
     without the module, or when this libcrypto refuses the cipher (a FIPS-only
     provider without ChaCha20, say): the ``cryptography`` object then serves alone."""
-    if _espfast is None:
+    if espfast is None:
         return None
     try:
-        return _espfast.Aead(kind, key, salt)
+        return espfast.Aead(kind, key, salt)
     except RuntimeError:
         return None
 

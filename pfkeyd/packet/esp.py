@@ -34,9 +34,9 @@ For IPv4 datagrams without options and the combined-mode ciphers (AES-GCM-16,
 ChaCha20-Poly1305) both directions take a fast path that does the same steps in
 the same order with less parsing; a property test holds it equal to the general
 path, drops and state included.  Where the compiled module
-``pfkeyd.packet._espfast`` was built (setup.py, over OpenSSL's libcrypto), that
+``pfkeyd.packet.espfast`` was built (setup.py, over OpenSSL's libcrypto), that
 fast path hands the bytes and the crypto of a packet to it in one call
-(:class:`~pfkeyd.packet._espfast.EspV4`: header, IV, pad, trailer, AAD, seal or
+(:class:`~pfkeyd.packet.espfast.EspV4`: header, IV, pad, trailer, AAD, seal or
 open, the inner header rebuilt), while this module keeps every decision: which
 packets go there, the sequence and IV counters and the wrap rule, the replay
 check before the ICV and the update after it, and which Drop a failure is.
@@ -58,7 +58,7 @@ from cryptography.exceptions import InvalidTag
 
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
-from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, _espfast
+from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, espfast
 from pfkeyd.packet.runtime import U32, U64, ReplayWindow, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
@@ -97,7 +97,7 @@ class _Plan:
     is what the fast paths would otherwise look up per packet: the SPI as bytes and
     as a number (for the header pack), ESN, the salt and the bound AEAD methods.
 
-    ``native`` is the compiled module's :class:`~pfkeyd.packet._espfast.EspV4` for a
+    ``native`` is the compiled module's :class:`~pfkeyd.packet.espfast.EspV4` for a
     ``fast`` plan whose cipher has its compiled twin (None otherwise, or when built
     with ``native=False``: the tests' pure reference).
 
@@ -138,11 +138,11 @@ class _Plan:
         self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.decrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.salt = b""
-        self.native: _espfast.EspV4 | None = None
+        self.native: espfast.EspV4 | None = None
         if isinstance(c, AeadCipher):
             self.encrypt, self.decrypt, self.salt = c.primitive.encrypt, c.primitive.decrypt, c.salt
             if native and self.fast and c.native is not None:
-                self.native = _espfast.EspV4(c.native, self.spi_int, self.esn, sa.pad_kind == PadKind.ZERO)
+                self.native = espfast.EspV4(c.native, self.spi_int, self.esn, sa.pad_kind == PadKind.ZERO)
 
 
 def _not_fast(nonce: bytes, data: bytes, aad: bytes) -> bytes:
@@ -335,7 +335,7 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
             seq64 = last - low + seq
             opened = native.open(datagram, seq64 >> 32)
             if not isinstance(opened, bytes):
-                if opened == _espfast.OPEN_BADAUTH:
+                if opened == espfast.OPEN_BADAUTH:
                     return _BADAUTH
                 replay.advance(seq64)
                 return _OPEN_DROPS[opened]  # the trailer's verdict, after the window moved
@@ -403,24 +403,24 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
 #: What ``EspV4.open`` returns instead of a datagram, as Drops.
 _OPEN_DROPS: dict[int, Drop] = (
     {
-        _espfast.OPEN_BADAUTH: _BADAUTH,
-        _espfast.OPEN_BADILEN: _BADILEN,
-        _espfast.OPEN_BADPAD: _BADPAD,
-        _espfast.OPEN_DUMMY: _DUMMY,
+        espfast.OPEN_BADAUTH: _BADAUTH,
+        espfast.OPEN_BADILEN: _BADILEN,
+        espfast.OPEN_BADPAD: _BADPAD,
+        espfast.OPEN_DUMMY: _DUMMY,
     }
-    if _espfast is not None
+    if espfast is not None
     else {}
 )
 
 
-def _unprotect_native_window(native: _espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:
+def _unprotect_native_window(native: espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:
     """The compiled path for a sequence number inside the window or in another 2^32
     subspace: replay check (Seq_hi inferred), ICV, replay update, trailer."""
     checked = replay.check(seq)
     if checked is None:
         return _WRAP if replay.wrapped(seq) else _REPLAY
     opened = native.open(datagram, checked >> 32)
-    if isinstance(opened, int) and opened == _espfast.OPEN_BADAUTH:
+    if isinstance(opened, int) and opened == espfast.OPEN_BADAUTH:
         return _BADAUTH
     if not replay.update(seq):
         return _REPLAY

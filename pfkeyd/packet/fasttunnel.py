@@ -22,7 +22,7 @@ are counted, DF comes from ``dfbit``, the TOS through ``ecn_ingress``.  A proper
 test (tests/packet/test_fasttunnel.py) holds the two equal, bytes, drops, counters
 and SA state.  Anything else returns None and the caller takes the general path.
 
-Where ESP's plan has the compiled module's ``EspV4`` (``pfkeyd.packet._espfast``),
+Where ESP's plan has the compiled module's ``EspV4`` (``pfkeyd.packet.espfast``),
 the inner header check and the sealing go there in two calls (``ipv4_ok`` and
 ``tunnel``: outer header, ESP header, IV, trailer, AAD, seal and tag in one
 allocation); every decision above stays here, in the same order.
@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pfkeyd.packet import esp, ip
 from pfkeyd.packet.bundle import Bound
 from pfkeyd.packet.counters import ESP, Counters, Drop
-from pfkeyd.packet.crypto import _espfast
+from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 
@@ -85,7 +85,7 @@ def protect(
     if n > 65535 - 20 - 36 - 3 - 16:
         return None
     if native is not None:
-        if not _espfast.ipv4_ok(dg):
+        if not espfast.ipv4_ok(dg):
             return None  # as below, in one call
     elif n < 20 or dg[0] != 0x45 or n != (dg[2] << 8 | dg[3]) or ip.inet_checksum(dg[:20]):
         return None  # the general path fixes the inner header first

@@ -89,7 +89,7 @@ PATHS = ("compiled", "pure")
 
 def on_path(sa: TransformSA, path: str) -> TransformSA:
     """A copy of ``sa`` (same keyed objects) whose ESP plan takes ``path``: "compiled"
-    (the ``_espfast`` module; the SA must be one it serves) or "pure" (its reference)."""
+    (the ``espfast`` module; the SA must be one it serves) or "pure" (its reference)."""
     copy = replace(sa)
     plan = esp._Plan(copy, native=path == "compiled")
     if path == "compiled":

@@ -6,7 +6,7 @@ truncation) and RFC 3566 §4.  Where a vector's IV is explicit, it is injected: 
 random source for CBC, the per-SA IV counter for CTR/GCM/ChaCha; the sequence
 counter is set so that the next packet carries the vector's number.  The AEAD
 vectors run through both ways of ESP's IPv4 fast path: the compiled module
-(``_espfast``) and pure Python.
+(``espfast``) and pure Python.
 """
 
 from __future__ import annotations

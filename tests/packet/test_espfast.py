@@ -1,4 +1,4 @@
-"""ESP's compiled AEAD path (pfkeyd/packet/_espfast.c) against its pure-Python reference.
+"""ESP's compiled AEAD path (pfkeyd/packet/espfast.c) against its pure-Python reference.
 
 The module must be built: a missing extension fails here (and every compiled case
 below), with what to install.  The property tests hold esp.protect/unprotect and
@@ -24,7 +24,7 @@ from pfkeyd.wire.constants import AuthAlg, EncAlg, SaFlag
 from tests.packet.esp_helpers import esp_sa, on_path, runtime, v4, v6
 
 _MISSING = (
-    "pfkeyd.packet._espfast, ESP's compiled AEAD path, is not built: install a C compiler and "
+    "pfkeyd.packet.espfast, ESP's compiled AEAD path, is not built: install a C compiler and "
     "OpenSSL's headers (Debian: apt-get install gcc libssl-dev), then reinstall "
     "(.venv/bin/pip install -e . ; python3 dev.py rebuilds .venv when setup.py or the C source change)"
 )
@@ -32,10 +32,10 @@ _MISSING = (
 
 def test_the_compiled_module_is_built() -> None:
     try:
-        from pfkeyd.packet import _espfast
+        from pfkeyd.packet import espfast
     except ImportError as e:  # pragma: no cover - what CI must never see
         pytest.fail(f"{_MISSING} ({e})")
-    assert isinstance(crypto.cipher(EncAlg.X_AESGCM16, bytes(20)).native, _espfast.Aead)  # type: ignore[attr-defined]
+    assert isinstance(crypto.cipher(EncAlg.X_AESGCM16, bytes(20)).native, espfast.Aead)  # type: ignore[attr-defined]
 
 
 def test_the_compiled_path_serves_exactly_the_fast_sas() -> None:
@@ -58,14 +58,14 @@ def test_the_compiled_path_serves_exactly_the_fast_sas() -> None:
 
 
 def test_a_libcrypto_that_refuses_the_cipher_leaves_the_sa_to_pure_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    m = _espfast()
+    m = _module()
     assert (m.AES_GCM, m.CHACHA20_POLY1305) == (crypto._KIND_AES_GCM, crypto._KIND_CHACHA20_POLY1305)
 
     class Refusing:
         def Aead(self, kind: int, key: bytes, salt: bytes) -> None:
             raise RuntimeError("libcrypto could not set up the AEAD context")
 
-    monkeypatch.setattr(crypto, "_espfast", Refusing())
+    monkeypatch.setattr(crypto, "espfast", Refusing())
     sa = esp_sa(EncAlg.X_CHACHA20POLY1305, bytes(36))
     assert isinstance(sa.cipher, crypto.AeadCipher) and sa.cipher.native is None
     assert esp._plan(sa).native is None
@@ -256,15 +256,15 @@ def test_the_trailer_verdicts_are_the_pure_paths_drops() -> None:
 # ------------------------------------------------------------------ the C interface
 
 
-def _espfast() -> Any:
+def _module() -> Any:
     """The module, untyped: these tests pass it wrong arguments on purpose."""
-    from pfkeyd.packet import _espfast
+    from pfkeyd.packet import espfast
 
-    return _espfast
+    return espfast
 
 
 def test_any_bytes_like_input_and_no_buffer_left_held() -> None:
-    m = _espfast()
+    m = _module()
     esp_obj = m.EspV4(m.Aead(m.AES_GCM, bytes(16), bytes(4)), 0x1000, False, False)
     dg = v4(17, b"hello, world")
     want = esp_obj.protect(dg, 1, 0)
@@ -289,7 +289,7 @@ def test_any_bytes_like_input_and_no_buffer_left_held() -> None:
 
 
 def test_bad_arguments_raise_clear_errors_and_change_nothing() -> None:
-    m = _espfast()
+    m = _module()
     with pytest.raises(ValueError, match="16, 24 or 32"):
         m.Aead(m.AES_GCM, bytes(15), bytes(4))
     with pytest.raises(ValueError, match="32 bytes"):
@@ -326,17 +326,17 @@ def test_bad_arguments_raise_clear_errors_and_change_nothing() -> None:
 
 
 def test_no_key_material_in_a_repr() -> None:
-    m = _espfast()
+    m = _module()
     key, salt = bytes.fromhex("a1b2c3d4e5f60718293a4b5c6d7e8f90"), bytes.fromhex("deadbeef")
     aead = m.Aead(m.AES_GCM, key, salt)
     shown = repr(aead) + repr(m.EspV4(aead, 0x1234, False, False))
-    assert shown == "<_espfast.Aead AES-GCM><_espfast.EspV4 spi=0x00001234 esn=0>"
+    assert shown == "<espfast.Aead AES-GCM><espfast.EspV4 spi=0x00001234 esn=0>"
     cipher = crypto.cipher(EncAlg.X_AESGCM16, key + salt)
     assert "a1b2" not in repr(cipher) and "deadbeef" not in repr(cipher)
 
 
 def test_nothing_leaks_over_many_packets_and_failures() -> None:
-    m = _espfast()
+    m = _module()
     e = m.EspV4(m.Aead(m.CHACHA20_POLY1305, bytes(32), bytes(4)), 7, False, False)
     dg = v4(17, b"y" * 500)
     wire = e.protect(dg, 1, 0)

@@ -1,5 +1,5 @@
 /*
- * _espfast: the bytes and the crypto of ESP's AEAD fast path, in one call per packet.
+ * espfast: the bytes and the crypto of ESP's AEAD fast path, in one call per packet.
  *
  * Theory of operation
  * -------------------
@@ -212,7 +212,7 @@ Aead_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 static PyObject *
 Aead_repr(AeadObject *self)
 {
-    return PyUnicode_FromFormat("<_espfast.Aead %s>", self->kind == KIND_AES_GCM ? "AES-GCM" : "ChaCha20-Poly1305");
+    return PyUnicode_FromFormat("<espfast.Aead %s>", self->kind == KIND_AES_GCM ? "AES-GCM" : "ChaCha20-Poly1305");
 }
 
 /* Seal data1 | data2 under nonce salt | iv and aad into out (then the tag). 0 or -1 (error set). */
@@ -277,7 +277,7 @@ fail:
 }
 
 static PyTypeObject Aead_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet._espfast.Aead",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet.espfast.Aead",
     .tp_basicsize = sizeof(AeadObject),
     .tp_dealloc = (destructor)Aead_dealloc,
     .tp_repr = (reprfunc)Aead_repr,
@@ -333,7 +333,7 @@ Esp_repr(EspObject *self)
 {
     char spi[11];
     snprintf(spi, sizeof spi, "0x%08lx", (unsigned long)self->spi);
-    return PyUnicode_FromFormat("<_espfast.EspV4 spi=%s esn=%d>", spi, self->esn);
+    return PyUnicode_FromFormat("<espfast.EspV4 spi=%s esn=%d>", spi, self->esn);
 }
 
 /* The AAD of sequence number seq (64 bits) into aad; its length. */
@@ -554,7 +554,7 @@ static PyMethodDef Esp_methods[] = {
 };
 
 static PyTypeObject Esp_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet._espfast.EspV4",
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet.espfast.EspV4",
     .tp_basicsize = sizeof(EspObject),
     .tp_dealloc = (destructor)Esp_dealloc,
     .tp_repr = (reprfunc)Esp_repr,
@@ -598,14 +598,14 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef espfast_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "pfkeyd.packet._espfast",
+    .m_name = "pfkeyd.packet.espfast",
     .m_doc = "The bytes and the crypto of ESP's AEAD fast path (libcrypto EVP); esp.py decides.",
     .m_size = -1,
     .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC
-PyInit__espfast(void)
+PyInit_espfast(void)
 {
     if (PyType_Ready(&Aead_Type) < 0 || PyType_Ready(&Esp_Type) < 0)
         return NULL;

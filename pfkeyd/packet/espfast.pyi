@@ -1,4 +1,4 @@
-# The compiled module pfkeyd/packet/_espfast.c: ESP's AEAD fast path over libcrypto.
+# The compiled module pfkeyd/packet/espfast.c: ESP's AEAD fast path over libcrypto.
 from typing import final
 
 from typing_extensions import Buffer
