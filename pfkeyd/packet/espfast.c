@@ -308,12 +308,18 @@ static PyObject *
 Esp_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"aead", "spi", "esn", "zero_pad", NULL};
-    PyObject *aead;
-    unsigned long spi;
+    PyObject *aead, *spi_obj;
+    uint64_t spi;
     int esn, zero_pad;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!kpp:EspV4", kwlist, &Aead_Type, &aead, &spi, &esn, &zero_pad))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!Opp:EspV4", kwlist, &Aead_Type, &aead, &spi_obj, &esn, &zero_pad))
         return NULL;
-    if (spi > 0xFFFFFFFFUL) {
+    if (get_u64(spi_obj, &spi, "spi") < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_ValueError))
+            return NULL; /* not an int */
+        PyErr_Clear();
+        spi = UINT64_MAX;
+    }
+    if (spi > 0xFFFFFFFFULL) {
         PyErr_SetString(PyExc_ValueError, "the SPI is 32 bits");
         return NULL;
     }

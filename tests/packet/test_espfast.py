@@ -299,10 +299,13 @@ def test_bad_arguments_raise_clear_errors_and_change_nothing() -> None:
     with pytest.raises(ValueError, match="salt"):
         m.Aead(m.AES_GCM, bytes(16), bytes(3))
     aead = m.Aead(m.AES_GCM, bytes(16), bytes(4))
-    with pytest.raises(ValueError, match="32 bits"):
-        m.EspV4(aead, 1 << 32, False, False)
+    for spi in (1 << 32, (1 << 64) + 5, -1):
+        with pytest.raises(ValueError, match="32 bits"):
+            m.EspV4(aead, spi, False, False)
     with pytest.raises(TypeError):
         m.EspV4(object(), 1, False, False)
+    with pytest.raises(TypeError):
+        m.EspV4(aead, "1", False, False)
     e = m.EspV4(aead, 0x1000, True, False)
     dg = v4(17, b"x" * 40)
     with pytest.raises(ValueError, match="seq"):
