@@ -26,7 +26,8 @@ STAMP = VENV / ".pfkeyd-installed"
 
 def _fingerprint() -> str:
     h = hashlib.sha256()
-    for name in ("pyproject.toml", "constraints.txt"):
+    # setup.py and the C source too: a change there must rebuild the extension.
+    for name in ("pyproject.toml", "constraints.txt", "setup.py", "pfkeyd/packet/espfast.c"):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 

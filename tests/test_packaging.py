@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,11 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     # Built from a copy of the sources: a build/ folder left in the checkout would let
     # setuptools ship stale modules and hide a package missing from pyproject.toml.
     source = tmp_path / "source"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__"))
+    # The compiled module an editable install left beside its source (*.so) stays
+    # behind too: the wheel must build its own.
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__", "*.so")
+    )
     wheels = tmp_path / "wheels"
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
@@ -78,6 +83,19 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
         str(bindir / "python"), "-c", f"import importlib; [importlib.import_module(p) for p in {packages!r}]"
     )
     assert imported.returncode == 0, imported.stderr
+    # ESP's compiled AEAD path was built into the wheel, with its type stub, and serves
+    compiled = run(
+        str(bindir / "python"),
+        "-c",
+        "import importlib.resources as r; from pfkeyd.packet import espfast, crypto;"
+        "print(espfast.__file__);"
+        "print(r.files('pfkeyd.packet').joinpath('espfast.pyi').is_file());"
+        "print(type(crypto.cipher(20, bytes(20)).native).__name__)",
+    )
+    assert compiled.returncode == 0, compiled.stderr
+    so_path, stub, native = compiled.stdout.splitlines()
+    assert str(env_dir) in so_path and so_path.endswith(".so")
+    assert (stub, native) == ("True", "Aead")
     assert str(env_dir) in location  # the installed copy, not the checkout
     shipped_grammars = sorted(p.name for p in (ROOT / "setkey" / "grammar").glob("*.lark"))
     shipped_man = sorted(p.name for p in (ROOT / "pfkeyd" / "man").iterdir() if p.suffix in (".4", ".8"))
@@ -118,3 +136,55 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
             [man, "-w", topic], capture_output=True, text=True, cwd=elsewhere, env=no_manpath, check=False
         )
         assert Path(found.stdout.strip()).resolve() == (env_dir / "share" / "man" / name).resolve(), found
+
+
+@pytest.mark.slow
+def test_without_a_compiler_the_wheel_builds_and_runs_pure(tmp_path: Path) -> None:
+    # ESP's compiled AEAD path is optional: where it cannot be built (here: a C
+    # compiler that always fails, as a machine without libssl-dev's headers does)
+    # the wheel is still built and the packet path runs in pure Python.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".venv", "build", "*.egg-info", ".git", "__pycache__", "*.so")
+    )
+    wheels = tmp_path / "wheels"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheels), str(source)],
+        cwd=tmp_path,
+        env={**env, "CC": "false"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = wheels.glob("pfkeyd-*.whl")
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(wheel) as z:
+        assert not [n for n in z.namelist() if "espfast" in n and not n.endswith(".pyi")]
+        z.extractall(unpacked)
+    # The unpacked wheel first on the path, this environment's dependencies after it.
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pfkeyd.packet import crypto, esp\n"
+            "from pfkeyd.packet.runtime import SaRuntime\n"
+            "from pfkeyd.packet.sa import TransformSA\n"
+            "assert crypto.espfast is None\n"
+            "c = crypto.cipher(20, bytes(20))\n"
+            "assert c.native is None\n"
+            "sa = TransformSA(50, 0x1000, 1, bytes(4), bytes(4), 0, 64, 20, 0, c, None)\n"
+            "dg = bytes.fromhex('4500001c00000000401100000000000000000000') + bytes(8)\n"
+            "wire = esp.protect(sa, SaRuntime.for_sa(64), dg)\n"
+            "print(esp.unprotect(sa, SaRuntime.for_sa(64), wire)[20:] == dg[20:], crypto.__file__)",
+        ],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(unpacked)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert probe.returncode == 0, probe.stderr
+    ok, location = probe.stdout.split()
+    assert ok == "True" and location.startswith(str(unpacked))

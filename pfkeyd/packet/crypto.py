@@ -18,6 +18,13 @@ feeding ``P1 ^ C0 ^ IV`` as the first block gives the ciphertext of a fresh
 ever see whole blocks (``esp.py`` checks lengths first), so they stay in step.
 AES-XCBC-MAC (RFC 3566) is not in ``cryptography``; :class:`XcbcMac` builds it from
 AES-ECB as the RFC's §4 describes.
+
+AES-GCM-16 and ChaCha20-Poly1305 are also keyed, once per SA, in the compiled module
+``pfkeyd.packet.espfast`` (libcrypto's EVP interface) when it was built:
+:attr:`AeadCipher.native` holds that object, which ``esp.py``'s IPv4 fast path
+calls for a whole packet at once.  ``native`` is None when the module is missing
+(built without OpenSSL's headers); the ``cryptography`` objects then serve alone,
+as they always do on the general path.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ from cryptography.hazmat.primitives.ciphers import CipherAlgorithm, algorithms, 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 
 from pfkeyd.wire.constants import AuthAlg, EncAlg
+
+try:
+    from pfkeyd.packet import espfast as espfast  # noqa: PLC0414 - re-exported to esp.py and fasttunnel.py
+except ImportError:  # not compiled (no libssl-dev at install): the pure-Python path alone
+    espfast = None  # type: ignore[assignment]
 
 __all__ = [
     "Unavailable",
@@ -170,16 +182,18 @@ class CtrCipher(Cipher):
 class AeadCipher(Cipher):
     """AES-GCM-16 (RFC 4106) or ChaCha20-Poly1305 (RFC 7634): nonce = salt(4) || IV(8), 16-byte tag."""
 
-    __slots__ = ("primitive", "salt")
+    __slots__ = ("native", "primitive", "salt")
     iv = 8
     block = 1
     icv = 16
     aead = True
     counter_iv = True
 
-    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes) -> None:
+    def __init__(self, aead: AESGCM | ChaCha20Poly1305, salt: bytes, native: espfast.Aead | None = None) -> None:
         self.primitive = aead  # public: esp.py's fast path calls it directly
         self.salt = salt
+        #: The same key in the compiled module (None without it): esp.py's one-call path.
+        self.native = native
 
     def encrypt(self, iv: bytes, plaintext: bytes, aad: bytes) -> bytes:
         return self.primitive.encrypt(self.salt + iv, plaintext, aad)
@@ -376,17 +390,33 @@ def _gcm(icv: int) -> Callable[[bytes, bool, bool], Cipher]:
         k, salt = _split(key, 4)
         _aes_key(k, "AES-GCM")
         if icv == 16:
-            return AeadCipher(AESGCM(k), salt)
+            return AeadCipher(AESGCM(k), salt, _native(_KIND_AES_GCM, k, salt))
         return GcmShortCipher(k, salt, icv)
 
     return build
+
+
+#: The kinds of ``espfast.Aead`` (its AES_GCM and CHACHA20_POLY1305, named here for a build without it).
+_KIND_AES_GCM, _KIND_CHACHA20_POLY1305 = 0, 1
+
+
+def _native(kind: int, key: bytes, salt: bytes) -> espfast.Aead | None:
+    """The compiled twin of an AEAD (``kind`` 0 AES-GCM, 1 ChaCha20-Poly1305), or None
+    without the module, or when this libcrypto refuses the cipher (a FIPS-only
+    provider without ChaCha20, say): the ``cryptography`` object then serves alone."""
+    if espfast is None:
+        return None
+    try:
+        return espfast.Aead(kind, key, salt)
+    except RuntimeError:
+        return None
 
 
 def _chacha(key: bytes, ctr_compat: bool, iv4b: bool) -> Cipher:
     if len(key) != 36:
         raise Unavailable(f"ChaCha20-Poly1305 takes 32 key bytes and a 4-byte salt, not {len(key)} bytes")
     k, salt = _split(key, 4)
-    return AeadCipher(ChaCha20Poly1305(k), salt)
+    return AeadCipher(ChaCha20Poly1305(k), salt, _native(_KIND_CHACHA20_POLY1305, k, salt))
 
 
 def _gmac(key: bytes, ctr_compat: bool, iv4b: bool) -> Cipher:

@@ -33,7 +33,15 @@ replay window there is nothing to infer Seq_hi from: an ESN SA then takes it as 
 For IPv4 datagrams without options and the combined-mode ciphers (AES-GCM-16,
 ChaCha20-Poly1305) both directions take a fast path that does the same steps in
 the same order with less parsing; a property test holds it equal to the general
-path, drops and state included.
+path, drops and state included.  Where the compiled module
+``pfkeyd.packet.espfast`` was built (setup.py, over OpenSSL's libcrypto), that
+fast path hands the bytes and the crypto of a packet to it in one call
+(:class:`~pfkeyd.packet.espfast.EspV4`: header, IV, pad, trailer, AAD, seal or
+open, the inner header rebuilt), while this module keeps every decision: which
+packets go there, the sequence and IV counters and the wrap rule, the replay
+check before the ICV and the update after it, and which Drop a failure is.
+Without the module the pure-Python fast path does the same; it is the reference a
+property test holds the compiled one to (tests/packet/test_espfast.py).
 
 Nothing here raises on packet bytes.
 """
@@ -50,8 +58,8 @@ from cryptography.exceptions import InvalidTag
 
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
-from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher
-from pfkeyd.packet.runtime import U32, U64, SaRuntime
+from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, espfast
+from pfkeyd.packet.runtime import U32, U64, ReplayWindow, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
 __all__ = ["protect", "unprotect", "peek", "pad_length", "IPPROTO_ESP", "Random"]
@@ -89,6 +97,10 @@ class _Plan:
     is what the fast paths would otherwise look up per packet: the SPI as bytes and
     as a number (for the header pack), ESN, the salt and the bound AEAD methods.
 
+    ``native`` is the compiled module's :class:`~pfkeyd.packet.espfast.EspV4` for a
+    ``fast`` plan whose cipher has its compiled twin (None otherwise, or when built
+    with ``native=False``: the tests' pure reference).
+
     The sequence number and the counter IV stay two counters (in
     :class:`SaRuntime`), as FreeBSD keeps ``replay->count`` and ``sav->cntr``: here
     both advance once per packet of an AEAD SA, so the IV is ``seq - 1`` until
@@ -96,9 +108,21 @@ class _Plan:
     from the other.
     """
 
-    __slots__ = ("blks", "decrypt", "encrypt", "esn", "fast", "salt", "spi", "spi_int", "trailers", "wrap_mask")
+    __slots__ = (
+        "blks",
+        "decrypt",
+        "encrypt",
+        "esn",
+        "fast",
+        "native",
+        "salt",
+        "spi",
+        "spi_int",
+        "trailers",
+        "wrap_mask",
+    )
 
-    def __init__(self, sa: TransformSA) -> None:
+    def __init__(self, sa: TransformSA, *, native: bool = True) -> None:
         c = sa.cipher
         block = c.block if c is not None else 4
         if sa.ctr_compatibility and isinstance(c, CtrCipher):
@@ -114,8 +138,11 @@ class _Plan:
         self.encrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.decrypt: Callable[[bytes, bytes, bytes], bytes] = _not_fast
         self.salt = b""
+        self.native: espfast.EspV4 | None = None
         if isinstance(c, AeadCipher):
             self.encrypt, self.decrypt, self.salt = c.primitive.encrypt, c.primitive.decrypt, c.salt
+            if native and self.fast and c.native is not None:
+                self.native = espfast.EspV4(c.native, self.spi_int, self.esn, sa.pad_kind == PadKind.ZERO)
 
 
 def _not_fast(nonce: bytes, data: bytes, aad: bytes) -> bytes:
@@ -161,40 +188,29 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     would exceed 65535 bytes; ``noxform``: not an ESP SA).  Takes a sequence number
     (and a counter IV) only when the packet goes out."""
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
-    total = len(datagram)
-    if plan.fast and 20 <= total <= 65000:
-        vt, length, ident, ttl, proto, _, addrs = _V4.unpack_from(datagram)
-        if vt >> 8 == 0x45 and length == total:
-            # IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305: the common
-            # case, the same steps as below without the general parsing.  The header
-            # is packed whole from the fields read above; its checksum is summed afresh
-            # (any input checksum, even a wrong one, gives the general path's bytes):
-            # the one's-complement sum is the number the words spell modulo 0xFFFF,
-            # which is the sum of the fields as numbers since 2**16 = 1 (mod 0xFFFF),
-            # and ``-sum % 0xFFFF`` is ``~sum`` with 0 for a sum of 0xFFFF.
-            seq = state.seq
-            mask = plan.wrap_mask
-            if seq & mask == mask and mask:
-                return _WRAP
-            seq = state.seq = (seq + 1) & U64
+    native = plan.native
+    if native is not None:
+        # The compiled fast path: the counters are taken only if it takes the packet
+        # (an IPv4 datagram without options).  A counter at its end goes on to the
+        # paths below, which drop the packet (``wrap``).
+        seq = state.seq
+        mask = plan.wrap_mask
+        if not mask or seq & mask != mask:
+            seq = (seq + 1) & 0xFFFFFFFFFFFFFFFF
             counter = state.iv_counter
-            state.iv_counter = (counter + 1) & U64
-            trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
-            total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
-            head = _V4_ESP.pack(
-                vt,
-                total,
-                ident,
-                ttl,
-                IPPROTO_ESP,
-                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF,
-                addrs,
-                plan.spi_int,
-                seq & U32,
-                counter,
-            )
-            aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
-            return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
+            out = native.protect(datagram, seq, counter)
+            if out is not None:
+                state.seq = seq
+                state.iv_counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
+                return out
+    if plan.fast:
+        done = _protect_fast(plan, state, datagram)
+        if done is not None:
+            return done
+    return _protect_general(sa, plan, state, datagram, random)
+
+
+def _protect_general(sa: TransformSA, plan: _Plan, state: SaRuntime, datagram: bytes, random: Random) -> bytes | Drop:
     c = sa.cipher
     if c is None:  # a fast plan has a cipher
         return _NOXFORM
@@ -241,6 +257,45 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     return ip.join(datagram, sp, IPPROTO_ESP, body)
 
 
+def _protect_fast(plan: _Plan, state: SaRuntime, datagram: bytes) -> bytes | Drop | None:
+    """IPv4 without options through AES-GCM-16 or ChaCha20-Poly1305 in pure Python:
+    the steps of the general path without its parsing.  None: not such a datagram."""
+    total = len(datagram)
+    if 20 <= total <= 65000:
+        vt, length, ident, ttl, proto, _, addrs = _V4.unpack_from(datagram)
+        if vt >> 8 == 0x45 and length == total:
+            # The header is packed whole from the fields read above; its checksum is
+            # summed afresh (any input checksum, even a wrong one, gives the general
+            # path's bytes): the one's-complement sum is the number the words spell
+            # modulo 0xFFFF, which is the sum of the fields as numbers since
+            # 2**16 = 1 (mod 0xFFFF), and ``-sum % 0xFFFF`` is ``~sum`` with 0 for a
+            # sum of 0xFFFF.
+            seq = state.seq
+            mask = plan.wrap_mask
+            if seq & mask == mask and mask:
+                return _WRAP
+            seq = state.seq = (seq + 1) & U64
+            counter = state.iv_counter
+            state.iv_counter = (counter + 1) & U64
+            trailer = plan.trailers[(total & 3) << 8 | proto]  # blks is 4: n % 4 == total % 4
+            total += 32 + len(trailer)  # IP, ESP header, IV, payload, trailer, ICV
+            head = _V4_ESP.pack(
+                vt,
+                total,
+                ident,
+                ttl,
+                IPPROTO_ESP,
+                -(vt + total + ident + (ttl << 8) + IPPROTO_ESP + addrs) % 0xFFFF,
+                addrs,
+                plan.spi_int,
+                seq & U32,
+                counter,
+            )
+            aad = plan.spi + (seq >> 32).to_bytes(4, "big") + head[24:28] if plan.esn else head[20:28]
+            return head + plan.encrypt(plan.salt + head[28:], datagram[20:] + trailer, aad)
+    return None
+
+
 def peek(datagram: bytes) -> tuple[int, int, bytes] | Drop:
     """What the SAD lookup needs from an inbound ESP datagram: (50, SPI, destination
     address bytes), or ``hdrops`` (malformed, not ESP, or fewer than 8 bytes of ESP)."""
@@ -256,6 +311,39 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
     ``sa`` must be the SA :func:`peek`'s SPI found (a mismatched SPI is ``notdb``).
     """
     plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    native = plan.native
+    if native is not None:
+        # The compiled fast path, inline (a call costs as much as a check): the steps
+        # of _unprotect_fast in the same order, the bytes and the crypto in C.  peek
+        # reads the sequence number of an IPv4 ESP datagram it can take (-1: another
+        # SPI); open verifies and decrypts, and says what the trailer holds.
+        seq = native.peek(datagram)
+        if seq is not None:
+            if seq < 0:
+                return _NOTDB
+            replay = state.replay
+            if replay is None:
+                opened = native.open(datagram, 0)
+                return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
+            last = replay.last
+            low = last & 0xFFFFFFFF
+            size = replay.size
+            if not low < seq < low + 0x100000001 - size:
+                return _unprotect_native_window(native, replay, datagram, seq)
+            # Above the window, in its 2^32 subspace (the common case): see
+            # _unprotect_fast.  The ICV, then what replay.advance does, inline.
+            seq64 = last - low + seq
+            opened = native.open(datagram, seq64 >> 32)
+            if not isinstance(opened, bytes):
+                if opened == espfast.OPEN_BADAUTH:
+                    return _BADAUTH
+                replay.advance(seq64)
+                return _OPEN_DROPS[opened]  # the trailer's verdict, after the window moved
+            shift = seq - low
+            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+            replay.last = seq64
+            replay.count += 1
+            return opened
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
         out = _unprotect_fast(plan, state, datagram, total)
@@ -310,6 +398,33 @@ def _unprotect_fast(plan: _Plan, state: SaRuntime, datagram: bytes, total: int) 
     return (
         _V4.pack(vt, total, ident, ttl, nh, -(vt + total + ident + (ttl << 8) + nh + addrs) % 0xFFFF, addrs) + plain[:n]
     )
+
+
+#: What ``EspV4.open`` returns instead of a datagram, as Drops.
+_OPEN_DROPS: dict[int, Drop] = (
+    {
+        espfast.OPEN_BADAUTH: _BADAUTH,
+        espfast.OPEN_BADILEN: _BADILEN,
+        espfast.OPEN_BADPAD: _BADPAD,
+        espfast.OPEN_DUMMY: _DUMMY,
+    }
+    if espfast is not None
+    else {}
+)
+
+
+def _unprotect_native_window(native: espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:
+    """The compiled path for a sequence number inside the window or in another 2^32
+    subspace: replay check (Seq_hi inferred), ICV, replay update, trailer."""
+    checked = replay.check(seq)
+    if checked is None:
+        return _WRAP if replay.wrapped(seq) else _REPLAY
+    opened = native.open(datagram, checked >> 32)
+    if isinstance(opened, int) and opened == espfast.OPEN_BADAUTH:
+        return _BADAUTH
+    if not replay.update(seq):
+        return _REPLAY
+    return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
 
 
 def _unprotect_general(sa: TransformSA, state: SaRuntime, datagram: bytes, total: int) -> bytes | Drop:

@@ -21,6 +21,11 @@ refuses to wrap (``wrap``), ``output``/``obytes`` and the SA's bytes and packets
 are counted, DF comes from ``dfbit``, the TOS through ``ecn_ingress``.  A property
 test (tests/packet/test_fasttunnel.py) holds the two equal, bytes, drops, counters
 and SA state.  Anything else returns None and the caller takes the general path.
+
+Where ESP's plan has the compiled module's ``EspV4`` (``pfkeyd.packet.espfast``),
+the inner header check and the sealing go there in two calls (``ipv4_ok`` and
+``tunnel``: outer header, ESP header, IV, trailer, AAD, seal and tag in one
+allocation); every decision above stays here, in the same order.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from collections.abc import Callable
 from pfkeyd.packet import esp, ip
 from pfkeyd.packet.bundle import Bound
 from pfkeyd.packet.counters import ESP, Counters, Drop
+from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs
-from pfkeyd.packet.runtime import U32, U64
+from pfkeyd.packet.runtime import U32, U64, SaRuntime
 
 __all__ = ["eligible", "protect"]
 
@@ -71,17 +77,21 @@ def protect(
 ) -> bytes | Drop | None:
     """The protected datagram, the Drop that stopped it (counted), or None when this
     datagram needs the general path.  ``chain`` must be :func:`eligible`."""
-    n = len(dg)
-    if n < 20 or dg[0] != 0x45 or n != (dg[2] << 8 | dg[3]) or n > 65535 - 20 - 36 - 3 - 16:
-        return None
-    if ip.inet_checksum(dg[:20]):
-        return None  # the general path fixes the inner header first
     bound = chain[0]
     sa, state = bound.sa, bound.state
+    plan = esp._plan(sa)
+    native = plan.native
+    n = len(dg)
+    if n > 65535 - 20 - 36 - 3 - 16:
+        return None
+    if native is not None:
+        if not espfast.ipv4_ok(dg):
+            return None  # as below, in one call
+    elif n < 20 or dg[0] != 0x45 or n != (dg[2] << 8 | dg[3]) or ip.inet_checksum(dg[:20]):
+        return None  # the general path fixes the inner header first
     if not knobs.esp_enable:
         return counters.drop(_PDROPS)
     ident = int.from_bytes(random(2), "big")
-    plan = esp._plan(sa)
     seq = state.seq
     mask = plan.wrap_mask
     if mask and seq & mask == mask:
@@ -89,14 +99,19 @@ def protect(
     seq = state.seq = (seq + 1) & U64
     counter = state.iv_counter
     state.iv_counter = (counter + 1) & U64
+    dfbit = knobs.dfbit
+    off = _IP_DF if dfbit == 1 or (dfbit >= 2 and dg[6] & 0x40) else 0
+    tos = ip.ecn_ingress(knobs.ecn, dg[1])
+    if native is not None:
+        # The outer header as a template: tunnel() sets its length, protocol and checksum.
+        outer = _OUTER.pack(0x45, tos, 0, ident, off, knobs.ttl & 0xFF, 0, 0, sa.src, sa.dst)
+        out = native.tunnel(outer, dg, seq, counter)
+        return _count(counters, state, n, out)
     iv = counter.to_bytes(8, "big")
     lo = (seq & U32).to_bytes(4, "big")
     aad = plan.spi + (seq >> 32).to_bytes(4, "big") + lo if sa.esn else plan.spi + lo
     ct = plan.encrypt(plan.salt + iv, dg + plan.trailers[n % plan.blks * 256 + ip.IPPROTO_IPV4], aad)
     total = 36 + len(ct)
-    dfbit = knobs.dfbit
-    off = _IP_DF if dfbit == 1 or (dfbit >= 2 and dg[6] & 0x40) else 0
-    tos = ip.ecn_ingress(knobs.ecn, dg[1])
     ttl_proto = (knobs.ttl & 0xFF) << 8 | ip.IPPROTO_ESP
     # The header checksum from its 16-bit words (the addresses' share once per pair):
     # the same number inet_checksum computes, without packing the header twice.
@@ -115,8 +130,13 @@ def protect(
             ct,
         )
     )
+    return _count(counters, state, n, out)
+
+
+def _count(counters: Counters, state: SaRuntime, n: int, out: bytes) -> bytes:
+    """Count a datagram of ``n`` bytes that went out as ``out``, as the general path does."""
     counters.add(ESP, "output")
     counters.add(ESP, "obytes", n)
-    state.bytes += total
+    state.bytes += len(out)
     state.packets += 1
     return out

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pfkeyd.packet import crypto, ip
+from dataclasses import replace
+
+from pfkeyd.packet import crypto, esp, ip
 from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.wire.constants import IpProto, Mode, SaFlag
@@ -79,3 +81,18 @@ class FixedRandom:
             assert len(chunk) == n, (len(chunk), n)
             return chunk
         return bytes(n)
+
+
+#: The two ways ESP's IPv4 AEAD fast path runs: the compiled module, and pure Python.
+PATHS = ("compiled", "pure")
+
+
+def on_path(sa: TransformSA, path: str) -> TransformSA:
+    """A copy of ``sa`` (same keyed objects) whose ESP plan takes ``path``: "compiled"
+    (the ``espfast`` module; the SA must be one it serves) or "pure" (its reference)."""
+    copy = replace(sa)
+    plan = esp._Plan(copy, native=path == "compiled")
+    if path == "compiled":
+        assert plan.native is not None, "the compiled fast path does not serve this SA (or is not built)"
+    object.__setattr__(copy, "plan", plan)
+    return copy

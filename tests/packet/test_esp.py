@@ -12,7 +12,7 @@ from pfkeyd.packet.counters import Drop
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.wire.constants import AuthAlg, EncAlg, SaFlag
-from tests.packet.esp_helpers import FixedRandom, esp_sa, runtime, v4, v6
+from tests.packet.esp_helpers import FixedRandom, esp_sa, on_path, runtime, v4, v6
 
 CBC = (EncAlg.X_AESCBC, b"c" * 16)
 GCM = (EncAlg.X_AESGCM16, b"g" * 20)
@@ -362,12 +362,13 @@ def aead_sas(draw: st.DrawFn) -> TransformSA:
 
 
 def _general(sa: TransformSA) -> TransformSA:
-    """A copy of ``sa`` whose ESP plan has the IPv4 fast paths turned off."""
+    """A copy of ``sa`` whose ESP plan has the IPv4 fast paths (pure and compiled) turned off."""
     from dataclasses import replace
 
     slow = replace(sa)
     assert esp.pad_length(slow, 0) >= 0  # builds the plan
     slow.plan.fast = False  # type: ignore[attr-defined]  # the plan is esp's private record
+    slow.plan.native = None  # type: ignore[attr-defined]
     return slow
 
 
@@ -401,6 +402,7 @@ def test_ipv4_fast_paths_equal_the_general_path(
     dg[10:12] = junk[5:7]
     dg[1] = junk[8]
     datagram = bytes(dg)
+    sa = on_path(sa, "pure")  # the pure-Python fast path (test_espfast.py holds the compiled one to it)
     slow = _general(sa)
     tx_fast, tx_slow = runtime(sa), runtime(sa)
     tx_fast.seq = tx_slow.seq = seq

@@ -4,7 +4,9 @@ Vectors: draft-mcgrew-gcm-test-01 §4 (all its ESP cases, ESN ones included),
 RFC 3602 §4 cases 5-8, RFC 7634 Appendix A, RFC 3686 §6, RFC 4231 (with RFC 4868's
 truncation) and RFC 3566 §4.  Where a vector's IV is explicit, it is injected: the
 random source for CBC, the per-SA IV counter for CTR/GCM/ChaCha; the sequence
-counter is set so that the next packet carries the vector's number.
+counter is set so that the next packet carries the vector's number.  The AEAD
+vectors run through both ways of ESP's IPv4 fast path: the compiled module
+(``espfast``) and pure Python.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pfkeyd.packet import crypto, esp
 from pfkeyd.packet.counters import Drop
 from pfkeyd.packet.runtime import ReplayWindow
 from pfkeyd.wire.constants import AuthAlg, EncAlg, SaFlag
-from tests.packet.esp_helpers import FixedRandom, esp_sa, runtime, v4
+from tests.packet.esp_helpers import PATHS, FixedRandom, esp_sa, on_path, runtime, v4
 
 H = bytes.fromhex
 
@@ -146,13 +148,14 @@ def _split_trailer(plain: bytes) -> tuple[bytes, int]:
     return plain[: len(plain) - npad - 2], nh
 
 
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("case", range(len(GCM_CASES)), ids=lambda i: f"mcgrew-{i + 1}")
-def test_gcm_draft_mcgrew_vectors_protect_and_unprotect(case: int) -> None:
+def test_gcm_draft_mcgrew_vectors_protect_and_unprotect(case: int, path: str) -> None:
     key, nonce, aad, plain, ct, tag = (H(x) for x in GCM_CASES[case])
     esn = len(aad) == 12
     spi = int.from_bytes(aad[:4], "big")
     seq64 = int.from_bytes(aad[4:], "big") if not esn else int.from_bytes(aad[4:12], "big")
-    sa = esp_sa(EncAlg.X_AESGCM16, key + nonce[:4], spi=spi, flags=SaFlag.X_ESN if esn else 0)
+    sa = on_path(esp_sa(EncAlg.X_AESGCM16, key + nonce[:4], spi=spi, flags=SaFlag.X_ESN if esn else 0), path)
     st = runtime(sa)
     st.seq = seq64 - 1
     st.iv_counter = int.from_bytes(nonce[4:], "big")
@@ -171,11 +174,12 @@ def test_gcm_draft_mcgrew_vectors_protect_and_unprotect(case: int) -> None:
     assert rx.replay.last == seq64
 
 
-def test_gcm_esn_with_the_wrong_seq_hi_fails_the_icv_and_leaves_the_window() -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_gcm_esn_with_the_wrong_seq_hi_fails_the_icv_and_leaves_the_window(path: str) -> None:
     # Case 1 (ESN 0x87654321_00000000) at a receiver whose window sits in another
     # 2^32 subspace: Seq_hi is inferred wrongly, so the ICV fails (badauth), not replay.
     key, nonce, aad, _plain, ct, tag = (H(x) for x in GCM_CASES[0])
-    sa = esp_sa(EncAlg.X_AESGCM16, key + nonce[:4], spi=0x4321, flags=SaFlag.X_ESN)
+    sa = on_path(esp_sa(EncAlg.X_AESGCM16, key + nonce[:4], spi=0x4321, flags=SaFlag.X_ESN), path)
     packet = v4(50, aad[:4] + aad[8:] + nonce[4:] + ct + tag)
     rx = runtime(sa)
     assert rx.replay is not None
@@ -268,8 +272,9 @@ CHACHA_WIRE = (
 )
 
 
-def test_chacha20_poly1305_rfc7634_appendix_a() -> None:
-    sa = esp_sa(EncAlg.X_CHACHA20POLY1305, H(CHACHA_KEY), spi=0x01020304)
+@pytest.mark.parametrize("path", PATHS)
+def test_chacha20_poly1305_rfc7634_appendix_a(path: str) -> None:
+    sa = on_path(esp_sa(EncAlg.X_CHACHA20POLY1305, H(CHACHA_KEY), spi=0x01020304), path)
     st = runtime(sa)
     st.seq = 4
     st.iv_counter = 0x1011121314151617
