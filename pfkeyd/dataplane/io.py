@@ -68,7 +68,6 @@ import errno
 import os
 import socket
 import struct
-from collections import Counter
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
@@ -143,36 +142,57 @@ DROP_ERRNOS = frozenset(
 _Item = TypeVar("_Item")
 
 
-async def _drain(one: Callable[[], _Item], fd: Any, limit: int) -> list[_Item]:
-    """Everything ``one()`` can read without blocking, at most ``limit`` items; waits for
-    ``fd`` to become readable only while there is nothing at all."""
+def _drain_now(one: Callable[[], _Item], limit: int) -> list[_Item]:
+    """Everything ``one()`` can read without blocking, at most ``limit`` items (maybe none)."""
     out: list[_Item] = []
+    try:
+        while len(out) < limit:
+            out.append(one())
+    except BlockingIOError:
+        pass
+    return out
+
+
+async def _drain(now: Callable[[int], list[_Item]], fd: Any, limit: int) -> list[_Item]:
+    """``now(limit)``, waiting for ``fd`` to become readable only while it gives nothing."""
     while True:
-        try:
-            while len(out) < limit:
-                out.append(one())
-        except BlockingIOError:
-            pass
+        out = now(limit)
         if out:
             return out
         await trio.lowlevel.wait_readable(fd)
 
 
+async def _send(send_now: Callable[[], bool], fd: Any) -> bool:
+    """``send_now()``, waiting for ``fd`` to become writable while it raises EAGAIN."""
+    while True:
+        try:
+            return send_now()
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(fd)
+
+
 class IoCounters:
     """Per-reason counts of what the I/O layer did or dropped, e.g. ``raw4.send``,
-    ``raw4.drop.EMSGSIZE``, ``natt4.keepalive``.  :meth:`snapshot` for stats."""
+    ``raw4.drop.EMSGSIZE``, ``natt4.keepalive``.  :meth:`snapshot` for stats.
+
+    Only the packet thread counts; :meth:`snapshot` may be called from any thread:
+    it is one ``dict.copy``, a single C call that the GIL does not interrupt, so it
+    never sees the table change size under it."""
+
+    __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, int] = {}
 
     def add(self, name: str, n: int = 1) -> None:
-        self._counts[name] += n
+        counts = self._counts
+        counts[name] = counts.get(name, 0) + n
 
     def __getitem__(self, name: str) -> int:
-        return self._counts[name]
+        return self._counts.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self._counts)
+        return self._counts.copy()
 
 
 def drop_name(prefix: str, err: OSError) -> str:
@@ -231,31 +251,40 @@ class TunDevice:
     def fileno(self) -> int:
         return self.fd
 
+    def receive_now(self, limit: int = BATCH) -> list[bytes]:
+        """The datagrams ready now (at most ``limit``; maybe none), without waiting."""
+        out = _drain_now(self._read, limit)
+        if out:
+            self.counters.add("tun.read", len(out))
+        return out
+
+    def _read(self) -> bytes:
+        return os.read(self.fd, MAX_DATAGRAM)
+
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more datagrams (at most ``limit``): waits only if none is ready."""
-        out = await _drain(lambda: os.read(self.fd, MAX_DATAGRAM), self.fd, limit)
-        self.counters.add("tun.read", len(out))
-        return out
+        return await _drain(self.receive_now, self.fd, limit)
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
 
+    def send_now(self, datagram: bytes) -> bool:
+        """Inject ``datagram`` as if it arrived on the TUN, now; False if the kernel
+        dropped it (counted under ``tun.drop.<errno>``); BlockingIOError if the
+        device cannot take it yet."""
+        try:
+            os.write(self.fd, datagram)
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
+                raise
+            self.counters.add(drop_name("tun", e))
+            return False
+        self.counters.add("tun.write")
+        return True
+
     async def send(self, datagram: bytes) -> bool:
-        """Inject ``datagram`` as if it arrived on the TUN; False if the kernel dropped
-        it (counted under ``tun.drop.<errno>``)."""
-        while True:
-            try:
-                os.write(self.fd, datagram)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
-                continue
-            except OSError as e:
-                if e.errno not in DROP_ERRNOS:
-                    raise
-                self.counters.add(drop_name("tun", e))
-                return False
-            self.counters.add("tun.write")
-            return True
+        """:meth:`send_now`, waiting while the device is full."""
+        return await _send(lambda: self.send_now(datagram), self.fd)
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface and its routes."""
@@ -364,11 +393,16 @@ class RawReceiver:
             payload, self.proto, src, dst, hop_limit=hop_limit, flowinfo=flowinfo, extensions=tuple(extensions)
         )
 
+    def receive_now(self, limit: int = BATCH) -> list[bytes]:
+        """The whole datagrams ready now (at most ``limit``; maybe none)."""
+        out = _drain_now(self._one, limit)
+        if out:
+            self.counters.add(f"{self._name}.receive", len(out))
+        return out
+
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more whole datagrams (at most ``limit``): waits only if none is ready."""
-        out = await _drain(self._one, self.sock, limit)
-        self.counters.add(f"{self._name}.receive", len(out))
-        return out
+        return await _drain(self.receive_now, self.sock, limit)
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
@@ -401,25 +435,27 @@ class RawSender:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    async def send(self, datagram: bytes) -> bool:
-        """Send ``datagram`` (a whole IP datagram of this family) to its destination;
-        False if it was dropped (counted under ``raw4.drop.<errno>`` / ``raw6...``)."""
+    def send_now(self, datagram: bytes) -> bool:
+        """Send ``datagram`` (a whole IP datagram of this family) to its destination,
+        now; False if it was dropped (counted under ``raw4.drop.<errno>`` /
+        ``raw6...``); BlockingIOError if the socket's buffer is full.  The one place
+        a datagram leaves (the async and the packet thread's waiting both use it)."""
         family, dst = destination_of(datagram)
         if family != self.family:
             raise ValueError(f"an IPv{4 if family == socket.AF_INET else 6} datagram on the {self._name} sender")
-        while True:
-            try:
-                self.sock.sendto(datagram, (dst, 0))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
-            except OSError as e:
-                if e.errno not in DROP_ERRNOS:
-                    raise
-                self.counters.add(drop_name(self._name, e))
-                return False
-            self.counters.add(f"{self._name}.send")
-            return True
+        try:
+            self.sock.sendto(datagram, (dst, 0))
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
+                raise
+            self.counters.add(drop_name(self._name, e))
+            return False
+        self.counters.add(f"{self._name}.send")
+        return True
+
+    async def send(self, datagram: bytes) -> bool:
+        """:meth:`send_now`, waiting while the socket's buffer is full."""
+        return await _send(lambda: self.send_now(datagram), self.sock)
 
     def close(self) -> None:
         _notify_closing(self.sock)
@@ -567,31 +603,37 @@ class NattSocket:
             ttl=ttl,
         )
 
-    async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
-        """One or more datagrams (at most ``limit``), classified and counted by kind."""
-        out = await _drain(self._one, self.sock, limit)
+    def receive_now(self, limit: int = BATCH) -> list[UdpDatagram]:
+        """The datagrams ready now (at most ``limit``; maybe none), classified and
+        counted by kind."""
+        out = _drain_now(self._one, limit)
         for d in out:
             self.counters.add(f"{self._name}.{d.kind.value}")
         return out
 
+    async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
+        """One or more datagrams (at most ``limit``), classified and counted by kind."""
+        return await _drain(self.receive_now, self.sock, limit)
+
     async def receive(self) -> UdpDatagram:
         return (await self.receive_batch(1))[0]
 
+    def send_now(self, payload: bytes, address: str, port: int) -> bool:
+        """Send ``payload`` from the NAT-T port, now; False if dropped (counted);
+        BlockingIOError if the socket's buffer is full."""
+        try:
+            self.sock.sendto(payload, (address, port))
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
+                raise
+            self.counters.add(drop_name(self._name, e))
+            return False
+        self.counters.add(f"{self._name}.send")
+        return True
+
     async def send(self, payload: bytes, address: str, port: int) -> bool:
-        """Send ``payload`` from the NAT-T port; False if dropped (counted)."""
-        while True:
-            try:
-                self.sock.sendto(payload, (address, port))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
-            except OSError as e:
-                if e.errno not in DROP_ERRNOS:
-                    raise
-                self.counters.add(drop_name(self._name, e))
-                return False
-            self.counters.add(f"{self._name}.send")
-            return True
+        """:meth:`send_now`, waiting while the socket's buffer is full."""
+        return await _send(lambda: self.send_now(payload, address, port), self.sock)
 
     async def send_keepalive(self, address: str, port: int = NATT_PORT) -> bool:
         """A NAT keepalive (RFC 3948 §2.3): one 0xFF byte."""
