@@ -77,12 +77,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 import socket
 import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -91,7 +93,8 @@ from pfkeyd.dataplane.enc import Direction as EncDirection
 from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
 from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
 from pfkeyd.dataplane.netlink import Route, Routing
-from pfkeyd.dataplane.seam import Seam
+from pfkeyd.dataplane.pump import PacketLoop, PacketThreadError
+from pfkeyd.dataplane.seam import Seam, ThreadSeam
 from pfkeyd.dataplane.sockpol import SocketPolicies
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision
@@ -112,8 +115,11 @@ log = logging.getLogger("pfkeyd.dataplane")
 HOLD_PACKETS = 4
 HOLD_FLOWS = 256
 HOLD_TIME = 5.0
-#: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
+#: How often the trio side looks for a changed SAD/SPD (routes; it then wakes the
+#: packet thread for the held flows).
 WATCH_INTERVAL = 0.02
+#: At most one log line per this many seconds for packets whose processing raised.
+FAULT_LOG_INTERVAL = 10.0
 
 
 class RandomPool:
@@ -245,10 +251,14 @@ class DataPlane:
         hold_flows: int = HOLD_FLOWS,
         hold_time: float = HOLD_TIME,
         wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         local_addresses: Callable[[], Sequence[Any]] | None = None,
         manage_routes: bool = True,
     ) -> None:
-        self.seam = seam
+        #: The trio thread's seam; :attr:`seam` is the one the packet methods use
+        #: (this one, or while :meth:`run` runs, a ThreadSeam over it).
+        self.home = seam
+        self.seam: Seam = seam
         self.tun = tun
         self.senders = senders
         self.receivers = tuple(receivers)
@@ -262,6 +272,7 @@ class DataPlane:
         self.hold_flows = hold_flows
         self.hold_time = hold_time
         self._wall = wall_clock
+        self._mono = monotonic
         self._local = local_addresses
         self.manage_routes = manage_routes
         self._gen = -1
@@ -274,11 +285,18 @@ class DataPlane:
         self._reported: usage.Reported = {}
         self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
         self._routes: set[Route] = set()
-        self.changed = trio.Event()
         self._random = RandomPool()
+        self._loop: PacketLoop | None = None
+        self._fault_logged = -math.inf
+        self._faults_unlogged = 0
 
     # ------------------------------------------------------------------ state
     def _now(self) -> Instant:
+        """The packet side's time: its own monotonic clock (the hold queue's deadlines)."""
+        return Instant(self._mono(), int(self._wall()))
+
+    def _engine_now(self) -> Instant:
+        """The engine's time (called in the trio thread)."""
         return Instant(trio.current_time(), int(self._wall()))
 
     def _refresh(self) -> bool:
@@ -555,7 +573,7 @@ class DataPlane:
         if self.routing is None or not self.manage_routes:
             return
         local = list(self._local()) if self._local is not None else []
-        want = routes_for(self.seam.outbound_policies(), local)
+        want = routes_for(self.home.outbound_policies(), local)
         for r in self._routes - want:
             try:
                 self.routing.remove_route(r)
@@ -571,79 +589,171 @@ class DataPlane:
                 want.discard(r)
         self._routes = want
 
-    # --------------------------------------------------------------- the shell
-    async def _send(self, datagrams: Iterable[bytes]) -> None:
+    # ------------------------------------------------- the packet thread's side
+    def _fault(self, where: str, exc: Exception) -> None:
+        """A packet whose processing raised: dropped, counted, logged at most once per
+        FAULT_LOG_INTERVAL (with how many were not), never fatal."""
+        self.counters["thread.error"] += 1
+        now = self._mono()
+        if now < self._fault_logged + FAULT_LOG_INTERVAL:
+            self._faults_unlogged += 1
+            return
+        log.error(
+            "packet thread: a packet %s raised %s (dropped; %d more not logged)",
+            where,
+            type(exc).__name__,
+            self._faults_unlogged,
+            exc_info=exc,
+        )
+        self._fault_logged, self._faults_unlogged = now, 0
+
+    def _send_out(self, datagrams: Iterable[bytes]) -> None:
+        loop = self._loop
+        assert loop is not None
         for out in datagrams:
             sender = self.senders.get(socket.AF_INET if out[0] >> 4 == 4 else socket.AF_INET6)
             if sender is None:
                 self.counters["out.nofamily"] += 1
                 continue
-            await sender.send(out)
+            loop.send(sender.send_now, sender.fileno(), out)
 
-    async def _outbound_loop(self) -> None:
-        while True:
-            batch = await self.tun.receive_batch()
-            self._refresh()
-            now = self._now()
-            out: list[bytes] = []
-            for dg in batch:
+    def _to_tun(self, inner: bytes) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.send(self.tun.send_now, self.tun.fd, inner)
+
+    def _pump_tun(self) -> None:
+        batch = self.tun.receive_now()
+        if not batch:
+            return
+        self._refresh()
+        now = self._now()
+        out: list[bytes] = []
+        for dg in batch:
+            try:
                 out += self.outbound(dg, now)
-            await self._send(out)
-            self.report(now)
+            except Exception as e:  # one packet's fault, never the loop's (pump.py)
+                self._fault("out", e)
+        self._send_out(out)
+        self.report(now)
 
-    async def _raw_loop(self, rx: RawReceiver) -> None:
-        while True:
-            batch = await rx.receive_batch()
-            self._refresh()
-            now = self._now()
-            for dg in batch:
+    def _pump_raw(self, rx: RawReceiver) -> None:
+        batch = rx.receive_now()
+        if not batch:
+            return
+        self._refresh()
+        now = self._now()
+        for dg in batch:
+            try:
                 inner = self.inbound(dg, now)
-                if inner is not None:
-                    await self.tun.send(inner)
-            self.report(now)
+            except Exception as e:
+                self._fault("in", e)
+                continue
+            if inner is not None:
+                self._to_tun(inner)
+        self.report(now)
 
-    async def _natt_loop(self, sock: NattSocket) -> None:
-        while True:
-            batch = await sock.receive_batch()
-            self._refresh()
-            now = self._now()
-            for d in batch:
-                if d.kind is not UdpKind.ESP:
-                    continue
+    def _pump_natt(self, sock: NattSocket) -> None:
+        batch = sock.receive_now()
+        if not batch:
+            return
+        self._refresh()
+        now = self._now()
+        for d in batch:
+            if d.kind is not UdpKind.ESP:
+                continue
+            try:
                 inner = self.inbound_udp(d.whole(), now)
-                if inner is not None:
-                    await self.tun.send(inner)
-            self.report(now)
+            except Exception as e:
+                self._fault("in", e)
+                continue
+            if inner is not None:
+                self._to_tun(inner)
+        self.report(now)
 
-    async def _watch(self) -> None:
+    def _on_change(self) -> None:
+        """Woken by the trio side: the SAD or SPD changed; held flows are decided again."""
+        if self._refresh() and self._held:
+            try:
+                out = self.release_held(self._now())
+            except Exception as e:
+                self._fault("held", e)
+                return
+            self._send_out(out)
+
+    def _hold_timeout(self) -> float | None:
+        """Seconds until the earliest held flow times out (the loop's sleep), or None."""
+        if not self._held:
+            return None
+        return min(deadline for deadline, _ in self._held.values()) - self._mono()
+
+    def _after_wake(self) -> None:
+        if self._held:
+            self.expire_held(self._now())
+        if self.enc is not None and self.enc.pcap is not None:
+            self.enc.pcap.flush()  # a reader of the file sees the packets at once
+
+    # ------------------------------------------------------ the trio thread's side
+    async def _watch(self, loop: PacketLoop) -> None:
+        """Follow the engine's generation; when it moved, keep the routes in step
+        and wake the packet thread (held flows, caches)."""
+        seen = self.home.generation()
         while True:
-            if self._refresh():
-                self.sync_routes()
-                if self._held:
-                    await self._send(self.release_held(self._now()))
-                self.changed.set()
-                self.changed = trio.Event()
-            if self._held:
-                self.expire_held(self._now())
-            if self.enc is not None and self.enc.pcap is not None:
-                self.enc.pcap.flush()  # a reader of the file sees packets within a tick
             await trio.sleep(WATCH_INTERVAL)
+            gen = self.home.generation()
+            if gen != seen:
+                seen = gen
+                self.sync_routes()
+                loop.wake.set()
+
+    def _open_loop(self) -> PacketLoop:
+        loop = PacketLoop(on_wake=self._on_change, timeout=self._hold_timeout, after=self._after_wake)
+        loop.watch(self.tun.fileno(), self._pump_tun)
+        for rx in self.receivers:
+            loop.watch(rx.fileno(), partial(self._pump_raw, rx))
+        for ns in self.natt:
+            loop.watch(ns.fileno(), partial(self._pump_natt, ns))
+        return loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run every loop until cancelled; then remove the routes, rules and
-        interfaces and close every socket (also after an error)."""
+        """Run the packet thread (and the trio side's watch) until cancelled; then
+        stop and join the thread, remove the routes, rules and interfaces and close
+        every socket (also after an error).  A failure of the packet loop itself
+        ends this with :class:`PacketThreadError`."""
+        loop: PacketLoop | None = None
+        ended = trio.Event()
         try:
             self._refresh()
             self.sync_routes()
+            token = trio.lowlevel.current_trio_token()
+            self.seam = ThreadSeam(self.home, token, self._engine_now)
+            loop = self._loop = self._open_loop()
+
+            def on_exit() -> None:  # in the packet thread, as it ends
+                try:
+                    token.run_sync_soon(ended.set)
+                except trio.RunFinishedError:
+                    pass
+
+            loop.start(on_exit)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._outbound_loop)
-                for rx in self.receivers:
-                    nursery.start_soon(self._raw_loop, rx)
-                for ns in self.natt:
-                    nursery.start_soon(self._natt_loop, ns)
-                nursery.start_soon(self._watch)
+                nursery.start_soon(self._watch, loop)
                 task_status.started()
+                await ended.wait()  # only a failure ends the thread before a stop
+                nursery.cancel_scope.cancel()
+            raise PacketThreadError(loop.failure)
         finally:
+            if loop is not None and loop.started:
+                loop.stop()
+                with trio.CancelScope(shield=True):
+                    # Waiting in trio, not in join(): the thread may be waiting for
+                    # a decision only this thread can make.
+                    await ended.wait()
+                loop.join()
+            if loop is not None:
+                loop.close()
+                self._loop = None
+                self.seam = self.home
             self.close()
 
     def close(self) -> None:
@@ -670,8 +780,10 @@ class DataPlane:
     # ------------------------------------------------------------- statistics
     def statistics(self) -> dict[str, Any]:
         """Everything the data plane counts, as plain data (``pfkeyd stats --json``)."""
+        # The packet thread changes these tables: each is copied in one C call
+        # (dict.copy, which the GIL does not interrupt) before it is read.
         sas = []
-        for spi, (_c, b) in sorted(self._sas.items()):
+        for spi, (_c, b) in sorted(self._sas.copy().items()):
             st = b.state
             sas.append(
                 {
@@ -688,7 +800,7 @@ class DataPlane:
             )
         return {
             "interface": self.tun.name,
-            "counters": dict(sorted(self.counters.items())),
+            "counters": dict(sorted(dict.copy(self.counters).items())),
             "io": dict(sorted(self.io.snapshot().items())),
             "held_flows": len(self._held),
             "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),
