@@ -168,7 +168,37 @@ trio.run(main)
 """
 
 
-def forwarder_rtt(p: Pair) -> float:
+#: The same empty forwarder on the data plane's packet loop (pfkeyd.dataplane.pump):
+#: a blocking epoll in its own thread, beside an idle trio loop as in the daemon.
+THREAD_FORWARDER = r"""
+import socket, struct, sys, trio
+from pyroute2 import IPRoute
+from pfkeyd.dataplane.io import RawSender, RawReceiver, TunDevice
+from pfkeyd.dataplane.pump import PacketLoop
+me, peer, remote = sys.argv[1], sys.argv[2], sys.argv[3]
+tun = TunDevice.open("fl0")
+with IPRoute() as ipr:
+    i = ipr.link_lookup(ifname="fl0")[0]
+    ipr.link("set", index=i, mtu=1400, state="up")
+    ipr.route("add", dst=remote, dst_len=24, oif=i)
+open("/proc/sys/net/ipv4/conf/fl0/rp_filter", "w").write("0")
+tx = RawSender(socket.AF_INET, 0x5050); rx = RawReceiver(socket.AF_INET, 50)
+src, dst = socket.inet_aton(me), socket.inet_aton(peer)
+loop = PacketLoop()
+def out():
+    for dg in tun.receive_now():
+        loop.send(tx.send_now, tx.fileno(), struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(dg), 0, 0, 64, 50, 0, src, dst) + dg)
+def inn():
+    for dg in rx.receive_now():
+        loop.send(tun.send_now, tun.fd, dg[20:])
+loop.watch(tun.fileno(), out); loop.watch(rx.fileno(), inn)
+loop.start(lambda: None)
+print("ready", flush=True)
+trio.run(trio.sleep_forever)
+"""
+
+
+def forwarder_rtt(p: Pair, program: str = FORWARDER) -> float:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     procs = []
     try:
@@ -177,7 +207,7 @@ def forwarder_rtt(p: Pair) -> float:
             (p.b, Pair.V4[1], Pair.V4[0], "10.1.0.0"),
         ):
             proc = subprocess.Popen(
-                ns.argv(sys.executable, "-c", FORWARDER, me, peer, remote), stdout=subprocess.PIPE, text=True, env=env
+                ns.argv(sys.executable, "-c", program, me, peer, remote), stdout=subprocess.PIPE, text=True, env=env
             )
             procs.append(proc)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

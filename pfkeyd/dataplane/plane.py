@@ -560,13 +560,19 @@ class DataPlane:
 
     # ------------------------------------------------------------------ usage
     def report(self, now: Instant) -> None:
-        """Hand the SAs' traffic since the last report to the engine (lifetimes)."""
-        live = ((spi, b.state) for spi, (_c, b) in self._sas.items())
+        """Hand the SAs' traffic since the last report to the engine (lifetimes).
+
+        The trio side calls this (every WATCH_INTERVAL while :meth:`run` runs), so the
+        engine is reached directly: posting a report from the packet thread after
+        every batch woke the trio thread, whose turn with the GIL then delayed the
+        packet thread by 0.1-0.4 ms a batch.  The SAs' runtimes are read from a copy
+        of the table the packet thread keeps (dict.copy is atomic), each total once."""
+        live = ((spi, b.state) for spi, (_c, b) in self._sas.copy().items())
         reports, self._reported = usage.pending(live, self._reported)
         effects: list[Effect] = []
         for r in reports:
-            effects += self.seam.report_usage(r.spi, r.nbytes, r.packets, now, replay_seq=r.replay_seq)
-        self.seam.emit(effects)
+            effects += self.home.report_usage(r.spi, r.nbytes, r.packets, now, replay_seq=r.replay_seq)
+        self.home.emit(effects)
 
     # ----------------------------------------------------------------- routes
     def sync_routes(self) -> None:
@@ -635,7 +641,6 @@ class DataPlane:
             except Exception as e:  # one packet's fault, never the loop's (pump.py)
                 self._fault("out", e)
         self._send_out(out)
-        self.report(now)
 
     def _pump_raw(self, rx: RawReceiver) -> None:
         batch = rx.receive_now()
@@ -651,7 +656,6 @@ class DataPlane:
                 continue
             if inner is not None:
                 self._to_tun(inner)
-        self.report(now)
 
     def _pump_natt(self, sock: NattSocket) -> None:
         batch = sock.receive_now()
@@ -669,7 +673,6 @@ class DataPlane:
                 continue
             if inner is not None:
                 self._to_tun(inner)
-        self.report(now)
 
     def _on_change(self) -> None:
         """Woken by the trio side: the SAD or SPD changed; held flows are decided again."""
@@ -695,11 +698,13 @@ class DataPlane:
 
     # ------------------------------------------------------ the trio thread's side
     async def _watch(self, loop: PacketLoop) -> None:
-        """Follow the engine's generation; when it moved, keep the routes in step
-        and wake the packet thread (held flows, caches)."""
+        """Report the SAs' traffic (lifetimes) and follow the engine's generation;
+        when it moved, keep the routes in step and wake the packet thread (held
+        flows, caches)."""
         seen = self.home.generation()
         while True:
             await trio.sleep(WATCH_INTERVAL)
+            self.report(self._engine_now())
             gen = self.home.generation()
             if gen != seen:
                 seen = gen
