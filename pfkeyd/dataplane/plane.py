@@ -212,6 +212,11 @@ class Verdict:
         self.fast = kind == "protect" and fasttunnel.eligible(chain)
 
 
+def _counted_limits(sa: SecAssoc) -> bool:
+    """Whether the SA has a byte or allocation lifetime (the engine acts on traffic)."""
+    return any(lt is not None and (lt.bytes or lt.allocations) for lt in (sa.soft, sa.hard))
+
+
 def routes_for(
     policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
 ) -> set[Route]:
@@ -287,6 +292,10 @@ class DataPlane:
         self._routes: set[Route] = set()
         self._random = RandomPool()
         self._loop: PacketLoop | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        # SAs with byte or allocation limits -> their packet count when last reported
+        self._limited: dict[int, int] = {}
+        self._report_posted = False
         self._fault_logged = -math.inf
         self._faults_unlogged = 0
 
@@ -320,6 +329,7 @@ class DataPlane:
             sa = self.seam.sa(spi)
             if sa is None or sa.created != created or not sa.alive:
                 del self._sas[spi]
+                self._limited.pop(spi, None)
         return True
 
     def _bound(self, sa: SecAssoc) -> Bound | None:
@@ -333,6 +343,10 @@ class DataPlane:
             return None
         b = Bound(tsa, SaRuntime.for_sa(tsa.window, esn=tsa.esn, cycseq=tsa.cycseq))
         self._sas[sa.spi] = (sa.created, b)
+        if _counted_limits(sa):
+            self._limited[sa.spi] = -1
+        else:
+            self._limited.pop(sa.spi, None)
         return b
 
     # --------------------------------------------------------------- outbound
@@ -641,6 +655,8 @@ class DataPlane:
             except Exception as e:  # one packet's fault, never the loop's (pump.py)
                 self._fault("out", e)
         self._send_out(out)
+        if self._limited:
+            self._report_limited()
 
     def _pump_raw(self, rx: RawReceiver) -> None:
         batch = rx.receive_now()
@@ -656,6 +672,8 @@ class DataPlane:
                 continue
             if inner is not None:
                 self._to_tun(inner)
+        if self._limited:
+            self._report_limited()
 
     def _pump_natt(self, sock: NattSocket) -> None:
         batch = sock.receive_now()
@@ -673,6 +691,35 @@ class DataPlane:
                 continue
             if inner is not None:
                 self._to_tun(inner)
+        if self._limited:
+            self._report_limited()
+
+    def _report_limited(self) -> None:
+        """After a batch: if an SA with byte or allocation limits carried traffic, have
+        the trio side report now, so that its limits act within a batch (the others
+        wait for the trio side's next WATCH_INTERVAL)."""
+        if self._report_posted or self._token is None:
+            return
+        used = False
+        for spi, seen in self._limited.items():
+            hit = self._sas.get(spi)
+            if hit is not None and hit[1].state.packets != seen:
+                self._limited[spi] = hit[1].state.packets
+                used = True
+        if used:
+            self._report_posted = True
+            try:
+                self._token.run_sync_soon(self._report_now)
+            except trio.RunFinishedError:
+                pass
+
+    def _report_now(self) -> None:
+        """In the trio thread (run_sync_soon: an exception here would end the trio run)."""
+        self._report_posted = False
+        try:
+            self.report(self._engine_now())
+        except Exception:
+            log.error("data plane: reporting traffic to the engine failed", exc_info=True)
 
     def _on_change(self) -> None:
         """Woken by the trio side: the SAD or SPD changed; held flows are decided again."""
@@ -730,7 +777,7 @@ class DataPlane:
         try:
             self._refresh()
             self.sync_routes()
-            token = trio.lowlevel.current_trio_token()
+            token = self._token = trio.lowlevel.current_trio_token()
             self.seam = ThreadSeam(self.home, token, self._engine_now)
             loop = self._loop = self._open_loop()
 
@@ -806,12 +853,19 @@ class DataPlane:
         return {
             "interface": self.tun.name,
             "counters": dict(sorted(dict.copy(self.counters).items())),
-            "io": dict(sorted(self.io.snapshot().items())),
+            "io": dict(sorted(self._io_snapshot().items())),
             "held_flows": len(self._held),
             "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),
             "sas": sas,
             "socket_policies": self.socket_policies.describe(),
         }
+
+    def _io_snapshot(self) -> dict[str, int]:
+        io = self.io.snapshot()
+        loop = self._loop
+        if loop is not None and loop.waits:
+            io["thread.wait_writable"] = loop.waits
+        return io
 
     def statistics_text(self) -> str:
         st = self.statistics()

@@ -105,6 +105,8 @@ class PacketLoop:
         self._woken = False
         self._name = name
         self._thread: threading.Thread | None = None
+        #: How many sends had to wait for room (EAGAIN): backpressure at work.
+        self.waits = 0
         #: What ended the loop, if it ended by itself.
         self.failure: BaseException | None = None
 
@@ -176,6 +178,7 @@ class PacketLoop:
         """Block until ``fd`` can be written, or raise :class:`Stopping` if a stop
         request comes first.  Another wake-up (the SAD changed) is noted for the loop,
         which acts on it once the handler that is sending returns."""
+        self.waits += 1
         p = select.poll()
         p.register(fd, select.POLLOUT)
         p.register(self.wake.fd, select.POLLIN)
