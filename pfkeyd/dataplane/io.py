@@ -1,4 +1,4 @@
-"""The data plane's packet I/O (trio): the TUN, raw IP sockets, the NAT-T UDP socket.
+"""The data plane's packet I/O: the TUN, raw IP sockets, the NAT-T UDP socket.
 
 Theory of operation
 -------------------
@@ -47,6 +47,13 @@ these objects and never sees a socket.
 
 Every socket that sends carries ``SO_MARK`` (the routing rules in netlink.py let
 marked packets bypass the TUN), so needs CAP_NET_ADMIN besides CAP_NET_RAW.
+
+**Two ways to drive them.**  Each object has a synchronous core that never waits:
+``receive_now(limit)`` (what is ready, maybe nothing) and ``send_now(...)`` (sent,
+dropped and counted, or BlockingIOError when the kernel's buffer is full).  The
+data plane's packet thread (:mod:`pfkeyd.dataplane.pump`) calls these from its
+epoll loop and waits with ``poll`` itself; the async methods (``receive_batch``,
+``send``) wait with trio around the same cores, for tests and tools.
 
 **Backpressure, not queues.**  Nothing here buffers packets.  Receiving is pulled:
 :meth:`receive_batch` drains what the kernel has (up to a bound, without waiting

@@ -25,6 +25,9 @@ SPD decides, with the same lookup ``pfkeyd lookup`` shows:
 A decision is cached per flow until the engine's ``generation`` moves (any PF_KEY
 request, tick, knob change or expiry), except when it left a request without an SA:
 those go back to the engine on every packet, so that its ACQUIRE pacing sees them.
+A cache miss costs the packet thread one round trip to the trio thread.  Ticks
+come only at deadlines (SA and policy lifetimes, ACQUIRE pacing), not
+periodically, so in steady traffic the generation stands still and the caches hold.
 
 **The hold queue.**  FreeBSD drops the packet that triggers an ACQUIRE (the
 application retransmits); Linux, with ``xfrm_larval_drop=0``, queues packets on the
@@ -52,9 +55,11 @@ where ``require`` must hold against such packets, a firewall rule in front of th
 protected prefixes is needed (documented in pfkeyd.8).
 
 **Lifetimes.**  The bundle counts each SA's bytes and packets into its
-:class:`~pfkeyd.packet.runtime.SaRuntime`; after every batch the differences go to
-the engine (:mod:`pfkeyd.packet.usage` through ``report_usage``), whose soft and
-hard limits send EXPIRE to the registered key managers and remove the SA.
+:class:`~pfkeyd.packet.runtime.SaRuntime`; the differences go to the engine
+(:mod:`pfkeyd.packet.usage` through ``report_usage``), whose soft and hard limits
+send EXPIRE to the registered key managers and remove the SA.  The trio side
+reports every ``WATCH_INTERVAL``; an SA with byte or allocation limits is reported
+after every batch that used it, so that its limits act within a batch.
 
 **Routes** follow the outbound ipsec policies (tunnel mode: the remote selector;
 transport mode: the peer's host route, both from the destination selector) with
@@ -67,6 +72,38 @@ combined-mode cipher (the common site-to-site case) goes through
 :mod:`pfkeyd.packet.fasttunnel`, which builds the outer header and ESP in one step
 and is proven equal to the general path by a property test; everything else takes
 :func:`~pfkeyd.packet.bundle.protect`.
+
+**Two threads.**  The packet loops run in one OS thread of their own
+(:mod:`pfkeyd.dataplane.pump`: a blocking epoll over the TUN, the raw receivers and
+the NAT-T sockets, and an eventfd to wake it), because trio's cost per wake-up was
+most of what the data plane added to a round trip.  The trio thread keeps the
+engine, PF_KEY, the control socket, the timers and the routes.  Ownership:
+
+* the packet thread owns everything the packet methods touch: the verdict and
+  policy caches, the bound SAs and their runtimes, the hold queue, the counters,
+  the enc tap and pcap file, and the I/O objects until :meth:`run` has joined it;
+* the trio thread owns the engine (reached through :attr:`home`, the trio side's
+  seam), the routes (:meth:`sync_routes`) and the usage reports (:meth:`report`);
+* while :meth:`run` runs, the packet methods use a
+  :class:`~pfkeyd.dataplane.seam.ThreadSeam` over :attr:`home`, which marshals what
+  changes or walks the engine to the trio thread and reads the rest directly (the
+  seam module says which and why);
+* the trio side reads the packet thread's tables only through copies
+  (:meth:`statistics`, :meth:`report`: ``dict.copy``, one C call the GIL does not
+  interrupt) or single atomic reads (``len(self._held)``).
+
+The trio side wakes the thread when the engine's generation moves (every
+``WATCH_INTERVAL`` it looks), so that held flows are decided again; the thread
+re-reads the generation before every batch anyway.  The engine's clock is trio's
+(taken when a marshalled call runs); the hold queue's deadlines use the thread's
+own monotonic clock (``monotonic``, injected in tests).  A packet whose processing
+raises is dropped, counted (``thread.error``) and logged at most every
+``FAULT_LOG_INTERVAL`` seconds: no packet can stop the daemon.  A failure of the
+loop itself (its descriptors, or a bug outside the per-packet guard) ends
+:meth:`run` with :class:`~pfkeyd.dataplane.pump.PacketThreadError`, and the daemon
+with it (exit 1, the error logged): a daemon that looks alive and carries nothing
+would be worse.  The trio thread must never block on the packet thread: the packet
+thread may be waiting for a decision only trio can make.
 
 **enc(4)**: every plaintext packet is offered to an :class:`~.enc.EncTap` at the
 points FreeBSD's hooks see it (out: before and after encapsulation; in: before
