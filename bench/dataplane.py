@@ -303,11 +303,7 @@ def start_daemons(p: Pair, work: str, profile: str | None) -> dict[str, tuple[su
     daemons = {}
     for name, ns in (("a", p.a), ("b", p.b)):
         sock = os.path.join(work, f"{name}.sock")
-        pre = (
-            [sys.executable, "-c", PROFILED, profile]
-            if profile and name == "a"
-            else [sys.executable, "-m", "pfkeyd"]
-        )
+        pre = [sys.executable, "-c", PROFILED, profile] if profile and name == "a" else [sys.executable, "-m", "pfkeyd"]
         with open(os.path.join(work, f"{name}.log"), "wb") as log:
             proc = subprocess.Popen(
                 ns.argv(*pre, "-s", f"{sock}:freebsd", "--dataplane"), env=env, stdout=subprocess.DEVNULL, stderr=log

@@ -112,6 +112,7 @@ and after the outer header is stripped), shown according to the bpf masks.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import math
@@ -745,10 +746,8 @@ class DataPlane:
                 used = True
         if used:
             self._report_posted = True
-            try:
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(self._report_now)
-            except trio.RunFinishedError:
-                pass
 
     def _report_now(self) -> None:
         """In the trio thread (run_sync_soon: an exception here would end the trio run)."""
@@ -819,10 +818,8 @@ class DataPlane:
             loop = self._loop = self._open_loop()
 
             def on_exit() -> None:  # in the packet thread, as it ends
-                try:
+                with contextlib.suppress(trio.RunFinishedError):
                     token.run_sync_soon(ended.set)
-                except trio.RunFinishedError:
-                    pass
 
             loop.start(on_exit)
             async with trio.open_nursery() as nursery:

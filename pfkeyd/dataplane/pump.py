@@ -35,6 +35,7 @@ rather than leave a daemon that looks alive and carries nothing.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
@@ -54,7 +55,7 @@ class PacketThreadError(RuntimeError):
         self.cause = cause
 
 
-class Stopping(Exception):  # noqa: N818 - a control signal, not an error
+class Stopping(Exception):
     """Raised inside the packet thread by a wait that a stop request interrupted."""
 
 
@@ -66,16 +67,12 @@ class Wake:
 
     def set(self) -> None:
         """Wake the loop (callable from any thread; repeated sets coalesce)."""
-        try:
+        with contextlib.suppress(BlockingIOError):  # at its maximum: it is set anyway
             os.eventfd_write(self.fd, 1)
-        except BlockingIOError:  # the counter is at its maximum: it is set anyway
-            pass
 
     def clear(self) -> None:
-        try:
+        with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self.fd)
-        except BlockingIOError:
-            pass
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -55,6 +55,7 @@ one round trip to the trio thread.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
@@ -207,7 +208,5 @@ class ThreadSeam:
                 self.errors += 1
                 log.error("data plane: %s from the packet thread failed", getattr(fn, "__name__", fn), exc_info=True)
 
-        try:
+        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone, and its clients
             self._token.run_sync_soon(call)
-        except trio.RunFinishedError:  # the daemon is gone; so are the clients to tell
-            pass

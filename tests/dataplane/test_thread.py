@@ -10,7 +10,7 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -71,7 +71,7 @@ class Emitted:
         self.threads: set[int] = set()
         self.arrived = trio.Event()
 
-    def __call__(self, effects: list[Effect]) -> None:
+    def __call__(self, effects: Sequence[Effect]) -> None:
         self.threads.add(threading.get_ident())
         self.effects += effects
         self.arrived.set()
@@ -177,7 +177,7 @@ async def test_traffic_is_reported_to_the_engine_from_the_trio_side(mock_clock: 
 class FailingOnce(EngineSeam):
     """A seam whose first decision raises (a bug met by one packet)."""
 
-    def __init__(self, engine: KeyEngine, emit: Callable[[list[Effect]], None]) -> None:
+    def __init__(self, engine: KeyEngine, emit: Callable[[Sequence[Effect]], None]) -> None:
         super().__init__(engine, emit)
         self.failed = False
 
@@ -213,7 +213,7 @@ async def test_a_failure_of_the_loop_itself_ends_run_with_a_clear_error() -> Non
     rig = Rig(eng)
     rig.sender.fail = OSError(errno.EBADF, "Bad file descriptor")  # not a per-packet drop
     rig.app.send(udp(A, B, 1, 2))  # waiting in the TUN when the thread starts
-    with pytest.raises(PacketThreadError, match="packet thread failed: OSError: .*Bad file descriptor"):
+    with pytest.raises(PacketThreadError, match=r"packet thread failed: OSError: .*Bad file descriptor"):
         await rig.plane.run()
     # It cleaned up as after a stop.
     assert rig.tun.fd == -1 and rig.sender.closed and rig.plane._loop is None
