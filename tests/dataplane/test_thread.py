@@ -242,3 +242,31 @@ async def test_shutdown_interrupts_a_send_waiting_for_room_joins_the_thread_and_
     # Backpressure, not a queue: what the wire did not take was never read from the TUN.
     assert rig.plane.counters["out.clear"] < sent
     rig.close()
+
+
+class FailingPlane:
+    """A plane whose packet thread fails once it has started."""
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        await trio.lowlevel.checkpoint()
+        raise PacketThreadError(OSError(errno.EBADF, "Bad file descriptor"))
+
+
+async def test_a_failed_packet_thread_ends_the_daemon_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pfkeyd import cli
+    from pfkeyd.dataplane import daemon
+
+    monkeypatch.setattr(daemon, "open_dataplane", lambda *args, **kwargs: (FailingPlane(), []))
+
+    class Server:
+        def emit(self, effects: Sequence[Effect]) -> None:
+            pass
+
+    failure: list[str] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            opts = daemon.DataplaneOptions()
+            assert await cli._start_dataplane(nursery, opts, make_engine(), Server(), [], frozenset(), failure)  # type: ignore[arg-type]
+            await trio.sleep_forever()  # the server's part: ended by the failure
+    assert failure == ["data plane: packet thread failed: OSError: [Errno 9] Bad file descriptor"]
