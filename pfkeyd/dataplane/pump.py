@@ -55,8 +55,9 @@ class PacketThreadError(RuntimeError):
         self.cause = cause
 
 
-class Stopping(Exception):
-    """Raised inside the packet thread by a wait that a stop request interrupted."""
+class Stopping(BaseException):
+    """Raised inside the packet thread by a wait that a stop request interrupted (a
+    BaseException, so that no per-packet ``except Exception`` can swallow it)."""
 
 
 class Wake:

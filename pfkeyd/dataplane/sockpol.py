@@ -132,8 +132,10 @@ class SocketPolicies:
 
     def __init__(self) -> None:
         self._by_owner: dict[int, dict[int, SocketPolicy]] = {}
-        # (proto, port) -> policies of that protocol and port, outbound only
-        self._out: dict[tuple[int, int], list[SocketPolicy]] = {}
+        # (proto, port) -> policies of that protocol and port, outbound only.  The
+        # packet thread reads it while the trio thread changes it: each entry is a
+        # tuple replaced whole, so a reader gets one consistent tuple from one get.
+        self._out: dict[tuple[int, int], tuple[SocketPolicy, ...]] = {}
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_owner.values())
@@ -148,15 +150,17 @@ class SocketPolicies:
             self._unindex(old)
         mine[pol.dir] = pol
         if pol.dir == 2:
-            self._out.setdefault((pol.proto, pol.port), []).append(pol)
+            key = (pol.proto, pol.port)
+            self._out[key] = (*self._out.get(key, ()), pol)
 
     def _unindex(self, pol: SocketPolicy) -> None:
         if pol.dir == 2:
-            lst = self._out.get((pol.proto, pol.port), [])
-            if pol in lst:
-                lst.remove(pol)
-            if not lst:
-                self._out.pop((pol.proto, pol.port), None)
+            key = (pol.proto, pol.port)
+            rest = tuple(p for p in self._out.get(key, ()) if p is not pol)
+            if rest:
+                self._out[key] = rest
+            else:
+                self._out.pop(key, None)
 
     def remove_owner(self, owner: int) -> int:
         """Forget every policy of connection ``owner``; how many there were."""

@@ -8,6 +8,7 @@ import contextlib
 import errno
 import logging
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,10 +22,11 @@ from pfkeyd.dataplane.io import TunDevice
 from pfkeyd.dataplane.plane import WATCH_INTERVAL, DataPlane
 from pfkeyd.dataplane.pump import PacketLoop, PacketThreadError
 from pfkeyd.dataplane.seam import EngineSeam
+from pfkeyd.dataplane.sockpol import HEAD, SocketPolicies, parse_request
 from pfkeyd.effects import Effect, Instant, Send
 from pfkeyd.engine import Decision, KeyEngine
 from pfkeyd.spd import Flow
-from pfkeyd.wire import Message, MsgType, SaType
+from pfkeyd.wire import Message, MsgType, PolicyType, SaType
 from tests.dataplane.test_plane import A, B, add_gcm, udp
 from tests.engine.conftest import PID, make_engine
 from tests.engine.spd_helpers import ALONE, KM, ME, TRANSPORT, send, spd_msg
@@ -270,3 +272,22 @@ async def test_a_failed_packet_thread_ends_the_daemon_with_its_error(monkeypatch
             assert await cli._start_dataplane(nursery, opts, make_engine(), Server(), [], frozenset(), failure)  # type: ignore[arg-type]
             await trio.sleep_forever()  # the server's part: ended by the failure
     assert failure == ["data plane: packet thread failed: OSError: [Errno 9] Bad file descriptor"]
+
+
+def test_socket_policies_of_one_port_come_and_go_each_as_a_whole_tuple() -> None:
+    # The packet thread matches while the trio thread adds and removes: each
+    # (protocol, port) entry is replaced whole, never changed in place.
+    pols = SocketPolicies()
+    head = HEAD.pack(1, socket.AF_INET, 17, 500, bytes(16))
+    bypass = struct.pack("=HHHBBII", 2, 18, PolicyType.BYPASS, 2, 0, 0, 0)
+    discard = struct.pack("=HHHBBII", 2, 18, PolicyType.DISCARD, 2, 0, 0, 0)
+    pols.add(parse_request(head + bypass, 1))
+    seen = pols._out[(17, 500)]
+    pols.add(parse_request(head + discard, 2))
+    assert isinstance(seen, tuple) and len(seen) == 1  # what a reader held is unchanged
+    key = (socket.inet_aton(A), socket.inet_aton(B), 17, 500, 500)
+    assert pols.match(key) == PolicyType.BYPASS
+    assert pols.remove_owner(1) == 1
+    assert pols.match(key) == PolicyType.DISCARD
+    assert pols.remove_owner(2) == 1
+    assert pols.match(key) is None and not pols._out
