@@ -5,8 +5,8 @@ Theory of operation
 Trio pays for every wake-up: each ``wait_readable`` registers the descriptor with
 epoll again (an ``epoll_ctl`` per wait) and the scheduler runs a task step before
 any packet is touched.  Measured with two empty forwarders (TUN <-> raw socket, no
-crypto; ``bench/dataplane.py``), a trio loop added about three times what a plain
-blocking epoll loop adds to an echo's round trip.  So the data plane's packets are
+crypto; ``bench/dataplane.py``), trio tasks added 1.5 to 3 times what a plain
+blocking epoll loop adds to an echo's round trip (bench/README.md).  So the data plane's packets are
 moved by a :class:`PacketLoop` in a thread of its own, while the trio thread keeps
 PF_KEY, the control socket, the timers and the routes.
 
