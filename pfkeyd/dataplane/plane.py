@@ -836,6 +836,7 @@ class DataPlane:
                     # a decision only this thread can make.
                     await ended.wait()
                 loop.join()
+                self.report(self._engine_now())  # what the thread carried since the last watch
             if loop is not None:
                 loop.close()
                 self._loop = None

@@ -176,6 +176,21 @@ async def test_traffic_is_reported_to_the_engine_from_the_trio_side(mock_clock: 
     rig.close()
 
 
+async def test_what_the_thread_carried_is_reported_when_it_stops(mock_clock: trio.testing.MockClock) -> None:
+    eng = require_engine()
+    add_gcm(eng, 0x2001, A, B, mode=TRANSPORT)
+    rig = Rig(eng)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rig.plane.run)
+        for i in range(2):
+            rig.app.send(udp(A, B, 1, 2, bytes([i])))
+            await rig.from_wire()
+        nursery.cancel_scope.cancel()  # before any watch: the stop reports
+    sa = eng.sad.get(0x2001)
+    assert sa is not None and sa.packets == 2
+    rig.close()
+
+
 class FailingOnce(EngineSeam):
     """A seam whose first decision raises (a bug met by one packet)."""
 
