@@ -625,7 +625,20 @@ async def _start_dataplane(
         code = errno.errorcode.get(exc.errno or 0)
         failure.append(f"data plane: {exc.strerror or exc}" + (f" ({code})" if code else ""))
         return None
-    await nursery.start(plane.run)
+    import trio
+
+    from pfkeyd.dataplane.pump import PacketThreadError
+
+    async def run_plane(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await plane.run(task_status=task_status)
+        except PacketThreadError as exc:
+            # The packet loop itself failed: end the daemon with the error (exit 1),
+            # as a start failure does, rather than run on carrying nothing.
+            failure.append(f"data plane: {exc}")
+            nursery.cancel_scope.cancel()
+
+    await nursery.start(run_plane)
     for listener in listeners:
         nursery.start_soon(listener.serve)
     log.info("data plane on %s", options.ifname)

@@ -17,8 +17,9 @@ policies or SAs:
 * ``netlink`` (pyroute2) configures it and keeps the routes into it (tunnel mode: the
   remote selectors; transport mode: the peer's host route) in a table of their own,
   with the fwmark rules that keep the daemon's own packets out of it;
-* ``io`` moves whole datagrams with trio, pulled in bursts, waiting rather than
-  queueing;
+* ``io`` moves whole datagrams, pulled in bursts, waiting rather than queueing;
+* ``pump`` is the packet thread's loop: a blocking epoll in an OS thread of its own,
+  beside the trio thread that keeps PF_KEY and the engine;
 * ``enc`` shows plaintext on ``enc0`` and in pcap files, following FreeBSD's
   ``net.enc.{in,out}.ipsec_bpf_mask``;
 * ``nft`` keeps an nftables table that drops cleartext under inbound require

@@ -1,4 +1,4 @@
-"""The data plane's packet I/O (trio): the TUN, raw IP sockets, the NAT-T UDP socket.
+"""The data plane's packet I/O: the TUN, raw IP sockets, the NAT-T UDP socket.
 
 Theory of operation
 -------------------
@@ -52,6 +52,13 @@ these objects and never sees a socket.
 Every socket that sends carries ``SO_MARK`` (the routing rules in netlink.py let
 marked packets bypass the TUN), so needs CAP_NET_ADMIN besides CAP_NET_RAW.
 
+**Two ways to drive them.**  Each object has a synchronous core that never waits:
+``receive_now(limit)`` (what is ready, maybe nothing) and ``send_now(...)`` (sent,
+dropped and counted, or BlockingIOError when the kernel's buffer is full).  The
+data plane's packet thread (:mod:`pfkeyd.dataplane.pump`) calls these from its
+epoll loop and waits with ``poll`` itself; the async methods (``receive_batch``,
+``send``) wait with trio around the same cores, for tests and tools.
+
 **Backpressure, not queues.**  Nothing here buffers packets.  Receiving is pulled:
 :meth:`receive_batch` drains what the kernel has (up to a bound, without waiting
 once it has one), and waits only when there is nothing; a consumer that does not
@@ -73,7 +80,6 @@ import errno
 import os
 import socket
 import struct
-from collections import Counter
 from collections.abc import Callable
 from enum import Enum
 from typing import Any, TypeVar
@@ -156,36 +162,71 @@ DROP_ERRNOS = frozenset(
 _Item = TypeVar("_Item")
 
 
-async def _drain(one: Callable[[], _Item], fd: Any, limit: int) -> list[_Item]:
-    """Everything ``one()`` can read without blocking, at most ``limit`` items; waits for
-    ``fd`` to become readable only while there is nothing at all."""
+def _drain_now(one: Callable[[], _Item], limit: int) -> list[_Item]:
+    """Everything ``one()`` can read without blocking, at most ``limit`` items (maybe none)."""
     out: list[_Item] = []
+    try:
+        while len(out) < limit:
+            out.append(one())
+    except BlockingIOError:
+        pass
+    return out
+
+
+async def _drain(now: Callable[[int], list[_Item]], fd: Any, limit: int) -> list[_Item]:
+    """``now(limit)``, waiting for ``fd`` to become readable only while it gives nothing."""
     while True:
-        try:
-            while len(out) < limit:
-                out.append(one())
-        except BlockingIOError:
-            pass
+        out = now(limit)
         if out:
             return out
         await trio.lowlevel.wait_readable(fd)
 
 
+class WouldBlock(BlockingIOError):
+    """EAGAIN from a sender that owns more than one socket: ``fd`` is the one that is
+    full, to wait for (RawSender's fragmenting sockets)."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__(errno.EAGAIN, os.strerror(errno.EAGAIN))
+        self.fd = fd
+
+
+def blocked_on(e: BlockingIOError, fd: Any) -> Any:
+    """The descriptor to wait for after ``e``: the one a :class:`WouldBlock` names, else ``fd``."""
+    return e.fd if isinstance(e, WouldBlock) else fd
+
+
+async def _send(send_now: Callable[[], bool], fd: Any) -> bool:
+    """``send_now()``, waiting for ``fd`` to become writable while it raises EAGAIN."""
+    while True:
+        try:
+            return send_now()
+        except BlockingIOError as e:
+            await trio.lowlevel.wait_writable(blocked_on(e, fd))
+
+
 class IoCounters:
     """Per-reason counts of what the I/O layer did or dropped, e.g. ``raw4.send``,
-    ``raw4.drop.EMSGSIZE``, ``natt4.keepalive``.  :meth:`snapshot` for stats."""
+    ``raw4.drop.EMSGSIZE``, ``natt4.keepalive``.  :meth:`snapshot` for stats.
+
+    Only the packet thread counts; :meth:`snapshot` may be called from any thread:
+    it is one ``dict.copy``, a single C call that the GIL does not interrupt, so it
+    never sees the table change size under it."""
+
+    __slots__ = ("_counts",)
 
     def __init__(self) -> None:
-        self._counts: Counter[str] = Counter()
+        self._counts: dict[str, int] = {}
 
     def add(self, name: str, n: int = 1) -> None:
-        self._counts[name] += n
+        counts = self._counts
+        counts[name] = counts.get(name, 0) + n
 
     def __getitem__(self, name: str) -> int:
-        return self._counts[name]
+        return self._counts.get(name, 0)
 
     def snapshot(self) -> dict[str, int]:
-        return dict(self._counts)
+        return self._counts.copy()
 
 
 def drop_name(prefix: str, err: OSError) -> str:
@@ -244,31 +285,40 @@ class TunDevice:
     def fileno(self) -> int:
         return self.fd
 
+    def receive_now(self, limit: int = BATCH) -> list[bytes]:
+        """The datagrams ready now (at most ``limit``; maybe none), without waiting."""
+        out = _drain_now(self._read, limit)
+        if out:
+            self.counters.add("tun.read", len(out))
+        return out
+
+    def _read(self) -> bytes:
+        return os.read(self.fd, MAX_DATAGRAM)
+
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more datagrams (at most ``limit``): waits only if none is ready."""
-        out = await _drain(lambda: os.read(self.fd, MAX_DATAGRAM), self.fd, limit)
-        self.counters.add("tun.read", len(out))
-        return out
+        return await _drain(self.receive_now, self.fd, limit)
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
 
+    def send_now(self, datagram: bytes) -> bool:
+        """Inject ``datagram`` as if it arrived on the TUN, now; False if the kernel
+        dropped it (counted under ``tun.drop.<errno>``); BlockingIOError if the
+        device cannot take it yet."""
+        try:
+            os.write(self.fd, datagram)
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
+                raise
+            self.counters.add(drop_name("tun", e))
+            return False
+        self.counters.add("tun.write")
+        return True
+
     async def send(self, datagram: bytes) -> bool:
-        """Inject ``datagram`` as if it arrived on the TUN; False if the kernel dropped
-        it (counted under ``tun.drop.<errno>``)."""
-        while True:
-            try:
-                os.write(self.fd, datagram)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.fd)
-                continue
-            except OSError as e:
-                if e.errno not in DROP_ERRNOS:
-                    raise
-                self.counters.add(drop_name("tun", e))
-                return False
-            self.counters.add("tun.write")
-            return True
+        """:meth:`send_now`, waiting while the device is full."""
+        return await _send(lambda: self.send_now(datagram), self.fd)
 
     def close(self) -> None:
         """Close the descriptor; the kernel deletes the interface and its routes."""
@@ -377,11 +427,16 @@ class RawReceiver:
             payload, self.proto, src, dst, hop_limit=hop_limit, flowinfo=flowinfo, extensions=tuple(extensions)
         )
 
+    def receive_now(self, limit: int = BATCH) -> list[bytes]:
+        """The whole datagrams ready now (at most ``limit``; maybe none)."""
+        out = _drain_now(self._one, limit)
+        if out:
+            self.counters.add(f"{self._name}.receive", len(out))
+        return out
+
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more whole datagrams (at most ``limit``): waits only if none is ready."""
-        out = await _drain(self._one, self.sock, limit)
-        self.counters.add(f"{self._name}.receive", len(out))
-        return out
+        return await _drain(self.receive_now, self.sock, limit)
 
     async def receive(self) -> bytes:
         return (await self.receive_batch(1))[0]
@@ -513,10 +568,12 @@ class RawSender:
             raise
         return sock
 
-    def try_send(self, datagram: bytes) -> bool | socket.socket:
-        """Send ``datagram`` (a whole IP datagram of this family) now: True if sent,
-        False if dropped (counted under ``raw4.drop.<errno>`` / ``raw6...``), or the
-        socket to wait on, writable, before trying again (it was full)."""
+    def send_now(self, datagram: bytes) -> bool:
+        """Send ``datagram`` (a whole IP datagram of this family) to its destination,
+        now; False if it was dropped (counted under ``raw4.drop.<errno>`` /
+        ``raw6...``); :class:`WouldBlock` (naming the descriptor to wait for) if a
+        socket's buffer is full.  The one place a datagram leaves (the async and the
+        packet thread's waiting both use it)."""
         family, dst = destination_of(datagram)
         if family != self.family:
             raise ValueError(f"an IPv{4 if family == socket.AF_INET else 6} datagram on the {self._name} sender")
@@ -532,7 +589,7 @@ class RawSender:
                 sock.sendmsg([memoryview(datagram)[how.offset :]], _ancillary(family, how), 0, (dst, 0))
                 self.counters.add(f"{self._name}.fragmented")
         except BlockingIOError:
-            return sock
+            raise WouldBlock(sock.fileno()) from None
         except OSError as e:
             if e.errno not in DROP_ERRNOS:
                 raise
@@ -542,12 +599,8 @@ class RawSender:
         return True
 
     async def send(self, datagram: bytes) -> bool:
-        """:meth:`try_send`, waiting while the socket is full."""
-        while True:
-            got = self.try_send(datagram)
-            if isinstance(got, bool):
-                return got
-            await trio.lowlevel.wait_writable(got)
+        """:meth:`send_now`, waiting while a socket's buffer is full."""
+        return await _send(lambda: self.send_now(datagram), self.sock)
 
     def close(self) -> None:
         for sock in (self.sock, *self._by_proto.values()):
@@ -697,31 +750,37 @@ class NattSocket:
             ttl=ttl,
         )
 
-    async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
-        """One or more datagrams (at most ``limit``), classified and counted by kind."""
-        out = await _drain(self._one, self.sock, limit)
+    def receive_now(self, limit: int = BATCH) -> list[UdpDatagram]:
+        """The datagrams ready now (at most ``limit``; maybe none), classified and
+        counted by kind."""
+        out = _drain_now(self._one, limit)
         for d in out:
             self.counters.add(f"{self._name}.{d.kind.value}")
         return out
 
+    async def receive_batch(self, limit: int = BATCH) -> list[UdpDatagram]:
+        """One or more datagrams (at most ``limit``), classified and counted by kind."""
+        return await _drain(self.receive_now, self.sock, limit)
+
     async def receive(self) -> UdpDatagram:
         return (await self.receive_batch(1))[0]
 
+    def send_now(self, payload: bytes, address: str, port: int) -> bool:
+        """Send ``payload`` from the NAT-T port, now; False if dropped (counted);
+        BlockingIOError if the socket's buffer is full."""
+        try:
+            self.sock.sendto(payload, (address, port))
+        except OSError as e:
+            if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
+                raise
+            self.counters.add(drop_name(self._name, e))
+            return False
+        self.counters.add(f"{self._name}.send")
+        return True
+
     async def send(self, payload: bytes, address: str, port: int) -> bool:
-        """Send ``payload`` from the NAT-T port; False if dropped (counted)."""
-        while True:
-            try:
-                self.sock.sendto(payload, (address, port))
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(self.sock)
-                continue
-            except OSError as e:
-                if e.errno not in DROP_ERRNOS:
-                    raise
-                self.counters.add(drop_name(self._name, e))
-                return False
-            self.counters.add(f"{self._name}.send")
-            return True
+        """:meth:`send_now`, waiting while the socket's buffer is full."""
+        return await _send(lambda: self.send_now(payload, address, port), self.sock)
 
     async def send_keepalive(self, address: str, port: int = NATT_PORT) -> bool:
         """A NAT keepalive (RFC 3948 §2.3): one 0xFF byte."""

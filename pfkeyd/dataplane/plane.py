@@ -25,6 +25,9 @@ SPD decides, with the same lookup ``pfkeyd lookup`` shows:
 A decision is cached per flow until the engine's ``generation`` moves (any PF_KEY
 request, tick, knob change or expiry), except when it left a request without an SA:
 those go back to the engine on every packet, so that its ACQUIRE pacing sees them.
+A cache miss costs the packet thread one round trip to the trio thread.  Ticks
+come only at deadlines (SA and policy lifetimes, ACQUIRE pacing), not
+periodically, so in steady traffic the generation stands still and the caches hold.
 
 **The hold queue.**  FreeBSD drops the packet that triggers an ACQUIRE (the
 application retransmits); Linux, with ``xfrm_larval_drop=0``, queues packets on the
@@ -53,9 +56,11 @@ the inbound policies (:mod:`.nft`, :meth:`DataPlane.sync_firewall`).  The
 receiving socket's inbound per-socket policy comes first, both ways.
 
 **Lifetimes.**  The bundle counts each SA's bytes and packets into its
-:class:`~pfkeyd.packet.runtime.SaRuntime`; after every batch the differences go to
-the engine (:mod:`pfkeyd.packet.usage` through ``report_usage``), whose soft and
-hard limits send EXPIRE to the registered key managers and remove the SA.
+:class:`~pfkeyd.packet.runtime.SaRuntime`; the differences go to the engine
+(:mod:`pfkeyd.packet.usage` through ``report_usage``), whose soft and hard limits
+send EXPIRE to the registered key managers and remove the SA.  The trio side
+reports every ``WATCH_INTERVAL``; an SA with byte or allocation limits is reported
+after every batch that used it, so that its limits act within a batch.
 
 **Routes** follow the outbound ipsec policies (tunnel mode: the remote selector;
 transport mode: the peer's host route, both from the destination selector) with
@@ -71,6 +76,38 @@ combined-mode cipher (the common site-to-site case) goes through
 and is proven equal to the general path by a property test; everything else takes
 :func:`~pfkeyd.packet.bundle.protect`.
 
+**Two threads.**  The packet loops run in one OS thread of their own
+(:mod:`pfkeyd.dataplane.pump`: a blocking epoll over the TUN, the raw receivers and
+the NAT-T sockets, and an eventfd to wake it), because trio's cost per wake-up was
+most of what the data plane added to a round trip.  The trio thread keeps the
+engine, PF_KEY, the control socket, the timers and the routes.  Ownership:
+
+* the packet thread owns everything the packet methods touch: the verdict and
+  policy caches, the bound SAs and their runtimes, the hold queue, the counters,
+  the enc tap and pcap file, and the I/O objects until :meth:`run` has joined it;
+* the trio thread owns the engine (reached through :attr:`home`, the trio side's
+  seam), the routes (:meth:`sync_routes`) and the usage reports (:meth:`report`);
+* while :meth:`run` runs, the packet methods use a
+  :class:`~pfkeyd.dataplane.seam.ThreadSeam` over :attr:`home`, which marshals what
+  changes or walks the engine to the trio thread and reads the rest directly (the
+  seam module says which and why);
+* the trio side reads the packet thread's tables only through copies
+  (:meth:`statistics`, :meth:`report`: ``dict.copy``, one C call the GIL does not
+  interrupt) or single atomic reads (``len(self._held)``).
+
+The trio side wakes the thread when the engine's generation moves (every
+``WATCH_INTERVAL`` it looks), so that held flows are decided again; the thread
+re-reads the generation before every batch anyway.  The engine's clock is trio's
+(taken when a marshalled call runs); the hold queue's deadlines use the thread's
+own monotonic clock (``monotonic``, injected in tests).  A packet whose processing
+raises is dropped, counted (``thread.error``) and logged at most every
+``FAULT_LOG_INTERVAL`` seconds: no packet can stop the daemon.  A failure of the
+loop itself (its descriptors, or a bug outside the per-packet guard) ends
+:meth:`run` with :class:`~pfkeyd.dataplane.pump.PacketThreadError`, and the daemon
+with it (exit 1, the error logged): a daemon that looks alive and carries nothing
+would be worse.  The trio thread must never block on the packet thread: the packet
+thread may be waiting for a decision only trio can make.
+
 **enc(4)**: every plaintext packet is offered to an :class:`~.enc.EncTap` at the
 points FreeBSD's hooks see it (out: before and after encapsulation; in: before
 and after the outer header is stripped), shown according to the bpf masks.
@@ -78,8 +115,10 @@ and after the outer header is stripped), shown according to the bpf masks.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
+import math
 import os
 import select
 import socket
@@ -87,6 +126,7 @@ import struct
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import trio
@@ -97,7 +137,8 @@ from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, 
 from pfkeyd.dataplane.netlink import Route, Routing, SocketRoute
 from pfkeyd.dataplane.nft import Firewall
 from pfkeyd.dataplane.nft import rules as firewall_rules
-from pfkeyd.dataplane.seam import Seam
+from pfkeyd.dataplane.pump import PacketLoop, PacketThreadError
+from pfkeyd.dataplane.seam import Seam, ThreadSeam
 from pfkeyd.dataplane.sockpol import SocketPolicies, SocketPolicy
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision
@@ -118,10 +159,13 @@ log = logging.getLogger("pfkeyd.dataplane")
 HOLD_PACKETS = 4
 HOLD_FLOWS = 256
 HOLD_TIME = 5.0
-#: How often the plane looks for a changed SAD/SPD (held flows, routes, caches).
+#: How often the trio side looks for a changed SAD/SPD (routes; it then wakes the
+#: packet thread for the held flows).
 WATCH_INTERVAL = 0.02
 #: How often :meth:`DataPlane.drained` looks at the TUN queue again.
 DRAIN_POLL = 0.002
+#: At most one log line per this many seconds for packets whose processing raised.
+FAULT_LOG_INTERVAL = 10.0
 
 
 class RandomPool:
@@ -219,6 +263,11 @@ class Verdict:
         self.fast = kind == "protect" and fasttunnel.eligible(chain)
 
 
+def _counted_limits(sa: SecAssoc) -> bool:
+    """Whether the SA has a byte or allocation lifetime (the engine acts on traffic)."""
+    return any(lt is not None and (lt.bytes or lt.allocations) for lt in (sa.soft, sa.hard))
+
+
 def routes_for(
     policies: Iterable[SecPolicy], local: Sequence[ipaddress.IPv4Address | ipaddress.IPv6Address]
 ) -> set[Route]:
@@ -258,11 +307,15 @@ class DataPlane:
         hold_flows: int = HOLD_FLOWS,
         hold_time: float = HOLD_TIME,
         wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         local_addresses: Callable[[], Sequence[Any]] | None = None,
         manage_routes: bool = True,
         firewall: Firewall | None = None,
     ) -> None:
-        self.seam = seam
+        #: The trio thread's seam; :attr:`seam` is the one the packet methods use
+        #: (this one, or while :meth:`run` runs, a ThreadSeam over it).
+        self.home = seam
+        self.seam: Seam = seam
         self.tun = tun
         self.senders = senders
         self.receivers = tuple(receivers)
@@ -276,11 +329,13 @@ class DataPlane:
         self.hold_flows = hold_flows
         self.hold_time = hold_time
         self._wall = wall_clock
+        self._mono = monotonic
         self._local = local_addresses
         self.manage_routes = manage_routes
         self.firewall = firewall
         self._gen = -1
         self._sgen = -1
+        self._tun_busy = False  # the packet thread holds a batch read from the TUN (drained())
         self._knobs_obj: object = None
         self._pk = PacketKnobs()
         self._out: dict[FlowKey, Verdict] = {}
@@ -292,11 +347,22 @@ class DataPlane:
         self._reported: usage.Reported = {}
         self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
         self._routes: set[Route] = set()
-        self.changed = trio.Event()
         self._random = RandomPool()
+        self._loop: PacketLoop | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        # SAs with byte or allocation limits -> their packet count when last reported
+        self._limited: dict[int, int] = {}
+        self._report_posted = False
+        self._fault_logged = -math.inf
+        self._faults_unlogged = 0
 
     # ------------------------------------------------------------------ state
     def _now(self) -> Instant:
+        """The packet side's time: its own monotonic clock (the hold queue's deadlines)."""
+        return Instant(self._mono(), int(self._wall()))
+
+    def _engine_now(self) -> Instant:
+        """The engine's time (called in the trio thread)."""
         return Instant(trio.current_time(), int(self._wall()))
 
     def _refresh(self) -> bool:
@@ -323,6 +389,7 @@ class DataPlane:
             sa = self.seam.sa(spi)
             if sa is None or sa.created != created or not sa.alive:
                 del self._sas[spi]
+                self._limited.pop(spi, None)
         return True
 
     def _bound(self, sa: SecAssoc) -> Bound | None:
@@ -336,6 +403,10 @@ class DataPlane:
             return None
         b = Bound(tsa, SaRuntime.for_sa(tsa.window, esn=tsa.esn, cycseq=tsa.cycseq))
         self._sas[sa.spi] = (sa.created, b)
+        if _counted_limits(sa):
+            self._limited[sa.spi] = -1
+        else:
+            self._limited.pop(sa.spi, None)
         return b
 
     # --------------------------------------------------------------- outbound
@@ -597,20 +668,26 @@ class DataPlane:
 
     # ------------------------------------------------------------------ usage
     def report(self, now: Instant) -> None:
-        """Hand the SAs' traffic since the last report to the engine (lifetimes)."""
-        live = ((spi, b.state) for spi, (_c, b) in self._sas.items())
+        """Hand the SAs' traffic since the last report to the engine (lifetimes).
+
+        The trio side calls this (every WATCH_INTERVAL while :meth:`run` runs), so the
+        engine is reached directly: posting a report from the packet thread after
+        every batch woke the trio thread, whose turn with the GIL then delayed the
+        packet thread by 0.1-0.4 ms a batch.  The SAs' runtimes are read from a copy
+        of the table the packet thread keeps (dict.copy is atomic), each total once."""
+        live = ((spi, b.state) for spi, (_c, b) in self._sas.copy().items())
         reports, self._reported = usage.pending(live, self._reported)
         effects: list[Effect] = []
         for r in reports:
-            effects += self.seam.report_usage(r.spi, r.nbytes, r.packets, now, replay_seq=r.replay_seq)
-        self.seam.emit(effects)
+            effects += self.home.report_usage(r.spi, r.nbytes, r.packets, now, replay_seq=r.replay_seq)
+        self.home.emit(effects)
 
     # ----------------------------------------------------------------- routes
     def sync_routes(self) -> None:
         if self.routing is None or not self.manage_routes:
             return
         local = list(self._local()) if self._local is not None else []
-        want = routes_for(self.seam.outbound_policies(), local)
+        want = routes_for(self.home.outbound_policies(), local)
         for r in self._routes - want:
             try:
                 self.routing.remove_route(r)
@@ -655,13 +732,14 @@ class DataPlane:
             log.warning("%s: %s", what, e)
 
     async def drained(self) -> None:
-        """Return once the TUN holds no packet the plane has not decided: the outbound
-        path decides each batch as soon as it has read it, without yielding, so an
-        empty TUN queue means every packet sent before now has met its policy."""
+        """Return once the TUN holds no packet the plane has not decided: the packet
+        thread marks itself busy before it reads a batch from the TUN and clears the
+        mark once the batch is decided and sent, so an empty TUN queue with no batch
+        in hand means every packet sent before now has met its policy."""
         fd = self.tun.fileno()
         poller = select.poll()
         poller.register(fd, select.POLLIN)
-        while poller.poll(0):
+        while self._tun_busy or poller.poll(0):
             await trio.sleep(DRAIN_POLL)
 
     def sync_kernel(self) -> None:
@@ -687,81 +765,206 @@ class DataPlane:
             self.counters["firewall.error"] += 1
             log.warning("updating the firewall table: %s", e.strerror or e)
 
-    # --------------------------------------------------------------- the shell
-    async def _send(self, datagrams: Iterable[bytes]) -> None:
+    # ------------------------------------------------- the packet thread's side
+    def _fault(self, where: str, exc: Exception) -> None:
+        """A packet whose processing raised: dropped, counted, logged at most once per
+        FAULT_LOG_INTERVAL (with how many were not), never fatal."""
+        self.counters["thread.error"] += 1
+        now = self._mono()
+        if now < self._fault_logged + FAULT_LOG_INTERVAL:
+            self._faults_unlogged += 1
+            return
+        log.error(
+            "packet thread: a packet %s raised %s (dropped; %d more not logged)",
+            where,
+            type(exc).__name__,
+            self._faults_unlogged,
+            exc_info=exc,
+        )
+        self._fault_logged, self._faults_unlogged = now, 0
+
+    def _send_out(self, datagrams: Iterable[bytes]) -> None:
+        loop = self._loop
+        assert loop is not None
         for out in datagrams:
             sender = self.senders.get(socket.AF_INET if out[0] >> 4 == 4 else socket.AF_INET6)
             if sender is None:
                 self.counters["out.nofamily"] += 1
                 continue
-            await sender.send(out)
+            loop.send(sender.send_now, sender.fileno(), out)
 
-    async def _outbound_loop(self) -> None:
-        while True:
-            batch = await self.tun.receive_batch()
+    def _to_tun(self, inner: bytes) -> None:
+        loop = self._loop
+        assert loop is not None
+        loop.send(self.tun.send_now, self.tun.fd, inner)
+
+    def _pump_tun(self) -> None:
+        self._tun_busy = True  # before the read: see drained()
+        try:
+            batch = self.tun.receive_now()
+            if not batch:
+                return
             self._refresh()
             now = self._now()
             out: list[bytes] = []
             for dg in batch:
-                out += self.outbound(dg, now)
-            await self._send(out)
-            self.report(now)
+                try:
+                    out += self.outbound(dg, now)
+                except Exception as e:  # one packet's fault, never the loop's (pump.py)
+                    self._fault("out", e)
+            self._send_out(out)
+        finally:
+            self._tun_busy = False
+        if self._limited:
+            self._report_limited()
 
-    async def _raw_loop(self, rx: RawReceiver) -> None:
-        while True:
-            batch = await rx.receive_batch()
-            self._refresh()
-            now = self._now()
-            for dg in batch:
+    def _pump_raw(self, rx: RawReceiver) -> None:
+        batch = rx.receive_now()
+        if not batch:
+            return
+        self._refresh()
+        now = self._now()
+        for dg in batch:
+            try:
                 inner = self.inbound(dg, now)
-                if inner is not None:
-                    await self.tun.send(inner)
-            self.report(now)
+            except Exception as e:
+                self._fault("in", e)
+                continue
+            if inner is not None:
+                self._to_tun(inner)
+        if self._limited:
+            self._report_limited()
 
-    async def _natt_loop(self, sock: NattSocket) -> None:
-        while True:
-            batch = await sock.receive_batch()
-            self._refresh()
-            now = self._now()
-            for d in batch:
-                if d.kind is not UdpKind.ESP:
-                    continue
+    def _pump_natt(self, sock: NattSocket) -> None:
+        batch = sock.receive_now()
+        if not batch:
+            return
+        self._refresh()
+        now = self._now()
+        for d in batch:
+            if d.kind is not UdpKind.ESP:
+                continue
+            try:
                 inner = self.inbound_udp(d.whole(), now)
-                if inner is not None:
-                    await self.tun.send(inner)
-            self.report(now)
+            except Exception as e:
+                self._fault("in", e)
+                continue
+            if inner is not None:
+                self._to_tun(inner)
+        if self._limited:
+            self._report_limited()
 
-    async def _watch(self) -> None:
+    def _report_limited(self) -> None:
+        """After a batch: if an SA with byte or allocation limits carried traffic, have
+        the trio side report now, so that its limits act within a batch (the others
+        wait for the trio side's next WATCH_INTERVAL)."""
+        if self._report_posted or self._token is None:
+            return
+        used = False
+        for spi, seen in self._limited.items():
+            hit = self._sas.get(spi)
+            if hit is not None and hit[1].state.packets != seen:
+                self._limited[spi] = hit[1].state.packets
+                used = True
+        if used:
+            self._report_posted = True
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._report_now)
+
+    def _report_now(self) -> None:
+        """In the trio thread (run_sync_soon: an exception here would end the trio run)."""
+        self._report_posted = False
+        try:
+            self.report(self._engine_now())
+        except Exception:
+            log.error("data plane: reporting traffic to the engine failed", exc_info=True)
+
+    def _on_change(self) -> None:
+        """Woken by the trio side: the SAD or SPD changed; held flows are decided again."""
+        if self._refresh() and self._held:
+            try:
+                out = self.release_held(self._now())
+            except Exception as e:
+                self._fault("held", e)
+                return
+            self._send_out(out)
+
+    def _hold_timeout(self) -> float | None:
+        """Seconds until the earliest held flow times out (the loop's sleep), or None."""
+        if not self._held:
+            return None
+        return min(deadline for deadline, _ in self._held.values()) - self._mono()
+
+    def _after_wake(self) -> None:
+        if self._held:
+            self.expire_held(self._now())
+        if self.enc is not None and self.enc.pcap is not None:
+            self.enc.pcap.flush()  # a reader of the file sees the packets at once
+
+    # ------------------------------------------------------ the trio thread's side
+    async def _watch(self, loop: PacketLoop) -> None:
+        """Report the SAs' traffic (lifetimes) and follow the engine's generation;
+        when it moved, keep the routes in step and wake the packet thread (held
+        flows, caches)."""
+        seen = (self.home.generation(), self.socket_policies.generation)
         while True:
-            if self._refresh():
+            await trio.sleep(WATCH_INTERVAL)
+            self.report(self._engine_now())
+            gen = (self.home.generation(), self.socket_policies.generation)
+            if gen != seen:
+                seen = gen
                 self.sync_routes()
                 self.sync_firewall()
-                if self._held:
-                    await self._send(self.release_held(self._now()))
-                self.changed.set()
-                self.changed = trio.Event()
-            if self._held:
-                self.expire_held(self._now())
-            if self.enc is not None and self.enc.pcap is not None:
-                self.enc.pcap.flush()  # a reader of the file sees packets within a tick
-            await trio.sleep(WATCH_INTERVAL)
+                loop.wake.set()
+
+    def _open_loop(self) -> PacketLoop:
+        loop = PacketLoop(on_wake=self._on_change, timeout=self._hold_timeout, after=self._after_wake)
+        loop.watch(self.tun.fileno(), self._pump_tun)
+        for rx in self.receivers:
+            loop.watch(rx.fileno(), partial(self._pump_raw, rx))
+        for ns in self.natt:
+            loop.watch(ns.fileno(), partial(self._pump_natt, ns))
+        return loop
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run every loop until cancelled; then remove the routes, rules and
-        interfaces and close every socket (also after an error)."""
+        """Run the packet thread (and the trio side's watch) until cancelled; then
+        stop and join the thread, remove the routes, rules and interfaces and close
+        every socket (also after an error).  A failure of the packet loop itself
+        ends this with :class:`PacketThreadError`."""
+        loop: PacketLoop | None = None
+        ended = trio.Event()
         try:
             self._refresh()
             self.sync_routes()
             self.sync_firewall()
+            token = self._token = trio.lowlevel.current_trio_token()
+            self.seam = ThreadSeam(self.home, token, self._engine_now)
+            loop = self._loop = self._open_loop()
+
+            def on_exit() -> None:  # in the packet thread, as it ends
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(ended.set)
+
+            loop.start(on_exit)
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._outbound_loop)
-                for rx in self.receivers:
-                    nursery.start_soon(self._raw_loop, rx)
-                for ns in self.natt:
-                    nursery.start_soon(self._natt_loop, ns)
-                nursery.start_soon(self._watch)
+                nursery.start_soon(self._watch, loop)
                 task_status.started()
+                await ended.wait()  # only a failure ends the thread before a stop
+                nursery.cancel_scope.cancel()
+            raise PacketThreadError(loop.failure)
         finally:
+            if loop is not None and loop.started:
+                loop.stop()
+                with trio.CancelScope(shield=True):
+                    # Waiting in trio, not in join(): the thread may be waiting for
+                    # a decision only this thread can make.
+                    await ended.wait()
+                loop.join()
+                self.report(self._engine_now())  # what the thread carried since the last watch
+            if loop is not None:
+                loop.close()
+                self._loop = None
+                self.seam = self.home
             self.close()
 
     def close(self) -> None:
@@ -795,8 +998,10 @@ class DataPlane:
     # ------------------------------------------------------------- statistics
     def statistics(self) -> dict[str, Any]:
         """Everything the data plane counts, as plain data (``pfkeyd stats --json``)."""
+        # The packet thread changes these tables: each is copied in one C call
+        # (dict.copy, which the GIL does not interrupt) before it is read.
         sas = []
-        for spi, (_c, b) in sorted(self._sas.items()):
+        for spi, (_c, b) in sorted(self._sas.copy().items()):
             st = b.state
             sas.append(
                 {
@@ -811,7 +1016,7 @@ class DataPlane:
                     "replay": st.replay.count if st.replay is not None else 0,
                 }
             )
-        counters = dict(self.counters)
+        counters = dict.copy(self.counters)
         clear = 0
         if self.firewall is not None:
             try:
@@ -825,12 +1030,19 @@ class DataPlane:
         return {
             "interface": self.tun.name,
             "counters": dict(sorted(counters.items())),
-            "io": dict(sorted(self.io.snapshot().items())),
+            "io": dict(sorted(self._io_snapshot().items())),
             "held_flows": len(self._held),
             "routes": sorted(str(r.network) + (f" src {r.src}" if r.src else "") for r in self._routes),
             "sas": sas,
             "socket_policies": self.socket_policies.describe(),
         }
+
+    def _io_snapshot(self) -> dict[str, int]:
+        io = self.io.snapshot()
+        loop = self._loop
+        if loop is not None and loop.waits:
+            io["thread.wait_writable"] = loop.waits
+        return io
 
     def statistics_text(self) -> str:
         st = self.statistics()

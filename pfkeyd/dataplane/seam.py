@@ -25,12 +25,45 @@ it needs:
 
 :class:`EngineSeam` implements it over the daemon layer's
 :class:`pfkeyd.engine.KeyEngine` and :meth:`pfkeyd.server.Server.emit`.
+
+**Across the thread boundary.**  The packet loop runs in a thread of its own
+(:mod:`pfkeyd.dataplane.pump`), while the engine belongs to the trio thread: nothing
+in the packet thread may change the engine or iterate its tables, since the trio
+thread may change them between any two bytecodes.  :class:`ThreadSeam` is the seam
+the packet thread is given; it wraps the trio thread's seam:
+
+* marshalled and waited for (``trio.from_thread.run_sync`` with the trio token):
+  ``decide`` (the lookup changes the engine: ACQUIRE pacing; its effects are handed
+  to ``emit`` in the same trio step), ``sa_between`` (walks the SAD heads; only
+  IPComp without a CPI-bearing header needs it), ``outbound_policies``;
+* marshalled without waiting (``TrioToken.run_sync_soon``): ``report_usage`` with its
+  effects, and ``emit``.  The calls run in order, each guarded: an exception in a
+  ``run_sync_soon`` callback would end the trio run, so it is logged and counted
+  (:attr:`ThreadSeam.errors`) instead;
+* read directly, because each is one operation the GIL makes atomic on a value the
+  trio thread replaces rather than mutates: ``generation()`` (an int attribute),
+  ``knobs`` (an attribute holding an immutable :class:`~pfkeyd.knobs.Knobs`),
+  ``sa(spi)`` (one ``dict.get`` on the SAD's SPI index, which holds immutable
+  :class:`~pfkeyd.sad.SecAssoc` records: an SA changes by being replaced), and
+  ``packet_counters`` (the same object for the engine's life; only the packet thread
+  adds to it, and its tables never change size, so the trio thread's snapshot
+  cannot fail; a count read mid-batch is merely a moment old).
+
+Time: the engine's ``now`` is the trio thread's (``trio.current_time()``, the
+autojump clock in tests), taken when the marshalled call runs; the ``now`` the plane
+passes is its own clock's (the hold queue's deadlines) and is not handed to the
+engine.  A cache miss (the first packet of a flow after the generation moved) costs
+one round trip to the trio thread.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
+
+import trio
 
 from pfkeyd.effects import Effect, Instant
 from pfkeyd.engine import Decision, KeyEngine
@@ -40,7 +73,9 @@ from pfkeyd.sad import SecAssoc
 from pfkeyd.spd import Flow, SecPolicy
 from pfkeyd.wire import Direction, PolicyType, SockAddr
 
-__all__ = ["EngineSeam", "Seam"]
+__all__ = ["EngineSeam", "Seam", "ThreadSeam"]
+
+log = logging.getLogger("pfkeyd.dataplane")
 
 
 class Seam(Protocol):
@@ -120,3 +155,71 @@ class EngineSeam:
     def emit(self, effects: Sequence[Effect]) -> None:
         if effects:
             self._emit(effects)
+
+
+class ThreadSeam:
+    """The :class:`Seam` of the packet thread: ``home`` (the trio thread's seam) reached
+    through ``token`` (see the module doc).  ``clock()`` is the engine's time, called
+    in the trio thread."""
+
+    def __init__(self, home: Seam, token: trio.lowlevel.TrioToken, clock: Callable[[], Instant]) -> None:
+        self._home = home
+        self._token = token
+        self._clock = clock
+        #: Marshalled calls that raised in the trio thread (logged there).
+        self.errors = 0
+
+    # direct reads: atomic under the GIL (module doc)
+    @property
+    def knobs(self) -> Knobs:
+        return self._home.knobs
+
+    @property
+    def packet_counters(self) -> Counters:
+        return self._home.packet_counters
+
+    def generation(self) -> int:
+        return self._home.generation()
+
+    def sa(self, spi: int) -> SecAssoc | None:
+        return self._home.sa(spi)
+
+    # waited for
+    def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
+        return trio.from_thread.run_sync(self._decide, dir_, flow, trio_token=self._token)
+
+    def _decide(self, dir_: int, flow: Flow) -> tuple[Decision, list[Effect]]:
+        decision, effects = self._home.decide(dir_, flow, self._clock())
+        self._home.emit(effects)
+        return decision, []
+
+    def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None:
+        return trio.from_thread.run_sync(self._home.sa_between, proto, src, dst, trio_token=self._token)
+
+    def outbound_policies(self) -> Iterable[SecPolicy]:
+        return trio.from_thread.run_sync(lambda: list(self._home.outbound_policies()), trio_token=self._token)
+
+    # fire and forget
+    def report_usage(
+        self, spi: int, nbytes: int, packets: int, now: Instant, *, replay_seq: int | None = None
+    ) -> list[Effect]:
+        self._post(self._report, spi, nbytes, packets, replay_seq)
+        return []
+
+    def _report(self, spi: int, nbytes: int, packets: int, replay_seq: int | None) -> None:
+        self._home.emit(self._home.report_usage(spi, nbytes, packets, self._clock(), replay_seq=replay_seq))
+
+    def emit(self, effects: Sequence[Effect]) -> None:
+        if effects:
+            self._post(self._home.emit, list(effects))
+
+    def _post(self, fn: Callable[..., None], *args: Any) -> None:
+        def call() -> None:
+            try:
+                fn(*args)
+            except Exception:  # the boundary: a raising callback would end the trio run
+                self.errors += 1
+                log.error("data plane: %s from the packet thread failed", getattr(fn, "__name__", fn), exc_info=True)
+
+        with contextlib.suppress(trio.RunFinishedError):  # the daemon is gone, and its clients
+            self._token.run_sync_soon(call)

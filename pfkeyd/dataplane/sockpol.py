@@ -192,8 +192,10 @@ class SocketPolicies:
 
     def __init__(self) -> None:
         self._by_owner: dict[int, dict[int, SocketPolicy]] = {}
-        # direction -> (proto, port) -> policies of that protocol and local port
-        self._index: dict[int, dict[tuple[int, int], list[SocketPolicy]]] = {
+        # direction -> (proto, port) -> policies of that protocol and local port.  The
+        # packet thread reads these while the trio thread changes them: each entry is
+        # a tuple replaced whole, so a reader gets one consistent tuple from one get.
+        self._index: dict[int, dict[tuple[int, int], tuple[SocketPolicy, ...]]] = {
             Direction.INBOUND: {},
             Direction.OUTBOUND: {},
         }
@@ -214,16 +216,19 @@ class SocketPolicies:
         if old is not None:
             self._unindex(old)
         mine[pol.dir] = pol
-        self._index[pol.dir].setdefault((pol.proto, pol.port), []).append(pol)
+        index = self._index[pol.dir]
+        key = (pol.proto, pol.port)
+        index[key] = (*index.get(key, ()), pol)
         self.generation += 1
 
     def _unindex(self, pol: SocketPolicy) -> None:
         index = self._index[pol.dir]
-        lst = index.get((pol.proto, pol.port), [])
-        if pol in lst:
-            lst.remove(pol)
-        if not lst:
-            index.pop((pol.proto, pol.port), None)
+        key = (pol.proto, pol.port)
+        rest = tuple(p for p in index.get(key, ()) if p is not pol)
+        if rest:
+            index[key] = rest
+        else:
+            index.pop(key, None)
 
     def owners(self) -> set[int]:
         return set(self._by_owner)

@@ -10,7 +10,7 @@ This module connects the two: :func:`pending` compares the runtimes' totals with
 what was already reported and yields the differences (one :class:`Report` per SA
 that carried traffic since), and :func:`feed` passes them to the engine, returning
 the EXPIRE effects for the shell to send.  The data plane calls them as often as
-it likes (after each batch of packets); reporting more often only makes an expiry
+it likes (its trio side, every few milliseconds); reporting more often only makes an expiry
 arrive sooner.
 
 The report also carries the SA's replay counter as FreeBSD's SADB_X_SA2 shows it
@@ -60,10 +60,13 @@ def pending(live: Iterable[tuple[int, SaRuntime]], reported: Reported) -> tuple[
     for spi, state in live:
         seen = reported.get(spi)
         done_bytes, done_packets = (seen[1], seen[2]) if seen is not None and seen[0] is state else (0, 0)
-        nbytes, packets = state.bytes - done_bytes, state.packets - done_packets
+        # Each total is read once: the packet thread may add to it meanwhile, and
+        # what it adds after this read belongs to the next report.
+        total_bytes, total_packets = state.bytes, state.packets
+        nbytes, packets = total_bytes - done_bytes, total_packets - done_packets
         if nbytes or packets:
             reports.append(Report(spi, nbytes, packets, replay_counter(state)))
-        after[spi] = (state, state.bytes, state.packets)
+        after[spi] = (state, total_bytes, total_packets)
     return reports, after
 
 
