@@ -757,7 +757,7 @@ class DataPlane:
         if self.firewall is None:
             return
         chain = firewall_rules(
-            self.firewall.config, self.seam.inbound_policies(), self.socket_policies.inbound(), self.seam.knobs
+            self.firewall.config, self.home.inbound_policies(), self.socket_policies.inbound(), self.home.knobs
         )
         try:
             self.firewall.apply(chain)

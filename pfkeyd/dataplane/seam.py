@@ -193,11 +193,22 @@ class ThreadSeam:
         self._home.emit(effects)
         return decision, []
 
+    def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
+        return trio.from_thread.run_sync(self._resolve, dir_, flow, sp, trio_token=self._token)
+
+    def _resolve(self, dir_: int, flow: Flow, sp: SecPolicy) -> tuple[Decision, list[Effect]]:
+        decision, effects = self._home.resolve(dir_, flow, sp, self._clock())
+        self._home.emit(effects)
+        return decision, []
+
     def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None:
         return trio.from_thread.run_sync(self._home.sa_between, proto, src, dst, trio_token=self._token)
 
     def outbound_policies(self) -> Iterable[SecPolicy]:
         return trio.from_thread.run_sync(lambda: list(self._home.outbound_policies()), trio_token=self._token)
+
+    def inbound_policies(self) -> Iterable[SecPolicy]:
+        return trio.from_thread.run_sync(lambda: list(self._home.inbound_policies()), trio_token=self._token)
 
     # fire and forget
     def report_usage(
