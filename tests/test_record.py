@@ -107,7 +107,7 @@ def test_a_record_takes_its_fields_as_its_signature_says() -> None:
     with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
         Point(1, z=2)  # type: ignore[call-arg]
     with pytest.raises(TypeError, match="positional argument"):
-        Derived(1)  # type: ignore[misc]
+        Derived(1)  # type: ignore[call-arg]
 
 
 def test_fields_with_factories_and_post_init_are_built_as_the_dataclass_builds_them() -> None:
@@ -138,7 +138,7 @@ def test_every_record_builds_what_its_dataclass_init_builds() -> None:
             params = list(inspect.signature(cls).parameters.values())
             args = {p.name: object() for p in params if p.default is p.empty}
             built = cls(**args)
-            twin = object.__new__(cls.__mro__[1])
+            twin: object = object.__new__(cls.__mro__[1])
             vars(cls.__mro__[1])["__init__"](twin, **args)
             for f in dataclasses.fields(cls):
                 assert getattr(built, f.name, None) is getattr(twin, f.name, None), (cls, f.name)
