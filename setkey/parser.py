@@ -210,7 +210,9 @@ def _symbols_re(lark: Lark, names: tuple[str, ...]) -> str:
 
 
 def _lexemes(prefix: str, alternatives: list[str]) -> re.Pattern[str]:
-    pattern = re.compile(prefix + "(" + "|".join(f"(?:{a})" for a in [*alternatives, r"\Z"]) + ")")
+    # The terminals' own alternatives join the list as they are ("(a|b|c)" is
+    # "((?:a|b)|c)", one group fewer for each lexeme to enter).
+    pattern = re.compile(prefix + "(" + "|".join([*alternatives, r"\Z"]) + ")")
     if pattern.groups != 2:  # a terminal with a capturing group would shift the lexeme's group
         raise AssertionError(f"lexeme pattern has {pattern.groups} groups: {pattern.pattern}")
     return pattern
