@@ -384,8 +384,8 @@ class Connection:
             # nothing from the daemon (see _watch_replies): no deadline of its
             # own per wait, which would cost more than a reply with window 1.
             parked = self._parked
-            if not parked and self._watch_idle:
-                self._watch_idle.unpark_all()
+            if self._watch_idle:
+                self._watch_idle.unpark_all()  # the watchdog, idle while no batch waited
             parked[batch] = trio.current_time()
             try:
                 await batch.lot.park()
@@ -403,11 +403,10 @@ class Connection:
         the receive task read.  One sleep covers every wait of that time, so a
         request answered in time costs no deadline of its own.
         """
-        timeout = self.reply_timeout
-        assert timeout is not None
         parked = self._parked
         while True:
-            if not parked:
+            timeout = self.reply_timeout
+            if not parked or timeout is None:
                 await self._watch_idle.park()
                 continue
             now = trio.current_time()
