@@ -177,15 +177,16 @@ def _syntax_error(exc: UnexpectedInput, terminals: Mapping[str, TerminalDef]) ->
 # public get_terminal), so a terminal is written once, in the .lark file.  Group
 # 1 is the blanks and comments before a lexeme (the grammar's %ignore'd WS and
 # COMMENT), group 2 the lexeme, empty at the end of the text.  The alternatives
-# are in an order where each is tried only after those it must yield to: a
-# "quoted string", then -P with the policy text after it (one lexeme here, two
-# tokens for the parser), then the grammar's STRING (which also covers the
-# keywords, numbers and 0x-numbers, told apart by Fast), then any option word
-# (the grammar's options and AIFLAGS, or an unknown one that lark's own parser
-# then reports), then the symbols.  The blanks are matched possessively (*+):
-# no lexeme starts with a blank or "#".  A comment's text stays plain: after a
-# comment line that no lexeme follows, the search goes back into the comment,
-# as it always did.
+# are the grammar's STRING (which also covers the keywords, numbers and
+# 0x-numbers, told apart by Fast), the symbols, -P with the policy text after it
+# (one lexeme here, two tokens for the parser), any option word (the grammar's
+# options and AIFLAGS, or an unknown one that lark's own parser then reports)
+# and a "quoted string".  Only -P and the option words start alike, and -P comes
+# first; the others differ in their first character, so they come most frequent
+# first: each lexeme is tried against the alternatives before its own.  The
+# blanks are matched possessively (*+): no lexeme starts with a blank or "#".
+# A comment's text stays plain: after a comment line that no lexeme follows,
+# the search goes back into the comment, as it always did.
 _BLANKS_AND_COMMENTS = r"([ \t\r\n]*+(?:\#[^\n]*[ \t\r\n]*+)*)"
 #: The same for a text without "#", whose blanks hold no comment: looking for
 #: a comment before every lexeme is a sixth of the work of cutting a script.
@@ -209,7 +210,9 @@ def _symbols_re(lark: Lark, names: tuple[str, ...]) -> str:
 
 
 def _lexemes(prefix: str, alternatives: list[str]) -> re.Pattern[str]:
-    pattern = re.compile(prefix + "(" + "|".join(f"(?:{a})" for a in [*alternatives, r"\Z"]) + ")")
+    # The terminals' own alternatives join the list as they are ("(a|b|c)" is
+    # "((?:a|b)|c)", one group fewer for each lexeme to enter).
+    pattern = re.compile(prefix + "(" + "|".join([*alternatives, r"\Z"]) + ")")
     if pattern.groups != 2:  # a terminal with a capturing group would shift the lexeme's group
         raise AssertionError(f"lexeme pattern has {pattern.groups} groups: {pattern.pattern}")
     return pattern
@@ -227,11 +230,11 @@ def setkey_lexemes() -> _SetkeyLexemes:
     """The lexeme patterns of setkey.lark (see above)."""
     lark = setkey_grammar()
     alternatives = [
-        _terminal_re(lark, "QUOTED"),
-        re.escape("-P") + "(?:" + _terminal_re(lark, "POLICY") + ")",
         _terminal_re(lark, "STRING"),
-        _OPTION_WORD,
         _symbols_re(lark, ("SEMI", "SLASH", "LSQB", "RSQB")),
+        re.escape("-P") + "(?:" + _terminal_re(lark, "POLICY") + ")",
+        _OPTION_WORD,
+        _terminal_re(lark, "QUOTED"),
     ]
     return _SetkeyLexemes(
         _lexemes(_BLANKS_AND_COMMENTS, alternatives),
@@ -479,6 +482,10 @@ def parse_with_recovery(text: str) -> tuple[list[Any], list[SetkeyError]]:
 
 
 #: A word that may end a script (matched before the careful scan below runs).
+#: The plain substring test comes first: a ``\b`` search asks Unicode's
+#: character tables about every character of the text, which cost a tenth of
+#: the parse of a 30 000-statement script (bench/README.md, Parse).
+_EXIT_WORDS = ("exit", "quit", "bye")
 _EXIT_WORD = re.compile(r"\b(?:exit|quit|bye)\b")
 #: The pieces a script is cut into to find its statements: a quoted string (to
 #: its closing quote, or the end), a comment (not the "#" of ``unique#N``), a
@@ -495,8 +502,8 @@ def _until_exit(text: str) -> str:
     text.  Statements end at a ";" outside quoted strings and comments, as the
     lexer has them; a statement is an exit when its only word is the keyword.
     """
-    if _EXIT_WORD.search(text) is None:
-        return text  # the common case: one scan of the text, nothing cut
+    if not any(word in text for word in _EXIT_WORDS) or _EXIT_WORD.search(text) is None:
+        return text  # the common case: nothing cut
     words: list[str] = []
     for piece in _PIECE.finditer(text):
         chunk = piece.group()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import pickle
 from collections.abc import Callable
 from dataclasses import field
@@ -81,3 +82,65 @@ def test_copies_and_pickles_are_equal_immutable_records(clone: Callable[[object]
         assert c == value and type(c) is type(value)
         with pytest.raises(dataclasses.FrozenInstanceError):
             c.__setattr__(dataclasses.fields(c)[0].name, 0)
+
+
+@record
+class Tally:
+    """A record whose dataclass __init__ does more than store: a factory and __post_init__."""
+
+    name: str
+    seen: list[int] = field(default_factory=list)
+    size: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", len(self.name))
+
+
+def test_a_record_takes_its_fields_as_its_signature_says() -> None:
+    # The constructor has the dataclass's own signature, so help() and
+    # inspect show the fields (a generic (*args, **kwargs) did before).
+    assert str(inspect.signature(Point)) == "(x: 'int', y: 'int' = 0)"
+    assert str(inspect.signature(Derived)) == "(*, a: 'int', b: 'str' = 'b')"
+    assert list(inspect.signature(Lifetime).parameters) == [f.name for f in dataclasses.fields(Lifetime)]
+    with pytest.raises(TypeError, match="missing 1 required positional argument: 'x'"):
+        Point()  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'z'"):
+        Point(1, z=2)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional argument"):
+        Derived(1)  # type: ignore[call-arg]
+
+
+def test_fields_with_factories_and_post_init_are_built_as_the_dataclass_builds_them() -> None:
+    a, b = Tally("abc"), Tally("de", [1])
+    assert (a.seen, a.size, b.seen, b.size) == ([], 3, [1], 2)
+    assert a.seen is not Tally("x").seen  # a new list each time
+    assert type(a) is Tally
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        a.size = 1  # type: ignore[misc]
+    p = Point(1)
+    assert p._cache is None and p.y == 0  # a field not in __init__ gets its default
+
+
+def test_every_record_builds_what_its_dataclass_init_builds() -> None:
+    # The constructor stores plain fields itself: for each record class of the
+    # tree, the same arguments give the same fields as the twin's own __init__.
+    import pfkeyd.sad
+    import pfkeyd.wire.ext
+    import setkey.commands
+
+    checked = 0
+    for module in (pfkeyd.wire.ext, pfkeyd.sad, setkey.commands):
+        for cls in vars(module).values():
+            if not (isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == module.__name__):
+                continue
+            if hasattr(cls, "__post_init__"):
+                continue  # built by the dataclass's __init__ itself (and it checks its values)
+            params = list(inspect.signature(cls).parameters.values())
+            args = {p.name: object() for p in params if p.default is p.empty}
+            built = cls(**args)
+            twin: object = object.__new__(cls.__mro__[1])
+            vars(cls.__mro__[1])["__init__"](twin, **args)
+            for f in dataclasses.fields(cls):
+                assert getattr(built, f.name, None) is getattr(twin, f.name, None), (cls, f.name)
+            checked += 1
+    assert checked > 40

@@ -241,6 +241,7 @@ async def open(  # the module's verb: pfkeyd.client.open(...), shadowing the bui
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(conn._receive_loop)
+            nursery.start_soon(conn._watch_replies)
             try:
                 yield conn
             finally:

@@ -230,6 +230,10 @@ class Connection:
         self._dump_room = trio.lowlevel.ParkingLot()
         #: When the receive task last read something (trio time; -inf: never).
         self._heard = -math.inf
+        # Batches waiting for replies, with when each began to wait, for the
+        # watchdog (_watch_replies); it sleeps on _watch_idle while none waits.
+        self._parked: dict[_Batch, float] = {}
+        self._watch_idle = trio.lowlevel.ParkingLot()
 
     # ------------------------------------------------------------ requests
 
@@ -373,24 +377,52 @@ class Connection:
             if not more and batch.outstanding == 0:
                 return batch.replies
             batch.wake_at = refill_at if more else 0
-            timeout = self.reply_timeout
-            if timeout is None:
+            if self.reply_timeout is None:
                 await batch.lot.park()
                 continue
-            # The deadline is for a time in which nothing came from the daemon:
-            # the wake-up above comes only after many replies, so a park may end
-            # by its deadline after some came; it then parks again, until
-            # ``timeout`` after the last thing the receive task read.
-            waited_from = trio.current_time()
-            while True:
-                with trio.move_on_at(max(self._heard, waited_from) + timeout) as scope:
-                    await batch.lot.park()
-                if not scope.cancelled_caught or batch.failure is not None:
-                    break
-                if max(self._heard, waited_from) + timeout <= trio.current_time():
-                    raise ReplyTimeout(self.path, self._oldest_unanswered(batch), timeout)
-                if batch.outstanding <= batch.wake_at:
-                    break  # (landed as the deadline passed: no wake-up is coming)
+            # The watchdog fails the batch if it waits ``reply_timeout`` with
+            # nothing from the daemon (see _watch_replies): no deadline of its
+            # own per wait, which would cost more than a reply with window 1.
+            parked = self._parked
+            if self._watch_idle:
+                self._watch_idle.unpark_all()  # the watchdog, idle while no batch waited
+            parked[batch] = trio.current_time()
+            try:
+                await batch.lot.park()
+            finally:
+                del parked[batch]
+
+    async def _watch_replies(self) -> None:
+        """Fail each batch that has waited ``reply_timeout`` seconds in which nothing
+        came from the daemon (the wait's start or the receive task's last read,
+        whichever is later) with :class:`ReplyTimeout`; runs beside the receive task.
+
+        The deadline is for a time in which nothing came: a batch wakes only after
+        many replies, so a sleep here may end while replies are still coming; the
+        watchdog then sleeps again, until ``reply_timeout`` after the last thing
+        the receive task read.  One sleep covers every wait of that time, so a
+        request answered in time costs no deadline of its own.
+        """
+        parked = self._parked
+        while True:
+            timeout = self.reply_timeout
+            if not parked or timeout is None:
+                await self._watch_idle.park()
+                continue
+            now = trio.current_time()
+            due = math.inf
+            for batch, since in list(parked.items()):
+                if batch.failure is not None or batch.outstanding <= batch.wake_at:
+                    continue  # woken already (landed as the deadline passed)
+                at = max(self._heard, since) + timeout
+                if at <= now:
+                    batch.fail(ReplyTimeout(self.path, self._oldest_unanswered(batch), timeout))
+                else:
+                    due = min(due, at)
+            if due < math.inf:
+                await trio.sleep_until(due)
+            else:
+                await trio.lowlevel.checkpoint()  # the woken batches leave ``parked``
 
     def _oldest_unanswered(self, batch: _Batch) -> str:
         """What ``batch`` waits for first: "the reply to SADB_ADD (seq 7)"."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
@@ -236,3 +237,69 @@ async def test_a_missing_socket_raises_its_errno_and_names_the_path(sockdir: str
         async with pfkeyd.client.open(missing):
             pass
     assert (caught.value.errno, caught.value.filename) == (errno.ENOENT, missing)
+
+
+async def test_of_two_pipelines_only_the_unanswered_one_times_out(
+    nursery: trio.Nursery, sockdir: str, autojump_clock: trio.testing.MockClock
+) -> None:
+    # FLUSH is answered after 1 s each, SPDFLUSH never: one watchdog keeps each
+    # wait's own deadline, from its own start or the last reply.
+    path = f"{sockdir}/picky.sock"
+
+    async def flushes_only(sock: trio.socket.SocketType) -> None:
+        with sock:
+            while data := await sock.recv(1 << 16):
+                if data[1] == MsgType.FLUSH:
+                    await trio.sleep(1)
+                    reply = decode(data, Dialect.LINUX, request=False)
+                    await sock.send(encode(Message(reply.type, reply.satype, reply.seq, reply.pid), Dialect.LINUX))
+
+    await serve(nursery, path, flushes_only)
+    async with pfkeyd.client.open(path, Dialect.LINUX, reply_timeout=4) as conn:
+        start = trio.current_time()
+        flushed: list[float] = []
+        failed: list[float] = []
+
+        async def flushes() -> None:
+            for _ in range(10):
+                await conn.flush()
+            flushed.append(trio.current_time() - start)
+
+        async def spdflush() -> None:
+            await trio.sleep(2)
+            with pytest.raises(ReplyTimeout) as caught:
+                await conn.spdflush()
+            assert caught.value.waiting_for.startswith("the reply to SADB_X_SPDFLUSH (seq ")
+            failed.append(trio.current_time() - start)
+
+        async with trio.open_nursery() as both:
+            both.start_soon(flushes)
+            both.start_soon(spdflush)
+        # The FLUSH replies keep coming until 10 s, so the SPDFLUSH that began at
+        # 2 s has heard from the daemon until then: it fails at 14 s.
+        assert flushed == [pytest.approx(10)]
+        assert failed == [pytest.approx(14)]
+
+
+async def test_a_reply_in_time_costs_no_deadline_of_its_own(nursery: trio.Nursery, sockdir: str) -> None:
+    # One request at a time (setkey's window 1) must not open and close a
+    # cancel scope per reply: that cost more than the reply (bench/README.md).
+    path = f"{sockdir}/echo.sock"
+    await serve(nursery, path, slow_echo(0))
+    enter = trio.CancelScope.__enter__.__code__
+    entered = 0
+
+    def count(frame: object, event: str, arg: object) -> None:
+        nonlocal entered
+        if event == "call" and getattr(frame, "f_code", None) is enter:
+            entered += 1
+
+    async with pfkeyd.client.open(path, Dialect.LINUX, reply_timeout=5) as conn:
+        await conn.flush()
+        sys.setprofile(count)
+        try:
+            for _ in range(50):
+                await conn.flush()
+        finally:
+            sys.setprofile(None)
+    assert entered <= 2  # the watchdog's sleep, once per timeout period at most
