@@ -127,13 +127,13 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from pfkeyd.dataplane.enc import Direction as EncDirection
 from pfkeyd.dataplane.enc import EncRecord, EncTap, Point, enc_flags
-from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpKind
+from pfkeyd.dataplane.io import IoCounters, NattSocket, RawReceiver, RawSender, TunDevice, UdpDatagram, UdpKind
 from pfkeyd.dataplane.netlink import Route, Routing, SocketRoute
 from pfkeyd.dataplane.nft import Firewall
 from pfkeyd.dataplane.nft import rules as firewall_rules
@@ -155,6 +155,8 @@ from pfkeyd.wire import Direction, IpProto, Level, PolicyType, SockAddr
 __all__ = ["DataPlane", "FlowKey", "Verdict", "parse_flow", "routes_for"]
 
 log = logging.getLogger("pfkeyd.dataplane")
+
+_In = TypeVar("_In")  # what a receiver hands the inbound path: bytes, or a UDP datagram
 
 HOLD_PACKETS = 4
 HOLD_FLOWS = 256
@@ -819,34 +821,25 @@ class DataPlane:
             self._report_limited()
 
     def _pump_raw(self, rx: RawReceiver) -> None:
-        batch = rx.receive_now()
-        if not batch:
-            return
-        self._refresh()
-        now = self._now()
-        for dg in batch:
-            try:
-                inner = self.inbound(dg, now)
-            except Exception as e:
-                self._fault("in", e)
-                continue
-            if inner is not None:
-                self._to_tun(inner)
-        if self._limited:
-            self._report_limited()
+        self._pump_in(rx.receive_now(), self.inbound)
 
     def _pump_natt(self, sock: NattSocket) -> None:
-        batch = sock.receive_now()
+        self._pump_in([d for d in sock.receive_now() if d.kind is UdpKind.ESP], self._inbound_natt)
+
+    def _inbound_natt(self, d: UdpDatagram, now: Instant) -> bytes | None:
+        return self.inbound_udp(d.whole(), now)
+
+    def _pump_in(self, batch: Sequence[_In], unprotect: Callable[[_In, Instant], bytes | None]) -> None:
+        """Unprotect a batch that arrived (raw ESP/AH/IPComp, or ESP in UDP) and write
+        what passes the inbound check to the TUN."""
         if not batch:
             return
         self._refresh()
         now = self._now()
-        for d in batch:
-            if d.kind is not UdpKind.ESP:
-                continue
+        for item in batch:
             try:
-                inner = self.inbound_udp(d.whole(), now)
-            except Exception as e:
+                inner = unprotect(item, now)
+            except Exception as e:  # one packet's fault, never the loop's (pump.py)
                 self._fault("in", e)
                 continue
             if inner is not None:
