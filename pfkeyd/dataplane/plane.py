@@ -74,7 +74,11 @@ to the user.
 combined-mode cipher (the common site-to-site case) goes through
 :mod:`pfkeyd.packet.fasttunnel`, which builds the outer header and ESP in one step
 and is proven equal to the general path by a property test; everything else takes
-:func:`~pfkeyd.packet.bundle.protect`.
+:func:`~pfkeyd.packet.bundle.protect`.  Inbound, an IPv4 ESP datagram whose SA is
+such a tunnel SA on the compiled path goes through
+:func:`pfkeyd.packet.fasttunnel.unprotect` (lookup, replay, open, decapsulation and
+counting in one step, proven equal to :func:`~pfkeyd.packet.bundle.unprotect`);
+it declines everything else, which takes the general path.
 
 **Two threads.**  The packet loops run in one OS thread of their own
 (:mod:`pfkeyd.dataplane.pump`: a blocking epoll over the TUN, the raw receivers and
@@ -661,7 +665,10 @@ class DataPlane:
         return inner
 
     def inbound(self, dg: bytes, now: Instant) -> bytes | None:
-        got = bundle.unprotect(dg, self._lookup, self._pk, self.seam.packet_counters)
+        counters = self.seam.packet_counters
+        got = fasttunnel.unprotect(dg, self._lookup, self._pk, counters)
+        if got is None:
+            got = bundle.unprotect(dg, self._lookup, self._pk, counters)
         return self.accept(got, dg, now)
 
     def inbound_udp(self, dg: bytes, now: Instant) -> bytes | None:

@@ -34,19 +34,23 @@ import os
 import struct
 from collections.abc import Callable
 
-from pfkeyd.packet import esp, ip
-from pfkeyd.packet.bundle import Bound
+from pfkeyd.packet import bundle, esp, ip
+from pfkeyd.packet.bundle import Accepted, Bound, Lookup, Peek
 from pfkeyd.packet.counters import ESP, Counters, Drop
 from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 
-__all__ = ["eligible", "protect"]
+__all__ = ["eligible", "protect", "unprotect"]
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _IP_DF = 0x4000
 _PDROPS = Drop(ESP, "pdrops")
 _WRAP = Drop(ESP, "wrap")
+_NOTDB = Drop(ESP, "notdb")
+_BADAUTH = Drop(ESP, "badauth")
+_REPLAY = Drop(ESP, "replay")
+_SPI_SEQ = struct.Struct("!II")
 _ADDR_SUMS: dict[bytes, int] = {}
 
 
@@ -140,3 +144,101 @@ def _count(counters: Counters, state: SaRuntime, n: int, out: bytes) -> bytes:
     state.bytes += len(out)
     state.packets += 1
     return out
+
+
+def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop | None:
+    """What :func:`pfkeyd.packet.bundle.unprotect` returns for ``dg`` (counted the same
+    way), or None, before anything was counted or changed, when ``dg`` is not an
+    IPv4 ESP datagram without options of a shape the compiled open takes, ESP is
+    disabled, or the SA the lookup finds is not a tunnel-mode SA on the compiled
+    path without NAT-T: the caller then takes the general path (which looks up
+    again)."""
+    n = len(dg)
+    # What EspV4.peek takes: IPv4 without options, ESP, the total length right, a
+    # multiple of 4, more than the headers and the ICV.
+    if n <= 52 or n & 3 or dg[0] != 0x45 or dg[9] != ip.IPPROTO_ESP or (dg[2] << 8 | dg[3]) != n:
+        return None
+    if not knobs.esp_enable:
+        return None  # the general path counts pdrops
+    spi, seq = _SPI_SEQ.unpack_from(dg, 20)
+    bound = lookup(Peek(ip.IPPROTO_ESP, spi, dg[12:16], dg[16:20]))
+    if bound is None:
+        return counters.drop(_NOTDB)
+    sa = bound.sa
+    if sa.proto != ip.IPPROTO_ESP:
+        return counters.drop(_NOTDB)
+    if not sa.tunnel or sa.natt is not None:
+        return None
+    plan = esp._plan(sa)
+    native = plan.native
+    if native is None:
+        return None
+    state = bound.state
+    # ESP: esp.unprotect's compiled branch, step for step (replay check before the
+    # ICV, the update after it, the trailer's verdict after the window moved).
+    if spi != plan.spi_int:
+        return counters.drop(_NOTDB)
+    replay = state.replay
+    opened: bytes | int
+    if replay is None:
+        opened = native.open(dg, 0)
+    else:
+        last = replay.last
+        low = last & U32
+        size = replay.size
+        if low < seq < low + 0x100000001 - size:
+            seq64 = last - low + seq
+            opened = native.open(dg, seq64 >> 32)
+            if isinstance(opened, bytes):
+                shift = seq - low
+                replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+                replay.last = seq64
+                replay.count += 1
+            elif opened != espfast.OPEN_BADAUTH:
+                replay.advance(seq64)
+        else:
+            checked = replay.check(seq)
+            if checked is None:
+                return counters.drop(_WRAP if replay.wrapped(seq) else _REPLAY)
+            opened = native.open(dg, checked >> 32)
+            if (isinstance(opened, bytes) or opened != espfast.OPEN_BADAUTH) and not replay.update(seq):
+                return counters.drop(_REPLAY)
+    if not isinstance(opened, bytes):
+        return counters.drop(esp._OPEN_DROPS[opened])
+    # The outer header (ip.decapsulate): an IPv4 inner datagram that is whole, with
+    # ECN egress a no-op (the outer ECN field Not-ECT or ECT(0): every mode keeps the
+    # inner TOS) is the inner datagram as it is.  Anything else goes the general way.
+    m = len(opened)
+    inner: bytes | Drop
+    if (
+        m >= 40
+        and opened[9] == ip.IPPROTO_IPV4
+        and not dg[1] & 1
+        and opened[20] >> 4 == 4
+        and opened[20] & 0x0F >= 5
+    ):
+        length = opened[22] << 8 | opened[23]
+        if length == m - 20 and (opened[20] & 0x0F) * 4 <= length:
+            inner = opened[20:]
+        else:
+            inner = _decap(opened, knobs)
+    else:
+        inner = _decap(opened, knobs)
+    if isinstance(inner, Drop):
+        return counters.drop(inner)
+    counters.add(ESP, "input")
+    counters.add(ESP, "ibytes", n - 20)
+    state.bytes += len(inner)
+    state.packets += 1
+    # What the general loop looks at next: a whole datagram whose next header cannot
+    # carry more of ours is the answer; anything else goes on there.
+    if ip.well_formed(inner) == 4 and inner[9] not in bundle._MAYBE_MORE:
+        return Accepted(inner, (bound,))
+    return bundle.resume(inner, [bound], lookup, knobs, counters)
+
+
+def _decap(opened: bytes, knobs: PacketKnobs) -> bytes | Drop:
+    """The general path's decapsulation of an opened tunnel-mode datagram."""
+    return bundle._decap_tunnel(
+        ESP, opened, ip.Split(4, 20, opened[9], 9, opened[12:16], opened[16:20]), knobs
+    )
