@@ -132,10 +132,11 @@ def _same(a: bundle.Accepted | Drop, b: bundle.Accepted | Drop) -> None:
     assert [x.sa.spi for x in a.applied] == [x.sa.spi for x in b.applied]
 
 
-#: What happens to the next datagram on the wire: sent as is, replayed (an earlier
-#: one again), tampered with (a byte flipped), truncated, sent with another SPI, or
-#: sent after the sender's sequence number jumped (inside, behind or beyond the window).
-_OPS = st.sampled_from(["send", "send", "send", "replay", "tamper", "truncate", "spi", "jump"])
+#: What happens to the next datagram on the wire: sent as is, held back (the one
+#: after it goes first), a held one arriving late, replayed (an earlier one again),
+#: tampered with (a byte flipped), truncated, sent with another SPI, or sent after
+#: the sender's sequence number jumped (inside, behind or beyond the window).
+_OPS = st.sampled_from(["send", "send", "hold", "late", "replay", "tamper", "truncate", "spi", "jump"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -148,17 +149,17 @@ _OPS = st.sampled_from(["send", "send", "send", "replay", "tamper", "truncate", 
             st.sampled_from([4, 4, 4, 41, 17, 50]),  # the outer datagram's next header
             st.binary(max_size=80),
             st.integers(0, 255),  # inner TOS
-            st.integers(0, 3),  # outer ECN
-            st.sampled_from([0, 0, 1, 4, 7]),  # TFC padding behind the inner datagram
+            st.sampled_from([0, 0, 2, 1, 3]),  # outer ECN
+            st.sampled_from([0, 0, 0, 1, 4, 7]),  # TFC padding behind the inner datagram
             st.integers(0, 255),  # the inner protocol
-            st.integers(0, 2**16),  # a position or a sequence jump
+            st.one_of(st.integers(2**15 - 80, 2**15 + 80), st.integers(0, 2**16)),  # a position or a jump
         ),
         min_size=1,
-        max_size=8,
+        max_size=10,
     ),
     st.sampled_from([-1, 0, 1]),
-    st.integers(0, 1),
-    st.sampled_from(PATHS),
+    st.sampled_from([1, 1, 1, 0]),
+    st.sampled_from([*PATHS, "compiled"]),
 )
 def test_the_fast_inbound_path_equals_the_general_path(
     sa: TransformSA,
@@ -177,16 +178,25 @@ def test_the_fast_inbound_path_equals_the_general_path(
     knobs = PacketKnobs(ecn=ecn, esp_enable=esp_enable)
     fc, sc = Counters(), Counters()
     sent: list[bytes] = []
+    held: list[bytes] = []
     for op, outer_proto, payload, tos, outer_ecn, tfc, inner_proto, n in ops:
         if op == "jump":
             sender.state.seq = (sender.state.seq + n - 2**15) % (U64 if sa.esn else U32)
         inner = v4(inner_proto, payload, tos=tos) if outer_proto == 4 else v6(inner_proto, payload)
         if outer_proto in (17, 50):
             inner = payload
-        wire = bundle.protect((sender,), v4(outer_proto, inner + bytes(tfc), tos=outer_ecn), PacketKnobs(), Counters())
+        clear = v4(outer_proto, inner + bytes(tfc), tos=outer_ecn)
+        wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
         assert isinstance(wire, bytes)
         sent.append(wire)
-        if op == "replay":
+        if op == "hold":  # this one arrives later, the next one now
+            held.append(wire)
+            wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
+            assert isinstance(wire, bytes)
+            sent.append(wire)
+        elif op == "late" and held:
+            wire = held.pop(n % len(held))
+        elif op == "replay":
             wire = sent[n % len(sent)]
         elif op == "tamper":
             b = bytearray(wire)
@@ -232,6 +242,16 @@ def test_what_the_fast_inbound_path_declines() -> None:
         assert fasttunnel.unprotect(wire, _receiver(other)[1], PacketKnobs(), c) is None
     assert fast.state.snapshot() == runtime(sa).snapshot()
     assert not any(c.snapshot().values())
+    # A lookup that answers with an SA of another protocol or another SPI: notdb, as the general path says
+    ah = Bound(replace(sa, proto=51), runtime(sa))
+    other = Bound(on_path(replace(sa, spi=sa.spi + 1), "compiled"), runtime(sa))
+    for wrong in (ah, other):
+        slow = Counters()
+        assert fasttunnel.unprotect(wire, lambda _k, b=wrong: b, PacketKnobs(), c) == Drop(ESP, "notdb")
+        assert bundle.unprotect(wire, lambda _k, b=wrong: b, PacketKnobs(), slow) == Drop(ESP, "notdb")
+        assert c["esp.notdb"] == slow["esp.notdb"] + (wrong is other)
+        assert wrong.state.snapshot() == runtime(sa).snapshot()
+    c = Counters()
     got = fasttunnel.unprotect(wire, lookup, PacketKnobs(), c)
     assert isinstance(got, bundle.Accepted) and got.datagram == v4(17, b"x" * 30)
     assert c["esp.input"] == 1
