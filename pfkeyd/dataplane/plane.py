@@ -350,6 +350,10 @@ class DataPlane:
         self._in: dict[FlowKey, frozenset[int] | None] = {}
         # spi -> (created, TransformSA, SaRuntime): the runtime outlives knob changes
         self._sas: dict[int, tuple[float, Bound]] = {}
+        # spi -> (the SAD's record, its protocol, its destination as bytes, alive): what
+        # the inbound lookup checks, worked out once per record (records are immutable;
+        # a changed SA is a new one, told apart by identity)
+        self._sa_facts: dict[int, tuple[SecAssoc, int, bytes, bool]] = {}
         self._reported: usage.Reported = {}
         self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
         self._routes: set[Route] = set()
@@ -382,6 +386,7 @@ class DataPlane:
         self._out.clear()
         self._sock.clear()
         self._in.clear()
+        self._sa_facts.clear()
         knobs = self.seam.knobs
         if knobs is not self._knobs_obj:
             self._knobs_obj = knobs
@@ -579,8 +584,17 @@ class DataPlane:
             )
         else:
             sa = self.seam.sa(peek.spi)
-            if sa is None or sa.index.proto != peek.proto or sa.index.dst.ip.packed != peek.dst:
+            if sa is None:
                 return None
+            facts = self._sa_facts.get(peek.spi)
+            if facts is None or facts[0] is not sa:
+                facts = (sa, sa.index.proto, sa.index.dst.ip.packed, sa.alive)
+                if len(self._sa_facts) >= _CACHE_MAX:
+                    self._sa_facts.clear()
+                self._sa_facts[peek.spi] = facts
+            if facts[1] != peek.proto or facts[2] != peek.dst or not facts[3]:
+                return None
+            return self._bound(sa)
         if sa is None or not sa.alive:
             return None
         return self._bound(sa)

@@ -30,6 +30,7 @@ from pfkeyd.wire import (
     PolicyType,
     Sa,
     Sa2,
+    SaState,
     SaType,
 )
 from tests.engine.conftest import PID, T0, at, make_engine
@@ -232,6 +233,24 @@ def test_inbound_takes_the_one_step_tunnel_path_and_the_general_path_for_the_res
     assert pb.inbound(wire, T0) is None
     assert eb.packet_counters["esp.pdrops"] == 1
     assert general == [clear, wire]
+
+
+def test_the_inbound_lookup_sees_an_sa_record_replaced_under_its_spi() -> None:
+    ea, eb = tunnel_pair()
+    pa, _ = plane(ea)
+    pb, _ = plane(eb)
+    dg = udp(IA, IB, 1, 2)
+    (wire,) = pa.outbound(dg, T0)
+    assert pb.inbound(wire, T0) == dg
+    # The record changes in the SAD (here behind the plane's back, no new generation):
+    # the lookup's facts about the old record must not answer for the new one.
+    sa = eb.sad.by_spi[0x1001]
+    eb.sad.by_spi[0x1001] = sa.evolve(state=SaState.DEAD)
+    (wire,) = pa.outbound(dg, T0)
+    assert pb.inbound(wire, T0) is None
+    assert eb.packet_counters["esp.notdb"] == 1
+    eb.sad.by_spi[0x1001] = sa.evolve()
+    assert pb.inbound(wire, T0) == dg
 
 
 def test_inbound_policy_check_refuses_what_the_policy_does_not_allow() -> None:
