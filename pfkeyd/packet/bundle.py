@@ -42,7 +42,18 @@ from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.record import record
 
-__all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect", "resume", "unprotect_udp", "MAX_DEPTH"]
+__all__ = [
+    "Bound",
+    "Peek",
+    "Accepted",
+    "Lookup",
+    "peek",
+    "protect",
+    "unprotect",
+    "resume",
+    "unprotect_udp",
+    "MAX_DEPTH",
+]
 
 #: IP protocol number -> counter table name.
 _NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPCOMP: IPCOMP}

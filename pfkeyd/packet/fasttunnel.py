@@ -174,49 +174,18 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     if native is None:
         return None
     state = bound.state
-    # ESP: esp.unprotect's compiled branch, step for step (replay check before the
-    # ICV, the update after it, the trailer's verdict after the window moved).
+    # ESP: esp.unprotect's compiled branch, step for step.
     if spi != plan.spi_int:
         return counters.drop(_NOTDB)
-    replay = state.replay
-    opened: bytes | int
-    if replay is None:
-        opened = native.open(dg, 0)
-    else:
-        last = replay.last
-        low = last & U32
-        size = replay.size
-        if low < seq < low + 0x100000001 - size:
-            seq64 = last - low + seq
-            opened = native.open(dg, seq64 >> 32)
-            if isinstance(opened, bytes):
-                shift = seq - low
-                replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
-                replay.last = seq64
-                replay.count += 1
-            elif opened != espfast.OPEN_BADAUTH:
-                replay.advance(seq64)
-        else:
-            checked = replay.check(seq)
-            if checked is None:
-                return counters.drop(_WRAP if replay.wrapped(seq) else _REPLAY)
-            opened = native.open(dg, checked >> 32)
-            if (isinstance(opened, bytes) or opened != espfast.OPEN_BADAUTH) and not replay.update(seq):
-                return counters.drop(_REPLAY)
-    if not isinstance(opened, bytes):
-        return counters.drop(esp._OPEN_DROPS[opened])
+    opened = _open(native, state, dg, seq)
+    if isinstance(opened, Drop):
+        return counters.drop(opened)
     # The outer header (ip.decapsulate): an IPv4 inner datagram that is whole, with
     # ECN egress a no-op (the outer ECN field Not-ECT or ECT(0): every mode keeps the
     # inner TOS) is the inner datagram as it is.  Anything else goes the general way.
     m = len(opened)
     inner: bytes | Drop
-    if (
-        m >= 40
-        and opened[9] == ip.IPPROTO_IPV4
-        and not dg[1] & 1
-        and opened[20] >> 4 == 4
-        and opened[20] & 0x0F >= 5
-    ):
+    if m >= 40 and opened[9] == ip.IPPROTO_IPV4 and not dg[1] & 1 and opened[20] >> 4 == 4 and opened[20] & 0x0F >= 5:
         length = opened[22] << 8 | opened[23]
         if length == m - 20 and (opened[20] & 0x0F) * 4 <= length:
             inner = opened[20:]
@@ -237,8 +206,40 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     return bundle.resume(inner, [bound], lookup, knobs, counters)
 
 
+def _open(native: espfast.EspV4, state: SaRuntime, dg: bytes, seq: int) -> bytes | Drop:
+    """ESP undone as esp.unprotect's compiled branch does it: the replay check before
+    the ICV, the update after it, the trailer's verdict after the window moved."""
+    replay = state.replay
+    if replay is None:
+        opened = native.open(dg, 0)
+        return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
+    last = replay.last
+    low = last & U32
+    size = replay.size
+    if low < seq < low + 0x100000001 - size:
+        # Above the window, in its 2^32 subspace (the common case).
+        seq64 = last - low + seq
+        opened = native.open(dg, seq64 >> 32)
+        if isinstance(opened, bytes):
+            shift = seq - low
+            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+            replay.last = seq64
+            replay.count += 1
+            return opened
+        if opened != espfast.OPEN_BADAUTH:
+            replay.advance(seq64)
+        return esp._OPEN_DROPS[opened]
+    checked = replay.check(seq)
+    if checked is None:
+        return _WRAP if replay.wrapped(seq) else _REPLAY
+    opened = native.open(dg, checked >> 32)
+    if opened == espfast.OPEN_BADAUTH:
+        return _BADAUTH
+    if not replay.update(seq):
+        return _REPLAY
+    return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
+
+
 def _decap(opened: bytes, knobs: PacketKnobs) -> bytes | Drop:
     """The general path's decapsulation of an opened tunnel-mode datagram."""
-    return bundle._decap_tunnel(
-        ESP, opened, ip.Split(4, 20, opened[9], 9, opened[12:16], opened[16:20]), knobs
-    )
+    return bundle._decap_tunnel(ESP, opened, ip.Split(4, 20, opened[9], 9, opened[12:16], opened[16:20]), knobs)

@@ -244,12 +244,16 @@ def test_what_the_fast_inbound_path_declines() -> None:
     assert not any(c.snapshot().values())
     # A lookup that answers with an SA of another protocol or another SPI: notdb, as the general path says
     ah = Bound(replace(sa, proto=51), runtime(sa))
-    other = Bound(on_path(replace(sa, spi=sa.spi + 1), "compiled"), runtime(sa))
-    for wrong in (ah, other):
+    spi_differs = Bound(on_path(replace(sa, spi=sa.spi + 1), "compiled"), runtime(sa))
+    for wrong in (ah, spi_differs):
+
+        def answer(_key: bundle.Peek, wrong: Bound = wrong) -> Bound:
+            return wrong
+
         slow = Counters()
-        assert fasttunnel.unprotect(wire, lambda _k, b=wrong: b, PacketKnobs(), c) == Drop(ESP, "notdb")
-        assert bundle.unprotect(wire, lambda _k, b=wrong: b, PacketKnobs(), slow) == Drop(ESP, "notdb")
-        assert c["esp.notdb"] == slow["esp.notdb"] + (wrong is other)
+        assert fasttunnel.unprotect(wire, answer, PacketKnobs(), c) == Drop(ESP, "notdb")
+        assert bundle.unprotect(wire, answer, PacketKnobs(), slow) == Drop(ESP, "notdb")
+        assert c["esp.notdb"] == slow["esp.notdb"] + (wrong is spi_differs)
         assert wrong.state.snapshot() == runtime(sa).snapshot()
     c = Counters()
     got = fasttunnel.unprotect(wire, lookup, PacketKnobs(), c)
