@@ -1,4 +1,4 @@
-"""A one-step outbound path for the commonest bundle: one ESP tunnel SA, IPv4 in IPv4, AEAD.
+"""One-step paths, out and in, for the commonest bundle: one ESP tunnel SA, IPv4 in IPv4, AEAD.
 
 Theory of operation
 -------------------
@@ -26,6 +26,26 @@ Where ESP's plan has the compiled module's ``EspV4`` (``pfkeyd.packet.espfast``)
 the inner header check and the sealing go there in two calls (``ipv4_ok`` and
 ``tunnel``: outer header, ESP header, IV, trailer, AAD, seal and tag in one
 allocation); every decision above stays here, in the same order.
+
+Inbound, the general path (:func:`pfkeyd.packet.bundle.unprotect`) splits the
+datagram, peeks at the SPI, looks the SA up, runs ESP
+(:func:`pfkeyd.packet.esp.unprotect`, whose compiled branch is the replay check,
+``EspV4.open`` and the replay update), splits again for the decapsulation
+(:func:`pfkeyd.packet.ip.decapsulate`: inner header checks, TFC padding cut off,
+ECN egress), counts, and looks at the inner datagram to see whether more is to be
+undone.  :func:`unprotect` does the same for an IPv4 ESP datagram without options
+whose SA is an ESP tunnel SA on the compiled path without NAT-T, in one function:
+the same checks in the same order, ``notdb`` for an SPI no SA answers, the replay
+window moved as ESP moves it (before and after the ICV, and after it for a bad
+trailer), and the outer header stripped by one slice when the decapsulation can
+change nothing (outer ECN Not-ECT or ECT(0), which every ECN mode passes through;
+an IPv4 inner datagram that fills the payload exactly); any other decapsulation
+is the general path's own.  An inner datagram that may carry more ESP, AH, IPComp
+or IP-in-IP goes on through :func:`pfkeyd.packet.bundle.resume`.  What it does not
+take (another shape, ESP disabled, another kind of SA) it declines before counting
+or changing anything.  A property test holds it equal to the general path over
+random inner datagrams, ECN modes, replays, reordering, tampering, truncation and
+wrong SPIs: results, counters and SA state.
 """
 
 from __future__ import annotations
