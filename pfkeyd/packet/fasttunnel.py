@@ -71,6 +71,8 @@ _NOTDB = Drop(ESP, "notdb")
 _BADAUTH = Drop(ESP, "badauth")
 _REPLAY = Drop(ESP, "replay")
 _SPI_SEQ = struct.Struct("!II")
+#: Source, destination and SPI of an inbound ESP datagram -> its lookup key.
+_PEEKS: dict[bytes, Peek] = {}
 _ADDR_SUMS: dict[bytes, int] = {}
 
 
@@ -181,7 +183,15 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     if not knobs.esp_enable:
         return None  # the general path counts pdrops
     spi, seq = _SPI_SEQ.unpack_from(dg, 20)
-    bound = lookup(Peek(ip.IPPROTO_ESP, spi, dg[12:16], dg[16:20]))
+    # The lookup key, one record per source, destination and SPI (building one costs
+    # more than the slice and the dict lookup; records are immutable, so one serves all).
+    ends = dg[12:24]
+    key = _PEEKS.get(ends)
+    if key is None:
+        if len(_PEEKS) >= 4096:
+            _PEEKS.clear()
+        key = _PEEKS[ends] = Peek(ip.IPPROTO_ESP, spi, dg[12:16], dg[16:20])
+    bound = lookup(key)
     if bound is None:
         return counters.drop(_NOTDB)
     sa = bound.sa

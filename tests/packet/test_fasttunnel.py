@@ -259,3 +259,22 @@ def test_what_the_fast_inbound_path_declines() -> None:
     got = fasttunnel.unprotect(wire, lookup, PacketKnobs(), c)
     assert isinstance(got, bundle.Accepted) and got.datagram == v4(17, b"x" * 30)
     assert c["esp.input"] == 1
+
+
+def test_the_fast_inbound_path_tells_sas_of_the_same_ends_apart() -> None:
+    # Two SAs between the same addresses: each datagram is looked up under its own SPI.
+    sas = [
+        on_path(esp_sa(EncAlg.X_AESGCM16, bytes([i]) * 20, spi=spi, mode=Mode.TUNNEL), "compiled")
+        for i, spi in enumerate((0x1000, 0x2000))
+    ]
+    bounds = {sa.spi: Bound(sa, runtime(sa)) for sa in sas}
+    senders = [Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa)) for sa in sas]
+    c = Counters()
+    for i in range(4):
+        inner = v4(17, bytes([i]) * 12)
+        wire = bundle.protect((senders[i % 2],), v4(4, inner), PacketKnobs(), Counters())
+        assert isinstance(wire, bytes)
+        got = fasttunnel.unprotect(wire, lambda key: bounds.get(key.spi), PacketKnobs(), c)
+        assert isinstance(got, bundle.Accepted) and got.datagram == inner
+        assert got.applied[0].sa.spi == sas[i % 2].spi
+    assert c["esp.input"] == 4 and c["esp.notdb"] == 0
