@@ -215,10 +215,14 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     # inner TOS) is the inner datagram as it is.  Anything else goes the general way.
     m = len(opened)
     inner: bytes | Drop
+    done = False  # whether inner is the answer (nothing more of ours can follow)
     if m >= 40 and opened[9] == ip.IPPROTO_IPV4 and not dg[1] & 1 and opened[20] >> 4 == 4 and opened[20] & 0x0F >= 5:
         length = opened[22] << 8 | opened[23]
         if length == m - 20 and (opened[20] & 0x0F) * 4 <= length:
             inner = opened[20:]
+            # What the general loop looks at next: a whole datagram (this one is) whose
+            # next header cannot carry more of ours is the answer.
+            done = inner[9] not in bundle._MAYBE_MORE
         else:
             inner = _decap(opened, knobs)
     else:
@@ -229,9 +233,7 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     counters.add(ESP, "ibytes", n - 20)
     state.bytes += len(inner)
     state.packets += 1
-    # What the general loop looks at next: a whole datagram whose next header cannot
-    # carry more of ours is the answer; anything else goes on there.
-    if ip.well_formed(inner) == 4 and inner[9] not in bundle._MAYBE_MORE:
+    if done:
         return Accepted(inner, (bound,))
     return bundle.resume(inner, [bound], lookup, knobs, counters)
 
