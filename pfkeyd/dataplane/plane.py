@@ -74,7 +74,11 @@ to the user.
 combined-mode cipher (the common site-to-site case) goes through
 :mod:`pfkeyd.packet.fasttunnel`, which builds the outer header and ESP in one step
 and is proven equal to the general path by a property test; everything else takes
-:func:`~pfkeyd.packet.bundle.protect`.
+:func:`~pfkeyd.packet.bundle.protect`.  Inbound, an IPv4 ESP datagram whose SA is
+such a tunnel SA on the compiled path goes through
+:func:`pfkeyd.packet.fasttunnel.unprotect` (lookup, replay, open, decapsulation and
+counting in one step, proven equal to :func:`~pfkeyd.packet.bundle.unprotect`);
+it declines everything else, which takes the general path.
 
 **Two threads.**  The packet loops run in one OS thread of their own
 (:mod:`pfkeyd.dataplane.pump`: a blocking epoll over the TUN, the raw receivers and
@@ -346,6 +350,10 @@ class DataPlane:
         self._in: dict[FlowKey, frozenset[int] | None] = {}
         # spi -> (created, TransformSA, SaRuntime): the runtime outlives knob changes
         self._sas: dict[int, tuple[float, Bound]] = {}
+        # spi -> (the SAD's record, its protocol, its destination as bytes, alive): what
+        # the inbound lookup checks, worked out once per record (records are immutable;
+        # a changed SA is a new one, told apart by identity)
+        self._sa_facts: dict[int, tuple[SecAssoc, int, bytes, bool]] = {}
         self._reported: usage.Reported = {}
         self._held: dict[FlowKey, tuple[float, deque[bytes]]] = {}
         self._routes: set[Route] = set()
@@ -378,6 +386,7 @@ class DataPlane:
         self._out.clear()
         self._sock.clear()
         self._in.clear()
+        self._sa_facts.clear()
         knobs = self.seam.knobs
         if knobs is not self._knobs_obj:
             self._knobs_obj = knobs
@@ -575,8 +584,17 @@ class DataPlane:
             )
         else:
             sa = self.seam.sa(peek.spi)
-            if sa is None or sa.index.proto != peek.proto or sa.index.dst.ip.packed != peek.dst:
+            if sa is None:
                 return None
+            facts = self._sa_facts.get(peek.spi)
+            if facts is None or facts[0] is not sa:
+                facts = (sa, sa.index.proto, sa.index.dst.ip.packed, sa.alive)
+                if len(self._sa_facts) >= _CACHE_MAX:
+                    self._sa_facts.clear()
+                self._sa_facts[peek.spi] = facts
+            if facts[1] != peek.proto or facts[2] != peek.dst or not facts[3]:
+                return None
+            return self._bound(sa)
         if sa is None or not sa.alive:
             return None
         return self._bound(sa)
@@ -661,7 +679,10 @@ class DataPlane:
         return inner
 
     def inbound(self, dg: bytes, now: Instant) -> bytes | None:
-        got = bundle.unprotect(dg, self._lookup, self._pk, self.seam.packet_counters)
+        counters = self.seam.packet_counters
+        got = fasttunnel.unprotect(dg, self._lookup, self._pk, counters)
+        if got is None:
+            got = bundle.unprotect(dg, self._lookup, self._pk, counters)
         return self.accept(got, dg, now)
 
     def inbound_udp(self, dg: bytes, now: Instant) -> bytes | None:

@@ -42,7 +42,18 @@ from pfkeyd.packet.runtime import SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.record import record
 
-__all__ = ["Bound", "Peek", "Accepted", "Lookup", "peek", "protect", "unprotect", "unprotect_udp", "MAX_DEPTH"]
+__all__ = [
+    "Bound",
+    "Peek",
+    "Accepted",
+    "Lookup",
+    "peek",
+    "protect",
+    "unprotect",
+    "resume",
+    "unprotect_udp",
+    "MAX_DEPTH",
+]
 
 #: IP protocol number -> counter table name.
 _NAMES: dict[int, str] = {ip.IPPROTO_ESP: ESP, ip.IPPROTO_AH: AH, ip.IPPROTO_IPCOMP: IPCOMP}
@@ -228,9 +239,18 @@ def unprotect(datagram: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Cou
     headers of tunnel-mode SAs): the inner datagram with the SAs applied, or the
     Drop that stopped it (counted).  A datagram that carries none of them comes back
     unchanged with no SA applied."""
+    return resume(datagram, [], lookup, knobs, counters)
+
+
+def resume(
+    datagram: bytes, applied: list[Bound], lookup: Lookup, knobs: PacketKnobs, counters: Counters
+) -> Accepted | Drop:
+    """:func:`unprotect` from a datagram that the steps of ``applied`` (outermost
+    first, each counted) have already taken apart: what the one-step path
+    (:mod:`pfkeyd.packet.fasttunnel`) hands on when the inner datagram carries more."""
     dg = datagram
-    applied: list[Bound] = []
-    for _ in range(MAX_DEPTH + 1):
+    # Each step of the loop either returns or applies one SA: len(applied) steps are done.
+    for _ in range(MAX_DEPTH + 1 - len(applied)):
         if applied:
             # After a step, a quick look: a well-formed datagram whose next header
             # cannot lead to ESP, AH, IPComp or IP-in-IP is the answer.

@@ -1,4 +1,4 @@
-"""A one-step outbound path for the commonest bundle: one ESP tunnel SA, IPv4 in IPv4, AEAD.
+"""One-step paths, out and in, for the commonest bundle: one ESP tunnel SA, IPv4 in IPv4, AEAD.
 
 Theory of operation
 -------------------
@@ -26,6 +26,26 @@ Where ESP's plan has the compiled module's ``EspV4`` (``pfkeyd.packet.espfast``)
 the inner header check and the sealing go there in two calls (``ipv4_ok`` and
 ``tunnel``: outer header, ESP header, IV, trailer, AAD, seal and tag in one
 allocation); every decision above stays here, in the same order.
+
+Inbound, the general path (:func:`pfkeyd.packet.bundle.unprotect`) splits the
+datagram, peeks at the SPI, looks the SA up, runs ESP
+(:func:`pfkeyd.packet.esp.unprotect`, whose compiled branch is the replay check,
+``EspV4.open`` and the replay update), splits again for the decapsulation
+(:func:`pfkeyd.packet.ip.decapsulate`: inner header checks, TFC padding cut off,
+ECN egress), counts, and looks at the inner datagram to see whether more is to be
+undone.  :func:`unprotect` does the same for an IPv4 ESP datagram without options
+whose SA is an ESP tunnel SA on the compiled path without NAT-T, in one function:
+the same checks in the same order, ``notdb`` for an SPI no SA answers, the replay
+window moved as ESP moves it (before and after the ICV, and after it for a bad
+trailer), and the outer header stripped by one slice when the decapsulation can
+change nothing (outer ECN Not-ECT or ECT(0), which every ECN mode passes through;
+an IPv4 inner datagram that fills the payload exactly); any other decapsulation
+is the general path's own.  An inner datagram that may carry more ESP, AH, IPComp
+or IP-in-IP goes on through :func:`pfkeyd.packet.bundle.resume`.  What it does not
+take (another shape, ESP disabled, another kind of SA) it declines before counting
+or changing anything.  A property test holds it equal to the general path over
+random inner datagrams, ECN modes, replays, reordering, tampering, truncation and
+wrong SPIs: results, counters and SA state.
 """
 
 from __future__ import annotations
@@ -34,19 +54,25 @@ import os
 import struct
 from collections.abc import Callable
 
-from pfkeyd.packet import esp, ip
-from pfkeyd.packet.bundle import Bound
+from pfkeyd.packet import bundle, esp, ip
+from pfkeyd.packet.bundle import Accepted, Bound, Lookup, Peek
 from pfkeyd.packet.counters import ESP, Counters, Drop
 from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 
-__all__ = ["eligible", "protect"]
+__all__ = ["eligible", "protect", "unprotect"]
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _IP_DF = 0x4000
 _PDROPS = Drop(ESP, "pdrops")
 _WRAP = Drop(ESP, "wrap")
+_NOTDB = Drop(ESP, "notdb")
+_BADAUTH = Drop(ESP, "badauth")
+_REPLAY = Drop(ESP, "replay")
+_SPI_SEQ = struct.Struct("!II")
+#: Source, destination and SPI of an inbound ESP datagram -> its lookup key.
+_PEEKS: dict[bytes, Peek] = {}
 _ADDR_SUMS: dict[bytes, int] = {}
 
 
@@ -140,3 +166,112 @@ def _count(counters: Counters, state: SaRuntime, n: int, out: bytes) -> bytes:
     state.bytes += len(out)
     state.packets += 1
     return out
+
+
+def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters) -> Accepted | Drop | None:
+    """What :func:`pfkeyd.packet.bundle.unprotect` returns for ``dg`` (counted the same
+    way), or None, before anything was counted or changed, when ``dg`` is not an
+    IPv4 ESP datagram without options of a shape the compiled open takes, ESP is
+    disabled, or the SA the lookup finds is not a tunnel-mode SA on the compiled
+    path without NAT-T: the caller then takes the general path (which looks up
+    again)."""
+    n = len(dg)
+    # What EspV4.peek takes: IPv4 without options, ESP, the total length right, a
+    # multiple of 4, more than the headers and the ICV.
+    if n <= 52 or n & 3 or dg[0] != 0x45 or dg[9] != ip.IPPROTO_ESP or (dg[2] << 8 | dg[3]) != n:
+        return None
+    if not knobs.esp_enable:
+        return None  # the general path counts pdrops
+    spi, seq = _SPI_SEQ.unpack_from(dg, 20)
+    # The lookup key, one record per source, destination and SPI (building one costs
+    # more than the slice and the dict lookup; records are immutable, so one serves all).
+    ends = dg[12:24]
+    key = _PEEKS.get(ends)
+    if key is None:
+        if len(_PEEKS) >= 4096:
+            _PEEKS.clear()
+        key = _PEEKS[ends] = Peek(ip.IPPROTO_ESP, spi, dg[12:16], dg[16:20])
+    bound = lookup(key)
+    if bound is None:
+        return counters.drop(_NOTDB)
+    sa = bound.sa
+    if sa.proto != ip.IPPROTO_ESP:
+        return counters.drop(_NOTDB)
+    if not sa.tunnel or sa.natt is not None:
+        return None
+    plan = esp._plan(sa)
+    native = plan.native
+    if native is None:
+        return None
+    state = bound.state
+    # ESP: esp.unprotect's compiled branch, step for step.
+    if spi != plan.spi_int:
+        return counters.drop(_NOTDB)
+    opened = _open(native, state, dg, seq)
+    if isinstance(opened, Drop):
+        return counters.drop(opened)
+    # The outer header (ip.decapsulate): an IPv4 inner datagram that is whole, with
+    # ECN egress a no-op (the outer ECN field Not-ECT or ECT(0): every mode keeps the
+    # inner TOS) is the inner datagram as it is.  Anything else goes the general way.
+    m = len(opened)
+    inner: bytes | Drop
+    done = False  # whether inner is the answer (nothing more of ours can follow)
+    if m >= 40 and opened[9] == ip.IPPROTO_IPV4 and not dg[1] & 1 and opened[20] >> 4 == 4 and opened[20] & 0x0F >= 5:
+        length = opened[22] << 8 | opened[23]
+        if length == m - 20 and (opened[20] & 0x0F) * 4 <= length:
+            inner = opened[20:]
+            # What the general loop looks at next: a whole datagram (this one is) whose
+            # next header cannot carry more of ours is the answer.
+            done = inner[9] not in bundle._MAYBE_MORE
+        else:
+            inner = _decap(opened, knobs)
+    else:
+        inner = _decap(opened, knobs)
+    if isinstance(inner, Drop):
+        return counters.drop(inner)
+    counters.add(ESP, "input")
+    counters.add(ESP, "ibytes", n - 20)
+    state.bytes += len(inner)
+    state.packets += 1
+    if done:
+        return Accepted(inner, (bound,))
+    return bundle.resume(inner, [bound], lookup, knobs, counters)
+
+
+def _open(native: espfast.EspV4, state: SaRuntime, dg: bytes, seq: int) -> bytes | Drop:
+    """ESP undone as esp.unprotect's compiled branch does it: the replay check before
+    the ICV, the update after it, the trailer's verdict after the window moved."""
+    replay = state.replay
+    if replay is None:
+        opened = native.open(dg, 0)
+        return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
+    last = replay.last
+    low = last & U32
+    size = replay.size
+    if low < seq < low + 0x100000001 - size:
+        # Above the window, in its 2^32 subspace (the common case).
+        seq64 = last - low + seq
+        opened = native.open(dg, seq64 >> 32)
+        if isinstance(opened, bytes):
+            shift = seq - low
+            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+            replay.last = seq64
+            replay.count += 1
+            return opened
+        if opened != espfast.OPEN_BADAUTH:
+            replay.advance(seq64)
+        return esp._OPEN_DROPS[opened]
+    checked = replay.check(seq)
+    if checked is None:
+        return _WRAP if replay.wrapped(seq) else _REPLAY
+    opened = native.open(dg, checked >> 32)
+    if opened == espfast.OPEN_BADAUTH:
+        return _BADAUTH
+    if not replay.update(seq):
+        return _REPLAY
+    return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
+
+
+def _decap(opened: bytes, knobs: PacketKnobs) -> bytes | Drop:
+    """The general path's decapsulation of an opened tunnel-mode datagram."""
+    return bundle._decap_tunnel(ESP, opened, ip.Split(4, 20, opened[9], 9, opened[12:16], opened[16:20]), knobs)

@@ -7,6 +7,7 @@ import errno
 import ipaddress
 import socket
 import struct
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,7 @@ from pfkeyd.dataplane.seam import EngineSeam
 from pfkeyd.dataplane.sockpol import HEAD, SocketPolicies, parse_request, sockpol_path
 from pfkeyd.effects import Effect, Instant, Send
 from pfkeyd.engine import KeyEngine
+from pfkeyd.packet import bundle
 from pfkeyd.packet.ip import inet_checksum
 from pfkeyd.wire import (
     EncAlg,
@@ -28,6 +30,7 @@ from pfkeyd.wire import (
     PolicyType,
     Sa,
     Sa2,
+    SaState,
     SaType,
 )
 from tests.engine.conftest import PID, T0, at, make_engine
@@ -199,6 +202,55 @@ def test_a_tunnel_round_trip_through_two_planes_and_the_fast_path() -> None:
     assert pa.inbound(back, T0) == reply
     stats = pa.statistics()
     assert {(s["spi"], s["packets"]) for s in stats["sas"]} == {(0x1001, 1), (0x1002, 1)}
+
+
+def test_inbound_takes_the_one_step_tunnel_path_and_the_general_path_for_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    general: list[bytes] = []
+    unprotect = bundle.unprotect
+
+    def counted(dg: bytes, *args: Any) -> Any:
+        general.append(dg)
+        return unprotect(dg, *args)
+
+    monkeypatch.setattr(bundle, "unprotect", counted)
+    ea, eb = tunnel_pair()
+    pa, _ = plane(ea)
+    pb, _ = plane(eb)
+    dg = udp(IA, IB, 1000, 2000, b"x" * 100)
+    (wire,) = pa.outbound(dg, T0)
+    assert pb.inbound(wire, T0) == dg
+    assert pb.inbound(wire, T0) is None  # a replay, dropped there too
+    assert eb.packet_counters["esp.replay"] == 1 and eb.packet_counters["esp.input"] == 1
+    assert general == []
+    # What it declines goes the general way: a clear datagram, ESP with ESP disabled.
+    clear = udp(IA, IB, 1, 2)
+    pb.inbound(clear, T0)
+    (wire,) = pa.outbound(dg, T0)
+    eb.knobs = eb.knobs.set("net.inet.esp.esp_enable", 0)
+    pb, _ = plane(eb)
+    assert pb.inbound(wire, T0) is None
+    assert eb.packet_counters["esp.pdrops"] == 1
+    assert general == [clear, wire]
+
+
+def test_the_inbound_lookup_sees_an_sa_record_replaced_under_its_spi() -> None:
+    ea, eb = tunnel_pair()
+    pa, _ = plane(ea)
+    pb, _ = plane(eb)
+    dg = udp(IA, IB, 1, 2)
+    (wire,) = pa.outbound(dg, T0)
+    assert pb.inbound(wire, T0) == dg
+    # The record changes in the SAD (here behind the plane's back, no new generation):
+    # the lookup's facts about the old record must not answer for the new one.
+    sa = eb.sad.by_spi[0x1001]
+    eb.sad.by_spi[0x1001] = sa.evolve(state=SaState.DEAD)
+    (wire,) = pa.outbound(dg, T0)
+    assert pb.inbound(wire, T0) is None
+    assert eb.packet_counters["esp.notdb"] == 1
+    eb.sad.by_spi[0x1001] = sa.evolve()
+    assert pb.inbound(wire, T0) == dg
 
 
 def test_inbound_policy_check_refuses_what_the_policy_does_not_allow() -> None:
