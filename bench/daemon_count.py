@@ -35,7 +35,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from daemon import add_message, connect, pipeline, read_dump  # noqa: E402
+from daemon import add_message, connect, pipeline, read_dump
 
 DIALECT = "linux"
 COLLECTED = re.compile(rb"Collected : (\d+)")
