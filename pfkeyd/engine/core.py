@@ -22,6 +22,8 @@ import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from pfkeyd.acquire import AcquireTable
 from pfkeyd.effects import ClientId, Dump, Effect, Instant, Send, SendEncoded
@@ -131,13 +133,7 @@ class EngineCore:
             return (client,)
         return (client, *[c for c in clients if c != client])
 
-    @property
-    def knobs(self) -> Knobs:
-        return self._knobs
-
-    @knobs.setter
-    def knobs(self, knobs: Knobs) -> None:
-        """New knob values, effective from the next message and the next tick."""
+    def _set_knobs(self, knobs: Knobs) -> None:
         old, self._knobs = self._knobs, knobs
         self.generation += 1
         self._knobs_changed()
@@ -147,6 +143,23 @@ class EngineCore:
             for head in self.sad.heads.values():
                 for sa in head.larval.values():
                     self.schedule(sa)
+
+    # Read several times per request: the getter is a C callable, so a read makes
+    # no Python frame (bench/README.md, "The daemon's ADD and DUMP").
+    if TYPE_CHECKING:
+
+        @property
+        def knobs(self) -> Knobs: ...
+
+        @knobs.setter
+        def knobs(self, knobs: Knobs) -> None: ...
+
+    else:
+        knobs = property(
+            attrgetter("_knobs"),
+            _set_knobs,
+            doc="The knob values; a new value is effective from the next message and the next tick.",
+        )
 
     def _knobs_changed(self) -> None:
         """Called when the knobs change (the hot path drops what it learned)."""
