@@ -178,6 +178,8 @@ def test_without_a_compiler_the_wheel_builds_and_runs_pure(tmp_path: Path) -> No
         [
             sys.executable,
             "-c",
+            # first: this environment's editable install would supply the checkout's build
+            "import sys; sys.modules['pfkeyd.recordfast'] = None\n"
             "from pfkeyd.packet import crypto, esp\n"
             "from pfkeyd.packet.runtime import SaRuntime\n"
             "from pfkeyd.packet.sa import TransformSA\n"
