@@ -27,7 +27,7 @@ STAMP = VENV / ".pfkeyd-installed"
 def _fingerprint() -> str:
     h = hashlib.sha256()
     # setup.py and the C source too: a change there must rebuild the extension.
-    for name in ("pyproject.toml", "constraints.txt", "setup.py", "pfkeyd/packet/espfast.c"):
+    for name in ("pyproject.toml", "constraints.txt", "setup.py", "pfkeyd/packet/espfast.c", "pfkeyd/recordfast.c"):
         h.update((ROOT / name).read_bytes())
     return h.hexdigest()
 

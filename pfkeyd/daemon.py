@@ -45,7 +45,8 @@ from __future__ import annotations
 import errno
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from typing import NamedTuple, Protocol, assert_never
+from operator import attrgetter
+from typing import TYPE_CHECKING, NamedTuple, Protocol, assert_never
 
 from pfkeyd.effects import ClientId, Dump, Effect, Error, Instant, Send, SendEncoded
 from pfkeyd.engine import Decision, KeyEngine
@@ -244,14 +245,24 @@ class Daemon:
 
     # ------------------------------------------------------------- knobs, figures
 
-    @property
-    def knobs(self) -> Knobs:
-        return self.engine.knobs
-
-    @knobs.setter
-    def knobs(self, knobs: Knobs) -> None:
-        """New knob values, effective from the next message and the next tick."""
+    def _set_knobs(self, knobs: Knobs) -> None:
         self.engine.knobs = knobs
+
+    # The shell reads it per request: a C getter, no Python frame (as EngineCore.knobs).
+    if TYPE_CHECKING:
+
+        @property
+        def knobs(self) -> Knobs: ...
+
+        @knobs.setter
+        def knobs(self, knobs: Knobs) -> None: ...
+
+    else:
+        knobs = property(
+            attrgetter("engine.knobs"),
+            _set_knobs,
+            doc="The engine's knob values; a new value is effective from the next message and the next tick.",
+        )
 
     def statistics(self) -> Statistics:
         return _key_engine(self.engine).statistics()

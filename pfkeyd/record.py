@@ -23,7 +23,10 @@ It takes its arguments as any function does, stores them in a new twin (itself
 where every field is a plain one, else through the dataclass's ``__init__``) and
 retypes it: no ``*args``/``**kwargs`` to pack and unpack, and one call of Python
 code per record where a plain dataclass makes one too.  ``bench/record.py``
-measures the three constructions side by side.
+measures the three constructions side by side.  Where the extension
+``pfkeyd.recordfast`` (``recordfast.c``) was built, the blank twin and the
+retyping come from it, which checks the two layouts itself and skips the generic
+``__class__`` store; otherwise ``object.__new__`` and that store do the same.
 
 Code that needs a changed copy uses ``dataclasses.replace``.  A field that caches a
 derived value (``_hash``) is set once with ``object.__setattr__``, as it would be on
@@ -37,6 +40,11 @@ import inspect
 from collections.abc import Callable
 from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any, NoReturn, TypeVar, dataclass_transform, overload
+
+try:
+    from pfkeyd import recordfast
+except ImportError:  # not compiled (no C compiler at install): the same steps in Python
+    recordfast = None  # type: ignore[assignment]
 
 __all__ = ["record"]
 
@@ -76,7 +84,11 @@ def _constructor(twin: type) -> Callable[..., Any]:
     fields = dataclasses.fields(twin)
     if any(p.name.startswith(_OWN) for p in params):  # pragma: no cover - no field is named so
         raise TypeError(f"{twin.__name__}: a field name starts with {_OWN}")
-    names: dict[str, Any] = {f"{_OWN}new": object.__new__, f"{_OWN}twin": twin, f"{_OWN}init": init}
+    names: dict[str, Any] = {f"{_OWN}twin": twin, f"{_OWN}init": init}
+    if recordfast is not None:
+        names[f"{_OWN}new"], names[f"{_OWN}seal"] = recordfast.blank, recordfast.seal
+    else:
+        names[f"{_OWN}new"] = object.__new__
     signature, passed = [], []
     for n, p in enumerate(params):
         if p.kind is p.KEYWORD_ONLY and "*" not in signature:
@@ -105,7 +117,10 @@ def _constructor(twin: type) -> Callable[..., Any]:
                 lines.append(f"    {_OWN}obj.{f.name} = {_OWN}f_{f.name}")
     else:
         lines.append(f"    {_OWN}init({_OWN}obj, {', '.join(passed)})")
-    lines += [f"    {_OWN}obj.__class__ = {_OWN}cls", f"    return {_OWN}obj"]
+    if recordfast is not None:
+        lines.append(f"    return {_OWN}seal({_OWN}obj, {_OWN}cls)")
+    else:
+        lines += [f"    {_OWN}obj.__class__ = {_OWN}cls", f"    return {_OWN}obj"]
     exec("\n".join(lines), names)  # our own text, as dataclasses writes __init__
     call: Callable[..., Any] = names["__call__"]
     call.__qualname__ = f"{twin.__qualname__}.__call__"

@@ -51,6 +51,9 @@ __all__ = [
 DEADLINE_LARVAL = 0
 DEADLINE_HARD = 1
 DEADLINE_SOFT = 2
+#: The states in which an SA carries traffic, bound once (an Enum member read
+#: through its class costs about ten times a global; bench/README.md).
+_ALIVE = (SaState.MATURE, SaState.DYING)
 #: Entries of the change log (``Sad.changes``, ``Spd.changes``): an SA or policy
 #: stored (inserted or replaced), or removed.
 CHANGE_PUT = 0
@@ -151,7 +154,7 @@ class SecAssoc:
 
     @property
     def alive(self) -> bool:
-        return self.state in (SaState.MATURE, SaState.DYING)
+        return self.state in _ALIVE
 
     def evolve(self, **changes: object) -> SecAssoc:
         """A copy with ``changes`` and a new version: the deadlines scheduled for the

@@ -96,6 +96,16 @@ def test_wheel_installed_outside_the_repository_works(tmp_path: Path) -> None:
     so_path, stub, native = compiled.stdout.splitlines()
     assert str(env_dir) in so_path and so_path.endswith(".so")
     assert (stub, native) == ("True", "Aead")
+    # So were the records' compiled steps, which the records use
+    sealed = run(
+        str(bindir / "python"),
+        "-c",
+        "import importlib.resources as r; from pfkeyd import record, recordfast;"
+        "print(record.recordfast is recordfast, recordfast.__file__.endswith('.so'),"
+        " r.files('pfkeyd').joinpath('recordfast.pyi').is_file())",
+    )
+    assert sealed.returncode == 0, sealed.stderr
+    assert sealed.stdout.split() == ["True", "True", "True"]
     assert str(env_dir) in location  # the installed copy, not the checkout
     shipped_grammars = sorted(p.name for p in (ROOT / "setkey" / "grammar").glob("*.lark"))
     shipped_man = sorted(p.name for p in (ROOT / "pfkeyd" / "man").iterdir() if p.suffix in (".4", ".8"))
@@ -161,17 +171,22 @@ def test_without_a_compiler_the_wheel_builds_and_runs_pure(tmp_path: Path) -> No
     (wheel,) = wheels.glob("pfkeyd-*.whl")
     unpacked = tmp_path / "unpacked"
     with zipfile.ZipFile(wheel) as z:
-        assert not [n for n in z.namelist() if "espfast" in n and not n.endswith(".pyi")]
+        assert not [n for n in z.namelist() if ("espfast" in n or "recordfast" in n) and not n.endswith(".pyi")]
         z.extractall(unpacked)
     # The unpacked wheel first on the path, this environment's dependencies after it.
     probe = subprocess.run(
         [
             sys.executable,
             "-c",
+            # first: this environment's editable install would supply the checkout's build
+            "import sys; sys.modules['pfkeyd.recordfast'] = None\n"
             "from pfkeyd.packet import crypto, esp\n"
             "from pfkeyd.packet.runtime import SaRuntime\n"
             "from pfkeyd.packet.sa import TransformSA\n"
             "assert crypto.espfast is None\n"
+            "from pfkeyd import record\n"
+            "from pfkeyd.wire import ExtType, Lifetime\n"
+            "assert record.recordfast is None and Lifetime(ExtType.LIFETIME_HARD, 0, 1, 2, 3).bytes == 1\n"
             "c = crypto.cipher(20, bytes(20))\n"
             "assert c.native is None\n"
             "sa = TransformSA(50, 0x1000, 1, bytes(4), bytes(4), 0, 64, 20, 0, c, None)\n"

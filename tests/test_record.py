@@ -7,6 +7,7 @@ import copy
 import dataclasses
 import inspect
 import pickle
+import sys
 from collections.abc import Callable
 from dataclasses import field
 
@@ -144,3 +145,72 @@ def test_every_record_builds_what_its_dataclass_init_builds() -> None:
                 assert getattr(built, f.name, None) is getattr(twin, f.name, None), (cls, f.name)
             checked += 1
     assert checked > 40
+
+
+# ------------------------------------------------------- the compiled steps
+
+
+def test_the_compiled_steps_are_built() -> None:
+    try:
+        from pfkeyd import recordfast  # noqa: F401
+    except ImportError:  # pragma: no cover - the message is the point
+        pytest.fail(
+            "pfkeyd.recordfast is not built: install a C compiler (Debian: apt-get install gcc), "
+            "then reinstall pfkeyd (setup.py builds pfkeyd/recordfast.c)"
+        )
+
+
+def test_records_are_built_by_the_compiled_steps() -> None:
+    from pfkeyd import recordfast
+
+    call = type(Lifetime).__call__
+    assert call.__globals__["__record_new"] is recordfast.blank
+    assert call.__globals__["__record_seal"] is recordfast.seal
+    life = Lifetime(ExtType.LIFETIME_HARD, 1, 2, 3, 4)
+    assert type(life) is Lifetime and life.bytes == 2
+
+
+def test_seal_refuses_what_it_cannot_retype_and_changes_nothing() -> None:
+    from pfkeyd import recordfast
+
+    twin = Point.__mro__[1]
+    obj: object = recordfast.blank(twin)
+    for cls in (Derived, Base, twin, int, object):
+        with pytest.raises(TypeError, match="does not extend"):
+            recordfast.seal(obj, cls)
+        assert type(obj) is twin
+    with pytest.raises(TypeError, match="needs a class"):
+        recordfast.seal(obj, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="2 arguments"):
+        recordfast.seal(obj)  # type: ignore[call-arg]
+    for bad in (int, tuple, 3, type):
+        with pytest.raises(TypeError, match="plain slotted class"):
+            recordfast.blank(bad)  # type: ignore[arg-type]
+    assert type(recordfast.seal(obj, Point)) is Point
+
+
+def test_sealing_keeps_the_classes_reference_counts() -> None:
+    twin = Point.__mro__[1]
+    before = sys.getrefcount(Point), sys.getrefcount(twin)
+    points = [Point(i) for i in range(1000)]
+    assert sys.getrefcount(Point) == before[0] + 1000
+    del points
+    assert (sys.getrefcount(Point), sys.getrefcount(twin)) == before
+
+
+def test_without_the_compiled_steps_records_are_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pfkeyd.record
+
+    monkeypatch.setattr(pfkeyd.record, "recordfast", None)
+
+    @record
+    class Pure:
+        x: int
+        y: int = 0
+
+    assert "__record_seal" not in type(Pure).__call__.__globals__
+    p = Pure(1)
+    assert type(p) is Pure and (p.x, p.y) == (1, 0) and p == Pure(1, 0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.x = 2  # type: ignore[misc]
+    assert copy.deepcopy(p) == p and pickle.loads(pickle.dumps(Lifetime(ExtType.LIFETIME_HARD, 0, 1, 2, 3))).bytes == 1

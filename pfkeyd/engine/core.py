@@ -22,6 +22,8 @@ import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
+from typing import TYPE_CHECKING
 
 from pfkeyd.acquire import AcquireTable
 from pfkeyd.effects import ClientId, Dump, Effect, Instant, Send, SendEncoded
@@ -58,6 +60,11 @@ from pfkeyd.wire import (
 )
 
 __all__ = ["ClientState", "EngineCore", "Request"]
+
+# Enum members that every ADD reads, bound once: reading a member as an attribute
+# of its class costs about ten times a global (bench/README.md).
+_SPI_RESERVED_FOR = frozenset({IpProto.ESP, IpProto.AH})
+_LARVAL = SaState.LARVAL
 
 
 @dataclass
@@ -126,13 +133,7 @@ class EngineCore:
             return (client,)
         return (client, *[c for c in clients if c != client])
 
-    @property
-    def knobs(self) -> Knobs:
-        return self._knobs
-
-    @knobs.setter
-    def knobs(self, knobs: Knobs) -> None:
-        """New knob values, effective from the next message and the next tick."""
+    def _set_knobs(self, knobs: Knobs) -> None:
         old, self._knobs = self._knobs, knobs
         self.generation += 1
         self._knobs_changed()
@@ -142,6 +143,23 @@ class EngineCore:
             for head in self.sad.heads.values():
                 for sa in head.larval.values():
                     self.schedule(sa)
+
+    # Read several times per request: the getter is a C callable, so a read makes
+    # no Python frame (bench/README.md, "The daemon's ADD and DUMP").
+    if TYPE_CHECKING:
+
+        @property
+        def knobs(self) -> Knobs: ...
+
+        @knobs.setter
+        def knobs(self, knobs: Knobs) -> None: ...
+
+    else:
+        knobs = property(
+            attrgetter("_knobs"),
+            _set_knobs,
+            doc="The knob values; a new value is effective from the next message and the next tick.",
+        )
 
     def _knobs_changed(self) -> None:
         """Called when the knobs change (the hot path drops what it learned)."""
@@ -298,7 +316,7 @@ class EngineCore:
         if spi in self.sad.by_spi:
             msg = f"SPI {spi:#x} is in use"
             raise AlreadyExists(msg)
-        if proto in (IpProto.ESP, IpProto.AH) and spi <= 255:
+        if spi <= 255 and proto in _SPI_RESERVED_FOR:
             msg = f"SPI {spi} is reserved (RFC 4302)"
             raise InvalidArgument(msg)
 
@@ -306,7 +324,7 @@ class EngineCore:
         """Store a new SA that passed the checks: schedule its deadlines, and complete
         the ACQUIRE its seq answers (reference §7.4; seq 0 completes none)."""
         self.sad.insert(sa)
-        if sa.state == SaState.LARVAL or sa.hard is not None or sa.soft is not None:
+        if sa.state == _LARVAL or sa.hard is not None or sa.soft is not None:
             self.schedule(sa)
         if sa.seq:
             self.acqdone(sa.index, sa.seq)
