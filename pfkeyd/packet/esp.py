@@ -59,7 +59,7 @@ from cryptography.exceptions import InvalidTag
 from pfkeyd.packet import ip
 from pfkeyd.packet.counters import ESP, Drop
 from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, espfast
-from pfkeyd.packet.runtime import U32, U64, ReplayWindow, SaRuntime
+from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
 __all__ = ["protect", "unprotect", "peek", "pad_length", "IPPROTO_ESP", "Random"]
@@ -319,31 +319,7 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
         # SPI); open verifies and decrypts, and says what the trailer holds.
         seq = native.peek(datagram)
         if seq is not None:
-            if seq < 0:
-                return _NOTDB
-            replay = state.replay
-            if replay is None:
-                opened = native.open(datagram, 0)
-                return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
-            last = replay.last
-            low = last & 0xFFFFFFFF
-            size = replay.size
-            if not low < seq < low + 0x100000001 - size:
-                return _unprotect_native_window(native, replay, datagram, seq)
-            # Above the window, in its 2^32 subspace (the common case): see
-            # _unprotect_fast.  The ICV, then what replay.advance does, inline.
-            seq64 = last - low + seq
-            opened = native.open(datagram, seq64 >> 32)
-            if not isinstance(opened, bytes):
-                if opened == espfast.OPEN_BADAUTH:
-                    return _BADAUTH
-                replay.advance(seq64)
-                return _OPEN_DROPS[opened]  # the trailer's verdict, after the window moved
-            shift = seq - low
-            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
-            replay.last = seq64
-            replay.count += 1
-            return opened
+            return open_compiled(native, state, datagram, seq) if seq >= 0 else _NOTDB
     total = len(datagram)
     if plan.fast and total > 52 and not total & 3:
         out = _unprotect_fast(plan, state, datagram, total)
@@ -413,14 +389,39 @@ _OPEN_DROPS: dict[int, Drop] = (
 )
 
 
-def _unprotect_native_window(native: espfast.EspV4, replay: ReplayWindow, datagram: bytes, seq: int) -> bytes | Drop:
-    """The compiled path for a sequence number inside the window or in another 2^32
-    subspace: replay check (Seq_hi inferred), ICV, replay update, trailer."""
+def open_compiled(native: espfast.EspV4, state: SaRuntime, datagram: bytes, seq: int) -> bytes | Drop:
+    """ESP undone on the compiled path, once ``native.peek`` gave the datagram's
+    sequence number ``seq``: the replay check before the ICV, the window's update
+    after it, the trailer's verdict after the window moved (the steps of
+    :func:`_unprotect_fast`, the bytes and the crypto in C).  Shared by
+    :func:`unprotect` and the one-step tunnel path (:mod:`.fasttunnel`)."""
+    replay = state.replay
+    if replay is None:
+        opened = native.open(datagram, 0)
+        return opened if isinstance(opened, bytes) else _OPEN_DROPS[opened]
+    last = replay.last
+    low = last & U32
+    size = replay.size
+    if low < seq < low + 0x100000001 - size:
+        # Above the window, in its 2^32 subspace (the common case): the ICV, then
+        # what replay.advance does, inline.
+        seq64 = last - low + seq
+        opened = native.open(datagram, seq64 >> 32)
+        if isinstance(opened, bytes):
+            shift = seq - low
+            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
+            replay.last = seq64
+            replay.count += 1
+            return opened
+        if opened != espfast.OPEN_BADAUTH:
+            replay.advance(seq64)
+        return _OPEN_DROPS[opened]
+    # Inside the window or in another 2^32 subspace: check (Seq_hi inferred), ICV, update.
     checked = replay.check(seq)
     if checked is None:
         return _WRAP if replay.wrapped(seq) else _REPLAY
     opened = native.open(datagram, checked >> 32)
-    if isinstance(opened, int) and opened == espfast.OPEN_BADAUTH:
+    if opened == espfast.OPEN_BADAUTH:
         return _BADAUTH
     if not replay.update(seq):
         return _REPLAY

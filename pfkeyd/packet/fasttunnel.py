@@ -68,8 +68,6 @@ _IP_DF = 0x4000
 _PDROPS = Drop(ESP, "pdrops")
 _WRAP = Drop(ESP, "wrap")
 _NOTDB = Drop(ESP, "notdb")
-_BADAUTH = Drop(ESP, "badauth")
-_REPLAY = Drop(ESP, "replay")
 _SPI_SEQ = struct.Struct("!II")
 #: Source, destination and SPI of an inbound ESP datagram -> its lookup key.
 _PEEKS: dict[bytes, Peek] = {}
@@ -204,10 +202,10 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     if native is None:
         return None
     state = bound.state
-    # ESP: esp.unprotect's compiled branch, step for step.
+    # ESP: the compiled steps esp.unprotect takes too (one function, esp.open_compiled).
     if spi != plan.spi_int:
         return counters.drop(_NOTDB)
-    opened = _open(native, state, dg, seq)
+    opened = esp.open_compiled(native, state, dg, seq)
     if isinstance(opened, Drop):
         return counters.drop(opened)
     # The outer header (ip.decapsulate): an IPv4 inner datagram that is whole, with
@@ -236,40 +234,6 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     if done:
         return Accepted(inner, (bound,))
     return bundle.resume(inner, [bound], lookup, knobs, counters)
-
-
-def _open(native: espfast.EspV4, state: SaRuntime, dg: bytes, seq: int) -> bytes | Drop:
-    """ESP undone as esp.unprotect's compiled branch does it: the replay check before
-    the ICV, the update after it, the trailer's verdict after the window moved."""
-    replay = state.replay
-    if replay is None:
-        opened = native.open(dg, 0)
-        return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
-    last = replay.last
-    low = last & U32
-    size = replay.size
-    if low < seq < low + 0x100000001 - size:
-        # Above the window, in its 2^32 subspace (the common case).
-        seq64 = last - low + seq
-        opened = native.open(dg, seq64 >> 32)
-        if isinstance(opened, bytes):
-            shift = seq - low
-            replay.bits = ((replay.bits << shift) | 1) & replay.mask if shift < size else 1
-            replay.last = seq64
-            replay.count += 1
-            return opened
-        if opened != espfast.OPEN_BADAUTH:
-            replay.advance(seq64)
-        return esp._OPEN_DROPS[opened]
-    checked = replay.check(seq)
-    if checked is None:
-        return _WRAP if replay.wrapped(seq) else _REPLAY
-    opened = native.open(dg, checked >> 32)
-    if opened == espfast.OPEN_BADAUTH:
-        return _BADAUTH
-    if not replay.update(seq):
-        return _REPLAY
-    return opened if isinstance(opened, bytes) else esp._OPEN_DROPS[opened]
 
 
 def _decap(opened: bytes, knobs: PacketKnobs) -> bytes | Drop:
