@@ -518,8 +518,9 @@ class RawSender:
 
     A datagram larger than the path MTU cannot go out that way (the kernel never
     fragments a datagram whose header it did not build).  When the header allows
-    fragmentation (:func:`fragmentable`: IPv4 with DF clear, as ``dfbit=0`` leaves
-    tunnel headers; IPv6, where the source may always fragment) it goes out on a
+    fragmentation (:func:`fragmentable`: IPv4 without options and with DF clear, as
+    ``dfbit=0`` leaves tunnel headers; IPv6 without extension headers or flow label,
+    where the source may always fragment) it goes out on a
     socket of its protocol without IP_HDRINCL instead, with its source, TOS and
     TTL passed as control messages, and the kernel builds the same header (but for
     the IPv4 identification, its own) and fragments the datagram (counted

@@ -623,20 +623,17 @@ class DataPlane:
     def _need(self, decision: Decision) -> frozenset[int] | None:
         """What an inbound decision requires of a packet's applied SAs (ipsec_in_reject)."""
         sp = decision.policy
-        need: frozenset[int] | None
         if sp is None:
-            need = None if self.seam.knobs.def_policy == 0 else frozenset()
-        elif sp.type == PolicyType.DISCARD:
-            need = None
-        elif sp.type != PolicyType.IPSEC:
-            need = frozenset()
-        else:
-            need = frozenset(
-                o.request.proto
-                for o in decision.requests
-                if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP
-            )
-        return need
+            return None if self.seam.knobs.def_policy == 0 else frozenset()
+        if sp.type == PolicyType.DISCARD:
+            return None
+        if sp.type != PolicyType.IPSEC:
+            return frozenset()
+        return frozenset(
+            o.request.proto
+            for o in decision.requests
+            if o.level in (Level.REQUIRE, Level.UNIQUE) and o.request.proto != _IPCOMP
+        )
 
     def accept(self, got: bundle.Accepted | Drop, received: bytes, now: Instant) -> bytes | None:
         """The inbound policy check on what the bundle returned: the datagram for the

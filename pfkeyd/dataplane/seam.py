@@ -186,20 +186,21 @@ class ThreadSeam:
 
     # waited for
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
-        return trio.from_thread.run_sync(self._decide, dir_, flow, trio_token=self._token)
-
-    def _decide(self, dir_: int, flow: Flow) -> tuple[Decision, list[Effect]]:
-        decision, effects = self._home.decide(dir_, flow, self._clock())
-        self._home.emit(effects)
-        return decision, []
+        return self._ask(self._home.decide, dir_, flow)
 
     def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]:
-        return trio.from_thread.run_sync(self._resolve, dir_, flow, sp, trio_token=self._token)
+        return self._ask(self._home.resolve, dir_, flow, sp)
 
-    def _resolve(self, dir_: int, flow: Flow, sp: SecPolicy) -> tuple[Decision, list[Effect]]:
-        decision, effects = self._home.resolve(dir_, flow, sp, self._clock())
-        self._home.emit(effects)
-        return decision, []
+    def _ask(self, lookup: Callable[..., tuple[Decision, list[Effect]]], *args: Any) -> tuple[Decision, list[Effect]]:
+        """``lookup(*args, now)`` in the trio thread at the engine's time; its effects
+        (an ACQUIRE) are sent there, so none come back."""
+
+        def call() -> tuple[Decision, list[Effect]]:
+            decision, effects = lookup(*args, self._clock())
+            self._home.emit(effects)
+            return decision, []
+
+        return trio.from_thread.run_sync(call, trio_token=self._token)
 
     def sa_between(self, proto: int, src: SockAddr, dst: SockAddr) -> SecAssoc | None:
         return trio.from_thread.run_sync(self._home.sa_between, proto, src, dst, trio_token=self._token)
