@@ -78,8 +78,8 @@ NFT_TIMEOUT = 10.0
 SBIN = "/usr/sbin:/sbin"
 
 _DROP = f'counter name "{COUNTER}" drop'
-_PORTED = "{ 6, 17, 132, 136 }"  # TCP, UDP, SCTP, UDP-Lite: the protocols with ports
-_PORTED_SET = frozenset((6, 17, 132, 136))
+_PORTED_SET = frozenset((6, 17, 132, 136))  # TCP, UDP, SCTP, UDP-Lite: the protocols with ports
+_PORTED = "{ " + ", ".join(map(str, sorted(_PORTED_SET))) + " }"
 _ICMP_WORD = {int(IpProto.ICMP): "icmp", int(IpProto.IPV6_ICMP): "icmpv6"}
 _ANY = int(IpProto.ANY)
 _IPCOMP = int(IpProto.IPCOMP)
