@@ -31,6 +31,13 @@ each with a host address behind it (10.1.0.1, 10.2.0.1).  Measured, in order:
    receiving kernel reassembles before the daemon reads it (RawSender's fragmenting
    path), so the per-packet cost of Python is paid once per 64 KB instead of once per
    1400 bytes, as the bare veth's TCP moves 64 KB units (GSO) through the kernel.
+6. **tunnel, Python path**: the daemons of step 4 with ``--no-compiled`` (every
+   packet through the Python packet thread, as before the compiled loop): the TCP
+   stream and the echoes again, to show what the compiled loop changes
+   (``--no-python-path`` skips it).
+
+In steps 4 and 5 the daemons carry the tunnel's packets in their compiled loop
+(pfkeyd.8, "The compiled loop"); the share of the blast it carried is printed.
 
 Both loops share two cores with the blaster (and, on a shared machine, with
 whatever else runs), so besides packets per second of wall-clock time each is
@@ -357,9 +364,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def sent(sock: str) -> int:
-    st = json.loads(control(sock, "stats", "--json"))
-    return int(st["dataplane"]["io"].get("raw4.send", 0))
+def sent(sock: str) -> tuple[int, int]:
+    """Datagrams the daemon sent on its raw socket, and those its compiled loop protected."""
+    st = json.loads(control(sock, "stats", "--json"))["dataplane"]
+    return int(st["io"].get("raw4.send", 0)), int(st["counters"].get("compiled.out", 0))
 
 
 def main() -> int:
@@ -373,6 +381,7 @@ def main() -> int:
         action="store_true",
         help="start pfkeyd with --no-firewall (to compare the nftables table's cost)",
     )
+    ap.add_argument("--no-python-path", action="store_true", help="skip step 6 (the tunnel with --no-compiled)")
     args = ap.parse_args()
     reason = skip_reason()
     if reason:
@@ -398,7 +407,7 @@ def main() -> int:
                 # Host B's daemon is stopped during the blast, so that host A's works
                 # under the limit loop's conditions (B's kernel only queues or drops
                 # what arrives); the rate is what A's daemon sent.
-                before = sent(daemons["a"][1])
+                before, compiled_before = sent(daemons["a"][1])
                 cpu0 = cpu_seconds(daemons["a"][0].pid)
                 daemons["b"][0].send_signal(signal.SIGSTOP)
                 t0 = time.perf_counter()
@@ -407,7 +416,9 @@ def main() -> int:
                 finally:
                     daemons["b"][0].send_signal(signal.SIGCONT)
                 elapsed = time.perf_counter() - t0
-                packets = sent(daemons["a"][1]) - before
+                after, compiled_after = sent(daemons["a"][1])
+                packets = after - before
+                compiled_share = (compiled_after - compiled_before) / max(packets, 1)
                 tunnel_pps = packets / elapsed
                 tunnel_per_cpu = packets / max(cpu_seconds(daemons["a"][0].pid) - cpu0, 0.01)
                 tunnel_tcp = tcp(p, *INNER, s)
@@ -420,6 +431,15 @@ def main() -> int:
                 try:
                     ping(p, *INNER, count=3)
                     big_tcp = tcp(p, *INNER, s)
+                finally:
+                    stop_daemons(daemons, None)
+            py_tcp = py_rtt = 0.0
+            if not args.no_python_path:
+                daemons = start_daemons(p, work, None, args.mtu, (*extra, "--no-compiled"))
+                try:
+                    ping(p, *INNER, count=3)
+                    py_tcp = tcp(p, *INNER, s)
+                    py_rtt = ping(p, *INNER)
                 finally:
                     stop_daemons(daemons, None)
     finally:
@@ -438,7 +458,7 @@ def main() -> int:
     print(
         f"tunnel, same UDP blast   {tunnel_pps:10.0f} packets/s ratio {tunnel_pps / limit:.2f}"
         f" {tunnel_per_cpu:8.0f} per CPU-second ratio {tunnel_per_cpu / limit_per_cpu:.2f}  (target >= 0.5);"
-        f" blaster offered {offered / s:.0f}/s"
+        f" blaster offered {offered / s:.0f}/s; {compiled_share:.0%} of it in the compiled loop"
     )
     print(
         f"ping median RTT: veth {bare_rtt:.3f} ms, tunnel {tunnel_rtt:.3f} ms, +{tunnel_rtt - bare_rtt:.3f} ms"
@@ -448,6 +468,11 @@ def main() -> int:
         f"two empty forwarders: on the packet loop {floor_rtt:.3f} ms, +{floor_rtt - bare_rtt:.3f} ms;"
         f" as trio tasks {trio_floor_rtt:.3f} ms, +{trio_floor_rtt - bare_rtt:.3f} ms"
     )
+    if not args.no_python_path:
+        print(
+            f"tunnel, Python path (--no-compiled): TCP {py_tcp:.1f} Mbit/s ratio {py_tcp / bare_tcp:.3f},"
+            f" ping {py_rtt:.3f} ms, +{py_rtt - bare_rtt:.3f} ms"
+        )
     if prof:
         print("\nhost A's packet thread, top functions by own time (cProfile; blast + TCP + ping):")
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)

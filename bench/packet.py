@@ -206,7 +206,7 @@ def steady(size: int, rounds: int = 300, batch: int = 256) -> dict[str, float]:
     bare calls.  bench/README.md quotes these."""
     compiled = _sa(EncAlg.X_AESGCM16, os.urandom(20))
     pure = _sa(EncAlg.X_AESGCM16, os.urandom(20), native=False)
-    native = esp._plan(compiled).native
+    native = esp.plan_of(compiled).native
     if native is None:
         raise SystemExit("--steady needs the compiled module (pfkeyd.packet.espfast)")
     dg = _datagram(size)
@@ -253,7 +253,7 @@ def main(argv: list[str]) -> int:
         )
         return 0
     gcm = _sa(EncAlg.X_AESGCM16, os.urandom(20))
-    if esp._plan(gcm).native is None:
+    if esp.plan_of(gcm).native is None:
         print("note: ESP's compiled fast path is not built (pfkeyd.packet.espfast): pure Python only")
     suites = [
         ("AES-GCM-128", gcm, _bare_gcm),

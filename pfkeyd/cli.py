@@ -2,8 +2,8 @@
 
     pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
            [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-           [--no-routes] [--no-firewall] [--enc] [--pcap file] [--mtu bytes]
-           [--state-dir dir] [--metrics [host:]port]
+           [--no-routes] [--no-firewall] [--no-compiled] [--enc] [--pcap file]
+           [--mtu bytes] [--state-dir dir] [--metrics [host:]port]
         Run the daemon in the foreground until SIGTERM or SIGINT; SIGHUP re-reads
         the -f file.  With --dataplane it also protects the host's traffic
         (pfkeyd.dataplane).
@@ -102,8 +102,8 @@ def _decode_command(argv: Sequence[str]) -> int:
 USAGE = """\
 usage: pfkeyd [-dh] [--syslog] [-f file] [-s path[:dialect]] [-l path:dialect ...]
               [--group group] [--allow-uid uid ...] [--dataplane[=ifname]]
-              [--no-routes] [--no-firewall] [--enc] [--pcap file] [--mtu bytes]
-              [--state-dir dir] [--metrics [host:]port]
+              [--no-routes] [--no-firewall] [--no-compiled] [--enc] [--pcap file]
+              [--mtu bytes] [--state-dir dir] [--metrics [host:]port]
        pfkeyd sysctl [-s path] [-adn] [name[=value] ...]
        pfkeyd stats [-s path] [--json | --prometheus]
        pfkeyd lookup [-s path] dir src dst [proto [sport dport]]
@@ -178,6 +178,11 @@ def _daemon_parser() -> argparse.ArgumentParser:
         "--no-firewall",
         action="store_true",
         help="with --dataplane: leave cleartext under inbound require policies to the user's firewall",
+    )
+    p.add_argument(
+        "--no-compiled",
+        action="store_true",
+        help="with --dataplane: move every packet in Python, never in the compiled loop",
     )
     p.add_argument("--enc", action="store_true", help="with --dataplane: show plaintext on an enc0 interface")
     p.add_argument("--pcap", metavar="file", help="with --dataplane: write the enc0 packets to a pcap file")
@@ -372,8 +377,8 @@ GC_YOUNG_THRESHOLD = 100_000
 
 def _dataplane_options(opts: argparse.Namespace) -> Any:
     if opts.dataplane is None:
-        if opts.no_routes or opts.no_firewall or opts.enc or opts.pcap is not None:
-            msg = "--no-routes, --no-firewall, --enc and --pcap need --dataplane"
+        if opts.no_routes or opts.no_firewall or opts.no_compiled or opts.enc or opts.pcap is not None:
+            msg = "--no-routes, --no-firewall, --no-compiled, --enc and --pcap need --dataplane"
             raise _UsageError(msg)
         return None
     from pfkeyd.dataplane.daemon import DataplaneOptions
@@ -385,6 +390,7 @@ def _dataplane_options(opts: argparse.Namespace) -> Any:
             ifname=opts.dataplane,
             manage_routes=not opts.no_routes,
             firewall=not opts.no_firewall,
+            compiled=not opts.no_compiled,
             enc=opts.enc,
             pcap=opts.pcap,
             mtu=opts.mtu,

@@ -42,6 +42,7 @@ class DataplaneOptions:
     mtu: int = 1400
     manage_routes: bool = True
     firewall: bool = True
+    compiled: bool = True
     enc: bool = False
     pcap: str | None = None
     natt_port: int = 4500
@@ -133,6 +134,7 @@ def open_dataplane(
             local_addresses=local_addresses,
             manage_routes=opts.manage_routes,
             firewall=firewall,
+            compiled=opts.compiled,
         )
         for listener in listeners:
             listener.on_change = plane.sync_kernel

@@ -228,6 +228,11 @@ class IoCounters:
     def snapshot(self) -> dict[str, int]:
         return self._counts.copy()
 
+    def table(self) -> dict[str, int]:
+        """The live table, for a counter that adds to it directly (the data plane's
+        compiled loop, in the packet thread, which is the only one that counts)."""
+        return self._counts
+
 
 def drop_name(prefix: str, err: OSError) -> str:
     """The counter of a send or receive that failed with ``err``: ``prefix.drop.ERRNO``."""

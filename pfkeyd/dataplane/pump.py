@@ -24,6 +24,14 @@ PF_KEY, the control socket, the timers and the routes.
   with the wake eventfd, so that a stop request interrupts a wait on a stuck
   device (:class:`Stopping`).
 
+**The compiled loop.**  Given a compiled loop (``pfkeyd.packet.espfast.Loop``,
+see the data plane's module doc), the loop waits in it instead of in its own
+epoll: it watches the TUN and the ESP receiver itself, moves the packets of the
+flows and SAs the data plane installed without running Python, and hands back
+the rest as items, in order: a readable descriptor (the wake eventfd, the other
+receivers) goes to its handler as before, everything else to ``on_items`` (each
+run of consecutive items in one call).
+
 **Failures.**  The handlers guard each packet themselves (the data plane counts a
 packet whose processing raised as ``thread.error``, logs it with a rate limit and
 goes on: no packet can stop the daemon).  Anything that escapes a handler or the
@@ -43,6 +51,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pfkeyd.dataplane.io import blocked_on
+from pfkeyd.packet.crypto import espfast
 
 __all__ = ["PacketLoop", "PacketThreadError", "Stopping", "Wake"]
 
@@ -93,10 +102,17 @@ class PacketLoop:
         timeout: Callable[[], float | None] = lambda: None,
         after: Callable[[], None] = lambda: None,
         name: str = "pfkeyd-packets",
+        compiled: espfast.Loop | None = None,
+        on_items: Callable[[list[tuple[int, Any, Any, Any]]], None] = lambda items: None,
     ) -> None:
         self.wake = Wake()
         self._epoll = select.epoll()
-        self._epoll.register(self.wake.fd, select.EPOLLIN)
+        self._compiled = compiled
+        self._on_items = on_items
+        if compiled is not None:
+            compiled.watch(self.wake.fd)
+        else:
+            self._epoll.register(self.wake.fd, select.EPOLLIN)
         self._handlers: dict[int, Callable[[], None]] = {}
         self._on_wake = on_wake
         self._timeout = timeout
@@ -112,7 +128,10 @@ class PacketLoop:
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
         """Call ``handler()`` (in the packet thread) whenever ``fd`` is readable."""
-        self._epoll.register(fd, select.EPOLLIN)
+        if self._compiled is not None:
+            self._compiled.watch(fd)
+        else:
+            self._epoll.register(fd, select.EPOLLIN)
         self._handlers[fd] = handler
 
     # ------------------------------------------------------------- the thread
@@ -155,6 +174,9 @@ class PacketLoop:
 
     def run(self) -> None:
         """The loop itself (the thread's body; a test may call it directly)."""
+        if self._compiled is not None:
+            self._run_compiled(self._compiled)
+            return
         poll = self._epoll.poll
         handlers = self._handlers
         wake = self.wake.fd
@@ -166,6 +188,35 @@ class PacketLoop:
                     self._woken = True
                 elif not self._stop:
                     handlers[fd]()
+            if self._stop:
+                return
+            if self._woken:
+                self._woken = False
+                self._on_wake()
+            self._after()
+
+    def _run_compiled(self, compiled: espfast.Loop) -> None:
+        handlers = self._handlers
+        wake = self.wake.fd
+        fd_item = espfast.ITEM_FD
+        while not self._stop:
+            timeout = self._timeout()
+            items = compiled.wait(-1.0 if timeout is None else max(timeout, 0.0))
+            run: list[tuple[int, Any, Any, Any]] = []
+            for item in items:
+                if item[0] != fd_item:
+                    run.append(item)
+                    continue
+                if run:
+                    self._on_items(run)
+                    run = []
+                if item[1] == wake:
+                    self.wake.clear()
+                    self._woken = True
+                elif not self._stop:
+                    handlers[item[1]]()
+            if run and not self._stop:
+                self._on_items(run)
             if self._stop:
                 return
             if self._woken:

@@ -145,6 +145,11 @@ class Counters:
         proto, _, name = key.partition(".")
         return self._counts[proto][name]
 
+    def table(self, proto: str) -> dict[str, int]:
+        """The live table of ``proto`` (name -> count), for a counter that adds to it
+        directly: the data plane's compiled loop (it adds only names of the table)."""
+        return self._counts[proto]
+
     def snapshot(self) -> dict[str, int]:
         """Every counter as ``{"esp.badauth": n, ...}``, in table order."""
         return {f"{p}.{n}": v for p, table in self._counts.items() for n, v in table.items()}

@@ -62,7 +62,7 @@ from pfkeyd.packet.crypto import AeadCipher, Cipher, CtrCipher, espfast
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import PadKind, TransformSA
 
-__all__ = ["protect", "unprotect", "peek", "pad_length", "IPPROTO_ESP", "Random"]
+__all__ = ["protect", "unprotect", "peek", "pad_length", "plan_of", "IPPROTO_ESP", "Random"]
 
 IPPROTO_ESP = 50
 _IPPROTO_NONE = 59
@@ -157,7 +157,9 @@ def _trailers(blks: int, kind: int) -> tuple[bytes, ...]:
     return tuple(pad[:npad] + bytes((npad, nh)) for npad in npads for nh in range(256))
 
 
-def _plan(sa: TransformSA) -> _Plan:
+def plan_of(sa: TransformSA) -> _Plan:
+    """The SA's plan (made once, then kept on the SA): what the fast paths and the
+    data plane's compiled loop read (``fast``, ``native``, ``wrap_mask``...)."""
     plan = sa.plan
     if plan is None:
         plan = _Plan(sa)
@@ -178,7 +180,7 @@ _V4_ESP_IN = struct.Struct("!HHIBBHQII")
 
 def pad_length(sa: TransformSA, length: int) -> int:
     """FreeBSD's pad for a payload of ``length`` bytes: bytes before Pad Length and Next Header."""
-    blks = _plan(sa).blks
+    blks = plan_of(sa).blks
     return (blks - (length + 2) % blks) % blks
 
 
@@ -187,7 +189,7 @@ def protect(sa: TransformSA, state: SaRuntime, datagram: bytes, *, random: Rando
     datagram; ``wrap``: the sequence counter is exhausted; ``toobig``: the result
     would exceed 65535 bytes; ``noxform``: not an ESP SA).  Takes a sequence number
     (and a counter IV) only when the packet goes out."""
-    plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    plan: _Plan = sa.plan if sa.plan is not None else plan_of(sa)  # type: ignore[assignment]
     native = plan.native
     if native is not None:
         # The compiled fast path: the counters are taken only if it takes the packet
@@ -310,7 +312,7 @@ def unprotect(sa: TransformSA, state: SaRuntime, datagram: bytes) -> bytes | Dro
 
     ``sa`` must be the SA :func:`peek`'s SPI found (a mismatched SPI is ``notdb``).
     """
-    plan: _Plan = sa.plan if sa.plan is not None else _plan(sa)  # type: ignore[assignment]
+    plan: _Plan = sa.plan if sa.plan is not None else plan_of(sa)  # type: ignore[assignment]
     native = plan.native
     if native is not None:
         # The compiled fast path, inline (a call costs as much as a check): the steps

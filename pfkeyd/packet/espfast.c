@@ -357,22 +357,18 @@ esp_aad(EspObject *e, uint32_t seq_hi, uint32_t seq_lo, unsigned char aad[12])
 }
 
 /*
- * out = header (20 bytes copied from hdr, then total length, protocol 50 and the
- * checksum set) | SPI | Seq_lo | IV | seal(data | trailer) | tag, for a payload
- * data of n bytes whose next header is nh.  New reference or NULL.
+ * Seal into o, whose first 20 bytes already hold the outer header template: sets its
+ * total length, protocol 50 and checksum, then SPI | Seq_lo | IV | seal(data |
+ * trailer) | tag, for a payload data of n bytes whose next header is nh.  The total
+ * length, or -1 (error set).  o has room for HDR + ESP_HDR + n + 3 + 2 + TAG_LEN.
  */
-static PyObject *
-esp_build(EspObject *e, const unsigned char *hdr, const unsigned char *data, Py_ssize_t n, int nh, uint64_t seq,
-          uint64_t iv)
+static Py_ssize_t
+esp_seal_into(EspObject *e, unsigned char *o, const unsigned char *data, Py_ssize_t n, int nh, uint64_t seq,
+              uint64_t iv)
 {
     int npad = (int)((4 - (n + 2) % 4) % 4);
     Py_ssize_t total = HDR + ESP_HDR + n + npad + 2 + TAG_LEN;
     unsigned char trailer[5], aad[12];
-    PyObject *res = PyBytes_FromStringAndSize(NULL, total);
-    if (res == NULL)
-        return NULL;
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(res);
-    memcpy(o, hdr, HDR);
     o[2] = (unsigned char)(total >> 8);
     o[3] = (unsigned char)total;
     o[9] = IPPROTO_ESP_;
@@ -385,7 +381,23 @@ esp_build(EspObject *e, const unsigned char *hdr, const unsigned char *data, Py_
     trailer[npad] = (unsigned char)npad;
     trailer[npad + 1] = (unsigned char)nh;
     int aadlen = esp_aad(e, (uint32_t)(seq >> 32), (uint32_t)seq, aad);
-    if (aead_seal(e->aead, o + HDR + 8, aad, aadlen, data, (int)n, trailer, npad + 2, o + HDR + ESP_HDR) < 0) {
+    if (aead_seal(e->aead, o + HDR + 8, aad, aadlen, data, (int)n, trailer, npad + 2, o + HDR + ESP_HDR) < 0)
+        return -1;
+    return total;
+}
+
+/* esp_seal_into a new bytes object, the header copied from hdr.  New reference or NULL. */
+static PyObject *
+esp_build(EspObject *e, const unsigned char *hdr, const unsigned char *data, Py_ssize_t n, int nh, uint64_t seq,
+          uint64_t iv)
+{
+    int npad = (int)((4 - (n + 2) % 4) % 4);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, HDR + ESP_HDR + n + npad + 2 + TAG_LEN);
+    if (res == NULL)
+        return NULL;
+    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(res);
+    memcpy(o, hdr, HDR);
+    if (esp_seal_into(e, o, data, n, nh, seq, iv) < 0) {
         Py_DECREF(res);
         return NULL;
     }
@@ -486,6 +498,41 @@ PyDoc_STRVAR(Esp_open_doc,
              "(ICV wrong), 2 (pad length too long), 3 (pad contents wrong), 4 (next\n"
              "header 59, a dummy packet).  ValueError for a datagram peek() refuses.");
 
+/*
+ * Open the IPv4 ESP datagram p (len bytes, which peek() would accept but for the SPI)
+ * into o (room for len bytes): 0 and *outlen = the inner datagram's length (the
+ * header with the next header restored), or an OPEN_* code (nothing in o is
+ * meaningful then), or -1 (error set).  Seq_hi enters the AAD with ESN.
+ */
+static int
+esp_open_into(EspObject *e, const unsigned char *p, Py_ssize_t len, uint32_t hi, unsigned char *o, Py_ssize_t *outlen)
+{
+    Py_ssize_t n = len - HDR - ESP_HDR - TAG_LEN; /* payload and trailer, >= 1 */
+    unsigned char aad[12];
+    int aadlen = esp_aad(e, hi, get32(p + HDR + 4), aad);
+    int ok = aead_open(e->aead, p + HDR + 8, aad, aadlen, p + HDR + ESP_HDR, (int)n, o + HDR);
+    if (ok < 0)
+        return -1;
+    unsigned char *plain = o + HDR;
+    int npad = n >= 2 ? plain[n - 2] : 0, nh = plain[n - 1];
+    if (!ok)
+        return OPEN_BADAUTH;
+    if (n < 2 || npad + 2 > n)
+        return OPEN_BADILEN;
+    if (npad && plain[n - 3] != npad)
+        return OPEN_BADPAD;
+    if (nh == IPPROTO_NONE_)
+        return OPEN_DUMMY;
+    Py_ssize_t total = HDR + n - npad - 2;
+    memcpy(o, p, HDR);
+    o[2] = (unsigned char)(total >> 8);
+    o[3] = (unsigned char)total;
+    o[9] = (unsigned char)nh;
+    ipv4_checksum(o);
+    *outlen = total;
+    return 0;
+}
+
 static PyObject *
 Esp_open(EspObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -508,44 +555,18 @@ Esp_open(EspObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_ValueError, "not an IPv4 ESP datagram for this path");
         return NULL;
     }
-    Py_ssize_t n = d.len - HDR - ESP_HDR - TAG_LEN; /* payload and trailer, >= 1 */
-    unsigned char aad[12];
-    int aadlen = esp_aad(self, (uint32_t)hi, get32(p + HDR + 4), aad);
-    PyObject *res = PyBytes_FromStringAndSize(NULL, HDR + n);
+    PyObject *res = PyBytes_FromStringAndSize(NULL, d.len);
     if (res == NULL) {
         bytes_release(&d);
         return NULL;
     }
-    unsigned char *o = (unsigned char *)PyBytes_AS_STRING(res);
-    int ok = aead_open(self->aead, p + HDR + 8, aad, aadlen, p + HDR + ESP_HDR, (int)n, o + HDR);
-    int code = 0;
-    if (ok < 0) {
-        bytes_release(&d);
-        Py_DECREF(res);
-        return NULL;
-    }
-    unsigned char *plain = o + HDR;
-    int npad = n >= 2 ? plain[n - 2] : 0, nh = plain[n - 1];
-    if (!ok)
-        code = OPEN_BADAUTH;
-    else if (n < 2 || npad + 2 > n)
-        code = OPEN_BADILEN;
-    else if (npad && plain[n - 3] != npad)
-        code = OPEN_BADPAD;
-    else if (nh == IPPROTO_NONE_)
-        code = OPEN_DUMMY;
-    if (code) {
-        bytes_release(&d);
-        Py_DECREF(res);
-        return PyLong_FromLong(code);
-    }
-    Py_ssize_t total = HDR + n - npad - 2;
-    memcpy(o, p, HDR);
-    o[2] = (unsigned char)(total >> 8);
-    o[3] = (unsigned char)total;
-    o[9] = (unsigned char)nh;
-    ipv4_checksum(o);
+    Py_ssize_t total = 0;
+    int code = esp_open_into(self, p, d.len, (uint32_t)hi, (unsigned char *)PyBytes_AS_STRING(res), &total);
     bytes_release(&d);
+    if (code != 0) {
+        Py_DECREF(res);
+        return code < 0 ? NULL : PyLong_FromLong(code);
+    }
     if (_PyBytes_Resize(&res, total) < 0)
         return NULL;
     return res;
@@ -568,6 +589,834 @@ static PyTypeObject Esp_Type = {
     .tp_doc = PyDoc_STR("EspV4(aead, spi, esn, zero_pad): ESP framing of IPv4 datagrams over an Aead."),
     .tp_methods = Esp_methods,
     .tp_new = Esp_new,
+};
+
+/* ------------------------------------------------------------------ Loop */
+
+/*
+ * Loop: the data plane's packet thread, compiled, for the SAs of the one-step tunnel
+ * path (pfkeyd/dataplane/plane.py, "The compiled loop").
+ *
+ * The Python packet thread spent 60-180 us a wake-up on work that takes 4-8 us
+ * (bench/README.md): the interpreter's cold start after an idle wait, four times
+ * per round trip.  This loop waits in epoll_wait (the GIL released only there) and
+ * moves the packets of installed flows without running any Python code:
+ *
+ *   out: TUN read -> the 13-byte flow key (source, destination, protocol, ports as
+ *        plane.parse_flow gives them) in the table of installed flows -> the
+ *        outer header and ESP sealed in one buffer -> sendto on the raw socket;
+ *   in:  recv on the raw ESP socket -> SPI and destination in the table of
+ *        installed SAs -> a sequence number above the replay window -> open ->
+ *        an inner IPv4 datagram that fills the payload and carries nothing more of
+ *        ours -> its flow key among the flows whose inbound policy ESP satisfies
+ *        -> write to the TUN.
+ *
+ * The Python side decides everything and installs only what it decided: a flow
+ * whose verdict is one ESP tunnel SA on the compiled path (add_out), an SA the
+ * inbound lookup found (add_in), an inbound flow whose policy asks for no more than
+ * ESP (allow_in).  The SA's state stays where the Python path keeps it (the
+ * SaRuntime's seq, iv_counter, bytes and packets, its ReplayWindow's last, bits
+ * and count), read and written here under the GIL, so that both paths share one
+ * sequence counter and one window.  The counters are the Python path's tables (the
+ * ESP table of the engine's Counters, the IoCounters table).
+ *
+ * Anything else is handed back, untouched and in order, as an item of wait()'s
+ * list: a datagram of a flow not installed, a sequence number inside the window,
+ * a counter about to wrap, a send the socket refused, a descriptor watched for the
+ * Python side.  Once one packet of a batch is handed back, the rest of that batch
+ * is too, so that nothing overtakes it.  Every wake-up first compares stamp() with
+ * the stamp of the last reset(); when it moved (the SAD, the SPD, a knob or the
+ * socket policies changed), the tables are emptied and everything is handed back
+ * until the Python side, having decided again, calls reset().
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define LOOP_BATCH 64       /* datagrams read from one descriptor per wake-up */
+#define LOOP_EVENTS 16
+#define LOOP_TABLE_MAX 65536
+#define LOOP_BUF 65536
+#define LOOP_MAX_INNER (65535 - HDR - ESP_HDR - 3 - TAG_LEN)
+#define FLOW_KEY 13
+
+/* The kinds of wait()'s items: (kind, a, b, c). */
+#define ITEM_FD 0      /* (FD, fd, None, None): a watched descriptor is readable */
+#define ITEM_TUN 1     /* (TUN, datagram, None, None): read from the TUN, untouched */
+#define ITEM_ESP 2     /* (ESP, datagram, None, None): received on the ESP socket, untouched */
+#define ITEM_SEND 3    /* (SEND, datagram, None, None): protected and counted; the socket refused it */
+#define ITEM_WRITE 4   /* (WRITE, inner, None, None): accepted; the TUN refused it */
+#define ITEM_ACCEPT 5  /* (ACCEPT, inner, bound, received): opened and counted; the inbound check is Python's */
+#define ITEM_OPENED 6  /* (OPENED, opened, bound, received): ESP undone, the window moved; the rest is Python's */
+
+typedef struct {
+    PyObject_HEAD
+    EspObject *esp;
+    PyObject *state;       /* the SaRuntime */
+    PyObject *bound;       /* inbound: the Bound handed back with ACCEPT and OPENED */
+    unsigned char src[4];  /* outbound: the tunnel's ends */
+    unsigned char dst[4];  /* both: the SA's destination */
+    int ttl, dfbit, ecn;
+    uint64_t wrap_mask;
+} EntryObject;
+
+static void
+Entry_dealloc(EntryObject *self)
+{
+    Py_XDECREF(self->esp);
+    Py_XDECREF(self->state);
+    Py_XDECREF(self->bound);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyTypeObject Entry_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet.espfast._Entry",
+    .tp_basicsize = sizeof(EntryObject),
+    .tp_dealloc = (destructor)Entry_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("One installed flow or SA of a Loop (internal)."),
+};
+
+/* The names the loop reads, writes and counts under (interned at import). */
+static PyObject *S_seq, *S_iv_counter, *S_bytes, *S_packets, *S_replay, *S_last, *S_bits, *S_count, *S_size;
+static PyObject *S_output, *S_obytes, *S_input, *S_ibytes, *S_badauth, *S_badilen, *S_badpad, *S_dummy;
+static PyObject *S_tun_read, *S_tun_write, *S_raw_send, *S_esp_receive;
+
+typedef struct {
+    PyObject_HEAD
+    int epfd;
+    int tun, rx, tx;       /* borrowed: the Python objects own them */
+    PyObject *out;         /* bytes flow key -> Entry */
+    PyObject *in;          /* int SPI -> Entry */
+    PyObject *allow;       /* set of inbound flow keys */
+    PyObject *esp_counts;  /* the ESP table of the engine's Counters */
+    PyObject *io_counts;   /* the IoCounters table */
+    PyObject *stamp_of;    /* stamp() */
+    PyObject *stamp;       /* what it returned at the last reset(); NULL: stale */
+    int holding;
+    unsigned long long fast_out, fast_in;
+    unsigned char *buf, *obuf;
+    unsigned char rnd[512];
+    size_t rpos;
+} LoopObject;
+
+static int
+count_add(PyObject *table, PyObject *name, long long n)
+{
+    if (n == 0)
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(table, name);
+    long long cur = 0;
+    if (v != NULL) {
+        cur = PyLong_AsLongLong(v);
+        if (cur == -1 && PyErr_Occurred())
+            return -1;
+    }
+    else if (PyErr_Occurred())
+        return -1;
+    PyObject *nv = PyLong_FromLongLong(cur + n);
+    if (nv == NULL)
+        return -1;
+    int r = PyDict_SetItem(table, name, nv);
+    Py_DECREF(nv);
+    return r;
+}
+
+static int
+attr_u64(PyObject *obj, PyObject *name, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    int r = get_u64(v, out, "a counter");
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+set_u64(PyObject *obj, PyObject *name, uint64_t value)
+{
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    if (v == NULL)
+        return -1;
+    int r = PyObject_SetAttr(obj, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int
+add_u64(PyObject *obj, PyObject *name, uint64_t n)
+{
+    uint64_t v;
+    if (attr_u64(obj, name, &v) < 0)
+        return -1;
+    return set_u64(obj, name, v + n);
+}
+
+/*
+ * The flow key of an IPv4 datagram of n bytes with header length ihl (bytes), as
+ * plane.parse_flow gives it: source, destination, protocol, then the ports of TCP,
+ * UDP, SCTP and UDP-Lite, or ICMP's type and code, each as 16 bits (0 for a
+ * non-first fragment or a datagram too short for them).
+ */
+static void
+flow_key(const unsigned char *dg, Py_ssize_t n, int ihl, unsigned char key[FLOW_KEY])
+{
+    int proto = dg[9];
+    memcpy(key, dg + 12, 8);
+    key[8] = (unsigned char)proto;
+    memset(key + 9, 0, 4);
+    int first = !((dg[6] << 8 | dg[7]) & 0x1FFF);
+    if (!first || ihl + 4 > n)
+        return;
+    const unsigned char *l4 = dg + ihl;
+    if (proto == 6 || proto == 17 || proto == 132 || proto == 136)
+        memcpy(key + 9, l4, 4);
+    else if (proto == 1) {
+        key[10] = l4[0];
+        key[12] = l4[1];
+    }
+}
+
+/* A borrowed Entry for key in table, NULL if none (or an error, set). */
+static EntryObject *
+lookup(PyObject *table, PyObject *key)
+{
+    if (key == NULL)
+        return NULL;
+    PyObject *hit = PyDict_GetItemWithError(table, key);
+    Py_DECREF(key);
+    return (EntryObject *)hit;
+}
+
+static uint16_t
+loop_ident(LoopObject *L)
+{
+    if (L->rpos + 2 > sizeof L->rnd) {
+        ssize_t got = getrandom(L->rnd, sizeof L->rnd, 0);
+        if (got != (ssize_t)sizeof L->rnd) {
+            /* getrandom does not fail on a buffer this small once the pool is ready */
+            for (size_t i = got > 0 ? (size_t)got : 0; i < sizeof L->rnd; i++)
+                L->rnd[i] = (unsigned char)(L->fast_out * 131 + i);
+        }
+        L->rpos = 0;
+    }
+    uint16_t v = (uint16_t)(L->rnd[L->rpos] << 8 | L->rnd[L->rpos + 1]);
+    L->rpos += 2;
+    return v;
+}
+
+/* Append (kind, a, b, c) to items: a and c are stolen (new references, c may be
+   NULL for None; either NULL after an error fails), b is borrowed (NULL: None). */
+static int
+hand_back(PyObject *items, int kind, PyObject *a, PyObject *b, PyObject *c, int has_c)
+{
+    PyObject *k = PyLong_FromLong(kind);
+    PyObject *t = NULL;
+    if (k != NULL && a != NULL && (c != NULL || !has_c))
+        t = PyTuple_Pack(4, k, a, b ? b : Py_None, c ? c : Py_None);
+    Py_XDECREF(k);
+    Py_XDECREF(a);
+    Py_XDECREF(c);
+    if (t == NULL)
+        return -1;
+    int r = PyList_Append(items, t);
+    Py_DECREF(t);
+    return r;
+}
+
+static inline PyObject *
+bytes_of(const unsigned char *p, Py_ssize_t n)
+{
+    return PyBytes_FromStringAndSize((const char *)p, n);
+}
+
+/*
+ * One datagram read from the TUN: 1 taken (sent, or handed back as SEND), 0 not
+ * ours (nothing changed), -1 error (set).
+ */
+static int
+loop_out(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
+{
+    if (L->stamp == NULL || n < HDR || n > LOOP_MAX_INNER || dg[0] != 0x45 || (dg[2] << 8 | dg[3]) != n)
+        return 0;
+    uint32_t sum = 0;
+    for (int i = 0; i < HDR; i += 2)
+        sum += (uint32_t)dg[i] << 8 | dg[i + 1];
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    if (sum != 0xFFFF)
+        return 0; /* the general path repairs the inner header first */
+    unsigned char key[FLOW_KEY];
+    flow_key(dg, n, HDR, key);
+    EntryObject *e = lookup(L->out, bytes_of(key, FLOW_KEY));
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    uint64_t seq, iv;
+    if (attr_u64(e->state, S_seq, &seq) < 0 || attr_u64(e->state, S_iv_counter, &iv) < 0)
+        return -1;
+    if (e->wrap_mask && (seq & e->wrap_mask) == e->wrap_mask)
+        return 0; /* the Python path counts the wrap */
+    seq += 1;
+    unsigned char *o = L->obuf;
+    int tos = dg[1];
+    if (e->ecn == 1) /* ECN_ALLOWED: CE becomes ECT(0) */
+        tos = (tos & 3) == 3 ? tos & ~1 : tos;
+    else if (e->ecn != -1) /* FORBIDDEN and any other value but NOCARE (-1): Not-ECT */
+        tos &= ~3;
+    int df = e->dfbit == 1 || (e->dfbit >= 2 && dg[6] & 0x40);
+    uint16_t ident = loop_ident(L);
+    o[0] = 0x45;
+    o[1] = (unsigned char)tos;
+    o[4] = (unsigned char)(ident >> 8);
+    o[5] = (unsigned char)ident;
+    o[6] = df ? 0x40 : 0;
+    o[7] = 0;
+    o[8] = (unsigned char)e->ttl;
+    memcpy(o + 12, e->src, 4);
+    memcpy(o + 16, e->dst, 4);
+    Py_ssize_t total = esp_seal_into(e->esp, o, dg, n, 4, seq, iv);
+    if (total < 0)
+        return -1;
+    if (set_u64(e->state, S_seq, seq) < 0 || set_u64(e->state, S_iv_counter, iv + 1) < 0
+        || add_u64(e->state, S_bytes, (uint64_t)total) < 0 || add_u64(e->state, S_packets, 1) < 0
+        || count_add(L->esp_counts, S_output, 1) < 0 || count_add(L->esp_counts, S_obytes, n) < 0)
+        return -1;
+    L->fast_out++;
+    struct sockaddr_in to = {.sin_family = AF_INET};
+    memcpy(&to.sin_addr, e->dst, 4);
+    if (sendto(L->tx, o, (size_t)total, 0, (struct sockaddr *)&to, sizeof to) == total)
+        return count_add(L->io_counts, S_raw_send, 1) < 0 ? -1 : 1;
+    /* full (EAGAIN), too big to go unfragmented (EMSGSIZE), or refused: the Python
+       sender waits, fragments or counts the drop by its errno */
+    return hand_back(items, ITEM_SEND, bytes_of(o, total), NULL, NULL, 0) < 0 ? -1 : 1;
+}
+
+static const unsigned char MAYBE_MORE[] = {50, 51, 108, 4, 41, 0, 43, 60};
+
+/*
+ * One datagram received on the ESP socket: 1 taken (written, dropped and counted,
+ * or handed back opened), 0 not ours (nothing changed), -1 error (set).
+ */
+static int
+loop_in(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
+{
+    if (L->stamp == NULL || n <= HDR + ESP_HDR + TAG_LEN || n & 3 || dg[0] != 0x45 || dg[9] != IPPROTO_ESP_
+        || (dg[2] << 8 | dg[3]) != n)
+        return 0;
+    uint32_t seq = get32(dg + HDR + 4);
+    EntryObject *e = lookup(L->in, PyLong_FromUnsignedLong(get32(dg + HDR)));
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (memcmp(e->dst, dg + 16, 4) != 0)
+        return 0;
+    PyObject *replay = PyObject_GetAttr(e->state, S_replay);
+    if (replay == NULL)
+        return -1;
+    uint64_t last = 0, bits = 0, size = 0, seq64 = seq;
+    int r = 0;
+    if (replay != Py_None) {
+        if (attr_u64(replay, S_size, &size) < 0 || attr_u64(replay, S_last, &last) < 0)
+            r = -1;
+        else if (size > 64 || !((last & 0xFFFFFFFFULL) < seq && seq < (last & 0xFFFFFFFFULL) + 0x100000001ULL - size))
+            r = 0; /* inside the window, another subspace, or a window wider than 64: Python's */
+        else if (attr_u64(replay, S_bits, &bits) < 0)
+            r = -1;
+        else
+            r = 1;
+        if (r <= 0) {
+            Py_DECREF(replay);
+            return r;
+        }
+        seq64 = last - (last & 0xFFFFFFFFULL) + seq;
+    }
+    Py_ssize_t m = 0;
+    unsigned char *o = L->obuf;
+    int code = esp_open_into(e->esp, dg, n, (uint32_t)(seq64 >> 32), o, &m);
+    if (code < 0) {
+        Py_DECREF(replay);
+        return -1;
+    }
+    if (replay != Py_None && code != OPEN_BADAUTH) {
+        /* what ReplayWindow.advance does: the ICV passed */
+        uint64_t shift = seq64 - last, mask = size == 64 ? UINT64_MAX : ((uint64_t)1 << size) - 1;
+        bits = shift < size ? ((bits << shift) | 1) & mask : 1;
+        if (set_u64(replay, S_bits, bits) < 0 || set_u64(replay, S_last, seq64) < 0
+            || add_u64(replay, S_count, 1) < 0) {
+            Py_DECREF(replay);
+            return -1;
+        }
+    }
+    Py_DECREF(replay);
+    if (code != 0) {
+        PyObject *name = code == OPEN_BADAUTH ? S_badauth : code == OPEN_BADILEN ? S_badilen
+                         : code == OPEN_BADPAD                  ? S_badpad
+                                                                : S_dummy;
+        return count_add(L->esp_counts, name, 1) < 0 ? -1 : 1;
+    }
+    /* The decapsulation can change nothing (ip.decapsulate): an IPv4 inner datagram
+       that fills the payload, the outer ECN Not-ECT or ECT(0), nothing more of ours
+       inside.  Anything else is the Python path's (fasttunnel.finish). */
+    const unsigned char *in = o + HDR;
+    Py_ssize_t len = m - HDR;
+    int simple = m >= 40 && o[9] == 4 && !(dg[1] & 1) && in[0] >> 4 == 4 && (in[0] & 0x0F) >= 5
+                 && (in[2] << 8 | in[3]) == len && (in[0] & 0x0F) * 4 <= len;
+    for (size_t i = 0; simple && i < sizeof MAYBE_MORE; i++)
+        simple = in[9] != MAYBE_MORE[i];
+    if (!simple)
+        return hand_back(items, ITEM_OPENED, bytes_of(o, m), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
+    if (count_add(L->esp_counts, S_input, 1) < 0 || count_add(L->esp_counts, S_ibytes, n - HDR) < 0
+        || add_u64(e->state, S_bytes, (uint64_t)len) < 0 || add_u64(e->state, S_packets, 1) < 0)
+        return -1;
+    L->fast_in++;
+    unsigned char key[FLOW_KEY];
+    flow_key(in, len, (in[0] & 0x0F) * 4, key);
+    PyObject *k = bytes_of(key, FLOW_KEY);
+    if (k == NULL)
+        return -1;
+    int allowed = PySet_Contains(L->allow, k);
+    Py_DECREF(k);
+    if (allowed < 0)
+        return -1;
+    if (!allowed)
+        return hand_back(items, ITEM_ACCEPT, bytes_of(in, len), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
+    if (write(L->tun, in, (size_t)len) == len)
+        return count_add(L->io_counts, S_tun_write, 1) < 0 ? -1 : 1;
+    return hand_back(items, ITEM_WRITE, bytes_of(in, len), NULL, NULL, 0) < 0 ? -1 : 1;
+}
+
+/* Read up to LOOP_BATCH datagrams from fd, each through take() unless an earlier one
+   was handed back (then it is handed back as kind too).  The number read, or -1. */
+static int
+loop_drain(LoopObject *L, int fd, int kind, int (*take)(LoopObject *, const unsigned char *, Py_ssize_t, PyObject *),
+           PyObject *items)
+{
+    int got = 0, back = 0;
+    while (got < LOOP_BATCH) {
+        ssize_t r = kind == ITEM_TUN ? read(fd, L->buf, LOOP_BUF) : recv(fd, L->buf, LOOP_BUF, 0);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK)
+                break;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+        if (r == 0 && kind == ITEM_TUN)
+            break; /* nothing (a TUN never reads an empty datagram) */
+        got++;
+        Py_ssize_t before = PyList_GET_SIZE(items);
+        int took = back ? 0 : take(L, L->buf, r, items);
+        if (took < 0)
+            return -1;
+        if (!took && hand_back(items, kind, bytes_of(L->buf, r), NULL, NULL, 0) < 0)
+            return -1;
+        back = back || PyList_GET_SIZE(items) != before;
+    }
+    return got;
+}
+
+static void
+loop_clear(LoopObject *L)
+{
+    PyDict_Clear(L->out);
+    PyDict_Clear(L->in);
+    PySet_Clear(L->allow);
+    Py_CLEAR(L->stamp);
+}
+
+static int
+loop_fd(PyObject *obj, int *fd)
+{
+    *fd = PyObject_AsFileDescriptor(obj);
+    return *fd < 0 ? -1 : 0;
+}
+
+static void
+Loop_dealloc(LoopObject *self)
+{
+    if (self->epfd >= 0)
+        close(self->epfd);
+    Py_XDECREF(self->out);
+    Py_XDECREF(self->in);
+    Py_XDECREF(self->allow);
+    Py_XDECREF(self->esp_counts);
+    Py_XDECREF(self->io_counts);
+    Py_XDECREF(self->stamp_of);
+    Py_XDECREF(self->stamp);
+    PyMem_Free(self->buf);
+    PyMem_Free(self->obuf);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int
+loop_register(LoopObject *L, int fd)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    if (epoll_ctl(L->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *
+Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"tun", "receiver", "sender", "esp_counts", "io_counts", "stamp", NULL};
+    PyObject *tun, *rx, *tx, *esp_counts, *io_counts, *stamp_of;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!O:Loop", kwlist, &tun, &rx, &tx, &PyDict_Type, &esp_counts,
+                                     &PyDict_Type, &io_counts, &stamp_of))
+        return NULL;
+    if (!PyCallable_Check(stamp_of)) {
+        PyErr_SetString(PyExc_TypeError, "stamp must be callable");
+        return NULL;
+    }
+    LoopObject *self = (LoopObject *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->epfd = -1;
+    if (loop_fd(tun, &self->tun) < 0 || loop_fd(rx, &self->rx) < 0 || loop_fd(tx, &self->tx) < 0)
+        goto fail;
+    self->out = PyDict_New();
+    self->in = PyDict_New();
+    self->allow = PySet_New(NULL);
+    self->buf = PyMem_Malloc(LOOP_BUF + 64);
+    self->obuf = PyMem_Malloc(LOOP_BUF + 64);
+    if (self->out == NULL || self->in == NULL || self->allow == NULL || self->buf == NULL || self->obuf == NULL) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    Py_INCREF(esp_counts);
+    self->esp_counts = esp_counts;
+    Py_INCREF(io_counts);
+    self->io_counts = io_counts;
+    Py_INCREF(stamp_of);
+    self->stamp_of = stamp_of;
+    self->rpos = sizeof self->rnd; /* drawn at the first packet */
+    self->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epfd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto fail;
+    }
+    if (loop_register(self, self->tun) < 0 || loop_register(self, self->rx) < 0)
+        goto fail;
+    return (PyObject *)self;
+fail:
+    Py_DECREF(self);
+    return NULL;
+}
+
+PyDoc_STRVAR(Loop_watch_doc, "watch(fd)\n\nHand back (FD, fd, None, None) whenever fd is readable.");
+
+static PyObject *
+Loop_watch(LoopObject *self, PyObject *obj)
+{
+    int fd;
+    if (self->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the loop is closed");
+        return NULL;
+    }
+    if (loop_fd(obj, &fd) < 0 || loop_register(self, fd) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(Loop_reset_doc,
+             "reset(stamp)\n\n"
+             "Forget every installed flow and SA; stamp is what stamp() returns now (the\n"
+             "loop takes installations again, until stamp() returns something else).");
+
+static PyObject *
+Loop_reset(LoopObject *self, PyObject *stamp)
+{
+    loop_clear(self);
+    Py_INCREF(stamp);
+    self->stamp = stamp;
+    Py_RETURN_NONE;
+}
+
+/* A 4-byte address argument into out; -1 (error set) otherwise. */
+static int
+addr4(PyObject *obj, unsigned char out[4], const char *what)
+{
+    Bytes b;
+    if (bytes_get(obj, &b, what) < 0)
+        return -1;
+    int ok = b.len == 4;
+    if (ok)
+        memcpy(out, b.buf, 4);
+    else
+        PyErr_Format(PyExc_ValueError, "%s must be 4 bytes, not %zd", what, b.len);
+    bytes_release(&b);
+    return ok ? 0 : -1;
+}
+
+static EntryObject *
+entry_new(PyObject *esp, PyObject *state, PyObject *bound)
+{
+    if (!PyObject_TypeCheck(esp, &Esp_Type)) {
+        PyErr_SetString(PyExc_TypeError, "esp must be an EspV4");
+        return NULL;
+    }
+    EntryObject *e = PyObject_New(EntryObject, &Entry_Type);
+    if (e == NULL)
+        return NULL;
+    Py_INCREF(esp);
+    e->esp = (EspObject *)esp;
+    Py_INCREF(state);
+    e->state = state;
+    Py_XINCREF(bound);
+    e->bound = bound;
+    e->ttl = e->dfbit = e->ecn = 0;
+    e->wrap_mask = 0;
+    return e;
+}
+
+/* Put e under key in table (a reference to e is taken over); True, or False when the
+   loop is stale or the table full (nothing installed). */
+static PyObject *
+loop_install(LoopObject *self, PyObject *table, PyObject *key, EntryObject *e)
+{
+    int ok = self->stamp != NULL && PyDict_GET_SIZE(table) < LOOP_TABLE_MAX;
+    if (ok && PyDict_SetItem(table, key, (PyObject *)e) < 0) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    Py_DECREF(e);
+    return PyBool_FromLong(ok);
+}
+
+PyDoc_STRVAR(Loop_add_out_doc,
+             "add_out(key, esp, state, src, dst, ttl, dfbit, ecn, wrap_mask) -> bool\n\n"
+             "Protect the outbound flow key (13 bytes) with the ESP tunnel SA whose EspV4 is\n"
+             "esp and whose SaRuntime is state, between the IPv4 addresses src and dst, with\n"
+             "the knobs ttl, dfbit and ecn; wrap_mask as esp's plan has it.  False when the\n"
+             "loop is stale or full.");
+
+static PyObject *
+Loop_add_out(LoopObject *self, PyObject *args)
+{
+    PyObject *key, *esp, *state, *src, *dst, *mask_obj;
+    int ttl, dfbit, ecn;
+    uint64_t mask;
+    if (!PyArg_ParseTuple(args, "O!OOOOiiiO:add_out", &PyBytes_Type, &key, &esp, &state, &src, &dst, &ttl, &dfbit,
+                          &ecn, &mask_obj))
+        return NULL;
+    if (PyBytes_GET_SIZE(key) != FLOW_KEY) {
+        PyErr_SetString(PyExc_ValueError, "a flow key is 13 bytes");
+        return NULL;
+    }
+    if (get_u64(mask_obj, &mask, "wrap_mask") < 0)
+        return NULL;
+    EntryObject *e = entry_new(esp, state, NULL);
+    if (e == NULL)
+        return NULL;
+    if (addr4(src, e->src, "src") < 0 || addr4(dst, e->dst, "dst") < 0) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    e->ttl = ttl & 0xFF;
+    e->dfbit = dfbit;
+    e->ecn = ecn;
+    e->wrap_mask = mask;
+    return loop_install(self, self->out, key, e);
+}
+
+PyDoc_STRVAR(Loop_add_in_doc,
+             "add_in(spi, esp, state, bound, dst) -> bool\n\n"
+             "Open the ESP datagrams for SPI spi and the IPv4 destination dst with esp,\n"
+             "state's replay window and counters; bound is handed back with what the\n"
+             "Python side finishes.  False when the loop is stale or full.");
+
+static PyObject *
+Loop_add_in(LoopObject *self, PyObject *args)
+{
+    PyObject *spi, *esp, *state, *bound, *dst;
+    uint64_t v;
+    if (!PyArg_ParseTuple(args, "OOOOO:add_in", &spi, &esp, &state, &bound, &dst))
+        return NULL;
+    if (get_u64(spi, &v, "spi") < 0)
+        return NULL;
+    if (v > 0xFFFFFFFFULL) {
+        PyErr_SetString(PyExc_ValueError, "the SPI is 32 bits");
+        return NULL;
+    }
+    EntryObject *e = entry_new(esp, state, bound);
+    if (e == NULL)
+        return NULL;
+    if (addr4(dst, e->dst, "dst") < 0) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    PyObject *key = PyLong_FromUnsignedLongLong(v);
+    if (key == NULL) {
+        Py_DECREF(e);
+        return NULL;
+    }
+    PyObject *r = loop_install(self, self->in, key, e);
+    Py_DECREF(key);
+    return r;
+}
+
+PyDoc_STRVAR(Loop_allow_in_doc,
+             "allow_in(key) -> bool\n\n"
+             "The inbound flow key (13 bytes) passes the inbound policy check when it\n"
+             "arrived under ESP alone.  False when the loop is stale or full.");
+
+static PyObject *
+Loop_allow_in(LoopObject *self, PyObject *key)
+{
+    if (!PyBytes_Check(key) || PyBytes_GET_SIZE(key) != FLOW_KEY) {
+        PyErr_SetString(PyExc_ValueError, "a flow key is 13 bytes");
+        return NULL;
+    }
+    int ok = self->stamp != NULL && PySet_GET_SIZE(self->allow) < LOOP_TABLE_MAX;
+    if (ok && PySet_Add(self->allow, key) < 0)
+        return NULL;
+    return PyBool_FromLong(ok);
+}
+
+PyDoc_STRVAR(Loop_wait_doc,
+             "wait(timeout) -> list\n\n"
+             "Wait at most timeout seconds (negative: for ever) for a descriptor, move what\n"
+             "the installed flows and SAs take, and return the items handed back, in order.");
+
+static PyObject *
+Loop_wait(LoopObject *self, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (self->epfd < 0) {
+        PyErr_SetString(PyExc_ValueError, "the loop is closed");
+        return NULL;
+    }
+    self->holding = 0; /* the Python side has finished what the last call handed back */
+    int ms = timeout < 0 ? -1 : timeout > 86400.0 ? 86400000 : (int)(timeout * 1000.0 + 0.999);
+    struct epoll_event ev[LOOP_EVENTS];
+    int nev;
+    Py_BEGIN_ALLOW_THREADS
+    nev = epoll_wait(self->epfd, ev, LOOP_EVENTS, ms);
+    Py_END_ALLOW_THREADS
+    PyObject *items = PyList_New(0);
+    if (items == NULL)
+        return NULL;
+    if (nev < 0) {
+        if (errno == EINTR)
+            return items;
+        Py_DECREF(items);
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (nev > 0 && self->stamp != NULL) {
+        PyObject *now = PyObject_CallNoArgs(self->stamp_of);
+        int same = now == NULL ? -1 : PyObject_RichCompareBool(now, self->stamp, Py_EQ);
+        Py_XDECREF(now);
+        if (same < 0)
+            goto fail;
+        if (!same)
+            loop_clear(self);
+    }
+    for (int i = 0; i < nev; i++) {
+        int fd = ev[i].data.fd;
+        if (fd == self->tun) {
+            Py_ssize_t before = PyList_GET_SIZE(items);
+            int got = loop_drain(self, fd, ITEM_TUN, loop_out, items);
+            if (got < 0 || count_add(self->io_counts, S_tun_read, got) < 0)
+                goto fail;
+            self->holding = self->holding || PyList_GET_SIZE(items) != before;
+        }
+        else if (fd == self->rx) {
+            int got = loop_drain(self, fd, ITEM_ESP, loop_in, items);
+            if (got < 0 || count_add(self->io_counts, S_esp_receive, got) < 0)
+                goto fail;
+        }
+        else if (hand_back(items, ITEM_FD, PyLong_FromLong(fd), NULL, NULL, 0) < 0)
+            goto fail;
+    }
+    return items;
+fail:
+    Py_DECREF(items);
+    return NULL;
+}
+
+PyDoc_STRVAR(Loop_close_doc, "close()\n\nClose the epoll descriptor (the watched ones are the caller's).");
+
+static PyObject *
+Loop_close(LoopObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->epfd >= 0) {
+        close(self->epfd);
+        self->epfd = -1;
+    }
+    loop_clear(self);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+Loop_get_holding(LoopObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->holding);
+}
+
+static PyObject *
+Loop_get_fast_out(LoopObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->fast_out);
+}
+
+static PyObject *
+Loop_get_fast_in(LoopObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromUnsignedLongLong(self->fast_in);
+}
+
+static PyObject *
+Loop_get_sizes(LoopObject *self, void *Py_UNUSED(closure))
+{
+    return Py_BuildValue("(nnn)", PyDict_GET_SIZE(self->out), PyDict_GET_SIZE(self->in), PySet_GET_SIZE(self->allow));
+}
+
+static PyObject *
+Loop_get_stale(LoopObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(self->stamp == NULL);
+}
+
+static PyGetSetDef Loop_getset[] = {
+    {"holding", (getter)Loop_get_holding, NULL, "Whether the last wait() handed back something read from the TUN.",
+     NULL},
+    {"fast_out", (getter)Loop_get_fast_out, NULL, "Datagrams protected here.", NULL},
+    {"fast_in", (getter)Loop_get_fast_in, NULL, "Datagrams opened and decapsulated here.", NULL},
+    {"sizes", (getter)Loop_get_sizes, NULL, "(outbound flows, SAs, inbound flows) installed.", NULL},
+    {"stale", (getter)Loop_get_stale, NULL, "Whether the loop waits for reset().", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef Loop_methods[] = {
+    {"watch", (PyCFunction)Loop_watch, METH_O, Loop_watch_doc},
+    {"reset", (PyCFunction)Loop_reset, METH_O, Loop_reset_doc},
+    {"add_out", (PyCFunction)Loop_add_out, METH_VARARGS, Loop_add_out_doc},
+    {"add_in", (PyCFunction)Loop_add_in, METH_VARARGS, Loop_add_in_doc},
+    {"allow_in", (PyCFunction)Loop_allow_in, METH_O, Loop_allow_in_doc},
+    {"wait", (PyCFunction)Loop_wait, METH_O, Loop_wait_doc},
+    {"close", (PyCFunction)Loop_close, METH_NOARGS, Loop_close_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject Loop_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pfkeyd.packet.espfast.Loop",
+    .tp_basicsize = sizeof(LoopObject),
+    .tp_dealloc = (destructor)Loop_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Loop(tun, receiver, sender, esp_counts, io_counts, stamp): the data plane's packet loop "
+                        "for installed ESP tunnel flows (see the comment above its code)."),
+    .tp_methods = Loop_methods,
+    .tp_getset = Loop_getset,
+    .tp_new = Loop_new,
 };
 
 /* ------------------------------------------------------------------ module */
@@ -613,8 +1462,23 @@ static struct PyModuleDef espfast_module = {
 PyMODINIT_FUNC
 PyInit_espfast(void)
 {
-    if (PyType_Ready(&Aead_Type) < 0 || PyType_Ready(&Esp_Type) < 0)
+    if (PyType_Ready(&Aead_Type) < 0 || PyType_Ready(&Esp_Type) < 0 || PyType_Ready(&Entry_Type) < 0
+        || PyType_Ready(&Loop_Type) < 0)
         return NULL;
+    struct {
+        PyObject **slot;
+        const char *name;
+    } names[] = {
+        {&S_seq, "seq"},         {&S_iv_counter, "iv_counter"}, {&S_bytes, "bytes"},     {&S_packets, "packets"},
+        {&S_replay, "replay"},   {&S_last, "last"},             {&S_bits, "bits"},       {&S_count, "count"},
+        {&S_size, "size"},       {&S_output, "output"},         {&S_obytes, "obytes"},   {&S_input, "input"},
+        {&S_ibytes, "ibytes"},   {&S_badauth, "badauth"},       {&S_badilen, "badilen"}, {&S_badpad, "badpad"},
+        {&S_dummy, "dummy"},     {&S_tun_read, "tun.read"},     {&S_tun_write, "tun.write"},
+        {&S_raw_send, "raw4.send"}, {&S_esp_receive, "raw4.50.receive"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
+            return NULL;
     PyObject *m = PyModule_Create(&espfast_module);
     if (m == NULL)
         return NULL;
@@ -623,7 +1487,12 @@ PyInit_espfast(void)
         || PyModule_AddIntConstant(m, "OPEN_BADAUTH", OPEN_BADAUTH) < 0
         || PyModule_AddIntConstant(m, "OPEN_BADILEN", OPEN_BADILEN) < 0
         || PyModule_AddIntConstant(m, "OPEN_BADPAD", OPEN_BADPAD) < 0
-        || PyModule_AddIntConstant(m, "OPEN_DUMMY", OPEN_DUMMY) < 0) {
+        || PyModule_AddIntConstant(m, "OPEN_DUMMY", OPEN_DUMMY) < 0 || PyModule_AddIntConstant(m, "ITEM_FD", ITEM_FD) < 0
+        || PyModule_AddIntConstant(m, "ITEM_TUN", ITEM_TUN) < 0 || PyModule_AddIntConstant(m, "ITEM_ESP", ITEM_ESP) < 0
+        || PyModule_AddIntConstant(m, "ITEM_SEND", ITEM_SEND) < 0
+        || PyModule_AddIntConstant(m, "ITEM_WRITE", ITEM_WRITE) < 0
+        || PyModule_AddIntConstant(m, "ITEM_ACCEPT", ITEM_ACCEPT) < 0
+        || PyModule_AddIntConstant(m, "ITEM_OPENED", ITEM_OPENED) < 0) {
         Py_DECREF(m);
         return NULL;
     }
@@ -636,6 +1505,12 @@ PyInit_espfast(void)
     Py_INCREF(&Esp_Type);
     if (PyModule_AddObject(m, "EspV4", (PyObject *)&Esp_Type) < 0) {
         Py_DECREF(&Esp_Type);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&Loop_Type);
+    if (PyModule_AddObject(m, "Loop", (PyObject *)&Loop_Type) < 0) {
+        Py_DECREF(&Loop_Type);
         Py_DECREF(m);
         return NULL;
     }

@@ -61,7 +61,7 @@ from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import U32, U64, SaRuntime
 
-__all__ = ["eligible", "protect", "unprotect"]
+__all__ = ["eligible", "finish", "protect", "unprotect"]
 
 _OUTER = struct.Struct("!BBHHHBBH4s4s")
 _IP_DF = 0x4000
@@ -88,7 +88,7 @@ def eligible(chain: tuple[Bound, ...]) -> bool:
         or sa.cipher is None
     ):
         return False
-    return bool(esp._plan(sa).fast)
+    return bool(esp.plan_of(sa).fast)
 
 
 def protect(
@@ -103,7 +103,7 @@ def protect(
     datagram needs the general path.  ``chain`` must be :func:`eligible`."""
     bound = chain[0]
     sa, state = bound.sa, bound.state
-    plan = esp._plan(sa)
+    plan = esp.plan_of(sa)
     native = plan.native
     n = len(dg)
     if n > 65535 - 20 - 36 - 3 - 16:
@@ -197,7 +197,7 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
         return counters.drop(_NOTDB)
     if not sa.tunnel or sa.natt is not None:
         return None
-    plan = esp._plan(sa)
+    plan = esp.plan_of(sa)
     native = plan.native
     if native is None:
         return None
@@ -208,6 +208,16 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     opened = esp.open_compiled(native, state, dg, seq)
     if isinstance(opened, Drop):
         return counters.drop(opened)
+    return finish(dg, opened, bound, lookup, knobs, counters)
+
+
+def finish(
+    dg: bytes, opened: bytes, bound: Bound, lookup: Lookup, knobs: PacketKnobs, counters: Counters
+) -> Accepted | Drop:
+    """What :func:`unprotect` does once ESP is undone: ``opened`` is ``dg`` opened with
+    ``bound``'s SA (the window already moved), the outer header still in front.  The
+    data plane's compiled loop hands the datagrams whose decapsulation it does not
+    take to this."""
     # The outer header (ip.decapsulate): an IPv4 inner datagram that is whole, with
     # ECN egress a no-op (the outer ECN field Not-ECT or ECT(0): every mode keeps the
     # inner TOS) is the inner datagram as it is.  Anything else goes the general way.
@@ -228,7 +238,8 @@ def unprotect(dg: bytes, lookup: Lookup, knobs: PacketKnobs, counters: Counters)
     if isinstance(inner, Drop):
         return counters.drop(inner)
     counters.add(ESP, "input")
-    counters.add(ESP, "ibytes", n - 20)
+    counters.add(ESP, "ibytes", len(dg) - 20)
+    state = bound.state
     state.bytes += len(inner)
     state.packets += 1
     if done:

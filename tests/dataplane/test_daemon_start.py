@@ -33,7 +33,7 @@ def test_without_cap_net_admin_the_daemon_refuses_to_start_naming_it(tmp_path: o
 def test_dataplane_options_need_dataplane(capsys: pytest.CaptureFixture[str]) -> None:
     for option in ("--enc", "--no-firewall"):
         assert cli.main(["-s", "/nonexistent/x.sock", option]) == 64
-        assert "--no-routes, --no-firewall, --enc and --pcap need --dataplane" in capsys.readouterr().err
+        assert "--no-routes, --no-firewall, --no-compiled, --enc and --pcap need --dataplane" in capsys.readouterr().err
     assert cli.main(["-s", "/nonexistent/x.sock", "--dataplane=bad/name"]) == 64
     assert "bad interface name" in capsys.readouterr().err
 

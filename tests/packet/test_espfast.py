@@ -45,7 +45,7 @@ def test_the_compiled_path_serves_exactly_the_fast_sas() -> None:
         esp_sa(EncAlg.X_AESGCM16, bytes(28), flags=SaFlag.X_ESN | SaFlag.X_EXT_PZERO),
         esp_sa(EncAlg.X_CHACHA20POLY1305, key, flags=SaFlag.X_EXT_CYCSEQ),
     ):
-        assert esp._plan(sa).native is not None
+        assert esp.plan_of(sa).native is not None
     for sa in (
         esp_sa(EncAlg.X_AESGCM16, bytes(20), flags=SaFlag.X_EXT_PRAND),  # random pad bytes: Python's
         esp_sa(EncAlg.X_AESGCM12, bytes(20)),  # a short ICV
@@ -53,7 +53,7 @@ def test_the_compiled_path_serves_exactly_the_fast_sas() -> None:
         esp_sa(EncAlg.X_AESCBC, bytes(16), AuthAlg.X_SHA2_256, bytes(32)),
         esp_sa(EncAlg.X_AESCTR, bytes(20), AuthAlg.X_SHA2_256, bytes(32)),
     ):
-        assert esp._plan(sa).native is None
+        assert esp.plan_of(sa).native is None
     assert esp._Plan(esp_sa(EncAlg.X_AESGCM16, bytes(20)), native=False).native is None
 
 
@@ -68,7 +68,7 @@ def test_a_libcrypto_that_refuses_the_cipher_leaves_the_sa_to_pure_python(monkey
     monkeypatch.setattr(crypto, "espfast", Refusing())
     sa = esp_sa(EncAlg.X_CHACHA20POLY1305, bytes(36))
     assert isinstance(sa.cipher, crypto.AeadCipher) and sa.cipher.native is None
-    assert esp._plan(sa).native is None
+    assert esp.plan_of(sa).native is None
     dg = v4(17, b"still protected")
     wire = esp.protect(sa, runtime(sa), dg)
     assert isinstance(wire, bytes) and esp.unprotect(sa, runtime(sa), wire) == dg
