@@ -182,7 +182,7 @@ from pfkeyd.sad import SecAssoc
 from pfkeyd.spd import Flow, SecPolicy
 from pfkeyd.wire import Direction, IpProto, Level, PolicyType, SockAddr
 
-__all__ = ["DataPlane", "FlowKey", "Verdict", "parse_flow", "routes_for"]
+__all__ = ["DataPlane", "FlowKey", "Verdict", "flow_bytes", "parse_flow", "routes_for"]
 
 log = logging.getLogger("pfkeyd.dataplane")
 
@@ -235,7 +235,7 @@ FlowKey = tuple[bytes, bytes, int, int, int]
 _ESP_ONLY = frozenset((int(IpProto.ESP),))
 
 
-def _key13(key: FlowKey) -> bytes:
+def flow_bytes(key: FlowKey) -> bytes:
     """An IPv4 flow as the compiled loop keys it: addresses, protocol, ports (16 bits each)."""
     src, dst, proto, sport, dport = key
     return src + dst + bytes((proto, sport >> 8, sport & 0xFF, dport >> 8, dport & 0xFF))
@@ -641,7 +641,7 @@ class DataPlane:
         if it is None or len(key[0]) != 4 or self._fast is None:
             return
         pk, sa = self._pk, b.sa
-        self._fast.add_out(_key13(key), it[0], b.state, sa.src, sa.dst, pk.ttl, pk.dfbit, pk.ecn, it[1])
+        self._fast.add_out(flow_bytes(key), it[0], b.state, sa.src, sa.dst, pk.ttl, pk.dfbit, pk.ecn, it[1])
 
     def _install_in(self, b: Bound) -> None:
         it = self._compilable(b)
@@ -699,7 +699,7 @@ class DataPlane:
         if len(self._in) < _CACHE_MAX:
             self._in[key] = need
             if self._fast is not None and need is not None and need <= _ESP_ONLY and len(key[0]) == 4:
-                self._fast.allow_in(_key13(key))
+                self._fast.allow_in(flow_bytes(key))
         return need
 
     def _need(self, decision: Decision) -> frozenset[int] | None:

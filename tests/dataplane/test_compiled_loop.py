@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pfkeyd.dataplane.io import IoCounters, RawReceiver, RawSender
-from pfkeyd.dataplane.plane import _key13, parse_flow
+from pfkeyd.dataplane.plane import flow_bytes, parse_flow
 from pfkeyd.packet import bundle, esp, fasttunnel
 from pfkeyd.packet.bundle import Accepted, Bound
 from pfkeyd.packet.counters import ESP, Counters, Drop
@@ -140,7 +140,7 @@ def _add_out(loop: espfast.Loop, key13: bytes, b: Bound, knobs: PacketKnobs) -> 
 def _key_of(dg: bytes) -> bytes:
     key = parse_flow(dg)
     assert key is not None
-    return _key13(key)
+    return flow_bytes(key)
 
 
 def _python_out(b: Bound, dg: bytes, knobs: PacketKnobs, counters: Counters) -> bytes | Drop:
