@@ -650,7 +650,7 @@ class DataPlane:
         self._fast.add_in(b.sa.spi, it[0], b.state, b, b.sa.dst)
 
     def _stamp(self) -> tuple[int, int]:
-        """What the compiled loop compares after every wake-up (see :meth:`_refresh`)."""
+        """The values of the attributes the compiled loop watches (``_open_compiled``)."""
         return self.seam.generation(), self.socket_policies.generation
 
     # ---------------------------------------------------------------- inbound
@@ -1050,9 +1050,9 @@ class DataPlane:
         rx = next((r for r in self.receivers if r.family == socket.AF_INET and r.proto == ip.IPPROTO_ESP), None)
         if sender is None or rx is None or not all(x.counters is self.io for x in (self.tun, sender, rx)):
             return None  # its counts go to the one table the statistics read
-        stamp = self._stamp
-        fast = espfast.Loop(self.tun, rx, sender, self.seam.packet_counters.table("esp"), self.io.table(), stamp)
-        fast.reset(stamp())
+        watched = (self.seam.generation_source(), (self.socket_policies, "generation"))
+        fast = espfast.Loop(self.tun, rx, sender, self.seam.packet_counters.table("esp"), self.io.table(), watched)
+        fast.reset(self._stamp())
         return fast, rx
 
     def _open_loop(self) -> PacketLoop:

@@ -89,6 +89,11 @@ class Seam(Protocol):
 
     def generation(self) -> int: ...
 
+    def generation_source(self) -> tuple[object, str]:
+        """The object and attribute whose value :meth:`generation` returns (the data
+        plane's compiled loop reads it after every wake-up without running Python)."""
+        ...
+
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]: ...
 
     def resolve(self, dir_: int, flow: Flow, sp: SecPolicy, now: Instant) -> tuple[Decision, list[Effect]]: ...
@@ -125,6 +130,9 @@ class EngineSeam:
 
     def generation(self) -> int:
         return self._engine.generation
+
+    def generation_source(self) -> tuple[object, str]:
+        return self._engine, "generation"
 
     def decide(self, dir_: int, flow: Flow, now: Instant) -> tuple[Decision, list[Effect]]:
         return self._engine.lookup(dir_, flow, now)
@@ -180,6 +188,9 @@ class ThreadSeam:
 
     def generation(self) -> int:
         return self._home.generation()
+
+    def generation_source(self) -> tuple[object, str]:
+        return self._home.generation_source()
 
     def sa(self, spi: int) -> SecAssoc | None:
         return self._home.sa(spi)

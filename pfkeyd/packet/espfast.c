@@ -624,10 +624,12 @@ static PyTypeObject Esp_Type = {
  * list: a datagram of a flow not installed, a sequence number inside the window,
  * a counter about to wrap, a send the socket refused, a descriptor watched for the
  * Python side.  Once one packet of a batch is handed back, the rest of that batch
- * is too, so that nothing overtakes it.  Every wake-up first compares stamp() with
- * the stamp of the last reset(); when it moved (the SAD, the SPD, a knob or the
- * socket policies changed), the tables are emptied and everything is handed back
- * until the Python side, having decided again, calls reset().
+ * is too, so that nothing overtakes it.  Every wake-up first reads the watched
+ * attributes (the engine's generation, the socket policies' generation) and
+ * compares them with the stamp of the last reset(), without running any Python
+ * code; when one moved (the SAD, the SPD, a knob or the socket policies changed),
+ * the tables are emptied and everything is handed back until the Python side,
+ * having decided again, calls reset().
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -694,8 +696,8 @@ typedef struct {
     PyObject *allow;       /* set of inbound flow keys */
     PyObject *esp_counts;  /* the ESP table of the engine's Counters */
     PyObject *io_counts;   /* the IoCounters table */
-    PyObject *stamp_of;    /* stamp() */
-    PyObject *stamp;       /* what it returned at the last reset(); NULL: stale */
+    PyObject *watched;     /* tuple of (object, attribute name) */
+    PyObject *stamp;       /* their values at the last reset(), a tuple; NULL: stale */
     int holding;
     unsigned long long fast_out, fast_in;
     unsigned char *buf, *obuf;
@@ -1045,7 +1047,7 @@ Loop_dealloc(LoopObject *self)
     Py_XDECREF(self->allow);
     Py_XDECREF(self->esp_counts);
     Py_XDECREF(self->io_counts);
-    Py_XDECREF(self->stamp_of);
+    Py_XDECREF(self->watched);
     Py_XDECREF(self->stamp);
     PyMem_Free(self->buf);
     PyMem_Free(self->obuf);
@@ -1066,14 +1068,17 @@ loop_register(LoopObject *L, int fd)
 static PyObject *
 Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"tun", "receiver", "sender", "esp_counts", "io_counts", "stamp", NULL};
-    PyObject *tun, *rx, *tx, *esp_counts, *io_counts, *stamp_of;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!O:Loop", kwlist, &tun, &rx, &tx, &PyDict_Type, &esp_counts,
-                                     &PyDict_Type, &io_counts, &stamp_of))
+    static char *kwlist[] = {"tun", "receiver", "sender", "esp_counts", "io_counts", "watched", NULL};
+    PyObject *tun, *rx, *tx, *esp_counts, *io_counts, *watched;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!O!:Loop", kwlist, &tun, &rx, &tx, &PyDict_Type, &esp_counts,
+                                     &PyDict_Type, &io_counts, &PyTuple_Type, &watched))
         return NULL;
-    if (!PyCallable_Check(stamp_of)) {
-        PyErr_SetString(PyExc_TypeError, "stamp must be callable");
-        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(watched); i++) {
+        PyObject *w = PyTuple_GET_ITEM(watched, i);
+        if (!PyTuple_Check(w) || PyTuple_GET_SIZE(w) != 2 || !PyUnicode_Check(PyTuple_GET_ITEM(w, 1))) {
+            PyErr_SetString(PyExc_TypeError, "watched must be a tuple of (object, attribute name) pairs");
+            return NULL;
+        }
     }
     LoopObject *self = (LoopObject *)type->tp_alloc(type, 0);
     if (self == NULL)
@@ -1094,8 +1099,8 @@ Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->esp_counts = esp_counts;
     Py_INCREF(io_counts);
     self->io_counts = io_counts;
-    Py_INCREF(stamp_of);
-    self->stamp_of = stamp_of;
+    Py_INCREF(watched);
+    self->watched = watched;
     self->rpos = sizeof self->rnd; /* drawn at the first packet */
     self->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epfd < 0) {
@@ -1127,12 +1132,17 @@ Loop_watch(LoopObject *self, PyObject *obj)
 
 PyDoc_STRVAR(Loop_reset_doc,
              "reset(stamp)\n\n"
-             "Forget every installed flow and SA; stamp is what stamp() returns now (the\n"
-             "loop takes installations again, until stamp() returns something else).");
+             "Forget every installed flow and SA; stamp is the tuple of the watched\n"
+             "attributes' values now (the loop takes installations again, until one of\n"
+             "them holds something else).");
 
 static PyObject *
 Loop_reset(LoopObject *self, PyObject *stamp)
 {
+    if (!PyTuple_Check(stamp) || PyTuple_GET_SIZE(stamp) != PyTuple_GET_SIZE(self->watched)) {
+        PyErr_SetString(PyExc_ValueError, "the stamp is a tuple of one value per watched attribute");
+        return NULL;
+    }
     loop_clear(self);
     Py_INCREF(stamp);
     self->stamp = stamp;
@@ -1311,9 +1321,10 @@ Loop_wait(LoopObject *self, PyObject *arg)
         Py_DECREF(items);
         return PyErr_SetFromErrno(PyExc_OSError);
     }
-    if (nev > 0 && self->stamp != NULL) {
-        PyObject *now = PyObject_CallNoArgs(self->stamp_of);
-        int same = now == NULL ? -1 : PyObject_RichCompareBool(now, self->stamp, Py_EQ);
+    for (Py_ssize_t i = 0; nev > 0 && self->stamp != NULL && i < PyTuple_GET_SIZE(self->watched); i++) {
+        PyObject *w = PyTuple_GET_ITEM(self->watched, i);
+        PyObject *now = PyObject_GetAttr(PyTuple_GET_ITEM(w, 0), PyTuple_GET_ITEM(w, 1));
+        int same = now == NULL ? -1 : PyObject_RichCompareBool(now, PyTuple_GET_ITEM(self->stamp, i), Py_EQ);
         Py_XDECREF(now);
         if (same < 0)
             goto fail;
@@ -1412,7 +1423,7 @@ static PyTypeObject Loop_Type = {
     .tp_basicsize = sizeof(LoopObject),
     .tp_dealloc = (destructor)Loop_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Loop(tun, receiver, sender, esp_counts, io_counts, stamp): the data plane's packet loop "
+    .tp_doc = PyDoc_STR("Loop(tun, receiver, sender, esp_counts, io_counts, watched): the data plane's packet loop "
                         "for installed ESP tunnel flows (see the comment above its code)."),
     .tp_methods = Loop_methods,
     .tp_getset = Loop_getset,

@@ -1,5 +1,4 @@
 # The compiled module pfkeyd/packet/espfast.c: ESP's AEAD fast path over libcrypto.
-from collections.abc import Callable
 from typing import Any, Protocol, final
 
 from typing_extensions import Buffer
@@ -45,10 +44,10 @@ class Loop:
         sender: int | _FileLike,
         esp_counts: dict[str, int],
         io_counts: dict[str, int],
-        stamp: Callable[[], object],
+        watched: tuple[tuple[object, str], ...],
     ) -> None: ...
     def watch(self, fd: int | _FileLike, /) -> None: ...
-    def reset(self, stamp: object, /) -> None: ...
+    def reset(self, stamp: tuple[object, ...], /) -> None: ...
     def add_out(
         self,
         key: bytes,

@@ -117,11 +117,18 @@ def _drain(w: Wires) -> None:
     w.receiver.receive_now()
 
 
-def _loop(w: Wires, counters: Counters, *, inbound: bool = False, stamp: object = 0) -> espfast.Loop:
-    loop = espfast.Loop(
-        w.tun, w.receiver if inbound else w.idle, w.sender, counters.table(ESP), w.io.table(), lambda: stamp
-    )
-    loop.reset(stamp)
+class Generation:
+    """What the loop watches (the engine's generation, in the daemon)."""
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+
+def _loop(w: Wires, counters: Counters, *, inbound: bool = False, tun: socket.socket | None = None) -> espfast.Loop:
+    g = Generation()
+    rx = w.receiver if inbound else w.idle
+    loop = espfast.Loop(tun or w.tun, rx, w.sender, counters.table(ESP), w.io.table(), ((g, "value"),))
+    loop.reset((g.value,))
     return loop
 
 
@@ -396,22 +403,22 @@ def test_a_moved_stamp_empties_the_tables_until_reset(wires: Wires) -> None:
     sa = _at_tunnel_ends(_sa())
     b = Bound(sa, runtime(sa))
     c = Counters()
-    stamp = [1]
-    loop = espfast.Loop(wires.tun, wires.idle, wires.sender, c.table(ESP), wires.io.table(), lambda: stamp[0])
+    g = Generation(1)
+    loop = espfast.Loop(wires.tun, wires.idle, wires.sender, c.table(ESP), wires.io.table(), ((g, "value"),))
     assert loop.stale and not _add_out(loop, bytes(13), b, PacketKnobs())  # nothing before the first reset
-    loop.reset(1)
+    loop.reset((1,))
     dg = v4(17, b"\0\1\0\2" + b"y" * 20, *INNER)
     assert _add_out(loop, _key_of(dg), b, PacketKnobs()) and loop.allow_in(_key_of(dg))
     assert loop.sizes == (1, 0, 1)
     wires.kernel.send(dg)
     assert loop.wait(1.0) == [] and loop.fast_out == 1
     wires.captured(1)
-    stamp[0] = 2  # the SAD moved: the next wake-up forgets everything
+    g.value = 2  # the SAD moved: the next wake-up forgets everything
     wires.kernel.send(dg)
     assert loop.wait(1.0) == [(espfast.ITEM_TUN, dg, None, None)]
     assert loop.stale and loop.sizes == (0, 0, 0) and loop.holding
     assert not _add_out(loop, _key_of(dg), b, PacketKnobs())
-    loop.reset(2)
+    loop.reset((2,))
     assert _add_out(loop, _key_of(dg), b, PacketKnobs())
     wires.kernel.send(dg)
     assert loop.wait(1.0) == [] and loop.fast_out == 2 and not loop.holding
@@ -446,8 +453,7 @@ def test_watched_descriptors_come_back_as_items_and_a_refused_write_too(wires: W
     tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     kernel.close()
     try:
-        loop2 = espfast.Loop(tun, wires.receiver, wires.sender, c.table(ESP), wires.io.table(), lambda: 0)
-        loop2.reset(0)
+        loop2 = _loop(wires, c, inbound=True, tun=tun)
         assert loop2.add_in(sa.spi, native, mine.state, mine, LO) and loop2.allow_in(_key_of(inner))
         _received, items = _arrive(wires, loop2, wire)
         assert items == [(espfast.ITEM_WRITE, inner, None, None)]
@@ -476,7 +482,9 @@ def test_the_loop_refuses_what_it_cannot_carry(wires: Wires) -> None:
     with pytest.raises(ValueError, match="13 bytes"):
         loop.allow_in(b"short")
     with pytest.raises(TypeError):
-        espfast.Loop(wires.tun, wires.idle, wires.sender, {}, {}, 5)  # type: ignore[arg-type]
+        espfast.Loop(wires.tun, wires.idle, wires.sender, {}, {}, ((1, 2),))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="one value per watched"):
+        loop.reset((1, 2))
     loop.close()
     with pytest.raises(ValueError, match="closed"):
         loop.wait(0)
