@@ -27,6 +27,12 @@
  * is at most 64 KiB and sealing 1400 bytes takes about half a microsecond; and
  * releasing it measured 0.04-0.05 us more per packet (bench/README.md), for
  * nothing on the daemon's single packet thread.
+ *
+ * Loop, at the end of this file, is the data plane's packet loop for the flows
+ * the Python side installs in it: it moves their packets between the TUN and the
+ * raw sockets with these same steps, and hands everything else back (see the
+ * comment above its code).  It lives here because it seals and opens with EspV4
+ * directly.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
