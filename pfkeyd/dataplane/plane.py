@@ -620,20 +620,11 @@ class DataPlane:
     # ------------------------------------------------------- the compiled loop
     def _compilable(self, b: Bound) -> tuple[espfast.EspV4, int] | None:
         """The compiled ESP of an SA the compiled loop may carry (see the module doc)
-        and its plan's wrap mask, or None."""
-        sa = b.sa
-        if (
-            sa.proto != ip.IPPROTO_ESP
-            or not sa.tunnel
-            or sa.natt is not None
-            or len(sa.src) != 4
-            or len(sa.dst) != 4
-            or sa.cipher is None
-            or not self._pk.esp_enable
-            or sa.spi in self._limited
-        ):
+        and its plan's wrap mask, or None: the one-step tunnel path's SAs, on the
+        compiled cipher, with ESP enabled and no byte or allocation limit."""
+        if not fasttunnel.eligible((b,)) or not self._pk.esp_enable or b.sa.spi in self._limited:
             return None
-        plan = esp.plan_of(sa)
+        plan = esp.plan_of(b.sa)
         return None if plan.native is None else (plan.native, plan.wrap_mask)
 
     def _install_out(self, key: FlowKey, b: Bound) -> None:

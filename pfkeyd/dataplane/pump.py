@@ -178,26 +178,14 @@ class PacketLoop:
             self._run_compiled(self._compiled)
             return
         poll = self._epoll.poll
-        handlers = self._handlers
-        wake = self.wake.fd
         while not self._stop:
             timeout = self._timeout()
             for fd, _events in poll(-1 if timeout is None else max(timeout, 0.0)):
-                if fd == wake:
-                    self.wake.clear()
-                    self._woken = True
-                elif not self._stop:
-                    handlers[fd]()
-            if self._stop:
+                self._readable(fd)
+            if not self._after_wait():
                 return
-            if self._woken:
-                self._woken = False
-                self._on_wake()
-            self._after()
 
     def _run_compiled(self, compiled: espfast.Loop) -> None:
-        handlers = self._handlers
-        wake = self.wake.fd
         fd_item = espfast.ITEM_FD
         while not self._stop:
             timeout = self._timeout()
@@ -210,19 +198,30 @@ class PacketLoop:
                 if run:
                     self._on_items(run)
                     run = []
-                if item[1] == wake:
-                    self.wake.clear()
-                    self._woken = True
-                elif not self._stop:
-                    handlers[item[1]]()
+                self._readable(item[1])
             if run and not self._stop:
                 self._on_items(run)
-            if self._stop:
+            if not self._after_wait():
                 return
-            if self._woken:
-                self._woken = False
-                self._on_wake()
-            self._after()
+
+    def _readable(self, fd: int) -> None:
+        """One descriptor the wait found readable: the wake eventfd, or a handler's."""
+        if fd == self.wake.fd:
+            self.wake.clear()
+            self._woken = True
+        elif not self._stop:
+            self._handlers[fd]()
+
+    def _after_wait(self) -> bool:
+        """What follows every wake-up (``on_wake`` if woken, then ``after``); False
+        when the loop is to end."""
+        if self._stop:
+            return False
+        if self._woken:
+            self._woken = False
+            self._on_wake()
+        self._after()
+        return True
 
     # ---------------------------------------------------------------- sending
     def wait_writable(self, fd: int) -> None:

@@ -28,12 +28,12 @@ from pfkeyd.packet.bundle import Accepted, Bound
 from pfkeyd.packet.counters import ESP, Counters, Drop
 from pfkeyd.packet.crypto import espfast
 from pfkeyd.packet.ip import PacketKnobs, inet_checksum
-from pfkeyd.packet.runtime import U32, U64
+from pfkeyd.packet.runtime import U32
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.wire.constants import EncAlg, Mode
 from tests.netns import Namespace, skip_reason
-from tests.packet.esp_helpers import FixedRandom, esp_sa, on_path, runtime, v4
-from tests.packet.test_fasttunnel import _OPS, _fix, _receiver, _same, tunnel_sas
+from tests.packet.esp_helpers import FixedRandom, esp_sa, next_on_the_wire, on_path, runtime, v4, with_checksum
+from tests.packet.test_fasttunnel import _OPS, _receiver, _same, tunnel_sas
 
 LO = bytes([127, 0, 0, 1])
 INNER = (bytes([10, 1, 0, 1]), bytes([10, 2, 0, 1]))
@@ -199,7 +199,7 @@ def test_outbound_the_loop_and_the_python_path_send_the_same_bytes(
     for proto, payload, tos, frag, how in datagrams:
         dg = bytearray(v4(proto, payload, *INNER, tos=tos))
         dg[6:8] = frag.to_bytes(2, "big")
-        dg = bytearray(_fix(dg))
+        dg = bytearray(with_checksum(dg))
         if how != "not-installed":
             key = _key_of(bytes(dg))
             installed.add(key)
@@ -353,33 +353,12 @@ def test_inbound_the_loop_and_the_python_path_accept_and_drop_the_same(
     held: list[bytes] = []
     allowed_keys: set[bytes] = set()
     for op, outer_proto, payload, outer_ecn, tfc, inner_proto, n, allowed in ops:
-        if op == "jump":
-            sender.state.seq = (sender.state.seq + n - 2**15) % (U64 if sa.esn else U32)
         inner = v4(inner_proto, payload, *INNER) if outer_proto == 4 else payload
         if allowed and outer_proto == 4:
             assert loop.allow_in(_key_of(inner))
             allowed_keys.add(_key_of(inner))
         clear = v4(outer_proto, inner + bytes(tfc), LO, LO, tos=outer_ecn)
-        wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
-        assert isinstance(wire, bytes)
-        sent.append(wire)
-        if op == "hold":  # this one arrives later, the next one now
-            held.append(wire)
-            wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
-            assert isinstance(wire, bytes)
-            sent.append(wire)
-        elif op == "late" and held:
-            wire = held.pop(n % len(held))
-        elif op == "replay":
-            wire = sent[n % len(sent)]
-        elif op == "tamper":
-            b = bytearray(wire)
-            b[20 + n % (len(b) - 20)] ^= 1 << (n % 8)
-            wire = bytes(b)
-        elif op == "truncate":
-            wire = wire[: 20 + n % (len(wire) - 20)]
-        elif op == "spi":
-            wire = wire[:20] + (sa.spi + 1 + n).to_bytes(4, "big") + wire[24:]
+        wire = next_on_the_wire(op, n, clear, sender, sent, held)
         received, items = _arrive(wires, loop, wire)
         want = fasttunnel.unprotect(received, ref_lookup, knobs, rc)
         if want is None:

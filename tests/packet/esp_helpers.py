@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pfkeyd.packet import crypto, esp, ip
-from pfkeyd.packet.runtime import SaRuntime
+from pfkeyd.packet import bundle, crypto, esp, ip
+from pfkeyd.packet.bundle import Bound
+from pfkeyd.packet.counters import Counters
+from pfkeyd.packet.ip import PacketKnobs
+from pfkeyd.packet.runtime import U32, U64, SaRuntime
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.wire.constants import IpProto, Mode, SaFlag
 
@@ -96,3 +99,47 @@ def on_path(sa: TransformSA, path: str) -> TransformSA:
         assert plan.native is not None, "the compiled fast path does not serve this SA (or is not built)"
     object.__setattr__(copy, "plan", plan)
     return copy
+
+
+def with_checksum(dg: bytearray) -> bytes:
+    """``dg`` with its IPv4 header checksum made right."""
+    dg[10:12] = b"\0\0"
+    dg[10:12] = ip.inet_checksum(bytes(dg[:20])).to_bytes(2, "big")
+    return bytes(dg)
+
+
+def next_on_the_wire(op: str, n: int, clear: bytes, sender: Bound, sent: list[bytes], held: list[bytes]) -> bytes:
+    """What the inbound property tests put on the wire next for ``clear`` (an outer
+    datagram ``sender``, a transport-mode SA, protects): sent as is ("send"), held
+    back while the one after it goes first ("hold"), a held one arriving late
+    ("late"), an earlier one again ("replay"), a byte flipped past the outer header
+    ("tamper"), cut short ("truncate"), another SPI ("spi"), or sent after the
+    sender's sequence number jumped inside, behind or beyond the window ("jump");
+    ``n`` picks the position, the bit or the jump.  ``sent`` and ``held`` are the
+    test's record, updated here."""
+    if op == "jump":
+        # Anywhere but within 64 of the end: the sends that follow must not wrap the
+        # sender's counter (a test has fewer than 64 of them).
+        sender.state.seq = (sender.state.seq + n - 2**15) % ((U64 if sender.sa.esn else U32) - 64)
+    wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
+    assert isinstance(wire, bytes)
+    sent.append(wire)
+    if op == "hold":
+        held.append(wire)
+        wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
+        assert isinstance(wire, bytes)
+        sent.append(wire)
+    elif op == "late" and held:
+        wire = held.pop(n % len(held))
+    elif op == "replay":
+        wire = sent[n % len(sent)]
+    elif op == "tamper":
+        b = bytearray(wire)
+        b[20 + n % (len(b) - 20)] ^= 1 << (n % 8)
+        wire = bytes(b)
+    elif op == "truncate":
+        wire = with_checksum(bytearray(wire[: 20 + n % (len(wire) - 20)]))
+        wire = wire[:2] + len(wire).to_bytes(2, "big") + wire[4:]
+    elif op == "spi":
+        wire = wire[:20] + (sender.sa.spi + 1 + n).to_bytes(4, "big") + wire[24:]
+    return wire

@@ -10,12 +10,22 @@ from hypothesis import strategies as st
 from pfkeyd.packet import bundle, esp, fasttunnel
 from pfkeyd.packet.bundle import Bound
 from pfkeyd.packet.counters import ESP, Counters, Drop
-from pfkeyd.packet.ip import PacketKnobs, inet_checksum
+from pfkeyd.packet.ip import PacketKnobs
 from pfkeyd.packet.runtime import U32, U64
 from pfkeyd.packet.sa import TransformSA
 from pfkeyd.sad import NatT
 from pfkeyd.wire.constants import AuthAlg, EncAlg, Mode, SaFlag
-from tests.packet.esp_helpers import PATHS, FixedRandom, esp_sa, on_path, runtime, v4, v6
+from tests.packet.esp_helpers import (
+    PATHS,
+    FixedRandom,
+    esp_sa,
+    next_on_the_wire,
+    on_path,
+    runtime,
+    v4,
+    v6,
+    with_checksum,
+)
 
 
 @st.composite
@@ -27,13 +37,6 @@ def tunnel_sas(draw: st.DrawFn) -> TransformSA:
     )
     flags = draw(st.sampled_from([0, SaFlag.X_ESN, SaFlag.X_EXT_PZERO, SaFlag.X_ESN | SaFlag.X_EXT_CYCSEQ]))
     return esp_sa(enc, draw(st.binary(min_size=klen, max_size=klen)), flags=flags, mode=Mode.TUNNEL)
-
-
-def _fix(dg: bytearray) -> bytes:
-    dg[10:12] = b"\0\0"
-    ck = inet_checksum(bytes(dg[:20]))
-    dg[10:12] = ck.to_bytes(2, "big")
-    return bytes(dg)
 
 
 @settings(max_examples=300, deadline=None)
@@ -69,7 +72,7 @@ def test_the_fast_tunnel_path_equals_the_general_path(
     dg[1] = fields[0]  # any TOS, ECN bits included
     dg[4:8] = fields[1:5]  # ID, flags (DF) and offset
     dg[8] = fields[5]
-    datagram = _fix(dg) if good_checksum else bytes(dg)
+    datagram = with_checksum(dg) if good_checksum else bytes(dg)
     knobs = PacketKnobs(dfbit=dfbit, ecn=ecn, esp_enable=esp_enable)
     fast_state, slow_state = runtime(sa), runtime(slow_sa)
     fast_state.seq = slow_state.seq = seq
@@ -180,33 +183,11 @@ def test_the_fast_inbound_path_equals_the_general_path(
     sent: list[bytes] = []
     held: list[bytes] = []
     for op, outer_proto, payload, tos, outer_ecn, tfc, inner_proto, n in ops:
-        if op == "jump":
-            sender.state.seq = (sender.state.seq + n - 2**15) % (U64 if sa.esn else U32)
         inner = v4(inner_proto, payload, tos=tos) if outer_proto == 4 else v6(inner_proto, payload)
         if outer_proto in (17, 50):
             inner = payload
         clear = v4(outer_proto, inner + bytes(tfc), tos=outer_ecn)
-        wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
-        assert isinstance(wire, bytes)
-        sent.append(wire)
-        if op == "hold":  # this one arrives later, the next one now
-            held.append(wire)
-            wire = bundle.protect((sender,), clear, PacketKnobs(), Counters())
-            assert isinstance(wire, bytes)
-            sent.append(wire)
-        elif op == "late" and held:
-            wire = held.pop(n % len(held))
-        elif op == "replay":
-            wire = sent[n % len(sent)]
-        elif op == "tamper":
-            b = bytearray(wire)
-            b[20 + n % (len(b) - 20)] ^= 1 << (n % 8)
-            wire = bytes(b)
-        elif op == "truncate":
-            wire = _fix(bytearray(wire[: 20 + n % (len(wire) - 20)]))
-            wire = wire[:2] + len(wire).to_bytes(2, "big") + wire[4:]
-        elif op == "spi":
-            wire = wire[:20] + (sa.spi + 1 + n).to_bytes(4, "big") + wire[24:]
+        wire = next_on_the_wire(op, n, clear, sender, sent, held)
         before = (fc.snapshot(), fast.state.snapshot())
         got = fasttunnel.unprotect(wire, fast_lookup, knobs, fc)
         if got is None:  # declined: nothing counted, nothing changed, the general path's
