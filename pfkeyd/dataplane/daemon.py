@@ -29,6 +29,7 @@ from pfkeyd.dataplane.plane import HOLD_PACKETS, HOLD_TIME, DataPlane
 from pfkeyd.dataplane.privileges import require_capabilities
 from pfkeyd.dataplane.seam import Seam
 from pfkeyd.dataplane.sockpol import SocketPolicies, SocketPolicyListener
+from pfkeyd.packet.crypto import espfast
 from pfkeyd.record import record
 
 __all__ = ["DataplaneOptions", "local_addresses", "open_dataplane"]
@@ -78,7 +79,10 @@ def open_dataplane(
             firewall = Firewall(FirewallConfig(ifname=opts.ifname, natt_port=opts.natt_port))
             firewall.setup()
             stack.callback(firewall.close)
-        tun = TunDevice.open(opts.ifname, io)
+        # The TUN's offloads (TSO, checksums) where the compiled loop will read it:
+        # TCP is then read once per 64 KB and cut in C (plane.py, "The compiled loop").
+        offload = opts.compiled and espfast is not None and not (opts.enc or opts.pcap)
+        tun = TunDevice.open(opts.ifname, io, offload=offload)
         stack.callback(tun.close)
         routing = Routing(RoutingConfig(ifname=opts.ifname, mtu=opts.mtu, table=opts.table, fwmark=opts.fwmark))
         stack.callback(routing.close)

@@ -87,7 +87,8 @@ from typing import Any, TypeVar
 import trio
 
 from pfkeyd.dataplane.netlink import SO_MARK
-from pfkeyd.dataplane.tun import open_tun
+from pfkeyd.dataplane.tun import VNET_HDR, open_tun
+from pfkeyd.packet.crypto import espfast
 from pfkeyd.record import record
 
 __all__ = [
@@ -273,29 +274,52 @@ def _mark(sock: socket.socket, fwmark: int) -> None:
 
 
 # --------------------------------------------------------------------------- TUN
-class TunDevice:
-    """The data plane's TUN: outbound datagrams in, decrypted datagrams out."""
+_NO_OFFLOAD = bytes(VNET_HDR)  # a virtio_net_hdr that leaves the kernel nothing to do
 
-    def __init__(self, fd: int, name: str, counters: IoCounters | None = None) -> None:
+
+class TunDevice:
+    """The data plane's TUN: outbound datagrams in, decrypted datagrams out.
+
+    With ``vnet`` (opened with offloads, :mod:`.tun`) each frame carries a
+    virtio_net_hdr: a read is cut and finished into whole datagrams by the compiled
+    module (``espfast.tun_frames``; a frame it cannot take is dropped and counted,
+    ``tun.drop.offload``), a write gets a header of zeros."""
+
+    def __init__(self, fd: int, name: str, counters: IoCounters | None = None, *, vnet: bool = False) -> None:
+        if vnet and espfast is None:
+            raise ValueError("a TUN with offloads needs the compiled module (pfkeyd.packet.espfast)")
         self.fd = fd
         self.name = name
         self.counters = counters if counters is not None else IoCounters()
+        self.vnet = vnet
         os.set_blocking(fd, False)
 
     @classmethod
-    def open(cls, name: str = "ipsec0", counters: IoCounters | None = None) -> TunDevice:
-        """Create the TUN interface ``name`` in the calling thread's namespace."""
-        return cls(open_tun(name), name, counters)
+    def open(cls, name: str = "ipsec0", counters: IoCounters | None = None, *, offload: bool = False) -> TunDevice:
+        """Create the TUN interface ``name`` in the calling thread's namespace (with
+        the offloads of :mod:`.tun` if ``offload``, which needs the compiled module)."""
+        return cls(open_tun(name, offload=offload), name, counters, vnet=offload)
 
     def fileno(self) -> int:
         return self.fd
 
     def receive_now(self, limit: int = BATCH) -> list[bytes]:
-        """The datagrams ready now (at most ``limit``; maybe none), without waiting."""
+        """The datagrams ready now (at most ``limit`` reads; maybe none), without waiting."""
         out = _drain_now(self._read, limit)
         if out:
             self.counters.add("tun.read", len(out))
-        return out
+        if not self.vnet:
+            return out
+        whole: list[bytes] = []
+        for frame in out:
+            got = espfast.tun_frames(frame)
+            if got is None:
+                self.counters.add("tun.drop.offload")
+                continue
+            if len(got) > 1:
+                self.counters.add("tun.gso")
+            whole += got
+        return whole
 
     def _read(self) -> bytes:
         return os.read(self.fd, MAX_DATAGRAM)
@@ -312,7 +336,10 @@ class TunDevice:
         dropped it (counted under ``tun.drop.<errno>``); BlockingIOError if the
         device cannot take it yet."""
         try:
-            os.write(self.fd, datagram)
+            if self.vnet:
+                os.writev(self.fd, (_NO_OFFLOAD, datagram))
+            else:
+                os.write(self.fd, datagram)
         except OSError as e:
             if e.errno not in DROP_ERRNOS:  # EAGAIN (BlockingIOError) among them
                 raise

@@ -1042,7 +1042,9 @@ class DataPlane:
         if sender is None or rx is None or not all(x.counters is self.io for x in (self.tun, sender, rx)):
             return None  # its counts go to the one table the statistics read
         watched = (self.seam.generation_source(), (self.socket_policies, "generation"))
-        fast = espfast.Loop(self.tun, rx, sender, self.seam.packet_counters.table("esp"), self.io.table(), watched)
+        fast = espfast.Loop(
+            self.tun, rx, sender, self.seam.packet_counters.table("esp"), self.io.table(), watched, vnet=self.tun.vnet
+        )
         fast.reset(self._stamp())
         return fast, rx
 

@@ -12,6 +12,15 @@ That is the last line of cleanup: if the daemon dies by SIGKILL the kernel delet
 interface and every route through it; only the ip rules (see netlink.py) outlive it.
 
 The interface is created in the network namespace of the calling thread.
+
+With ``offload=True`` the interface also takes the offloads a NIC would
+(``IFF_VNET_HDR``, then ``TUNSETOFFLOAD`` with ``TUN_F_CSUM | TUN_F_TSO4``): the
+kernel then hands it TCP/IPv4 segments of up to 64 KB and datagrams whose L4
+checksum is left to finish, each behind a 10-byte ``virtio_net_hdr`` that says so,
+and every write must carry such a header too (all zeros: nothing left to do).  The
+compiled loop cuts and finishes them (``pfkeyd.packet.espfast.tun_frames``, the
+data plane's module doc says why); :class:`~pfkeyd.dataplane.io.TunDevice` reads
+and writes through the header.
 """
 
 from __future__ import annotations
@@ -20,11 +29,17 @@ import fcntl
 import os
 import struct
 
-__all__ = ["IFNAMSIZ", "TUNSETIFF", "IFF_TUN", "IFF_NO_PI", "check_ifname", "open_tun"]
+__all__ = ["IFNAMSIZ", "TUNSETIFF", "IFF_TUN", "IFF_NO_PI", "VNET_HDR", "check_ifname", "open_tun"]
 
 TUNSETIFF = 0x400454CA  # _IOW('T', 202, int)
+TUNSETOFFLOAD = 0x400454D0  # _IOW('T', 208, unsigned int)
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM = 0x01
+TUN_F_TSO4 = 0x02
+#: The size of struct virtio_net_hdr, in front of every frame of an offloading TUN.
+VNET_HDR = 10
 IFNAMSIZ = 16
 _IFREQ = struct.Struct("16sH22x")  # struct ifreq: ifr_name, ifr_flags, the rest of the union
 
@@ -37,8 +52,9 @@ def check_ifname(name: str) -> bytes:
     return raw
 
 
-def open_tun(name: str, *, nonblocking: bool = True) -> int:
-    """Create the TUN interface ``name`` (IFF_TUN | IFF_NO_PI) and return its descriptor.
+def open_tun(name: str, *, nonblocking: bool = True, offload: bool = False) -> int:
+    """Create the TUN interface ``name`` (IFF_TUN | IFF_NO_PI, with ``offload`` also
+    IFF_VNET_HDR and the offloads of the module doc) and return its descriptor.
 
     EBUSY if an interface of that name exists and is attached; EPERM without
     CAP_NET_ADMIN.  The caller owns the descriptor: closing it deletes the interface.
@@ -47,7 +63,9 @@ def open_tun(name: str, *, nonblocking: bool = True) -> int:
     flags = os.O_RDWR | os.O_CLOEXEC | (os.O_NONBLOCK if nonblocking else 0)
     fd = os.open("/dev/net/tun", flags)
     try:
-        fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, IFF_TUN | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, _IFREQ.pack(raw, IFF_TUN | IFF_NO_PI | (IFF_VNET_HDR if offload else 0)))
+        if offload:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, TUN_F_CSUM | TUN_F_TSO4)
     except BaseException:
         os.close(fd)
         raise

@@ -642,6 +642,7 @@ static PyTypeObject Esp_Type = {
 #include <sys/epoll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #define LOOP_BATCH 64       /* datagrams read from one descriptor per wake-up */
@@ -650,6 +651,10 @@ static PyTypeObject Esp_Type = {
 #define LOOP_BUF 65536
 #define LOOP_MAX_INNER (65535 - HDR - ESP_HDR - 3 - TAG_LEN)
 #define FLOW_KEY 13
+#define VNET_HDR 10 /* the TUN's offloads: see tun_frames */
+#define VNET_NEEDS_CSUM 1
+#define VNET_GSO_NONE 0
+#define VNET_GSO_TCPV4 1
 
 /* The kinds of wait()'s items: (kind, a, b, c). */
 #define ITEM_FD 0      /* (FD, fd, None, None): a watched descriptor is readable */
@@ -691,7 +696,7 @@ static PyTypeObject Entry_Type = {
 /* The names the loop reads, writes and counts under (interned at import). */
 static PyObject *S_seq, *S_iv_counter, *S_bytes, *S_packets, *S_replay, *S_last, *S_bits, *S_count, *S_size;
 static PyObject *S_output, *S_obytes, *S_input, *S_ibytes, *S_badauth, *S_badilen, *S_badpad, *S_dummy;
-static PyObject *S_tun_read, *S_tun_write, *S_raw_send, *S_esp_receive;
+static PyObject *S_tun_read, *S_tun_write, *S_raw_send, *S_esp_receive, *S_tun_gso, *S_tun_drop_offload;
 
 typedef struct {
     PyObject_HEAD
@@ -705,8 +710,9 @@ typedef struct {
     PyObject *watched;     /* tuple of (object, attribute name) */
     PyObject *stamp;       /* their values at the last reset(), a tuple; NULL: stale */
     int holding;
+    int vnet;              /* the TUN carries virtio_net_hdr: its offloads are on */
     unsigned long long fast_out, fast_in;
-    unsigned char *buf, *obuf;
+    unsigned char *buf, *obuf, *sbuf;
     unsigned char rnd[512];
     size_t rpos;
 } LoopObject;
@@ -991,9 +997,139 @@ loop_in(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
         return -1;
     if (!allowed)
         return hand_back(items, ITEM_ACCEPT, bytes_of(in, len), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
-    if (write(L->tun, in, (size_t)len) == len)
+    static const unsigned char no_offload[VNET_HDR];
+    struct iovec iov[2] = {{(void *)no_offload, VNET_HDR}, {(void *)in, (size_t)len}};
+    ssize_t want = len + (L->vnet ? VNET_HDR : 0);
+    if ((L->vnet ? writev(L->tun, iov, 2) : write(L->tun, in, (size_t)len)) == want)
         return count_add(L->io_counts, S_tun_write, 1) < 0 ? -1 : 1;
     return hand_back(items, ITEM_WRITE, bytes_of(in, len), NULL, NULL, 0) < 0 ? -1 : 1;
+}
+
+/* ------------------------------------------------ the TUN's offloads (virtio_net_hdr) */
+
+/*
+ * With IFF_VNET_HDR and TUNSETOFFLOAD (TUN_F_CSUM | TUN_F_TSO4), every datagram
+ * read from the TUN comes behind a 10-byte virtio_net_hdr (linux/virtio_net.h,
+ * host byte order): flags, gso_type, hdr_len, gso_size, csum_start, csum_offset.
+ * The kernel then leaves two jobs to the reader, which a NIC would do:
+ *
+ *   NEEDS_CSUM: the checksum of the bytes from csum_start to the end, whose field
+ *     at csum_start + csum_offset already holds the pseudo-header's sum, is to be
+ *     folded, complemented and stored there (skb_checksum_help; 0 is sent as 0xFFFF);
+ *   GSO_TCPV4: one TCP segment of up to 64 KB is to be cut into gso_size pieces of
+ *     payload, each with a copy of the IPv4 and TCP headers: the IPv4 ID counted up
+ *     from the first, the total length and header checksum set, the sequence number
+ *     advanced, FIN and PSH kept for the last piece only and CWR for the first only,
+ *     the TCP checksum computed whole (tcp_gso_segment, inet_gso_segment).
+ *
+ * So TCP through the tunnel is read once per 64 KB and cut here, instead of going
+ * through the kernel's TCP output and the TUN once per segment; the wire carries the
+ * same MSS-sized ESP datagrams as without the offloads.  Any other kind of GSO is not
+ * asked for; one that still arrives is dropped and counted (tun.drop.offload).
+ */
+
+static uint64_t
+sum16(const unsigned char *p, Py_ssize_t n, uint64_t sum)
+{
+    for (; n > 1; p += 2, n -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (n)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t
+fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/* Each datagram a frame read from an offloading TUN stands for, in order, through
+   emit(ctx, datagram, length) (0, or -1 to stop with an error set).  The number of
+   datagrams, -1 on error, or -2 when the frame is one this reader cannot take (the
+   caller counts and drops it). */
+typedef int (*emit_fn)(void *ctx, const unsigned char *dg, Py_ssize_t n);
+
+static Py_ssize_t
+tun_frames(unsigned char *frame, Py_ssize_t len, unsigned char *seg, emit_fn emit, void *ctx)
+{
+    if (len < VNET_HDR)
+        return -2;
+    const unsigned char *h = frame;
+    unsigned char *p = frame + VNET_HDR;
+    Py_ssize_t n = len - VNET_HDR;
+    int gso = h[1];
+    Py_ssize_t size = h[4] | h[5] << 8, start = h[6] | h[7] << 8, off = h[8] | h[9] << 8;
+    if (gso == VNET_GSO_NONE) {
+        if (h[0] & VNET_NEEDS_CSUM) {
+            if (start + off + 2 > n)
+                return -2;
+            uint16_t c = (uint16_t)~fold(sum16(p + start, n - start, 0));
+            if (c == 0)
+                c = 0xFFFF;
+            p[start + off] = (unsigned char)(c >> 8);
+            p[start + off + 1] = (unsigned char)c;
+        }
+        return emit(ctx, p, n) < 0 ? -1 : 1;
+    }
+    if (gso != VNET_GSO_TCPV4 || n < HDR || p[0] >> 4 != 4 || p[9] != 6 || size == 0)
+        return -2;
+    Py_ssize_t ihl = (p[0] & 0x0F) * 4;
+    if (ihl < HDR || ihl + 20 > n || (p[ihl + 12] >> 4) * 4 < 20 || ihl + (p[ihl + 12] >> 4) * 4 > n)
+        return -2;
+    Py_ssize_t hl = ihl + (p[ihl + 12] >> 4) * 4, data = n - hl, count = 0;
+    uint32_t seq = get32(p + ihl + 4);
+    unsigned id = (unsigned)(p[4] << 8 | p[5]);
+    for (Py_ssize_t at = 0; at < data || count == 0; at += size, count++) {
+        Py_ssize_t piece = data - at < size ? data - at : size, total = hl + piece;
+        memcpy(seg, p, (size_t)hl);
+        memcpy(seg + hl, p + hl + at, (size_t)piece);
+        seg[2] = (unsigned char)(total >> 8);
+        seg[3] = (unsigned char)total;
+        seg[4] = (unsigned char)((id + count) >> 8);
+        seg[5] = (unsigned char)(id + count);
+        seg[10] = seg[11] = 0;
+        uint16_t c = (uint16_t)~fold(sum16(seg, ihl, 0));
+        seg[10] = (unsigned char)(c >> 8);
+        seg[11] = (unsigned char)c;
+        unsigned char *t = seg + ihl;
+        put32(t + 4, seq + (uint32_t)at);
+        if (at + piece < data)
+            t[13] &= (unsigned char)~0x09; /* FIN and PSH: the last piece's */
+        if (count > 0)
+            t[13] &= (unsigned char)~0x80; /* CWR: the first piece's */
+        t[16] = t[17] = 0;
+        uint64_t sum = sum16(seg + 12, 8, 6 + (uint64_t)(total - ihl));
+        c = (uint16_t)~fold(sum16(t, total - ihl, sum));
+        t[16] = (unsigned char)(c >> 8);
+        t[17] = (unsigned char)c;
+        if (emit(ctx, seg, total) < 0)
+            return -1;
+    }
+    return count;
+}
+
+/* The Loop's emit: one datagram of the TUN, taken or handed back (see loop_drain). */
+typedef struct {
+    LoopObject *L;
+    PyObject *items;
+    int back;
+} OutCtx;
+
+static int
+out_one(void *ctx, const unsigned char *dg, Py_ssize_t n)
+{
+    OutCtx *c = ctx;
+    Py_ssize_t before = PyList_GET_SIZE(c->items);
+    int took = c->back ? 0 : loop_out(c->L, dg, n, c->items);
+    if (took < 0)
+        return -1;
+    if (!took && hand_back(c->items, ITEM_TUN, bytes_of(dg, n), NULL, NULL, 0) < 0)
+        return -1;
+    c->back = c->back || PyList_GET_SIZE(c->items) != before;
+    return 0;
 }
 
 /* Read up to LOOP_BATCH datagrams from fd, each through take() unless an earlier one
@@ -1016,6 +1152,15 @@ loop_drain(LoopObject *L, int fd, int kind, int (*take)(LoopObject *, const unsi
         if (r == 0 && kind == ITEM_TUN)
             break; /* nothing (a TUN never reads an empty datagram) */
         got++;
+        if (kind == ITEM_TUN && L->vnet) {
+            OutCtx ctx = {L, items, back};
+            Py_ssize_t k = tun_frames(L->buf, r, L->sbuf, out_one, &ctx);
+            if (k == -1 || (k > 1 && count_add(L->io_counts, S_tun_gso, 1) < 0)
+                || (k == -2 && count_add(L->io_counts, S_tun_drop_offload, 1) < 0))
+                return -1;
+            back = ctx.back;
+            continue;
+        }
         Py_ssize_t before = PyList_GET_SIZE(items);
         int took = back ? 0 : take(L, L->buf, r, items);
         if (took < 0)
@@ -1057,6 +1202,7 @@ Loop_dealloc(LoopObject *self)
     Py_XDECREF(self->stamp);
     PyMem_Free(self->buf);
     PyMem_Free(self->obuf);
+    PyMem_Free(self->sbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1074,10 +1220,11 @@ loop_register(LoopObject *L, int fd)
 static PyObject *
 Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"tun", "receiver", "sender", "esp_counts", "io_counts", "watched", NULL};
+    static char *kwlist[] = {"tun", "receiver", "sender", "esp_counts", "io_counts", "watched", "vnet", NULL};
     PyObject *tun, *rx, *tx, *esp_counts, *io_counts, *watched;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!O!:Loop", kwlist, &tun, &rx, &tx, &PyDict_Type, &esp_counts,
-                                     &PyDict_Type, &io_counts, &PyTuple_Type, &watched))
+    int vnet = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOOO!O!O!|$p:Loop", kwlist, &tun, &rx, &tx, &PyDict_Type,
+                                     &esp_counts, &PyDict_Type, &io_counts, &PyTuple_Type, &watched, &vnet))
         return NULL;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(watched); i++) {
         PyObject *w = PyTuple_GET_ITEM(watched, i);
@@ -1097,7 +1244,10 @@ Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->allow = PySet_New(NULL);
     self->buf = PyMem_Malloc(LOOP_BUF + 64);
     self->obuf = PyMem_Malloc(LOOP_BUF + 64);
-    if (self->out == NULL || self->in == NULL || self->allow == NULL || self->buf == NULL || self->obuf == NULL) {
+    self->sbuf = PyMem_Malloc(LOOP_BUF + 64);
+    self->vnet = vnet;
+    if (self->out == NULL || self->in == NULL || self->allow == NULL || self->buf == NULL || self->obuf == NULL
+        || self->sbuf == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -1429,7 +1579,8 @@ static PyTypeObject Loop_Type = {
     .tp_basicsize = sizeof(LoopObject),
     .tp_dealloc = (destructor)Loop_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Loop(tun, receiver, sender, esp_counts, io_counts, watched): the data plane's packet loop "
+    .tp_doc = PyDoc_STR("Loop(tun, receiver, sender, esp_counts, io_counts, watched, *, vnet=False): the data "
+                        "plane's packet loop "
                         "for installed ESP tunnel flows (see the comment above its code)."),
     .tp_methods = Loop_methods,
     .tp_getset = Loop_getset,
@@ -1463,8 +1614,59 @@ espfast_ipv4_ok(PyObject *module, PyObject *datagram)
     return PyBool_FromLong(ok);
 }
 
+static int
+append_one(void *ctx, const unsigned char *dg, Py_ssize_t n)
+{
+    PyObject *b = bytes_of(dg, n);
+    if (b == NULL)
+        return -1;
+    int r = PyList_Append((PyObject *)ctx, b);
+    Py_DECREF(b);
+    return r;
+}
+
+PyDoc_STRVAR(tun_frames_doc,
+             "tun_frames(frame) -> list[bytes] | None\n\n"
+             "The datagrams a frame read from a TUN with offloads stands for (the\n"
+             "virtio_net_hdr in front: a checksum completed, a TCP/IPv4 GSO segment cut\n"
+             "into pieces), as the compiled loop makes them; None for a frame it cannot\n"
+             "take.");
+
+static PyObject *
+espfast_tun_frames(PyObject *module, PyObject *arg)
+{
+    (void)module;
+    Bytes d;
+    if (bytes_get(arg, &d, "frame") < 0)
+        return NULL;
+    unsigned char *frame = PyMem_Malloc((size_t)d.len + 1), *seg = PyMem_Malloc(LOOP_BUF + 64);
+    PyObject *out = PyList_New(0);
+    Py_ssize_t k = -1;
+    if (frame == NULL || seg == NULL || out == NULL)
+        PyErr_NoMemory();
+    else if (d.len > LOOP_BUF + VNET_HDR)
+        PyErr_SetString(PyExc_ValueError, "a frame is at most 65546 bytes");
+    else {
+        memcpy(frame, d.buf, (size_t)d.len);
+        k = tun_frames(frame, d.len, seg, append_one, out);
+    }
+    bytes_release(&d);
+    PyMem_Free(frame);
+    PyMem_Free(seg);
+    if (k == -1) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    if (k == -2) {
+        Py_DECREF(out);
+        Py_RETURN_NONE;
+    }
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"ipv4_ok", (PyCFunction)espfast_ipv4_ok, METH_O, ipv4_ok_doc},
+    {"tun_frames", (PyCFunction)espfast_tun_frames, METH_O, tun_frames_doc},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1491,7 +1693,8 @@ PyInit_espfast(void)
         {&S_size, "size"},       {&S_output, "output"},         {&S_obytes, "obytes"},   {&S_input, "input"},
         {&S_ibytes, "ibytes"},   {&S_badauth, "badauth"},       {&S_badilen, "badilen"}, {&S_badpad, "badpad"},
         {&S_dummy, "dummy"},     {&S_tun_read, "tun.read"},     {&S_tun_write, "tun.write"},
-        {&S_raw_send, "raw4.send"}, {&S_esp_receive, "raw4.50.receive"},
+        {&S_raw_send, "raw4.send"}, {&S_esp_receive, "raw4.50.receive"}, {&S_tun_gso, "tun.gso"},
+        {&S_tun_drop_offload, "tun.drop.offload"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

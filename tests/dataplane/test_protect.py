@@ -229,6 +229,8 @@ def test_traffic_passes_protected_and_decrypts_with_scapy(netpair: Pair, scn: Sc
         counters = st["counters"]
         if scn.name == "esp-tunnel-4in4" and not extra:
             assert counters["compiled.out"] > 500 and counters["compiled.in"] > 100, counters
+            # ... reading TCP from the TUN in segments of up to 64 KB, which it cut (TSO)
+            assert st["io"].get("tun.gso", 0) > 10 and not st["io"].get("tun.drop.offload"), st["io"]
         else:
             assert not counters.get("compiled.out") and not counters.get("compiled.in"), counters
         # scapy verifies and decrypts them with the keys setkey -D printed.
