@@ -94,6 +94,12 @@ what the plane installed after deciding it here:
 * an inbound ESP tunnel SA the lookup found, on the same terms (``_install_in``),
   and an inbound flow whose policy asks for ESP at most (``_allow_in``).
 
+With the loop, the TUN is opened with a network card's offloads (TSO4 and
+checksums, :mod:`.tun`): the loop reads TCP in segments of up to 64 KB and cuts
+them, and joins the TCP segments of one flow that arrive in one batch into one
+datagram for the TUN (GRO), so that the kernel's TCP runs once per batch on both
+hosts (``espfast.tun_frames``; the wire is the same).
+
 It builds and opens the same bytes (the one-step path's, in C), takes the same
 sequence numbers from the same :class:`~pfkeyd.packet.runtime.SaRuntime` and moves
 the same replay window (above the window only; anything inside it is Python's),

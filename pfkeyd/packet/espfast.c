@@ -696,7 +696,7 @@ static PyTypeObject Entry_Type = {
 /* The names the loop reads, writes and counts under (interned at import). */
 static PyObject *S_seq, *S_iv_counter, *S_bytes, *S_packets, *S_replay, *S_last, *S_bits, *S_count, *S_size;
 static PyObject *S_output, *S_obytes, *S_input, *S_ibytes, *S_badauth, *S_badilen, *S_badpad, *S_dummy;
-static PyObject *S_tun_read, *S_tun_write, *S_raw_send, *S_esp_receive, *S_tun_gso, *S_tun_drop_offload;
+static PyObject *S_tun_read, *S_tun_write, *S_raw_send, *S_esp_receive, *S_tun_gso, *S_tun_drop_offload, *S_tun_gro;
 
 typedef struct {
     PyObject_HEAD
@@ -713,6 +713,10 @@ typedef struct {
     int vnet;              /* the TUN carries virtio_net_hdr: its offloads are on */
     unsigned long long fast_out, fast_in;
     unsigned char *buf, *obuf, *sbuf;
+    unsigned char *gbuf;   /* inbound TCP segments being joined (gro_add), behind a virtio_net_hdr */
+    Py_ssize_t glen;       /* the joined datagram's length so far (0: none) */
+    int gsegs, gmss;       /* segments joined, and the payload of each but the last */
+    uint32_t gnext;        /* the sequence number that continues it */
     unsigned char rnd[512];
     size_t rpos;
 } LoopObject;
@@ -848,163 +852,6 @@ bytes_of(const unsigned char *p, Py_ssize_t n)
     return PyBytes_FromStringAndSize((const char *)p, n);
 }
 
-/*
- * One datagram read from the TUN: 1 taken (sent, or handed back as SEND), 0 not
- * ours (nothing changed), -1 error (set).
- */
-static int
-loop_out(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
-{
-    if (L->stamp == NULL || n < HDR || n > LOOP_MAX_INNER || dg[0] != 0x45 || (dg[2] << 8 | dg[3]) != n)
-        return 0;
-    uint32_t sum = 0;
-    for (int i = 0; i < HDR; i += 2)
-        sum += (uint32_t)dg[i] << 8 | dg[i + 1];
-    while (sum >> 16)
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    if (sum != 0xFFFF)
-        return 0; /* the general path repairs the inner header first */
-    unsigned char key[FLOW_KEY];
-    flow_key(dg, n, HDR, key);
-    EntryObject *e = lookup(L->out, bytes_of(key, FLOW_KEY));
-    if (e == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    uint64_t seq, iv;
-    if (attr_u64(e->state, S_seq, &seq) < 0 || attr_u64(e->state, S_iv_counter, &iv) < 0)
-        return -1;
-    if (e->wrap_mask && (seq & e->wrap_mask) == e->wrap_mask)
-        return 0; /* the Python path counts the wrap */
-    seq += 1;
-    unsigned char *o = L->obuf;
-    int tos = dg[1];
-    if (e->ecn == 1) /* ECN_ALLOWED: CE becomes ECT(0) */
-        tos = (tos & 3) == 3 ? tos & ~1 : tos;
-    else if (e->ecn != -1) /* FORBIDDEN and any other value but NOCARE (-1): Not-ECT */
-        tos &= ~3;
-    int df = e->dfbit == 1 || (e->dfbit >= 2 && dg[6] & 0x40);
-    uint16_t ident = loop_ident(L);
-    o[0] = 0x45;
-    o[1] = (unsigned char)tos;
-    o[4] = (unsigned char)(ident >> 8);
-    o[5] = (unsigned char)ident;
-    o[6] = df ? 0x40 : 0;
-    o[7] = 0;
-    o[8] = (unsigned char)e->ttl;
-    memcpy(o + 12, e->src, 4);
-    memcpy(o + 16, e->dst, 4);
-    Py_ssize_t total = esp_seal_into(e->esp, o, dg, n, 4, seq, iv);
-    if (total < 0)
-        return -1;
-    if (set_u64(e->state, S_seq, seq) < 0 || set_u64(e->state, S_iv_counter, iv + 1) < 0
-        || add_u64(e->state, S_bytes, (uint64_t)total) < 0 || add_u64(e->state, S_packets, 1) < 0
-        || count_add(L->esp_counts, S_output, 1) < 0 || count_add(L->esp_counts, S_obytes, n) < 0)
-        return -1;
-    L->fast_out++;
-    struct sockaddr_in to = {.sin_family = AF_INET};
-    memcpy(&to.sin_addr, e->dst, 4);
-    if (sendto(L->tx, o, (size_t)total, 0, (struct sockaddr *)&to, sizeof to) == total)
-        return count_add(L->io_counts, S_raw_send, 1) < 0 ? -1 : 1;
-    /* full (EAGAIN), too big to go unfragmented (EMSGSIZE), or refused: the Python
-       sender waits, fragments or counts the drop by its errno */
-    return hand_back(items, ITEM_SEND, bytes_of(o, total), NULL, NULL, 0) < 0 ? -1 : 1;
-}
-
-static const unsigned char MAYBE_MORE[] = {50, 51, 108, 4, 41, 0, 43, 60};
-
-/*
- * One datagram received on the ESP socket: 1 taken (written, dropped and counted,
- * or handed back opened), 0 not ours (nothing changed), -1 error (set).
- */
-static int
-loop_in(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
-{
-    if (L->stamp == NULL || n <= HDR + ESP_HDR + TAG_LEN || n & 3 || dg[0] != 0x45 || dg[9] != IPPROTO_ESP_
-        || (dg[2] << 8 | dg[3]) != n)
-        return 0;
-    uint32_t seq = get32(dg + HDR + 4);
-    EntryObject *e = lookup(L->in, PyLong_FromUnsignedLong(get32(dg + HDR)));
-    if (e == NULL)
-        return PyErr_Occurred() ? -1 : 0;
-    if (memcmp(e->dst, dg + 16, 4) != 0)
-        return 0;
-    PyObject *replay = PyObject_GetAttr(e->state, S_replay);
-    if (replay == NULL)
-        return -1;
-    uint64_t last = 0, bits = 0, size = 0, seq64 = seq;
-    int r = 0;
-    if (replay != Py_None) {
-        if (attr_u64(replay, S_size, &size) < 0 || attr_u64(replay, S_last, &last) < 0)
-            r = -1;
-        else if (size > 64 || !((last & 0xFFFFFFFFULL) < seq && seq < (last & 0xFFFFFFFFULL) + 0x100000001ULL - size))
-            r = 0; /* inside the window, another subspace, or a window wider than 64: Python's */
-        else if (attr_u64(replay, S_bits, &bits) < 0)
-            r = -1;
-        else
-            r = 1;
-        if (r <= 0) {
-            Py_DECREF(replay);
-            return r;
-        }
-        seq64 = last - (last & 0xFFFFFFFFULL) + seq;
-    }
-    Py_ssize_t m = 0;
-    unsigned char *o = L->obuf;
-    int code = esp_open_into(e->esp, dg, n, (uint32_t)(seq64 >> 32), o, &m);
-    if (code < 0) {
-        Py_DECREF(replay);
-        return -1;
-    }
-    if (replay != Py_None && code != OPEN_BADAUTH) {
-        /* what ReplayWindow.advance does: the ICV passed */
-        uint64_t shift = seq64 - last, mask = size == 64 ? UINT64_MAX : ((uint64_t)1 << size) - 1;
-        bits = shift < size ? ((bits << shift) | 1) & mask : 1;
-        if (set_u64(replay, S_bits, bits) < 0 || set_u64(replay, S_last, seq64) < 0
-            || add_u64(replay, S_count, 1) < 0) {
-            Py_DECREF(replay);
-            return -1;
-        }
-    }
-    Py_DECREF(replay);
-    if (code != 0) {
-        PyObject *name = code == OPEN_BADAUTH ? S_badauth : code == OPEN_BADILEN ? S_badilen
-                         : code == OPEN_BADPAD                  ? S_badpad
-                                                                : S_dummy;
-        return count_add(L->esp_counts, name, 1) < 0 ? -1 : 1;
-    }
-    /* The decapsulation can change nothing (ip.decapsulate): an IPv4 inner datagram
-       that fills the payload, the outer ECN Not-ECT or ECT(0), nothing more of ours
-       inside.  Anything else is the Python path's (fasttunnel.finish). */
-    const unsigned char *in = o + HDR;
-    Py_ssize_t len = m - HDR;
-    int simple = m >= 40 && o[9] == 4 && !(dg[1] & 1) && in[0] >> 4 == 4 && (in[0] & 0x0F) >= 5
-                 && (in[2] << 8 | in[3]) == len && (in[0] & 0x0F) * 4 <= len;
-    for (size_t i = 0; simple && i < sizeof MAYBE_MORE; i++)
-        simple = in[9] != MAYBE_MORE[i];
-    if (!simple)
-        return hand_back(items, ITEM_OPENED, bytes_of(o, m), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
-    if (count_add(L->esp_counts, S_input, 1) < 0 || count_add(L->esp_counts, S_ibytes, n - HDR) < 0
-        || add_u64(e->state, S_bytes, (uint64_t)len) < 0 || add_u64(e->state, S_packets, 1) < 0)
-        return -1;
-    L->fast_in++;
-    unsigned char key[FLOW_KEY];
-    flow_key(in, len, (in[0] & 0x0F) * 4, key);
-    PyObject *k = bytes_of(key, FLOW_KEY);
-    if (k == NULL)
-        return -1;
-    int allowed = PySet_Contains(L->allow, k);
-    Py_DECREF(k);
-    if (allowed < 0)
-        return -1;
-    if (!allowed)
-        return hand_back(items, ITEM_ACCEPT, bytes_of(in, len), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
-    static const unsigned char no_offload[VNET_HDR];
-    struct iovec iov[2] = {{(void *)no_offload, VNET_HDR}, {(void *)in, (size_t)len}};
-    ssize_t want = len + (L->vnet ? VNET_HDR : 0);
-    if ((L->vnet ? writev(L->tun, iov, 2) : write(L->tun, in, (size_t)len)) == want)
-        return count_add(L->io_counts, S_tun_write, 1) < 0 ? -1 : 1;
-    return hand_back(items, ITEM_WRITE, bytes_of(in, len), NULL, NULL, 0) < 0 ? -1 : 1;
-}
-
 /* ------------------------------------------------ the TUN's offloads (virtio_net_hdr) */
 
 /*
@@ -1111,6 +958,280 @@ tun_frames(unsigned char *frame, Py_ssize_t len, unsigned char *seg, emit_fn emi
     return count;
 }
 
+/*
+ * One datagram read from the TUN: 1 taken (sent, or handed back as SEND), 0 not
+ * ours (nothing changed), -1 error (set).
+ */
+static int
+loop_out(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
+{
+    if (L->stamp == NULL || n < HDR || n > LOOP_MAX_INNER || dg[0] != 0x45 || (dg[2] << 8 | dg[3]) != n)
+        return 0;
+    uint32_t sum = 0;
+    for (int i = 0; i < HDR; i += 2)
+        sum += (uint32_t)dg[i] << 8 | dg[i + 1];
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    if (sum != 0xFFFF)
+        return 0; /* the general path repairs the inner header first */
+    unsigned char key[FLOW_KEY];
+    flow_key(dg, n, HDR, key);
+    EntryObject *e = lookup(L->out, bytes_of(key, FLOW_KEY));
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    uint64_t seq, iv;
+    if (attr_u64(e->state, S_seq, &seq) < 0 || attr_u64(e->state, S_iv_counter, &iv) < 0)
+        return -1;
+    if (e->wrap_mask && (seq & e->wrap_mask) == e->wrap_mask)
+        return 0; /* the Python path counts the wrap */
+    seq += 1;
+    unsigned char *o = L->obuf;
+    int tos = dg[1];
+    if (e->ecn == 1) /* ECN_ALLOWED: CE becomes ECT(0) */
+        tos = (tos & 3) == 3 ? tos & ~1 : tos;
+    else if (e->ecn != -1) /* FORBIDDEN and any other value but NOCARE (-1): Not-ECT */
+        tos &= ~3;
+    int df = e->dfbit == 1 || (e->dfbit >= 2 && dg[6] & 0x40);
+    uint16_t ident = loop_ident(L);
+    o[0] = 0x45;
+    o[1] = (unsigned char)tos;
+    o[4] = (unsigned char)(ident >> 8);
+    o[5] = (unsigned char)ident;
+    o[6] = df ? 0x40 : 0;
+    o[7] = 0;
+    o[8] = (unsigned char)e->ttl;
+    memcpy(o + 12, e->src, 4);
+    memcpy(o + 16, e->dst, 4);
+    Py_ssize_t total = esp_seal_into(e->esp, o, dg, n, 4, seq, iv);
+    if (total < 0)
+        return -1;
+    if (set_u64(e->state, S_seq, seq) < 0 || set_u64(e->state, S_iv_counter, iv + 1) < 0
+        || add_u64(e->state, S_bytes, (uint64_t)total) < 0 || add_u64(e->state, S_packets, 1) < 0
+        || count_add(L->esp_counts, S_output, 1) < 0 || count_add(L->esp_counts, S_obytes, n) < 0)
+        return -1;
+    L->fast_out++;
+    struct sockaddr_in to = {.sin_family = AF_INET};
+    memcpy(&to.sin_addr, e->dst, 4);
+    if (sendto(L->tx, o, (size_t)total, 0, (struct sockaddr *)&to, sizeof to) == total)
+        return count_add(L->io_counts, S_raw_send, 1) < 0 ? -1 : 1;
+    /* full (EAGAIN), too big to go unfragmented (EMSGSIZE), or refused: the Python
+       sender waits, fragments or counts the drop by its errno */
+    return hand_back(items, ITEM_SEND, bytes_of(o, total), NULL, NULL, 0) < 0 ? -1 : 1;
+}
+
+static const unsigned char MAYBE_MORE[] = {50, 51, 108, 4, 41, 0, 43, 60};
+
+/*
+ * Joining inbound TCP segments (GRO), on a TUN with offloads: consecutive segments
+ * of one TCP/IPv4 flow that arrive in one batch are written to the TUN as one
+ * datagram of up to 64 KB behind a virtio_net_hdr that says GSO_TCPV4 (gso_size the
+ * segments' payload, the TCP checksum left to finish with the pseudo-header's sum
+ * in its field, as the kernel itself hands such datagrams over), so that the
+ * receiving stack runs once per batch instead of once per segment, as it does
+ * behind a NIC with GRO.  Segments join when everything but the sequence number,
+ * the IPv4 ID, the lengths and the checksums is the same (addresses, TOS, TTL, DF,
+ * ports, acknowledgement, header length, flags, window and options, as Linux's
+ * tcp_gro_receive asks), the sequence numbers follow on, and every segment but the
+ * last carries gso_size bytes; flags other than ACK end a run (PSH is allowed on
+ * its last segment).  What is joined is written before the batch ends, and before
+ * anything else is written or handed back, so the TUN sees the same order.  A write
+ * the TUN refuses is handed back as the original segments (cut again, as
+ * tun_frames cuts, with the IDs counted up from the first).
+ */
+static int
+write_back_one(void *ctx, const unsigned char *dg, Py_ssize_t n)
+{
+    return hand_back((PyObject *)ctx, ITEM_WRITE, bytes_of(dg, n), NULL, NULL, 0);
+}
+
+static int
+gro_flush(LoopObject *L, PyObject *items)
+{
+    if (L->glen == 0)
+        return 0;
+    unsigned char *h = L->gbuf, *p = L->gbuf + VNET_HDR;
+    Py_ssize_t n = L->glen;
+    int segs = L->gsegs;
+    L->glen = 0;
+    L->gsegs = 0;
+    memset(h, 0, VNET_HDR);
+    if (segs > 1) {
+        int hl = HDR + (p[HDR + 12] >> 4) * 4;
+        p[2] = (unsigned char)(n >> 8);
+        p[3] = (unsigned char)n;
+        p[10] = p[11] = 0;
+        uint16_t c = (uint16_t)~fold(sum16(p, HDR, 0));
+        p[10] = (unsigned char)(c >> 8);
+        p[11] = (unsigned char)c;
+        c = fold(sum16(p + 12, 8, 6 + (uint64_t)(n - HDR))); /* the pseudo-header's sum, not complemented */
+        p[HDR + 16] = (unsigned char)(c >> 8);
+        p[HDR + 17] = (unsigned char)c;
+        h[0] = VNET_NEEDS_CSUM;
+        h[1] = VNET_GSO_TCPV4;
+        h[2] = (unsigned char)hl;
+        h[4] = (unsigned char)L->gmss;
+        h[5] = (unsigned char)(L->gmss >> 8);
+        h[6] = HDR;
+        h[8] = 16;
+    }
+    if (write(L->tun, h, (size_t)(VNET_HDR + n)) == VNET_HDR + n) {
+        if (count_add(L->io_counts, S_tun_write, segs) < 0)
+            return -1;
+        return segs > 1 && count_add(L->io_counts, S_tun_gro, 1) < 0 ? -1 : 0;
+    }
+    if (segs == 1)
+        return hand_back(items, ITEM_WRITE, bytes_of(p, n), NULL, NULL, 0);
+    return tun_frames(h, VNET_HDR + n, L->sbuf, write_back_one, items) < 0 ? -1 : 0;
+}
+
+/* Whether the TCP/IPv4 datagram in (len bytes, an IPv4 header of 20) may join a run:
+   its payload length, or -1. */
+static Py_ssize_t
+gro_payload(const unsigned char *in, Py_ssize_t len)
+{
+    if (len < 40 || in[0] != 0x45 || in[9] != 6 || (in[6] & 0x3F) || in[7])
+        return -1; /* not TCP, IPv4 options, or a fragment */
+    Py_ssize_t thl = (in[HDR + 12] >> 4) * 4;
+    int flags = in[HDR + 13];
+    if (thl < 20 || HDR + thl > len || (flags != 0x10 && flags != 0x18))
+        return -1;
+    return len - HDR - thl;
+}
+
+/* Take in (an accepted datagram for the TUN) into the run being joined: 1 taken, 0
+   not one to join (the caller writes it; what was joined before is written first),
+   -1 error. */
+static int
+gro_add(LoopObject *L, const unsigned char *in, Py_ssize_t len, PyObject *items)
+{
+    Py_ssize_t plen = gro_payload(in, len);
+    unsigned char *p = L->gbuf + VNET_HDR;
+    if (L->glen && plen > 0 && plen <= L->gmss && L->glen + plen <= 65535 && get32(in + HDR + 4) == L->gnext
+        && in[1] == p[1] && in[8] == p[8] && (in[6] & 0x40) == (p[6] & 0x40) && !memcmp(in + 12, p + 12, 8)
+        && !memcmp(in + HDR, p + HDR, 4) && !memcmp(in + HDR + 8, p + HDR + 8, 5)
+        && !memcmp(in + HDR + 14, p + HDR + 14, 2)
+        && !memcmp(in + HDR + 20, p + HDR + 20, (size_t)((in[HDR + 12] >> 4) * 4 - 20))) {
+        memcpy(p + L->glen, in + len - plen, (size_t)plen);
+        L->glen += plen;
+        L->gsegs++;
+        L->gnext += (uint32_t)plen;
+        if (in[HDR + 13] & 0x08 || plen < L->gmss) {
+            p[HDR + 13] |= in[HDR + 13] & 0x08;
+            return gro_flush(L, items) < 0 ? -1 : 1;
+        }
+        return 1;
+    }
+    if (gro_flush(L, items) < 0)
+        return -1;
+    if (plen <= 0 || in[HDR + 13] & 0x08)
+        return 0;
+    memcpy(p, in, (size_t)len);
+    L->glen = len;
+    L->gsegs = 1;
+    L->gmss = (int)plen;
+    L->gnext = get32(in + HDR + 4) + (uint32_t)plen;
+    return 1;
+}
+
+/*
+ * One datagram received on the ESP socket: 1 taken (written, dropped and counted,
+ * or handed back opened), 0 not ours (nothing changed), -1 error (set).
+ */
+static int
+loop_in(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
+{
+    if (L->stamp == NULL || n <= HDR + ESP_HDR + TAG_LEN || n & 3 || dg[0] != 0x45 || dg[9] != IPPROTO_ESP_
+        || (dg[2] << 8 | dg[3]) != n)
+        return 0;
+    uint32_t seq = get32(dg + HDR + 4);
+    EntryObject *e = lookup(L->in, PyLong_FromUnsignedLong(get32(dg + HDR)));
+    if (e == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    if (memcmp(e->dst, dg + 16, 4) != 0)
+        return 0;
+    PyObject *replay = PyObject_GetAttr(e->state, S_replay);
+    if (replay == NULL)
+        return -1;
+    uint64_t last = 0, bits = 0, size = 0, seq64 = seq;
+    int r = 0;
+    if (replay != Py_None) {
+        if (attr_u64(replay, S_size, &size) < 0 || attr_u64(replay, S_last, &last) < 0)
+            r = -1;
+        else if (size > 64 || !((last & 0xFFFFFFFFULL) < seq && seq < (last & 0xFFFFFFFFULL) + 0x100000001ULL - size))
+            r = 0; /* inside the window, another subspace, or a window wider than 64: Python's */
+        else if (attr_u64(replay, S_bits, &bits) < 0)
+            r = -1;
+        else
+            r = 1;
+        if (r <= 0) {
+            Py_DECREF(replay);
+            return r;
+        }
+        seq64 = last - (last & 0xFFFFFFFFULL) + seq;
+    }
+    Py_ssize_t m = 0;
+    unsigned char *o = L->obuf;
+    int code = esp_open_into(e->esp, dg, n, (uint32_t)(seq64 >> 32), o, &m);
+    if (code < 0) {
+        Py_DECREF(replay);
+        return -1;
+    }
+    if (replay != Py_None && code != OPEN_BADAUTH) {
+        /* what ReplayWindow.advance does: the ICV passed */
+        uint64_t shift = seq64 - last, mask = size == 64 ? UINT64_MAX : ((uint64_t)1 << size) - 1;
+        bits = shift < size ? ((bits << shift) | 1) & mask : 1;
+        if (set_u64(replay, S_bits, bits) < 0 || set_u64(replay, S_last, seq64) < 0
+            || add_u64(replay, S_count, 1) < 0) {
+            Py_DECREF(replay);
+            return -1;
+        }
+    }
+    Py_DECREF(replay);
+    if (code != 0) {
+        PyObject *name = code == OPEN_BADAUTH ? S_badauth : code == OPEN_BADILEN ? S_badilen
+                         : code == OPEN_BADPAD                  ? S_badpad
+                                                                : S_dummy;
+        return count_add(L->esp_counts, name, 1) < 0 ? -1 : 1;
+    }
+    /* The decapsulation can change nothing (ip.decapsulate): an IPv4 inner datagram
+       that fills the payload, the outer ECN Not-ECT or ECT(0), nothing more of ours
+       inside.  Anything else is the Python path's (fasttunnel.finish). */
+    const unsigned char *in = o + HDR;
+    Py_ssize_t len = m - HDR;
+    int simple = m >= 40 && o[9] == 4 && !(dg[1] & 1) && in[0] >> 4 == 4 && (in[0] & 0x0F) >= 5
+                 && (in[2] << 8 | in[3]) == len && (in[0] & 0x0F) * 4 <= len;
+    for (size_t i = 0; simple && i < sizeof MAYBE_MORE; i++)
+        simple = in[9] != MAYBE_MORE[i];
+    if (!simple)
+        return hand_back(items, ITEM_OPENED, bytes_of(o, m), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
+    if (count_add(L->esp_counts, S_input, 1) < 0 || count_add(L->esp_counts, S_ibytes, n - HDR) < 0
+        || add_u64(e->state, S_bytes, (uint64_t)len) < 0 || add_u64(e->state, S_packets, 1) < 0)
+        return -1;
+    L->fast_in++;
+    unsigned char key[FLOW_KEY];
+    flow_key(in, len, (in[0] & 0x0F) * 4, key);
+    PyObject *k = bytes_of(key, FLOW_KEY);
+    if (k == NULL)
+        return -1;
+    int allowed = PySet_Contains(L->allow, k);
+    Py_DECREF(k);
+    if (allowed < 0)
+        return -1;
+    if (!allowed)
+        return hand_back(items, ITEM_ACCEPT, bytes_of(in, len), e->bound, bytes_of(dg, n), 1) < 0 ? -1 : 1;
+    if (L->vnet) {
+        int joined = gro_add(L, in, len, items);
+        if (joined != 0)
+            return joined < 0 ? -1 : 1;
+    }
+    static const unsigned char no_offload[VNET_HDR];
+    struct iovec iov[2] = {{(void *)no_offload, VNET_HDR}, {(void *)in, (size_t)len}};
+    ssize_t want = len + (L->vnet ? VNET_HDR : 0);
+    if ((L->vnet ? writev(L->tun, iov, 2) : write(L->tun, in, (size_t)len)) == want)
+        return count_add(L->io_counts, S_tun_write, 1) < 0 ? -1 : 1;
+    return hand_back(items, ITEM_WRITE, bytes_of(in, len), NULL, NULL, 0) < 0 ? -1 : 1;
+}
+
 /* The Loop's emit: one datagram of the TUN, taken or handed back (see loop_drain). */
 typedef struct {
     LoopObject *L;
@@ -1203,6 +1324,7 @@ Loop_dealloc(LoopObject *self)
     PyMem_Free(self->buf);
     PyMem_Free(self->obuf);
     PyMem_Free(self->sbuf);
+    PyMem_Free(self->gbuf);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1245,9 +1367,10 @@ Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->buf = PyMem_Malloc(LOOP_BUF + 64);
     self->obuf = PyMem_Malloc(LOOP_BUF + 64);
     self->sbuf = PyMem_Malloc(LOOP_BUF + 64);
+    self->gbuf = PyMem_Malloc(LOOP_BUF + 64);
     self->vnet = vnet;
     if (self->out == NULL || self->in == NULL || self->allow == NULL || self->buf == NULL || self->obuf == NULL
-        || self->sbuf == NULL) {
+        || self->sbuf == NULL || self->gbuf == NULL) {
         PyErr_NoMemory();
         goto fail;
     }
@@ -1498,7 +1621,7 @@ Loop_wait(LoopObject *self, PyObject *arg)
         }
         else if (fd == self->rx) {
             int got = loop_drain(self, fd, ITEM_ESP, loop_in, items);
-            if (got < 0 || count_add(self->io_counts, S_esp_receive, got) < 0)
+            if (gro_flush(self, items) < 0 || got < 0 || count_add(self->io_counts, S_esp_receive, got) < 0)
                 goto fail;
         }
         else if (hand_back(items, ITEM_FD, PyLong_FromLong(fd), NULL, NULL, 0) < 0)
@@ -1694,7 +1817,7 @@ PyInit_espfast(void)
         {&S_ibytes, "ibytes"},   {&S_badauth, "badauth"},       {&S_badilen, "badilen"}, {&S_badpad, "badpad"},
         {&S_dummy, "dummy"},     {&S_tun_read, "tun.read"},     {&S_tun_write, "tun.write"},
         {&S_raw_send, "raw4.send"}, {&S_esp_receive, "raw4.50.receive"}, {&S_tun_gso, "tun.gso"},
-        {&S_tun_drop_offload, "tun.drop.offload"},
+        {&S_tun_drop_offload, "tun.drop.offload"}, {&S_tun_gro, "tun.gro"},
     };
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)

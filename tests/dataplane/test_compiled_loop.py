@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import select
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
 
 from pfkeyd.dataplane.io import IoCounters, RawReceiver, RawSender
 from pfkeyd.dataplane.plane import flow_bytes, parse_flow
@@ -468,3 +471,108 @@ def test_the_loop_refuses_what_it_cannot_carry(wires: Wires) -> None:
     with pytest.raises(ValueError, match="closed"):
         loop.wait(0)
     assert wires.tun.fileno() >= 0  # the descriptors stay the caller's
+
+
+# ------------------------------------------------------- the TUN's offloads
+
+
+def _segments(n: int, *, mss: int = 1000, seq: int = 7000, flags: str = "A", sport: int = 40000) -> list[bytes]:
+    """``n`` consecutive full TCP/IPv4 segments of one flow, built by scapy."""
+    out = []
+    for i in range(n):
+        p = IP(src="10.2.0.1", dst="10.1.0.1", id=100 + i, flags="DF") / TCP(
+            sport=sport, dport=5001, seq=seq + i * mss, ack=1, flags=flags, window=500
+        )
+        out.append(bytes(p / Raw(bytes([i]) * mss)))
+    return out
+
+
+def test_consecutive_segments_reach_the_tun_joined_and_cut_back_they_are_the_originals(wires: Wires) -> None:
+    """GRO on a TUN with offloads: a batch of segments of one flow is written as one
+    frame (GSO_TCPV4, gso_size the segments' payload, the checksum left to finish);
+    cut again as the kernel would (tun_frames), it gives back exactly the segments
+    scapy built.  A segment of another flow, or one with PSH, ends the run."""
+    _drain(wires)
+    c = Counters()
+    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        g = Generation()
+        loop = espfast.Loop(
+            tun, wires.receiver, wires.sender, c.table(ESP), wires.io.table(), ((g, "value"),), vnet=True
+        )
+        loop.reset((0,))
+        sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
+        sender = Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa))
+        mine, _ = _receiver(sa)
+        native = esp.plan_of(sa).native
+        assert native is not None and loop.add_in(sa.spi, native, mine.state, mine, LO)
+        run = _segments(5)
+        other = _segments(1, sport=40001)
+        last = _segments(1, seq=7000 + 5 * 1000, flags="PA")
+        for dg in [*run, *other, *last]:
+            assert loop.allow_in(_key_of(dg))
+        written = wires.io["tun.write"]
+        for dg in [*run, *other, *last]:
+            wire = bundle.protect((sender,), v4(4, dg, LO, LO), PacketKnobs(), Counters())
+            assert isinstance(wire, bytes)
+            wires.inject(wire)
+        wires.captured(7)
+        for _ in range(100):  # the loop's socket has them once the capture has
+            if wires.io["tun.write"] == written + 7:
+                break
+            assert loop.wait(1.0) == []
+        assert wires.io["tun.write"] == written + 7
+        frames = []
+        while True:
+            try:
+                frames.append(kernel.recv(70000, socket.MSG_DONTWAIT))
+            except BlockingIOError:
+                break
+        # The run of five joined; the other flow's segment alone; the PSH one alone
+        # (the run it would continue was cut by the other flow).
+        assert len(frames) == 3
+        flags, gso, hdr_len, size, start, offset = struct.unpack("<BBHHHH", frames[0][:10])
+        assert (flags, gso, hdr_len, size, start, offset) == (1, 1, 40, 1000, 20, 16)
+        joined = frames[0][10:]
+        assert len(joined) == 40 + 5 * 1000 and inet_checksum(joined[:20]) == 0
+        assert espfast.tun_frames(frames[0]) == run
+        assert frames[1] == bytes(10) + other[0] and frames[2] == bytes(10) + last[0]
+        assert loop.fast_in == 7 and mine.state.packets == 7
+        loop.close()
+    finally:
+        tun.close()
+        kernel.close()
+
+
+def test_a_joined_run_the_tun_refuses_is_handed_back_as_its_segments(wires: Wires) -> None:
+    _drain(wires)
+    c = Counters()
+    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    kernel.close()  # every write fails
+    try:
+        g = Generation()
+        loop = espfast.Loop(
+            tun, wires.receiver, wires.sender, c.table(ESP), wires.io.table(), ((g, "value"),), vnet=True
+        )
+        loop.reset((0,))
+        sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
+        sender = Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa))
+        mine, _ = _receiver(sa)
+        native = esp.plan_of(sa).native
+        assert native is not None and loop.add_in(sa.spi, native, mine.state, mine, LO)
+        run = _segments(3)
+        assert loop.allow_in(_key_of(run[0]))
+        for dg in run:
+            wire = bundle.protect((sender,), v4(4, dg, LO, LO), PacketKnobs(), Counters())
+            assert isinstance(wire, bytes)
+            wires.inject(wire)
+        wires.captured(3)
+        items: list[tuple[int, object, object, object]] = []
+        while len(items) < 3:
+            got = loop.wait(1.0)
+            assert got, "the loop never handed the refused run back"
+            items += got
+        assert items == [(espfast.ITEM_WRITE, dg, None, None) for dg in run]
+        loop.close()
+    finally:
+        tun.close()

@@ -218,6 +218,7 @@ def test_traffic_passes_protected_and_decrypts_with_scapy(netpair: Pair, scn: Sc
             seen = cap.ip(outgoing_only=False)
             dump = sas_from_dump(a.setkey_args("-D"))
             st = a.stats()["dataplane"]
+            st_b = b.stats()["dataplane"]
         # Only protected packets on the wire.
         clear = [d for d in seen if not protected(d) and not is_neighbour_discovery(d)]
         assert not clear, f"{len(clear)} packets in the clear, first: {parse(clear[0]).summary()}"
@@ -231,6 +232,8 @@ def test_traffic_passes_protected_and_decrypts_with_scapy(netpair: Pair, scn: Sc
             assert counters["compiled.out"] > 500 and counters["compiled.in"] > 100, counters
             # ... reading TCP from the TUN in segments of up to 64 KB, which it cut (TSO)
             assert st["io"].get("tun.gso", 0) > 10 and not st["io"].get("tun.drop.offload"), st["io"]
+            # ... and B writing the segments it received to its TUN joined, up to 64 KB at a time (GRO)
+            assert st_b["io"].get("tun.gro", 0) > 10, st_b["io"]
         else:
             assert not counters.get("compiled.out") and not counters.get("compiled.in"), counters
         # scapy verifies and decrypts them with the keys setkey -D printed.
