@@ -322,7 +322,7 @@ class TunDevice:
         return whole
 
     def _read(self) -> bytes:
-        return os.read(self.fd, MAX_DATAGRAM)
+        return os.read(self.fd, MAX_DATAGRAM + (VNET_HDR if self.vnet else 0))
 
     async def receive_batch(self, limit: int = BATCH) -> list[bytes]:
         """One or more datagrams (at most ``limit``): waits only if none is ready."""

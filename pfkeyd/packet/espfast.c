@@ -1261,7 +1261,8 @@ loop_drain(LoopObject *L, int fd, int kind, int (*take)(LoopObject *, const unsi
 {
     int got = 0, back = 0;
     while (got < LOOP_BATCH) {
-        ssize_t r = kind == ITEM_TUN ? read(fd, L->buf, LOOP_BUF) : recv(fd, L->buf, LOOP_BUF, 0);
+        /* a frame of an offloading TUN is a datagram of up to 65535 bytes behind its header */
+        ssize_t r = kind == ITEM_TUN ? read(fd, L->buf, LOOP_BUF + VNET_HDR) : recv(fd, L->buf, LOOP_BUF, 0);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
