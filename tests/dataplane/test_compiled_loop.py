@@ -127,10 +127,12 @@ class Generation:
         self.value = value
 
 
-def _loop(w: Wires, counters: Counters, *, inbound: bool = False, tun: socket.socket | None = None) -> espfast.Loop:
+def _loop(
+    w: Wires, counters: Counters, *, inbound: bool = False, tun: socket.socket | None = None, vnet: bool = False
+) -> espfast.Loop:
     g = Generation()
     rx = w.receiver if inbound else w.idle
-    loop = espfast.Loop(tun or w.tun, rx, w.sender, counters.table(ESP), w.io.table(), ((g, "value"),))
+    loop = espfast.Loop(tun or w.tun, rx, w.sender, counters.table(ESP), w.io.table(), ((g, "value"),), vnet=vnet)
     loop.reset((g.value,))
     return loop
 
@@ -487,6 +489,18 @@ def _segments(n: int, *, mss: int = 1000, seq: int = 7000, flags: str = "A", spo
     return out
 
 
+def _gro_receiver(w: Wires, tun: socket.socket, counters: Counters) -> tuple[espfast.Loop, Bound, Bound]:
+    """A loop on an offloading "TUN" with an ESP tunnel SA installed inbound: the
+    loop, the sending side of the SA, and the receiving side the loop uses."""
+    loop = _loop(w, counters, inbound=True, tun=tun, vnet=True)
+    sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
+    sender = Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa))
+    mine, _ = _receiver(sa)
+    native = esp.plan_of(sa).native
+    assert native is not None and loop.add_in(sa.spi, native, mine.state, mine, LO)
+    return loop, sender, mine
+
+
 def test_consecutive_segments_reach_the_tun_joined_and_cut_back_they_are_the_originals(wires: Wires) -> None:
     """GRO on a TUN with offloads: a batch of segments of one flow is written as one
     frame (GSO_TCPV4, gso_size the segments' payload, the checksum left to finish);
@@ -496,16 +510,7 @@ def test_consecutive_segments_reach_the_tun_joined_and_cut_back_they_are_the_ori
     c = Counters()
     tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        g = Generation()
-        loop = espfast.Loop(
-            tun, wires.receiver, wires.sender, c.table(ESP), wires.io.table(), ((g, "value"),), vnet=True
-        )
-        loop.reset((0,))
-        sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
-        sender = Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa))
-        mine, _ = _receiver(sa)
-        native = esp.plan_of(sa).native
-        assert native is not None and loop.add_in(sa.spi, native, mine.state, mine, LO)
+        loop, sender, mine = _gro_receiver(wires, tun, c)
         run = _segments(5)
         other = _segments(1, sport=40001)
         last = _segments(1, seq=7000 + 5 * 1000, flags="PA")
@@ -550,16 +555,7 @@ def test_a_joined_run_the_tun_refuses_is_handed_back_as_its_segments(wires: Wire
     tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     kernel.close()  # every write fails
     try:
-        g = Generation()
-        loop = espfast.Loop(
-            tun, wires.receiver, wires.sender, c.table(ESP), wires.io.table(), ((g, "value"),), vnet=True
-        )
-        loop.reset((0,))
-        sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
-        sender = Bound(on_path(replace(sa, mode=Mode.TRANSPORT), "pure"), runtime(sa))
-        mine, _ = _receiver(sa)
-        native = esp.plan_of(sa).native
-        assert native is not None and loop.add_in(sa.spi, native, mine.state, mine, LO)
+        loop, sender, mine = _gro_receiver(wires, tun, c)
         run = _segments(3)
         assert loop.allow_in(_key_of(run[0]))
         for dg in run:
@@ -573,6 +569,7 @@ def test_a_joined_run_the_tun_refuses_is_handed_back_as_its_segments(wires: Wire
             assert got, "the loop never handed the refused run back"
             items += got
         assert items == [(espfast.ITEM_WRITE, dg, None, None) for dg in run]
+        assert mine.state.packets == 3  # opened and counted: only the write is the Python side's
         loop.close()
     finally:
         tun.close()
