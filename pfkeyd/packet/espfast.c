@@ -638,6 +638,7 @@ static PyTypeObject Esp_Type = {
  * having decided again, calls reset().
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/epoll.h>
 #include <sys/random.h>
@@ -1362,6 +1363,20 @@ Loop_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     self->epfd = -1;
     if (loop_fd(tun, &self->tun) < 0 || loop_fd(rx, &self->rx) < 0 || loop_fd(tx, &self->tx) < 0)
         goto fail;
+    /* The loop drains each descriptor until EAGAIN with the GIL held: a blocking one
+       would stop the daemon's packets, and its signals, for good. */
+    int fds[3] = {self->tun, self->rx, self->tx};
+    for (int i = 0; i < 3; i++) {
+        int fl = fcntl(fds[i], F_GETFL);
+        if (fl < 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            goto fail;
+        }
+        if (!(fl & O_NONBLOCK)) {
+            PyErr_SetString(PyExc_ValueError, "the loop's descriptors must be non-blocking");
+            goto fail;
+        }
+    }
     self->out = PyDict_New();
     self->in = PyDict_New();
     self->allow = PySet_New(NULL);

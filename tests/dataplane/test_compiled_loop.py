@@ -87,7 +87,7 @@ def _open_wires() -> Wires:
         sender = RawSender(socket.AF_INET, 0, io)
         receiver = RawReceiver(socket.AF_INET, 50, io)
         capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
-    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun, kernel = _tun_pair()
     idle, idle_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (tun, kernel, idle):
         s.setblocking(False)
@@ -125,6 +125,14 @@ class Generation:
 
     def __init__(self, value: int = 0) -> None:
         self.value = value
+
+
+def _tun_pair() -> tuple[socket.socket, socket.socket]:
+    """A stand-in TUN for one test: the loop's end (non-blocking, as the loop
+    requires) and the kernel's."""
+    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun.setblocking(False)
+    return tun, kernel
 
 
 def _loop(
@@ -434,7 +442,7 @@ def test_watched_descriptors_come_back_as_items_and_a_refused_write_too(wires: W
     assert loop.allow_in(_key_of(inner))
     wire = bundle.protect((sender,), v4(4, inner, LO, LO), PacketKnobs(), Counters())
     assert isinstance(wire, bytes)
-    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun, kernel = _tun_pair()
     kernel.close()
     try:
         loop2 = _loop(wires, c, inbound=True, tun=tun)
@@ -469,6 +477,13 @@ def test_the_loop_refuses_what_it_cannot_carry(wires: Wires) -> None:
         espfast.Loop(wires.tun, wires.idle, wires.sender, {}, {}, ((1, 2),))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="one value per watched"):
         loop.reset((1, 2))
+    blocking, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        with pytest.raises(ValueError, match="non-blocking"):
+            espfast.Loop(blocking, wires.idle, wires.sender, {}, {}, ())
+    finally:
+        blocking.close()
+        peer.close()
     loop.close()
     with pytest.raises(ValueError, match="closed"):
         loop.wait(0)
@@ -508,7 +523,7 @@ def test_consecutive_segments_reach_the_tun_joined_and_cut_back_they_are_the_ori
     scapy built.  A segment of another flow, or one with PSH, ends the run."""
     _drain(wires)
     c = Counters()
-    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun, kernel = _tun_pair()
     try:
         loop, sender, mine = _gro_receiver(wires, tun, c)
         run = _segments(5)
@@ -552,7 +567,7 @@ def test_consecutive_segments_reach_the_tun_joined_and_cut_back_they_are_the_ori
 def test_a_joined_run_the_tun_refuses_is_handed_back_as_its_segments(wires: Wires) -> None:
     _drain(wires)
     c = Counters()
-    tun, kernel = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    tun, kernel = _tun_pair()
     kernel.close()  # every write fails
     try:
         loop, sender, mine = _gro_receiver(wires, tun, c)
@@ -573,3 +588,63 @@ def test_a_joined_run_the_tun_refuses_is_handed_back_as_its_segments(wires: Wire
         loop.close()
     finally:
         tun.close()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=1600), min_size=1, max_size=8), st.booleans())
+def test_whatever_the_tun_gives_is_taken_or_handed_back_never_a_crash(
+    wires: Wires, junk: list[bytes], vnet: bool
+) -> None:
+    """Arbitrary frames on the TUN, with or without offloads, half of them dressed as
+    datagrams of the installed flow: what the loop does not take comes back
+    untouched (as tun_frames makes it, with offloads), and it never fails."""
+    _drain(wires)
+    c = Counters()
+    tun, kernel = _tun_pair()
+    try:
+        loop = _loop(wires, c, tun=tun, vnet=vnet)
+        sa = _at_tunnel_ends(_sa())
+        b = Bound(sa, runtime(sa))
+        for raw in junk:
+            dg = v4(17, raw, *INNER) if len(raw) % 2 else raw
+            if len(raw) % 2:
+                assert _add_out(loop, _key_of(dg), b, PacketKnobs())
+            frame = (bytes(10) if vnet else b"") + (dg if len(raw) % 3 else raw)
+            kernel.send(frame)
+            items = loop.wait(1.0)
+            expected = espfast.tun_frames(frame) if vnet else [frame]
+            assert all(i[0] == espfast.ITEM_TUN for i in items)
+            handed = [i[1] for i in items]
+            if handed:
+                assert expected is not None and handed == expected[len(expected) - len(handed) :]
+        wires.captured(loop.fast_out)
+        loop.close()
+    finally:
+        tun.close()
+        kernel.close()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(max_size=1600), min_size=1, max_size=6))
+def test_whatever_arrives_as_esp_is_dropped_or_handed_back_never_a_crash(wires: Wires, junk: list[bytes]) -> None:
+    """Arbitrary ESP datagrams for the installed SPI (and others) on the wire: each is
+    dropped and counted (it fails the ICV) or handed back, and the loop never fails."""
+    _drain(wires)
+    c = Counters()
+    tun, kernel = _tun_pair()
+    try:
+        loop = _loop(wires, c, inbound=True, tun=tun, vnet=True)
+        sa = on_path(replace(_at_tunnel_ends(_sa()), window=64), "compiled")
+        b = Bound(sa, runtime(sa))
+        native = esp.plan_of(sa).native
+        assert native is not None and loop.add_in(sa.spi, native, b.state, b, LO)
+        for raw in junk:
+            spi = sa.spi if len(raw) % 2 else sa.spi + 1
+            _received, items = _arrive(wires, loop, v4(50, spi.to_bytes(4, "big") + raw, LO, LO))
+            assert all(i[0] == espfast.ITEM_ESP for i in items)
+        assert loop.fast_in == 0 and wires.from_tun() is None
+        assert c["esp.input"] == 0
+        loop.close()
+    finally:
+        tun.close()
+        kernel.close()

@@ -135,3 +135,34 @@ def test_a_frame_with_nothing_to_do_is_the_datagram_and_what_cannot_be_taken_is_
     assert espfast.tun_frames(b"\0" * 9) is None  # no header
     assert espfast.tun_frames(vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 60, 16) + dg) is None  # field past the end
     assert espfast.tun_frames(vnet(0, GSO_TCPV4, 40, 0, 20, 16) + dg) is None  # UDP, and no size
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.tuples(
+        st.integers(0, 3),
+        st.sampled_from([GSO_NONE, GSO_TCPV4, GSO_TCPV6, 3, 0x81, 255]),
+        st.integers(0, 200),
+        st.integers(0, 3000),
+        st.integers(0, 120),
+        st.integers(0, 40),
+    ),
+    st.binary(max_size=3000),
+    st.booleans(),
+)
+def test_any_frame_gives_whole_datagrams_or_a_refusal_never_a_crash(
+    header: tuple[int, int, int, int, int, int], body: bytes, plausible: bool
+) -> None:
+    """Whatever a TUN (or anything writing to the data plane) hands over: a list of
+    datagrams, none longer than the frame's payload and each a whole IPv4 or IPv6
+    header's worth when cut from a GSO segment, or None."""
+    if plausible:  # a real TCP/IPv4 header in front, so that the cutting runs
+        body = bytes(IP(src="10.1.0.1", dst="10.2.0.1") / TCP(flags="A") / Raw(body))
+    got = espfast.tun_frames(vnet(*header) + body)
+    if got is None:
+        return
+    assert got
+    assert all(len(d) <= max(len(body), 40) + 60 for d in got)
+    if header[1] == GSO_TCPV4:
+        for d in got:
+            assert d[0] >> 4 == 4 and int.from_bytes(d[2:4], "big") == len(d)
