@@ -108,7 +108,7 @@ order, to :meth:`_on_items`, which runs the Python path on it.  It empties its
 tables whenever the generation or the socket policies move, and takes nothing
 until :meth:`_refresh` has reset it.  enc(4) and the pcap file need Python's view
 of every packet, so with either the compiled loop is not used; neither is it with
-``compiled=False`` (``pfkeyd --no-compiled-loop``), the pure path the tests
+``compiled=False`` (``pfkeyd --no-compiled``), the pure path the tests
 compare it with.
 
 **Two threads.**  The packet loops run in one OS thread of their own
@@ -421,8 +421,7 @@ class DataPlane:
     def _refresh(self) -> bool:
         """Forget the caches when the engine's generation or the socket policies
         moved; True if either did."""
-        gen = self.seam.generation()
-        sgen = self.socket_policies.generation
+        gen, sgen = self._stamp()
         if gen == self._gen and sgen == self._sgen:
             return False
         self._gen, self._sgen = gen, sgen
@@ -970,7 +969,7 @@ class DataPlane:
                 if inner is not None:
                     self._to_tun(inner)
             except Exception as e:  # one packet's fault, never the loop's (pump.py)
-                self._fault("in" if kind > espfast.ITEM_SEND or kind == espfast.ITEM_ESP else "out", e)
+                self._fault("out" if kind in (espfast.ITEM_TUN, espfast.ITEM_SEND) else "in", e)
         self._send_out(out)
         if self._limited:
             self._report_limited()

@@ -129,19 +129,48 @@ get32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
 }
 
-/* The IPv4 header checksum (RFC 1071) of the 20 bytes at h, written into h[10:12]. */
+/* The one's-complement sum (RFC 1071) of n bytes at p, added to sum, unfolded. */
+static uint64_t
+sum16(const unsigned char *p, Py_ssize_t n, uint64_t sum)
+{
+    for (; n > 1; p += 2, n -= 2)
+        sum += (uint32_t)p[0] << 8 | p[1];
+    if (n)
+        sum += (uint32_t)p[0] << 8;
+    return sum;
+}
+
+static uint16_t
+fold(uint64_t sum)
+{
+    while (sum >> 16)
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    return (uint16_t)sum;
+}
+
+/* The IPv4 header checksum of the ihl bytes at h, written into h[10:12]. */
+static void
+ipv4_checksum_of(unsigned char *h, Py_ssize_t ihl)
+{
+    h[10] = h[11] = 0;
+    uint16_t c = (uint16_t)~fold(sum16(h, ihl, 0));
+    h[10] = (unsigned char)(c >> 8);
+    h[11] = (unsigned char)c;
+}
+
+/* The same for an IPv4 header without options. */
 static void
 ipv4_checksum(unsigned char *h)
 {
-    uint32_t sum = 0;
-    h[10] = h[11] = 0;
-    for (int i = 0; i < HDR; i += 2)
-        sum += (uint32_t)h[i] << 8 | h[i + 1];
-    while (sum >> 16)
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    sum = ~sum & 0xFFFF;
-    h[10] = (unsigned char)(sum >> 8);
-    h[11] = (unsigned char)sum;
+    ipv4_checksum_of(h, HDR);
+}
+
+/* Whether the len bytes at d are an IPv4 datagram without options whose total
+   length is len and whose header checksum is right. */
+static int
+ipv4_whole(const unsigned char *d, Py_ssize_t len)
+{
+    return len >= HDR && d[0] == 0x45 && ((Py_ssize_t)d[2] << 8 | d[3]) == len && fold(sum16(d, HDR, 0)) == 0xFFFF;
 }
 
 /* ------------------------------------------------------------------ Aead */
@@ -876,24 +905,6 @@ bytes_of(const unsigned char *p, Py_ssize_t n)
  * asked for; one that still arrives is dropped and counted (tun.drop.offload).
  */
 
-static uint64_t
-sum16(const unsigned char *p, Py_ssize_t n, uint64_t sum)
-{
-    for (; n > 1; p += 2, n -= 2)
-        sum += (uint32_t)p[0] << 8 | p[1];
-    if (n)
-        sum += (uint32_t)p[0] << 8;
-    return sum;
-}
-
-static uint16_t
-fold(uint64_t sum)
-{
-    while (sum >> 16)
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    return (uint16_t)sum;
-}
-
 /* Each datagram a frame read from an offloading TUN stands for, in order, through
    emit(ctx, datagram, length) (0, or -1 to stop with an error set).  The number of
    datagrams, -1 on error, or -2 when the frame is one this reader cannot take (the
@@ -938,10 +949,7 @@ tun_frames(unsigned char *frame, Py_ssize_t len, unsigned char *seg, emit_fn emi
         seg[3] = (unsigned char)total;
         seg[4] = (unsigned char)((id + count) >> 8);
         seg[5] = (unsigned char)(id + count);
-        seg[10] = seg[11] = 0;
-        uint16_t c = (uint16_t)~fold(sum16(seg, ihl, 0));
-        seg[10] = (unsigned char)(c >> 8);
-        seg[11] = (unsigned char)c;
+        ipv4_checksum_of(seg, ihl);
         unsigned char *t = seg + ihl;
         put32(t + 4, seq + (uint32_t)at);
         if (at + piece < data)
@@ -950,7 +958,7 @@ tun_frames(unsigned char *frame, Py_ssize_t len, unsigned char *seg, emit_fn emi
             t[13] &= (unsigned char)~0x80; /* CWR: the first piece's */
         t[16] = t[17] = 0;
         uint64_t sum = sum16(seg + 12, 8, 6 + (uint64_t)(total - ihl));
-        c = (uint16_t)~fold(sum16(t, total - ihl, sum));
+        uint16_t c = (uint16_t)~fold(sum16(t, total - ihl, sum));
         t[16] = (unsigned char)(c >> 8);
         t[17] = (unsigned char)c;
         if (emit(ctx, seg, total) < 0)
@@ -966,15 +974,8 @@ tun_frames(unsigned char *frame, Py_ssize_t len, unsigned char *seg, emit_fn emi
 static int
 loop_out(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
 {
-    if (L->stamp == NULL || n < HDR || n > LOOP_MAX_INNER || dg[0] != 0x45 || (dg[2] << 8 | dg[3]) != n)
-        return 0;
-    uint32_t sum = 0;
-    for (int i = 0; i < HDR; i += 2)
-        sum += (uint32_t)dg[i] << 8 | dg[i + 1];
-    while (sum >> 16)
-        sum = (sum & 0xFFFF) + (sum >> 16);
-    if (sum != 0xFFFF)
-        return 0; /* the general path repairs the inner header first */
+    if (L->stamp == NULL || n > LOOP_MAX_INNER || !ipv4_whole(dg, n))
+        return 0; /* not ours; a wrong header the general path repairs first */
     unsigned char key[FLOW_KEY];
     flow_key(dg, n, HDR, key);
     EntryObject *e = lookup(L->out, bytes_of(key, FLOW_KEY));
@@ -1060,11 +1061,8 @@ gro_flush(LoopObject *L, PyObject *items)
         int hl = HDR + (p[HDR + 12] >> 4) * 4;
         p[2] = (unsigned char)(n >> 8);
         p[3] = (unsigned char)n;
-        p[10] = p[11] = 0;
-        uint16_t c = (uint16_t)~fold(sum16(p, HDR, 0));
-        p[10] = (unsigned char)(c >> 8);
-        p[11] = (unsigned char)c;
-        c = fold(sum16(p + 12, 8, 6 + (uint64_t)(n - HDR))); /* the pseudo-header's sum, not complemented */
+        ipv4_checksum(p);
+        uint16_t c = fold(sum16(p + 12, 8, 6 + (uint64_t)(n - HDR))); /* the pseudo-header's sum, not complemented */
         p[HDR + 16] = (unsigned char)(c >> 8);
         p[HDR + 17] = (unsigned char)c;
         h[0] = VNET_NEEDS_CSUM;
@@ -1233,34 +1231,39 @@ loop_in(LoopObject *L, const unsigned char *dg, Py_ssize_t n, PyObject *items)
     return hand_back(items, ITEM_WRITE, bytes_of(in, len), NULL, NULL, 0) < 0 ? -1 : 1;
 }
 
-/* The Loop's emit: one datagram of the TUN, taken or handed back (see loop_drain). */
+/* One batch of one descriptor: what loop_drain hands each datagram to (one_of). */
 typedef struct {
     LoopObject *L;
     PyObject *items;
-    int back;
-} OutCtx;
+    int kind;   /* ITEM_TUN or ITEM_ESP: how an untouched datagram is handed back */
+    int (*take)(LoopObject *, const unsigned char *, Py_ssize_t, PyObject *);
+    int back;   /* something of this batch was handed back: hand back the rest too */
+} Batch;
 
+/* One datagram of a batch: taken, or handed back untouched (an emit_fn). */
 static int
-out_one(void *ctx, const unsigned char *dg, Py_ssize_t n)
+one_of(void *ctx, const unsigned char *dg, Py_ssize_t n)
 {
-    OutCtx *c = ctx;
-    Py_ssize_t before = PyList_GET_SIZE(c->items);
-    int took = c->back ? 0 : loop_out(c->L, dg, n, c->items);
+    Batch *b = ctx;
+    Py_ssize_t before = PyList_GET_SIZE(b->items);
+    int took = b->back ? 0 : b->take(b->L, dg, n, b->items);
     if (took < 0)
         return -1;
-    if (!took && hand_back(c->items, ITEM_TUN, bytes_of(dg, n), NULL, NULL, 0) < 0)
+    if (!took && hand_back(b->items, b->kind, bytes_of(dg, n), NULL, NULL, 0) < 0)
         return -1;
-    c->back = c->back || PyList_GET_SIZE(c->items) != before;
+    b->back = b->back || PyList_GET_SIZE(b->items) != before;
     return 0;
 }
 
 /* Read up to LOOP_BATCH datagrams from fd, each through take() unless an earlier one
-   was handed back (then it is handed back as kind too).  The number read, or -1. */
+   was handed back (then it is handed back as kind too); a frame of an offloading TUN
+   through tun_frames first.  The number read, or -1. */
 static int
 loop_drain(LoopObject *L, int fd, int kind, int (*take)(LoopObject *, const unsigned char *, Py_ssize_t, PyObject *),
            PyObject *items)
 {
-    int got = 0, back = 0;
+    Batch batch = {L, items, kind, take, 0};
+    int got = 0;
     while (got < LOOP_BATCH) {
         /* a frame of an offloading TUN is a datagram of up to 65535 bytes behind its header */
         ssize_t r = kind == ITEM_TUN ? read(fd, L->buf, LOOP_BUF + VNET_HDR) : recv(fd, L->buf, LOOP_BUF, 0);
@@ -1275,22 +1278,15 @@ loop_drain(LoopObject *L, int fd, int kind, int (*take)(LoopObject *, const unsi
         if (r == 0 && kind == ITEM_TUN)
             break; /* nothing (a TUN never reads an empty datagram) */
         got++;
-        if (kind == ITEM_TUN && L->vnet) {
-            OutCtx ctx = {L, items, back};
-            Py_ssize_t k = tun_frames(L->buf, r, L->sbuf, out_one, &ctx);
-            if (k == -1 || (k > 1 && count_add(L->io_counts, S_tun_gso, 1) < 0)
-                || (k == -2 && count_add(L->io_counts, S_tun_drop_offload, 1) < 0))
+        if (kind != ITEM_TUN || !L->vnet) {
+            if (one_of(&batch, L->buf, r) < 0)
                 return -1;
-            back = ctx.back;
             continue;
         }
-        Py_ssize_t before = PyList_GET_SIZE(items);
-        int took = back ? 0 : take(L, L->buf, r, items);
-        if (took < 0)
+        Py_ssize_t k = tun_frames(L->buf, r, L->sbuf, one_of, &batch);
+        if (k == -1 || (k > 1 && count_add(L->io_counts, S_tun_gso, 1) < 0)
+            || (k == -2 && count_add(L->io_counts, S_tun_drop_offload, 1) < 0))
             return -1;
-        if (!took && hand_back(items, kind, bytes_of(L->buf, r), NULL, NULL, 0) < 0)
-            return -1;
-        back = back || PyList_GET_SIZE(items) != before;
     }
     return got;
 }
@@ -1740,15 +1736,7 @@ espfast_ipv4_ok(PyObject *module, PyObject *datagram)
     Bytes d;
     if (bytes_get(datagram, &d, "datagram") < 0)
         return NULL;
-    int ok = 0;
-    if (d.len >= HDR && d.buf[0] == 0x45 && ((Py_ssize_t)d.buf[2] << 8 | d.buf[3]) == d.len) {
-        uint32_t sum = 0;
-        for (int i = 0; i < HDR; i += 2)
-            sum += (uint32_t)d.buf[i] << 8 | d.buf[i + 1];
-        while (sum >> 16)
-            sum = (sum & 0xFFFF) + (sum >> 16);
-        ok = sum == 0xFFFF;
-    }
+    int ok = ipv4_whole(d.buf, d.len);
     bytes_release(&d);
     return PyBool_FromLong(ok);
 }

@@ -81,12 +81,16 @@ class Wires:
 
 def _open_wires() -> Wires:
     ns = Namespace("loop")
-    ns.run("ip", "link", "set", "lo", "up")
     io = IoCounters()
-    with ns.inside():
-        sender = RawSender(socket.AF_INET, 0, io)
-        receiver = RawReceiver(socket.AF_INET, 50, io)
-        capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    try:
+        ns.run("ip", "link", "set", "lo", "up")
+        with ns.inside():
+            sender = RawSender(socket.AF_INET, 0, io)
+            receiver = RawReceiver(socket.AF_INET, 50, io)
+            capture = socket.socket(socket.AF_INET, socket.SOCK_RAW, 50)
+    except BaseException:
+        ns.remove()  # the sockets opened so far close with their objects
+        raise
     tun, kernel = _tun_pair()
     idle, idle_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s in (tun, kernel, idle):
